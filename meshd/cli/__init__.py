@@ -1,0 +1,86 @@
+"""`meshctl`, the operator's command line. This module is the only place where errors become
+exit codes: 0 ok, 1 failure, 2 bad input. Commands live one per module beside it."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from meshd import __version__
+from meshd.cli.publish import publish
+from meshd.errors import InputErrors
+from protocol.errors import MeshError
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.version_option(__version__, prog_name="meshctl")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Operate a meshd personal cloud: publish your projects, watch the mesh, let it heal.
+
+    Start with `meshctl publish --dry-run projects.csv` to see what a CSV would create.
+    """
+    ctx.obj = {"debug": debug}
+
+
+cli.add_command(publish)
+
+
+def cause_chain(err: BaseException) -> str:
+    """`outer: inner: root cause` on one line."""
+    parts: list[str] = []
+    current: BaseException | None = err
+    while current is not None:
+        text = str(current) or type(current).__name__
+        if text not in parts:
+            parts.append(text)
+        current = current.__cause__
+    return ": ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # Without standalone mode click returns the exit code of `--help` and friends.
+        code = cli.main(args=args, prog_name="meshctl", standalone_mode=False)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(EXIT_BAD_INPUT if isinstance(err, click.UsageError) else EXIT_FAILURE)
+    except click.exceptions.Abort:
+        print("meshctl: aborted", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    except InputErrors as err:
+        _report_input_errors(err)
+        sys.exit(EXIT_BAD_INPUT)
+    except MeshError as err:
+        _fail(err, debug)
+    except KeyboardInterrupt:
+        print("meshctl: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # the last line of defence: no traceback without --debug
+        _fail(err, debug, prefix="internal error: ")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_input_errors(err: InputErrors) -> None:
+    for issue in err.issues:
+        print(issue, file=sys.stderr)
+    count = len(err.issues)
+    noun = "problem" if count == 1 else "problems"
+    print(f"meshctl: {count} {noun} in the input; nothing was published", file=sys.stderr)
+
+
+def _fail(err: BaseException, debug: bool, prefix: str = "") -> None:
+    if debug:
+        traceback.print_exception(err)
+    print(f"meshctl: {prefix}{cause_chain(err)}", file=sys.stderr)
+    sys.exit(EXIT_FAILURE)

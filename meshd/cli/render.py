@@ -1,0 +1,112 @@
+"""Human-readable output of `meshctl` as rich tables."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from meshd.plan import DropletAction, InstanceAction, InstanceChange, Plan
+from meshd.sizes import SIZES
+
+# Pipes and CI logs get a fixed width wide enough for the allocation table.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+_ACTION_STYLE = {
+    "create": "green",
+    "start": "green",
+    "resize": "yellow",
+    "move": "yellow",
+    "restart": "yellow",
+    "destroy": "red",
+    "stop": "red",
+    "keep": "dim",
+}
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, title_style="bold")
+
+
+def _action(value: str) -> str:
+    return f"[{_ACTION_STYLE[value]}]{value}[/]"
+
+
+def render_plan(plan: Plan, source: str, config: str | None) -> None:
+    with_config = f" with {escape(config)}" if config else ""
+    console.print(f"Plan for [bold]{escape(source)}[/]{with_config}")
+    console.print(_droplet_table(plan))
+    console.print(_instance_table(plan))
+    console.print(_allocation_table(plan))
+    delta = plan.monthly_usd - plan.previous_monthly_usd
+    console.print(
+        f"Monthly cost: [bold]${plan.monthly_usd:,.2f}[/] "
+        f"(now ${plan.previous_monthly_usd:,.2f}, change {delta:+,.2f})"
+    )
+
+
+def _droplet_table(plan: Plan) -> Table:
+    table = _table("Droplets")
+    for column in ("Droplet", "Size", "Memory", "vCPUs", "$/month", "Action"):
+        table.add_column(
+            column, justify="right" if column in {"Memory", "vCPUs", "$/month"} else "left"
+        )
+    for change in plan.droplets:
+        size = SIZES[change.size]
+        action = _action(change.action.value)
+        if change.action is DropletAction.RESIZE:
+            action += f" from {change.previous_size}"
+        table.add_row(
+            change.name,
+            change.size,
+            f"{size.memory_mb} MB",
+            str(size.vcpus),
+            f"{size.monthly_usd:.2f}",
+            action,
+        )
+    return table
+
+
+def _instance_table(plan: Plan) -> Table:
+    """One row per service and action, with the droplets it touches."""
+    grouped: dict[tuple[str, str, str, InstanceAction], list[InstanceChange]] = defaultdict(list)
+    for change in plan.instances:
+        grouped[(change.project, change.env, change.service, change.action)].append(change)
+    table = _table("Instances")
+    for column in ("Project", "Env", "Service", "Port", "Droplets", "Action"):
+        table.add_column(column)
+    unchanged = 0
+    for (project, env, service, action), changes in grouped.items():
+        if action is InstanceAction.KEEP:
+            unchanged += len(changes)
+            continue
+        droplets = ", ".join(
+            f"{c.from_droplet} → {c.droplet}" if c.from_droplet else c.droplet for c in changes
+        )
+        port = changes[0].port
+        table.add_row(
+            project, env, service, "-" if port is None else str(port), droplets, _action(action)
+        )
+    if unchanged:
+        table.caption = f"{unchanged} instances unchanged"
+    return table
+
+
+def _allocation_table(plan: Plan) -> Table:
+    table = _table("Allocations")
+    for column in ("Project", "Env", "Hash", "backend", "frontend", "database", "redis", "DB name"):
+        table.add_column(column, no_wrap=True)
+    table.caption = "DB user is user_ + the first 8 characters of the hash"
+    for a in plan.allocations:
+        table.add_row(
+            a.project,
+            a.env,
+            a.hash,
+            *(str(a.ports[f]) for f in ("backend", "frontend", "database", "redis")),
+            a.db_name,
+        )
+    return table

@@ -1,0 +1,342 @@
+"""Reading `deployment_config.json`: per project the services to run and how.
+
+The format is the seed's (`deployment_platform`, per project `git_repo`, `versioning` and
+`services` with `type`, `dockerfile_path`, `build_context`, `env_template`, `command`,
+`secrets`) plus what the mesh needs (`image`, `memory_mb`, `health_path`, `enabled`,
+`domains`). A project's services are the four defaults merged with what it lists; a default
+is dropped with `"enabled": false`. Problems are reported all at once with their JSON path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.errors import InputErrors, InputIssue
+from meshd.spec import (
+    DEFAULT_HEALTH_PATH,
+    DEFAULT_SERVICES,
+    DEFAULT_WORKER_MEMORY_MB,
+    ENVIRONMENTS,
+    ServiceKind,
+    ServiceSpec,
+)
+
+PLATFORMS = ("docker", "process")
+MEMORY_RANGE = (16, 65536)
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*\Z")
+SECRET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+TOP_KEYS = ("deployment_platform", "projects")
+PROJECT_KEYS = ("git_repo", "versioning", "services", "domains")
+SERVICE_KEYS = (
+    "type",
+    "image",
+    "command",
+    "memory_mb",
+    "health_path",
+    "secrets",
+    "dockerfile_path",
+    "build_context",
+    "env_template",
+    "enabled",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    services: tuple[ServiceSpec, ...]
+    git_repo: str | None = None
+    domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeployConfig:
+    platform: str = "docker"
+    projects: dict[str, ProjectConfig] = field(default_factory=dict)
+
+
+def default_services() -> tuple[ServiceSpec, ...]:
+    return tuple(_default_service(name) for name in DEFAULT_SERVICES)
+
+
+def parse_deploy_config(data: bytes, filename: str) -> DeployConfig:
+    """A validated deployment config; raises `InputErrors` listing every problem found."""
+    checker = _Checker(filename)
+    document = checker.load(data)
+    config = checker.config(document)
+    if checker.issues:
+        raise InputErrors(checker.issues)
+    return config
+
+
+def _default_service(name: str) -> ServiceSpec:
+    kind, memory = DEFAULT_SERVICES[name]
+    health = DEFAULT_HEALTH_PATH if kind is ServiceKind.WEB else None
+    return ServiceSpec(name=name, kind=kind, memory_mb=memory, health_path=health)
+
+
+def _default_memory(name: str) -> int:
+    return DEFAULT_SERVICES[name][1] if name in DEFAULT_SERVICES else DEFAULT_WORKER_MEMORY_MB
+
+
+def _kind_for(name: str) -> ServiceKind:
+    return DEFAULT_SERVICES[name][0] if name in DEFAULT_SERVICES else ServiceKind.WORKER
+
+
+def json_path(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f"{parent}[{key!r}]"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Checker:
+    """Walks the document, collecting issues instead of stopping at the first."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.issues: list[InputIssue] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.issues.append(InputIssue(self.filename, path, message))
+
+    def load(self, data: bytes) -> Any:
+        duplicates: list[str] = []
+
+        def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            for key, value in pairs:
+                if key in seen:
+                    duplicates.append(key)
+                seen[key] = value
+            return seen
+
+        try:
+            document = json.loads(data.decode("utf-8-sig"), object_pairs_hook=no_duplicates)
+        except UnicodeDecodeError:
+            self.fail("1:1", "not valid UTF-8 text; save the file as UTF-8")
+            return None
+        except json.JSONDecodeError as err:
+            self.fail(f"{err.lineno}:{err.colno}", f"not valid JSON: {err.msg}")
+            return None
+        except (ValueError, RecursionError) as err:  # e.g. integers of thousands of digits
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            self.fail("$", f"not valid JSON: {reason}")
+            return None
+        for key in duplicates:
+            self.fail("$", f"key {key!r} appears twice in one object; keep one")
+        return document
+
+    def obj(
+        self, value: Any, path: str, allowed: tuple[str, ...] | None = None
+    ) -> dict[str, Any] | None:
+        """`value` if it is an object whose keys are all `allowed` (any keys when None)."""
+        if not isinstance(value, dict):
+            self.fail(path, f"expected an object, got {_shown(value)}")
+            return None
+        for key in value:
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
+                self.fail(json_path(path, key), f"unknown key {key!r}; {hint}")
+        return value
+
+    def text(self, value: Any, path: str, check: Callable[[str], str | None] | None = None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"expected a non-empty string, got {_shown(value)}")
+            return ""
+        problem = check(value) if check else None
+        if problem:
+            self.fail(path, problem)
+        return value
+
+    def config(self, document: Any) -> DeployConfig:
+        top = self.obj(document, "$", TOP_KEYS) if document is not None else None
+        if top is None:
+            return DeployConfig()
+        platform = top.get("deployment_platform", "docker")
+        if platform not in PLATFORMS:
+            self.fail(
+                "$.deployment_platform",
+                f"{_shown(platform)} is not supported; expected one of {', '.join(PLATFORMS)}",
+            )
+        projects = self.obj(top.get("projects", {}), "$.projects")
+        parsed = {
+            name: self.project(value, json_path("$.projects", name))
+            for name, value in (projects or {}).items()
+        }
+        self.unique_domains(parsed)
+        return DeployConfig(platform=str(platform), projects=parsed)
+
+    def project(self, value: Any, path: str) -> ProjectConfig:
+        project = self.obj(value, path, PROJECT_KEYS)
+        if project is None:
+            return ProjectConfig(services=default_services())
+        git_repo = project.get("git_repo")
+        if git_repo is not None:
+            self.text(git_repo, f"{path}.git_repo")
+        if "versioning" in project:
+            self.obj(project["versioning"], f"{path}.versioning")
+        services = self.services(project.get("services", {}), f"{path}.services")
+        domains = self.domains(project.get("domains", {}), f"{path}.domains")
+        return ProjectConfig(services=services, git_repo=git_repo, domains=domains)
+
+    def services(self, value: Any, path: str) -> tuple[ServiceSpec, ...]:
+        listed = self.obj(value, path)
+        merged = {name: _default_service(name) for name in DEFAULT_SERVICES}
+        for name, body in (listed or {}).items():
+            service_path = json_path(path, name)
+            if not SERVICE_NAME.match(name) or len(name) > 30:
+                self.fail(
+                    service_path,
+                    f"{name!r} is not a valid service name; expected lowercase letters, "
+                    "digits, '_' and '-', starting with a letter, at most 30 characters",
+                )
+                continue
+            spec = self.service(name, body, service_path)
+            if spec is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = spec
+        return tuple(merged.values())
+
+    def service(self, name: str, value: Any, path: str) -> ServiceSpec | None:
+        body = self.obj(value, path, SERVICE_KEYS)
+        if body is None:
+            return None
+        enabled = body.get("enabled", True)
+        if not isinstance(enabled, bool):
+            self.fail(f"{path}.enabled", f"expected true or false, got {_shown(enabled)}")
+        kind = self.kind(name, body.get("type"), f"{path}.type")
+        memory = body.get("memory_mb", _default_memory(name))
+        if (
+            isinstance(memory, bool)
+            or not isinstance(memory, int)
+            or not (MEMORY_RANGE[0] <= memory <= MEMORY_RANGE[1])
+        ):
+            self.fail(
+                f"{path}.memory_mb",
+                f"expected a whole number of MB from {MEMORY_RANGE[0]} to {MEMORY_RANGE[1]}, "
+                f"got {_shown(memory)}",
+            )
+            memory = MEMORY_RANGE[0]
+        health = self.health_path(kind, body, path)
+        strings = {
+            key: self.text(body[key], f"{path}.{key}", _no_space if key == "image" else None)
+            for key in ("image", "command", "dockerfile_path", "build_context", "env_template")
+            if key in body
+        }
+        for key in ("dockerfile_path", "build_context", "env_template"):
+            relative = strings.get(key, "")
+            if relative.startswith("/") or ".." in relative.split("/"):
+                self.fail(
+                    f"{path}.{key}",
+                    f"{_shown(relative)} must be a path inside the repository (relative, no '..')",
+                )
+        secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
+        if enabled is False:
+            return None
+        return ServiceSpec(
+            name=name,
+            kind=kind,
+            memory_mb=memory,
+            health_path=health,
+            image=strings.get("image"),
+            command=strings.get("command"),
+            dockerfile_path=strings.get("dockerfile_path"),
+            build_context=strings.get("build_context"),
+            secrets=secrets,
+        )
+
+    def kind(self, name: str, declared: Any, path: str) -> ServiceKind:
+        expected = _kind_for(name)
+        if declared is None or declared == expected.value:
+            return expected
+        if name in DEFAULT_SERVICES:
+            self.fail(path, f"{name} is always of type {expected.value!r}, got {_shown(declared)}")
+        else:
+            self.fail(
+                path,
+                f"{_shown(declared)} is not possible for {name!r}: only backend and frontend are "
+                "web services and only database and redis get their ports; other services "
+                "must be of type 'worker'",
+            )
+        return expected
+
+    def health_path(self, kind: ServiceKind, body: dict[str, Any], path: str) -> str | None:
+        default = DEFAULT_HEALTH_PATH if kind is ServiceKind.WEB else None
+        if "health_path" not in body:
+            return default
+        if kind is ServiceKind.WORKER:
+            self.fail(f"{path}.health_path", "workers have no port to probe; remove health_path")
+            return None
+        return self.text(body["health_path"], f"{path}.health_path", _url_path) or default
+
+    def secrets(self, value: Any, path: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of secret names, got {_shown(value)}")
+            return ()
+        names: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not SECRET_NAME.match(item):
+                self.fail(
+                    f"{path}[{i}]",
+                    f"{_shown(item)} is not a secret name; expected lowercase letters, digits "
+                    "and '_', starting with a letter (like 'db_password')",
+                )
+            elif item in names:
+                self.fail(f"{path}[{i}]", f"secret {item!r} is listed twice")
+            else:
+                names.append(item)
+        return tuple(names)
+
+    def domains(self, value: Any, path: str) -> dict[str, tuple[str, ...]]:
+        envs = self.obj(value, path, ENVIRONMENTS)
+        result: dict[str, tuple[str, ...]] = {}
+        for env, names in (envs or {}).items():
+            if env not in ENVIRONMENTS:
+                continue
+            if not isinstance(names, list) or not names:
+                self.fail(f"{path}.{env}", f"expected a list of domain names, got {_shown(names)}")
+                continue
+            for i, name in enumerate(names):
+                if not isinstance(name, str) or not HOSTNAME.match(name):
+                    self.fail(
+                        f"{path}.{env}[{i}]",
+                        f"{_shown(name)} is not a domain name; expected lowercase like "
+                        "'app.example.com'",
+                    )
+                elif name in names[:i]:
+                    self.fail(f"{path}.{env}[{i}]", f"domain {name!r} is listed twice")
+            result[env] = tuple(n for n in names if isinstance(n, str))
+        return result
+
+    def unique_domains(self, projects: dict[str, ProjectConfig]) -> None:
+        owner: dict[str, str] = {}
+        for project, config in projects.items():
+            for env, names in config.domains.items():
+                for name in names:
+                    where = f"{project} {env}"
+                    if name in owner and owner[name] != where:
+                        self.fail(
+                            json_path(json_path("$.projects", project), "domains") + f".{env}",
+                            f"domain {name!r} is already used by {owner[name]}",
+                        )
+                    owner.setdefault(name, where)
+
+
+def _no_space(value: str) -> str | None:
+    return "must not contain spaces" if re.search(r"\s", value) else None
+
+
+def _url_path(value: str) -> str | None:
+    if not value.startswith("/") or re.search(r"\s", value):
+        return f"{_shown(value)} is not a URL path; expected something like '/health'"
+    return None

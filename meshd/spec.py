@@ -1,0 +1,140 @@
+"""The desired state: the values an operator publishes, after validation.
+
+Plain frozen values with a lossless plain-data form (`to_data` / `from_data`) so that the
+same state travels through KV and is compared across publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+ENVIRONMENTS: tuple[str, ...] = ("prod", "uat", "test")
+MASTER = "master"
+
+
+class ServiceKind(StrEnum):
+    WEB = "web"  # backend, frontend: load balanced, get SERVICE_PORT
+    DATABASE = "database"
+    REDIS = "redis"
+    WORKER = "worker"  # no port, not load balanced
+
+
+# The seed's default services of every project, with memory reservations small enough that
+# all three environments of one project fit on a $6 droplet (1024 MB minus 256 MB system).
+DEFAULT_SERVICES: dict[str, tuple[ServiceKind, int]] = {
+    "backend": (ServiceKind.WEB, 64),
+    "frontend": (ServiceKind.WEB, 32),
+    "database": (ServiceKind.DATABASE, 96),
+    "redis": (ServiceKind.REDIS, 32),
+}
+DEFAULT_WORKER_MEMORY_MB = 32
+DEFAULT_HEALTH_PATH = "/health"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    kind: ServiceKind
+    memory_mb: int
+    health_path: str | None = None
+    image: str | None = None
+    command: str | None = None
+    dockerfile_path: str | None = None
+    build_context: str | None = None
+    secrets: tuple[str, ...] = ()
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "memory_mb": self.memory_mb,
+            "health_path": self.health_path,
+            "image": self.image,
+            "command": self.command,
+            "dockerfile_path": self.dockerfile_path,
+            "build_context": self.build_context,
+            "secrets": list(self.secrets),
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ServiceSpec:
+        return cls(
+            name=data["name"],
+            kind=ServiceKind(data["kind"]),
+            memory_mb=int(data["memory_mb"]),
+            health_path=data.get("health_path"),
+            image=data.get("image"),
+            command=data.get("command"),
+            dockerfile_path=data.get("dockerfile_path"),
+            build_context=data.get("build_context"),
+            secrets=tuple(data.get("secrets", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSpec:
+    name: str
+    servers: int
+    master_size: str
+    web_size: str
+    services: tuple[ServiceSpec, ...]
+    git_repo: str | None = None
+    domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def service(self, name: str) -> ServiceSpec:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    @property
+    def dedicated_droplets(self) -> tuple[str, ...]:
+        """Droplets of this project alone: `<project>-web1` .. `<project>-web<N-1>`."""
+        return tuple(f"{self.name}-web{i}" for i in range(1, self.servers))
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "servers": self.servers,
+            "master_size": self.master_size,
+            "web_size": self.web_size,
+            "services": [s.to_data() for s in self.services],
+            "git_repo": self.git_repo,
+            "domains": {env: list(names) for env, names in self.domains.items()},
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ProjectSpec:
+        return cls(
+            name=data["name"],
+            servers=int(data["servers"]),
+            master_size=data["master_size"],
+            web_size=data["web_size"],
+            services=tuple(ServiceSpec.from_data(s) for s in data["services"]),
+            git_repo=data.get("git_repo"),
+            domains={env: tuple(names) for env, names in data.get("domains", {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    projects: tuple[ProjectSpec, ...]
+    platform: str = "docker"
+
+    def project(self, name: str) -> ProjectSpec:
+        for project in self.projects:
+            if project.name == name:
+                return project
+        raise KeyError(name)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"platform": self.platform, "projects": [p.to_data() for p in self.projects]}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> DesiredState:
+        return cls(
+            projects=tuple(ProjectSpec.from_data(p) for p in data["projects"]),
+            platform=data.get("platform", "docker"),
+        )

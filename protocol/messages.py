@@ -1,0 +1,222 @@
+"""The message types that cross the wire, each with a kind and a schema version.
+
+Every message is a frozen, slotted, keyword-only dataclass deriving from `Message`, with a
+class-level `KIND` (the `"kind"` field on the wire) and `VERSION` (the `"v"` field). Field types
+are limited to what `protocol.codec` can check: `str`, `int`, `float`, `bool`, `X | None`,
+`tuple[X, ...]`, `dict[str, str]`, `dict[str, Any]` (plain data), the enums below (sent by
+value) and nested dataclasses (sent as maps). Fields named `v` or `kind` are reserved for the
+envelope.
+
+Changing a message: adding a field *with a default* keeps the version (older senders omit it);
+anything else bumps `VERSION` and, if old messages must stay readable, adds a classmethod
+`upgrade(cls, version: int, fields: dict[str, Any]) -> dict[str, Any]` that turns the fields of
+an older version into those of the current one (raise `UnknownVersionError` to decline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+
+class Message:
+    """Base of every top-level message; subclasses are frozen slotted dataclasses."""
+
+    __slots__ = ()
+    KIND: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+class InstanceState(StrEnum):
+    """Lifecycle state of one instance as its droplet's agent observes it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    CRASHED = "crashed"
+    STOPPED = "stopped"
+
+
+class Verdict(StrEnum):
+    """What a monitor says about a target in the failure-detection vote."""
+
+    SUSPECT = "suspect"
+    CONFIRM = "confirm"
+    REFUTE = "refute"
+
+
+class FailureState(StrEnum):
+    """Progress of a confirmed failure through recovery."""
+
+    CONFIRMED = "confirmed"
+    FENCED = "fenced"
+    RECOVERING = "recovering"
+    RECOVERED = "recovered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DesiredState(Message):
+    """What the operator published (KV `mesh_desired/spec`); `spec` is plain data."""
+
+    KIND: ClassVar[str] = "desired_state"
+
+    spec: dict[str, Any]
+    published_by: str
+    published_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Allocation(Message):
+    """Where one service runs and how (KV `mesh_alloc/<project>.<env>.<service>`).
+
+    `generation` grows with every change; `env_vars` never holds secrets (those are files).
+    """
+
+    KIND: ClassVar[str] = "allocation"
+
+    project: str
+    env: str
+    service: str
+    generation: int
+    droplets: tuple[str, ...]
+    port: int | None
+    image: str | None
+    command: str | None
+    memory_mb: int
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceStatus:
+    """One instance's observed state, nested in `NodeStatus` (versioned with it)."""
+
+    project: str
+    env: str
+    service: str
+    state: InstanceState
+    healthy: bool
+    restarts: int
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus(Message):
+    """A droplet's observed state (KV `mesh_nodes/<droplet>`)."""
+
+    KIND: ClassVar[str] = "node_status"
+
+    droplet: str
+    address: str
+    incarnation: int
+    size: str
+    roles: tuple[str, ...]
+    instances: tuple[InstanceStatus, ...]
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Message):
+    """A droplet's periodic liveness message on `mesh.hb.<droplet>`."""
+
+    KIND: ClassVar[str] = "heartbeat"
+
+    droplet: str
+    incarnation: int
+    seq: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease(Message):
+    """The holder of a role (KV `mesh_leases/<role>`); the KV revision is the fence."""
+
+    KIND: ClassVar[str] = "lease"
+
+    role: str
+    holder: str
+    incarnation: int
+    acquired_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspicion(Message):
+    """A monitor's vote about `target` on `mesh.suspect.<target>`.
+
+    `incarnation` is the target's incarnation the vote is about; a live target refutes with a
+    higher one.
+    """
+
+    KIND: ClassVar[str] = "suspicion"
+
+    target: str
+    by: str
+    incarnation: int
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureRecord(Message):
+    """A confirmed failure (KV `mesh_failures/<droplet>`); `fence` is the recovery lease."""
+
+    KIND: ClassVar[str] = "failure_record"
+
+    droplet: str
+    confirmed_by: tuple[str, ...]
+    confirmed_at: float
+    state: FailureState
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event(Message):
+    """One entry of the audit log (stream `MESH_EVENTS`, subject `mesh.events.<name>`).
+
+    `name` is the event kind (a subject token such as `lease_taken`); it is not called `kind`
+    because that key belongs to the envelope. `subject` is what the event is about (a droplet,
+    a project, ...), `fence` the lease revision of the leader that acted, if any.
+    """
+
+    KIND: ClassVar[str] = "event"
+
+    name: str
+    actor: str
+    subject: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    fence: int | None = None
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployRequest(Message):
+    """A request to deploy `git_ref` (stream `MESH_DEPLOY`, `mesh.deploy.<project>.<env>`)."""
+
+    KIND: ClassVar[str] = "deploy_request"
+
+    project: str
+    env: str
+    git_ref: str
+    requested_by: str
+    requested_at: float
+
+
+MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
+    {
+        cls.KIND: cls
+        for cls in (
+            DesiredState,
+            Allocation,
+            NodeStatus,
+            Heartbeat,
+            Lease,
+            Suspicion,
+            FailureRecord,
+            Event,
+            DeployRequest,
+        )
+    }
+)
+"""Every top-level message type by its `KIND`."""

@@ -1,0 +1,159 @@
+"""The only place that builds NATS subject, KV bucket, KV key and stream names.
+
+Every variable part (a droplet, project, environment, service, role or event kind) is one
+*token*: lowercase letters, digits, `_` and `-`, starting with a letter or digit, at most 63
+characters (a DNS label, since droplet names become host names). Dots, spaces and the NATS
+wildcards `*` and `>` are refused, so a name can never widen a subscription or split a key.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from protocol.errors import InvalidNameError
+
+MAX_TOKEN_LENGTH = 63
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+# KV buckets.
+DESIRED_BUCKET = "mesh_desired"
+ALLOC_BUCKET = "mesh_alloc"
+NODES_BUCKET = "mesh_nodes"
+LEASES_BUCKET = "mesh_leases"
+FAILURES_BUCKET = "mesh_failures"
+SNAPSHOTS_BUCKET = "mesh_snapshots"
+SECRETS_BUCKET = "mesh_secrets"
+BUCKETS = (
+    DESIRED_BUCKET,
+    ALLOC_BUCKET,
+    NODES_BUCKET,
+    LEASES_BUCKET,
+    FAILURES_BUCKET,
+    SNAPSHOTS_BUCKET,
+    SECRETS_BUCKET,
+)
+
+# The one key of the desired-state bucket.
+DESIRED_KEY = "spec"
+
+# Streams and the subjects they capture.
+EVENTS_STREAM = "MESH_EVENTS"
+EVENTS_SUBJECTS = "mesh.events.>"
+DEPLOY_STREAM = "MESH_DEPLOY"
+DEPLOY_SUBJECTS = "mesh.deploy.>"
+
+# Core NATS subjects (no JetStream) and their subscription wildcards.
+_HEARTBEAT = "mesh.hb"
+_SUSPECT = "mesh.suspect"
+_PROBE = "mesh.probe"
+HEARTBEATS_ALL = f"{_HEARTBEAT}.*"
+SUSPECTS_ALL = f"{_SUSPECT}.*"
+PROBES_ALL = f"{_PROBE}.*"
+
+
+class Role(StrEnum):
+    """A task that exactly one agent does at a time, held through a lease."""
+
+    SCHEDULER = "scheduler"
+    PROVISIONER = "provisioner"
+    LB = "lb"
+    HEARTBEAT = "heartbeat"
+    RECOVERY = "recovery"
+    BUILDER = "builder"
+
+
+def token(value: object, what: str = "name") -> str:
+    """Return `value` if it is a valid subject token or key part; raise InvalidNameError."""
+    context = f"{what} {value!r}"
+    if not isinstance(value, str):
+        raise InvalidNameError(context, value, f"must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidNameError(context, value, "must not be empty")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise InvalidNameError(
+            context, value, f"is {len(value)} characters long, more than {MAX_TOKEN_LENGTH}"
+        )
+    if _TOKEN.fullmatch(value) is None:
+        raise InvalidNameError(
+            context,
+            value,
+            "must use only lowercase letters, digits, '_' and '-', starting with a letter or "
+            "digit (no dots, spaces or wildcards)",
+        )
+    return value
+
+
+def heartbeat(droplet: str) -> str:
+    """Subject of `droplet`'s heartbeats: `mesh.hb.<droplet>`."""
+    return f"{_HEARTBEAT}.{token(droplet, 'droplet')}"
+
+
+def suspect(droplet: str) -> str:
+    """Subject of suspicions about `droplet`: `mesh.suspect.<droplet>`."""
+    return f"{_SUSPECT}.{token(droplet, 'droplet')}"
+
+
+def probe(droplet: str) -> str:
+    """Request/reply subject of indirect probes of `droplet`: `mesh.probe.<droplet>`."""
+    return f"{_PROBE}.{token(droplet, 'droplet')}"
+
+
+def droplet_of(subject: str) -> str:
+    """The droplet named by a heartbeat, suspect or probe subject; raise InvalidNameError."""
+    prefix, _, name = subject.rpartition(".")
+    if prefix not in (_HEARTBEAT, _SUSPECT, _PROBE):
+        raise InvalidNameError(
+            f"subject {subject!r}", subject, "is not a heartbeat, suspect or probe subject"
+        )
+    return token(name, "droplet")
+
+
+def event(kind: str) -> str:
+    """Subject of an event of `kind` in the events stream: `mesh.events.<kind>`."""
+    return f"mesh.events.{token(kind, 'event kind')}"
+
+
+def deploy(project: str, env: str) -> str:
+    """Subject of deploy requests for one project environment: `mesh.deploy.<project>.<env>`."""
+    return f"mesh.deploy.{token(project, 'project')}.{token(env, 'environment')}"
+
+
+def alloc_key(project: str, env: str, service: str) -> str:
+    """Key of one service's allocation in `mesh_alloc`: `<project>.<env>.<service>`."""
+    return f"{token(project, 'project')}.{token(env, 'environment')}.{token(service, 'service')}"
+
+
+def parse_alloc_key(key: str) -> tuple[str, str, str]:
+    """Split an allocation key into (project, env, service); raise InvalidNameError."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        raise InvalidNameError(f"allocation key {key!r}", key, "must be <project>.<env>.<service>")
+    project, env, service = parts
+    return token(project, "project"), token(env, "environment"), token(service, "service")
+
+
+def node_key(droplet: str) -> str:
+    """Key of a droplet's observed state in `mesh_nodes`: `<droplet>`."""
+    return token(droplet, "droplet")
+
+
+def lease_key(role: Role | str) -> str:
+    """Key of a role's lease in `mesh_leases`: `<role>`; only known roles have leases."""
+    try:
+        return Role(role).value
+    except ValueError:
+        known = ", ".join(r.value for r in Role)
+        raise InvalidNameError(
+            "lease key", role, f"{role!r} is not a known role (known: {known})"
+        ) from None
+
+
+def failure_key(droplet: str) -> str:
+    """Key of a droplet's failure record in `mesh_failures`: `<droplet>`."""
+    return token(droplet, "droplet")
+
+
+def snapshot_key(droplet: str) -> str:
+    """Key of a droplet's latest snapshot record in `mesh_snapshots`: `<droplet>`."""
+    return token(droplet, "droplet")

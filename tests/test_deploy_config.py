@@ -1,0 +1,379 @@
+"""The deployment config: bad configs are refused with their JSON path, good ones merge the
+default services, and a config naming a project the CSV lacks is refused.
+
+The bad configs are a table in `tests/cases/deploy_config_cases.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshd.csvfile import ProjectRow
+from meshd.deploy_config import (
+    MEMORY_RANGE,
+    PLATFORMS,
+    SECRET_NAME,
+    SERVICE_KEYS,
+    DeployConfig,
+    parse_deploy_config,
+)
+from meshd.desired import build_desired_state
+from meshd.errors import InputErrors, InputIssue
+from meshd.inputs import load_desired_state
+from meshd.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "examples" / "deployment_config.json"
+EXAMPLE_CSV = ROOT / "examples" / "projects.csv"
+TABLE: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "cases" / "deploy_config_cases.json").read_text(encoding="utf-8")
+)
+FILENAME = "deployment_config.json"
+DEFAULT_NAMES = list(DEFAULT_SERVICES)
+
+
+def parse(config: Any) -> DeployConfig:
+    return parse_deploy_config(json.dumps(config).encode(), FILENAME)
+
+
+def issues_of(data: bytes) -> tuple[InputIssue, ...]:
+    with pytest.raises(InputErrors) as caught:
+        parse_deploy_config(data, FILENAME)
+    return caught.value.issues
+
+
+def row(name: str, servers: int = 1) -> ProjectRow:
+    return ProjectRow(name, servers, "s-1vcpu-1gb", "s-1vcpu-1gb", 2)
+
+
+# --- refused configs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(TABLE["refused"]))
+def test_config_refuses_bad_input_naming_file_json_path_and_problem(case: str) -> None:
+    spec = TABLE["refused"][case]
+    text = spec["text"] if "text" in spec else json.dumps(spec["config"], indent=2)
+    issues = issues_of(text.encode())
+    found = [(issue.where, issue.message) for issue in issues]
+    assert len(issues) == len(spec["issues"]), found
+    for issue, want in zip(issues, spec["issues"], strict=True):
+        assert issue.file == FILENAME
+        assert issue.where == want["at"], found
+        for fragment in want["says"]:
+            assert fragment in issue.message, (fragment, issue.message)
+
+
+def test_config_refuses_invalid_utf8() -> None:
+    (issue,) = issues_of(b'{"projects": {"caf\xe9": {}}}')
+    assert issue.where == "1:1"
+    assert "UTF-8" in issue.message
+
+
+def test_config_reports_a_duplicate_key_inside_a_nested_object() -> None:
+    issues = issues_of(b'{"projects": {"web": {"services": {"worker": {}, "worker": {}}}}}')
+    assert [i.message for i in issues if "'worker'" in i.message and "twice" in i.message]
+
+
+def test_every_config_issue_prints_as_one_line() -> None:
+    config = {"projects": {"web\nsite": {"services": {"a\nb": {}, "w": {"secrets": ["x\ny"]}}}}}
+    for issue in issues_of(json.dumps(config).encode()):
+        assert "\n" not in str(issue)
+
+
+# --- accepted configs ---------------------------------------------------------------------
+
+
+def test_example_deployment_config_parses() -> None:
+    config = parse_deploy_config(EXAMPLE_CONFIG.read_bytes(), str(EXAMPLE_CONFIG))
+    assert config.platform == "docker"
+    assert list(config.projects) == ["hostomatic", "digitalpixo"]
+    hostomatic = config.projects["hostomatic"]
+    names = [s.name for s in hostomatic.services]
+    assert names == [*DEFAULT_NAMES, "worker_email", "worker_reports", "scheduler"]
+    backend = next(s for s in hostomatic.services if s.name == "backend")
+    assert (backend.kind, backend.memory_mb, backend.health_path) == (
+        ServiceKind.WEB,
+        256,
+        "/health",
+    )
+    assert backend.secrets[0] == "db_password"
+    email = next(s for s in hostomatic.services if s.name == "worker_email")
+    assert (email.kind, email.health_path, email.command) == (
+        ServiceKind.WORKER,
+        None,
+        "python email_processor.py",
+    )
+    assert hostomatic.domains == {
+        "prod": ("hostomatic.com", "www.hostomatic.com"),
+        "uat": ("uat.hostomatic.com",),
+    }
+    assert [s.name for s in config.projects["digitalpixo"].services] == DEFAULT_NAMES
+
+
+def test_example_config_and_csv_load_into_one_desired_state() -> None:
+    state = load_desired_state(EXAMPLE_CSV, EXAMPLE_CONFIG)
+    assert [p.name for p in state.projects] == ["digitalpixo", "hostomatic", "newstartup"]
+    assert [s.name for s in state.project("newstartup").services] == DEFAULT_NAMES
+
+
+def test_an_empty_config_has_the_docker_platform_and_no_projects() -> None:
+    assert parse({}) == DeployConfig()
+
+
+def test_config_accepts_a_utf8_bom() -> None:
+    config = parse_deploy_config(b'\xef\xbb\xbf{"deployment_platform": "process"}', FILENAME)
+    assert config.platform == "process"
+
+
+def test_services_of_a_project_listing_only_workers_keep_the_four_defaults() -> None:
+    config = parse({"projects": {"web": {"services": {"mailer": {"command": "python m.py"}}}}})
+    services = config.projects["web"].services
+    assert [s.name for s in services] == [*DEFAULT_NAMES, "mailer"]
+    for service in services[:4]:
+        kind, memory = DEFAULT_SERVICES[service.name]
+        assert (service.kind, service.memory_mb) == (kind, memory)
+    assert (services[4].kind, services[4].memory_mb, services[4].health_path) == (
+        ServiceKind.WORKER,
+        32,
+        None,
+    )
+
+
+def test_a_listed_default_service_overrides_only_what_it_sets() -> None:
+    config = parse({"projects": {"web": {"services": {"frontend": {"memory_mb": 128}}}}})
+    frontend = config.projects["web"].services[1]
+    assert (frontend.name, frontend.kind, frontend.memory_mb) == ("frontend", ServiceKind.WEB, 128)
+    assert frontend.health_path == "/health"
+
+
+def test_enabled_false_removes_a_default_service() -> None:
+    config = parse({"projects": {"web": {"services": {"redis": {"enabled": False}}}}})
+    assert [s.name for s in config.projects["web"].services] == ["backend", "frontend", "database"]
+
+
+def test_enabled_false_on_a_worker_leaves_it_out() -> None:
+    config = parse({"projects": {"web": {"services": {"cron": {"enabled": False}}}}})
+    assert [s.name for s in config.projects["web"].services] == DEFAULT_NAMES
+
+
+def test_declaring_the_type_a_service_has_anyway_is_accepted() -> None:
+    services = {"backend": {"type": "web"}, "redis": {"type": "redis"}, "job": {"type": "worker"}}
+    config = parse({"projects": {"web": {"services": services}}})
+    kinds = {s.name: s.kind for s in config.projects["web"].services}
+    assert kinds["backend"] is ServiceKind.WEB
+    assert kinds["redis"] is ServiceKind.REDIS
+    assert kinds["job"] is ServiceKind.WORKER
+
+
+@pytest.mark.parametrize("memory", [MEMORY_RANGE[0], MEMORY_RANGE[1]])
+def test_memory_mb_at_either_end_of_the_range_is_accepted(memory: int) -> None:
+    config = parse({"projects": {"web": {"services": {"backend": {"memory_mb": memory}}}}})
+    assert config.projects["web"].services[0].memory_mb == memory
+
+
+@pytest.mark.parametrize("path", ["./", "backend/", "a..b/Dockerfile", "..hidden/x"])
+def test_paths_with_dots_that_stay_inside_the_repository_are_accepted(path: str) -> None:
+    config = parse({"projects": {"web": {"services": {"backend": {"build_context": path}}}}})
+    assert config.projects["web"].services[0].build_context == path
+
+
+# --- the config against the CSV -----------------------------------------------------------
+
+
+def test_build_desired_state_refuses_a_config_project_missing_from_the_csv() -> None:
+    config = parse({"projects": {"hostomatc": {}, "web": {}}})
+    with pytest.raises(InputErrors) as caught:
+        build_desired_state([row("hostomatic"), row("web")], config, FILENAME)
+    (issue,) = caught.value.issues
+    assert (issue.file, issue.where) == (FILENAME, "$.projects.hostomatc")
+    assert "not in the projects CSV" in issue.message
+    assert "did you mean 'hostomatic'?" in issue.message
+
+
+def test_build_desired_state_gives_csv_projects_without_config_the_defaults() -> None:
+    config = parse({"projects": {"web": {"services": {"redis": {"enabled": False}}}}})
+    state = build_desired_state([row("web", 2), row("api")], config)
+    assert [s.name for s in state.project("web").services] == ["backend", "frontend", "database"]
+    assert [s.name for s in state.project("api").services] == DEFAULT_NAMES
+    assert state.project("web").servers == 2
+
+
+def test_load_desired_state_refuses_a_config_project_missing_from_the_csv(tmp_path: Path) -> None:
+    csv_path = tmp_path / "projects.csv"
+    csv_path.write_text("Project,Servers,MasterSpec,WebSpec\nweb,1,s-1vcpu-1gb,s-1vcpu-1gb\n")
+    config_path = tmp_path / FILENAME
+    config_path.write_text(json.dumps({"projects": {"web": {}, "shop": {}}}))
+    with pytest.raises(InputErrors) as caught:
+        load_desired_state(csv_path, config_path)
+    (issue,) = caught.value.issues
+    assert (issue.file, issue.where) == (str(config_path), "$.projects.shop")
+    assert "add it to the CSV or remove it" in issue.message
+
+
+def test_load_desired_state_reports_the_problems_of_both_files_at_once(tmp_path: Path) -> None:
+    csv_path = tmp_path / "projects.csv"
+    csv_path.write_text("Project,Servers,MasterSpec,WebSpec\nweb,0,s-1vcpu-1gb,s-1vcpu-1gb\n")
+    config_path = tmp_path / FILENAME
+    config_path.write_text(json.dumps({"deployment_platform": "kubernetes"}))
+    with pytest.raises(InputErrors) as caught:
+        load_desired_state(csv_path, config_path)
+    assert [(i.file, i.where) for i in caught.value.issues] == [
+        (str(csv_path), "2"),
+        (str(config_path), "$.deployment_platform"),
+    ]
+
+
+def test_load_desired_state_refuses_a_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputErrors) as caught:
+        load_desired_state(EXAMPLE_CSV, tmp_path / "missing.json")
+    (issue,) = caught.value.issues
+    assert issue.file == str(tmp_path / "missing.json")
+    assert "cannot read" in issue.message
+
+
+# --- bugs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"projects": 5},
+        {"projects": None},
+        {"projects": True},
+        {"projects": {"web": {"versioning": 1}}},
+        {"projects": {"web": {"versioning": None}}},
+    ],
+    ids=["projects-number", "projects-null", "projects-bool", "versioning-number", "version-null"],
+)
+def test_config_refuses_a_scalar_where_an_object_belongs(config: Any) -> None:
+    (issue,) = issues_of(json.dumps(config).encode())
+    assert "expected an object" in issue.message
+
+
+def test_config_refuses_an_integer_too_long_to_convert() -> None:
+    (issue,) = issues_of(b'{"deployment_platform": ' + b"1" * 5000 + b"}")
+    assert issue.file == FILENAME
+
+
+def test_config_refuses_an_absolute_build_context() -> None:
+    (issue,) = issues_of(
+        json.dumps(
+            {"projects": {"web": {"services": {"backend": {"build_context": "/etc"}}}}}
+        ).encode()
+    )
+    assert issue.where == "$.projects.web.services.backend.build_context"
+
+
+def test_a_config_project_missing_from_the_csv_is_reported_on_one_line() -> None:
+    config = parse({"projects": {"web\nsite": {}}})
+    with pytest.raises(InputErrors) as caught:
+        build_desired_state([row("web")], config, FILENAME)
+    (issue,) = caught.value.issues
+    assert "\n" not in str(issue)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+def assert_follows_the_rules(config: DeployConfig) -> None:
+    assert config.platform in PLATFORMS
+    for project in config.projects.values():
+        names = [s.name for s in project.services]
+        assert len(set(names)) == len(names)
+        for service in project.services:
+            assert MEMORY_RANGE[0] <= service.memory_mb <= MEMORY_RANGE[1]
+            expected = DEFAULT_SERVICES.get(service.name, (ServiceKind.WORKER, 0))[0]
+            assert service.kind is expected
+            if service.kind is not ServiceKind.WEB:
+                assert service.health_path is None
+            assert all(SECRET_NAME.match(s) for s in service.secrets)
+            assert len(set(service.secrets)) == len(service.secrets)
+            for path in (service.build_context, service.dockerfile_path):
+                assert path is None or ".." not in path.split("/")
+        for env, domains in project.domains.items():
+            assert env in ENVIRONMENTS
+            assert all(re.fullmatch(r"[a-z0-9.-]+", d) for d in domains)
+
+
+def assert_well_formed(issues: tuple[InputIssue, ...]) -> None:
+    assert issues
+    for issue in issues:
+        assert issue.file == FILENAME
+        assert issue.where.startswith("$") or re.fullmatch(r"\d+:\d+", issue.where)
+        assert issue.message and "\n" not in str(issue)
+
+
+def check(data: bytes) -> None:
+    try:
+        config = parse_deploy_config(data, FILENAME)
+    except InputErrors as err:
+        assert_well_formed(err.issues)
+    else:
+        assert_follows_the_rules(config)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_a_config_or_input_errors_only(data: bytes) -> None:
+    check(data)
+
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats()
+    | st.sampled_from(["", " ", "/health", "health", "x y", "../up", "db_password", "A"])
+    | st.text(max_size=8)
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+SERVICE_NAMES = st.sampled_from([*DEFAULT_NAMES, "worker", "cron-1", "Bad Name", "", "x" * 31])
+SERVICE = st.dictionaries(
+    st.sampled_from([*SERVICE_KEYS, "memroy_mb"]),
+    st.one_of(
+        JSON,
+        st.sampled_from(["web", "worker", "database", "redis", "/h", "img:1", "a/../b"]),
+        st.integers(0, 70000),
+        st.lists(st.sampled_from(["db_password", "db_password", "Key", "k2"]), max_size=4),
+    ),
+    max_size=5,
+)
+DOMAIN_LISTS = st.lists(
+    st.sampled_from(["a.example.com", "b.example.com", "Bad.COM", "localhost", "x"]) | SCALARS,
+    max_size=3,
+)
+PROJECT = st.fixed_dictionaries(
+    {},
+    optional={
+        "git_repo": JSON,
+        "versioning": st.dictionaries(st.text(max_size=5), JSON) | JSON,
+        "services": st.dictionaries(SERVICE_NAMES, SERVICE | JSON, max_size=4) | JSON,
+        "domains": st.dictionaries(st.sampled_from([*ENVIRONMENTS, "dev"]), DOMAIN_LISTS | JSON),
+        "git": JSON,
+    },
+)
+DOCUMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "deployment_platform": st.sampled_from([*PLATFORMS, "kubernetes"]) | JSON,
+        "projects": st.dictionaries(st.sampled_from(["web", "api", "w\nx"]), PROJECT | JSON) | JSON,
+        "extra": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(DOCUMENT)
+def test_config_shaped_documents_give_a_valid_config_or_input_errors_only(document: Any) -> None:
+    check(json.dumps(document).encode())
