@@ -323,7 +323,7 @@ class _Checker:
         for project, config in projects.items():
             for env, names in config.domains.items():
                 for name in names:
-                    where = f"{project} {env}"
+                    where = f"{project!r} {env}"
                     if name in owner and owner[name] != where:
                         self.fail(
                             json_path(json_path("$.projects", project), "domains") + f".{env}",

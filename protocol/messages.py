@@ -88,6 +88,23 @@ class Allocation(Message):
     command: str | None
     memory_mb: int
     env_vars: dict[str, str] = field(default_factory=dict)
+    health_path: str | None = None
+    secrets: tuple[str, ...] = ()
+    fence: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementRecord(Message):
+    """The scheduler's last placement (KV `mesh_desired/placement`), kept so that the next
+    one keeps ports and droplets sticky. `placement` is plain data; `spec_revision` is the
+    desired-state revision it was computed from."""
+
+    KIND: ClassVar[str] = "placement"
+
+    placement: dict[str, Any]
+    spec_revision: int
+    fence: int
+    written_at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +118,8 @@ class InstanceStatus:
     healthy: bool
     restarts: int
     last_error: str | None = None
+    generation: int = 0
+    runtime_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +228,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
         for cls in (
             DesiredState,
             Allocation,
+            PlacementRecord,
             NodeStatus,
             Heartbeat,
             Lease,

@@ -36,6 +36,7 @@ BUCKETS = (
 
 # The one key of the desired-state bucket.
 DESIRED_KEY = "spec"
+PLACEMENT_KEY = "placement"
 
 # Streams and the subjects they capture.
 EVENTS_STREAM = "MESH_EVENTS"

@@ -35,6 +35,8 @@ def meshctl_path() -> Path:
 def meshctl(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "COLUMNS"}}
     env["NO_COLOR"] = "1"
+    # No mesh: these tests must never find (or touch) a real context of the user's.
+    env["MESHD_CONFIG_HOME"] = env["MESHD_STATE_HOME"] = "/nonexistent/meshd"
     return subprocess.run(
         [str(meshctl_path()), *map(str, args)],
         cwd=ROOT,
@@ -207,13 +209,13 @@ def test_publish_refuses_a_missing_file_with_exit_2() -> None:
     assert result.stderr.startswith("no/such/projects.csv: cannot read")
 
 
-def test_publish_without_dry_run_exits_1_with_a_one_line_message() -> None:
+def test_publish_without_a_mesh_exits_1_saying_how_to_start_one() -> None:
     result = meshctl("publish", EXAMPLE_CSV)
     assert result.returncode == 1
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
-    assert line.startswith("meshctl: publish examples/projects.csv: ")
-    assert "--dry-run" in line
+    assert line.startswith("meshctl: no mesh yet")
+    assert "meshctl up --local" in line
 
 
 def test_unknown_option_exits_2() -> None:

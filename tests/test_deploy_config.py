@@ -30,7 +30,7 @@ from meshd.inputs import load_desired_state
 from meshd.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_CONFIG = ROOT / "examples" / "deployment_config.json"
+EXAMPLE_CONFIG = ROOT / "examples" / "seed" / "deployment_config.json"
 EXAMPLE_CSV = ROOT / "examples" / "projects.csv"
 TABLE: dict[str, Any] = json.loads(
     (Path(__file__).parent / "cases" / "deploy_config_cases.json").read_text(encoding="utf-8")
@@ -90,7 +90,15 @@ def test_every_config_issue_prints_as_one_line() -> None:
 # --- accepted configs ---------------------------------------------------------------------
 
 
-def test_example_deployment_config_parses() -> None:
+def test_demo_deployment_config_runs_every_service_as_a_process() -> None:
+    demo = ROOT / "examples" / "deployment_config.json"
+    config = parse_deploy_config(demo.read_bytes(), str(demo))
+    assert config.platform == "process"
+    commands = [s.command for p in config.projects.values() for s in p.services]
+    assert all(c and "${CONFIG_DIR}/app/hello.py" in c for c in commands)
+
+
+def test_seed_deployment_config_parses() -> None:
     config = parse_deploy_config(EXAMPLE_CONFIG.read_bytes(), str(EXAMPLE_CONFIG))
     assert config.platform == "docker"
     assert list(config.projects) == ["hostomatic", "digitalpixo"]
@@ -291,7 +299,7 @@ def assert_follows_the_rules(config: DeployConfig) -> None:
             assert MEMORY_RANGE[0] <= service.memory_mb <= MEMORY_RANGE[1]
             expected = DEFAULT_SERVICES.get(service.name, (ServiceKind.WORKER, 0))[0]
             assert service.kind is expected
-            if service.kind is not ServiceKind.WEB:
+            if service.kind is ServiceKind.WORKER:
                 assert service.health_path is None
             assert all(SECRET_NAME.match(s) for s in service.secrets)
             assert len(set(service.secrets)) == len(service.secrets)

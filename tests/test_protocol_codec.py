@@ -33,6 +33,7 @@ from protocol.messages import (
     Lease,
     Message,
     NodeStatus,
+    PlacementRecord,
     Suspicion,
     Verdict,
 )
@@ -106,6 +107,12 @@ SAMPLES: list[Message] = [
         git_ref="refs/heads/main",
         requested_by="git-hook",
         requested_at=1_700_000_005.0,
+    ),
+    PlacementRecord(
+        placement={"droplets": [{"name": "master", "size": "s-1vcpu-1gb"}], "instances": []},
+        spec_revision=3,
+        fence=12,
+        written_at=1_700_000_006.0,
     ),
 ]
 

@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
+from meshd.cli.down import down
 from meshd.cli.publish import publish
-from meshd.errors import InputErrors
+from meshd.cli.status import events, status
+from meshd.cli.up import up
+from meshd.errors import CapacityError, InputErrors
 from protocol.errors import MeshError
 
 EXIT_FAILURE = 1
@@ -31,7 +34,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-cli.add_command(publish)
+for command in (up, publish, status, events, down):
+    cli.add_command(command)
 
 
 def cause_chain(err: BaseException) -> str:
@@ -60,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_FAILURE)
     except InputErrors as err:
         _report_input_errors(err)
+        sys.exit(EXIT_BAD_INPUT)
+    except CapacityError as err:
+        for line in str(err).splitlines():
+            print(f"meshctl: {line}", file=sys.stderr)
+        print("meshctl: the plan does not fit; nothing was published", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except MeshError as err:
         _fail(err, debug)

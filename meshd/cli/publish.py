@@ -1,23 +1,37 @@
-"""`meshctl publish`: validate the projects CSV and deployment config, show the plan, publish."""
+"""`meshctl publish`: validate the projects CSV and deployment config, show the plan, publish
+it as the mesh's desired state (compare-and-set on its revision), optionally wait."""
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
+import socket
+import time
 from pathlib import Path
 
 import click
 
+from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, render_plan
+from meshd.context import load_context
 from meshd.inputs import find_deploy_config, load_desired_state
-from meshd.placement import place
-from meshd.plan import make_plan
+from meshd.observe import converged
+from meshd.placement import Placement, place
+from meshd.plan import DropletAction, Plan, make_plan
+from meshd.spec import DesiredState
+from meshd.store import Conflict, Store
+from protocol import subjects
+from protocol.codec import decode, encode
 from protocol.errors import MeshError
+from protocol.messages import DesiredState as DesiredMessage
+from protocol.messages import PlacementRecord
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
 
-class NoMeshError(MeshError):
-    """There is no mesh to talk to."""
+class PublishRefused(MeshError):
+    """The publish would do something the operator must confirm."""
 
 
 @click.command(no_args_is_help=True)
@@ -31,24 +45,139 @@ class NoMeshError(MeshError):
 )
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; publish nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
-def publish(csv_file: Path, deploy_config: Path | None, dry_run: bool, as_json: bool) -> None:
+@click.option("--wait", is_flag=True, help="Wait until every instance is healthy.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--force", is_flag=True, help="Publish even if droplets would be destroyed.")
+@click.option("--context", "context_name", metavar="NAME", help="Mesh to publish to.")
+def publish(
+    csv_file: Path,
+    deploy_config: Path | None,
+    dry_run: bool,
+    as_json: bool,
+    wait: bool,
+    timeout: float,
+    force: bool,
+    context_name: str | None,
+) -> None:
     """Validate FILE (Project,Servers,MasterSpec,WebSpec), print what would change (droplets,
     instances, ports, monthly cost) and publish it as the mesh's desired state.
 
     Every problem of the input is reported at once with file, line and column; bad input exits
-    with code 2 and changes nothing.
+    with code 2 and changes nothing. Without a mesh, --dry-run plans against an empty one.
     """
     config_path = deploy_config or find_deploy_config(csv_file)
     state = load_desired_state(csv_file, config_path)
-    plan = make_plan(None, place(state))
-    if as_json:
-        click.echo(json.dumps(plan.to_json(), indent=2))
-    else:
-        render_plan(plan, source=str(csv_file), config=str(config_path) if config_path else None)
-    if dry_run:
+    shown = str(config_path) if config_path else None
+    if dry_run and _no_mesh(context_name):
+        _show(make_plan(None, place(state)), as_json, str(csv_file), shown)
         if not as_json:
             console.print("Dry run: nothing was published.")
         return
-    raise NoMeshError(
-        f"publish {csv_file}: there is no mesh to publish to yet; use --dry-run to see the plan"
+    asyncio.run(
+        _publish(state, csv_file, shown, dry_run, as_json, wait, timeout, force, context_name)
+    )
+
+
+def _no_mesh(context_name: str | None) -> bool:
+    try:
+        load_context(context_name)
+    except MeshError:
+        return True
+    return False
+
+
+def _show(plan: Plan, as_json: bool, source: str, config: str | None) -> None:
+    if as_json:
+        click.echo(json.dumps(plan.to_json(), indent=2))
+    else:
+        render_plan(plan, source=source, config=config)
+
+
+async def _publish(
+    state: DesiredState,
+    csv_file: Path,
+    config: str | None,
+    dry_run: bool,
+    as_json: bool,
+    wait: bool,
+    wait_s: float,
+    force: bool,
+    context_name: str | None,
+) -> None:
+    context = load_context(context_name)
+    store = await connect(context)
+    try:
+        current = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
+        previous = await _placement(store)
+        plan = make_plan(previous, place(state, previous))
+        _show(plan, as_json, str(csv_file), config)
+        if dry_run:
+            if not as_json:
+                console.print("Dry run: nothing was published.")
+            return
+        destroyed = [d.name for d in plan.droplets if d.action is DropletAction.DESTROY]
+        if destroyed and not force:
+            raise PublishRefused(
+                f"publish {csv_file}: this would destroy {', '.join(destroyed)}; "
+                "re-run with --force if that is what you want"
+            )
+        message = DesiredMessage(
+            spec=state.to_data(),
+            published_by=f"{getpass.getuser()}@{socket.gethostname()}",
+            published_at=time.time(),
+        )
+        try:
+            if current is None:
+                revision = await store.create(
+                    subjects.DESIRED_BUCKET, subjects.DESIRED_KEY, encode(message)
+                )
+            else:
+                revision = await store.update(
+                    subjects.DESIRED_BUCKET,
+                    subjects.DESIRED_KEY,
+                    encode(message),
+                    last=current.revision,
+                )
+        except Conflict:
+            raise PublishRefused(
+                f"publish {csv_file}: somebody else published while this plan was made; "
+                "run publish again to plan against their state"
+            ) from None
+        await store.record("published", message.published_by, "spec", {"revision": revision})
+        if not as_json:
+            console.print(f"Published revision {revision}.")
+        if wait:
+            await _wait(store, revision, wait_s, quiet=as_json)
+    finally:
+        await store.close()
+
+
+async def _placement(store: Store) -> Placement | None:
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+    if entry is None or entry.value is None:
+        return None
+    return Placement.from_data(decode(entry.value, PlacementRecord).placement)
+
+
+async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None:
+    deadline = time.monotonic() + wait_s
+    with console.status("Waiting for the mesh to converge ...") as progress:
+        while time.monotonic() < deadline:
+            placed = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+            scheduled = (
+                placed is not None
+                and placed.value is not None
+                and (decode(placed.value, PlacementRecord).spec_revision >= revision)
+            )
+            view = (await snapshot(store)).status()
+            healthy = sum(s["healthy"] for s in view["services"])
+            desired = sum(s["desired"] for s in view["services"])
+            progress.update(f"Waiting for the mesh to converge ... {healthy}/{desired} healthy")
+            if scheduled and converged(view):
+                if not quiet:
+                    console.print(f"Converged: {healthy}/{desired} instances healthy.")
+                return
+            await asyncio.sleep(0.5)
+    raise MeshError(
+        f"publish: not converged within {wait_s:.0f} s; see `meshctl status` for what is missing"
     )

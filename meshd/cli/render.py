@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from datetime import datetime
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from meshd.plan import DropletAction, InstanceAction, InstanceChange, Plan
 from meshd.sizes import SIZES
+from protocol.messages import Event
 
 # Pipes and CI logs get a fixed width wide enough for the allocation table.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -108,5 +111,52 @@ def _allocation_table(plan: Plan) -> Table:
             a.hash,
             *(str(a.ports[f]) for f in ("backend", "frontend", "database", "redis")),
             a.db_name,
+        )
+    return table
+
+
+def status_tables(view: dict[str, Any]) -> list[Table]:
+    droplets = _table("Droplets")
+    for column in ("Droplet", "Address", "Size", "Roles", "Heartbeat", "Instances"):
+        droplets.add_column(column)
+    for d in view["droplets"]:
+        beat = f"{d['heartbeat_age_s']:.0f}s ago"
+        droplets.add_row(
+            d["name"],
+            d["address"],
+            d["size"],
+            ", ".join(d["roles"]) or "-",
+            beat if d["healthy"] else f"[red]{beat}[/]",
+            str(d["instances"]),
+        )
+    services = _table("Services")
+    for column in ("Project", "Env", "Service", "Port", "Healthy", "Droplets", "Last error"):
+        services.add_column(column)
+    for s in view["services"]:
+        ok = s["healthy"] == s["desired"]
+        count = f"{s['healthy']}/{s['desired']}"
+        services.add_row(
+            s["project"],
+            s["env"],
+            s["service"],
+            "-" if s["port"] is None else str(s["port"]),
+            f"[green]{count}[/]" if ok else f"[red]{count}[/]",
+            ", ".join(s["droplets"]),
+            escape(s["errors"][0]) if s["errors"] else "",
+        )
+    return [droplets, services]
+
+
+def events_table(events: list[Event]) -> Table:
+    table = _table("Recent events")
+    for column in ("Time", "Event", "Subject", "By", "Fence"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(
+            datetime.fromtimestamp(e.at).strftime("%H:%M:%S"),
+            e.name,
+            escape(e.subject),
+            escape(e.actor),
+            "-" if e.fence is None else str(e.fence),
         )
     return table

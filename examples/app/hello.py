@@ -1,0 +1,67 @@
+"""A tiny service for the demo, standard library only.
+
+Web mode (default): serves `GET /health` (JSON) and `GET /` (a page naming its project,
+environment and service) on SERVICE_HOST:SERVICE_PORT. `--port-from VAR` listens on the port
+in another variable (the demo's stand-in database and redis use DB_PORT and REDIS_PORT).
+Worker mode (`--worker`): no port; logs a line every 30 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def identity() -> dict[str, str]:
+    return {
+        "service": os.environ.get("SERVICE_NAME", "hello"),
+        "project": os.environ.get("PROJECT", ""),
+        "environment": os.environ.get("ENVIRONMENT", ""),
+        "host": os.environ.get("SERVICE_HOST", "127.0.0.1"),
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        if self.path.rstrip("/").endswith("/health"):
+            self._send(200, "application/json", json.dumps({"status": "ok", **identity()}))
+            return
+        me = identity()
+        page = (
+            f"<!doctype html><title>{me['service']}</title>"
+            f"<h1>{me['service']}</h1><p>project {me['project']}, environment "
+            f"{me['environment']}, served from {me['host']} by meshd.</p>\n"
+        )
+        self._send(200, "text/html; charset=utf-8", page)
+
+    def _send(self, status: int, content_type: str, body: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", action="store_true", help="run without a port")
+    parser.add_argument("--port-from", default="SERVICE_PORT", help="variable holding the port")
+    args = parser.parse_args()
+    if args.worker:
+        while True:
+            print(f"{identity()['service']}: working", flush=True)
+            time.sleep(30)
+    host = os.environ.get("SERVICE_HOST", "127.0.0.1")
+    port = int(os.environ[args.port_from])
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The agent's lifecycle: one `meshd agent` per droplet.
+
+Instances come first: the reconciler starts from the local copy of allocations before any
+NATS server answers. The control plane (membership, allocation feed, leases and the roles
+they guard) joins once the store is reachable and keeps retrying while it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from aiohttp import web
+
+from meshd.api import create_app
+from meshd.lease import LeaseKeeper, Term
+from meshd.membership import Membership, next_incarnation, node_status
+from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
+from meshd.provisioner import Provisioner
+from meshd.reconciler import Reconciler
+from meshd.scheduler import Scheduler
+from meshd.store import Store, StoreUnavailable
+from plugins.providers import ProviderContext, load_provider
+from plugins.runtimes import RuntimeContext, load_runtime
+from plugins.secrets.env import EnvSecrets
+from protocol import subjects
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Allocation, NodeStatus
+
+log = logging.getLogger(__name__)
+RETRY_S = 1.0
+
+
+class Agent:
+    def __init__(self, droplet_dir: Path) -> None:
+        self.dir = droplet_dir
+        self.identity = DropletIdentity.load(droplet_dir)
+        self.config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
+        self.data_dir = droplet_dir / "agent"
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.incarnation = next_incarnation(self.data_dir)
+        self.terms: dict[str, Term] = {}
+        self.store: Store | None = None
+        self.reconciler: Reconciler
+
+    def status(self) -> NodeStatus:
+        return node_status(self.identity, self.incarnation, self.roles(), self.reconciler)
+
+    def roles(self) -> tuple[str, ...]:
+        return tuple(sorted(role for role, term in self.terms.items() if term.valid))
+
+    def _observe(self, role: str, term: Term | None) -> None:
+        if term is None:
+            self.terms.pop(role, None)
+        else:
+            self.terms[role] = term
+
+    async def run(self) -> None:
+        runtime_config = self.config.runtime or {"name": "process"}
+        runtime = load_runtime(
+            runtime_config.get("name", "process"),
+            RuntimeContext(
+                mesh=self.config.mesh,
+                droplet=self.identity.name,
+                data_dir=self.data_dir / "runtime",
+                config=dict(runtime_config.get("config", {})),
+                logger=logging.getLogger("plugins.runtimes"),
+            ),
+        )
+        reconciler = Reconciler(
+            runtime, self.identity.name, self.identity.address, self.data_dir, EnvSecrets()
+        )
+        self.reconciler = reconciler
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(runtime.close)
+            runner = web.AppRunner(
+                create_app(self.status, lambda: bool(self.store and self.store.connected)),
+                access_log=None,
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, self.identity.address, AGENT_HTTP_PORT).start()
+            log.info(
+                "Agent started. droplet=%s address=%s incarnation=%d",
+                self.identity.name,
+                self.identity.address,
+                self.incarnation,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(reconciler.run(), name="reconciler")
+                tasks.create_task(self._control_plane(reconciler), name="control-plane")
+
+    async def _control_plane(self, reconciler: Reconciler) -> None:
+        store = await Store.connect(
+            self.config.nats_urls(),
+            "agent",
+            self.config.passwords["agent"],
+            name=f"meshd-{self.identity.name}",
+            forever=True,
+        )
+        self.store = store
+        try:
+            while True:
+                try:
+                    await store.ensure(self.config.replicas)
+                    break
+                except StoreUnavailable as err:
+                    log.info("Waiting for JetStream. error=%s", err)
+                    await asyncio.sleep(RETRY_S)
+            provider_config = self.config.provider
+            provider = load_provider(
+                provider_config.get("name", "local"),
+                ProviderContext(
+                    mesh=self.config.mesh,
+                    config=dict(provider_config.get("config", {})),
+                    logger=logging.getLogger("plugins.providers"),
+                ),
+            )
+            membership = Membership(store, self.identity, self.status)
+            name = self.identity.name
+            keepers = [
+                LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)
+                for r in (
+                    Scheduler(store, name),
+                    Provisioner(store, provider, self.config, name),
+                )
+            ]
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(membership.run(), name="membership")
+                tasks.create_task(self._feed(store, reconciler), name="allocations")
+                for keeper in keepers:
+                    tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
+        finally:
+            self.store = None
+            await store.close()
+
+    async def _feed(self, store: Store, reconciler: Reconciler) -> None:
+        """Allocations from KV to the reconciler, re-watching after any interruption."""
+        while True:
+            allocations: dict[str, Allocation] = {}
+            ready = False
+            try:
+                async for entry in store.watch(subjects.ALLOC_BUCKET):
+                    if entry is None:
+                        ready = True
+                    elif entry.value is None:
+                        allocations.pop(entry.key, None)
+                    else:
+                        try:
+                            allocations[entry.key] = decode(entry.value, Allocation)
+                        except ProtocolError as err:
+                            log.error("Invalid allocation ignored. key=%s error=%s", entry.key, err)
+                            continue
+                    if ready:
+                        await reconciler.apply(allocations)
+            except StoreUnavailable as err:
+                log.info("Allocation watch interrupted. error=%s", err)
+            except Exception as err:  # the watch must come back whatever NATS did
+                log.warning("Allocation watch failed. error=%s", err)
+            await asyncio.sleep(RETRY_S)
+
+
+async def run_agent(droplet_dir: Path) -> None:
+    agent = Agent(droplet_dir)
+    with contextlib.suppress(asyncio.CancelledError):
+        await agent.run()

@@ -1,0 +1,54 @@
+"""The agent's HTTP endpoints on its droplet's address: `/health` for peers' probes and
+`/status` for operators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from protocol.messages import NodeStatus
+
+
+def _instance(status: Any) -> dict[str, Any]:
+    return {
+        "project": status.project,
+        "env": status.env,
+        "service": status.service,
+        "state": status.state.value,
+        "healthy": status.healthy,
+        "restarts": status.restarts,
+        "last_error": status.last_error,
+        "pid": status.runtime_id,
+    }
+
+
+def create_app(status: Callable[[], NodeStatus], connected: Callable[[], bool]) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        node = status()
+        return web.json_response(
+            {
+                "droplet": node.droplet,
+                "incarnation": node.incarnation,
+                "instances": [_instance(i) for i in node.instances],
+            }
+        )
+
+    async def full_status(_: web.Request) -> web.Response:
+        node = status()
+        return web.json_response(
+            {
+                "droplet": node.droplet,
+                "address": node.address,
+                "incarnation": node.incarnation,
+                "size": node.size,
+                "roles": list(node.roles),
+                "nats_connected": connected(),
+                "instances": [_instance(i) for i in node.instances],
+            }
+        )
+
+    app = web.Application()
+    app.add_routes([web.get("/health", health), web.get("/status", full_status)])
+    return app

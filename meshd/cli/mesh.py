@@ -1,0 +1,58 @@
+"""What every `meshctl` command that talks to a mesh shares: finding and reading it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from meshd.context import Context, load_context
+from meshd.observe import mesh_status
+from meshd.store import Store, StoreUnavailable
+from protocol import subjects
+from protocol.codec import decode
+from protocol.messages import Allocation, Lease, NodeStatus
+
+CONNECT_TIMEOUT_S = 2.0
+
+
+async def connect(context: Context) -> Store:
+    try:
+        return await Store.connect(
+            context.servers,
+            context.user,
+            context.password,
+            name="meshctl",
+            timeout=CONNECT_TIMEOUT_S,
+        )
+    except StoreUnavailable as err:
+        raise StoreUnavailable(f"mesh {context.name!r} is not reachable") from err
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    nodes: dict[str, NodeStatus]
+    allocations: dict[str, Allocation]
+    leases: dict[str, Lease]
+
+    def status(self) -> dict[str, Any]:
+        return mesh_status(self.nodes, self.allocations, self.leases, time.time())
+
+
+async def snapshot(store: Store) -> Snapshot:
+    async def read(bucket: str, cls: Any) -> dict[str, Any]:
+        return {
+            key: decode(entry.value, cls)
+            for key, entry in (await store.entries(bucket)).items()
+            if entry.value is not None
+        }
+
+    return Snapshot(
+        nodes=await read(subjects.NODES_BUCKET, NodeStatus),
+        allocations=await read(subjects.ALLOC_BUCKET, Allocation),
+        leases=await read(subjects.LEASES_BUCKET, Lease),
+    )
+
+
+def context_for(name: str | None) -> Context:
+    return load_context(name)

@@ -1,0 +1,103 @@
+"""`meshctl status` and `meshctl events`: what the mesh is doing and why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+
+from meshd.cli.mesh import connect, snapshot
+from meshd.cli.render import console, events_table, status_tables
+from meshd.context import load_context
+from meshd.store import Store
+from protocol.messages import Event
+
+RECENT_EVENTS = 8
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (docs/status-json.md).")
+@click.option("--watch", is_flag=True, help="Refresh every second until interrupted.")
+@click.option("--context", "context_name", metavar="NAME", help="Mesh to talk to.")
+def status(as_json: bool, watch: bool, context_name: str | None) -> None:
+    """Droplets (address, size, roles, heartbeat), services (port, healthy/desired instances,
+    droplets) and recent events."""
+    asyncio.run(_status(as_json, watch, context_name))
+
+
+async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        if as_json and not watch:
+            view = (await snapshot(store)).status()
+            view["events"] = [_event_data(e) for e in await store.recent_events(RECENT_EVENTS)]
+            click.echo(json.dumps(view, indent=2))
+            return
+        if not watch:
+            console.print(await _render(store))
+            return
+        with Live(await _render(store), console=console, refresh_per_second=2) as live:
+            while True:
+                await asyncio.sleep(1)
+                live.update(await _render(store))
+    finally:
+        await store.close()
+
+
+async def _render(store: Store) -> Group:
+    view = (await snapshot(store)).status()
+    events = await store.recent_events(RECENT_EVENTS)
+    return Group(*status_tables(view), events_table(events))
+
+
+def _event_data(event: Event) -> dict[str, Any]:
+    return {
+        "at": event.at,
+        "name": event.name,
+        "actor": event.actor,
+        "subject": event.subject,
+        "fence": event.fence,
+        "detail": event.detail,
+    }
+
+
+@click.command()
+@click.option("-n", "count", default=20, show_default=True, help="How many recent events.")
+@click.option("--follow", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--context", "context_name", metavar="NAME", help="Mesh to talk to.")
+def events(count: int, follow: bool, as_json: bool, context_name: str | None) -> None:
+    """The audit log: every publish, lease change, scheduling decision and droplet action,
+    with the fencing token of the leader that acted."""
+    asyncio.run(_events(count, follow, as_json, context_name))
+
+
+async def _events(count: int, follow: bool, as_json: bool, context_name: str | None) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        for event in await store.recent_events(count):
+            _print_event(event, as_json)
+        if follow:
+            async for event in store.follow_events():
+                _print_event(event, as_json)
+    finally:
+        await store.close()
+
+
+def _print_event(event: Event, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_event_data(event)))
+        return
+    when = datetime.fromtimestamp(event.at).strftime("%H:%M:%S")
+    fence = f" fence={event.fence}" if event.fence is not None else ""
+    detail = " ".join(f"{k}={v}" for k, v in event.detail.items())
+    console.print(
+        f"{when} [bold]{event.name}[/] {escape(event.subject)} by {escape(event.actor)}"
+        f"{fence} {escape(detail)}"
+    )

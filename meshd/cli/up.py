@@ -1,0 +1,177 @@
+"""`meshctl up --local`: start a mesh of local droplets on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import click
+
+from meshd.cli.mesh import connect, snapshot
+from meshd.cli.render import console
+from meshd.context import Context, NoMeshError, load_context
+from meshd.meshconfig import CoreServer, MeshConfig, core_count, new_passwords
+from meshd.provisioner import CORE_TAG, mesh_tag
+from meshd.store import StoreUnavailable
+from plugins.providers import (
+    DropletRecord,
+    DropletStatus,
+    Provider,
+    ProviderContext,
+    UserDataWriter,
+    load_provider,
+)
+from protocol.errors import MeshError
+
+JOIN_TIMEOUT_S = 60.0
+CORE_SIZE = "s-1vcpu-1gb"
+
+
+def core_names(count: int) -> list[str]:
+    return ["master", *(f"mesh-{i}" for i in range(2, count + 1))]
+
+
+def local_provider(context_name: str) -> dict[str, object]:
+    from meshd.context import state_home
+
+    return {
+        "name": "local",
+        "config": {
+            "dir": str(state_home() / context_name / "provider"),
+            "launcher": [sys.executable, "-m", "meshd.agent_cli", "droplet"],
+        },
+    }
+
+
+def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
+    import logging
+
+    config = provider.get("config", {})
+    assert isinstance(config, dict)
+    return load_provider(
+        str(provider.get("name", "local")),
+        ProviderContext(mesh=mesh, config=dict(config), logger=logging.getLogger("meshctl")),
+    )
+
+
+@click.command()
+@click.option("--local", "local", is_flag=True, required=True, help="Droplets on this machine.")
+@click.option(
+    "--droplets",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 9),
+    help="Droplets to start: master, then mesh-2, ... (JetStream runs on the first three, "
+    "or on master alone when fewer than three).",
+)
+@click.option("--name", default="local", show_default=True, help="Name of the mesh (context).")
+def up(local: bool, droplets: int, name: str) -> None:
+    """Start a mesh of local droplets (each a process group on its own 127.x.y.z address)
+    and wait until every agent has joined. Running it again is harmless."""
+    asyncio.run(_up(name, droplets))
+
+
+async def _up(name: str, count: int) -> None:
+    try:
+        context = load_context(name)
+    except NoMeshError:
+        context = None
+    if context is None:
+        context = await _create(name, count)
+    else:
+        await _power_on(context)
+    await _wait_joined(context)
+
+
+async def _create(name: str, count: int) -> Context:
+    provider_config = local_provider(name)
+    provider = open_provider(name, provider_config)
+    records: list[DropletRecord] = []
+    try:
+        for droplet in core_names(count):
+            console.print(f"Creating droplet [bold]{droplet}[/] ...")
+            records.append(
+                await provider.create(
+                    droplet, CORE_SIZE, tags=[mesh_tag(name), CORE_TAG], user_data="", fence=None
+                )
+            )
+        cores = records[: core_count(count)]
+        config = MeshConfig(
+            mesh=name,
+            core=tuple(CoreServer(r.name, r.address) for r in cores),
+            passwords=new_passwords(),
+            provider=provider_config,
+            runtime={"name": "process"},
+        )
+        if not isinstance(provider, UserDataWriter):
+            raise MeshError(
+                f"up: provider {provider.name!r} cannot configure droplets after creation"
+            )
+        for record in records:
+            await provider.set_user_data(record.id, config.to_json())
+    except MeshError:
+        for record in records:
+            await provider.destroy(record.id, fence=None)
+        raise
+    finally:
+        await provider.close()
+    context = Context(
+        name=name,
+        mesh=name,
+        servers=config.nats_urls(),
+        user="operator",
+        password=config.passwords["operator"],
+        provider=provider_config,
+        local=True,
+    )
+    context.save()
+    return context
+
+
+async def _power_on(context: Context) -> None:
+    provider = open_provider(context.mesh, context.provider)
+    try:
+        for record in await provider.list(mesh_tag(context.mesh)):
+            if record.status is DropletStatus.OFF:
+                console.print(f"Powering on droplet [bold]{record.name}[/] ...")
+                await provider.power_on(record.id, fence=None)
+    finally:
+        await provider.close()
+
+
+async def _wait_joined(context: Context) -> None:
+    provider = open_provider(context.mesh, context.provider)
+    try:
+        expected = {r.name for r in await provider.list(mesh_tag(context.mesh))}
+    finally:
+        await provider.close()
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    joined: set[str] = set()
+    with console.status("Waiting for the agents to join ...") as progress:
+        while time.monotonic() < deadline:
+            try:
+                store = await connect(context)
+                try:
+                    view = (await snapshot(store)).status()
+                finally:
+                    await store.close()
+                joined = {d["name"] for d in view["droplets"] if d["healthy"]}
+                progress.update(
+                    f"Waiting for the agents to join ... {len(joined & expected)}/{len(expected)}"
+                )
+                if expected <= joined:
+                    break
+            except StoreUnavailable:
+                pass
+            await asyncio.sleep(0.5)
+        else:
+            missing = ", ".join(sorted(expected - joined))
+            raise MeshError(
+                f"up: droplets did not join within {JOIN_TIMEOUT_S:.0f} s: {missing}; "
+                f"see the logs under {context.state_dir}"
+            )
+    console.print(
+        f"Mesh [bold]{context.name}[/] is up: {len(expected)} droplets "
+        f"({', '.join(sorted(expected))}). Next: `meshctl publish examples/projects.csv --wait`."
+    )

@@ -1,0 +1,180 @@
+"""Per-role leader election on KV `mesh_leases/<role>` (DESIGN.md, Leases).
+
+A lease is taken with create-if-absent and a server-side per-key TTL, renewed by
+compare-and-set carrying the TTL again. The revision at which it was taken is the term's
+fencing token. The holder keeps its own deadline on the monotonic clock (last successful
+renewal + TTL - margin) and stops acting when it passes, so it always stops before the server
+lets another agent take the lease. A renewal refused for a wrong revision means the lease is
+lost at once; a renewal that times out is retried until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from meshd.store import Conflict, Store, StoreUnavailable
+from protocol import subjects
+from protocol.codec import encode
+from protocol.errors import MeshError
+from protocol.messages import Lease
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(MeshError):
+    """The term ended: whoever catches this must stop acting for the role."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    ttl: float = 8.0  # whole seconds: NATS per-message TTLs have one-second resolution
+    renew_every: float = 2.0
+    margin: float = 2.0
+    retry_every: float = 1.0
+
+
+class Term:
+    """One holder's tenure of a role. `fence` is the revision at which it was taken."""
+
+    def __init__(self, role: str, fence: int, deadline: float) -> None:
+        self.role = role
+        self.fence = fence
+        self.revision = fence
+        self.deadline = deadline
+        self.ended = False
+
+    @property
+    def valid(self) -> bool:
+        return not self.ended and time.monotonic() < self.deadline
+
+    def check(self) -> None:
+        """Call right before every side effect of the role."""
+        if not self.valid:
+            raise LeaseLost(f"{self.role} lease (fence {self.fence}) is no longer held")
+
+
+Leader = Callable[[Term], Coroutine[Any, Any, None]]
+Observer = Callable[[str, Term | None], None]
+
+
+class LeaseKeeper:
+    """Competes for one role and runs `lead(term)` while it holds it."""
+
+    def __init__(
+        self,
+        store: Store,
+        role: str,
+        holder: str,
+        incarnation: int,
+        lead: Leader,
+        *,
+        timing: LeaseTiming | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.role = role
+        self.holder = holder
+        self.incarnation = incarnation
+        self.lead = lead
+        self.timing = timing or LeaseTiming()
+        self.observer = observer
+        self.term: Term | None = None
+        self._key = subjects.lease_key(role)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                term = await self._acquire()
+                if term is None:
+                    await asyncio.sleep(self.timing.retry_every)
+                    continue
+                await self._hold(term)
+        finally:
+            await self._release()
+
+    def _value(self) -> bytes:
+        return encode(
+            Lease(
+                role=self.role,
+                holder=self.holder,
+                incarnation=self.incarnation,
+                acquired_at=time.time(),
+            )
+        )
+
+    async def _acquire(self) -> Term | None:
+        started = time.monotonic()
+        try:
+            revision = await self.store.create(
+                subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
+            )
+        except (Conflict, StoreUnavailable):
+            return None
+        term = Term(self.role, revision, started + self.timing.ttl - self.timing.margin)
+        self.term = term
+        self._notify(term)
+        log.info("Lease taken. role=%s fence=%d", self.role, revision)
+        await self.store.record("lease_taken", self.holder, self.role, {}, fence=revision)
+        return term
+
+    async def _hold(self, term: Term) -> None:
+        leading = asyncio.create_task(self.lead(term), name=f"lead-{self.role}")
+        try:
+            while term.valid and not leading.done():
+                await asyncio.sleep(self.timing.renew_every)
+                await self._renew(term)
+        finally:
+            term.ended = True
+            leading.cancel()
+            try:
+                await leading
+            except (asyncio.CancelledError, LeaseLost):
+                pass
+            except Exception:
+                log.exception("Role failed. role=%s fence=%d", self.role, term.fence)
+            if self.term is term:
+                self.term = None
+                self._notify(None)
+        log.info("Lease ended. role=%s fence=%d", self.role, term.fence)
+        await self.store.record("lease_lost", self.holder, self.role, {}, fence=term.fence)
+
+    async def _renew(self, term: Term) -> None:
+        started = time.monotonic()
+        if started >= term.deadline:
+            return
+        try:
+            term.revision = await asyncio.wait_for(
+                self.store.update(
+                    subjects.LEASES_BUCKET,
+                    self._key,
+                    self._value(),
+                    last=term.revision,
+                    ttl=self.timing.ttl,
+                ),
+                timeout=max(0.1, term.deadline - started),
+            )
+        except Conflict:
+            term.ended = True
+            return
+        except (StoreUnavailable, TimeoutError):
+            return  # retried on the next tick until the deadline passes
+        term.deadline = started + self.timing.ttl - self.timing.margin
+
+    async def _release(self) -> None:
+        """On clean shutdown, hand the role over at once instead of after the TTL."""
+        term = self.term
+        if term is None or not term.valid:
+            return
+        term.ended = True
+        with contextlib.suppress(Conflict, StoreUnavailable):
+            await self.store.delete(subjects.LEASES_BUCKET, self._key, last=term.revision)
+
+    def _notify(self, term: Term | None) -> None:
+        if self.observer is not None:
+            self.observer(self.role, term)

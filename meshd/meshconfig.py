@@ -1,0 +1,119 @@
+"""What every droplet of a mesh is told at creation (its `user_data`) and the pure functions
+over it: which droplets run nats-server with JetStream, and their server configuration.
+
+Topology (docs/decisions.md): JetStream runs on the *core* droplets created by `meshctl up`:
+`master` alone, or `master` and the next two when the mesh starts with three or more. Core
+droplets run nats-server (three of them clustered by routes); every other droplet's agent is a
+client of the core servers. A lone JetStream server cannot run in clustered mode (nats-server
+refuses a cluster without routes), and two would halt on either's death.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshd.render import render
+
+CLIENT_PORT = 4222
+CLUSTER_PORT = 6222
+MONITOR_PORT = 8222
+AGENT_HTTP_PORT = 8080
+USERS = ("agent", "operator", "deployer", "route")
+
+
+def core_count(droplets: int) -> int:
+    """How many of the first droplets run JetStream: one, or three once there are three."""
+    return 3 if droplets >= 3 else 1
+
+
+def new_passwords() -> dict[str, str]:
+    return {user: secrets.token_urlsafe(24) for user in USERS}
+
+
+@dataclass(frozen=True, slots=True)
+class CoreServer:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The mesh-wide part of every droplet's user_data. Holds passwords: files 0600 only."""
+
+    mesh: str
+    core: tuple[CoreServer, ...]
+    passwords: dict[str, str]
+    provider: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> int:
+        return min(3, len(self.core))
+
+    def nats_urls(self) -> list[str]:
+        return [f"nats://{c.address}:{CLIENT_PORT}" for c in self.core]
+
+    def is_core(self, droplet: str) -> bool:
+        return any(c.name == droplet for c in self.core)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "mesh": self.mesh,
+                "core": [{"name": c.name, "address": c.address} for c in self.core],
+                "passwords": self.passwords,
+                "provider": self.provider,
+                "runtime": self.runtime,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> MeshConfig:
+        data = json.loads(text)
+        return cls(
+            mesh=data["mesh"],
+            core=tuple(CoreServer(c["name"], c["address"]) for c in data["core"]),
+            passwords=dict(data["passwords"]),
+            provider=dict(data.get("provider", {})),
+            runtime=dict(data.get("runtime", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DropletIdentity:
+    """`droplet.json`, written by the provider: who this droplet is."""
+
+    id: str
+    name: str
+    size: str
+    address: str
+
+    @classmethod
+    def load(cls, directory: Path) -> DropletIdentity:
+        data = json.loads((directory / "droplet.json").read_text())
+        return cls(str(data["id"]), data["name"], data["size"], data["address"])
+
+
+def nats_server_conf(config: MeshConfig, droplet: CoreServer, store_dir: Path) -> str:
+    """The nats-server configuration of one core droplet."""
+    routes = [c.address for c in config.core] if len(config.core) > 1 else []
+    return render(
+        "nats-server.conf.j2",
+        mesh=config.mesh,
+        name=droplet.name,
+        address=droplet.address,
+        client_port=CLIENT_PORT,
+        cluster_port=CLUSTER_PORT,
+        monitor_port=MONITOR_PORT,
+        store_dir=str(store_dir),
+        max_memory_store="32MB",
+        max_file_store="512MB",
+        routes=routes,
+        route_password=config.passwords["route"],
+        passwords=config.passwords,
+    )

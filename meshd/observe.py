@@ -1,0 +1,88 @@
+"""What the mesh looks like, from KV contents: the data behind `meshctl status` and
+`publish --wait`. Pure: decoded messages in, plain data out (docs/status-json.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from protocol.messages import Allocation, Lease, NodeStatus
+
+STALE_AFTER_S = 15.0
+
+
+def mesh_status(
+    nodes: Mapping[str, NodeStatus],
+    allocations: Mapping[str, Allocation],
+    leases: Mapping[str, Lease],
+    now: float,
+) -> dict[str, Any]:
+    roles: dict[str, list[str]] = {}
+    for role, lease in sorted(leases.items()):
+        roles.setdefault(lease.holder, []).append(role)
+    droplets = [
+        {
+            "name": node.droplet,
+            "address": node.address,
+            "size": node.size,
+            "roles": roles.get(node.droplet, []),
+            "healthy": now - node.updated_at < STALE_AFTER_S,
+            "heartbeat_age_s": round(max(0.0, now - node.updated_at), 1),
+            "incarnation": node.incarnation,
+            "instances": len(node.instances),
+        }
+        for node in sorted(nodes.values(), key=_droplet_order)
+    ]
+    services = [
+        service_status(allocation, nodes, now)
+        for allocation in sorted(allocations.values(), key=_service_order)
+    ]
+    return {"droplets": droplets, "services": services}
+
+
+def service_status(
+    allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
+) -> dict[str, Any]:
+    healthy = 0
+    errors = []
+    for droplet in allocation.droplets:
+        node = nodes.get(droplet)
+        if node is None or now - node.updated_at >= STALE_AFTER_S:
+            continue
+        for instance in node.instances:
+            if (instance.project, instance.env, instance.service) != (
+                allocation.project,
+                allocation.env,
+                allocation.service,
+            ):
+                continue
+            if instance.healthy and instance.generation == allocation.generation:
+                healthy += 1
+            elif instance.last_error:
+                errors.append(f"{droplet}: {instance.last_error}")
+    return {
+        "project": allocation.project,
+        "env": allocation.env,
+        "service": allocation.service,
+        "port": allocation.port,
+        "healthy": healthy,
+        "desired": len(allocation.droplets),
+        "droplets": list(allocation.droplets),
+        "generation": allocation.generation,
+        "errors": errors,
+    }
+
+
+def converged(status: Mapping[str, Any]) -> bool:
+    return all(s["healthy"] == s["desired"] for s in status["services"])
+
+
+_ENV_ORDER = {"prod": 0, "uat": 1, "test": 2}
+
+
+def _service_order(a: Allocation) -> tuple[str, int, str]:
+    return (a.project, _ENV_ORDER.get(a.env, 9), a.service)
+
+
+def _droplet_order(node: NodeStatus) -> tuple[int, str]:
+    return (0 if node.droplet == "master" else 1, node.droplet)

@@ -1,0 +1,123 @@
+"""The `provisioner` role: the droplets the placement needs vs the provider's droplets.
+
+It creates missing project droplets (they bootstrap and join by themselves from their
+user_data), resizes those whose size changed and destroys project droplets that no
+placement wants any more, once no allocation points at them. Core droplets (created by
+`meshctl up`) are resized but never destroyed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from meshd.lease import Term
+from meshd.meshconfig import MeshConfig
+from meshd.placement import Placement
+from meshd.store import Store
+from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
+from protocol import subjects
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Allocation, PlacementRecord
+
+log = logging.getLogger(__name__)
+RESYNC_S = 5.0
+WEB_TAG = "meshd-web"
+CORE_TAG = "meshd-core"
+
+
+def mesh_tag(mesh: str) -> str:
+    return f"meshd-mesh-{mesh}"
+
+
+class Provisioner:
+    role = subjects.Role.PROVISIONER
+
+    def __init__(self, store: Store, provider: Provider, config: MeshConfig, droplet: str) -> None:
+        self.store = store
+        self.provider = provider
+        self.config = config
+        self.droplet = droplet
+
+    async def lead(self, term: Term) -> None:
+        changed = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(changed))
+        try:
+            while True:
+                changed.clear()
+                try:
+                    await self.provision(term)
+                except ProviderError as err:
+                    log.error("Provisioning failed; retrying. error=%s", err)
+                    await self.store.record(
+                        "provision_failed",
+                        self.droplet,
+                        "provider",
+                        {"error": str(err)},
+                        term.fence,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), RESYNC_S)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, changed: asyncio.Event) -> None:
+        async for entry in self.store.watch(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY):
+            if entry is not None:
+                changed.set()
+
+    async def provision(self, term: Term) -> None:
+        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+        if entry is None or entry.value is None:
+            return
+        try:
+            placement = Placement.from_data(decode(entry.value, PlacementRecord).placement)
+        except (ProtocolError, KeyError, TypeError) as err:
+            log.error("Placement unreadable; not provisioning. error=%s", err)
+            return
+        existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
+        for droplet in placement.droplets:
+            record = existing.get(droplet.name)
+            if record is None:
+                await self._create(term, droplet.name, droplet.size)
+            elif record.size != droplet.size:
+                term.check()
+                await self.provider.resize(record.id, droplet.size, fence=term.fence)
+                await self._event(term, "droplet_resized", droplet.name, {"size": droplet.size})
+        wanted = {d.name for d in placement.droplets}
+        extra = [r for r in existing.values() if WEB_TAG in r.tags and r.name not in wanted]
+        if extra:
+            busy = await self._droplets_in_use()
+            for record in extra:
+                if record.name not in busy:
+                    await self._destroy(term, record)
+
+    async def _create(self, term: Term, name: str, size: str) -> None:
+        term.check()
+        tags = [mesh_tag(self.config.mesh), WEB_TAG]
+        record = await self.provider.create(
+            name, size, tags=tags, user_data=self.config.to_json(), fence=term.fence
+        )
+        log.info("Droplet created. droplet=%s address=%s", name, record.address)
+        await self._event(term, "droplet_created", name, {"size": size, "id": record.id})
+
+    async def _destroy(self, term: Term, record: DropletRecord) -> None:
+        term.check()
+        with contextlib.suppress(DropletNotFound):
+            await self.provider.destroy(record.id, fence=term.fence)
+        await self.store.delete(subjects.NODES_BUCKET, record.name)
+        log.info("Droplet destroyed. droplet=%s", record.name)
+        await self._event(term, "droplet_destroyed", record.name, {"id": record.id})
+
+    async def _droplets_in_use(self) -> set[str]:
+        used: set[str] = set()
+        for entry in (await self.store.entries(subjects.ALLOC_BUCKET)).values():
+            if entry.value is not None:
+                used.update(decode(entry.value, Allocation).droplets)
+        return used
+
+    async def _event(self, term: Term, name: str, droplet: str, detail: dict[str, object]) -> None:
+        await self.store.record(name, self.droplet, droplet, dict(detail), term.fence)

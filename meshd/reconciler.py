@@ -1,0 +1,299 @@
+"""Every agent's reconciler: makes the runtime run exactly this droplet's allocations.
+
+It starts what is missing, stops what no allocation wants, restarts crashed instances and
+instances whose health check failed several times in a row, with exponential backoff, and
+reports what it observes. The last applied allocations are kept on local disk, so instances
+are brought back after an agent restart even while no NATS server answers (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import msgpack
+
+from plugins.runtimes import (
+    InstanceInfo,
+    InstancePhase,
+    InstanceSpec,
+    InstanceStartError,
+    Runtime,
+    RuntimeFailure,
+)
+from plugins.secrets import Secrets, lookup_names
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Allocation, InstanceState, InstanceStatus
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 1.0
+HEALTH_EVERY_S = 1.0
+HEALTH_TIMEOUT_S = 1.0
+UNHEALTHY_AFTER = 3  # consecutive failed probes
+START_GRACE_S = 5.0  # probes do not count while an instance starts
+BACKOFF_MAX_S = 30.0
+LOCAL_COPY = "allocations.msgpack"
+
+
+@dataclass(slots=True)
+class Tracked:
+    """The reconciler's memory of one instance."""
+
+    generation: int = 0
+    state: InstanceState = InstanceState.STARTING
+    healthy: bool = False
+    restarts: int = 0  # total, reported
+    failures: int = 0  # in a row, for backoff; reset once healthy
+    failed_probes: int = 0
+    last_error: str | None = None
+    runtime_id: str | None = None
+    started: float = 0.0  # monotonic
+    next_attempt: float = 0.0  # monotonic
+
+    def back_off(self, now: float) -> None:
+        self.failures += 1
+        self.next_attempt = now + min(BACKOFF_MAX_S, 0.5 * 2 ** min(self.failures, 6))
+
+
+class Reconciler:
+    def __init__(
+        self, runtime: Runtime, droplet: str, address: str, data_dir: Path, secrets: Secrets
+    ) -> None:
+        self.runtime = runtime
+        self.droplet = droplet
+        self.address = address
+        self.data_dir = data_dir
+        self.secrets = secrets
+        self.allocations: dict[str, Allocation] = {}
+        self.tracked: dict[str, Tracked] = {}
+        self.loaded = False
+        self._changed = asyncio.Event()
+
+    # --- input -------------------------------------------------------------------------------
+
+    async def apply(self, allocations: Mapping[str, Allocation]) -> None:
+        """New allocations of this droplet (from KV); also kept on disk."""
+        mine = {k: a for k, a in allocations.items() if self.droplet in a.droplets}
+        if mine == self.allocations and self.loaded:
+            return
+        self.allocations = mine
+        self.loaded = True
+        await asyncio.to_thread(self._save, dict(mine))
+        self._changed.set()
+
+    def _save(self, allocations: dict[str, Allocation]) -> None:
+        path = self.data_dir / LOCAL_COPY
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgpack.packb([encode(a) for a in allocations.values()]))
+        os.replace(tmp, path)
+
+    def _load(self) -> dict[str, Allocation]:
+        path = self.data_dir / LOCAL_COPY
+        if not path.exists():
+            return {}
+        try:
+            items = [decode(raw, Allocation) for raw in msgpack.unpackb(path.read_bytes())]
+        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException) as err:
+            log.error("Local copy of allocations unreadable; waiting for the mesh. error=%s", err)
+            return {}
+        return {f"{a.project}.{a.env}.{a.service}": a for a in items}
+
+    # --- loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not self.loaded:
+            self.allocations = await asyncio.to_thread(self._load)
+            self.loaded = True
+            log.info("Applying local copy of allocations. instances=%d", len(self.allocations))
+        async with aiohttp.ClientSession() as http:
+            prober = asyncio.create_task(self._probe_loop(http))
+            try:
+                while True:
+                    self._changed.clear()
+                    await self.reconcile()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), RESYNC_S)
+            finally:
+                prober.cancel()
+                await asyncio.gather(prober, return_exceptions=True)
+
+    async def reconcile(self) -> None:
+        infos = {info.key: info for info in await self.runtime.list()}
+        now = time.monotonic()
+        for key, allocation in list(self.allocations.items()):
+            await self._converge(key, allocation, infos.get(key), now)
+        for key in set(infos) - set(self.allocations):
+            log.info("Stopping instance no allocation wants. instance=%s", key)
+            with contextlib.suppress(RuntimeFailure):
+                await self.runtime.stop(key)
+            self.tracked.pop(key, None)
+        for key in set(self.tracked) - set(self.allocations) - set(infos):
+            del self.tracked[key]
+
+    async def _converge(
+        self, key: str, allocation: Allocation, info: InstanceInfo | None, now: float
+    ) -> None:
+        tracked = self.tracked.setdefault(key, Tracked(generation=allocation.generation))
+        running = info is not None and info.phase is InstancePhase.RUNNING
+        if running and info is not None and info.generation == allocation.generation:
+            tracked.runtime_id = info.runtime_id
+            if tracked.state is InstanceState.CRASHED:
+                tracked.state = InstanceState.STARTING
+            if not tracked.started:  # adopted after an agent restart
+                tracked.started = now - START_GRACE_S
+            return
+        crashed = info is not None and not running and info.generation == allocation.generation
+        if crashed and info is not None and tracked.state is not InstanceState.CRASHED:
+            tracked.state = InstanceState.CRASHED
+            tracked.healthy = False
+            tracked.restarts += 1
+            tracked.last_error = _exit_reason(info)
+            tracked.back_off(now)
+            log.warning("Instance crashed. instance=%s reason=%s", key, tracked.last_error)
+        if now < tracked.next_attempt:
+            return
+        await self._start(key, allocation, tracked, now)
+
+    async def _start(self, key: str, allocation: Allocation, tracked: Tracked, now: float) -> None:
+        try:
+            spec = self._spec(allocation)
+            info = await self.runtime.ensure(spec)
+        except (InstanceStartError, LookupError) as err:
+            tracked.state = InstanceState.CRASHED
+            tracked.healthy = False
+            tracked.last_error = str(getattr(err, "reason", err))
+            tracked.restarts += 1
+            tracked.back_off(now)
+            log.warning("Instance not started. instance=%s reason=%s", key, tracked.last_error)
+            return
+        tracked.generation = allocation.generation
+        tracked.runtime_id = info.runtime_id
+        tracked.state = InstanceState.STARTING
+        tracked.failed_probes = 0
+        tracked.started = time.monotonic()
+        log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
+
+    def _spec(self, allocation: Allocation) -> InstanceSpec:
+        secrets: dict[str, bytes] = {}
+        for name in allocation.secrets:
+            value = self.secrets.get(name, allocation.project, allocation.env)
+            if value is None:
+                tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
+                raise LookupError(f"secret {name!r} not found (looked up {tried})")
+            secrets[name] = value
+        return InstanceSpec(
+            project=allocation.project,
+            env=allocation.env,
+            service=allocation.service,
+            generation=allocation.generation,
+            host=self.address,
+            port=allocation.port,
+            command=allocation.command,
+            image=allocation.image,
+            env_vars=dict(allocation.env_vars),
+            secrets=secrets,
+            memory_mb=allocation.memory_mb,
+            health_path=allocation.health_path,
+        )
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def _probe_loop(self, http: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            keys = [
+                k
+                for k, t in self.tracked.items()
+                if t.state
+                in (InstanceState.STARTING, InstanceState.RUNNING, InstanceState.UNHEALTHY)
+                and k in self.allocations
+            ]
+            results = await asyncio.gather(*(self._probe(http, k) for k in keys))
+            for key, ok in zip(keys, results, strict=True):
+                await self._judge(key, ok)
+
+    async def _probe(self, http: aiohttp.ClientSession, key: str) -> bool:
+        allocation = self.allocations.get(key)
+        if allocation is None:
+            return False
+        if allocation.port is None or not allocation.health_path:
+            return True  # workers and datastores without a health path: alive is healthy
+        url = f"http://{self.address}:{allocation.port}{allocation.health_path}"
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
+                return 200 <= r.status < 400
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _judge(self, key: str, ok: bool) -> None:
+        tracked = self.tracked.get(key)
+        allocation = self.allocations.get(key)
+        if tracked is None or allocation is None or tracked.state is InstanceState.CRASHED:
+            return
+        now = time.monotonic()
+        if ok:
+            tracked.failed_probes = 0
+            tracked.healthy = True
+            tracked.state = InstanceState.RUNNING
+            if now - tracked.started > BACKOFF_MAX_S:
+                tracked.restarts = (
+                    0 if tracked.restarts and tracked.last_error is None else tracked.restarts
+                )
+            return
+        if now - tracked.started < START_GRACE_S:
+            return
+        tracked.failed_probes += 1
+        tracked.healthy = False
+        if tracked.failed_probes < UNHEALTHY_AFTER:
+            return
+        tracked.state = InstanceState.UNHEALTHY
+        tracked.last_error = f"health check failed {tracked.failed_probes} times in a row"
+        if now < tracked.next_attempt:
+            return
+        log.warning("Restarting unhealthy instance. instance=%s", key)
+        tracked.restarts += 1
+        tracked.back_off(now)
+        try:
+            info = await self.runtime.restart(self._spec(allocation))
+        except (RuntimeFailure, LookupError) as err:
+            tracked.last_error = str(err)
+            return
+        tracked.runtime_id = info.runtime_id
+        tracked.started = time.monotonic()
+        tracked.failed_probes = 0
+        tracked.state = InstanceState.STARTING
+
+    # --- output ------------------------------------------------------------------------------
+
+    def statuses(self) -> tuple[InstanceStatus, ...]:
+        result = []
+        for key, allocation in sorted(self.allocations.items()):
+            tracked = self.tracked.get(key, Tracked())
+            result.append(
+                InstanceStatus(
+                    project=allocation.project,
+                    env=allocation.env,
+                    service=allocation.service,
+                    state=tracked.state,
+                    healthy=tracked.healthy,
+                    restarts=tracked.restarts,
+                    last_error=tracked.last_error,
+                    generation=tracked.generation,
+                    runtime_id=tracked.runtime_id,
+                )
+            )
+        return tuple(result)
+
+
+def _exit_reason(info: InstanceInfo) -> str:
+    code = f"exit code {info.exit_code}" if info.exit_code is not None else "exited"
+    return f"{code}: {info.detail}" if info.detail else code

@@ -1,0 +1,204 @@
+"""The `scheduler` role: desired state + live droplets -> allocations in `mesh_alloc`.
+
+`allocations_for` is the pure part (placement from `meshd.placement`, environment from
+`meshd.environment`); `Scheduler.lead` runs it whenever the desired state or the set of
+droplets changes, writing only what changed and bumping the generation of what did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+
+from meshd.environment import instance_environment
+from meshd.errors import CapacityError
+from meshd.lease import Term
+from meshd.placement import Placement, place
+from meshd.spec import DesiredState
+from meshd.store import Store
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Allocation, NodeStatus, PlacementRecord
+from protocol.messages import DesiredState as DesiredMessage
+
+log = logging.getLogger(__name__)
+RESYNC_S = 10.0
+
+
+def allocations_for(
+    state: DesiredState,
+    placement: Placement,
+    addresses: Mapping[str, str],
+    previous: Mapping[str, Allocation],
+    fence: int,
+) -> dict[str, Allocation]:
+    """One allocation per service; unchanged ones are returned as they were (same generation),
+    changed ones with the next generation."""
+    droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for instance in placement.instances:
+        droplets[instance.service_key].append(instance.droplet)
+    allocations = placement.allocation_map()
+    result: dict[str, Allocation] = {}
+    for project in state.projects:
+        for env in ("prod", "uat", "test"):
+            placed = {s.name: droplets[(project.name, env, s.name)] for s in project.services}
+            alloc = allocations[(project.name, env)]
+            for service in project.services:
+                key = subjects.alloc_key(project.name, env, service.name)
+                fresh = Allocation(
+                    project=project.name,
+                    env=env,
+                    service=service.name,
+                    generation=1,
+                    droplets=tuple(placed[service.name]),
+                    port=alloc.ports.get(service.name),
+                    image=service.image,
+                    command=service.command,
+                    memory_mb=service.memory_mb,
+                    env_vars=instance_environment(
+                        alloc, service.name, service.kind, placed[service.name], placed, addresses
+                    ),
+                    health_path=service.health_path,
+                    secrets=service.secrets,
+                    fence=fence,
+                )
+                old = previous.get(key)
+                if old is not None and _same(old, fresh):
+                    result[key] = old
+                else:
+                    generation = old.generation + 1 if old else 1
+                    result[key] = dataclasses.replace(fresh, generation=generation)
+    return result
+
+
+def _same(a: Allocation, b: Allocation) -> bool:
+    return dataclasses.replace(a, generation=0, fence=0) == dataclasses.replace(
+        b, generation=0, fence=0
+    )
+
+
+class Scheduler:
+    role = subjects.Role.SCHEDULER
+
+    def __init__(self, store: Store, droplet: str) -> None:
+        self.store = store
+        self.droplet = droplet
+
+    async def lead(self, term: Term) -> None:
+        changed = asyncio.Event()
+        watchers = [
+            asyncio.create_task(
+                self._watch(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY, changed)
+            ),
+            asyncio.create_task(self._watch(subjects.NODES_BUCKET, ">", changed)),
+        ]
+        try:
+            while True:
+                changed.clear()
+                await self.schedule(term)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), RESYNC_S)
+                await asyncio.sleep(0.2)  # let a burst of changes settle
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _watch(self, bucket: str, keys: str, changed: asyncio.Event) -> None:
+        seen: dict[str, bytes | None] = {}
+        async for entry in self.store.watch(bucket, keys):
+            if entry is None:
+                continue
+            if bucket == subjects.NODES_BUCKET and entry.value is not None:
+                # Only a droplet's arrival, departure or address matters here, not its status.
+                address = decode(entry.value, NodeStatus).address.encode()
+                if seen.get(entry.key) == address:
+                    continue
+                seen[entry.key] = address
+            changed.set()
+
+    async def schedule(self, term: Term) -> None:
+        spec_entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
+        if spec_entry is None or spec_entry.value is None:
+            return
+        try:
+            state = DesiredState.from_data(decode(spec_entry.value, DesiredMessage).spec)
+        except (ProtocolError, KeyError, TypeError, ValueError) as err:
+            log.error("Desired state unreadable; keeping the last allocations. error=%s", err)
+            await self.store.record(
+                "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
+            )
+            return
+        previous = await self._previous_placement()
+        try:
+            placement = place(state, previous)
+        except CapacityError as err:
+            await self.store.record(
+                "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
+            )
+            return
+        addresses = {
+            key: decode(entry.value, NodeStatus).address
+            for key, entry in (await self.store.entries(subjects.NODES_BUCKET)).items()
+            if entry.value is not None
+        }
+        existing = {
+            key: decode(entry.value, Allocation)
+            for key, entry in (await self.store.entries(subjects.ALLOC_BUCKET)).items()
+            if entry.value is not None
+        }
+        wanted = allocations_for(state, placement, addresses, existing, term.fence)
+        written = await self._write(term, wanted, existing)
+        removed = await self._remove(term, set(existing) - set(wanted))
+        if previous != placement:
+            term.check()
+            record = PlacementRecord(
+                placement=placement.to_data(),
+                spec_revision=spec_entry.revision,
+                fence=term.fence,
+                written_at=time.time(),
+            )
+            await self.store.put(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY, encode(record))
+        if written or removed:
+            log.info("Scheduled. changed=%d removed=%d fence=%d", written, removed, term.fence)
+            await self.store.record(
+                "scheduled",
+                self.droplet,
+                "allocations",
+                {"changed": written, "removed": removed, "spec_revision": spec_entry.revision},
+                term.fence,
+            )
+
+    async def _previous_placement(self) -> Placement | None:
+        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+        if entry is None or entry.value is None:
+            return None
+        try:
+            return Placement.from_data(decode(entry.value, PlacementRecord).placement)
+        except (ProtocolError, KeyError, TypeError) as err:
+            log.warning("Previous placement unreadable; starting afresh. error=%s", err)
+            return None
+
+    async def _write(
+        self, term: Term, wanted: dict[str, Allocation], existing: dict[str, Allocation]
+    ) -> int:
+        written = 0
+        for key, allocation in wanted.items():
+            if existing.get(key) == allocation:
+                continue
+            term.check()
+            await self.store.put(subjects.ALLOC_BUCKET, key, encode(allocation))
+            written += 1
+        return written
+
+    async def _remove(self, term: Term, keys: set[str]) -> int:
+        for key in sorted(keys):
+            term.check()
+            await self.store.delete(subjects.ALLOC_BUCKET, key)
+        return len(keys)

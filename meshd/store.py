@@ -1,0 +1,345 @@
+"""The only module that touches NATS: KV buckets, the event and deploy streams, core subjects.
+
+Everything above it speaks in keys, bytes and `protocol` messages; NATS errors become
+`Conflict` (a compare-and-set lost) or `StoreUnavailable` (no quorum, no server, timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import MeshError
+from protocol.messages import Event
+
+log = logging.getLogger(__name__)
+
+BUCKET_HISTORY = {subjects.DESIRED_BUCKET: 20}
+EVENTS_MAX_AGE_S = 30 * 24 * 3600
+EVENTS_MAX_BYTES = 64 * 2**20
+
+
+class StoreUnavailable(MeshError):
+    """The mesh's NATS servers could not be reached or JetStream did not answer."""
+
+
+class Conflict(MeshError):
+    """A compare-and-set write lost: somebody else wrote first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes | None  # None: deleted or expired
+    revision: int
+
+
+_UNAVAILABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+class Store:
+    """A connection to the mesh. Open with `Store.connect`, close with `close()`."""
+
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self._buckets: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: Sequence[str],
+        user: str,
+        password: str,
+        *,
+        name: str,
+        forever: bool = False,
+        timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
+    ) -> Store:
+        """Connect; `forever` keeps trying (agents), otherwise fail within about `timeout`."""
+
+        async def on_error(err: Exception) -> None:
+            log.debug("NATS connection error. error=%s", err)
+
+        async def on_disconnect() -> None:
+            log.info("Disconnected from NATS.")
+
+        async def on_reconnect() -> None:
+            log.info("Reconnected to NATS.")
+
+        try:
+            nc = await nats.connect(
+                servers=list(servers),
+                user=user,
+                password=password,
+                name=name,
+                connect_timeout=min(2.0, timeout),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1 if forever else 1,
+                reconnect_time_wait=0.5,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"connect to {', '.join(servers)}: {_reason(err)}") from None
+        except nats.errors.Error as err:
+            raise StoreUnavailable(f"connect to {', '.join(servers)}: {_reason(err)}") from None
+        return cls(nc, timeout)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def close(self) -> None:
+        if not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (TimeoutError, nats.errors.Error, OSError):
+                await self._nc.close()
+
+    # --- setup -----------------------------------------------------------------------------
+
+    async def ensure(self, replicas: int) -> None:
+        """Create buckets and streams if missing and raise their replicas to `replicas`."""
+        try:
+            for bucket in subjects.BUCKETS:
+                config = KeyValueConfig(
+                    bucket=bucket,
+                    history=BUCKET_HISTORY.get(bucket, 1),
+                    replicas=replicas,
+                    storage=StorageType.FILE,
+                )
+                try:
+                    self._buckets[bucket] = await self._js.create_key_value(config)
+                except nats.js.errors.BadRequestError:
+                    await self._raise_replicas(f"KV_{bucket}", replicas)
+                    self._buckets[bucket] = await self._js.key_value(bucket)
+            await self._ensure_stream(
+                StreamConfig(
+                    name=subjects.EVENTS_STREAM,
+                    subjects=[subjects.EVENTS_SUBJECTS],
+                    retention=RetentionPolicy.LIMITS,
+                    max_age=EVENTS_MAX_AGE_S,
+                    max_bytes=EVENTS_MAX_BYTES,
+                    discard=DiscardPolicy.OLD,
+                    num_replicas=replicas,
+                    storage=StorageType.FILE,
+                )
+            )
+            await self._ensure_stream(
+                StreamConfig(
+                    name=subjects.DEPLOY_STREAM,
+                    subjects=[subjects.DEPLOY_SUBJECTS],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    num_replicas=replicas,
+                    storage=StorageType.FILE,
+                )
+            )
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"set up buckets: {_reason(err)}") from None
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._raise_replicas(config.name, config.num_replicas or 1)
+
+    async def _raise_replicas(self, stream: str, replicas: int) -> None:
+        info = await self._js.stream_info(stream)
+        if (info.config.num_replicas or 1) < replicas:
+            await self._js.update_stream(info.config.evolve(num_replicas=replicas))
+            log.info("Replicas raised. stream=%s replicas=%d", stream, replicas)
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._buckets:
+            self._buckets[bucket] = await self._js.key_value(bucket)
+        return self._buckets[bucket]
+
+    # --- KV ----------------------------------------------------------------------------------
+
+    async def get(self, bucket: str, key: str) -> Entry | None:
+        try:
+            entry = await (await self._kv(bucket)).get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"read {bucket}/{key}: {_reason(err)}") from None
+        if entry.value is None and entry.operation is None:
+            return None  # an expiry marker (NOTES.md): treat as absent
+        return Entry(key, entry.value, entry.revision or 0)
+
+    async def put(self, bucket: str, key: str, value: bytes) -> int:
+        try:
+            return int(await (await self._kv(bucket)).put(key, value))
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"write {bucket}/{key}: {_reason(err)}") from None
+
+    async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Write only if the key is absent; `Conflict` otherwise."""
+        try:
+            return int(await (await self._kv(bucket)).create(key, value, msg_ttl=ttl))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Conflict(f"{bucket}/{key} exists") from None
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"create {bucket}/{key}: {_reason(err)}") from None
+
+    async def update(
+        self, bucket: str, key: str, value: bytes, *, last: int, ttl: float | None = None
+    ) -> int:
+        """Write only if the key's revision is still `last`; `Conflict` otherwise.
+
+        With `ttl`, the write also carries a per-message TTL, which `KeyValue.update` cannot.
+        """
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            ack = await self._js.publish(f"$KV.{bucket}.{key}", value, headers=headers, msg_ttl=ttl)
+        except nats.js.errors.APIError as err:
+            if err.err_code in (10071, 10164):
+                raise Conflict(f"{bucket}/{key} changed since revision {last}") from None
+            if isinstance(err, nats.js.errors.ServiceUnavailableError):
+                raise StoreUnavailable(f"update {bucket}/{key}: {_reason(err)}") from None
+            raise
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"update {bucket}/{key}: {_reason(err)}") from None
+        return int(ack.seq)
+
+    async def delete(self, bucket: str, key: str, *, last: int | None = None) -> None:
+        try:
+            await (await self._kv(bucket)).delete(key, last=last)
+        except nats.js.errors.BadRequestError:
+            raise Conflict(f"{bucket}/{key} changed since revision {last}") from None
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"delete {bucket}/{key}: {_reason(err)}") from None
+
+    async def entries(self, bucket: str) -> dict[str, Entry]:
+        """Every live key of a bucket with its value."""
+        result: dict[str, Entry] = {}
+        try:
+            watcher = await (await self._kv(bucket)).watchall(ignore_deletes=True)
+            try:
+                async for item in watcher:
+                    if item is None:
+                        break
+                    if item.value is not None:
+                        result[item.key] = Entry(item.key, item.value, item.revision or 0)
+                    if item.delta == 0:
+                        break
+            finally:
+                await watcher.stop()
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"list {bucket}: {_reason(err)}") from None
+        return result
+
+    async def watch(self, bucket: str, keys: str = ">") -> AsyncIterator[Entry | None]:
+        """Current values, then `None` (the initial values are complete), then every change;
+        a deleted or expired key comes with `value` None."""
+        watcher = await (await self._kv(bucket)).watch(keys)
+        try:
+            async for item in watcher:
+                if item is None:
+                    yield None
+                    continue
+                deleted = item.operation in ("DEL", "PURGE")
+                yield Entry(item.key, None if deleted else item.value, item.revision or 0)
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await watcher.stop()
+
+    # --- events and core subjects ------------------------------------------------------------
+
+    async def record(
+        self,
+        name: str,
+        actor: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        fence: int | None = None,
+    ) -> None:
+        """Append an event to MESH_EVENTS; failures are logged, never raised (the audit log
+        must not stop the action it describes)."""
+        event = Event(
+            name=name,
+            actor=actor,
+            subject=subject,
+            detail=detail or {},
+            fence=fence,
+            at=time.time(),
+        )
+        try:
+            await self._js.publish(subjects.event(name), encode(event))
+        except (*_UNAVAILABLE, nats.errors.Error) as err:
+            log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
+
+    async def recent_events(self, count: int) -> list[Event]:
+        try:
+            info = await self._js.stream_info(subjects.EVENTS_STREAM)
+            first, last = info.state.first_seq, info.state.last_seq
+            events = []
+            for seq in range(max(first, last - count + 1), last + 1):
+                try:
+                    msg = await self._js.get_msg(subjects.EVENTS_STREAM, seq)
+                except nats.js.errors.NotFoundError:
+                    continue
+                events.append(decode(msg.data or b"", Event))
+            return events
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"read events: {_reason(err)}") from None
+
+    async def follow_events(self) -> AsyncIterator[Event]:
+        sub = await self._js.subscribe(
+            subjects.EVENTS_SUBJECTS, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+        try:
+            async for msg in sub.messages:
+                yield decode(msg.data, Event)
+        finally:
+            await sub.unsubscribe()
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """Core NATS, fire and forget (heartbeats): silently dropped while disconnected."""
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self._nc.publish(subject, data)
+
+    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> Any:
+        return await self._nc.subscribe(subject, cb=handler)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).removeprefix("nats: ")
+    return text or type(err).__name__

@@ -1,0 +1,191 @@
+"""The provider interface: how the mesh creates, powers and destroys its droplets.
+
+A provider plugin (`local`, later `digitalocean`) implements `Provider`; the agent holding the
+`provisioner` (or `recovery`) role picks one by name from configuration with `load_provider`,
+which imports the plugin lazily from `PROVIDERS`. The values that cross this seam are
+`DropletRecord` (what the provider knows of one droplet, in DigitalOcean's words) and the
+errors `ProviderError`, `DropletNotFound`, `StaleFence`, `DropletStartError` and
+`ProviderConfigError`.
+
+Every action a leader causes carries its lease revision as the keyword-only `fence`; a
+provider refuses an action whose fence is lower than one it has already seen for that droplet
+(`StaleFence`), so a deposed leader cannot undo its successor's work. `fence=None` is an
+operator's action and is never refused for its fence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, cast, runtime_checkable
+
+from protocol.errors import MeshError
+
+PROVIDERS: dict[str, str] = {
+    "local": "plugins.providers.local:create",
+}
+"""Built-in providers: name -> `module:factory`; the factory takes a `ProviderContext`."""
+
+
+class DropletStatus(StrEnum):
+    """A droplet's power state, in DigitalOcean's words."""
+
+    NEW = "new"
+    ACTIVE = "active"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class DropletRecord:
+    """What a provider knows of one droplet.
+
+    `id` is the provider's id (it changes when a droplet is replaced; `name` does not),
+    `address` the address the mesh reaches it on, `created_at` a Unix time.
+    """
+
+    id: str
+    name: str
+    size: str
+    address: str
+    status: DropletStatus
+    tags: tuple[str, ...]
+    created_at: float
+
+
+class ProviderError(MeshError):
+    """A provider could not do what was asked: `action` is what was being done ("create
+    droplet 'web1'"), `reason` what went wrong."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{action}: {reason}")
+
+
+class DropletNotFound(ProviderError, KeyError):
+    """No droplet has id `droplet_id` (DigitalOcean's 404). After a destroy, this means done."""
+
+    def __init__(self, action: str, droplet_id: str) -> None:
+        self.droplet_id = droplet_id
+        super().__init__(action, f"no droplet with id {droplet_id!r}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+class StaleFence(ProviderError):
+    """An action carried `fence`, lower than the fence `seen` for that droplet already: the
+    caller's lease is no longer the newest, so it must not act."""
+
+    def __init__(self, action: str, fence: int, seen: int) -> None:
+        self.fence = fence
+        self.seen = seen
+        super().__init__(action, f"stale fence {fence}: fence {seen} was already seen")
+
+
+class DropletStartError(ProviderError):
+    """A droplet was created or powered on but did not come up. It stays, powered off, under
+    `droplet_id`; `console` holds the last lines of its console output."""
+
+    def __init__(self, action: str, droplet_id: str, console: str) -> None:
+        self.droplet_id = droplet_id
+        self.console = console
+        super().__init__(
+            action,
+            f"droplet {droplet_id} stopped at once and is left powered off; console: "
+            f"{console or '(empty)'}",
+        )
+
+
+class ProviderConfigError(MeshError, ValueError):
+    """A provider's configuration is wrong: `provider` names it, `reason` says what is wrong."""
+
+    def __init__(self, provider: str, reason: str) -> None:
+        self.provider = provider
+        self.reason = reason
+        super().__init__(f"configure provider {provider!r}: {reason}")
+
+
+class UnknownProviderError(ProviderConfigError, LookupError):
+    """No provider has this name; `known` lists the names there are."""
+
+    def __init__(self, provider: str, known: list[str]) -> None:
+        self.known = known
+        super().__init__(provider, f"no such provider; known providers: {', '.join(known)}")
+
+
+def _default_logger() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderContext:
+    """The narrow view of the agent a provider plugin gets: the mesh's name, its own config
+    section and a named logger."""
+
+    mesh: str
+    config: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=_default_logger)
+
+
+class Provider(Protocol):
+    """Creates, powers and destroys the droplets of one account."""
+
+    name: str
+
+    async def create(
+        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: int | None
+    ) -> DropletRecord:
+        """Create and start a droplet called `name`; refuse a name that is taken."""
+        ...
+
+    async def list(self, tag: str | None = None) -> list[DropletRecord]:
+        """Every droplet of the account (only those tagged `tag` if given), status refreshed."""
+        ...
+
+    async def get(self, droplet_id: str) -> DropletRecord:
+        """One droplet, status refreshed; raise DropletNotFound if there is none."""
+        ...
+
+    async def power_off(self, droplet_id: str, *, fence: int | None) -> None:
+        """Cut the power (no graceful shutdown: a fenced-off droplet must not linger).
+        Idempotent."""
+        ...
+
+    async def power_on(self, droplet_id: str, *, fence: int | None) -> None:
+        """Start a powered-off droplet again, with the same address and disk. Idempotent."""
+        ...
+
+    async def resize(self, droplet_id: str, size: str, *, fence: int | None) -> None:
+        """Give the droplet another size."""
+        ...
+
+    async def destroy(self, droplet_id: str, *, fence: int | None) -> None:
+        """Power off and delete the droplet; DropletNotFound if it is already gone."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Droplets keep running. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class UserDataWriter(Protocol):
+    """Optional ability: replace a droplet's user_data after creation. `meshctl up` needs it
+    to tell the first droplets each other's addresses, which exist only once they do."""
+
+    async def set_user_data(self, droplet_id: str, user_data: str) -> None: ...
+
+
+def load_provider(name: str, ctx: ProviderContext) -> Provider:
+    """Import the provider called `name` and create it; raise UnknownProviderError if none is."""
+    target = PROVIDERS.get(name)
+    if target is None:
+        raise UnknownProviderError(name, sorted(PROVIDERS))
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    factory = cast(Callable[[ProviderContext], Provider], getattr(module, attribute))
+    return factory(ctx)

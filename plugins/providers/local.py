@@ -1,0 +1,573 @@
+"""The `local` provider: a droplet is a process group on this machine, bound to its own
+loopback address 127.A.B.N.
+
+The account directory (config `dir`) plays the cloud account. `account.json` holds the address
+block, the next id and every droplet (name, size, address, tags, process group, directory,
+highest fence seen); every change to it happens under `fcntl.flock` on `account.lock` and is
+written atomically, because the agents of several local droplets use one account from several
+processes at once. `actions.log` records each action, done or refused, one JSON line each.
+
+A droplet owns `droplets/<name>-<id>/` (0700): `droplet.json` (id, name, size, address, tags,
+mesh), `user_data` (0600) and `console.log`. Powering it on runs the configured `launcher`
+with that directory as last argument, in a session of its own, so that powering one droplet
+off (SIGKILL to its whole process group) never touches another droplet or the caller. A
+droplet outlives the provider object and the process that created it; while that process
+lives, a thread per launcher reaps it so no zombie is left behind. A droplet counts as active
+while its group has a live, non-zombie member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+from plugins.providers import (
+    DropletNotFound,
+    DropletRecord,
+    DropletStartError,
+    DropletStatus,
+    Provider,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+    StaleFence,
+)
+from protocol import subjects
+from protocol.errors import InvalidNameError
+
+ACCOUNT_FILE = "account.json"
+LOCK_FILE = "account.lock"
+ACTIONS_LOG = "actions.log"
+DROPLETS_DIR = "droplets"
+SPEC_FILE = "droplet.json"
+USER_DATA_FILE = "user_data"
+CONSOLE_FILE = "console.log"
+START_CHECK = 0.3
+KILL_TIMEOUT = 5.0
+POLL_INTERVAL = 0.02
+PROBE_HOSTS = (2, 3, 4)
+PROBE_PORTS = (4222, 8080)
+BLOCK_ATTEMPTS = 50
+FIRST_HOST, LAST_HOST = 2, 254
+CONSOLE_CHARS = 500
+DEAD_STATES = frozenset("ZXx")
+_BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
+_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
+T = TypeVar("T")
+
+
+class ProcStat(NamedTuple):
+    state: str
+    pgrp: int
+    start_ticks: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """State letter, process group and start time (clock ticks) of `pid`, or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
+    try:
+        return ProcStat(fields[0], int(fields[2]), int(fields[19]))  # fields 3, 5, 22 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def group_alive(pgid: int, start_ticks: int) -> bool:
+    """True if process group `pgid` is the one we started and has a live, non-zombie member."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    leader = proc_stat(pgid)
+    if leader is not None and leader.start_ticks != start_ticks:
+        return False  # the number was reused; a group id is never reused while it has members
+    if leader is not None and leader.state not in DEAD_STATES:
+        return True
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and stat.state not in DEAD_STATES:
+                return True
+    return False
+
+
+def kill_group(pgid: int, start_ticks: int) -> bool:
+    """SIGKILL every member of the group and wait until none lives; False if some still do."""
+    if group_alive(pgid, start_ticks):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while group_alive(pgid, start_ticks):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+def console_tail(path: Path, start: int = 0, limit: int = CONSOLE_CHARS) -> str:
+    """The last whole lines written to `path` after byte `start`, at most `limit` characters."""
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(start, size - 4 * limit))
+            text = log.read().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    if len(text) > limit:
+        text = text[-limit:]
+        text = text.partition("\n")[2] or text
+    return text
+
+
+def port_open(host: str, port: int) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def pick_block() -> str:
+    """A random 127.A.B block whose first droplet addresses have no NATS or web port open."""
+    for _ in range(BLOCK_ATTEMPTS):
+        block = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+        hosts = (f"{block}.{host}" for host in PROBE_HOSTS)
+        if not any(port_open(host, port) for host in hosts for port in PROBE_PORTS):
+            return block
+    raise ProviderError("pick an address block", f"{BLOCK_ATTEMPTS} random blocks were in use")
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.unlink(missing_ok=True)
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(scratch, path)
+
+
+@dataclass(slots=True, kw_only=True)
+class DropletState:
+    """One droplet as `account.json` keeps it."""
+
+    id: str
+    name: str
+    size: str
+    address: str
+    status: DropletStatus
+    tags: list[str]
+    created_at: float
+    dir: str
+    pgid: int | None = None
+    start_ticks: int | None = None
+    last_fence: int | None = None
+
+    def running(self) -> bool:
+        if self.pgid is None or self.start_ticks is None:
+            return False
+        return group_alive(self.pgid, self.start_ticks)
+
+    def record(self) -> DropletRecord:
+        """The record with its status read from the processes, not from the file."""
+        status = DropletStatus.ACTIVE if self.running() else DropletStatus.OFF
+        return DropletRecord(
+            self.id, self.name, self.size, self.address, status, tuple(self.tags), self.created_at
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class Account:
+    """The whole of `account.json`."""
+
+    block: str
+    next_id: int = 1
+    droplets: dict[str, DropletState]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Account:
+        droplets = {
+            key: DropletState(**{**value, "status": DropletStatus(value["status"])})
+            for key, value in data["droplets"].items()
+        }
+        return cls(block=data["block"], next_id=data["next_id"], droplets=droplets)
+
+    def to_json(self) -> bytes:
+        data = {"version": 1, **asdict(self)}
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+    def free_address(self) -> str | None:
+        taken = {state.address for state in self.droplets.values()}
+        for host in range(FIRST_HOST, LAST_HOST + 1):
+            if f"{self.block}.{host}" not in taken:
+                return f"{self.block}.{host}"
+        return None
+
+
+class Launch(NamedTuple):
+    """A launcher just started, the thread that reaps it, and where its console output starts."""
+
+    state: DropletState
+    reaper: threading.Thread
+    console_start: int
+
+
+class LocalProvider:
+    """Droplets as process groups on loopback addresses; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self, ctx: ProviderContext, *, root: Path, launcher: list[str], block: str | None
+    ) -> None:
+        self._mesh = ctx.mesh
+        self._log = ctx.logger
+        self._root = root
+        self._launcher = launcher
+        self._block = block
+
+    async def create(
+        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: int | None
+    ) -> DropletRecord:
+        action = f"create droplet {name!r}"
+        check_droplet_args(action, name, size, tags)
+        launch = await asyncio.to_thread(
+            self._transact,
+            lambda account, _: self._create_locked(account, action, name, size, tags, user_data),
+            "create",
+            None,
+            fence,
+        )
+        await self._check_started(action, launch)
+        self._log.info(
+            "Droplet created. id=%s name=%s address=%s pgid=%s fence=%s",
+            launch.state.id,
+            name,
+            launch.state.address,
+            launch.state.pgid,
+            fence,
+        )
+        return await asyncio.to_thread(launch.state.record)
+
+    async def list(self, tag: str | None = None) -> list[DropletRecord]:
+        account = await asyncio.to_thread(self._read)
+        if account is None:
+            return []
+        states = [s for s in account.droplets.values() if tag is None or tag in s.tags]
+        return await asyncio.to_thread(lambda: [state.record() for state in states])
+
+    async def get(self, droplet_id: str) -> DropletRecord:
+        account = await asyncio.to_thread(self._read)
+        state = None if account is None else account.droplets.get(droplet_id)
+        if state is None:
+            raise DropletNotFound(f"get droplet {droplet_id}", droplet_id)
+        return await asyncio.to_thread(state.record)
+
+    async def power_off(self, droplet_id: str, *, fence: int | None) -> None:
+        await asyncio.to_thread(
+            self._transact, self._power_off_locked, "power_off", droplet_id, fence
+        )
+        self._log.info("Droplet powered off. id=%s fence=%s", droplet_id, fence)
+
+    async def power_on(self, droplet_id: str, *, fence: int | None) -> None:
+        launch = await asyncio.to_thread(
+            self._transact, self._power_on_locked, "power_on", droplet_id, fence
+        )
+        if launch is not None:
+            await self._check_started(f"power on droplet {droplet_id}", launch)
+            self._log.info(
+                "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
+            )
+
+    async def resize(self, droplet_id: str, size: str, *, fence: int | None) -> None:
+        check_size(f"resize droplet {droplet_id}", size)
+
+        def change(account: Account, state: DropletState | None) -> None:
+            assert state is not None
+            state.size = size
+            self._write_spec(state)
+
+        await asyncio.to_thread(self._transact, change, "resize", droplet_id, fence)
+        self._log.info("Droplet resized. id=%s size=%s fence=%s", droplet_id, size, fence)
+
+    async def set_user_data(self, droplet_id: str, user_data: str) -> None:
+        def change(account: Account, state: DropletState | None) -> None:
+            assert state is not None
+            write_atomically(Path(state.dir) / USER_DATA_FILE, user_data.encode(), 0o600)
+
+        await asyncio.to_thread(self._transact, change, "set_user_data", droplet_id, None)
+
+    async def destroy(self, droplet_id: str, *, fence: int | None) -> None:
+        await asyncio.to_thread(self._transact, self._destroy_locked, "destroy", droplet_id, fence)
+        self._log.info("Droplet destroyed. id=%s fence=%s", droplet_id, fence)
+
+    async def close(self) -> None:
+        # Nothing to release: droplets keep running, and each reaper thread ends by itself
+        # when its launcher exits (they are daemon threads, so they never hold the caller up).
+        return None
+
+    # The methods below run in worker threads.
+
+    def _transact(
+        self,
+        change: Callable[[Account, DropletState | None], T],
+        kind: str,
+        droplet_id: str | None,
+        fence: int | None,
+    ) -> T:
+        """Apply `change` to the account under the account lock and save it, after checking the
+        droplet exists and `fence` is not stale. Log the action, done or refused."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            account = self._read() or Account(block=self._block or pick_block(), droplets={})
+            self._check_block(account)
+            action = f"{kind.replace('_', ' ')} droplet {droplet_id}"
+            state = None
+            if droplet_id is not None:
+                state = account.droplets.get(droplet_id)
+                if state is None:
+                    raise DropletNotFound(action, droplet_id)
+                if fence is not None and state.last_fence is not None and fence < state.last_fence:
+                    self._append_action(kind, state, fence, "refused: stale fence")
+                    raise StaleFence(action, fence, state.last_fence)
+            result = change(account, state)
+            if isinstance(result, Launch):
+                state = result.state
+            if state is not None and fence is not None:
+                state.last_fence = fence
+            write_atomically(self._root / ACCOUNT_FILE, account.to_json())
+            if state is not None:
+                self._append_action(kind, state, fence, "done")
+            return result
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the only descriptor releases the lock
+
+    def _read(self) -> Account | None:
+        path = self._root / ACCOUNT_FILE
+        try:
+            return Account.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ProviderError(f"read account {path}", str(err)) from err
+
+    def _check_block(self, account: Account) -> None:
+        if self._block is None or self._block == account.block:
+            return
+        if account.droplets:
+            raise ProviderConfigError(
+                "local",
+                f"block {self._block} is configured but the account at {self._root} uses "
+                f"{account.block} for its droplets",
+            )
+        account.block = self._block
+
+    def _append_action(
+        self, kind: str, state: DropletState, fence: int | None, outcome: str
+    ) -> None:
+        entry = {
+            "time": time.time(),
+            "action": kind,
+            "droplet": state.id,
+            "name": state.name,
+            "fence": fence,
+            "outcome": outcome,
+            "pid": os.getpid(),
+        }
+        with (self._root / ACTIONS_LOG).open("a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    def _create_locked(
+        self,
+        account: Account,
+        action: str,
+        name: str,
+        size: str,
+        tags: Sequence[str],
+        user_data: str,
+    ) -> Launch:
+        for other in account.droplets.values():
+            if other.name == name:
+                raise ProviderError(action, f"droplet {other.id} already has this name")
+        address = account.free_address()
+        if address is None:
+            raise ProviderError(action, f"every address of block {account.block} is in use")
+        droplet_id = str(account.next_id)
+        directory = self._root / DROPLETS_DIR / f"{name}-{droplet_id}"
+        state = DropletState(
+            id=droplet_id,
+            name=name,
+            size=size,
+            address=address,
+            status=DropletStatus.NEW,
+            tags=list(tags),
+            created_at=time.time(),
+            dir=str(directory),
+        )
+        try:
+            directory.mkdir(mode=0o700, parents=True)
+            self._write_spec(state)
+            write_atomically(directory / USER_DATA_FILE, user_data.encode(), 0o600)
+            launch = self._spawn(action, state)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        account.next_id += 1
+        account.droplets[droplet_id] = state
+        return launch
+
+    def _power_off_locked(self, account: Account, state: DropletState | None) -> None:
+        assert state is not None
+        self._kill(f"power off droplet {state.id}", state)
+        state.status = DropletStatus.OFF
+
+    def _power_on_locked(self, account: Account, state: DropletState | None) -> Launch | None:
+        assert state is not None
+        if state.running():
+            return None
+        return self._spawn(f"power on droplet {state.id}", state)
+
+    def _destroy_locked(self, account: Account, state: DropletState | None) -> None:
+        assert state is not None
+        self._kill(f"destroy droplet {state.id}", state)
+        shutil.rmtree(state.dir, ignore_errors=True)
+        del account.droplets[state.id]
+
+    def _kill(self, action: str, state: DropletState) -> None:
+        if state.pgid is None or state.start_ticks is None:
+            return
+        if not kill_group(state.pgid, state.start_ticks):
+            raise ProviderError(action, f"process group {state.pgid} survived SIGKILL")
+
+    def _write_spec(self, state: DropletState) -> None:
+        spec = {
+            "id": state.id,
+            "name": state.name,
+            "size": state.size,
+            "address": state.address,
+            "tags": state.tags,
+            "mesh": self._mesh,
+        }
+        write_atomically(Path(state.dir) / SPEC_FILE, (json.dumps(spec, indent=2) + "\n").encode())
+
+    def _spawn(self, action: str, state: DropletState) -> Launch:
+        """Run the launcher for `state` in a session of its own, and a thread to reap it."""
+        directory = Path(state.dir)
+        argv = [*self._launcher, str(directory)]
+        try:
+            with (directory / CONSOLE_FILE).open("ab") as console:
+                console.write(f"[local provider] power on at {time.ctime()}\n".encode())
+                console.flush()
+                console_start = console.tell()
+                child = subprocess.Popen(
+                    argv,
+                    cwd=directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: power off kills only it
+                    close_fds=True,
+                )
+        except OSError as err:
+            raise ProviderError(action, f"cannot run {argv[0]!r}: {err.strerror or err}") from err
+        stat = proc_stat(child.pid)
+        state.pgid = child.pid
+        state.start_ticks = stat.start_ticks if stat is not None else -1
+        state.status = DropletStatus.ACTIVE
+        reaper = threading.Thread(target=child.wait, name=f"reap-droplet-{state.id}", daemon=True)
+        reaper.start()
+        return Launch(state, reaper, console_start)
+
+    async def _check_started(self, action: str, launch: Launch) -> None:
+        """Give the launcher START_CHECK seconds; if its whole group is gone by then, record
+        the droplet as off and raise DropletStartError with its console output."""
+        await asyncio.to_thread(launch.reaper.join, START_CHECK)
+        if launch.reaper.is_alive() or await asyncio.to_thread(launch.state.running):
+            return
+        state = launch.state
+
+        def mark_off(account: Account, current: DropletState | None) -> None:
+            if current is not None and current.pgid == state.pgid:
+                current.status = DropletStatus.OFF
+
+        with contextlib.suppress(DropletNotFound):
+            await asyncio.to_thread(self._transact, mark_off, "start_failed", state.id, None)
+        console_file = Path(state.dir) / CONSOLE_FILE
+        console = await asyncio.to_thread(console_tail, console_file, launch.console_start)
+        self._log.warning("Droplet did not start. id=%s console=%r", state.id, console)
+        raise DropletStartError(action, state.id, console)
+
+
+def check_droplet_args(action: str, name: str, size: str, tags: Sequence[str]) -> None:
+    """Refuse a name that is not a DNS label (it becomes a directory name), an empty size and
+    tags DigitalOcean would refuse."""
+    try:
+        subjects.token(name, "droplet")
+    except InvalidNameError as err:
+        raise ProviderError(action, err.reason) from err
+    check_size(action, size)
+    if isinstance(tags, str):
+        raise ProviderError(action, "tags must be a list of tags, not one string")
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise ProviderError(action, f"tag {tag!r} is not letters, digits, ':', '_' or '-'")
+
+
+def check_size(action: str, size: str) -> None:
+    if not isinstance(size, str) or not size:
+        raise ProviderError(action, "size must be a non-empty string")
+
+
+def create(ctx: ProviderContext) -> LocalProvider:
+    """The plugin factory. Config: `dir` (account directory), `launcher` (argv list), optional
+    `block` ("127.A.B")."""
+    unknown = sorted(set(ctx.config) - {"dir", "launcher", "block"})
+    if unknown:
+        raise ProviderConfigError("local", f"unknown settings: {', '.join(unknown)}")
+    root = ctx.config.get("dir")
+    if not isinstance(root, str | os.PathLike) or not str(root):
+        raise ProviderConfigError("local", "dir must name the account directory")
+    launcher = ctx.config.get("launcher")
+    if not isinstance(launcher, list) or not launcher:
+        raise ProviderConfigError("local", "launcher must be a non-empty list of arguments")
+    if not all(isinstance(arg, str) and arg for arg in launcher):
+        raise ProviderConfigError("local", "launcher arguments must be non-empty strings")
+    block = ctx.config.get("block")
+    if block is not None:
+        match = _BLOCK.fullmatch(block) if isinstance(block, str) else None
+        if match is None or not all(int(part) <= 255 for part in match.groups()):
+            raise ProviderConfigError("local", f"block {block!r} is not of the form 127.A.B")
+    if not Path("/proc/self/stat").is_file():
+        raise ProviderConfigError("local", "needs a Linux /proc to watch droplet processes")
+    path = Path(os.fspath(root)).expanduser().absolute()
+    return LocalProvider(ctx, root=path, launcher=list(launcher), block=block)
+
+
+_typed_factory: Callable[[ProviderContext], Provider] = create  # mypy checks the Protocol

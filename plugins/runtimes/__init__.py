@@ -1,0 +1,177 @@
+"""The runtime interface: how an agent starts, stops and lists the instances on its droplet.
+
+A runtime plugin (`process`, later `docker`) implements `Runtime`; the agent picks one by name
+from configuration with `load_runtime`, which imports the plugin lazily from `RUNTIMES`. The
+values that cross this seam are `InstanceSpec` (what should run), `InstanceInfo` (what runs)
+and the errors `RuntimeFailure` / `InstanceStartError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, cast
+
+from protocol import subjects
+from protocol.errors import MeshError
+
+RUNTIMES: dict[str, str] = {
+    "process": "plugins.runtimes.process:create",
+}
+"""Built-in runtimes: name -> `module:factory`; the factory takes a `RuntimeContext`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceSpec:
+    """What one instance of a service should run on this droplet.
+
+    `generation` grows whenever what runs changes; `env_vars` never holds secrets: `secrets`
+    (name -> value) are delivered as files and never shown in `repr`.
+    """
+
+    project: str
+    env: str
+    service: str
+    generation: int
+    host: str
+    port: int | None = None
+    command: str | None = None
+    image: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+    memory_mb: int = 256
+    health_path: str | None = None
+
+    @property
+    def key(self) -> str:
+        """`<project>.<env>.<service>`, the same key as the service's allocation."""
+        return subjects.alloc_key(self.project, self.env, self.service)
+
+
+class InstancePhase(StrEnum):
+    """Whether an instance's process or container is alive."""
+
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceInfo:
+    """What a runtime observes of one instance.
+
+    `runtime_id` is the pid (process) or container id (docker); `exit_code` is known only when
+    the runtime could see it (negative: killed by that signal); `detail` says why it exited
+    (the last lines of its output) or what went wrong.
+    """
+
+    key: str
+    generation: int
+    runtime_id: str
+    phase: InstancePhase
+    started_at: float
+    exit_code: int | None = None
+    detail: str | None = None
+
+
+class RuntimeFailure(MeshError):
+    """A runtime could not do what was asked for instance `key`; `reason` says why."""
+
+    action: ClassVar[str] = "manage instance"
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{self.action} {key}: {reason}")
+
+
+class InstanceStartError(RuntimeFailure):
+    """An instance could not be started (no command, executable not found, ...)."""
+
+    action = "start instance"
+
+
+class InstanceStopError(RuntimeFailure):
+    """An instance did not go away, even after SIGKILL."""
+
+    action = "stop instance"
+
+
+class RuntimeConfigError(MeshError, ValueError):
+    """A runtime's configuration is wrong: `runtime` names it, `reason` says what is wrong."""
+
+    def __init__(self, runtime: str, reason: str) -> None:
+        self.runtime = runtime
+        self.reason = reason
+        super().__init__(f"configure runtime {runtime!r}: {reason}")
+
+
+class UnknownRuntimeError(RuntimeConfigError, LookupError):
+    """No runtime has this name; `known` lists the names there are."""
+
+    def __init__(self, runtime: str, known: list[str]) -> None:
+        self.known = known
+        super().__init__(runtime, f"no such runtime; known runtimes: {', '.join(known)}")
+
+
+def _default_logger() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeContext:
+    """The narrow view of the agent a runtime plugin gets: its own config section, a data
+    directory it owns, and a named logger."""
+
+    mesh: str
+    droplet: str
+    data_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=_default_logger)
+
+
+class Runtime(Protocol):
+    """Starts, stops and lists the instances of one droplet."""
+
+    name: str
+
+    async def ensure(self, spec: InstanceSpec) -> InstanceInfo:
+        """Make `spec` run, idempotently.
+
+        An instance with this key and generation that runs is returned untouched (a healthy
+        instance is never restarted); another generation is stopped and the new one started;
+        an exited one is started again. Raises `InstanceStartError` when it cannot start.
+        """
+        ...
+
+    async def stop(self, key: str, *, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; forget the instance. Idempotent."""
+        ...
+
+    async def restart(self, spec: InstanceSpec) -> InstanceInfo:
+        """Stop and start again even if it runs (for hung or unhealthy instances)."""
+        ...
+
+    async def list(self) -> list[InstanceInfo]:
+        """Every instance this runtime knows on this droplet, running or exited."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Instances keep running. Idempotent."""
+        ...
+
+
+def load_runtime(name: str, ctx: RuntimeContext) -> Runtime:
+    """Import the runtime called `name` and create it; raise UnknownRuntimeError if none is."""
+    target = RUNTIMES.get(name)
+    if target is None:
+        raise UnknownRuntimeError(name, sorted(RUNTIMES))
+    module_name, _, attribute = target.partition(":")
+    factory = cast(
+        Callable[[RuntimeContext], Runtime],
+        getattr(importlib.import_module(module_name), attribute),
+    )
+    return factory(ctx)

@@ -1,0 +1,439 @@
+"""The `process` runtime: a service's `command` as a supervised subprocess of the agent.
+
+For machines without Docker and for the local demo. Each instance owns a directory
+`<data_dir>/instances/<key>/` holding `state.json` (generation, pid, the pid's start time from
+`/proc/<pid>/stat` so that a reused pid is never taken for ours), `output.log` (stdout and
+stderr, capped on start) and `secrets/` (0700, one 0400 file per secret). Secrets reach the
+process only as files named by `SECRETS_DIR`, never through the environment, logs or state.
+
+Instances stay in the agent's process group, so killing a local droplet's group kills them
+too. A new runtime over the same directory (the agent restarted) re-adopts running instances
+from `state.json` and `/proc` instead of restarting them; it cannot wait for those, so it polls
+`/proc`, and their exit codes are known only if the previous runtime saw them.
+
+Processes are started with `subprocess.Popen`, not `asyncio.create_subprocess_exec`: an asyncio
+subprocess transport kills its child when it is closed or garbage collected, which would take
+every instance down with the agent and defeat re-adoption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plugins.runtimes import (
+    InstanceInfo,
+    InstancePhase,
+    InstanceSpec,
+    InstanceStartError,
+    InstanceStopError,
+    RuntimeConfigError,
+    RuntimeContext,
+)
+from protocol import subjects
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from plugins.runtimes import Runtime
+
+STATE_FILE = "state.json"
+LOG_FILE = "output.log"
+SECRETS_DIR = "secrets"
+DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024
+DEFAULT_GRACE = 5.0
+KILL_TIMEOUT = 5.0
+POLL_INTERVAL = 0.05
+DETAIL_CHARS = 300
+PASSED_THROUGH = ("PATH", "HOME", "LANG")
+_SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceState:
+    """What `state.json` records of one started instance (never a secret)."""
+
+    key: str
+    generation: int
+    pid: int
+    start_ticks: int
+    started_at: float
+    command: str
+    exit_code: int | None = None
+
+    def info(self, phase: InstancePhase, detail: str | None = None) -> InstanceInfo:
+        return InstanceInfo(
+            key=self.key,
+            generation=self.generation,
+            runtime_id=str(self.pid),
+            phase=phase,
+            started_at=self.started_at,
+            exit_code=None if phase is InstancePhase.RUNNING else self.exit_code,
+            detail=detail,
+        )
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of `pid` from /proc, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
+    try:
+        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, start_ticks: int) -> bool:
+    """True if `pid` is the very process that started at `start_ticks` and is not a zombie."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X", "x") and stat[1] == start_ticks
+
+
+def signal_adopted(state: InstanceState, sig: signal.Signals) -> None:
+    """Send `sig` to an instance this runtime did not spawn, unless its pid was reused."""
+    try:
+        pidfd = os.pidfd_open(state.pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd on this kernel: check, then signal by pid
+        if is_alive(state.pid, state.start_ticks):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, sig)
+        return
+    try:
+        if is_alive(state.pid, state.start_ticks):
+            signal.pidfd_send_signal(pidfd, sig)  # a pidfd cannot hit a reused pid
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def output_tail(path: Path, limit: int = DETAIL_CHARS) -> str | None:
+    """The last whole lines of `path`, at most `limit` characters, or None if there are none."""
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - 4 * limit))
+            text = log.read().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if len(text) > limit:
+        text = text[-limit:]
+        text = text.partition("\n")[2] or text
+    return text or None
+
+
+def cap_log(path: Path, max_bytes: int) -> None:
+    """Keep the newest half of `path` once it is larger than `max_bytes`."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size <= max_bytes:
+        return
+    with path.open("rb") as log:
+        log.seek(size - max_bytes // 2)
+        tail = log.read()
+    tail = tail[tail.find(b"\n") + 1 :]
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_bytes(b"[meshd] older output truncated\n" + tail)
+    os.replace(scratch, path)
+
+
+def write_secrets(directory: Path, secrets: dict[str, bytes]) -> None:
+    """Make `directory` (0700) hold exactly `secrets`, each an atomically written 0400 file."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    directory.chmod(0o700)
+    for stale in directory.iterdir():
+        if stale.name not in secrets:
+            stale.unlink()
+    for name, value in secrets.items():
+        scratch = directory / f".{name}.tmp"
+        scratch.unlink(missing_ok=True)
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as out:
+            out.write(value)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, directory / name)
+
+
+class ProcessRuntime:
+    """Runs each instance's command as a child process; see the module docstring."""
+
+    name = "process"
+
+    def __init__(self, ctx: RuntimeContext, *, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES):
+        self._root = ctx.data_dir / "instances"
+        self._log = ctx.logger
+        self._log_max_bytes = log_max_bytes
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    async def ensure(self, spec: InstanceSpec) -> InstanceInfo:
+        key = spec.key
+        async with self._lock(key):
+            found = self._observe(key)
+            if found is not None:
+                state, info = found
+                if info.phase is InstancePhase.RUNNING:
+                    if state.generation == spec.generation:
+                        return info
+                    self._log.info(
+                        "Replacing instance. key=%s old_generation=%d generation=%d",
+                        key,
+                        state.generation,
+                        spec.generation,
+                    )
+                    await self._terminate(state, DEFAULT_GRACE)
+            return await self._start(spec)
+
+    async def restart(self, spec: InstanceSpec) -> InstanceInfo:
+        key = spec.key
+        async with self._lock(key):
+            found = self._observe(key)
+            if found is not None and found[1].phase is InstancePhase.RUNNING:
+                self._log.info("Restarting instance. key=%s pid=%d", key, found[0].pid)
+                await self._terminate(found[0], DEFAULT_GRACE)
+            return await self._start(spec)
+
+    async def stop(self, key: str, *, grace: float = DEFAULT_GRACE) -> None:
+        subjects.parse_alloc_key(key)  # a valid key is also a safe directory name
+        async with self._lock(key):
+            found = self._observe(key)
+            if found is not None and found[1].phase is InstancePhase.RUNNING:
+                await self._terminate(found[0], grace)
+                self._log.info("Instance stopped. key=%s pid=%d", key, found[0].pid)
+            self._drop_child(key)
+            shutil.rmtree(self._root / key / SECRETS_DIR, ignore_errors=True)
+            (self._root / key / STATE_FILE).unlink(missing_ok=True)  # output.log stays
+
+    async def list(self) -> list[InstanceInfo]:
+        infos = []
+        for key in self._known_keys():
+            async with self._lock(key):
+                found = self._observe(key)
+            if found is not None:
+                infos.append(found[1])
+        return infos
+
+    async def close(self) -> None:
+        # Children that still run stay referenced: a dropped Popen of a running child goes to
+        # the subprocess module's reaper, which would swallow its exit code.
+        self._closed = True
+        for key, child in builtins.list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[key]
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _known_keys(self) -> builtins.list[str]:
+        if not self._root.is_dir():
+            return []
+        return sorted(entry.parent.name for entry in self._root.glob(f"*/{STATE_FILE}"))
+
+    def _child(self, state: InstanceState) -> subprocess.Popen[bytes] | None:
+        """This runtime's Popen of `state`'s process, or None if another runtime started it."""
+        child = self._children.get(state.key)
+        if child is None or child.pid == state.pid:
+            return child
+        if child.poll() is not None:  # an older process of ours, replaced by another runtime
+            del self._children[state.key]
+        return None
+
+    def _drop_child(self, key: str) -> None:
+        child = self._children.pop(key, None)
+        if child is not None:
+            child.poll()  # reap it now if it has exited, so that no zombie is left behind
+
+    def _observe(self, key: str) -> tuple[InstanceState, InstanceInfo] | None:
+        """Read the state of `key` and look whether its process still runs."""
+        state = self._read_state(key)
+        if state is None:
+            return None
+        child = self._child(state)
+        if child is not None:
+            code = child.poll()
+            running = code is None
+        else:
+            running = is_alive(state.pid, state.start_ticks)
+            code = state.exit_code
+        if running:
+            return state, state.info(InstancePhase.RUNNING)
+        self._drop_child(key)
+        if code is not None and state.exit_code is None:
+            state = replace(state, exit_code=code)
+            self._write_state(state)
+        detail = output_tail(self._root / key / LOG_FILE)
+        return state, state.info(InstancePhase.EXITED, detail)
+
+    async def _start(self, spec: InstanceSpec) -> InstanceInfo:
+        key = spec.key
+        if self._closed:
+            raise InstanceStartError(key, "the process runtime is closed")
+        self._drop_child(key)
+        try:
+            child, state = await asyncio.to_thread(self._spawn, spec)
+        except InstanceStartError as err:
+            self._log.warning("Instance did not start. key=%s reason=%s", key, err.reason)
+            raise
+        self._children[key] = child
+        self._log.info(
+            "Instance started. key=%s generation=%d pid=%d", key, state.generation, state.pid
+        )
+        return state.info(InstancePhase.RUNNING)
+
+    def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], InstanceState]:
+        """Prepare the instance directory and start the process (runs in a worker thread)."""
+        key, command = spec.key, spec.command or ""
+        try:
+            argv = shlex.split(command)
+        except ValueError as err:
+            raise InstanceStartError(key, f"cannot parse command {command!r}: {err}") from err
+        if not argv:
+            raise InstanceStartError(key, "no command to run")
+        for name in spec.secrets:
+            if not _SECRET_NAME.fullmatch(name):
+                raise InstanceStartError(key, f"secret name {name!r} is not a plain file name")
+        directory = self._root / key
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / STATE_FILE).unlink(missing_ok=True)
+        write_secrets(directory / SECRETS_DIR, spec.secrets)
+        cap_log(directory / LOG_FILE, self._log_max_bytes)
+        with (directory / LOG_FILE).open("ab") as out:
+            out.write(f"[meshd] starting generation {spec.generation}\n".encode())
+            out.flush()
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    cwd=directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(spec, directory / SECRETS_DIR),
+                    start_new_session=False,  # die with the droplet's process group
+                )
+            except (OSError, ValueError) as err:
+                shutil.rmtree(directory / SECRETS_DIR, ignore_errors=True)
+                reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                out.write(f"[meshd] cannot run {argv[0]!r}: {reason}\n".encode())
+                raise InstanceStartError(key, f"cannot run {argv[0]!r}: {reason}") from err
+        stat = proc_stat(child.pid)
+        state = InstanceState(
+            key=key,
+            generation=spec.generation,
+            pid=child.pid,
+            start_ticks=stat[1] if stat else -1,
+            started_at=time.time(),
+            command=command,
+        )
+        self._write_state(state)
+        return child, state
+
+    def _environment(self, spec: InstanceSpec, secrets_dir: Path) -> dict[str, str]:
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
+        env.update(spec.env_vars)
+        env["SERVICE_HOST"] = spec.host
+        if spec.port is not None:
+            env["SERVICE_PORT"] = str(spec.port)
+        else:
+            env.pop("SERVICE_PORT", None)
+        env["SECRETS_DIR"] = str(secrets_dir)
+        return env
+
+    async def _terminate(self, state: InstanceState, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace`; raise InstanceStopError if it still lives."""
+        child = self._child(state)
+        self._signal(state, child, signal.SIGTERM)
+        if await self._wait_exit(state, child, grace):
+            return
+        self._log.warning(
+            "Instance ignored SIGTERM, killing it. key=%s pid=%d grace=%.1f",
+            state.key,
+            state.pid,
+            grace,
+        )
+        self._signal(state, child, signal.SIGKILL)
+        if not await self._wait_exit(state, child, KILL_TIMEOUT):
+            raise InstanceStopError(
+                state.key, f"pid {state.pid} still runs {KILL_TIMEOUT:.0f}s after SIGKILL"
+            )
+
+    @staticmethod
+    def _signal(
+        state: InstanceState, child: subprocess.Popen[bytes] | None, sig: signal.Signals
+    ) -> None:
+        if child is not None:
+            child.send_signal(sig)  # does nothing once the child has been reaped
+        else:
+            signal_adopted(state, sig)
+
+    @staticmethod
+    async def _wait_exit(
+        state: InstanceState, child: subprocess.Popen[bytes] | None, within: float
+    ) -> bool:
+        """Wait up to `within` seconds for the instance to exit; True if it did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            if child is not None:
+                exited = child.poll() is not None
+            else:
+                exited = not is_alive(state.pid, state.start_ticks)
+            if exited:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def _read_state(self, key: str) -> InstanceState | None:
+        path = self._root / key / STATE_FILE
+        try:
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return InstanceState(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as err:
+            self._log.warning("Ignoring unreadable instance state. path=%s error=%s", path, err)
+            return None
+
+    def _write_state(self, state: InstanceState) -> None:
+        path = self._root / state.key / STATE_FILE
+        scratch = path.with_name(STATE_FILE + ".tmp")
+        scratch.write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
+        os.replace(scratch, path)
+
+
+def create(ctx: RuntimeContext) -> ProcessRuntime:
+    """The plugin factory. Config: `log_max_bytes` (output.log cap, default 5 MB)."""
+    unknown = sorted(set(ctx.config) - {"log_max_bytes"})
+    if unknown:
+        raise RuntimeConfigError("process", f"unknown settings: {', '.join(unknown)}")
+    log_max_bytes = ctx.config.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES)
+    if type(log_max_bytes) is not int or log_max_bytes < 4096:
+        raise RuntimeConfigError("process", "log_max_bytes must be an integer of at least 4096")
+    if not Path("/proc/self/stat").is_file():
+        raise RuntimeConfigError("process", "needs a Linux /proc to supervise processes")
+    return ProcessRuntime(ctx, log_max_bytes=log_max_bytes)
+
+
+if TYPE_CHECKING:
+    _check_factory: Callable[[RuntimeContext], Runtime] = create  # ProcessRuntime is a Runtime
