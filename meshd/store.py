@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 BUCKET_HISTORY = {subjects.DESIRED_BUCKET: 20}
 EVENTS_MAX_AGE_S = 30 * 24 * 3600
 EVENTS_MAX_BYTES = 64 * 2**20
+EVENT_ATTEMPTS = 3
 
 
 class StoreUnavailable(MeshError):
@@ -75,6 +76,7 @@ class Store:
     def __init__(self, nc: Client, timeout: float) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self._timeout = timeout
         self._buckets: dict[str, KeyValue] = {}
 
     @classmethod
@@ -188,7 +190,12 @@ class Store:
 
     async def _kv(self, bucket: str) -> KeyValue:
         if bucket not in self._buckets:
-            self._buckets[bucket] = await self._js.key_value(bucket)
+            try:
+                self._buckets[bucket] = await self._js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise StoreUnavailable(f"bucket {bucket} does not exist yet") from None
+            except _UNAVAILABLE as err:
+                raise StoreUnavailable(f"open bucket {bucket}: {_reason(err)}") from None
         return self._buckets[bucket]
 
     # --- KV ----------------------------------------------------------------------------------
@@ -251,32 +258,47 @@ class Store:
         """Every live key of a bucket with its value."""
         result: dict[str, Entry] = {}
         try:
-            watcher = await (await self._kv(bucket)).watchall(ignore_deletes=True)
-            try:
-                async for item in watcher:
-                    if item is None:
+            async with asyncio.timeout(self._timeout):
+                async for entry in self.watch(bucket):
+                    if entry is None:
                         break
-                    if item.value is not None:
-                        result[item.key] = Entry(item.key, item.value, item.revision or 0)
-                    if item.delta == 0:
-                        break
-            finally:
-                await watcher.stop()
-        except _UNAVAILABLE as err:
-            raise StoreUnavailable(f"list {bucket}: {_reason(err)}") from None
+                    if entry.value is None:
+                        result.pop(entry.key, None)
+                    else:
+                        result[entry.key] = entry
+        except TimeoutError:
+            raise StoreUnavailable(f"list {bucket}: timed out") from None
         return result
 
     async def watch(self, bucket: str, keys: str = ">") -> AsyncIterator[Entry | None]:
         """Current values, then `None` (the initial values are complete), then every change;
-        a deleted or expired key comes with `value` None."""
-        watcher = await (await self._kv(bucket)).watch(keys)
+        a deleted or expired key comes with `value` None.
+
+        nats-py can report "initial values done" before delivering them (its marker races
+        the first messages), so for whole-bucket watches the marker is ours: it comes with the
+        first entry delivered with nothing pending behind it, or at once for an empty bucket.
+        """
+        kv = await self._kv(bucket)
+        stored = 0
+        if keys == ">":
+            try:
+                stored = (await self._js.stream_info(f"KV_{bucket}")).state.messages
+            except _UNAVAILABLE as err:
+                raise StoreUnavailable(f"watch {bucket}: {_reason(err)}") from None
+        watcher = await kv.watch(keys)
+        initial_done = False
         try:
             async for item in watcher:
                 if item is None:
-                    yield None
+                    if not initial_done and (keys != ">" or stored == 0):
+                        initial_done = True
+                        yield None
                     continue
                 deleted = item.operation in ("DEL", "PURGE")
                 yield Entry(item.key, None if deleted else item.value, item.revision or 0)
+                if not initial_done and keys == ">" and not item.delta:
+                    initial_done = True
+                    yield None
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await watcher.stop()
@@ -301,17 +323,23 @@ class Store:
             fence=fence,
             at=time.time(),
         )
-        try:
-            await self._js.publish(subjects.event(name), encode(event))
-        except (*_UNAVAILABLE, nats.errors.Error) as err:
-            log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
+        data = encode(event)
+        for attempt in range(EVENT_ATTEMPTS):
+            try:
+                await self._js.publish(subjects.event(name), data)
+                return
+            except (*_UNAVAILABLE, nats.errors.Error) as err:
+                if attempt == EVENT_ATTEMPTS - 1:
+                    log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
+                else:
+                    await asyncio.sleep(0.5)  # e.g. the stream is still being created
 
     async def recent_events(self, count: int) -> list[Event]:
         try:
             info = await self._js.stream_info(subjects.EVENTS_STREAM)
             first, last = info.state.first_seq, info.state.last_seq
             events = []
-            for seq in range(max(first, last - count + 1), last + 1):
+            for seq in range(max(first, last - count + 1, 1), last + 1):
                 try:
                     msg = await self._js.get_msg(subjects.EVENTS_STREAM, seq)
                 except nats.js.errors.NotFoundError:
