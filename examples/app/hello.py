@@ -3,7 +3,8 @@
 Web mode (default): serves `GET /health` (JSON) and `GET /` (a page naming its project,
 environment and service) on SERVICE_HOST:SERVICE_PORT. `--port-from VAR` listens on the port
 in another variable (the demo's stand-in database and redis use DB_PORT and REDIS_PORT).
-Worker mode (`--worker`): no port; logs a line every 30 seconds.
+Worker mode (`--worker`): no port; logs a line every 30 seconds. `--hang` makes `/health`
+never answer (to show an unhealthy instance being restarted).
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ def identity() -> dict[str, str]:
 
 
 class Handler(BaseHTTPRequestHandler):
+    hang = False
+
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
         if self.path.rstrip("/").endswith("/health"):
+            if self.hang:
+                time.sleep(3600)
             self._send(200, "application/json", json.dumps({"status": "ok", **identity()}))
             return
         me = identity()
@@ -53,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", action="store_true", help="run without a port")
     parser.add_argument("--port-from", default="SERVICE_PORT", help="variable holding the port")
+    parser.add_argument("--hang", action="store_true", help="never answer /health (for tests)")
     args = parser.parse_args()
     if args.worker:
         while True:
@@ -60,6 +66,7 @@ def main() -> None:
             time.sleep(30)
     host = os.environ.get("SERVICE_HOST", "127.0.0.1")
     port = int(os.environ[args.port_from])
+    Handler.hang = args.hang
     ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 

@@ -1,0 +1,155 @@
+"""A real local mesh for tests: `meshctl up --local` in a private config and state home,
+torn down with `meshctl down --local` and, whatever happened, SIGKILL of every droplet's
+process group that the account still records."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "examples" / "app" / "hello.py"
+
+
+def meshctl_path() -> str:
+    beside = Path(sys.executable).parent / "meshctl"
+    assert beside.is_file(), "meshctl is not installed beside this interpreter"
+    return str(beside)
+
+
+@dataclass
+class LocalMesh:
+    home: Path
+    name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "COLUMNS"}}
+        env.update(
+            NO_COLOR="1",
+            MESHD_CONFIG_HOME=str(self.home / "config"),
+            MESHD_STATE_HOME=str(self.home / "state"),
+        )
+        return env
+
+    def meshctl(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [meshctl_path(), *map(str, args)],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str | Path, timeout: float = 120) -> str:
+        result = self.meshctl(*args, timeout=timeout)
+        assert result.returncode == 0, f"meshctl {args} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.ok("status", "--json")))
+
+    @property
+    def account(self) -> dict[str, Any]:
+        path = self.home / "state" / self.name / "provider" / "account.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {"droplets": {}}
+
+    def droplet_dir(self, name: str) -> Path:
+        for droplet in self.account["droplets"].values():
+            if droplet["name"] == name:
+                return Path(droplet["dir"])
+        raise KeyError(name)
+
+    def address(self, name: str) -> str:
+        for droplet in self.account["droplets"].values():
+            if droplet["name"] == name:
+                return str(droplet["address"])
+        raise KeyError(name)
+
+    def pid_of(self, name: str, role: str) -> int:
+        """The pid of a droplet's `agent` or `nats-server` (from /proc)."""
+        directory = str(self.droplet_dir(name))
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            text = [a.decode(errors="replace") for a in argv]
+            if role == "agent" and "agent" in text and directory in text:
+                return int(proc.name)
+            if (
+                role == "nats-server"
+                and any(a.endswith("nats-server") for a in text[:1])
+                and any(directory in a for a in text)
+            ):
+                return int(proc.name)
+        raise LookupError(f"no {role} running for {name}")
+
+    def kill_everything(self) -> None:
+        for droplet in self.account["droplets"].values():
+            with contextlib.suppress(ProcessLookupError, TypeError, PermissionError):
+                os.killpg(droplet["pgid"], signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def local_mesh(home: Path, droplets: int = 1, name: str = "test") -> Iterator[LocalMesh]:
+    mesh = LocalMesh(home, name)
+    try:
+        mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name)
+        yield mesh
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            mesh.meshctl("down", "--local", "--name", name, timeout=60)
+        mesh.kill_everything()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def http_get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - test URL
+        return str(response.read().decode())
+
+
+def write_project(directory: Path, rows: list[str], services: dict[str, Any]) -> tuple[Path, Path]:
+    """A projects CSV and a deployment config running every service as a local process."""
+    csv = directory / "projects.csv"
+    csv.write_text("Project,Servers,MasterSpec,WebSpec\n" + "\n".join(rows) + "\n")
+    config = directory / "deployment_config.json"
+    projects = {row.split(",")[0]: {"services": services} for row in rows}
+    config.write_text(json.dumps({"deployment_platform": "process", "projects": projects}))
+    return csv, config
+
+
+def hello(*args: str) -> dict[str, Any]:
+    return {"command": " ".join([sys.executable, str(HELLO), *args])}
+
+
+WEB_ONLY: dict[str, Any] = {
+    "backend": hello(),
+    "frontend": hello(),
+    "database": {"enabled": False},
+    "redis": {"enabled": False},
+}

@@ -1,0 +1,232 @@
+"""The mesh runs: real local droplets (nats-server + agent process groups on their own
+loopback addresses), publishing, healing of instances, leases across droplets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.mesh import (
+    WEB_ONLY,
+    LocalMesh,
+    hello,
+    http_get,
+    local_mesh,
+    wait_for,
+    write_project,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def service(status: dict[str, Any], project: str, env: str, name: str) -> dict[str, Any]:
+    return next(
+        s
+        for s in status["services"]
+        if (s["project"], s["env"], s["service"]) == (project, env, name)
+    )
+
+
+def instances(mesh: LocalMesh, droplet: str) -> dict[str, Any]:
+    """The droplet agent's own view (/health): instance key -> details with pid."""
+    body = http_get(f"http://{mesh.address(droplet)}:8080/health")
+    import json
+
+    return {f"{i['project']}.{i['env']}.{i['service']}": i for i in json.loads(body)["instances"]}
+
+
+def converged(mesh: LocalMesh) -> bool:
+    status = mesh.status()
+    return bool(status["services"]) and all(
+        s["healthy"] == s["desired"] for s in status["services"]
+    )
+
+
+def test_publish_starts_every_instance_and_each_answers_on_its_droplet(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        out = mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        assert "Converged: 6/6 instances healthy" in out
+        status = mesh.status()
+        backend = service(status, "shop", "prod", "backend")
+        assert backend["droplets"] == ["master"] and backend["healthy"] == 1
+        page = http_get(f"http://{mesh.address('master')}:{backend['port']}/")
+        assert "shop-prod-backend" in page
+        names = [e["name"] for e in status["events"]]
+        assert "published" in names and "scheduled" in names
+
+
+def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        before = instances(mesh, "master")
+        _, config = write_project(
+            tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], {**WEB_ONLY, "frontend": hello("--x")}
+        )
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        wait_for(lambda: converged(mesh), what="convergence after republish")
+        after = instances(mesh, "master")
+        for key, instance in after.items():
+            if key.endswith(".backend"):
+                assert instance["pid"] == before[key]["pid"], key
+            else:
+                assert instance["pid"] != before[key]["pid"], key
+
+
+def test_scale_out_from_one_to_three_servers_and_back(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "three").mkdir()
+    one, config = write_project(tmp_path / "one", ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    three, _ = write_project(tmp_path / "three", ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", one, "--deploy-config", config, "--wait")
+        mesh.ok("publish", three, "--deploy-config", config, "--wait", "--timeout", "90")
+        backend = service(mesh.status(), "shop", "prod", "backend")
+        assert backend["droplets"] == ["shop-web1", "shop-web2"]
+        assert backend["healthy"] == 2
+        for droplet in ("shop-web1", "shop-web2"):
+            assert "shop-prod-backend" in http_get(
+                f"http://{mesh.address(droplet)}:{backend['port']}/"
+            )
+        refused = mesh.meshctl("publish", one, "--deploy-config", config)
+        assert refused.returncode == 1 and "--force" in refused.stderr
+        mesh.ok("publish", one, "--deploy-config", config, "--force", "--wait")
+        wait_for(
+            lambda: {d["name"] for d in mesh.status()["droplets"]} == {"master"},
+            what="scale-in to master alone",
+        )
+        assert {d["name"] for d in mesh.account["droplets"].values()} == {"master"}
+
+
+def test_agent_restart_keeps_instances_running_with_the_same_pids(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        before = {k: v["pid"] for k, v in instances(mesh, "master").items()}
+        agent = mesh.pid_of("master", "agent")
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: _new_agent(mesh, agent), what="the agent to be restarted")
+        wait_for(lambda: converged(mesh), what="convergence after agent restart")
+        after = {k: v["pid"] for k, v in instances(mesh, "master").items()}
+        assert after == before
+
+
+def _new_agent(mesh: LocalMesh, old: int) -> bool:
+    try:
+        return mesh.pid_of("master", "agent") != old
+    except LookupError:
+        return False
+
+
+def test_an_instance_that_hangs_is_restarted(tmp_path: Path) -> None:
+    hang = {"command": hello()["command"].replace("hello.py", "hello.py --hang")}
+    services = {**WEB_ONLY, "frontend": hang}
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], services)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.meshctl("publish", csv, "--deploy-config", config, "--wait", "--timeout", "5")
+
+        def restarted() -> bool:
+            mine = instances(mesh, "master")["shop.prod.frontend"]
+            return bool(mine["restarts"] >= 1 and mine["state"] in ("starting", "unhealthy"))
+
+        wait_for(restarted, timeout=60, what="the hung frontend to be restarted")
+        frontend = instances(mesh, "master")["shop.prod.frontend"]
+        assert "health check failed" in (frontend["last_error"] or "")
+        assert instances(mesh, "master")["shop.prod.backend"]["restarts"] == 0
+
+
+def test_instances_keep_serving_and_heal_with_every_nats_server_down(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        port = service(mesh.status(), "shop", "prod", "backend")["port"]
+        url = f"http://{mesh.address('master')}:{port}/"
+        nats = mesh.pid_of("master", "nats-server")
+        os.kill(nats, signal.SIGSTOP)  # the only JetStream server: no quorum, no answers
+        try:
+            os.kill(mesh.pid_of("master", "agent"), signal.SIGKILL)
+            time.sleep(1)
+            assert "shop-prod-backend" in http_get(url)
+            victim = instances_when_up(mesh)["shop.prod.backend"]["pid"]
+            os.kill(int(victim), signal.SIGKILL)
+            wait_for(
+                lambda: _serving(url), timeout=30, what="the backend restarted from the local copy"
+            )
+            assert instances_when_up(mesh)["shop.prod.backend"]["pid"] != victim
+            unreachable = mesh.meshctl("status", timeout=30)
+            assert unreachable.returncode == 1
+        finally:
+            os.kill(nats, signal.SIGCONT)
+        wait_for(lambda: converged(mesh), what="convergence once NATS is back")
+
+
+def instances_when_up(mesh: LocalMesh) -> dict[str, Any]:
+    return wait_for(lambda: _try_instances(mesh), what="the agent's /health")  # type: ignore[no-any-return]
+
+
+def _try_instances(mesh: LocalMesh) -> dict[str, Any] | None:
+    try:
+        found = instances(mesh, "master")
+    except OSError:
+        return None
+    return found if found and all(i["pid"] for i in found.values()) else None
+
+
+def _serving(url: str) -> bool:
+    try:
+        return "shop-prod-backend" in http_get(url, timeout=1)
+    except OSError:
+        return False
+
+
+def test_killing_the_scheduler_holder_moves_the_lease_to_another_droplet(tmp_path: Path) -> None:
+    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        holder = wait_for(lambda: _holder(mesh, "scheduler"), what="a scheduler")
+        os.kill(mesh.pid_of(holder, "agent"), signal.SIGKILL)
+        successor = wait_for(
+            lambda: (h := _holder(mesh, "scheduler")) and h != holder and h,
+            timeout=30,
+            what="another scheduler",
+        )
+        events = [
+            e
+            for e in mesh.status()["events"] + _events(mesh)
+            if e["name"] == "lease_taken" and e["subject"] == "scheduler"
+        ]
+        fences = {e["actor"]: e["fence"] for e in events}
+        assert fences[successor] > fences[holder]
+
+
+def _holder(mesh: LocalMesh, role: str) -> str | None:
+    for droplet in mesh.status()["droplets"]:
+        if role in droplet["roles"]:
+            return str(droplet["name"])
+    return None
+
+
+def _events(mesh: LocalMesh) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in mesh.ok("events", "--json", "-n", "100").splitlines()]
+
+
+def test_meshctl_says_in_one_line_when_the_mesh_is_unreachable(tmp_path: Path) -> None:
+    with local_mesh(tmp_path / "mesh") as mesh:
+        os.kill(mesh.pid_of("master", "nats-server"), signal.SIGSTOP)
+        nats = mesh.pid_of("master", "nats-server")
+        try:
+            started = time.monotonic()
+            result = mesh.meshctl("status", timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(nats, signal.SIGCONT)
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("meshctl: mesh 'test' is not reachable")
+        assert elapsed < 15  # generous; the CLI's own budget is a few seconds
