@@ -12,8 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# A local mesh of three droplets running the example projects; `meshctl down --local` ends it.
 demo: $(STAMP)
-	$(BIN)/meshctl publish --dry-run examples/projects.csv --deploy-config examples/deployment_config.json
+	$(BIN)/meshctl up --local
+	$(BIN)/meshctl publish examples/projects.csv --wait
+	$(BIN)/meshctl status
+	$(BIN)/python examples/request.py
+	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
+	@echo "Stop it and remove everything: .venv/bin/meshctl down --local"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,6 +33,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/converge.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

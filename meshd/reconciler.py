@@ -178,6 +178,7 @@ class Reconciler:
         tracked.generation = allocation.generation
         tracked.runtime_id = info.runtime_id
         tracked.state = InstanceState.STARTING
+        tracked.healthy = False  # until its own first good probe
         tracked.failed_probes = 0
         tracked.started = time.monotonic()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
@@ -270,6 +271,7 @@ class Reconciler:
         tracked.runtime_id = info.runtime_id
         tracked.started = time.monotonic()
         tracked.failed_probes = 0
+        tracked.healthy = False
         tracked.state = InstanceState.STARTING
 
     # --- output ------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> N
         mesh.ok("publish", csv, "--deploy-config", config, "--wait")
         before = instances(mesh, "master")
         _, config = write_project(
-            tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], {**WEB_ONLY, "frontend": hello("--x")}
+            tmp_path,
+            ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"],
+            {**WEB_ONLY, "frontend": hello("--port-from", "SERVICE_PORT")},
         )
         mesh.ok("publish", csv, "--deploy-config", config, "--wait")
         wait_for(lambda: converged(mesh), what="convergence after republish")
@@ -77,6 +79,20 @@ def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> N
                 assert instance["pid"] == before[key]["pid"], key
             else:
                 assert instance["pid"] != before[key]["pid"], key
+
+
+def test_a_new_generation_that_crashes_is_not_counted_healthy(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait")
+        broken = {**WEB_ONLY, "frontend": hello("--no-such-flag")}
+        _, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], broken)
+        result = mesh.meshctl("publish", csv, "--deploy-config", config, "--wait", "--timeout", "8")
+        assert result.returncode == 1 and "not converged" in result.stderr
+        frontend = service(mesh.status(), "shop", "prod", "frontend")
+        assert frontend["healthy"] == 0
+        assert any("unrecognized arguments" in e for e in frontend["errors"])
+        assert service(mesh.status(), "shop", "prod", "backend")["healthy"] == 1
 
 
 def test_scale_out_from_one_to_three_servers_and_back(tmp_path: Path) -> None:
@@ -185,22 +201,44 @@ def _serving(url: str) -> bool:
         return False
 
 
-def test_killing_the_scheduler_holder_moves_the_lease_to_another_droplet(tmp_path: Path) -> None:
+def test_a_killed_scheduler_holder_is_followed_by_a_term_with_a_higher_fence(
+    tmp_path: Path,
+) -> None:
     with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
         holder = wait_for(lambda: _holder(mesh, "scheduler"), what="a scheduler")
+        first = _terms(mesh, "scheduler")[-1]
         os.kill(mesh.pid_of(holder, "agent"), signal.SIGKILL)
-        successor = wait_for(
-            lambda: (h := _holder(mesh, "scheduler")) and h != holder and h,
+        # Any agent may win the next term, the restarted one on the same droplet included.
+        later = wait_for(
+            lambda: [t for t in _terms(mesh, "scheduler") if t["fence"] > first["fence"]],
             timeout=30,
-            what="another scheduler",
+            what="a new scheduler term",
         )
-        events = [
-            e
-            for e in mesh.status()["events"] + _events(mesh)
-            if e["name"] == "lease_taken" and e["subject"] == "scheduler"
-        ]
-        fences = {e["actor"]: e["fence"] for e in events}
-        assert fences[successor] > fences[holder]
+        assert later[0]["fence"] > first["fence"]
+
+
+def test_a_paused_scheduler_holder_is_replaced_by_another_droplet(tmp_path: Path) -> None:
+    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        holder = wait_for(lambda: _holder(mesh, "scheduler"), what="a scheduler")
+        agent = mesh.pid_of(holder, "agent")
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            successor = wait_for(
+                lambda: (h := _holder(mesh, "scheduler")) and h != holder and h,
+                timeout=30,
+                what="another droplet to take the scheduler role",
+            )
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        terms = {t["actor"]: t["fence"] for t in _terms(mesh, "scheduler")}
+        assert terms[successor] > terms[holder]
+        # Resumed, the old holder knows its term is over: it neither renews nor acts.
+        time.sleep(3)
+        assert _holder(mesh, "scheduler") == successor
+
+
+def _terms(mesh: LocalMesh, role: str) -> list[dict[str, Any]]:
+    return [e for e in _events(mesh) if e["name"] == "lease_taken" and e["subject"] == role]
 
 
 def _holder(mesh: LocalMesh, role: str) -> str | None:

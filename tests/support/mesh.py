@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,15 @@ class LocalMesh:
                 return int(proc.name)
         raise LookupError(f"no {role} running for {name}")
 
+    def keep_logs(self) -> None:
+        """Copy every droplet's logs out of the state that `down` removes (for post-mortems)."""
+        for droplet in self.account["droplets"].values():
+            source = Path(droplet["dir"])
+            target = self.home / "logs" / source.name
+            target.mkdir(parents=True, exist_ok=True)
+            for log in source.glob("*.log"):
+                shutil.copy(log, target / log.name)
+
     def kill_everything(self) -> None:
         for droplet in self.account["droplets"].values():
             with contextlib.suppress(ProcessLookupError, TypeError, PermissionError):
@@ -112,6 +122,7 @@ def local_mesh(home: Path, droplets: int = 1, name: str = "test") -> Iterator[Lo
         mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name)
         yield mesh
     finally:
+        mesh.keep_logs()
         with contextlib.suppress(subprocess.TimeoutExpired):
             mesh.meshctl("down", "--local", "--name", name, timeout=60)
         mesh.kill_everything()
