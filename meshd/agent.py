@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -132,6 +133,7 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(self._feed(store, reconciler), name="allocations")
+                tasks.create_task(self._addresses(store, reconciler), name="addresses")
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:
@@ -163,8 +165,39 @@ class Agent:
                 log.warning("Allocation watch failed. error=%s", err)
             await asyncio.sleep(RETRY_S)
 
+    async def _addresses(self, store: Store, reconciler: Reconciler) -> None:
+        """Droplet addresses from `mesh_nodes` to the reconciler (host variables)."""
+        while True:
+            addresses: dict[str, str] = {}
+            try:
+                async for entry in store.watch(subjects.NODES_BUCKET):
+                    if entry is None:
+                        await reconciler.set_addresses(addresses)
+                        continue
+                    if entry.value is None:
+                        continue  # a droplet that left keeps its last address until replaced
+                    try:
+                        addresses[entry.key] = decode(entry.value, NodeStatus).address
+                    except ProtocolError as err:
+                        log.error("Invalid node status ignored. key=%s error=%s", entry.key, err)
+                        continue
+                    await reconciler.set_addresses(addresses)
+            except StoreUnavailable as err:
+                log.info("Node watch interrupted. error=%s", err)
+            except Exception as err:  # the watch must come back whatever NATS did
+                log.warning("Node watch failed. error=%s", err)
+            await asyncio.sleep(RETRY_S)
+
 
 async def run_agent(droplet_dir: Path) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly: leases are handed over at once and
+    instances keep running (the next agent re-adopts them)."""
     agent = Agent(droplet_dir)
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await agent.run()
+    log.info("Agent stopped. droplet=%s", agent.identity.name)

@@ -1,5 +1,10 @@
 """The environment variables every instance gets (seed "Dynamic Environment Variable
-Generation", DESIGN.md Allocation). Pure: values in, a dict out. Never secrets."""
+Generation", DESIGN.md Allocation). Pure: values in, values out. Never secrets.
+
+Host variables (DB_HOST, ...) name a droplet, not an address: the agent that starts the
+instance resolves them, so that a droplet's address becoming known (it joins after the first
+scheduling) never changes an allocation and never restarts an instance.
+"""
 
 from __future__ import annotations
 
@@ -12,32 +17,33 @@ VAULT_PORT = 8200
 OPENSEARCH_PORT = 9200
 
 
+def instance_hosts(placed: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Host variables -> droplet names; `placed` maps each service of the same
+    project-environment to its droplets."""
+
+    def first(service: str) -> str:
+        where = placed.get(service) or [MASTER]
+        return where[0]
+
+    return {
+        "DB_HOST": first("database"),
+        "REDIS_HOST": first("redis"),
+        "VAULT_HOST": MASTER,
+        "OPENSEARCH_HOST": MASTER,
+    }
+
+
 def instance_environment(
-    alloc: EnvAllocation,
-    service: str,
-    kind: ServiceKind,
-    droplets: Sequence[str],
-    placed: Mapping[str, Sequence[str]],
-    addresses: Mapping[str, str],
+    alloc: EnvAllocation, service: str, kind: ServiceKind, droplets: Sequence[str]
 ) -> dict[str, str]:
-    """`placed` maps each service of the same project-environment to its droplets;
-    `addresses` maps droplet names to addresses (a droplet not yet known is named instead)."""
-
-    def host(of_service: str) -> str:
-        where = placed.get(of_service) or [MASTER]
-        return addresses.get(where[0], where[0])
-
+    """Every other variable of the seed's list."""
     h = alloc.hash
     values = {
         "DB_USER": alloc.db_user,
         "DB_NAME": alloc.db_name,
-        "DB_HOST": host("database"),
         "DB_PORT": str(alloc.ports["database"]),
-        "REDIS_HOST": host("redis"),
         "REDIS_PORT": str(alloc.ports["redis"]),
-        "VAULT_HOST": addresses.get(MASTER, MASTER),
         "VAULT_PORT": str(VAULT_PORT),
-        "OPENSEARCH_HOST": addresses.get(MASTER, MASTER),
         "OPENSEARCH_PORT": str(OPENSEARCH_PORT),
         "OPENSEARCH_INDEX": f"{alloc.project}-{alloc.env}-logs-{h[:6]}",
         "SERVICE_NAME": f"{alloc.project}-{alloc.env}-{service}",
@@ -49,3 +55,10 @@ def instance_environment(
     if kind is ServiceKind.WEB:
         values["SERVICE_PORT"] = str(alloc.ports[service])
     return values
+
+
+def resolve_hosts(hosts: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, str] | None:
+    """Host variables with addresses, or None while some droplet's address is unknown."""
+    if any(droplet not in addresses for droplet in hosts.values()):
+        return None
+    return {variable: addresses[droplet] for variable, droplet in hosts.items()}

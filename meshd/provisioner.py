@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from meshd.lease import Term
 from meshd.meshconfig import MeshConfig
 from meshd.placement import Placement
-from meshd.store import Store
+from meshd.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
-from protocol.codec import decode
+from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, PlacementRecord
+from protocol.messages import Allocation, NodeStatus, PlacementRecord
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
@@ -79,11 +80,12 @@ class Provisioner:
             log.error("Placement unreadable; not provisioning. error=%s", err)
             return
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
+        missing = [d for d in placement.droplets if d.name not in existing]
+        # Concurrently: a droplet takes a while to boot, and they do not depend on each other.
+        await asyncio.gather(*(self._create(term, d.name, d.size) for d in missing))
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
-            if record is None:
-                await self._create(term, droplet.name, droplet.size)
-            elif record.size != droplet.size:
+            if record is not None and record.size != droplet.size:
                 term.check()
                 await self.provider.resize(record.id, droplet.size, fence=term.fence)
                 await self._event(term, "droplet_resized", droplet.name, {"size": droplet.size})
@@ -103,6 +105,19 @@ class Provisioner:
         )
         log.info("Droplet created. droplet=%s address=%s", name, record.address)
         await self._event(term, "droplet_created", name, {"size": size, "id": record.id})
+        # Announce the address before the agent boots, so that the scheduler writes the final
+        # environments (DB_HOST, ...) before any instance starts with a provisional one.
+        booting = NodeStatus(
+            droplet=name,
+            address=record.address,
+            incarnation=0,
+            size=size,
+            roles=(),
+            instances=(),
+            updated_at=time.time(),
+        )
+        with contextlib.suppress(Conflict):
+            await self.store.create(subjects.NODES_BUCKET, subjects.node_key(name), encode(booting))
 
     async def _destroy(self, term: Term, record: DropletRecord) -> None:
         term.check()

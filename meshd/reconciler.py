@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
+from meshd.environment import resolve_hosts
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -30,18 +31,24 @@ from plugins.runtimes import (
 )
 from plugins.secrets import Secrets, lookup_names
 from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.errors import MeshError, ProtocolError
 from protocol.messages import Allocation, InstanceState, InstanceStatus
 
 log = logging.getLogger(__name__)
 
-RESYNC_S = 1.0
-HEALTH_EVERY_S = 1.0
+RESYNC_S = 2.0
+HEALTH_EVERY_S = 5.0  # instances that run and passed before (3 misses: 15 s)
+HEALTH_STARTING_EVERY_S = 0.5  # instances waiting for their first good probe
 HEALTH_TIMEOUT_S = 1.0
 UNHEALTHY_AFTER = 3  # consecutive failed probes
 START_GRACE_S = 5.0  # probes do not count while an instance starts
 BACKOFF_MAX_S = 30.0
 LOCAL_COPY = "allocations.msgpack"
+PARALLEL_STARTS = 8  # instances started at once: a droplet's 40 instances in a few batches
+
+
+class NotReady(MeshError):
+    """An instance cannot start yet (e.g. a droplet it needs has no known address)."""
 
 
 @dataclass(slots=True)
@@ -74,6 +81,7 @@ class Reconciler:
         self.data_dir = data_dir
         self.secrets = secrets
         self.allocations: dict[str, Allocation] = {}
+        self.addresses: dict[str, str] = {droplet: address}
         self.tracked: dict[str, Tracked] = {}
         self.loaded = False
         self._changed = asyncio.Event()
@@ -87,31 +95,44 @@ class Reconciler:
             return
         self.allocations = mine
         self.loaded = True
-        await asyncio.to_thread(self._save, dict(mine))
+        await self._save()
         self._changed.set()
 
-    def _save(self, allocations: dict[str, Allocation]) -> None:
-        path = self.data_dir / LOCAL_COPY
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgpack.packb([encode(a) for a in allocations.values()]))
-        os.replace(tmp, path)
+    async def set_addresses(self, addresses: Mapping[str, str]) -> None:
+        """Droplet addresses (from KV), for the host variables of instances."""
+        merged = {**addresses, self.droplet: self.address}
+        if merged == self.addresses:
+            return
+        self.addresses = merged
+        await self._save()
+        self._changed.set()
 
-    def _load(self) -> dict[str, Allocation]:
+    async def _save(self) -> None:
+        copy = {
+            "allocations": [encode(a) for a in self.allocations.values()],
+            "addresses": dict(self.addresses),
+        }
+        await asyncio.to_thread(_write_atomically, self.data_dir / LOCAL_COPY, msgpack.packb(copy))
+
+    def _load(self) -> tuple[dict[str, Allocation], dict[str, str]]:
         path = self.data_dir / LOCAL_COPY
         if not path.exists():
-            return {}
+            return {}, {}
         try:
-            items = [decode(raw, Allocation) for raw in msgpack.unpackb(path.read_bytes())]
-        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException) as err:
+            copy = msgpack.unpackb(path.read_bytes())
+            items = [decode(raw, Allocation) for raw in copy["allocations"]]
+            addresses = {str(k): str(v) for k, v in copy["addresses"].items()}
+        except (ProtocolError, ValueError, TypeError, KeyError, msgpack.UnpackException) as err:
             log.error("Local copy of allocations unreadable; waiting for the mesh. error=%s", err)
-            return {}
-        return {f"{a.project}.{a.env}.{a.service}": a for a in items}
+            return {}, {}
+        return {f"{a.project}.{a.env}.{a.service}": a for a in items}, addresses
 
     # --- loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
         if not self.loaded:
-            self.allocations = await asyncio.to_thread(self._load)
+            self.allocations, addresses = await asyncio.to_thread(self._load)
+            self.addresses = {**addresses, self.droplet: self.address}
             self.loaded = True
             log.info("Applying local copy of allocations. instances=%d", len(self.allocations))
         async with aiohttp.ClientSession() as http:
@@ -129,8 +150,13 @@ class Reconciler:
     async def reconcile(self) -> None:
         infos = {info.key: info for info in await self.runtime.list()}
         now = time.monotonic()
-        for key, allocation in list(self.allocations.items()):
-            await self._converge(key, allocation, infos.get(key), now)
+        limit = asyncio.Semaphore(PARALLEL_STARTS)
+
+        async def converge(key: str, allocation: Allocation) -> None:
+            async with limit:
+                await self._converge(key, allocation, infos.get(key), now)
+
+        await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
         for key in set(infos) - set(self.allocations):
             log.info("Stopping instance no allocation wants. instance=%s", key)
             with contextlib.suppress(RuntimeFailure):
@@ -167,6 +193,10 @@ class Reconciler:
         try:
             spec = self._spec(allocation)
             info = await self.runtime.ensure(spec)
+        except NotReady as err:
+            tracked.state = InstanceState.STARTING
+            tracked.last_error = str(err)
+            return
         except (InstanceStartError, LookupError) as err:
             tracked.state = InstanceState.CRASHED
             tracked.healthy = False
@@ -184,6 +214,10 @@ class Reconciler:
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
     def _spec(self, allocation: Allocation) -> InstanceSpec:
+        hosts = resolve_hosts(allocation.hosts, self.addresses)
+        if hosts is None:
+            missing = sorted(set(allocation.hosts.values()) - set(self.addresses))
+            raise NotReady(f"waiting for the address of {', '.join(missing)}")
         secrets: dict[str, bytes] = {}
         for name in allocation.secrets:
             value = self.secrets.get(name, allocation.project, allocation.env)
@@ -200,7 +234,7 @@ class Reconciler:
             port=allocation.port,
             command=allocation.command,
             image=allocation.image,
-            env_vars=dict(allocation.env_vars),
+            env_vars={**allocation.env_vars, **hosts},
             secrets=secrets,
             memory_mb=allocation.memory_mb,
             health_path=allocation.health_path,
@@ -210,7 +244,8 @@ class Reconciler:
 
     async def _probe_loop(self, http: aiohttp.ClientSession) -> None:
         while True:
-            await asyncio.sleep(HEALTH_EVERY_S)
+            starting = any(t.state is InstanceState.STARTING for t in self.tracked.values())
+            await asyncio.sleep(HEALTH_STARTING_EVERY_S if starting else HEALTH_EVERY_S)
             keys = [
                 k
                 for k, t in self.tracked.items()
@@ -265,7 +300,7 @@ class Reconciler:
         tracked.back_off(now)
         try:
             info = await self.runtime.restart(self._spec(allocation))
-        except (RuntimeFailure, LookupError) as err:
+        except (RuntimeFailure, LookupError, NotReady) as err:
             tracked.last_error = str(err)
             return
         tracked.runtime_id = info.runtime_id
@@ -294,6 +329,12 @@ class Reconciler:
                 )
             )
         return tuple(result)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _exit_reason(info: InstanceInfo) -> str:

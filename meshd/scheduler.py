@@ -1,8 +1,8 @@
-"""The `scheduler` role: desired state + live droplets -> allocations in `mesh_alloc`.
+"""The `scheduler` role: desired state -> allocations in `mesh_alloc`.
 
 `allocations_for` is the pure part (placement from `meshd.placement`, environment from
-`meshd.environment`); `Scheduler.lead` runs it whenever the desired state or the set of
-droplets changes, writing only what changed and bumping the generation of what did.
+`meshd.environment`); `Scheduler.lead` runs it whenever the desired state changes (and every
+few seconds), writing only what changed and bumping the generation of what did.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
-from meshd.environment import instance_environment
+from meshd.environment import instance_environment, instance_hosts
 from meshd.errors import CapacityError
 from meshd.lease import Term
 from meshd.placement import Placement, place
@@ -24,7 +24,7 @@ from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, NodeStatus, PlacementRecord
+from protocol.messages import Allocation, PlacementRecord
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ RESYNC_S = 10.0
 def allocations_for(
     state: DesiredState,
     placement: Placement,
-    addresses: Mapping[str, str],
     previous: Mapping[str, Allocation],
     fence: int,
 ) -> dict[str, Allocation]:
@@ -62,8 +61,9 @@ def allocations_for(
                     command=service.command,
                     memory_mb=service.memory_mb,
                     env_vars=instance_environment(
-                        alloc, service.name, service.kind, placed[service.name], placed, addresses
+                        alloc, service.name, service.kind, placed[service.name]
                     ),
+                    hosts=instance_hosts(placed),
                     health_path=service.health_path,
                     secrets=service.secrets,
                     fence=fence,
@@ -111,17 +111,9 @@ class Scheduler:
             await asyncio.gather(*watchers, return_exceptions=True)
 
     async def _watch(self, bucket: str, keys: str, changed: asyncio.Event) -> None:
-        seen: dict[str, bytes | None] = {}
         async for entry in self.store.watch(bucket, keys):
-            if entry is None:
-                continue
-            if bucket == subjects.NODES_BUCKET and entry.value is not None:
-                # Only a droplet's arrival, departure or address matters here, not its status.
-                address = decode(entry.value, NodeStatus).address.encode()
-                if seen.get(entry.key) == address:
-                    continue
-                seen[entry.key] = address
-            changed.set()
+            if entry is not None:
+                changed.set()
 
     async def schedule(self, term: Term) -> None:
         spec_entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
@@ -143,17 +135,12 @@ class Scheduler:
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
             )
             return
-        addresses = {
-            key: decode(entry.value, NodeStatus).address
-            for key, entry in (await self.store.entries(subjects.NODES_BUCKET)).items()
-            if entry.value is not None
-        }
         existing = {
             key: decode(entry.value, Allocation)
             for key, entry in (await self.store.entries(subjects.ALLOC_BUCKET)).items()
             if entry.value is not None
         }
-        wanted = allocations_for(state, placement, addresses, existing, term.fence)
+        wanted = allocations_for(state, placement, existing, term.fence)
         written = await self._write(term, wanted, existing)
         removed = await self._remove(term, set(existing) - set(wanted))
         if previous != placement:

@@ -91,6 +91,7 @@ class Allocation(Message):
     health_path: str | None = None
     secrets: tuple[str, ...] = ()
     fence: int = 0
+    hosts: dict[str, str] = field(default_factory=dict)  # variable -> droplet, resolved by agents
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

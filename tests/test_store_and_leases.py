@@ -229,3 +229,20 @@ class TcpProxy:
 
     def close(self) -> None:
         self.server.close()
+
+
+async def test_a_publish_made_against_a_stale_revision_is_refused(store: Store) -> None:
+    from meshd.publishing import StalePublish, write_desired
+    from protocol.messages import DesiredState
+
+    def message(who: str) -> DesiredState:
+        return DesiredState(spec={"projects": []}, published_by=who, published_at=1.0)
+
+    first = await write_desired(store, message("alice"), None)
+    with pytest.raises(StalePublish):  # bob planned against an empty mesh
+        await write_desired(store, message("bob"), None)
+    read_by_both = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
+    assert read_by_both is not None and read_by_both.revision == first
+    await write_desired(store, message("alice"), read_by_both)
+    with pytest.raises(StalePublish):  # bob's plan was made against alice's first revision
+        await write_desired(store, message("bob"), read_by_both)

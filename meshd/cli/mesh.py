@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.context import Context, load_context
+from meshd.context import Context
 from meshd.observe import mesh_status
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
@@ -52,7 +52,3 @@ async def snapshot(store: Store) -> Snapshot:
         allocations=await read(subjects.ALLOC_BUCKET, Allocation),
         leases=await read(subjects.LEASES_BUCKET, Lease),
     )
-
-
-def context_for(name: str | None) -> Context:
-    return load_context(name)

@@ -19,10 +19,11 @@ from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.observe import converged
 from meshd.placement import Placement, place
 from meshd.plan import DropletAction, Plan, make_plan
+from meshd.publishing import StalePublish, write_desired
 from meshd.spec import DesiredState
-from meshd.store import Conflict, Store
+from meshd.store import Store
 from protocol import subjects
-from protocol.codec import decode, encode
+from protocol.codec import decode
 from protocol.errors import MeshError
 from protocol.messages import DesiredState as DesiredMessage
 from protocol.messages import PlacementRecord
@@ -127,22 +128,9 @@ async def _publish(
             published_at=time.time(),
         )
         try:
-            if current is None:
-                revision = await store.create(
-                    subjects.DESIRED_BUCKET, subjects.DESIRED_KEY, encode(message)
-                )
-            else:
-                revision = await store.update(
-                    subjects.DESIRED_BUCKET,
-                    subjects.DESIRED_KEY,
-                    encode(message),
-                    last=current.revision,
-                )
-        except Conflict:
-            raise PublishRefused(
-                f"publish {csv_file}: somebody else published while this plan was made; "
-                "run publish again to plan against their state"
-            ) from None
+            revision = await write_desired(store, message, current)
+        except StalePublish as err:
+            raise PublishRefused(f"publish {csv_file}: {err}") from None
         await store.record("published", message.published_by, "spec", {"revision": revision})
         if not as_json:
             console.print(f"Published revision {revision}.")

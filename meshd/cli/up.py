@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 
@@ -10,7 +11,7 @@ import click
 
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
-from meshd.context import Context, NoMeshError, load_context
+from meshd.context import Context, NoMeshError, load_context, state_home
 from meshd.meshconfig import CoreServer, MeshConfig, core_count, new_passwords
 from meshd.provisioner import CORE_TAG, mesh_tag
 from meshd.store import StoreUnavailable
@@ -33,8 +34,6 @@ def core_names(count: int) -> list[str]:
 
 
 def local_provider(context_name: str) -> dict[str, object]:
-    from meshd.context import state_home
-
     return {
         "name": "local",
         "config": {
@@ -45,8 +44,6 @@ def local_provider(context_name: str) -> dict[str, object]:
 
 
 def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
-    import logging
-
     config = provider.get("config", {})
     assert isinstance(config, dict)
     return load_provider(

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from plugins.procfs import DEAD_STATES, proc_stat
 from plugins.providers import (
     DropletNotFound,
     DropletRecord,
@@ -65,29 +66,9 @@ PROBE_PORTS = (4222, 8080)
 BLOCK_ATTEMPTS = 50
 FIRST_HOST, LAST_HOST = 2, 254
 CONSOLE_CHARS = 500
-DEAD_STATES = frozenset("ZXx")
 _BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
 _TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 T = TypeVar("T")
-
-
-class ProcStat(NamedTuple):
-    state: str
-    pgrp: int
-    start_ticks: int
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    """State letter, process group and start time (clock ticks) of `pid`, or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
-    try:
-        return ProcStat(fields[0], int(fields[2]), int(fields[19]))  # fields 3, 5, 22 of proc(5)
-    except (IndexError, ValueError):
-        return None
 
 
 def group_alive(pgid: int, start_ticks: int) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plugins.procfs import is_alive, proc_stat
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -83,25 +84,6 @@ class InstanceState:
             exit_code=None if phase is InstancePhase.RUNNING else self.exit_code,
             detail=detail,
         )
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of `pid` from /proc, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
-    try:
-        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
-    except (IndexError, ValueError):
-        return None
-
-
-def is_alive(pid: int, start_ticks: int) -> bool:
-    """True if `pid` is the very process that started at `start_ticks` and is not a zombie."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X", "x") and stat[1] == start_ticks
 
 
 def signal_adopted(state: InstanceState, sig: signal.Signals) -> None:
@@ -186,6 +168,8 @@ class ProcessRuntime:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
+        # state.json of every instance, read from disk once (re-adoption), then kept here.
+        self._states: dict[str, InstanceState] | None = None
 
     async def ensure(self, spec: InstanceSpec) -> InstanceInfo:
         key = spec.key
@@ -223,7 +207,7 @@ class ProcessRuntime:
                 self._log.info("Instance stopped. key=%s pid=%d", key, found[0].pid)
             self._drop_child(key)
             shutil.rmtree(self._root / key / SECRETS_DIR, ignore_errors=True)
-            (self._root / key / STATE_FILE).unlink(missing_ok=True)  # output.log stays
+            self._forget_state(key)  # output.log stays
 
     async def list(self) -> list[InstanceInfo]:
         infos = []
@@ -246,9 +230,14 @@ class ProcessRuntime:
         return self._locks.setdefault(key, asyncio.Lock())
 
     def _known_keys(self) -> builtins.list[str]:
-        if not self._root.is_dir():
-            return []
-        return sorted(entry.parent.name for entry in self._root.glob(f"*/{STATE_FILE}"))
+        return sorted(self._cached_states())
+
+    def _cached_states(self) -> dict[str, InstanceState]:
+        if self._states is None:
+            found = self._root.glob(f"*/{STATE_FILE}") if self._root.is_dir() else []
+            loaded = {entry.parent.name: self._load_state(entry) for entry in found}
+            self._states = {key: state for key, state in loaded.items() if state is not None}
+        return self._states
 
     def _child(self, state: InstanceState) -> subprocess.Popen[bytes] | None:
         """This runtime's Popen of `state`'s process, or None if another runtime started it."""
@@ -315,7 +304,7 @@ class ProcessRuntime:
                 raise InstanceStartError(key, f"secret name {name!r} is not a plain file name")
         directory = self._root / key
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / STATE_FILE).unlink(missing_ok=True)
+        self._forget_state(key)
         write_secrets(directory / SECRETS_DIR, spec.secrets)
         cap_log(directory / LOG_FILE, self._log_max_bytes)
         with (directory / LOG_FILE).open("ab") as out:
@@ -341,7 +330,7 @@ class ProcessRuntime:
             key=key,
             generation=spec.generation,
             pid=child.pid,
-            start_ticks=stat[1] if stat else -1,
+            start_ticks=stat.start_ticks if stat else -1,
             started_at=time.time(),
             command=command,
         )
@@ -405,7 +394,13 @@ class ProcessRuntime:
             await asyncio.sleep(POLL_INTERVAL)
 
     def _read_state(self, key: str) -> InstanceState | None:
-        path = self._root / key / STATE_FILE
+        return self._cached_states().get(key)
+
+    def _forget_state(self, key: str) -> None:
+        self._cached_states().pop(key, None)
+        (self._root / key / STATE_FILE).unlink(missing_ok=True)
+
+    def _load_state(self, path: Path) -> InstanceState | None:
         try:
             data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
             return InstanceState(**data)
@@ -420,6 +415,7 @@ class ProcessRuntime:
         scratch = path.with_name(STATE_FILE + ".tmp")
         scratch.write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
         os.replace(scratch, path)
+        self._cached_states()[state.key] = state
 
 
 def create(ctx: RuntimeContext) -> ProcessRuntime:

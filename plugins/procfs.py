@@ -1,0 +1,37 @@
+"""Reading /proc: what the local provider and the process runtime know of a process.
+
+A pid or process-group id is ours only if its start time matches the one recorded when we
+started it: numbers are reused, start times are not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+DEAD_STATES = frozenset("ZXx")  # zombie or dead: exited, whatever still holds its number
+
+
+class ProcStat(NamedTuple):
+    state: str
+    pgrp: int
+    start_ticks: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """State letter, process group and start time (clock ticks) of `pid`, or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
+    try:
+        return ProcStat(fields[0], int(fields[2]), int(fields[19]))  # fields 3, 5, 22 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, start_ticks: int) -> bool:
+    """True if `pid` is the very process that started at `start_ticks` and is not a zombie."""
+    stat = proc_stat(pid)
+    return stat is not None and stat.state not in DEAD_STATES and stat.start_ticks == start_ticks
