@@ -121,7 +121,7 @@ class Agent:
                     logger=logging.getLogger("plugins.providers"),
                 ),
             )
-            membership = Membership(store, self.identity, self.status)
+            membership = Membership(store, self.identity, self.status, reconciler.observed)
             name = self.identity.name
             keepers = [
                 LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)

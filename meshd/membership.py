@@ -4,6 +4,7 @@ observed state in KV `mesh_nodes/<droplet>`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from protocol.messages import Heartbeat, NodeStatus
 log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 1.0
 STATUS_EVERY_S = 5.0  # and whenever it changes
+STATUS_MIN_GAP_S = 0.2
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -45,26 +47,39 @@ def node_status(
 
 class Membership:
     def __init__(
-        self, store: Store, identity: DropletIdentity, status: Callable[[], NodeStatus]
+        self,
+        store: Store,
+        identity: DropletIdentity,
+        status: Callable[[], NodeStatus],
+        changed: asyncio.Event,
     ) -> None:
         self.store = store
         self.identity = identity
         self.status = status
+        self.changed = changed  # set by whoever changes what `status()` reports
 
     async def run(self) -> None:
+        """A heartbeat every second; the status whenever it changed (at most every
+        `STATUS_MIN_GAP_S`) and every `STATUS_EVERY_S` regardless."""
         seq = 0
         last_sent: tuple[object, ...] | None = None
         last_put = 0.0
+        next_beat = 0.0
         subject = subjects.heartbeat(self.identity.name)
         while True:
-            seq += 1
-            status = self.status()
-            beat = Heartbeat(
-                droplet=status.droplet, incarnation=status.incarnation, seq=seq, sent_at=time.time()
-            )
-            await self.store.publish(subject, encode(beat))
-            fingerprint = (status.roles, status.instances)
             now = time.monotonic()
+            status = self.status()
+            if now >= next_beat:
+                seq += 1
+                beat = Heartbeat(
+                    droplet=status.droplet,
+                    incarnation=status.incarnation,
+                    seq=seq,
+                    sent_at=time.time(),
+                )
+                await self.store.publish(subject, encode(beat))
+                next_beat = now + HEARTBEAT_EVERY_S
+            fingerprint = (status.roles, status.instances)
             if fingerprint != last_sent or now - last_put >= STATUS_EVERY_S:
                 try:
                     await self.store.put(
@@ -73,4 +88,7 @@ class Membership:
                     last_sent, last_put = fingerprint, now
                 except StoreUnavailable as err:
                     log.debug("Status not written. error=%s", err)
-            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), max(0.0, next_beat - time.monotonic()))
+            await asyncio.sleep(STATUS_MIN_GAP_S)

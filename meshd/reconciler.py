@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
 HEALTH_EVERY_S = 5.0  # instances that run and passed before (3 misses: 15 s)
-HEALTH_STARTING_EVERY_S = 0.5  # instances waiting for their first good probe
+HEALTH_STARTING_EVERY_S = 0.25  # instances waiting for their first good probe
 HEALTH_TIMEOUT_S = 1.0
 UNHEALTHY_AFTER = 3  # consecutive failed probes
 START_GRACE_S = 5.0  # probes do not count while an instance starts
@@ -85,6 +85,7 @@ class Reconciler:
         self.tracked: dict[str, Tracked] = {}
         self.loaded = False
         self._changed = asyncio.Event()
+        self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
 
     # --- input -------------------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class Reconciler:
         tracked.state = InstanceState.STARTING
         tracked.healthy = False  # until its own first good probe
         tracked.failed_probes = 0
+        self.observed.set()
         tracked.started = time.monotonic()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
@@ -243,15 +245,22 @@ class Reconciler:
     # --- health ------------------------------------------------------------------------------
 
     async def _probe_loop(self, http: aiohttp.ClientSession) -> None:
+        """Starting instances are probed often (they count as healthy on their first good
+        probe), the others every `HEALTH_EVERY_S`."""
+        last_full = 0.0
         while True:
-            starting = any(t.state is InstanceState.STARTING for t in self.tracked.values())
-            await asyncio.sleep(HEALTH_STARTING_EVERY_S if starting else HEALTH_EVERY_S)
+            await asyncio.sleep(HEALTH_STARTING_EVERY_S)
+            now = time.monotonic()
+            full = now - last_full >= HEALTH_EVERY_S
+            if full:
+                last_full = now
+            probed = (InstanceState.STARTING, InstanceState.RUNNING, InstanceState.UNHEALTHY)
             keys = [
                 k
                 for k, t in self.tracked.items()
-                if t.state
-                in (InstanceState.STARTING, InstanceState.RUNNING, InstanceState.UNHEALTHY)
-                and k in self.allocations
+                if k in self.allocations
+                and t.state in probed
+                and (full or t.state is InstanceState.STARTING)
             ]
             results = await asyncio.gather(*(self._probe(http, k) for k in keys))
             for key, ok in zip(keys, results, strict=True):
@@ -277,6 +286,8 @@ class Reconciler:
             return
         now = time.monotonic()
         if ok:
+            if not tracked.healthy:
+                self.observed.set()
             tracked.failed_probes = 0
             tracked.healthy = True
             tracked.state = InstanceState.RUNNING
