@@ -127,7 +127,7 @@ class Scheduler:
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
             )
             return
-        previous = await self._previous_placement()
+        previous, scheduled_revision = await self._previous_placement()
         try:
             placement = place(state, previous)
         except CapacityError as err:
@@ -143,7 +143,8 @@ class Scheduler:
         wanted = allocations_for(state, placement, existing, term.fence)
         written = await self._write(term, wanted, existing)
         removed = await self._remove(term, set(existing) - set(wanted))
-        if previous != placement:
+        # Written also when only the spec revision moved: `publish --wait` waits for it.
+        if previous != placement or scheduled_revision != spec_entry.revision:
             term.check()
             record = PlacementRecord(
                 placement=placement.to_data(),
@@ -162,15 +163,17 @@ class Scheduler:
                 term.fence,
             )
 
-    async def _previous_placement(self) -> Placement | None:
+    async def _previous_placement(self) -> tuple[Placement | None, int]:
+        """The last placement and the spec revision it was made for (0: none)."""
         entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
         if entry is None or entry.value is None:
-            return None
+            return None, 0
         try:
-            return Placement.from_data(decode(entry.value, PlacementRecord).placement)
+            record = decode(entry.value, PlacementRecord)
+            return Placement.from_data(record.placement), record.spec_revision
         except (ProtocolError, KeyError, TypeError) as err:
             log.warning("Previous placement unreadable; starting afresh. error=%s", err)
-            return None
+            return None, 0
 
     async def _write(
         self, term: Term, wanted: dict[str, Allocation], existing: dict[str, Allocation]

@@ -59,6 +59,8 @@ def test_publish_starts_every_instance_and_each_answers_on_its_droplet(tmp_path:
         assert "shop-prod-backend" in page
         names = [e["name"] for e in status["events"]]
         assert "published" in names and "scheduled" in names
+        again = mesh.ok("publish", csv, "--deploy-config", config, "--wait", "--timeout", "30")
+        assert "Converged: 6/6" in again  # an unchanged republish is scheduled, not ignored
 
 
 def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> None:
