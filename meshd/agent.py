@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -30,10 +32,11 @@ from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, NodeStatus
+from protocol.messages import Allocation, Message, NodeStatus
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+M = TypeVar("M", bound=Message)
 
 
 class Agent:
@@ -141,52 +144,53 @@ class Agent:
             await store.close()
 
     async def _feed(self, store: Store, reconciler: Reconciler) -> None:
-        """Allocations from KV to the reconciler, re-watching after any interruption."""
-        while True:
-            allocations: dict[str, Allocation] = {}
-            ready = False
-            try:
-                async for entry in store.watch(subjects.ALLOC_BUCKET):
-                    if entry is None:
-                        ready = True
-                    elif entry.value is None:
-                        allocations.pop(entry.key, None)
-                    else:
-                        try:
-                            allocations[entry.key] = decode(entry.value, Allocation)
-                        except ProtocolError as err:
-                            log.error("Invalid allocation ignored. key=%s error=%s", entry.key, err)
-                            continue
-                    if ready:
-                        await reconciler.apply(allocations)
-            except StoreUnavailable as err:
-                log.info("Allocation watch interrupted. error=%s", err)
-            except Exception as err:  # the watch must come back whatever NATS did
-                log.warning("Allocation watch failed. error=%s", err)
-            await asyncio.sleep(RETRY_S)
+        """Allocations from KV to the reconciler."""
+        await _follow(store, subjects.ALLOC_BUCKET, Allocation, reconciler.apply)
 
     async def _addresses(self, store: Store, reconciler: Reconciler) -> None:
         """Droplet addresses from `mesh_nodes` to the reconciler (host variables)."""
-        while True:
-            addresses: dict[str, str] = {}
-            try:
-                async for entry in store.watch(subjects.NODES_BUCKET):
-                    if entry is None:
-                        await reconciler.set_addresses(addresses)
-                        continue
-                    if entry.value is None:
-                        continue  # a droplet that left keeps its last address until replaced
+
+        async def publish(nodes: dict[str, NodeStatus]) -> None:
+            await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
+
+        await _follow(store, subjects.NODES_BUCKET, NodeStatus, publish)
+
+
+async def _follow(
+    store: Store,
+    bucket: str,
+    kind: type[M],
+    publish: Callable[[dict[str, M]], Awaitable[None]],
+) -> None:
+    """Keep the decoded values of a bucket and hand them to `publish` once the initial values
+    are in and after every change; watch again after any interruption."""
+    while True:
+        values: dict[str, M] = {}
+        ready = False
+        try:
+            async for entry in store.watch(bucket):
+                if entry is None:
+                    ready = True
+                elif entry.value is None:
+                    values.pop(entry.key, None)
+                else:
                     try:
-                        addresses[entry.key] = decode(entry.value, NodeStatus).address
+                        values[entry.key] = decode(entry.value, kind)
                     except ProtocolError as err:
-                        log.error("Invalid node status ignored. key=%s error=%s", entry.key, err)
+                        log.error(
+                            "Invalid entry ignored. bucket=%s key=%s error=%s",
+                            bucket,
+                            entry.key,
+                            err,
+                        )
                         continue
-                    await reconciler.set_addresses(addresses)
-            except StoreUnavailable as err:
-                log.info("Node watch interrupted. error=%s", err)
-            except Exception as err:  # the watch must come back whatever NATS did
-                log.warning("Node watch failed. error=%s", err)
-            await asyncio.sleep(RETRY_S)
+                if ready:
+                    await publish(values)
+        except StoreUnavailable as err:
+            log.info("Watch interrupted. bucket=%s error=%s", bucket, err)
+        except Exception as err:  # the watch must come back whatever NATS did
+            log.warning("Watch failed. bucket=%s error=%s", bucket, err)
+        await asyncio.sleep(RETRY_S)
 
 
 async def run_agent(droplet_dir: Path) -> None:
