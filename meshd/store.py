@@ -41,6 +41,7 @@ BUCKET_HISTORY = {subjects.DESIRED_BUCKET: 20}
 EVENTS_MAX_AGE_S = 30 * 24 * 3600
 EVENTS_MAX_BYTES = 64 * 2**20
 EVENT_ATTEMPTS = 3
+READY_TIMEOUT_S = 1.0
 
 
 class StoreUnavailable(MeshError):
@@ -139,6 +140,9 @@ class Store:
     async def ensure(self, replicas: int) -> None:
         """Create buckets and streams if missing and raise their replicas to `replicas`."""
         try:
+            # A JetStream cluster answers only once it has a meta leader; asking with a short
+            # timeout first keeps a starting mesh from waiting out the long one.
+            await asyncio.wait_for(self._js.account_info(), READY_TIMEOUT_S)
             for bucket in subjects.BUCKETS:
                 config = KeyValueConfig(
                     bucket=bucket,
