@@ -1,0 +1,164 @@
+"""The pure parts of scheduling and observing: environments, allocations, status views."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+from meshd.allocation import allocate
+from meshd.environment import instance_environment, instance_hosts, resolve_hosts
+from meshd.meshconfig import CoreServer, MeshConfig, nats_server_conf, new_passwords
+from meshd.observe import converged, mesh_status
+from meshd.placement import place
+from meshd.scheduler import allocations_for
+from meshd.spec import ServiceKind
+from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
+from tests.support.nats import nats_server_binary
+from tests.support.states import config_from_json, seed_state, state_from_csv
+
+SEED_VARIABLES = {
+    "DB_USER", "DB_NAME", "DB_PORT", "REDIS_PORT", "VAULT_PORT", "OPENSEARCH_PORT",
+    "OPENSEARCH_INDEX", "SERVICE_NAME", "ENVIRONMENT", "PROJECT", "ASSIGNED_DROPLETS",
+    "RESOURCE_HASH",
+}  # fmt: skip
+HOST_VARIABLES = {"DB_HOST", "REDIS_HOST", "VAULT_HOST", "OPENSEARCH_HOST"}
+
+
+def test_web_services_get_the_seed_variables_and_their_service_port() -> None:
+    alloc = allocate([("hostomatic", "prod")])[("hostomatic", "prod")]
+    env = instance_environment(alloc, "backend", ServiceKind.WEB, ["hostomatic-web1"])
+    assert set(env) == SEED_VARIABLES | {"SERVICE_PORT"}
+    assert env["SERVICE_PORT"] == str(alloc.ports["backend"])
+    assert env["DB_NAME"] == alloc.db_name and env["DB_USER"] == alloc.db_user
+    assert env["OPENSEARCH_INDEX"] == f"hostomatic-prod-logs-{alloc.hash[:6]}"
+
+
+def test_workers_get_no_service_port() -> None:
+    alloc = allocate([("hostomatic", "prod")])[("hostomatic", "prod")]
+    env = instance_environment(alloc, "worker_email", ServiceKind.WORKER, ["hostomatic-web2"])
+    assert "SERVICE_PORT" not in env
+
+
+def test_host_variables_name_droplets_and_resolve_only_when_all_are_known() -> None:
+    hosts = instance_hosts({"database": ["shop-web1"], "redis": ["shop-web1"]})
+    assert set(hosts) == HOST_VARIABLES
+    assert hosts["DB_HOST"] == "shop-web1" and hosts["VAULT_HOST"] == "master"
+    assert resolve_hosts(hosts, {"master": "127.0.0.2"}) is None
+    resolved = resolve_hosts(hosts, {"master": "127.0.0.2", "shop-web1": "127.0.0.3"})
+    assert resolved == {
+        "DB_HOST": "127.0.0.3",
+        "REDIS_HOST": "127.0.0.3",
+        "VAULT_HOST": "127.0.0.2",
+        "OPENSEARCH_HOST": "127.0.0.2",
+    }
+
+
+def test_allocations_cover_every_service_and_carry_the_fence() -> None:
+    state = seed_state()
+    allocations = allocations_for(state, place(state), {}, fence=7)
+    services = sum(len(p.services) for p in state.projects) * 3
+    assert len(allocations) == services
+    backend = allocations["hostomatic.prod.backend"]
+    assert backend.droplets == ("hostomatic-web1", "hostomatic-web2", "hostomatic-web3")
+    assert backend.generation == 1 and backend.fence == 7
+    assert set(backend.hosts) == HOST_VARIABLES
+    assert not HOST_VARIABLES & set(backend.env_vars)
+
+
+def test_rescheduling_keeps_generations_and_bumps_only_what_changed() -> None:
+    csv = "Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n"
+    state = state_from_csv(csv)
+    first = allocations_for(state, place(state), {}, fence=1)
+    assert allocations_for(state, place(state), first, fence=2) == first
+    changed = state_from_csv(
+        csv, config_from_json('{"projects": {"shop": {"services": {"backend": {"image": "b:2"}}}}}')
+    )
+    second = allocations_for(changed, place(changed), first, fence=3)
+    bumped = {k for k in second if second[k].generation != first[k].generation}
+    assert bumped == {"shop.prod.backend", "shop.uat.backend", "shop.test.backend"}
+    assert all(second[k].generation == 2 for k in bumped)
+
+
+def node(name: str, updated_at: float, *instances: InstanceStatus) -> NodeStatus:
+    return NodeStatus(
+        droplet=name,
+        address="127.0.0.2",
+        incarnation=1,
+        size="s-1vcpu-1gb",
+        roles=(),
+        instances=instances,
+        updated_at=updated_at,
+    )
+
+
+def instance(
+    service: str, healthy: bool, generation: int, error: str | None = None
+) -> InstanceStatus:
+    return InstanceStatus(
+        project="shop",
+        env="prod",
+        service=service,
+        state=InstanceState.RUNNING if healthy else InstanceState.CRASHED,
+        healthy=healthy,
+        restarts=0,
+        last_error=error,
+        generation=generation,
+    )
+
+
+def allocation(service: str, droplets: tuple[str, ...], generation: int) -> Allocation:
+    return Allocation(
+        project="shop",
+        env="prod",
+        service=service,
+        generation=generation,
+        droplets=droplets,
+        port=8000,
+        image=None,
+        command="run",
+        memory_mb=64,
+    )
+
+
+def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_droplets() -> None:
+    now = 1000.0
+    nodes = {
+        "master": node("master", now - 1, instance("backend", True, 2)),
+        "web1": node("web1", now - 1, instance("backend", True, 1)),  # old generation
+        "web2": node("web2", now - 60, instance("backend", True, 2)),  # silent for a minute
+        "web3": node("web3", now - 1, instance("backend", False, 2, "exit code 1")),
+    }
+    allocations = {"a": allocation("backend", ("master", "web1", "web2", "web3"), 2)}
+    leases = {"scheduler": Lease(role="scheduler", holder="web1", incarnation=1, acquired_at=0)}
+    view = mesh_status(nodes, allocations, leases, now)
+    (backend,) = view["services"]
+    assert (backend["healthy"], backend["desired"]) == (1, 4)
+    assert backend["errors"] == ["web3: exit code 1"]
+    droplets = {d["name"]: d for d in view["droplets"]}
+    assert droplets["web1"]["roles"] == ["scheduler"]
+    assert not droplets["web2"]["healthy"]
+    assert [d["name"] for d in view["droplets"]][0] == "master"
+    assert not converged(view)
+    healed = dataclasses.replace(nodes["web3"], instances=(instance("backend", True, 2),))
+    assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))
+
+
+def test_rendered_nats_configurations_are_valid_for_one_and_three_core_droplets(
+    tmp_path: Path,
+) -> None:
+    for count in (1, 3):
+        core = tuple(CoreServer(f"n{i}", f"127.0.0.{i + 2}") for i in range(count))
+        config = MeshConfig(mesh="m", core=core, passwords=new_passwords())
+        text = nats_server_conf(config, core[0], tmp_path / "js")
+        assert ("routes" in text) == (count == 3)
+        assert 'publish: ["mesh.deploy.>"]' in text and "no_auth_user" not in text
+        path = tmp_path / f"n{count}.conf"
+        path.write_text(text)
+        check = subprocess.run(
+            [nats_server_binary(), "-c", str(path), "-t"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr
