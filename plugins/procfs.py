@@ -6,10 +6,16 @@ started it: numbers are reused, start times are not.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 DEAD_STATES = frozenset("ZXx")  # zombie or dead: exited, whatever still holds its number
+KILL_TIMEOUT = 5.0
+POLL_INTERVAL = 0.02
 
 
 class ProcStat(NamedTuple):
@@ -35,3 +41,35 @@ def is_alive(pid: int, start_ticks: int) -> bool:
     """True if `pid` is the very process that started at `start_ticks` and is not a zombie."""
     stat = proc_stat(pid)
     return stat is not None and stat.state not in DEAD_STATES and stat.start_ticks == start_ticks
+
+
+def group_alive(pgid: int, start_ticks: int) -> bool:
+    """True if process group `pgid` is the one we started and has a live, non-zombie member."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    leader = proc_stat(pgid)
+    if leader is not None and leader.start_ticks != start_ticks:
+        return False  # the number was reused; a group id is never reused while it has members
+    if leader is not None and leader.state not in DEAD_STATES:
+        return True
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and stat.state not in DEAD_STATES:
+                return True
+    return False
+
+
+def kill_group(pgid: int, start_ticks: int) -> bool:
+    """SIGKILL every member of the group and wait until none lives; False if some still do."""
+    if group_alive(pgid, start_ticks):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while group_alive(pgid, start_ticks):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True

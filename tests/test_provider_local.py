@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from plugins.procfs import group_alive
 from plugins.providers import (
     DropletNotFound,
     DropletStartError,
@@ -31,7 +32,7 @@ from plugins.providers import (
     UnknownProviderError,
     load_provider,
 )
-from plugins.providers.local import LocalProvider, create, group_alive
+from plugins.providers.local import LocalProvider, create
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from plugins.procfs import DEAD_STATES, proc_stat
+from plugins.procfs import group_alive, kill_group, proc_stat
 from plugins.providers import (
     DropletNotFound,
     DropletRecord,
@@ -59,8 +58,6 @@ SPEC_FILE = "droplet.json"
 USER_DATA_FILE = "user_data"
 CONSOLE_FILE = "console.log"
 START_CHECK = 0.3
-KILL_TIMEOUT = 5.0
-POLL_INTERVAL = 0.02
 PROBE_HOSTS = (2, 3, 4)
 PROBE_PORTS = (4222, 8080)
 BLOCK_ATTEMPTS = 50
@@ -69,38 +66,6 @@ CONSOLE_CHARS = 500
 _BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
 _TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 T = TypeVar("T")
-
-
-def group_alive(pgid: int, start_ticks: int) -> bool:
-    """True if process group `pgid` is the one we started and has a live, non-zombie member."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    leader = proc_stat(pgid)
-    if leader is not None and leader.start_ticks != start_ticks:
-        return False  # the number was reused; a group id is never reused while it has members
-    if leader is not None and leader.state not in DEAD_STATES:
-        return True
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = proc_stat(int(entry.name))
-            if stat is not None and stat.pgrp == pgid and stat.state not in DEAD_STATES:
-                return True
-    return False
-
-
-def kill_group(pgid: int, start_ticks: int) -> bool:
-    """SIGKILL every member of the group and wait until none lives; False if some still do."""
-    if group_alive(pgid, start_ticks):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + KILL_TIMEOUT
-    while group_alive(pgid, start_ticks):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_INTERVAL)
-    return True
 
 
 def console_tail(path: Path, start: int = 0, limit: int = CONSOLE_CHARS) -> str:
