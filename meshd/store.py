@@ -102,26 +102,34 @@ class Store:
         async def on_reconnect() -> None:
             log.info("Reconnected to NATS.")
 
+        options: dict[str, Any] = {
+            "servers": list(servers),
+            "user": user,
+            "password": password,
+            "name": name,
+            "connect_timeout": 1.0,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1 if forever else 1,
+            "reconnect_time_wait": 0.5,
+            "ping_interval": 5,
+            "max_outstanding_pings": 2,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        where = ", ".join(servers)
         try:
-            nc = await nats.connect(
-                servers=list(servers),
-                user=user,
-                password=password,
-                name=name,
-                connect_timeout=min(2.0, timeout),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1 if forever else 1,
-                reconnect_time_wait=0.5,
-                ping_interval=5,
-                max_outstanding_pings=2,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            )
-        except _UNAVAILABLE as err:
-            raise StoreUnavailable(f"connect to {', '.join(servers)}: {_reason(err)}") from None
-        except nats.errors.Error as err:
-            raise StoreUnavailable(f"connect to {', '.join(servers)}: {_reason(err)}") from None
+            if forever:
+                nc = await nats.connect(**options)
+            else:
+                async with asyncio.timeout(timeout):
+                    nc = await nats.connect(**options)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"connect to {where}: no answer within {timeout:.0f} s"
+            ) from None
+        except (*_UNAVAILABLE, nats.errors.Error) as err:
+            raise StoreUnavailable(f"connect to {where}: {_reason(err)}") from None
         return cls(nc, timeout)
 
     @property

@@ -13,7 +13,7 @@ from protocol import subjects
 from protocol.codec import decode
 from protocol.messages import Allocation, Lease, NodeStatus
 
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
 
 async def connect(context: Context) -> Store:
