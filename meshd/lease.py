@@ -88,15 +88,12 @@ class LeaseKeeper:
         self._key = subjects.lease_key(role)
 
     async def run(self) -> None:
-        try:
-            while True:
-                term = await self._acquire()
-                if term is None:
-                    await asyncio.sleep(self.timing.retry_every)
-                    continue
-                await self._hold(term)
-        finally:
-            await self._release()
+        while True:
+            term = await self._acquire()
+            if term is None:
+                await asyncio.sleep(self.timing.retry_every)
+                continue
+            await self._hold(term)
 
     def _value(self) -> bytes:
         return encode(
@@ -125,10 +122,14 @@ class LeaseKeeper:
 
     async def _hold(self, term: Term) -> None:
         leading = asyncio.create_task(self.lead(term), name=f"lead-{self.role}")
+        hand_over = False
         try:
             while term.valid and not leading.done():
                 await asyncio.sleep(self.timing.renew_every)
                 await self._renew(term)
+        except asyncio.CancelledError:
+            hand_over = term.valid  # shutting down while holding: release once the role stopped
+            raise
         finally:
             term.ended = True
             leading.cancel()
@@ -141,6 +142,8 @@ class LeaseKeeper:
             if self.term is term:
                 self.term = None
                 self._notify(None)
+            if hand_over:
+                await self._release(term)
         log.info("Lease ended. role=%s fence=%d", self.role, term.fence)
         await self.store.record("lease_lost", self.holder, self.role, {}, fence=term.fence)
 
@@ -166,14 +169,12 @@ class LeaseKeeper:
             return  # retried on the next tick until the deadline passes
         term.deadline = started + self.timing.ttl - self.timing.margin
 
-    async def _release(self) -> None:
+    async def _release(self, term: Term) -> None:
         """On clean shutdown, hand the role over at once instead of after the TTL."""
-        term = self.term
-        if term is None or not term.valid:
-            return
-        term.ended = True
         with contextlib.suppress(Conflict, StoreUnavailable):
             await self.store.delete(subjects.LEASES_BUCKET, self._key, last=term.revision)
+            log.info("Lease released. role=%s fence=%d", self.role, term.fence)
+            await self.store.record("lease_released", self.holder, self.role, {}, term.fence)
 
     def _notify(self, term: Term | None) -> None:
         if self.observer is not None:

@@ -246,3 +246,21 @@ async def test_a_publish_made_against_a_stale_revision_is_refused(store: Store) 
     await write_desired(store, message("alice"), read_by_both)
     with pytest.raises(StalePublish):  # bob's plan was made against alice's first revision
         await write_desired(store, message("bob"), read_by_both)
+
+
+async def test_a_holder_that_shuts_down_cleanly_releases_its_lease_at_once(
+    nats_server: NatsServer,
+) -> None:
+    store = await connect(nats_server, "a")
+    actions = Actions()
+    keeper = LeaseKeeper(store, "heartbeat", "a", 1, actions.leader("a"), timing=FAST)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await wait_until(lambda: bool(actions.log))
+        assert await store.get(subjects.LEASES_BUCKET, "heartbeat") is not None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await store.get(subjects.LEASES_BUCKET, "heartbeat") is None
+        assert "lease_released" in [e.name for e in await store.recent_events(10)]
+    finally:
+        await store.close()
