@@ -14,14 +14,14 @@ import logging
 import time
 
 from meshd.lease import Term
+from meshd.loops import repeat_on_change
 from meshd.meshconfig import MeshConfig
-from meshd.placement import Placement
+from meshd.scheduler import last_placement
 from meshd.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
-from protocol.messages import Allocation, NodeStatus, PlacementRecord
+from protocol.messages import Allocation, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
@@ -43,42 +43,28 @@ class Provisioner:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        changed = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(changed))
-        try:
-            while True:
-                changed.clear()
-                try:
-                    await self.provision(term)
-                except ProviderError as err:
-                    log.error("Provisioning failed; retrying. error=%s", err)
-                    await self.store.record(
-                        "provision_failed",
-                        self.droplet,
-                        "provider",
-                        {"error": str(err)},
-                        term.fence,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), RESYNC_S)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        await repeat_on_change(
+            self.store,
+            subjects.DESIRED_BUCKET,
+            subjects.PLACEMENT_KEY,
+            lambda: self._provision_or_report(term),
+            RESYNC_S,
+        )
 
-    async def _watch(self, changed: asyncio.Event) -> None:
-        async for entry in self.store.watch(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY):
-            if entry is not None:
-                changed.set()
+    async def _provision_or_report(self, term: Term) -> None:
+        try:
+            await self.provision(term)
+        except ProviderError as err:
+            log.error("Provisioning failed; retrying. error=%s", err)
+            await self.store.record(
+                "provision_failed", self.droplet, "provider", {"error": str(err)}, term.fence
+            )
 
     async def provision(self, term: Term) -> None:
-        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
-        if entry is None or entry.value is None:
+        last = await last_placement(self.store)
+        if last is None:
             return
-        try:
-            placement = Placement.from_data(decode(entry.value, PlacementRecord).placement)
-        except (ProtocolError, KeyError, TypeError) as err:
-            log.error("Placement unreadable; not provisioning. error=%s", err)
-            return
+        placement = last.placement
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
         missing = [d for d in placement.droplets if d.name not in existing]
         # Concurrently: a droplet takes a while to boot, and they do not depend on each other.

@@ -7,17 +7,17 @@ few seconds), writing only what changed and bumping the generation of what did.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from meshd.environment import instance_environment, instance_hosts
 from meshd.errors import CapacityError
 from meshd.lease import Term
+from meshd.loops import repeat_on_change
 from meshd.placement import Placement, place
 from meshd.spec import DesiredState
 from meshd.store import Store
@@ -83,6 +83,25 @@ def _same(a: Allocation, b: Allocation) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LastPlacement:
+    placement: Placement
+    spec_revision: int  # the desired-state revision it was made for
+
+
+async def last_placement(store: Store) -> LastPlacement | None:
+    """The scheduler's last placement, or None if there is none (or it cannot be read)."""
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+    if entry is None or entry.value is None:
+        return None
+    try:
+        record = decode(entry.value, PlacementRecord)
+        return LastPlacement(Placement.from_data(record.placement), record.spec_revision)
+    except (ProtocolError, KeyError, TypeError) as err:
+        log.warning("Last placement unreadable; treating it as absent. error=%s", err)
+        return None
+
+
 class Scheduler:
     role = subjects.Role.SCHEDULER
 
@@ -91,29 +110,13 @@ class Scheduler:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        changed = asyncio.Event()
-        watchers = [
-            asyncio.create_task(
-                self._watch(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY, changed)
-            ),
-            asyncio.create_task(self._watch(subjects.NODES_BUCKET, ">", changed)),
-        ]
-        try:
-            while True:
-                changed.clear()
-                await self.schedule(term)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), RESYNC_S)
-                await asyncio.sleep(0.2)  # let a burst of changes settle
-        finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
-
-    async def _watch(self, bucket: str, keys: str, changed: asyncio.Event) -> None:
-        async for entry in self.store.watch(bucket, keys):
-            if entry is not None:
-                changed.set()
+        await repeat_on_change(
+            self.store,
+            subjects.DESIRED_BUCKET,
+            subjects.DESIRED_KEY,
+            lambda: self.schedule(term),
+            RESYNC_S,
+        )
 
     async def schedule(self, term: Term) -> None:
         spec_entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
@@ -127,7 +130,8 @@ class Scheduler:
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
             )
             return
-        previous, scheduled_revision = await self._previous_placement()
+        last = await last_placement(self.store)
+        previous, scheduled_revision = (last.placement, last.spec_revision) if last else (None, 0)
         try:
             placement = place(state, previous)
         except CapacityError as err:
@@ -162,18 +166,6 @@ class Scheduler:
                 {"changed": written, "removed": removed, "spec_revision": spec_entry.revision},
                 term.fence,
             )
-
-    async def _previous_placement(self) -> tuple[Placement | None, int]:
-        """The last placement and the spec revision it was made for (0: none)."""
-        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
-        if entry is None or entry.value is None:
-            return None, 0
-        try:
-            record = decode(entry.value, PlacementRecord)
-            return Placement.from_data(record.placement), record.spec_revision
-        except (ProtocolError, KeyError, TypeError) as err:
-            log.warning("Previous placement unreadable; starting afresh. error=%s", err)
-            return None, 0
 
     async def _write(
         self, term: Term, wanted: dict[str, Allocation], existing: dict[str, Allocation]

@@ -83,12 +83,6 @@ class ProjectSpec:
     git_repo: str | None = None
     domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def service(self, name: str) -> ServiceSpec:
-        for service in self.services:
-            if service.name == name:
-                return service
-        raise KeyError(name)
-
     @property
     def dedicated_droplets(self) -> tuple[str, ...]:
         """Droplets of this project alone: `<project>-web1` .. `<project>-web<N-1>`."""

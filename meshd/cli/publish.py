@@ -17,9 +17,10 @@ from meshd.cli.render import console, render_plan
 from meshd.context import load_context
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.observe import converged
-from meshd.placement import Placement, place
+from meshd.placement import place
 from meshd.plan import DropletAction, Plan, make_plan
 from meshd.publishing import StalePublish, write_desired
+from meshd.scheduler import last_placement
 from meshd.spec import DesiredState
 from meshd.store import Store
 from protocol import subjects
@@ -109,7 +110,8 @@ async def _publish(
     store = await connect(context)
     try:
         current = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
-        previous = await _placement(store)
+        last = await last_placement(store)
+        previous = last.placement if last else None
         plan = make_plan(previous, place(state, previous))
         _show(plan, as_json, str(csv_file), config)
         if dry_run:
@@ -138,13 +140,6 @@ async def _publish(
             await _wait(store, revision, wait_s, quiet=as_json)
     finally:
         await store.close()
-
-
-async def _placement(store: Store) -> Placement | None:
-    entry = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
-    if entry is None or entry.value is None:
-        return None
-    return Placement.from_data(decode(entry.value, PlacementRecord).placement)
 
 
 async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None:

