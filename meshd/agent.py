@@ -43,6 +43,7 @@ class Agent:
     def __init__(self, droplet_dir: Path) -> None:
         self.dir = droplet_dir
         self.identity = DropletIdentity.load(droplet_dir)
+        self._identity_mtime = (droplet_dir / "droplet.json").stat().st_mtime
         self.config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
         self.data_dir = droplet_dir / "agent"
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
@@ -52,7 +53,15 @@ class Agent:
         self.reconciler: Reconciler
 
     def status(self) -> NodeStatus:
+        self._refresh_identity()
         return node_status(self.identity, self.incarnation, self.roles(), self.reconciler)
+
+    def _refresh_identity(self) -> None:
+        """The provider rewrites droplet.json when it resizes the droplet; a stat is cheap."""
+        mtime = (self.dir / "droplet.json").stat().st_mtime
+        if mtime != self._identity_mtime:
+            self._identity_mtime = mtime
+            self.identity = DropletIdentity.load(self.dir)
 
     def roles(self) -> tuple[str, ...]:
         return tuple(sorted(role for role, term in self.terms.items() if term.valid))

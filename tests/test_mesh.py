@@ -55,6 +55,8 @@ def test_publish_starts_every_instance_and_each_answers_on_its_droplet(tmp_path:
         status = mesh.status()
         backend = service(status, "shop", "prod", "backend")
         assert backend["droplets"] == ["master"] and backend["healthy"] == 1
+        # The provisioner resized master to the CSV's MasterSpec, and the agent reports it.
+        assert {d["name"]: d["size"] for d in status["droplets"]}["master"] == "s-1vcpu-2gb"
         page = http_get(f"http://{mesh.address('master')}:{backend['port']}/")
         assert "shop-prod-backend" in page
         names = [e["name"] for e in status["events"]]
