@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshd.errors import InputErrors, InputIssue
@@ -22,11 +22,12 @@ from meshd.spec import (
     DEFAULT_SERVICES,
     DEFAULT_WORKER_MEMORY_MB,
     ENVIRONMENTS,
+    TEMPLATE_SECRETS,
     ServiceKind,
     ServiceSpec,
 )
 
-PLATFORMS = ("docker", "process")
+PLATFORMS = ("docker", "podman", "process")
 MEMORY_RANGE = (16, 65536)
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*\Z")
 SECRET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
@@ -44,6 +45,8 @@ SERVICE_KEYS = (
     "build_context",
     "env_template",
     "enabled",
+    "process_command",
+    "data_path",
 )
 
 
@@ -77,7 +80,17 @@ def parse_deploy_config(data: bytes, filename: str) -> DeployConfig:
 def _default_service(name: str) -> ServiceSpec:
     kind, memory = DEFAULT_SERVICES[name]
     health = DEFAULT_HEALTH_PATH if kind is ServiceKind.WEB else None
-    return ServiceSpec(name=name, kind=kind, memory_mb=memory, health_path=health)
+    return _with_template_secret(
+        ServiceSpec(name=name, kind=kind, memory_mb=memory, health_path=health)
+    )
+
+
+def _with_template_secret(service: ServiceSpec) -> ServiceSpec:
+    """A datastore run from its built-in template reads its password from a secret; it is
+    listed unless the service lists its secrets itself."""
+    if not service.uses_template or service.secrets:
+        return service
+    return replace(service, secrets=(TEMPLATE_SECRETS[service.kind],))
 
 
 def _default_memory(name: str) -> int:
@@ -230,9 +243,34 @@ class _Checker:
         health = self.health_path(kind, body, path)
         strings = {
             key: self.text(body[key], f"{path}.{key}", _no_space if key == "image" else None)
-            for key in ("image", "command", "dockerfile_path", "build_context", "env_template")
+            for key in (
+                "image",
+                "command",
+                "process_command",
+                "dockerfile_path",
+                "build_context",
+                "env_template",
+                "data_path",
+            )
             if key in body
         }
+        if "dockerfile_path" in strings and "build_context" not in strings:
+            self.fail(
+                f"{path}.dockerfile_path",
+                "a Dockerfile needs a build_context (the directory it is built in)",
+            )
+        if "image" in strings and "build_context" in strings:
+            self.fail(
+                f"{path}.image",
+                "give either an image to run or a build_context to build one, not both",
+            )
+        data_path = strings.get("data_path")
+        if data_path and (not data_path.startswith("/") or re.search(r"\s", data_path)):
+            self.fail(
+                f"{path}.data_path",
+                f"{_shown(data_path)} is not a path in the container; expected an absolute "
+                "path like '/var/lib/data'",
+            )
         for key in ("dockerfile_path", "build_context", "env_template"):
             relative = strings.get(key, "")
             if relative.startswith("/") or ".." in relative.split("/"):
@@ -243,7 +281,7 @@ class _Checker:
         secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
         if enabled is False:
             return None
-        return ServiceSpec(
+        spec = ServiceSpec(
             name=name,
             kind=kind,
             memory_mb=memory,
@@ -253,7 +291,10 @@ class _Checker:
             dockerfile_path=strings.get("dockerfile_path"),
             build_context=strings.get("build_context"),
             secrets=secrets,
+            process_command=strings.get("process_command"),
+            data_path=strings.get("data_path"),
         )
+        return spec if "secrets" in body else _with_template_secret(spec)
 
     def kind(self, name: str, declared: Any, path: str) -> ServiceKind:
         expected = _kind_for(name)

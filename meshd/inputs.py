@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from meshd.buildcontext import BuildContextError, context_digest, image_tag
 from meshd.csvfile import ProjectRow, parse_projects_csv
 from meshd.deploy_config import DeployConfig, parse_deploy_config
 from meshd.desired import build_desired_state
@@ -33,7 +35,9 @@ def load_desired_state(csv_path: Path, config_path: Path | None) -> DesiredState
     if config_path is not None:
         try:
             config = parse_deploy_config(_read(config_path), str(config_path))
-            config = expand_config_dir(config, config_path.resolve().parent)
+            directory = config_path.resolve().parent
+            config = expand_config_dir(config, directory)
+            config = resolve_builds(config, directory, str(config_path))
         except InputErrors as err:
             issues += err.issues
     if issues:
@@ -45,13 +49,63 @@ def expand_config_dir(config: DeployConfig, directory: Path) -> DeployConfig:
     """`${CONFIG_DIR}` in a command is the directory of the deployment config, so that local
     meshes can run programs shipped beside it (the examples do)."""
 
-    def expand(service: ServiceSpec) -> ServiceSpec:
-        if service.command is None or CONFIG_DIR not in service.command:
-            return service
-        return replace(service, command=service.command.replace(CONFIG_DIR, str(directory)))
+    def expand(command: str | None) -> str | None:
+        return command.replace(CONFIG_DIR, str(directory)) if command else command
 
+    def service(spec: ServiceSpec) -> ServiceSpec:
+        return replace(
+            spec, command=expand(spec.command), process_command=expand(spec.process_command)
+        )
+
+    return _each_service(config, lambda project, spec: service(spec))
+
+
+def resolve_builds(config: DeployConfig, directory: Path, config_name: str) -> DeployConfig:
+    """Builds whose Dockerfile is found beside the deployment config (the repository root) get
+    absolute paths and their image tag (`<project>-<service>:<content digest>`). A build that
+    is not there is left to the deploy from `git_repo`, or refused without one."""
+    issues: list[InputIssue] = []
+
+    def service(project: str, spec: ServiceSpec) -> ServiceSpec:
+        if spec.build_context is None:
+            return spec
+        context = directory / spec.build_context
+        dockerfile = directory / (spec.dockerfile_path or f"{spec.build_context}/Dockerfile")
+        where = f"$.projects.{project}.services.{spec.name}.build_context"
+        if not dockerfile.is_file():
+            if config.projects[project].git_repo is None:
+                issues.append(
+                    InputIssue(
+                        config_name,
+                        where,
+                        f"no Dockerfile at {dockerfile} and the project has no git_repo to "
+                        "build from; paths are relative to the deployment config",
+                    )
+                )
+            return spec
+        try:
+            digest = context_digest(context, dockerfile)
+        except BuildContextError as err:
+            issues.append(InputIssue(config_name, where, str(err)))
+            return spec
+        return replace(
+            spec,
+            image=image_tag(project, spec.name, digest),
+            build_context=str(context.resolve()),
+            dockerfile_path=str(dockerfile.resolve()),
+        )
+
+    resolved = _each_service(config, service)
+    if issues:
+        raise InputErrors(issues)
+    return resolved
+
+
+def _each_service(
+    config: DeployConfig, change: Callable[[str, ServiceSpec], ServiceSpec]
+) -> DeployConfig:
     projects = {
-        name: replace(project, services=tuple(expand(s) for s in project.services))
+        name: replace(project, services=tuple(change(name, s) for s in project.services))
         for name, project in config.projects.items()
     }
     return replace(config, projects=projects)

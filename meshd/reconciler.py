@@ -25,9 +25,9 @@ from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
     InstanceSpec,
-    InstanceStartError,
     Runtime,
     RuntimeFailure,
+    RuntimeUnavailable,
 )
 from plugins.secrets import Secrets, lookup_names
 from protocol.codec import decode, encode
@@ -45,6 +45,7 @@ START_GRACE_S = 5.0  # probes do not count while an instance starts
 BACKOFF_MAX_S = 30.0
 LOCAL_COPY = "allocations.msgpack"
 PARALLEL_STARTS = 8  # instances started at once: a droplet's 40 instances in a few batches
+UNWANTED_GRACE_S = 10.0  # an instance no allocation wants is stopped after this long
 
 
 class NotReady(MeshError):
@@ -65,6 +66,7 @@ class Tracked:
     runtime_id: str | None = None
     started: float = 0.0  # monotonic
     next_attempt: float = 0.0  # monotonic
+    engine_restarts: int = 0  # restarts the runtime's engine made, as last seen
 
     def back_off(self, now: float) -> None:
         self.failures += 1
@@ -83,6 +85,8 @@ class Reconciler:
         self.allocations: dict[str, Allocation] = {}
         self.addresses: dict[str, str] = {droplet: address}
         self.tracked: dict[str, Tracked] = {}
+        self.unwanted: dict[str, float] = {}  # instance -> when first seen unwanted (monotonic)
+        self.unavailable: str | None = None  # why the runtime's engine does not answer
         self.loaded = False
         self._changed = asyncio.Event()
         self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
@@ -149,7 +153,15 @@ class Reconciler:
                 await asyncio.gather(prober, return_exceptions=True)
 
     async def reconcile(self) -> None:
-        infos = {info.key: info for info in await self.runtime.list()}
+        try:
+            listed = await self.runtime.list()
+        except RuntimeUnavailable as err:
+            self._engine_down(err.reason)
+            return
+        if self.unavailable is not None:
+            log.info("Runtime answers again.")
+            self._engine_down(None)
+        infos = {info.key: info for info in listed}
         now = time.monotonic()
         limit = asyncio.Semaphore(PARALLEL_STARTS)
 
@@ -158,13 +170,40 @@ class Reconciler:
                 await self._converge(key, allocation, infos.get(key), now)
 
         await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
-        for key in set(infos) - set(self.allocations):
-            log.info("Stopping instance no allocation wants. instance=%s", key)
-            with contextlib.suppress(RuntimeFailure):
-                await self.runtime.stop(key)
-            self.tracked.pop(key, None)
+        await self._stop_unwanted(set(infos) - set(self.allocations), now)
         for key in set(self.tracked) - set(self.allocations) - set(infos):
             del self.tracked[key]
+
+    async def _stop_unwanted(self, unwanted: set[str], now: float) -> None:
+        """Instances no allocation wants go after a grace period, so that a moment without
+        allocations (a new agent before its first read) never stops anything."""
+        for key in set(self.unwanted) - unwanted:
+            del self.unwanted[key]
+        for key in sorted(unwanted):
+            since = self.unwanted.setdefault(key, now)
+            if now - since < UNWANTED_GRACE_S:
+                continue
+            log.info("Stopping instance no allocation wants. instance=%s", key)
+            try:
+                await self.runtime.stop(key)
+            except (RuntimeFailure, RuntimeUnavailable) as err:
+                log.warning("Instance not stopped. instance=%s error=%s", key, err)
+                continue
+            self.unwanted.pop(key, None)
+            self.tracked.pop(key, None)
+
+    def _engine_down(self, reason: str | None) -> None:
+        """Every instance says why nothing can be done while the engine is away."""
+        if reason is not None and reason != self.unavailable:
+            log.warning("Runtime not answering. reason=%s", reason)
+        for key in self.allocations:
+            tracked = self.tracked.setdefault(key, Tracked())
+            if reason is not None:
+                tracked.last_error = reason
+            elif tracked.last_error == self.unavailable:
+                tracked.last_error = None
+        self.unavailable = reason
+        self.observed.set()
 
     async def _converge(
         self, key: str, allocation: Allocation, info: InstanceInfo | None, now: float
@@ -177,6 +216,9 @@ class Reconciler:
                 tracked.state = InstanceState.STARTING
             if not tracked.started:  # adopted after an agent restart
                 tracked.started = now - START_GRACE_S
+                tracked.engine_restarts = info.restarts
+            if info.restarts > tracked.engine_restarts:
+                self._restarted_by_engine(key, tracked, info, now)
             return
         crashed = info is not None and not running and info.generation == allocation.generation
         if crashed and info is not None and tracked.state is not InstanceState.CRASHED:
@@ -190,6 +232,19 @@ class Reconciler:
             return
         await self._start(key, allocation, tracked, now)
 
+    def _restarted_by_engine(
+        self, key: str, tracked: Tracked, info: InstanceInfo, now: float
+    ) -> None:
+        tracked.restarts += info.restarts - tracked.engine_restarts
+        tracked.engine_restarts = info.restarts
+        tracked.last_error = f"restarted by the runtime after {_exit_reason(info)}"
+        tracked.state = InstanceState.STARTING
+        tracked.healthy = False
+        tracked.failed_probes = 0
+        tracked.started = now
+        self.observed.set()
+        log.warning("Instance restarted by the runtime. instance=%s", key)
+
     async def _start(self, key: str, allocation: Allocation, tracked: Tracked, now: float) -> None:
         try:
             spec = self._spec(allocation)
@@ -198,7 +253,7 @@ class Reconciler:
             tracked.state = InstanceState.STARTING
             tracked.last_error = str(err)
             return
-        except (InstanceStartError, LookupError) as err:
+        except (RuntimeFailure, RuntimeUnavailable, LookupError) as err:
             tracked.state = InstanceState.CRASHED
             tracked.healthy = False
             tracked.last_error = str(getattr(err, "reason", err))
@@ -208,6 +263,7 @@ class Reconciler:
             return
         tracked.generation = allocation.generation
         tracked.runtime_id = info.runtime_id
+        tracked.engine_restarts = info.restarts
         tracked.state = InstanceState.STARTING
         tracked.healthy = False  # until its own first good probe
         tracked.failed_probes = 0
@@ -240,6 +296,11 @@ class Reconciler:
             secrets=secrets,
             memory_mb=allocation.memory_mb,
             health_path=allocation.health_path,
+            service_kind=allocation.service_kind,
+            process_command=allocation.process_command,
+            build_context=allocation.build_context,
+            dockerfile=allocation.dockerfile,
+            data_path=allocation.data_path,
         )
 
     # --- health ------------------------------------------------------------------------------
@@ -311,10 +372,11 @@ class Reconciler:
         tracked.back_off(now)
         try:
             info = await self.runtime.restart(self._spec(allocation))
-        except (RuntimeFailure, LookupError, NotReady) as err:
+        except (RuntimeFailure, RuntimeUnavailable, LookupError, NotReady) as err:
             tracked.last_error = str(err)
             return
         tracked.runtime_id = info.runtime_id
+        tracked.engine_restarts = info.restarts
         tracked.started = time.monotonic()
         tracked.failed_probes = 0
         tracked.healthy = False

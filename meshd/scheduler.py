@@ -67,6 +67,11 @@ def allocations_for(
                     health_path=service.health_path,
                     secrets=service.secrets,
                     fence=fence,
+                    service_kind=service.kind.value,
+                    process_command=service.process_command,
+                    build_context=service.build_context,
+                    dockerfile=service.dockerfile_path,
+                    data_path=service.data_path,
                 )
                 old = previous.get(key)
                 if old is not None and _same(old, fresh):

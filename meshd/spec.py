@@ -30,6 +30,11 @@ DEFAULT_SERVICES: dict[str, tuple[ServiceKind, int]] = {
     "redis": (ServiceKind.REDIS, 32),
 }
 DEFAULT_WORKER_MEMORY_MB = 32
+# The secret each built-in datastore template reads its password from.
+TEMPLATE_SECRETS: dict[ServiceKind, str] = {
+    ServiceKind.DATABASE: "db_password",
+    ServiceKind.REDIS: "redis_password",
+}
 DEFAULT_HEALTH_PATH = "/health"
 
 
@@ -44,6 +49,15 @@ class ServiceSpec:
     dockerfile_path: str | None = None
     build_context: str | None = None
     secrets: tuple[str, ...] = ()
+    process_command: str | None = None  # what the process runtime runs instead of the image
+    data_path: str | None = None  # where a named volume is mounted in the container
+
+    @property
+    def uses_template(self) -> bool:
+        """Whether the docker runtime runs this service from its built-in template (the seed's
+        PostgreSQL and Redis): a datastore that names nothing to run of its own."""
+        own = (self.image, self.build_context, self.command, self.process_command)
+        return self.kind in TEMPLATE_SECRETS and not any(own)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -56,6 +70,8 @@ class ServiceSpec:
             "dockerfile_path": self.dockerfile_path,
             "build_context": self.build_context,
             "secrets": list(self.secrets),
+            "process_command": self.process_command,
+            "data_path": self.data_path,
         }
 
     @classmethod
@@ -70,6 +86,8 @@ class ServiceSpec:
             dockerfile_path=data.get("dockerfile_path"),
             build_context=data.get("build_context"),
             secrets=tuple(data.get("secrets", ())),
+            process_command=data.get("process_command"),
+            data_path=data.get("data_path"),
         )
 
 

@@ -74,6 +74,9 @@ class Allocation(Message):
     """Where one service runs and how (KV `mesh_alloc/<project>.<env>.<service>`).
 
     `generation` grows with every change; `env_vars` never holds secrets (those are files).
+    `service_kind` is the service's kind (web, database, redis, worker); `image` is built from
+    `build_context` with `dockerfile` when the engine lacks it; `process_command` is what the
+    process runtime runs instead of an image; `data_path` is where a named volume is mounted.
     """
 
     KIND: ClassVar[str] = "allocation"
@@ -92,6 +95,11 @@ class Allocation(Message):
     secrets: tuple[str, ...] = ()
     fence: int = 0
     hosts: dict[str, str] = field(default_factory=dict)  # variable -> droplet, resolved by agents
+    service_kind: str = "web"
+    process_command: str | None = None
+    build_context: str | None = None
+    dockerfile: str | None = None
+    data_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

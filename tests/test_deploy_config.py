@@ -90,12 +90,16 @@ def test_every_config_issue_prints_as_one_line() -> None:
 # --- accepted configs ---------------------------------------------------------------------
 
 
-def test_demo_deployment_config_runs_every_service_as_a_process() -> None:
+def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     demo = ROOT / "examples" / "deployment_config.json"
     config = parse_deploy_config(demo.read_bytes(), str(demo))
-    assert config.platform == "process"
-    commands = [s.command for p in config.projects.values() for s in p.services]
-    assert all(c and "${CONFIG_DIR}/app/hello.py" in c for c in commands)
+    assert config.platform == "docker"
+    services = [s for p in config.projects.values() for s in p.services]
+    assert all(s.build_context == "app" for s in services)
+    assert all(
+        s.process_command and "${CONFIG_DIR}/app/hello.py" in s.process_command for s in services
+    )
+    assert all(s.secrets == () for s in services)  # nothing to set up before the demo runs
 
 
 def test_seed_deployment_config_parses() -> None:
@@ -190,6 +194,91 @@ def test_memory_mb_at_either_end_of_the_range_is_accepted(memory: int) -> None:
 def test_paths_with_dots_that_stay_inside_the_repository_are_accepted(path: str) -> None:
     config = parse({"projects": {"web": {"services": {"backend": {"build_context": path}}}}})
     assert config.projects["web"].services[0].build_context == path
+
+
+def test_datastores_run_from_their_templates_read_the_template_secret() -> None:
+    config = parse({"projects": {"web": {"services": {"redis": {"memory_mb": 64}}}}})
+    secrets = {s.name: s.secrets for s in config.projects["web"].services}
+    assert secrets == {
+        "backend": (),
+        "frontend": (),
+        "database": ("db_password",),
+        "redis": ("redis_password",),
+    }
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        {"image": "mariadb:11", "data_path": "/var/lib/mysql"},
+        {"process_command": "python3 db.py"},
+        {"secrets": ["pg_password"]},
+    ],
+)
+def test_a_datastore_of_its_own_or_with_its_own_secrets_gets_no_template_secret(
+    database: dict[str, Any],
+) -> None:
+    config = parse({"projects": {"web": {"services": {"database": database}}}})
+    (service,) = [s for s in config.projects["web"].services if s.name == "database"]
+    assert service.secrets == tuple(database.get("secrets", ()))
+    assert service.process_command == database.get("process_command")
+    assert service.data_path == database.get("data_path")
+
+
+def write_build(tmp_path: Path, context: str = "app", content: str = "v1") -> Path:
+    (tmp_path / context).mkdir(parents=True, exist_ok=True)
+    (tmp_path / context / "Dockerfile").write_text("FROM scratch\nCOPY page /page\n")
+    (tmp_path / context / "page").write_text(content)
+    (tmp_path / "projects.csv").write_text(
+        "Project,Servers,MasterSpec,WebSpec\nweb,1,s-1vcpu-1gb,s-1vcpu-1gb\n"
+    )
+    config = {"projects": {"web": {"services": {"backend": {"build_context": context}}}}}
+    (tmp_path / FILENAME).write_text(json.dumps(config))
+    return tmp_path
+
+
+def built_backend(directory: Path) -> Any:
+    state = load_desired_state(directory / "projects.csv", directory / FILENAME)
+    return state.project("web").services[0]
+
+
+def test_a_build_context_beside_the_config_gives_an_image_tag_of_its_content(
+    tmp_path: Path,
+) -> None:
+    backend = built_backend(write_build(tmp_path))
+    assert re.fullmatch(r"web-backend:[0-9a-f]{12}", backend.image)
+    assert backend.build_context == str((tmp_path / "app").resolve())
+    assert backend.dockerfile_path == str((tmp_path / "app" / "Dockerfile").resolve())
+    assert built_backend(tmp_path).image == backend.image  # same content, same tag
+    (tmp_path / "app" / "page").write_text("v2")
+    assert built_backend(tmp_path).image != backend.image
+
+
+def test_a_missing_build_context_is_refused_without_a_git_repo(tmp_path: Path) -> None:
+    write_build(tmp_path)
+    config = {"projects": {"web": {"services": {"backend": {"build_context": "nope"}}}}}
+    (tmp_path / FILENAME).write_text(json.dumps(config))
+    with pytest.raises(InputErrors) as caught:
+        built_backend(tmp_path)
+    (issue,) = caught.value.issues
+    assert issue.where == "$.projects.web.services.backend.build_context"
+    assert "no Dockerfile at" in issue.message and "git_repo" in issue.message
+
+
+def test_a_missing_build_context_is_left_to_the_deploy_from_git(tmp_path: Path) -> None:
+    write_build(tmp_path)
+    backend_config = {"build_context": "backend/", "dockerfile_path": "backend/Dockerfile"}
+    config = {
+        "projects": {
+            "web": {
+                "git_repo": "https://example.com/web.git",
+                "services": {"backend": backend_config},
+            }
+        }
+    }
+    (tmp_path / FILENAME).write_text(json.dumps(config))
+    backend = built_backend(tmp_path)
+    assert (backend.image, backend.build_context) == (None, "backend/")
 
 
 # --- the config against the CSV -----------------------------------------------------------
@@ -305,6 +394,8 @@ def assert_follows_the_rules(config: DeployConfig) -> None:
             assert len(set(service.secrets)) == len(service.secrets)
             for path in (service.build_context, service.dockerfile_path):
                 assert path is None or ".." not in path.split("/")
+            assert service.dockerfile_path is None or service.build_context is not None
+            assert service.data_path is None or service.data_path.startswith("/")
         for env, domains in project.domains.items():
             assert env in ENVIRONMENTS
             assert all(re.fullmatch(r"[a-z0-9.-]+", d) for d in domains)

@@ -384,7 +384,24 @@ async def test_an_empty_command_gives_a_start_error(
         project="shop", env="test", service="worker", generation=1, host=HOST, command=command
     )
 
-    with pytest.raises(InstanceStartError, match="no command to run"):
+    with pytest.raises(InstanceStartError, match="has no command; .* needs a process_command"):
+        await runtime.ensure(spec)
+
+
+async def test_an_image_without_a_process_command_gives_a_start_error(
+    runtime: ProcessRuntime,
+) -> None:
+    spec = InstanceSpec(
+        project="shop",
+        env="test",
+        service="worker",
+        generation=1,
+        host=HOST,
+        image="shop-worker:1",
+        command="python worker.py",  # meant for inside the image, not for this machine
+    )
+
+    with pytest.raises(InstanceStartError, match="runs the image shop-worker:1; .*process_command"):
         await runtime.ensure(spec)
 
 
@@ -400,5 +417,7 @@ def test_load_runtime_refuses_an_unknown_name_and_names_the_known_ones(data_dir:
         load_runtime("nope", RuntimeContext(mesh="m", droplet="d", data_dir=data_dir))
 
     assert isinstance(caught.value, MeshError)
-    assert caught.value.known == ["process"]
-    assert str(caught.value) == "configure runtime 'nope': no such runtime; known runtimes: process"
+    assert caught.value.known == ["docker", "process"]
+    assert str(caught.value) == (
+        "configure runtime 'nope': no such runtime; known runtimes: docker, process"
+    )

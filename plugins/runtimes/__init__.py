@@ -20,6 +20,7 @@ from protocol import subjects
 from protocol.errors import MeshError
 
 RUNTIMES: dict[str, str] = {
+    "docker": "plugins.runtimes.docker:create",
     "process": "plugins.runtimes.process:create",
 }
 """Built-in runtimes: name -> `module:factory`; the factory takes a `RuntimeContext`."""
@@ -30,7 +31,10 @@ class InstanceSpec:
     """What one instance of a service should run on this droplet.
 
     `generation` grows whenever what runs changes; `env_vars` never holds secrets: `secrets`
-    (name -> value) are delivered as files and never shown in `repr`.
+    (name -> value) are delivered as files and never shown in `repr`. `kind` is the service's
+    kind (web, database, redis, worker); `command` runs in the image, `process_command` instead
+    of it where there are no images; `build_context` and `dockerfile` build `image` when it is
+    missing; `data_path` is where the instance's named volume is mounted.
     """
 
     project: str
@@ -45,6 +49,11 @@ class InstanceSpec:
     secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     memory_mb: int = 256
     health_path: str | None = None
+    service_kind: str = "web"
+    process_command: str | None = None
+    build_context: str | None = None
+    dockerfile: str | None = None
+    data_path: str | None = None
 
     @property
     def key(self) -> str:
@@ -65,7 +74,9 @@ class InstanceInfo:
 
     `runtime_id` is the pid (process) or container id (docker); `exit_code` is known only when
     the runtime could see it (negative: killed by that signal); `detail` says why it exited
-    (the last lines of its output) or what went wrong.
+    (the last lines of its output) or what went wrong. `restarts` counts the times the engine
+    itself restarted this instance since the runtime was created (Docker's restart policy),
+    with `exit_code` the last exit.
     """
 
     key: str
@@ -75,6 +86,7 @@ class InstanceInfo:
     started_at: float
     exit_code: int | None = None
     detail: str | None = None
+    restarts: int = 0
 
 
 class RuntimeFailure(MeshError):
@@ -98,6 +110,14 @@ class InstanceStopError(RuntimeFailure):
     """An instance did not go away, even after SIGKILL."""
 
     action = "stop instance"
+
+
+class RuntimeUnavailable(MeshError):
+    """The runtime's engine does not answer (the Docker daemon is down); `reason` says how."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class RuntimeConfigError(MeshError, ValueError):
@@ -156,7 +176,8 @@ class Runtime(Protocol):
         ...
 
     async def list(self) -> list[InstanceInfo]:
-        """Every instance this runtime knows on this droplet, running or exited."""
+        """Every instance this runtime knows on this droplet, running or exited. Raises
+        `RuntimeUnavailable` when the engine does not answer."""
         ...
 
     async def close(self) -> None:

@@ -156,6 +156,14 @@ def write_secrets(directory: Path, secrets: dict[str, bytes]) -> None:
         os.replace(scratch, directory / name)
 
 
+def process_command(spec: InstanceSpec) -> str:
+    """`process_command`, else `command` unless that is meant to run inside an image."""
+    if spec.process_command:
+        return spec.process_command
+    in_image = spec.image is not None or spec.build_context is not None
+    return "" if in_image or spec.command is None else spec.command
+
+
 class ProcessRuntime:
     """Runs each instance's command as a child process; see the module docstring."""
 
@@ -292,13 +300,16 @@ class ProcessRuntime:
 
     def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], InstanceState]:
         """Prepare the instance directory and start the process (runs in a worker thread)."""
-        key, command = spec.key, spec.command or ""
+        key, command = spec.key, process_command(spec)
         try:
             argv = shlex.split(command)
         except ValueError as err:
             raise InstanceStartError(key, f"cannot parse command {command!r}: {err}") from err
         if not argv:
-            raise InstanceStartError(key, "no command to run")
+            what = f"runs the image {spec.image}" if spec.image else "has no command"
+            raise InstanceStartError(
+                key, f"{what}; the process runtime needs a process_command to run it without Docker"
+            )
         for name in spec.secrets:
             if not _SECRET_NAME.fullmatch(name):
                 raise InstanceStartError(key, f"secret name {name!r} is not a plain file name")

@@ -1,0 +1,3 @@
+"""Fixtures shared by several test modules."""
+
+pytest_plugins = ["tests.support.docker"]
