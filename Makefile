@@ -13,13 +13,26 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # A local mesh of three droplets running the example projects; `meshctl down --local` ends it.
-demo: $(STAMP)
-	$(BIN)/meshctl up --local
+# On Docker the examples run from an image built FROM scratch with a static busybox.
+demo: $(STAMP) examples/app/busybox
+	$(BIN)/meshctl up --local --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
 	$(BIN)/meshctl publish examples/projects.csv --wait
 	$(BIN)/meshctl status
 	$(BIN)/python examples/request.py
 	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
 	@echo "Stop it and remove everything: .venv/bin/meshctl down --local"
+
+# Debian's busybox-static, installed when missing and run as root; without it the demo runs
+# its services as processes.
+examples/app/busybox:
+	@if [ -f /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; then \
+		cp /bin/busybox $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -qq busybox-static >/dev/null && cp /bin/busybox $@; \
+	else \
+		echo "No static busybox (Debian/Ubuntu: apt-get install busybox-static):" \
+			"the demo runs its services as processes."; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

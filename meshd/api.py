@@ -20,7 +20,7 @@ def _instance(status: Any) -> dict[str, Any]:
         "healthy": status.healthy,
         "restarts": status.restarts,
         "last_error": status.last_error,
-        "pid": status.runtime_id,
+        "runtime_id": status.runtime_id,  # a pid (process) or a container id (docker)
     }
 
 

@@ -42,6 +42,7 @@ class Context:
     password: str
     provider: dict[str, Any] = field(default_factory=dict)
     local: bool = False
+    runtime: dict[str, Any] = field(default_factory=dict)  # the droplets' runtime section
 
     @property
     def state_dir(self) -> Path:

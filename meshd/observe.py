@@ -44,6 +44,7 @@ def service_status(
     allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
 ) -> dict[str, Any]:
     healthy = 0
+    restarts = 0
     errors = []
     for droplet in allocation.droplets:
         node = nodes.get(droplet)
@@ -56,6 +57,7 @@ def service_status(
                 allocation.service,
             ):
                 continue
+            restarts += instance.restarts
             if instance.healthy and instance.generation == allocation.generation:
                 healthy += 1
             elif instance.last_error:
@@ -69,6 +71,7 @@ def service_status(
         "desired": len(allocation.droplets),
         "droplets": list(allocation.droplets),
         "generation": allocation.generation,
+        "restarts": restarts,
         "errors": errors,
     }
 

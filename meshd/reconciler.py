@@ -283,25 +283,7 @@ class Reconciler:
                 tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
                 raise LookupError(f"secret {name!r} not found (looked up {tried})")
             secrets[name] = value
-        return InstanceSpec(
-            project=allocation.project,
-            env=allocation.env,
-            service=allocation.service,
-            generation=allocation.generation,
-            host=self.address,
-            port=allocation.port,
-            command=allocation.command,
-            image=allocation.image,
-            env_vars={**allocation.env_vars, **hosts},
-            secrets=secrets,
-            memory_mb=allocation.memory_mb,
-            health_path=allocation.health_path,
-            service_kind=allocation.service_kind,
-            process_command=allocation.process_command,
-            build_context=allocation.build_context,
-            dockerfile=allocation.dockerfile,
-            data_path=allocation.data_path,
-        )
+        return instance_spec(allocation, self.address, hosts, secrets)
 
     # --- health ------------------------------------------------------------------------------
 
@@ -402,6 +384,32 @@ class Reconciler:
                 )
             )
         return tuple(result)
+
+
+def instance_spec(
+    allocation: Allocation, address: str, hosts: Mapping[str, str], secrets: dict[str, bytes]
+) -> InstanceSpec:
+    """What the runtime of the droplet at `address` runs for `allocation`; `hosts` are the
+    resolved host variables."""
+    return InstanceSpec(
+        project=allocation.project,
+        env=allocation.env,
+        service=allocation.service,
+        generation=allocation.generation,
+        host=address,
+        port=allocation.port,
+        command=allocation.command,
+        image=allocation.image,
+        env_vars={**allocation.env_vars, **hosts},
+        secrets=secrets,
+        memory_mb=allocation.memory_mb,
+        health_path=allocation.health_path,
+        service_kind=allocation.service_kind,
+        process_command=allocation.process_command,
+        build_context=allocation.build_context,
+        dockerfile=allocation.dockerfile,
+        data_path=allocation.data_path,
+    )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -80,9 +80,9 @@ def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> N
         after = instances(mesh, "master")
         for key, instance in after.items():
             if key.endswith(".backend"):
-                assert instance["pid"] == before[key]["pid"], key
+                assert instance["runtime_id"] == before[key]["runtime_id"], key
             else:
-                assert instance["pid"] != before[key]["pid"], key
+                assert instance["runtime_id"] != before[key]["runtime_id"], key
 
 
 def test_a_new_generation_that_crashes_is_not_counted_healthy(tmp_path: Path) -> None:
@@ -128,12 +128,12 @@ def test_agent_restart_keeps_instances_running_with_the_same_pids(tmp_path: Path
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", csv, "--deploy-config", config, "--wait")
-        before = {k: v["pid"] for k, v in instances(mesh, "master").items()}
+        before = {k: v["runtime_id"] for k, v in instances(mesh, "master").items()}
         agent = mesh.pid_of("master", "agent")
         os.kill(agent, signal.SIGKILL)
         wait_for(lambda: _new_agent(mesh, agent), what="the agent to be restarted")
         wait_for(lambda: converged(mesh), what="convergence after agent restart")
-        after = {k: v["pid"] for k, v in instances(mesh, "master").items()}
+        after = {k: v["runtime_id"] for k, v in instances(mesh, "master").items()}
         assert after == before
 
 
@@ -173,12 +173,12 @@ def test_instances_keep_serving_and_heal_with_every_nats_server_down(tmp_path: P
             os.kill(mesh.pid_of("master", "agent"), signal.SIGKILL)
             time.sleep(1)
             assert "shop-prod-backend" in http_get(url)
-            victim = instances_when_up(mesh)["shop.prod.backend"]["pid"]
+            victim = instances_when_up(mesh)["shop.prod.backend"]["runtime_id"]
             os.kill(int(victim), signal.SIGKILL)
             wait_for(
                 lambda: _serving(url), timeout=30, what="the backend restarted from the local copy"
             )
-            assert instances_when_up(mesh)["shop.prod.backend"]["pid"] != victim
+            assert instances_when_up(mesh)["shop.prod.backend"]["runtime_id"] != victim
             unreachable = mesh.meshctl("status", timeout=30)
             assert unreachable.returncode == 1
         finally:
@@ -195,7 +195,7 @@ def _try_instances(mesh: LocalMesh) -> dict[str, Any] | None:
         found = instances(mesh, "master")
     except OSError:
         return None
-    return found if found and all(i["pid"] for i in found.values()) else None
+    return found if found and all(i["runtime_id"] for i in found.values()) else None
 
 
 def _serving(url: str) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
+from meshd.cli.compose import compose
 from meshd.cli.down import down
 from meshd.cli.publish import publish
 from meshd.cli.status import events, status
@@ -34,7 +35,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (up, publish, status, events, down):
+for command in (up, publish, status, events, compose, down):
     cli.add_command(command)
 
 

@@ -130,7 +130,8 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             str(d["instances"]),
         )
     services = _table("Services")
-    for column in ("Project", "Env", "Service", "Port", "Healthy", "Droplets", "Last error"):
+    columns = ("Project", "Env", "Service", "Port", "Healthy", "Restarts", "Droplets", "Last error")
+    for column in columns:
         services.add_column(column)
     for s in view["services"]:
         ok = s["healthy"] == s["desired"]
@@ -141,6 +142,7 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             s["service"],
             "-" if s["port"] is None else str(s["port"]),
             f"[green]{count}[/]" if ok else f"[red]{count}[/]",
+            str(s.get("restarts", 0)),
             ", ".join(s["droplets"]),
             escape(s["errors"][0]) if s["errors"] else "",
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -27,6 +29,7 @@ from protocol.errors import MeshError
 
 JOIN_TIMEOUT_S = 60.0
 CORE_SIZE = "s-1vcpu-1gb"
+PODMAN_MAX_PROCESSES = 32768
 
 
 def core_names(count: int) -> list[str]:
@@ -63,25 +66,97 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     "or on master alone when fewer than three).",
 )
 @click.option("--name", default="local", show_default=True, help="Name of the mesh (context).")
-def up(local: bool, droplets: int, name: str) -> None:
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "docker", "process"]),
+    default="auto",
+    show_default=True,
+    help="How droplets run services: as Docker containers, or as plain processes (for "
+    "machines without Docker). auto: docker when an engine answers, else process.",
+)
+@click.option(
+    "--docker-host",
+    default=None,
+    metavar="URL",
+    help="The Docker-compatible engine to use, e.g. unix:///run/podman/podman.sock "
+    "(default: DOCKER_HOST or the local socket). Implies --runtime docker.",
+)
+@click.option(
+    "--pull/--no-pull",
+    default=True,
+    show_default=True,
+    help="Pull images the engine lacks from their registry (docker runtime).",
+)
+def up(
+    local: bool, droplets: int, name: str, runtime: str, docker_host: str | None, pull: bool
+) -> None:
     """Start a mesh of local droplets (each a process group on its own 127.x.y.z address)
     and wait until every agent has joined. Running it again is harmless."""
-    asyncio.run(_up(name, droplets))
+    asyncio.run(_up(name, droplets, runtime, docker_host, pull))
 
 
-async def _up(name: str, count: int) -> None:
+async def _up(name: str, count: int, runtime: str, docker_host: str | None, pull: bool) -> None:
     try:
         context = load_context(name)
     except NoMeshError:
         context = None
     if context is None:
-        context = await _create(name, count)
+        chosen = await choose_runtime(runtime, docker_host, pull)
+        context = await _create(name, count, chosen)
     else:
+        running = context.runtime.get("name", "process")
+        if runtime not in ("auto", running) or (docker_host and running != "docker"):
+            raise MeshError(
+                f"up: mesh {name!r} already runs the {running} runtime; "
+                f"`meshctl down --local --name {name}` first to change it"
+            )
         await _power_on(context)
     await _wait_joined(context)
 
 
-async def _create(name: str, count: int) -> Context:
+async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> dict[str, Any]:
+    """The runtime section of the mesh config; says which was chosen and why."""
+    if runtime == "process" and docker_host is None:
+        console.print("Runtime: [bold]process[/] (services run as plain processes).")
+        return {"name": "process"}
+    from plugins.runtimes.docker import engine_version
+
+    version = await asyncio.to_thread(engine_version, docker_host)
+    where = docker_host or "the local Docker socket"
+    if version is None:
+        if runtime == "auto" and docker_host is None:
+            console.print(
+                "Runtime: [bold]process[/]: no Docker engine answers at "
+                f"{where}, so services run as plain processes."
+            )
+            return {"name": "process"}
+        raise MeshError(
+            f"up: no Docker engine answers at {where}; start it or use --runtime process"
+        )
+    console.print(f"Runtime: [bold]docker[/] ({version} at {where}).")
+    config: dict[str, Any] = {"pull": pull}
+    if docker_host:
+        config["docker_host"] = docker_host
+    if version.startswith("Podman"):
+        config["ulimits"] = podman_ulimits()
+    return {"name": "docker", "config": config}
+
+
+def podman_ulimits() -> dict[str, int]:
+    """Rootful podman gives containers higher limits than this machine's hard limits and than
+    its own (it runs with at most 32768 processes), and starting them then fails with
+    "error setting rlimits": cap them at what both allow."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    limits = {"nofile": nofile, "nproc": PODMAN_MAX_PROCESSES}
+    if nofile == resource.RLIM_INFINITY:
+        del limits["nofile"]
+    if nproc != resource.RLIM_INFINITY:
+        limits["nproc"] = min(nproc, PODMAN_MAX_PROCESSES)
+    return limits
+
+
+async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
     provider_config = local_provider(name)
     provider = open_provider(name, provider_config)
     records: list[DropletRecord] = []
@@ -99,7 +174,7 @@ async def _create(name: str, count: int) -> Context:
             core=tuple(CoreServer(r.name, r.address) for r in cores),
             passwords=new_passwords(),
             provider=provider_config,
-            runtime={"name": "process"},
+            runtime=runtime,
         )
         if not isinstance(provider, UserDataWriter):
             raise MeshError(
@@ -121,6 +196,7 @@ async def _create(name: str, count: int) -> Context:
         password=config.passwords["operator"],
         provider=provider_config,
         local=True,
+        runtime=runtime,
     )
     context.save()
     return context

@@ -403,8 +403,25 @@ class LocalProvider:
     def _destroy_locked(self, account: Account, state: DropletState | None) -> None:
         assert state is not None
         self._kill(f"destroy droplet {state.id}", state)
+        self._remove_containers(state)
         shutil.rmtree(state.dir, ignore_errors=True)
         del account.droplets[state.id]
+
+    def _remove_containers(self, state: DropletState) -> None:
+        """A destroyed droplet runs nothing: its containers and networks go with it, also from
+        an engine that local droplets share. Volumes stay until `meshctl down --local`."""
+        try:
+            user_data = json.loads((Path(state.dir) / USER_DATA_FILE).read_text())
+            runtime = user_data.get("runtime") or {}
+        except (OSError, ValueError, AttributeError):
+            return
+        if runtime.get("name") != "docker":
+            return
+        from plugins.runtimes.docker import remove_objects
+
+        host = (runtime.get("config") or {}).get("docker_host")
+        removed = remove_objects(self._mesh, state.name, docker_host=host, volumes=False)
+        self._log.info("Droplet's containers removed. droplet=%s objects=%d", state.name, removed)
 
     def _kill(self, action: str, state: DropletState) -> None:
         if state.pgid is None or state.start_ticks is None:

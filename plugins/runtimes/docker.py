@@ -13,7 +13,9 @@ counted without inspecting every container on every pass.
 
 Config (`RuntimeContext.config`): `docker_host` (default: `DOCKER_HOST` or the local socket;
 podman's Docker-compatible socket works too), `pull` (fetch missing images from a registry,
-default true), `timeout` (seconds per engine request, default 120).
+default true), `timeout` (seconds per engine request, default 120), `ulimits` (name -> limit
+for every container, e.g. `{"nofile": 20000, "nproc": 32768}` for rootful podman where the
+host's hard limits are lower than podman's defaults).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.types import Mount
+from docker.types import Mount, Ulimit
 
 from plugins.runtimes import (
     InstanceInfo,
@@ -49,6 +51,7 @@ from plugins.runtimes.containers import (
     LABEL_PROJECT,
     LABEL_SERVICE,
     SECRETS_TARGET,
+    Build,
     ContainerSpec,
     ContainerSpecError,
     container_spec,
@@ -78,6 +81,10 @@ class DockerRuntime:
         self._host = ctx.config.get("docker_host") or None
         self._pull = bool(ctx.config.get("pull", True))
         self._timeout = int(ctx.config.get("timeout", 120))
+        self._ulimits = [
+            Ulimit(name=name, soft=int(limit), hard=int(limit))
+            for name, limit in dict(ctx.config.get("ulimits") or {}).items()
+        ]
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._image_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -251,7 +258,7 @@ class DockerRuntime:
                 self._log.info("Building image. image=%s context=%s", wanted.image, wanted.build)
                 image, _ = client.images.build(
                     path=wanted.build.context,
-                    dockerfile=wanted.build.dockerfile or None,
+                    dockerfile=_dockerfile_argument(wanted.build),
                     tag=wanted.image,
                     rm=True,
                     forcerm=True,
@@ -306,6 +313,8 @@ class DockerRuntime:
         }
         if wanted.healthcheck:
             options["healthcheck"] = wanted.healthcheck
+        if self._ulimits:
+            options["ulimits"] = self._ulimits
         try:
             container = client.containers.create(wanted.image, **options)
         except docker.errors.APIError as err:
@@ -418,18 +427,20 @@ class DockerRuntime:
             self._events.start()
 
     def _events_loop(self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop) -> None:
-        filters = {
-            "type": "container",
-            "event": ["die"],
-            "label": label_filter(owner_labels(self._mesh, self._droplet)),
-        }
+        # Filtered by the mesh's label only, and by kind and droplet here: podman ignores an
+        # `event` filter (nothing arrives) where Docker applies it.
+        filters = {"type": "container", "label": label_filter(owner_labels(self._mesh))}
         while not self._closing.is_set():
             try:
                 self._stream = client.events(decode=True, filters=filters)
                 for event in self._stream:
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    if event.get("Action") != "die":
+                        continue
+                    if attributes.get(LABEL_DROPLET) != self._droplet:
+                        continue
                     container = event.get("id") or ""
-                    code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
-                    loop.call_soon_threadsafe(self._died, container, code)
+                    loop.call_soon_threadsafe(self._died, container, attributes.get("exitCode"))
             except Exception:  # the engine restarted or went away: follow it again
                 if self._closing.wait(EVENTS_RETRY_S):
                     return
@@ -448,6 +459,15 @@ def _is_instance(raw: Raw) -> bool:
 def _key_of(raw: Raw) -> str:
     labels = raw.get("Labels") or {}
     return f"{labels.get(LABEL_PROJECT)}.{labels.get(LABEL_ENV)}.{labels.get(LABEL_SERVICE)}"
+
+
+def _dockerfile_argument(build: Build) -> str | None:
+    """The Dockerfile relative to its context when it is inside (podman reads an absolute
+    path outside the context wrongly); docker-py sends one from outside itself."""
+    if not build.dockerfile:
+        return None
+    path, context = Path(build.dockerfile), Path(build.context)
+    return str(path.relative_to(context)) if path.is_relative_to(context) else build.dockerfile
 
 
 def _uid(user: str, template_uid: int | None) -> int:
@@ -479,6 +499,61 @@ def _short(err: Exception) -> str:
     if isinstance(err, docker.errors.APIError) and err.explanation:
         return str(err.explanation)
     return str(err).splitlines()[0][:DETAIL_CHARS] if str(err) else type(err).__name__
+
+
+def engine_version(docker_host: str | None = None, timeout: float = 3.0) -> str | None:
+    """What answers at `docker_host` (default: `DOCKER_HOST` or the local socket), like
+    "Docker Engine 20.10.24" or "Podman Engine 4.3.1", or None if nothing does. Blocking."""
+    try:
+        if docker_host:
+            client = docker.DockerClient(base_url=docker_host, timeout=timeout)
+        else:
+            client = docker.from_env(timeout=timeout)
+        try:
+            version = client.version()
+        finally:
+            client.close()
+    except (docker.errors.DockerException, OSError):
+        return None
+    for component in version.get("Components") or []:
+        if str(component.get("Name", "")).endswith("Engine"):
+            return f"{component['Name']} {component.get('Version', '?')}"
+    return f"Docker Engine {version.get('Version', '?')}"
+
+
+def remove_objects(
+    mesh: str, droplet: str | None, *, docker_host: str | None = None, volumes: bool
+) -> int:
+    """Remove the containers and networks (and, if `volumes`, the volumes) labelled with
+    `mesh` (and `droplet`, if given); the number of objects removed. Blocking; for the local
+    provider (a destroyed droplet runs nothing) and `meshctl down --local`."""
+    try:
+        client = (
+            docker.DockerClient(base_url=docker_host, timeout=60)
+            if docker_host
+            else docker.from_env(timeout=60)
+        )
+    except (docker.errors.DockerException, OSError):
+        return 0  # no engine: nothing of ours can be running on it
+    removed = 0
+    labels = {"label": label_filter(owner_labels(mesh, droplet))}
+    try:
+        for container in client.containers.list(all=True, filters=labels):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+                removed += 1
+        for network in client.networks.list(filters=labels):
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+                removed += 1
+        if volumes:
+            for volume in client.volumes.list(filters=labels):
+                with contextlib.suppress(docker.errors.NotFound):
+                    volume.remove(force=True)
+                    removed += 1
+    finally:
+        client.close()
+    return removed
 
 
 def create(ctx: RuntimeContext) -> DockerRuntime:

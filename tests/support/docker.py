@@ -47,8 +47,10 @@ def static_busybox() -> Path:
 def example_context(directory: Path) -> Path:
     """A copy of examples/app with the busybox binary the Dockerfile copies."""
     context = directory / "app"
-    shutil.copytree(EXAMPLE_APP, context, ignore=shutil.ignore_patterns("busybox", "__pycache__"))
-    shutil.copy2(static_busybox(), context / "busybox")
+    if not context.exists():
+        ignored = shutil.ignore_patterns("busybox", "__pycache__")
+        shutil.copytree(EXAMPLE_APP, context, ignore=ignored)
+        shutil.copy2(static_busybox(), context / "busybox")
     return context
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ def meshctl_path() -> str:
 class LocalMesh:
     home: Path
     name: str
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -40,6 +41,7 @@ class LocalMesh:
             NO_COLOR="1",
             MESHD_CONFIG_HOME=str(self.home / "config"),
             MESHD_STATE_HOME=str(self.home / "state"),
+            **self.extra_env,
         )
         return env
 
@@ -116,10 +118,18 @@ class LocalMesh:
 
 
 @contextlib.contextmanager
-def local_mesh(home: Path, droplets: int = 1, name: str = "test") -> Iterator[LocalMesh]:
-    mesh = LocalMesh(home, name)
+def local_mesh(
+    home: Path,
+    droplets: int = 1,
+    name: str = "test",
+    runtime: str = "process",
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalMesh]:
+    """`env` reaches every agent (the local droplets inherit `up`'s environment): secrets."""
+    mesh = LocalMesh(home, name, dict(env or {}))
+    options = ["--runtime", runtime] + (["--no-pull"] if runtime == "docker" else [])
     try:
-        mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name)
+        mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name, *options)
         yield mesh
     finally:
         mesh.keep_logs()

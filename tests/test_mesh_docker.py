@@ -1,0 +1,212 @@
+"""A local mesh on the docker runtime, end to end against the real Docker Engine: publish
+builds the image and runs containers, the engine's restarts are reported, an agent restart
+adopts the same containers, republishing removes what is no longer wanted, meshes sharing
+the engine leave each other alone, and `meshctl down --local` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.docker import example_context, mesh_objects, new_mesh_name, remove_mesh_objects
+from tests.support.mesh import LocalMesh, http_get, local_mesh, wait_for
+
+pytestmark = pytest.mark.integration
+
+SECRETS = {"DB_PASSWORD": "db-pw-never-in-env", "JWT_SECRET": "jwt-never-in-env"}
+
+
+def docker_project(directory: Path, *, worker: bool = True, broken: bool = False) -> Path:
+    """One project on one droplet: a backend and a stand-in database built from the
+    examples' busybox image, and a worker; the CSV's path."""
+    example_context(directory)
+    services: dict[str, Any] = {
+        "backend": {"build_context": "app", "secrets": ["jwt_secret"]},
+        "frontend": {"enabled": False},
+        "database": {
+            "build_context": "app",
+            "command": "serve DB_PORT",
+            "health_path": "/health",
+            "data_path": "/data",
+            "secrets": ["db_password"],
+        },
+        "redis": {"enabled": False},
+        "mailer": {"type": "worker", "build_context": "app", "command": "work"},
+    }
+    if not worker:
+        del services["mailer"]
+    if broken:
+        services["mailer"] = {"type": "worker", "image": "nosuch/image:1"}
+    config = {"projects": {"shop": {"services": services}}}
+    (directory / "deployment_config.json").write_text(json.dumps(config))
+    csv = directory / "projects.csv"
+    csv.write_text("Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n")
+    return csv
+
+
+def containers(engine: Any, mesh: str) -> dict[str, Any]:
+    """Running and stopped containers of the mesh by instance key."""
+    found = engine.containers.list(all=True, filters={"label": [f"meshd.mesh={mesh}"]})
+    return {
+        ".".join(c.labels[f"meshd.{k}"] for k in ("project", "env", "service")): c for c in found
+    }
+
+
+def service(status: dict[str, Any], env: str, name: str) -> dict[str, Any]:
+    return next(s for s in status["services"] if (s["env"], s["service"]) == (env, name))
+
+
+def converged(mesh: LocalMesh) -> bool:
+    status = mesh.status()
+    return bool(status["services"]) and all(
+        s["healthy"] == s["desired"] for s in status["services"]
+    )
+
+
+def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
+    tmp_path: Path, docker_engine: Any
+) -> None:
+    name = new_mesh_name()
+    csv = docker_project(tmp_path / "project")
+    try:
+        with local_mesh(tmp_path / "mesh", name=name, runtime="docker", env=SECRETS) as mesh:
+            mesh.ok("publish", csv, "--wait", timeout=180)
+            address = mesh.address("master")
+            running = containers(docker_engine, name)
+            assert sorted(running) == sorted(
+                f"shop.{env}.{s}"
+                for env in ("prod", "uat", "test")
+                for s in ("backend", "database", "mailer")
+            )
+
+            backend = running["shop.prod.backend"]
+            assert backend.labels["meshd.droplet"] == "master"
+            assert backend.labels["meshd.generation"] == "1"
+            port = service(mesh.status(), "prod", "backend")["port"]
+            assert backend.attrs["HostConfig"]["PortBindings"] == {
+                f"{port}/tcp": [{"HostIp": address, "HostPort": str(port)}]
+            }
+            assert "shop-prod-backend" in http_get(f"http://{address}:{port}/")
+            env = dict(v.split("=", 1) for v in backend.attrs["Config"]["Env"])
+            assert (env["PROJECT"], env["ENVIRONMENT"], env["SERVICE_PORT"]) == (
+                "shop",
+                "prod",
+                str(port),
+            )
+            assert env["DB_HOST"] == address
+            inspect = json.dumps(backend.attrs)
+            assert not any(secret in inspect for secret in SECRETS.values())
+            assert backend.exec_run(["cat", "/run/secrets/jwt_secret"]) == (0, b"jwt-never-in-env")
+            code, mode = backend.exec_run(["stat", "-c", "%a", "/run/secrets/jwt_secret"])
+            assert mode.strip() == b"400"
+            database = running["shop.prod.database"]
+            assert database.exec_run(["cat", "/run/secrets/db_password"]) == (
+                0,
+                b"db-pw-never-in-env",
+            )
+            code, _ = database.exec_run(["sh", "-c", "echo x > /run/secrets/db_password"])
+            assert code != 0
+            assert database.exec_run(["sh", "-c", "echo kept > /data/mark"])[0] == 0
+
+            assert_compose_shows(mesh, running)
+
+            # Killed from outside: Docker restarts it, the mesh reports the restart.
+            os.kill(backend.attrs["State"]["Pid"], signal.SIGKILL)
+            wait_for(
+                lambda: service(mesh.status(), "prod", "backend")["restarts"] >= 1,
+                what="the restart to be reported",
+            )
+            wait_for(lambda: converged(mesh), what="the restarted backend to be healthy")
+
+            # A new agent adopts every container as it is.
+            ids = {k: c.id for k, c in containers(docker_engine, name).items()}
+            agent = mesh.pid_of("master", "agent")
+            os.kill(agent, signal.SIGKILL)
+            wait_for(lambda: _new_agent(mesh, agent), what="the agent to be restarted")
+            wait_for(lambda: converged(mesh), what="convergence after the agent restart")
+            assert {k: c.id for k, c in containers(docker_engine, name).items()} == ids
+
+            # Republished without the worker: its containers go (after a grace period).
+            docker_project(tmp_path / "project", worker=False)
+            mesh.ok("publish", csv, "--wait", timeout=180)
+            wait_for(
+                lambda: not [k for k in containers(docker_engine, name) if k.endswith(".mailer")],
+                what="the worker's containers to go",
+            )
+            assert (
+                containers(docker_engine, name)["shop.prod.backend"].id == ids["shop.prod.backend"]
+            )
+
+            mesh.ok("down", "--local", "--name", name, "--keep-data")
+            left = mesh_objects(docker_engine, name)
+            assert (left["containers"], left["networks"]) == ([], [])
+            assert sorted(left["volumes"]) == [
+                f"meshd-{name}-master-shop-{env}-database" for env in ("prod", "test", "uat")
+            ]
+    finally:
+        remove_mesh_objects(docker_engine, name)
+
+
+def test_meshes_sharing_an_engine_leave_each_other_alone_and_down_removes_everything(
+    tmp_path: Path, docker_engine: Any
+) -> None:
+    first, second = new_mesh_name(), new_mesh_name()
+    csv = docker_project(tmp_path / "one", worker=False)
+    broken = docker_project(tmp_path / "two", worker=False, broken=True)
+    try:
+        with (
+            local_mesh(tmp_path / "m1", name=first, runtime="docker", env=SECRETS) as one,
+            local_mesh(tmp_path / "m2", name=second, runtime="docker", env=SECRETS) as two,
+        ):
+            one.ok("publish", csv, "--wait", timeout=180)
+            two.ok("publish", broken)
+            # A missing image is that instance's error, said in the status; the others run.
+            wait_for(
+                lambda: any(
+                    "image nosuch/image:1 not available" in e
+                    for e in service(two.status(), "prod", "mailer")["errors"]
+                ),
+                what="the missing image to be reported",
+            )
+            wait_for(
+                lambda: service(two.status(), "prod", "backend")["healthy"] == 1,
+                what="the second mesh's backend",
+            )
+            theirs = {k: c.id for k, c in containers(docker_engine, second).items()}
+
+            one.ok("down", "--local", "--name", first)
+
+            assert mesh_objects(docker_engine, first) == {
+                "containers": [],
+                "networks": [],
+                "volumes": [],
+            }
+            assert {k: c.id for k, c in containers(docker_engine, second).items()} == theirs
+            port = service(two.status(), "prod", "backend")["port"]
+            assert "shop-prod-backend" in http_get(f"http://{two.address('master')}:{port}/")
+    finally:
+        remove_mesh_objects(docker_engine, first)
+        remove_mesh_objects(docker_engine, second)
+
+
+def assert_compose_shows(mesh: LocalMesh, running: dict[str, Any]) -> None:
+    compose = yaml.safe_load(mesh.ok("compose", "shop", "prod"))
+    for key, container in running.items():
+        if key.startswith("shop.prod."):
+            shown = compose["services"][container.labels["meshd.service"]]
+            assert shown["container_name"] == container.name
+            assert shown["image"] == container.image.tags[0]
+            assert shown["labels"] == container.labels
+
+
+def _new_agent(mesh: LocalMesh, old: int) -> bool:
+    try:
+        return mesh.pid_of("master", "agent") != old
+    except LookupError:
+        return False
