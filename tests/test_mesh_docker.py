@@ -201,7 +201,7 @@ def assert_compose_shows(mesh: LocalMesh, running: dict[str, Any]) -> None:
         if key.startswith("shop.prod."):
             shown = compose["services"][container.labels["meshd.service"]]
             assert shown["container_name"] == container.name
-            assert shown["image"] == container.image.tags[0]
+            assert shown["image"] == container.attrs["Config"]["Image"]
             assert shown["labels"] == container.labels
 
 

@@ -143,6 +143,7 @@ async def test_an_instance_runs_as_a_labelled_container_on_the_droplet_address(
     }
     assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
     assert host_config["Memory"] == 32 * 1024 * 1024
+    assert host_config["Init"] is True  # PID 1 passes SIGTERM on: stops take no grace period
     assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
     networks = container.attrs["NetworkSettings"]["Networks"]
     assert list(networks) == [f"meshd-{docker_mesh}-master-shop-test"]

@@ -64,6 +64,7 @@ async def runtime(podman_host: str, tmp_path: Path) -> AsyncIterator[DockerRunti
                 "docker_host": podman_host,
                 "pull": False,
                 "ulimits": podman_ulimits(),
+                "init": False,  # podman's init, catatonit, is not installed with it
             },
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import shutil
 import sys
 import time
 from typing import Any
@@ -30,6 +31,7 @@ from protocol.errors import MeshError
 JOIN_TIMEOUT_S = 60.0
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
+PODMAN_INIT = "/usr/libexec/podman/catatonit"
 
 
 def core_names(count: int) -> list[str]:
@@ -139,6 +141,7 @@ async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> d
         config["docker_host"] = docker_host
     if version.startswith("Podman"):
         config["ulimits"] = podman_ulimits()
+        config["init"] = bool(shutil.which("catatonit") or shutil.which(PODMAN_INIT))
     return {"name": "docker", "config": config}
 
 

@@ -11,11 +11,15 @@ The docker SDK blocks: every call runs in a worker thread. A thread follows the 
 events of this droplet's containers, which is how restarts made by Docker's restart policy are
 counted without inspecting every container on every pass.
 
-Config (`RuntimeContext.config`): `docker_host` (default: `DOCKER_HOST` or the local socket;
-podman's Docker-compatible socket works too), `pull` (fetch missing images from a registry,
-default true), `timeout` (seconds per engine request, default 120), `ulimits` (name -> limit
-for every container, e.g. `{"nofile": 20000, "nproc": 32768}` for rootful podman where the
-host's hard limits are lower than podman's defaults).
+Config (`RuntimeContext.config`):
+- `docker_host`: default `DOCKER_HOST` or the local socket; podman's Docker-compatible
+  socket works too.
+- `pull`: fetch missing images from a registry (default true).
+- `init`: a tiny init as PID 1 that passes signals on, so that a program which ignores
+  SIGTERM as PID 1 still stops at once (default true; podman needs `catatonit` for it).
+- `timeout`: seconds per engine request (default 120).
+- `ulimits`: name -> limit for every container, e.g. `{"nofile": 20000, "nproc": 32768}`
+  for rootful podman, whose defaults exceed the host's hard limits.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class DockerRuntime:
         self._host = ctx.config.get("docker_host") or None
         self._pull = bool(ctx.config.get("pull", True))
         self._timeout = int(ctx.config.get("timeout", 120))
+        self._init = bool(ctx.config.get("init", True))
         self._ulimits = [
             Ulimit(name=name, soft=int(limit), hard=int(limit))
             for name, limit in dict(ctx.config.get("ulimits") or {}).items()
@@ -89,6 +94,7 @@ class DockerRuntime:
         self._client_lock = threading.Lock()
         self._image_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._network_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._joining: defaultdict[str, int] = defaultdict(int)  # network -> instances joining
         self._exits: dict[str, tuple[int | None, str | None]] = {}  # exited container -> why
         self._dies: defaultdict[str, int] = defaultdict(int)  # container -> die events seen
         self._last_exit: dict[str, int] = {}
@@ -117,9 +123,13 @@ class DockerRuntime:
                 return info
         await self._remove(current, grace=5.0)
         user = await self._ensure_image(spec.key, wanted)
-        async with self._network_locks[wanted.network]:  # not removed while we join it
-            await self._call(self._ensure_network, wanted)
+        self._joining[wanted.network] += 1  # the network is not removed while we join it
+        try:
+            async with self._network_locks[wanted.network]:
+                await self._call(self._ensure_network, wanted)
             started: InstanceInfo = await self._call(self._create, spec, wanted, user)
+        finally:
+            self._joining[wanted.network] -= 1
         return started
 
     async def stop(self, key: str, *, grace: float = 5.0) -> None:
@@ -304,6 +314,7 @@ class DockerRuntime:
             "ports": dict(wanted.ports),
             "restart_policy": {"Name": wanted.restart_policy},
             "mem_limit": f"{wanted.memory_mb}m",
+            "init": self._init,
             "mounts": mounts,
             "network": wanted.network,
             "networking_config": {
@@ -360,7 +371,8 @@ class DockerRuntime:
                 self._mesh, self._droplet, labels[LABEL_PROJECT], labels[LABEL_ENV]
             )
             async with self._network_locks[network]:
-                await self._call(self._remove_network_if_unused, network)
+                if not self._joining[network]:
+                    await self._call(self._remove_network_if_unused, network)
 
     def _remove_network_if_unused(self, client: docker.DockerClient, network: str) -> None:
         for found in client.networks.list(names=[network]):
