@@ -1,9 +1,11 @@
 """Time to converge and idle cost of a local mesh. Prints one JSON object.
 
-A mesh of 3 local droplets (process runtime) is started in a private home; the seed CSV is
-published and timed until every instance is healthy; over the next `--idle` seconds (default
-60) the RSS and CPU of every meshd agent and nats-server are read from /proc; then a generated
-10-project CSV is published and timed. Run: `.venv/bin/python bench/converge.py [--idle 60]`.
+A mesh of 3 local droplets (`--runtime process`, the default, or `docker`) is started in a
+private home; the seed CSV is published and timed until every instance is healthy; over the
+next `--idle` seconds (default 60) the RSS and CPU of every meshd agent and nats-server are
+read from /proc; then a generated 10-project CSV is published and timed. Run:
+`.venv/bin/python bench/converge.py [--idle 60] [--runtime docker]` (docker needs
+examples/app/busybox, which `make demo` puts there).
 """
 
 from __future__ import annotations
@@ -33,15 +35,24 @@ def ten_projects(directory: Path) -> Path:
     rows += [f"bench{i},{1 + i % 2},s-8vcpu-32gb-amd,s-1vcpu-2gb" for i in range(10)]
     csv = directory / "ten.csv"
     csv.write_text("\n".join(rows) + "\n")
+    (directory / "app").symlink_to(HELLO.parent)
     run = f"python3 {HELLO}"
+
+    def store(variable: str) -> dict[str, str]:
+        return {
+            "build_context": "app",
+            "command": f"serve {variable}",
+            "process_command": f"{run} --port-from {variable}",
+            "health_path": "/health",
+        }
+
     services = {
-        "backend": {"command": run},
-        "frontend": {"command": run},
-        "database": {"command": f"{run} --port-from DB_PORT", "health_path": "/health"},
-        "redis": {"command": f"{run} --port-from REDIS_PORT", "health_path": "/health"},
+        "backend": {"build_context": "app", "process_command": run},
+        "frontend": {"build_context": "app", "process_command": run},
+        "database": store("DB_PORT"),
+        "redis": store("REDIS_PORT"),
     }
     config = {
-        "deployment_platform": "process",
         "projects": {f"bench{i}": {"services": services} for i in range(10)},
     }
     (directory / "deployment_config.json").write_text(json.dumps(config))
@@ -82,6 +93,7 @@ def rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     env = dict(
@@ -90,9 +102,10 @@ def main() -> None:
         MESHD_STATE_HOME=str(home / "state"),
         NO_COLOR="1",
     )
-    result: dict[str, float] = {}
+    result: dict[str, float | str] = {"runtime": args.runtime}
     try:
-        result["up_s"] = round(meshctl(env, "up", "--local", "--name", "bench"), 2)
+        up = ["up", "--local", "--name", "bench", "--runtime", args.runtime, "--no-pull"]
+        result["up_s"] = round(meshctl(env, *up), 2)
         seed = meshctl(env, "publish", "examples/projects.csv", "--wait")
         result["converge_seed_s"] = round(seed, 2)
         # Idle cost with the seed's 49 instances running.

@@ -118,7 +118,9 @@ async def _up(name: str, count: int, runtime: str, docker_host: str | None, pull
 
 async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> dict[str, Any]:
     """The runtime section of the mesh config; says which was chosen and why."""
-    if runtime == "process" and docker_host is None:
+    if runtime == "process" and docker_host is not None:
+        raise MeshError("up: --docker-host names an engine, which --runtime process never uses")
+    if runtime == "process":
         console.print("Runtime: [bold]process[/] (services run as plain processes).")
         return {"name": "process"}
     from plugins.runtimes.docker import engine_version

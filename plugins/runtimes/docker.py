@@ -528,8 +528,9 @@ def engine_version(docker_host: str | None = None, timeout: float = 3.0) -> str 
     except (docker.errors.DockerException, OSError):
         return None
     for component in version.get("Components") or []:
-        if str(component.get("Name", "")).endswith("Engine"):
-            return f"{component['Name']} {component.get('Version', '?')}"
+        name = str(component.get("Name", ""))
+        if name.endswith("Engine") and name != "Engine":  # Docker's is just "Engine"
+            return f"{name} {component.get('Version', '?')}"
     return f"Docker Engine {version.get('Version', '?')}"
 
 
