@@ -314,6 +314,16 @@ async def test_a_build_context_is_built_once_and_run(
         docker_engine.images.remove(tag, force=True)
 
 
+async def test_a_build_context_that_is_not_on_this_droplet_is_a_start_error(
+    make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    gone = tmp_path / "elsewhere"
+    spec = web("shop-backend:elsewhere", free_port(), build_context=str(gone))
+
+    with pytest.raises(InstanceStartError, match="build context .* is not on this droplet"):
+        await make_runtime().ensure(spec)
+
+
 async def test_a_broken_build_is_a_start_error_with_the_builds_words(
     make_runtime: MakeRuntime, tmp_path: Path
 ) -> None:

@@ -265,6 +265,11 @@ class DockerRuntime:
             image = client.images.get(wanted.image)
         except docker.errors.ImageNotFound:
             if wanted.build is not None:
+                if not Path(wanted.build.context).is_dir():
+                    raise ValueError(
+                        f"the build context {wanted.build.context} is not on this droplet; "
+                        "it is built where the context is (a deploy from git brings it)"
+                    ) from None
                 self._log.info("Building image. image=%s context=%s", wanted.image, wanted.build)
                 image, _ = client.images.build(
                     path=wanted.build.context,
