@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class Tracked:
     started: float = 0.0  # monotonic
     next_attempt: float = 0.0  # monotonic
     engine_restarts: int = 0  # restarts the runtime's engine made, as last seen
+    last_failed_probe: float = 0.0  # monotonic; failures count at most once per HEALTH_EVERY_S
 
     def back_off(self, now: float) -> None:
         self.failures += 1
@@ -87,6 +89,7 @@ class Reconciler:
         self.tracked: dict[str, Tracked] = {}
         self.unwanted: dict[str, float] = {}  # instance -> when first seen unwanted (monotonic)
         self.unavailable: str | None = None  # why the runtime's engine does not answer
+        self._acting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per instance
         self.loaded = False
         self._changed = asyncio.Event()
         self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
@@ -153,6 +156,7 @@ class Reconciler:
                 await asyncio.gather(prober, return_exceptions=True)
 
     async def reconcile(self) -> None:
+        listed_at = time.monotonic()
         try:
             listed = await self.runtime.list()
         except RuntimeUnavailable as err:
@@ -166,7 +170,9 @@ class Reconciler:
         limit = asyncio.Semaphore(PARALLEL_STARTS)
 
         async def converge(key: str, allocation: Allocation) -> None:
-            async with limit:
+            async with limit, self._acting[key]:
+                if self.tracked.get(key, Tracked()).started > listed_at:
+                    return  # restarted by the health checks since the list: it is stale
                 await self._converge(key, allocation, infos.get(key), now)
 
         await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
@@ -341,6 +347,9 @@ class Reconciler:
             return
         if now - tracked.started < START_GRACE_S:
             return
+        if now - tracked.last_failed_probe < HEALTH_EVERY_S - HEALTH_STARTING_EVERY_S:
+            return  # a slow start (a busy engine) gets as long as a running instance
+        tracked.last_failed_probe = now
         tracked.failed_probes += 1
         tracked.healthy = False
         if tracked.failed_probes < UNHEALTHY_AFTER:
@@ -353,7 +362,8 @@ class Reconciler:
         tracked.restarts += 1
         tracked.back_off(now)
         try:
-            info = await self.runtime.restart(self._spec(allocation))
+            async with self._acting[key]:
+                info = await self.runtime.restart(self._spec(allocation))
         except (RuntimeFailure, RuntimeUnavailable, LookupError, NotReady) as err:
             tracked.last_error = str(err)
             return

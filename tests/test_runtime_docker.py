@@ -380,3 +380,41 @@ async def test_an_engine_that_does_not_answer_is_reported_as_unavailable(
 
     with pytest.raises(RuntimeUnavailable, match="no Docker engine answers"):
         await runtime.list()
+
+
+async def test_an_engine_that_does_not_answer_is_every_instances_error(
+    tmp_path: Path,
+) -> None:
+    from meshd.reconciler import Reconciler
+    from plugins.secrets.env import EnvSecrets
+    from protocol.messages import Allocation
+
+    runtime = DockerRuntime(
+        RuntimeContext(
+            mesh="m",
+            droplet="master",
+            data_dir=tmp_path / "runtime",
+            config={"docker_host": f"unix://{tmp_path}/gone.sock"},
+        )
+    )
+    reconciler = Reconciler(runtime, "master", ADDRESS, tmp_path, EnvSecrets())
+    backend = Allocation(
+        project="shop",
+        env="test",
+        service="backend",
+        generation=1,
+        droplets=("master",),
+        port=free_port(),
+        image="shop-backend:1",
+        command=None,
+        memory_mb=32,
+    )
+    await reconciler.apply({"shop.test.backend": backend})
+
+    await reconciler.reconcile()
+
+    (status,) = reconciler.statuses()
+    assert status.last_error is not None
+    assert "no Docker engine answers" in status.last_error
+    assert not status.healthy
+    await runtime.close()

@@ -162,6 +162,9 @@ class DockerRuntime:
         listed = {raw["Id"] for raw in raws}
         for gone in set(self._exits) - listed:
             del self._exits[gone]
+        for gone in set(self._dies) - listed:  # a die event of a container we removed
+            del self._dies[gone]
+            self._last_exit.pop(gone, None)
         return infos
 
     async def close(self) -> None:
@@ -184,6 +187,8 @@ class DockerRuntime:
         self._follow_events(client)
         try:
             return await asyncio.to_thread(function, client, *args)
+        except docker.errors.DockerException:
+            raise  # the engine answered (APIError is also an OSError, through requests)
         except OSError as err:  # requests' connection errors and timeouts are OSErrors
             raise RuntimeUnavailable(f"Docker engine not answering: {err}") from None
 
