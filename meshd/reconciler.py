@@ -46,7 +46,7 @@ START_GRACE_S = 5.0  # probes do not count while an instance starts
 BACKOFF_MAX_S = 30.0
 LOCAL_COPY = "allocations.msgpack"
 PARALLEL_STARTS = 8  # instances started at once: a droplet's 40 instances in a few batches
-UNWANTED_GRACE_S = 10.0  # an instance no allocation wants is stopped after this long
+UNWANTED_GRACE_S = 10.0  # an instance found that was never allocated here is stopped after
 
 
 class NotReady(MeshError):
@@ -181,13 +181,14 @@ class Reconciler:
             del self.tracked[key]
 
     async def _stop_unwanted(self, unwanted: set[str], now: float) -> None:
-        """Instances no allocation wants go after a grace period, so that a moment without
-        allocations (a new agent before its first read) never stops anything."""
+        """Instances whose allocation this agent saw go away are stopped at once (their port
+        may be wanted by another); instances it never saw allocated (found on the droplet)
+        go after a grace period, so that a moment without allocations never stops them."""
         for key in set(self.unwanted) - unwanted:
             del self.unwanted[key]
         for key in sorted(unwanted):
             since = self.unwanted.setdefault(key, now)
-            if now - since < UNWANTED_GRACE_S:
+            if key not in self.tracked and now - since < UNWANTED_GRACE_S:
                 continue
             log.info("Stopping instance no allocation wants. instance=%s", key)
             try:

@@ -418,3 +418,46 @@ async def test_an_engine_that_does_not_answer_is_every_instances_error(
     assert "no Docker engine answers" in status.last_error
     assert not status.healthy
     await runtime.close()
+
+
+def allocation_of(spec: InstanceSpec) -> Any:
+    from protocol.messages import Allocation
+
+    return Allocation(
+        project=spec.project,
+        env=spec.env,
+        service=spec.service,
+        generation=spec.generation,
+        droplets=("master",),
+        port=spec.port,
+        image=spec.image,
+        command=None,
+        memory_mb=spec.memory_mb,
+        env_vars=dict(spec.env_vars),
+        health_path=spec.health_path,
+    )
+
+
+async def test_a_removed_allocation_stops_at_once_an_unknown_container_after_a_grace(
+    make_runtime: MakeRuntime, test_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshd.reconciler
+    from meshd.reconciler import Reconciler
+    from plugins.secrets.env import EnvSecrets
+
+    runtime = make_runtime()
+    found = web(test_image, free_port(), service="stray")
+    await runtime.ensure(found)  # on the droplet, never allocated to this agent
+    reconciler = Reconciler(runtime, "master", ADDRESS, tmp_path, EnvSecrets())
+    wanted = web(test_image, free_port())
+    await reconciler.apply({wanted.key: allocation_of(wanted)})
+    await reconciler.reconcile()
+    assert sorted(i.key for i in await runtime.list()) == ["shop.test.backend", "shop.test.stray"]
+
+    await reconciler.apply({})
+    await reconciler.reconcile()
+    assert [i.key for i in await runtime.list()] == ["shop.test.stray"]  # in its grace period
+
+    monkeypatch.setattr(meshd.reconciler, "UNWANTED_GRACE_S", 0.0)
+    await reconciler.reconcile()
+    assert await runtime.list() == []
