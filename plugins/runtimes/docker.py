@@ -414,28 +414,25 @@ class DockerRuntime:
 
     def _write_secrets(self, spec: InstanceSpec, wanted: ContainerSpec, uid: int) -> Mounts:
         directory = self._secrets_root / wanted.name
-        _remove_tree(directory)
-        directory.mkdir(parents=True, mode=0o700)
         mounts: Mounts = []
-        for name, value in sorted(secret_files(spec).items()):
-            if "/" in name or name.startswith("."):
-                raise InstanceStartError(spec.key, f"secret name {name!r} is not a file name")
-            path = directory / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            try:
-                os.write(fd, value)
-                if uid and os.geteuid() == 0:
-                    os.fchown(fd, uid, uid)
-            finally:
-                os.close(fd)
-            mounts.append(
-                Mount(
-                    target=f"{SECRETS_TARGET}/{name}",
-                    source=str(path),
-                    type="bind",
-                    read_only=True,
-                )
-            )
+        try:
+            _remove_tree(directory)
+            directory.mkdir(parents=True, mode=0o700)
+            for name, value in sorted(secret_files(spec).items()):
+                if "/" in name or name.startswith("."):
+                    raise InstanceStartError(spec.key, f"secret name {name!r} is not a file name")
+                path = directory / name
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                try:
+                    os.write(fd, value)
+                    if uid and os.geteuid() == 0:
+                        os.fchown(fd, uid, uid)
+                finally:
+                    os.close(fd)
+                target = f"{SECRETS_TARGET}/{name}"
+                mounts.append(Mount(target=target, source=str(path), type="bind", read_only=True))
+        except OSError as err:  # this droplet's disk, not the engine
+            raise InstanceStartError(spec.key, f"cannot write its secret files: {err}") from None
         return mounts
 
     # --- engine events -----------------------------------------------------------------------
