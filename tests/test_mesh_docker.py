@@ -52,10 +52,15 @@ def docker_project(directory: Path, *, worker: bool = True, broken: bool = False
 
 def containers(engine: Any, mesh: str) -> dict[str, Any]:
     """Running and stopped containers of the mesh by instance key."""
-    found = engine.containers.list(all=True, filters={"label": [f"meshd.mesh={mesh}"]})
-    return {
-        ".".join(c.labels[f"meshd.{k}"] for k in ("project", "env", "service")): c for c in found
-    }
+    import docker.errors
+
+    while True:
+        try:  # the SDK lists, then inspects each: one may go in between
+            found = engine.containers.list(all=True, filters={"label": [f"meshd.mesh={mesh}"]})
+        except docker.errors.NotFound:
+            continue
+        keys = ("project", "env", "service")
+        return {".".join(c.labels[f"meshd.{k}"] for k in keys): c for c in found}
 
 
 def service(status: dict[str, Any], env: str, name: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ in CI (`CI=true`), where `.ci/run` starts it. The test image is the examples' ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -66,9 +67,12 @@ def new_mesh_name() -> str:
 
 def remove_mesh_objects(client: Any, mesh: str) -> None:
     """Every container, network and volume labelled with this mesh."""
+    import docker.errors
+
     label = {"label": [f"meshd.mesh={mesh}"]}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True)
+    for container in client.containers.list(all=True, sparse=True, filters=label):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
     for network in client.networks.list(filters=label):
         network.remove()
     for volume in client.volumes.list(filters=label):
@@ -78,7 +82,10 @@ def remove_mesh_objects(client: Any, mesh: str) -> None:
 def mesh_objects(client: Any, mesh: str) -> dict[str, list[str]]:
     label = {"label": [f"meshd.mesh={mesh}"]}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
+        "containers": [
+            c.attrs["Names"][0].lstrip("/")
+            for c in client.containers.list(all=True, sparse=True, filters=label)
+        ],
         "networks": [n.name for n in client.networks.list(filters=label)],
         "volumes": [v.name for v in client.volumes.list(filters=label)],
     }
