@@ -22,6 +22,7 @@ class ProcStat(NamedTuple):
     state: str
     pgrp: int
     start_ticks: int
+    ppid: int = 0
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -32,7 +33,8 @@ def proc_stat(pid: int) -> ProcStat | None:
         return None
     fields = raw.rpartition(")")[2].split()  # the command name may hold spaces and ')'
     try:
-        return ProcStat(fields[0], int(fields[2]), int(fields[19]))  # fields 3, 5, 22 of proc(5)
+        # fields 3, 5, 22 and 4 of proc(5)
+        return ProcStat(fields[0], int(fields[2]), int(fields[19]), int(fields[1]))
     except (IndexError, ValueError):
         return None
 
@@ -73,3 +75,23 @@ def kill_group(pgid: int, start_ticks: int) -> bool:
             return False
         time.sleep(POLL_INTERVAL)
     return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live members of process group `pgid`."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and stat.state not in DEAD_STATES:
+                members.append(int(entry.name))
+    return members
+
+
+def command_line(pid: int) -> str:
+    """The process's argv joined by spaces (as `ps` shows a retitled process), or ""."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()

@@ -1,0 +1,100 @@
+"""What the load balancer routes where (pure): upstreams of healthy web instances from the
+observed state, rendered into nginx's configuration from `templates/nginx.conf`.
+
+Routes: the seed's `/<project>-<env>/<service>/` on the entry address, for every web service;
+and, for a project-environment with domains, a server for those names where `/` goes to the
+frontend (the backend when there is no frontend) and `/<service>/` to each web service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshd.observe import STALE_AFTER_S
+from meshd.render import render
+from meshd.spec import DesiredState, ServiceKind
+from protocol.messages import Allocation, NodeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One web service of one project-environment and its healthy instances."""
+
+    project: str
+    env: str
+    service: str
+    servers: tuple[str, ...]  # "address:port", sorted
+
+    @property
+    def name(self) -> str:
+        return f"{self.project}_{self.env}_{self.service}"
+
+    @property
+    def route(self) -> str:
+        return f"/{self.project}-{self.env}/{self.service}/"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A project-environment reached by its own host names."""
+
+    project: str
+    env: str
+    domains: tuple[str, ...]
+    root: Upstream  # what `/` serves
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LbConfig:
+    listen: str  # "address:port" of the entry point
+    run_dir: str  # where nginx keeps its pid, logs and temporary files
+    upstreams: tuple[Upstream, ...]
+    sites: tuple[Site, ...] = field(default=())
+
+
+def upstreams(
+    allocations: Iterable[Allocation], nodes: Mapping[str, NodeStatus], now: float
+) -> tuple[Upstream, ...]:
+    """Every web service with the instances that run its current generation, pass their
+    health check and sit on a droplet that reports; workers and datastores never."""
+    result = []
+    for allocation in allocations:
+        if allocation.service_kind != ServiceKind.WEB.value or allocation.port is None:
+            continue
+        servers = []
+        for droplet in allocation.droplets:
+            node = nodes.get(droplet)
+            if node is None or now - node.updated_at >= STALE_AFTER_S:
+                continue
+            for instance in node.instances:
+                if (
+                    (instance.project, instance.env, instance.service)
+                    == (allocation.project, allocation.env, allocation.service)
+                    and instance.healthy
+                    and instance.generation == allocation.generation
+                ):
+                    servers.append(f"{node.address}:{allocation.port}")
+        result.append(
+            Upstream(allocation.project, allocation.env, allocation.service, tuple(sorted(servers)))
+        )
+    return tuple(sorted(result, key=lambda u: (u.project, u.env, u.service)))
+
+
+def sites(state: DesiredState, found: tuple[Upstream, ...]) -> tuple[Site, ...]:
+    """A site per project-environment that the deployment config gives domains."""
+    result = []
+    for project in state.projects:
+        for env, domains in sorted(project.domains.items()):
+            mine = tuple(u for u in found if (u.project, u.env) == (project.name, env))
+            by_service = {u.service: u for u in mine}
+            root = by_service.get("frontend") or by_service.get("backend")
+            if root is None:
+                continue
+            result.append(Site(project.name, env, tuple(domains), root, mine))
+    return tuple(result)
+
+
+def render_nginx(config: LbConfig) -> str:
+    return render("nginx.conf", lb=config)

@@ -1,0 +1,85 @@
+"""The load balancer interface: how the `lb` lease holder serves the mesh's entry point.
+
+A plugin (`nginx`) implements `LoadBalancer`; the agent picks one by name with `load_lb`. The
+configuration text is rendered by the core (`meshd.lbconfig`); the plugin checks it, swaps
+it in without dropping traffic and keeps the server running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from protocol.errors import MeshError
+
+LOAD_BALANCERS: dict[str, str] = {
+    "nginx": "plugins.lb.nginx:create",
+}
+
+
+class LbError(MeshError):
+    """The load balancer could not do what was asked; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class LbUnavailable(LbError):
+    """The load balancer's program is missing or does not start."""
+
+
+class ConfigRejected(LbError):
+    """A new configuration failed the server's own test; the running one was kept."""
+
+
+def _default_logger() -> logging.Logger:
+    return logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LbContext:
+    directory: Path  # owned by the plugin: configuration, pid, logs
+    config: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=_default_logger)
+
+
+class LoadBalancer(Protocol):
+    name: str
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the rendered configuration must keep the server's pid, logs and temp files."""
+        ...
+
+    async def apply(self, config: str) -> bool:
+        """Serve `config`: test it, then start the server or reload it gracefully. False when
+        it is what already runs (nothing done). Raises `ConfigRejected` (the running
+        configuration stays) or `LbUnavailable`."""
+        ...
+
+    async def ensure_running(self) -> bool:
+        """Start the server again with the last good configuration if it died; True if it
+        had to."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop serving (graceful, then forced). Idempotent."""
+        ...
+
+
+def load_lb(name: str, ctx: LbContext) -> LoadBalancer:
+    target = LOAD_BALANCERS.get(name)
+    if target is None:
+        known = ", ".join(sorted(LOAD_BALANCERS))
+        raise LbUnavailable(f"no load balancer called {name!r}; known: {known}")
+    module_name, _, attribute = target.partition(":")
+    factory = cast(
+        Callable[[LbContext], LoadBalancer],
+        getattr(importlib.import_module(module_name), attribute),
+    )
+    return factory(ctx)

@@ -1,0 +1,197 @@
+"""The nginx load balancer with real nginx (Debian nginx-light): the rendered configuration
+routes the seed's paths to healthy instances only, retries a dead one, routes domains, and a
+configuration that fails `nginx -t` never replaces a good one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from meshd.lbconfig import LbConfig, Site, Upstream, render_nginx
+from plugins.lb import ConfigRejected, LbContext
+from plugins.lb.nginx import NginxLoadBalancer
+
+pytestmark = pytest.mark.integration
+ADDRESS = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((ADDRESS, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
+    )
+    if found is None:
+        reason = "nginx not installed (Debian: apt-get install nginx-light)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: nginx tests must run)")
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+async def lb(nginx_binary: str, tmp_path: Path) -> AsyncIterator[NginxLoadBalancer]:
+    balancer = NginxLoadBalancer(
+        LbContext(directory=tmp_path / "lb", config={"binary": nginx_binary})
+    )
+    yield balancer
+    await balancer.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Any]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(name: str, port: int) -> web.AppRunner:
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text=f"{name} {request.path} host={request.headers.get('Host')}")
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, ADDRESS, port).start()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def get(url: str, host: str | None = None) -> tuple[int, str]:
+    headers = {"Host": host} if host else {}
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, headers=headers, timeout=timeout) as r,
+    ):
+        return r.status, await r.text()
+
+
+def config(
+    lb: NginxLoadBalancer, listen: str, *upstreams: Upstream, sites: tuple[Site, ...] = ()
+) -> str:
+    return render_nginx(
+        LbConfig(listen=listen, run_dir=str(lb.run_dir), upstreams=upstreams, sites=sites)
+    )
+
+
+async def test_the_seeds_routes_reach_every_healthy_instance(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    one, two = free_port(), free_port()
+    await backends("one", one)
+    await backends("two", two)
+    listen = f"{ADDRESS}:{free_port()}"
+    backend = Upstream("shop", "prod", "backend", (f"{ADDRESS}:{one}", f"{ADDRESS}:{two}"))
+
+    assert await lb.apply(config(lb, listen, backend)) is True
+
+    seen = set()
+    for _ in range(6):
+        status, text = await get(f"http://{listen}/shop-prod/backend/items?x=1")
+        assert status == 200
+        name, path, _ = text.split(" ")
+        assert path == "/items"  # the route's prefix is stripped
+        seen.add(name)
+    assert seen == {"one", "two"}
+    assert await get(f"http://{listen}/health") == (200, "healthy\n")
+    status, text = await get(f"http://{listen}/nowhere")
+    assert status == 404 and "/<project>-<env>/<service>/" in text
+
+
+async def test_a_dead_instance_is_retried_on_a_live_one(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    live, dead = free_port(), free_port()  # nothing listens on `dead`
+    await backends("live", live)
+    listen = f"{ADDRESS}:{free_port()}"
+    await lb.apply(
+        config(
+            lb,
+            listen,
+            Upstream("shop", "prod", "backend", (f"{ADDRESS}:{live}", f"{ADDRESS}:{dead}")),
+        )
+    )
+
+    results = [await get(f"http://{listen}/shop-prod/backend/") for _ in range(10)]
+
+    assert all(status == 200 and text.startswith("live") for status, text in results)
+
+
+async def test_a_service_without_healthy_instances_answers_503_saying_so(
+    lb: NginxLoadBalancer,
+) -> None:
+    listen = f"{ADDRESS}:{free_port()}"
+    await lb.apply(config(lb, listen, Upstream("shop", "uat", "frontend", ())))
+
+    status, text = await get(f"http://{listen}/shop-uat/frontend/")
+
+    assert (status, text) == (503, "no healthy instance of shop-uat frontend\n")
+
+
+async def test_domains_route_to_the_frontend_and_service_prefixes(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    front, back = free_port(), free_port()
+    await backends("front", front)
+    await backends("back", back)
+    frontend = Upstream("shop", "prod", "frontend", (f"{ADDRESS}:{front}",))
+    backend = Upstream("shop", "prod", "backend", (f"{ADDRESS}:{back}",))
+    site = Site("shop", "prod", ("shop.example.com",), frontend, (backend, frontend))
+    listen = f"{ADDRESS}:{free_port()}"
+    await lb.apply(config(lb, listen, backend, frontend, sites=(site,)))
+
+    status, text = await get(f"http://{listen}/about", host="shop.example.com")
+    assert status == 200 and text == "front /about host=shop.example.com"
+    status, text = await get(f"http://{listen}/backend/api", host="shop.example.com")
+    assert status == 200 and text == "back /api host=shop.example.com"
+
+
+async def test_a_configuration_nginx_refuses_never_replaces_the_good_one(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    port = free_port()
+    await backends("one", port)
+    listen = f"{ADDRESS}:{free_port()}"
+    good = config(lb, listen, Upstream("shop", "prod", "backend", (f"{ADDRESS}:{port}",)))
+    await lb.apply(good)
+
+    with pytest.raises(ConfigRejected, match="nginx -t refused"):
+        await lb.apply(good.replace("keepalive 8;", "keepalive eight;"))
+
+    assert (await get(f"http://{listen}/shop-prod/backend/"))[0] == 200
+    assert (lb.run_dir / "nginx.conf").read_text() == good
+    assert await lb.apply(good) is False  # what runs already: no reload
+
+
+async def test_nginx_that_died_is_started_again_with_the_last_good_configuration(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    port = free_port()
+    await backends("one", port)
+    listen = f"{ADDRESS}:{free_port()}"
+    await lb.apply(config(lb, listen, Upstream("shop", "prod", "backend", (f"{ADDRESS}:{port}",))))
+    pid = int((lb.run_dir / "nginx.pid").read_text())
+
+    os.kill(pid, 9)
+    await asyncio.sleep(0.2)
+
+    assert await lb.ensure_running() is True
+    assert (await get(f"http://{listen}/shop-prod/backend/"))[0] == 200

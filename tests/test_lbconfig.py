@@ -1,0 +1,107 @@
+"""Upstreams come from the observed state (pure): only web services, only instances that are
+healthy, run the current generation and sit on a droplet that reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshd.lbconfig import Upstream, sites, upstreams
+from meshd.spec import DesiredState, ProjectSpec, ServiceKind, ServiceSpec
+from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
+
+NOW = 1_000_000.0
+
+
+def allocation(service: str, kind: str = "web", **more: Any) -> Allocation:
+    values: dict[str, Any] = {
+        "project": "shop",
+        "env": "prod",
+        "service": service,
+        "generation": 2,
+        "droplets": ("web1", "web2", "web3"),
+        "port": 8100,
+        "image": "shop:1",
+        "command": None,
+        "memory_mb": 64,
+        "service_kind": kind,
+    }
+    return Allocation(**{**values, **more})
+
+
+def node(name: str, address: str, *instances: InstanceStatus, age: float = 1.0) -> NodeStatus:
+    return NodeStatus(
+        droplet=name,
+        address=address,
+        incarnation=1,
+        size="s-1vcpu-1gb",
+        roles=(),
+        instances=instances,
+        updated_at=NOW - age,
+    )
+
+
+def instance(service: str, healthy: bool = True, generation: int = 2) -> InstanceStatus:
+    return InstanceStatus(
+        project="shop",
+        env="prod",
+        service=service,
+        state=InstanceState.RUNNING if healthy else InstanceState.UNHEALTHY,
+        healthy=healthy,
+        restarts=0,
+        generation=generation,
+    )
+
+
+def test_only_healthy_current_instances_on_live_droplets_are_upstream_servers() -> None:
+    nodes = {
+        "web1": node("web1", "10.0.0.1", instance("backend")),
+        "web2": node("web2", "10.0.0.2", instance("backend", healthy=False)),
+        "web3": node("web3", "10.0.0.3", instance("backend"), age=60.0),  # stopped reporting
+        "web4": node("web4", "10.0.0.4", instance("backend")),  # not allocated there
+    }
+    (backend,) = upstreams([allocation("backend")], nodes, NOW)
+    assert backend == Upstream("shop", "prod", "backend", ("10.0.0.1:8100",))
+    assert (backend.name, backend.route) == ("shop_prod_backend", "/shop-prod/backend/")
+
+
+def test_an_old_generation_is_not_served_and_workers_and_datastores_never() -> None:
+    nodes = {
+        "web1": node(
+            "web1", "10.0.0.1", instance("backend", generation=1), instance("db"), instance("w")
+        )
+    }
+    found = upstreams(
+        [
+            allocation("backend"),
+            allocation("db", kind="database"),
+            allocation("w", kind="worker", port=None),
+        ],
+        nodes,
+        NOW,
+    )
+    assert found == (Upstream("shop", "prod", "backend", ()),)
+
+
+def test_a_project_with_domains_gets_a_site_whose_root_is_the_frontend() -> None:
+    service = ServiceSpec(name="frontend", kind=ServiceKind.WEB, memory_mb=32)
+    project = ProjectSpec(
+        name="shop",
+        servers=1,
+        master_size="s-1vcpu-1gb",
+        web_size="s-1vcpu-1gb",
+        services=(service,),
+        domains={"prod": ("shop.example.com",), "uat": ("uat.shop.example.com",)},
+    )
+    found = (
+        Upstream("shop", "prod", "backend", ("10.0.0.1:8100",)),
+        Upstream("shop", "prod", "frontend", ("10.0.0.1:9100",)),
+    )
+
+    (site,) = sites(DesiredState(projects=(project,)), found)  # uat has no web upstreams
+
+    assert (site.env, site.domains, site.root.service) == (
+        "prod",
+        ("shop.example.com",),
+        "frontend",
+    )
+    assert site.upstreams == found
