@@ -19,12 +19,14 @@ from typing import TypeVar
 from aiohttp import web
 
 from meshd.api import create_app
-from meshd.lease import LeaseKeeper, Term
+from meshd.balancer import Balancer
+from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.provisioner import Provisioner
 from meshd.reconciler import Reconciler
 from meshd.scheduler import Scheduler
+from meshd.spec import MASTER
 from meshd.store import Store, StoreUnavailable
 from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
@@ -36,6 +38,10 @@ from protocol.messages import Allocation, Message, NodeStatus
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+# The entry point moves within about 3 s of its holder's death: a short lease (NATS TTLs
+# are whole seconds), renewed four times a second.
+LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
+LB_HESITATE_S = 0.5
 M = TypeVar("M", bound=Message)
 
 
@@ -135,6 +141,7 @@ class Agent:
             )
             membership = Membership(store, self.identity, self.status, reconciler.observed)
             name = self.identity.name
+            balancer = Balancer(store, self.identity, self.config, provider, self.dir / "lb")
             keepers = [
                 LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)
                 for r in (
@@ -142,6 +149,18 @@ class Agent:
                     Provisioner(store, provider, self.config, name),
                 )
             ]
+            keepers.append(
+                LeaseKeeper(
+                    store,
+                    balancer.role,
+                    name,
+                    self.incarnation,
+                    balancer.lead,
+                    observer=self._observe,
+                    timing=LB_TIMING,
+                    hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
+                )
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(self._feed(store, reconciler), name="allocations")

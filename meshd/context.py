@@ -43,6 +43,7 @@ class Context:
     provider: dict[str, Any] = field(default_factory=dict)
     local: bool = False
     runtime: dict[str, Any] = field(default_factory=dict)  # the droplets' runtime section
+    entry_url: str | None = None  # the mesh's entry point (the lb holder's nginx)
 
     @property
     def state_dir(self) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshd.observe import STALE_AFTER_S
+from meshd.observe import healthy_servers
 from meshd.render import render
 from meshd.spec import DesiredState, ServiceKind
 from protocol.messages import Allocation, NodeStatus
@@ -63,22 +63,8 @@ def upstreams(
     for allocation in allocations:
         if allocation.service_kind != ServiceKind.WEB.value or allocation.port is None:
             continue
-        servers = []
-        for droplet in allocation.droplets:
-            node = nodes.get(droplet)
-            if node is None or now - node.updated_at >= STALE_AFTER_S:
-                continue
-            for instance in node.instances:
-                if (
-                    (instance.project, instance.env, instance.service)
-                    == (allocation.project, allocation.env, allocation.service)
-                    and instance.healthy
-                    and instance.generation == allocation.generation
-                ):
-                    servers.append(f"{node.address}:{allocation.port}")
-        result.append(
-            Upstream(allocation.project, allocation.env, allocation.service, tuple(sorted(servers)))
-        )
+        servers = tuple(healthy_servers(allocation, nodes, now))
+        result.append(Upstream(allocation.project, allocation.env, allocation.service, servers))
     return tuple(sorted(result, key=lambda u: (u.project, u.env, u.service)))
 
 

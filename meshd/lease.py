@@ -76,6 +76,7 @@ class LeaseKeeper:
         *,
         timing: LeaseTiming | None = None,
         observer: Observer | None = None,
+        hesitate: float = 0.0,
     ) -> None:
         self.store = store
         self.role = role
@@ -84,11 +85,14 @@ class LeaseKeeper:
         self.lead = lead
         self.timing = timing or LeaseTiming()
         self.observer = observer
+        self.hesitate = hesitate  # wait before each attempt: lets a preferred holder win
         self.term: Term | None = None
         self._key = subjects.lease_key(role)
 
     async def run(self) -> None:
         while True:
+            if self.hesitate:
+                await asyncio.sleep(self.hesitate)
             term = await self._acquire()
             if term is None:
                 await asyncio.sleep(self.timing.retry_every)

@@ -49,6 +49,7 @@ class MeshConfig:
     passwords: dict[str, str]
     provider: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
+    entry: dict[str, Any] = field(default_factory=dict)  # {"address", "port"}: the lb's
 
     @property
     def replicas(self) -> int:
@@ -68,6 +69,7 @@ class MeshConfig:
                 "passwords": self.passwords,
                 "provider": self.provider,
                 "runtime": self.runtime,
+                "entry": self.entry,
             },
             indent=2,
         )
@@ -81,6 +83,7 @@ class MeshConfig:
             passwords=dict(data["passwords"]),
             provider=dict(data.get("provider", {})),
             runtime=dict(data.get("runtime", {})),
+            entry=dict(data.get("entry", {})),
         )
 
 

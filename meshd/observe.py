@@ -37,7 +37,29 @@ def mesh_status(
         service_status(allocation, nodes, now)
         for allocation in sorted(allocations.values(), key=_service_order)
     ]
-    return {"droplets": droplets, "services": services}
+    lb = leases.get("lb")
+    return {"lb": lb.holder if lb else None, "droplets": droplets, "services": services}
+
+
+def healthy_servers(
+    allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
+) -> list[str]:
+    """`address:port` of the instances that run the allocation's current generation, pass
+    their health check and sit on a droplet that reports: what a load balancer may use."""
+    servers = []
+    for droplet in allocation.droplets:
+        node = nodes.get(droplet)
+        if node is None or now - node.updated_at >= STALE_AFTER_S:
+            continue
+        for instance in node.instances:
+            if (
+                (instance.project, instance.env, instance.service)
+                == (allocation.project, allocation.env, allocation.service)
+                and instance.healthy
+                and instance.generation == allocation.generation
+            ):
+                servers.append(f"{node.address}:{allocation.port}")
+    return sorted(servers)
 
 
 def service_status(
@@ -71,6 +93,11 @@ def service_status(
         "desired": len(allocation.droplets),
         "droplets": list(allocation.droplets),
         "generation": allocation.generation,
+        "upstream": (
+            healthy_servers(allocation, nodes, now)
+            if allocation.service_kind == "web" and allocation.port is not None
+            else None
+        ),
         "restarts": restarts,
         "errors": errors,
     }

@@ -32,28 +32,32 @@ def status(as_json: bool, watch: bool, context_name: str | None) -> None:
 
 
 async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
-    store = await connect(load_context(context_name))
+    context = load_context(context_name)
+    store = await connect(context)
     try:
         if as_json and not watch:
-            view = (await snapshot(store)).status()
+            view = {"entry_url": context.entry_url, **(await snapshot(store)).status()}
             view["events"] = [_event_data(e) for e in await store.recent_events(RECENT_EVENTS)]
             click.echo(json.dumps(view, indent=2))
             return
         if not watch:
-            console.print(await _render(store))
+            console.print(await _render(store, context.entry_url))
             return
-        with Live(await _render(store), console=console, refresh_per_second=2) as live:
+        first = await _render(store, context.entry_url)
+        with Live(first, console=console, refresh_per_second=2) as live:
             while True:
                 await asyncio.sleep(1)
-                live.update(await _render(store))
+                live.update(await _render(store, context.entry_url))
     finally:
         await store.close()
 
 
-async def _render(store: Store) -> Group:
+async def _render(store: Store, entry: str | None) -> Group:
     view = (await snapshot(store)).status()
     events = await store.recent_events(RECENT_EVENTS)
-    return Group(*status_tables(view), events_table(events))
+    where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"
+    header = f"Entry: [bold]{entry or 'none'}[/] (load balancer {where})"
+    return Group(header, *status_tables(view), events_table(events))
 
 
 def _event_data(event: Event) -> dict[str, Any]:

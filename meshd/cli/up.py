@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import shutil
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import click
 
+from meshd.balancer import entry_url
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import Context, NoMeshError, load_context, state_home
@@ -23,6 +25,7 @@ from plugins.providers import (
     DropletStatus,
     Provider,
     ProviderContext,
+    ReservedAddresses,
     UserDataWriter,
     load_provider,
 )
@@ -31,6 +34,8 @@ from protocol.errors import MeshError
 JOIN_TIMEOUT_S = 60.0
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
+ENTRY_PORT = 80  # the mesh's entry point (the lb holder's nginx), on the reserved address
+ENTRY_PORT_UNPRIVILEGED = 8000
 PODMAN_INIT = "/usr/libexec/podman/catatonit"
 
 
@@ -174,12 +179,18 @@ async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
                 )
             )
         cores = records[: core_count(count)]
+        entry: dict[str, Any] = {
+            "port": ENTRY_PORT if os.geteuid() == 0 else ENTRY_PORT_UNPRIVILEGED
+        }
+        if isinstance(provider, ReservedAddresses):
+            entry["address"] = await provider.reserve_address()
         config = MeshConfig(
             mesh=name,
             core=tuple(CoreServer(r.name, r.address) for r in cores),
             passwords=new_passwords(),
             provider=provider_config,
             runtime=runtime,
+            entry=entry,
         )
         if not isinstance(provider, UserDataWriter):
             raise MeshError(
@@ -202,6 +213,7 @@ async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
         provider=provider_config,
         local=True,
         runtime=runtime,
+        entry_url=entry_url(config, records[0].address),
     )
     context.save()
     return context

@@ -180,6 +180,23 @@ class UserDataWriter(Protocol):
     async def set_user_data(self, droplet_id: str, user_data: str) -> None: ...
 
 
+@runtime_checkable
+class ReservedAddresses(Protocol):
+    """Optional ability: the mesh's one public entry address, moved from droplet to droplet
+    (DigitalOcean's reserved IP; an extra loopback address for the local provider)."""
+
+    async def reserve_address(self) -> str:
+        """The account's reserved address for this mesh, created on first use."""
+        ...
+
+    async def assign_reserved_address(
+        self, address: str, droplet_id: str, *, fence: int | None
+    ) -> None:
+        """Point `address` at the droplet; refuse (StaleFence) a fence older than the last
+        assignment's."""
+        ...
+
+
 def load_provider(name: str, ctx: ProviderContext) -> Provider:
     """Import the provider called `name` and create it; raise UnknownProviderError if none is."""
     target = PROVIDERS.get(name)

@@ -62,6 +62,7 @@ PROBE_HOSTS = (2, 3, 4)
 PROBE_PORTS = (4222, 8080)
 BLOCK_ATTEMPTS = 50
 FIRST_HOST, LAST_HOST = 2, 254
+RESERVED_HOST = 1  # the mesh's entry address
 CONSOLE_CHARS = 500
 _BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
 _TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
@@ -149,6 +150,7 @@ class Account:
     block: str
     next_id: int = 1
     droplets: dict[str, DropletState]
+    reserved: dict[str, Any] | None = None  # {"address", "droplet", "fence"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Account:
@@ -156,7 +158,12 @@ class Account:
             key: DropletState(**{**value, "status": DropletStatus(value["status"])})
             for key, value in data["droplets"].items()
         }
-        return cls(block=data["block"], next_id=data["next_id"], droplets=droplets)
+        return cls(
+            block=data["block"],
+            next_id=data["next_id"],
+            droplets=droplets,
+            reserved=data.get("reserved"),
+        )
 
     def to_json(self) -> bytes:
         data = {"version": 1, **asdict(self)}
@@ -262,6 +269,41 @@ class LocalProvider:
             write_atomically(Path(state.dir) / USER_DATA_FILE, user_data.encode(), 0o600)
 
         await asyncio.to_thread(self._transact, change, "set_user_data", droplet_id, None)
+
+    async def reserve_address(self) -> str:
+        """`<block>.1`: droplets get addresses from `.2` on, so `.1` is free for the entry."""
+
+        def change(account: Account, _: DropletState | None) -> str:
+            if account.reserved is None:
+                account.reserved = {"address": f"{account.block}.{RESERVED_HOST}"}
+            return str(account.reserved["address"])
+
+        return await asyncio.to_thread(self._transact, change, "reserve_address", None, None)
+
+    async def assign_reserved_address(
+        self, address: str, droplet_id: str, *, fence: int | None
+    ) -> None:
+        """Bookkeeping, fenced like a droplet action: on loopback any process could listen on
+        the address, so the holder's load balancer is what actually moves it."""
+        action = f"assign reserved address {address} to droplet {droplet_id}"
+
+        def change(account: Account, state: DropletState | None) -> None:
+            assert state is not None
+            reserved = account.reserved or {}
+            if reserved.get("address") != address:
+                raise ProviderError(action, "not this account's reserved address")
+            seen = reserved.get("fence")
+            if fence is not None and seen is not None and fence < seen:
+                self._append_action("assign_reserved_address", state, fence, "refused: stale")
+                raise StaleFence(action, fence, seen)
+            account.reserved = {**reserved, "droplet": droplet_id, "fence": fence}
+
+        # The fence is checked against the address's own, not the droplet's: other leases
+        # (the provisioner's) fence actions on the same droplet.
+        await asyncio.to_thread(self._transact, change, "assign_reserved_address", droplet_id, None)
+        self._log.info(
+            "Reserved address assigned. address=%s id=%s fence=%s", address, droplet_id, fence
+        )
 
     async def destroy(self, droplet_id: str, *, fence: int | None) -> None:
         await asyncio.to_thread(self._transact, self._destroy_locked, "destroy", droplet_id, fence)

@@ -1,0 +1,111 @@
+"""The `lb` role on a real local mesh with real nginx: the entry address reaches every
+instance of a replicated service, an unhealthy instance leaves the upstream and comes back,
+and killing the lb holder moves the entry point to another droplet."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.mesh import (
+    LocalMesh,
+    hello,
+    http_get,
+    local_mesh,
+    wait_for,
+    write_project,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVICES: dict[str, Any] = {
+    "backend": hello(),
+    "frontend": {"enabled": False},
+    "database": {"enabled": False},
+    "redis": {"enabled": False},
+}
+
+
+@pytest.fixture(autouse=True)
+def nginx_installed() -> None:
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file():
+        return
+    reason = "nginx not installed (Debian: apt-get install nginx-light)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: nginx tests must run)")
+    pytest.skip(reason)
+
+
+def backend(mesh: LocalMesh) -> dict[str, Any]:
+    status = mesh.status()
+    return next(s for s in status["services"] if (s["env"], s["service"]) == ("prod", "backend"))
+
+
+def served_from(url: str) -> str | None:
+    try:
+        page = http_get(url)
+    except OSError:
+        return None
+    found = re.search(r"served from ([0-9.]+)", page)
+    return found.group(1) if found else None
+
+
+def instance_pid(mesh: LocalMesh, droplet: str, key: str) -> int:
+    import json
+
+    body = http_get(f"http://{mesh.address(droplet)}:8080/health")
+    (found,) = [
+        i
+        for i in json.loads(body)["instances"]
+        if f"{i['project']}.{i['env']}.{i['service']}" == key
+    ]
+    return int(found["runtime_id"])
+
+
+def test_the_entry_point_balances_follows_health_and_moves_with_its_holder(
+    tmp_path: Path,
+) -> None:
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+        status = mesh.status()
+        entry = status["entry_url"]
+        assert status["lb"] == "master"
+        url = f"{entry}/shop-prod/backend/"
+        members = backend(mesh)["upstream"]
+        assert len(members) == 2
+        addresses = {m.split(":")[0] for m in members}
+
+        # Through the entry point, every instance answers.
+        seen = wait_for(
+            lambda: {served_from(url) for _ in range(8)} >= addresses or None,
+            what="both instances behind the entry point",
+        )
+        assert seen
+        assert http_get(f"{entry}/health") == "healthy\n"
+
+        # A paused instance fails its health checks, leaves the upstream, comes back.
+        droplet = next(d for d in backend(mesh)["droplets"] if mesh.address(d) in addresses)
+        pid = instance_pid(mesh, droplet, "shop.prod.backend")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: len(backend(mesh)["upstream"]) == 1, timeout=60, what="it to leave")
+            remaining = backend(mesh)["upstream"][0].split(":")[0]
+            assert {served_from(url) for _ in range(4)} == {remaining}
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: len(backend(mesh)["upstream"]) == 2, timeout=60, what="it to return")
+
+        # The holder dies: another droplet takes the lease and the entry address.
+        master_group = next(
+            d["pgid"] for d in mesh.account["droplets"].values() if d["name"] == "master"
+        )
+        os.killpg(master_group, signal.SIGKILL)
+        wait_for(lambda: served_from(url) in addresses, timeout=30, what="the entry to serve again")
+        assert mesh.status()["lb"] not in (None, "master")
