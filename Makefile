@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean nginx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # A local mesh of three droplets running the example projects; `meshctl down --local` ends it.
 # On Docker the examples run from an image built FROM scratch with a static busybox.
-demo: $(STAMP) examples/app/busybox
+demo: $(STAMP) examples/app/busybox nginx
 	$(BIN)/meshctl up --local --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
 	$(BIN)/meshctl publish examples/projects.csv --wait
 	$(BIN)/meshctl status
@@ -34,6 +34,17 @@ examples/app/busybox:
 			"the demo runs its services as processes."; \
 	fi
 
+# The entry point's load balancer: Debian's nginx-light, installed when missing and run as
+# root; without it the mesh runs but has no entry point (`meshctl events` says so).
+nginx:
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -qq nginx-light >/dev/null; \
+		else \
+			echo "No nginx (Debian/Ubuntu: apt-get install nginx-light): no entry point."; \
+		fi; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,6 +58,8 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/converge.py
+	$(BIN)/python bench/instance_start.py
+	$(BIN)/python bench/lb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

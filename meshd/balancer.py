@@ -20,7 +20,7 @@ from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.meshconfig import DropletIdentity, MeshConfig
 from meshd.spec import DesiredState
-from meshd.store import Store
+from meshd.store import Store, StoreUnavailable
 from plugins.lb import ConfigRejected, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
@@ -94,7 +94,13 @@ class Balancer:
         )
 
     async def balance(self, term: Term, lb: LoadBalancer) -> None:
-        nodes, allocations, state = await self._observed()
+        try:
+            nodes, allocations, state = await self._observed()
+        except StoreUnavailable as err:
+            # Keep serving what runs; the next change or resync renders again.
+            log.warning("Observed state unreadable; keeping the configuration. error=%s", err)
+            await lb.ensure_running()
+            return
         found = upstreams(allocations.values(), nodes, time.time())
         text = render_nginx(
             LbConfig(

@@ -1,0 +1,172 @@
+"""The entry point under faults. Prints one JSON object.
+
+A local mesh of 3 droplets (process runtime) runs one project whose backend has two
+instances behind the lb holder's nginx. A bounded request loop (loopback only, every 20 ms)
+runs through the entry address while: one backend instance is SIGKILLed (`crash_failed_gets`:
+requests that failed; nginx retries on the other instance) and the lb holder's droplet is
+SIGKILLed (`lb_failover_gap_s`: from the kill to the first good answer after it, and
+`lb_failover_failed`). `reload_ms` is the median time the nginx plugin takes to test and
+reload a changed configuration. `rolling_restart_failed` is null until `meshctl restart`
+exists. Needs nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MESHCTL = str(Path(sys.executable).parent / "meshctl")
+HELLO = ROOT / "examples" / "app" / "hello.py"
+INTERVAL_S = 0.02
+
+
+def meshctl(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [MESHCTL, *args], env=env, check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    return done.stdout
+
+
+class Requests:
+    """GETs `url` every INTERVAL_S in a thread, recording (time, ok)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.results: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Requests:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as response:  # noqa: S310
+                    ok = response.status == 200
+            except OSError:
+                ok = False
+            self.results.append((time.monotonic(), ok))
+            time.sleep(INTERVAL_S)
+
+    def failed(self) -> int:
+        return sum(1 for _, ok in self.results if not ok)
+
+
+def instance_pid(address: str, key: str) -> int:
+    with urllib.request.urlopen(f"http://{address}:8080/health", timeout=2) as r:  # noqa: S310
+        body = json.load(r)
+    for i in body["instances"]:
+        if f"{i['project']}.{i['env']}.{i['service']}" == key:
+            return int(i["runtime_id"])
+    raise LookupError(key)
+
+
+def reload_ms(directory: Path) -> float:
+    from meshd.lbconfig import LbConfig, Upstream, render_nginx
+    from plugins.lb import LbContext
+    from plugins.lb.nginx import NginxLoadBalancer
+
+    async def measure() -> float:
+        lb = NginxLoadBalancer(LbContext(directory=directory))
+        timings = []
+        try:
+            for i in range(11):
+                upstream = Upstream("shop", "prod", "backend", (f"127.0.0.1:{9000 + i}",))
+                text = render_nginx(LbConfig("127.0.0.1:18123", str(directory), (upstream,)))
+                started = time.perf_counter()
+                await lb.apply(text)
+                timings.append(time.perf_counter() - started)
+        finally:
+            await lb.stop()
+        return statistics.median(timings[1:]) * 1000  # the first one starts nginx
+
+    return round(asyncio.run(measure()), 1)
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="meshd-bench-lb-"))
+    env = dict(
+        os.environ,
+        MESHD_CONFIG_HOME=str(home / "config"),
+        MESHD_STATE_HOME=str(home / "state"),
+        NO_COLOR="1",
+    )
+    (home / "projects.csv").write_text(
+        "Project,Servers,MasterSpec,WebSpec\nshop,3,s-1vcpu-2gb,s-1vcpu-1gb\n"
+    )
+    run = f"python3 {HELLO}"
+    services = {
+        "backend": {"command": run},
+        "frontend": {"enabled": False},
+        "database": {"enabled": False},
+        "redis": {"enabled": False},
+    }
+    config = {"projects": {"shop": {"services": services}}}
+    (home / "deployment_config.json").write_text(json.dumps(config))
+    result: dict[str, Any] = {"rolling_restart_failed": None}
+    try:
+        meshctl(env, "up", "--local", "--name", "bench", "--runtime", "process")
+        meshctl(env, "publish", str(home / "projects.csv"), "--wait")
+        status = json.loads(meshctl(env, "status", "--json"))
+        url = f"{status['entry_url']}/shop-prod/backend/"
+        account = json.loads((home / "state" / "bench" / "provider" / "account.json").read_text())
+        droplets = {d["name"]: d for d in account["droplets"].values()}
+        backend = next(
+            s for s in status["services"] if s["service"] == "backend" and s["env"] == "prod"
+        )
+        victim = droplets[backend["droplets"][0]]["address"]
+        time.sleep(1)
+
+        with Requests(url) as crash:
+            time.sleep(1)
+            os.kill(instance_pid(victim, "shop.prod.backend"), signal.SIGKILL)
+            time.sleep(3)
+        result["crash_failed_gets"] = crash.failed()
+        result["crash_requests"] = len(crash.results)
+
+        with Requests(url) as failover:
+            time.sleep(1)
+            killed = time.monotonic()
+            os.killpg(droplets["master"]["pgid"], signal.SIGKILL)
+            deadline = killed + 30
+            back = None
+            while time.monotonic() < deadline and back is None:
+                time.sleep(0.1)
+                back = next((t for t, ok in failover.results if t > killed and ok), None)
+            time.sleep(0.5)
+        failed_after = [t for t, ok in failover.results if t > killed and not ok]
+        result["lb_failover_gap_s"] = round(back - killed, 2) if back else None
+        result["lb_failover_failed"] = len(failed_after)
+        result["reload_ms"] = reload_ms(home / "reload")
+    finally:
+        subprocess.run(
+            [MESHCTL, "down", "--local", "--name", "bench"],
+            env=env,
+            capture_output=True,
+            check=False,
+            cwd=ROOT,
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
