@@ -93,7 +93,11 @@ class LeaseKeeper:
         while True:
             if self.hesitate:
                 await asyncio.sleep(self.hesitate)
-            term = await self._acquire()
+            try:
+                term = await self._acquire()
+            except Exception as err:  # whatever NATS answered, the keeper must keep trying
+                log.warning("Lease attempt failed. role=%s error=%r", self.role, err)
+                term = None
             if term is None:
                 await asyncio.sleep(self.timing.retry_every)
                 continue
@@ -171,6 +175,9 @@ class LeaseKeeper:
             return
         except (StoreUnavailable, TimeoutError):
             return  # retried on the next tick until the deadline passes
+        except Exception as err:  # an unexpected answer is a failed renewal, not a crash
+            log.warning("Lease renewal failed. role=%s error=%r", self.role, err)
+            return
         term.deadline = started + self.timing.ttl - self.timing.margin
 
     async def _release(self, term: Term) -> None:
