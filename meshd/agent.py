@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +20,7 @@ from aiohttp import web
 from meshd.api import create_app
 from meshd.balancer import Balancer
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.provisioner import Provisioner
@@ -32,8 +32,6 @@ from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
-from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import Allocation, Message, NodeStatus
 
 log = logging.getLogger(__name__)
@@ -173,7 +171,7 @@ class Agent:
 
     async def _feed(self, store: Store, reconciler: Reconciler) -> None:
         """Allocations from KV to the reconciler."""
-        await _follow(store, subjects.ALLOC_BUCKET, Allocation, reconciler.apply)
+        await follow(store, subjects.ALLOC_BUCKET, Allocation, reconciler.apply)
 
     async def _addresses(self, store: Store, reconciler: Reconciler) -> None:
         """Droplet addresses from `mesh_nodes` to the reconciler (host variables)."""
@@ -181,44 +179,7 @@ class Agent:
         async def publish(nodes: dict[str, NodeStatus]) -> None:
             await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 
-        await _follow(store, subjects.NODES_BUCKET, NodeStatus, publish)
-
-
-async def _follow(
-    store: Store,
-    bucket: str,
-    kind: type[M],
-    publish: Callable[[dict[str, M]], Awaitable[None]],
-) -> None:
-    """Keep the decoded values of a bucket and hand them to `publish` once the initial values
-    are in and after every change; watch again after any interruption."""
-    while True:
-        values: dict[str, M] = {}
-        ready = False
-        try:
-            async for entry in store.watch(bucket):
-                if entry is None:
-                    ready = True
-                elif entry.value is None:
-                    values.pop(entry.key, None)
-                else:
-                    try:
-                        values[entry.key] = decode(entry.value, kind)
-                    except ProtocolError as err:
-                        log.error(
-                            "Invalid entry ignored. bucket=%s key=%s error=%s",
-                            bucket,
-                            entry.key,
-                            err,
-                        )
-                        continue
-                if ready:
-                    await publish(values)
-        except StoreUnavailable as err:
-            log.info("Watch interrupted. bucket=%s error=%s", bucket, err)
-        except Exception as err:  # the watch must come back whatever NATS did
-            log.warning("Watch failed. bucket=%s error=%s", bucket, err)
-        await asyncio.sleep(RETRY_S)
+        await follow(store, subjects.NODES_BUCKET, NodeStatus, publish)
 
 
 async def run_agent(droplet_dir: Path) -> None:

@@ -10,22 +10,21 @@ holder listens on the entry address.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from meshd.lbconfig import LbConfig, render_nginx, sites, upstreams
 from meshd.lease import Term
-from meshd.loops import repeat_on_changes
+from meshd.loops import SETTLE_S, follow
 from meshd.meshconfig import DropletIdentity, MeshConfig
 from meshd.spec import DesiredState
-from meshd.store import Store, StoreUnavailable
+from meshd.store import Store
 from plugins.lb import ConfigRejected, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
-from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import Allocation, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage
 
@@ -69,15 +68,37 @@ class Balancer:
             self.lb_name,
             LbContext(directory=self.directory, logger=logging.getLogger("plugins.lb")),
         )
+        view = _View()
+        mirrors = [
+            asyncio.create_task(follow(self.store, subjects.NODES_BUCKET, NodeStatus, view.nodes)),
+            asyncio.create_task(
+                follow(self.store, subjects.ALLOC_BUCKET, Allocation, view.allocations)
+            ),
+            asyncio.create_task(
+                follow(
+                    self.store,
+                    subjects.DESIRED_BUCKET,
+                    DesiredMessage,
+                    view.desired,
+                    keys=subjects.DESIRED_KEY,
+                )
+            ),
+        ]
         try:
             await self._take_address(term)
-            watched = [
-                (subjects.NODES_BUCKET, ">"),
-                (subjects.ALLOC_BUCKET, ">"),
-                (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
-            ]
-            await repeat_on_changes(self.store, watched, lambda: self.balance(term, lb), RESYNC_S)
+            while True:
+                view.changed.clear()
+                if view.ready:
+                    await self.balance(term, lb, view)
+                else:
+                    await lb.ensure_running()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(view.changed.wait(), RESYNC_S)
+                await asyncio.sleep(SETTLE_S)
         finally:
+            for mirror in mirrors:
+                mirror.cancel()
+            await asyncio.gather(*mirrors, return_exceptions=True)
             await lb.stop()
 
     async def _take_address(self, term: Term) -> None:
@@ -93,21 +114,15 @@ class Balancer:
             fence=term.fence,
         )
 
-    async def balance(self, term: Term, lb: LoadBalancer) -> None:
-        try:
-            nodes, allocations, state = await self._observed()
-        except StoreUnavailable as err:
-            # Keep serving what runs; the next change or resync renders again.
-            log.warning("Observed state unreadable; keeping the configuration. error=%s", err)
-            await lb.ensure_running()
-            return
-        found = upstreams(allocations.values(), nodes, time.time())
+    async def balance(self, term: Term, lb: LoadBalancer, view: _View) -> None:
+        """Render from the mirrored state (kept by watches: no reads per change) and apply."""
+        found = upstreams(view.by_key.values(), view.by_name, time.time())
         text = render_nginx(
             LbConfig(
                 listen=self.listen,
                 run_dir=str(lb.run_dir),
                 upstreams=found,
-                sites=sites(state, found) if state else (),
+                sites=sites(view.state, found) if view.state else (),
             )
         )
         term.check()
@@ -128,27 +143,38 @@ class Balancer:
                     name, self.identity.name, self.listen, {"error": err.reason}, term.fence
                 )
 
-    async def _observed(
-        self,
-    ) -> tuple[dict[str, NodeStatus], dict[str, Allocation], DesiredState | None]:
-        nodes = await self._decoded(subjects.NODES_BUCKET, NodeStatus)
-        allocations = await self._decoded(subjects.ALLOC_BUCKET, Allocation)
-        state = None
-        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
-        if entry is not None and entry.value is not None:
-            try:
-                state = DesiredState.from_data(decode(entry.value, DesiredMessage).spec)
-            except (ProtocolError, KeyError, TypeError, ValueError) as err:
-                log.warning("Desired state unreadable; no domains. error=%s", err)
-        return nodes, allocations, state
 
-    async def _decoded(self, bucket: str, kind: Any) -> dict[str, Any]:
-        result = {}
-        for key, entry in (await self.store.entries(bucket)).items():
-            if entry.value is None:
-                continue
-            try:
-                result[key] = decode(entry.value, kind)
-            except ProtocolError as err:
-                log.warning("Invalid entry ignored. bucket=%s key=%s error=%s", bucket, key, err)
-        return result
+class _View:
+    """What the balancer renders from: decoded node statuses, allocations and desired state,
+    replaced whole by `follow` after each change."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, NodeStatus] = {}
+        self.by_key: dict[str, Allocation] = {}
+        self.state: DesiredState | None = None
+        self.changed = asyncio.Event()
+        self._seen: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        return {"nodes", "allocations"} <= self._seen
+
+    async def nodes(self, values: dict[str, NodeStatus]) -> None:
+        self.by_name = dict(values)
+        self._arrived("nodes")
+
+    async def allocations(self, values: dict[str, Allocation]) -> None:
+        self.by_key = dict(values)
+        self._arrived("allocations")
+
+    async def desired(self, values: dict[str, DesiredMessage]) -> None:
+        message = values.get(subjects.DESIRED_KEY)
+        try:
+            self.state = DesiredState.from_data(message.spec) if message else None
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("Desired state unreadable; no domains. error=%s", err)
+        self._arrived("desired")
+
+    def _arrived(self, what: str) -> None:
+        self._seen.add(what)
+        self.changed.set()

@@ -1,15 +1,23 @@
-"""The loop every leader role runs: act, then wait for a change of one KV key (or a resync
-period), then act again."""
+"""The loops agents run on KV: act on every change of some keys (or a resync period), and
+mirror a bucket's decoded values."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from meshd.store import Store
+from meshd.store import Store, StoreUnavailable
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Message
 
+log = logging.getLogger(__name__)
 SETTLE_S = 0.2  # let a burst of changes land before acting on it
+RETRY_S = 1.0
+M = TypeVar("M", bound=Message)
 
 
 async def repeat_on_change(
@@ -47,3 +55,41 @@ async def repeat_on_changes(
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def follow(
+    store: Store,
+    bucket: str,
+    kind: type[M],
+    publish: Callable[[dict[str, M]], Awaitable[None]],
+    keys: str = ">",
+) -> None:
+    """Keep the decoded values of a bucket and hand them to `publish` once the initial values
+    are in and after every change; watch again after any interruption."""
+    while True:
+        values: dict[str, M] = {}
+        ready = False
+        try:
+            async for entry in store.watch(bucket, keys):
+                if entry is None:
+                    ready = True
+                elif entry.value is None:
+                    values.pop(entry.key, None)
+                else:
+                    try:
+                        values[entry.key] = decode(entry.value, kind)
+                    except ProtocolError as err:
+                        log.error(
+                            "Invalid entry ignored. bucket=%s key=%s error=%s",
+                            bucket,
+                            entry.key,
+                            err,
+                        )
+                        continue
+                if ready:
+                    await publish(values)
+        except StoreUnavailable as err:
+            log.info("Watch interrupted. bucket=%s error=%s", bucket, err)
+        except Exception as err:  # the watch must come back whatever NATS did
+            log.warning("Watch failed. bucket=%s error=%s", bucket, err)
+        await asyncio.sleep(RETRY_S)
