@@ -130,7 +130,17 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             str(d["instances"]),
         )
     services = _table("Services")
-    columns = ("Project", "Env", "Service", "Port", "Healthy", "Restarts", "Droplets", "Last error")
+    columns = (
+        "Project",
+        "Env",
+        "Service",
+        "Port",
+        "Healthy",
+        "Restarts",
+        "Droplets",
+        "Upstream",
+        "Last error",
+    )
     for column in columns:
         services.add_column(column)
     for s in view["services"]:
@@ -144,6 +154,7 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             f"[green]{count}[/]" if ok else f"[red]{count}[/]",
             str(s.get("restarts", 0)),
             ", ".join(s["droplets"]),
+            "-" if s.get("upstream") is None else ", ".join(s["upstream"]) or "[red]none[/]",
             escape(s["errors"][0]) if s["errors"] else "",
         )
     return [droplets, services]
