@@ -30,12 +30,6 @@ from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
 RESYNC_S = 2.0
-DEFAULT_ENTRY_PORT = 80
-
-
-def entry_url(config: MeshConfig, fallback_address: str) -> str:
-    address = config.entry.get("address") or fallback_address
-    return f"http://{address}:{config.entry.get('port', DEFAULT_ENTRY_PORT)}"
 
 
 class Balancer:
@@ -60,8 +54,7 @@ class Balancer:
 
     @property
     def listen(self) -> str:
-        address = self.config.entry.get("address") or self.identity.address
-        return f"{address}:{self.config.entry.get('port', DEFAULT_ENTRY_PORT)}"
+        return self.config.entry_listen(self.identity.address)
 
     async def lead(self, term: Term) -> None:
         lb = load_lb(
@@ -110,7 +103,7 @@ class Balancer:
             "entry_assigned",
             self.identity.name,
             self.listen,
-            {"url": entry_url(self.config, self.identity.address)},
+            {"url": self.config.entry_url(self.identity.address)},
             fence=term.fence,
         )
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from meshd.environment import resolve_hosts
-from meshd.reconciler import instance_spec
+from meshd.environment import instance_spec, resolve_hosts
 from meshd.render import render
 from plugins.runtimes.containers import (
     ContainerSpec,

@@ -34,6 +34,9 @@ def new_passwords() -> dict[str, str]:
     return {user: secrets.token_urlsafe(24) for user in USERS}
 
 
+DEFAULT_ENTRY_PORT = 80
+
+
 @dataclass(frozen=True, slots=True)
 class CoreServer:
     name: str
@@ -50,6 +53,14 @@ class MeshConfig:
     provider: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)  # {"address", "port"}: the lb's
+
+    def entry_listen(self, fallback_address: str) -> str:
+        """`address:port` of the mesh's entry point; the reserved address, else `fallback`."""
+        address = self.entry.get("address") or fallback_address
+        return f"{address}:{self.entry.get('port', DEFAULT_ENTRY_PORT)}"
+
+    def entry_url(self, fallback_address: str) -> str:
+        return f"http://{self.entry_listen(fallback_address)}"
 
     @property
     def replicas(self) -> int:

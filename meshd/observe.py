@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from protocol.messages import Allocation, Lease, NodeStatus
+from protocol.messages import Allocation, InstanceStatus, Lease, NodeStatus
 
 STALE_AFTER_S = 15.0
 
@@ -41,25 +41,34 @@ def mesh_status(
     return {"lb": lb.holder if lb else None, "droplets": droplets, "services": services}
 
 
-def healthy_servers(
+def live_instances(
     allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
-) -> list[str]:
-    """`address:port` of the instances that run the allocation's current generation, pass
-    their health check and sit on a droplet that reports: what a load balancer may use."""
-    servers = []
+) -> Iterator[tuple[NodeStatus, InstanceStatus]]:
+    """The allocation's instances as reported by its droplets that still report."""
+    key = (allocation.project, allocation.env, allocation.service)
     for droplet in allocation.droplets:
         node = nodes.get(droplet)
         if node is None or now - node.updated_at >= STALE_AFTER_S:
             continue
         for instance in node.instances:
-            if (
-                (instance.project, instance.env, instance.service)
-                == (allocation.project, allocation.env, allocation.service)
-                and instance.healthy
-                and instance.generation == allocation.generation
-            ):
-                servers.append(f"{node.address}:{allocation.port}")
-    return sorted(servers)
+            if (instance.project, instance.env, instance.service) == key:
+                yield node, instance
+
+
+def serves(instance: InstanceStatus, allocation: Allocation) -> bool:
+    return instance.healthy and instance.generation == allocation.generation
+
+
+def healthy_servers(
+    allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
+) -> list[str]:
+    """`address:port` of the instances that run the allocation's current generation, pass
+    their health check and sit on a droplet that reports: what a load balancer may use."""
+    return sorted(
+        f"{node.address}:{allocation.port}"
+        for node, instance in live_instances(allocation, nodes, now)
+        if serves(instance, allocation)
+    )
 
 
 def service_status(
@@ -68,22 +77,12 @@ def service_status(
     healthy = 0
     restarts = 0
     errors = []
-    for droplet in allocation.droplets:
-        node = nodes.get(droplet)
-        if node is None or now - node.updated_at >= STALE_AFTER_S:
-            continue
-        for instance in node.instances:
-            if (instance.project, instance.env, instance.service) != (
-                allocation.project,
-                allocation.env,
-                allocation.service,
-            ):
-                continue
-            restarts += instance.restarts
-            if instance.healthy and instance.generation == allocation.generation:
-                healthy += 1
-            elif instance.last_error:
-                errors.append(f"{droplet}: {instance.last_error}")
+    for node, instance in live_instances(allocation, nodes, now):
+        restarts += instance.restarts
+        if serves(instance, allocation):
+            healthy += 1
+        elif instance.last_error:
+            errors.append(f"{node.droplet}: {instance.last_error}")
     return {
         "project": allocation.project,
         "env": allocation.env,

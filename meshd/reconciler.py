@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
-from meshd.environment import resolve_hosts
+from meshd.environment import instance_spec, resolve_hosts
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -395,32 +395,6 @@ class Reconciler:
                 )
             )
         return tuple(result)
-
-
-def instance_spec(
-    allocation: Allocation, address: str, hosts: Mapping[str, str], secrets: dict[str, bytes]
-) -> InstanceSpec:
-    """What the runtime of the droplet at `address` runs for `allocation`; `hosts` are the
-    resolved host variables."""
-    return InstanceSpec(
-        project=allocation.project,
-        env=allocation.env,
-        service=allocation.service,
-        generation=allocation.generation,
-        host=address,
-        port=allocation.port,
-        command=allocation.command,
-        image=allocation.image,
-        env_vars={**allocation.env_vars, **hosts},
-        secrets=secrets,
-        memory_mb=allocation.memory_mb,
-        health_path=allocation.health_path,
-        service_kind=allocation.service_kind,
-        process_command=allocation.process_command,
-        build_context=allocation.build_context,
-        dockerfile=allocation.dockerfile,
-        data_path=allocation.data_path,
-    )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from aiohttp import web
 from meshd.lbconfig import LbConfig, Site, Upstream, render_nginx
 from plugins.lb import ConfigRejected, LbContext
 from plugins.lb.nginx import NginxLoadBalancer
+from tests.support import nginx_binary
 
 pytestmark = pytest.mark.integration
 ADDRESS = "127.0.0.1"
@@ -31,17 +31,9 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
-    )
-    if found is None:
-        reason = "nginx not installed (Debian: apt-get install nginx-light)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: nginx tests must run)")
-        pytest.skip(reason)
-    return found
+@pytest.fixture(name="nginx_binary")
+def nginx_binary_fixture() -> str:
+    return nginx_binary()
 
 
 @pytest.fixture

@@ -40,13 +40,6 @@ def instances(mesh: LocalMesh, droplet: str) -> dict[str, Any]:
     return {f"{i['project']}.{i['env']}.{i['service']}": i for i in json.loads(body)["instances"]}
 
 
-def converged(mesh: LocalMesh) -> bool:
-    status = mesh.status()
-    return bool(status["services"]) and all(
-        s["healthy"] == s["desired"] for s in status["services"]
-    )
-
-
 def test_publish_starts_every_instance_and_each_answers_on_its_droplet(tmp_path: Path) -> None:
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], WEB_ONLY)
     with local_mesh(tmp_path / "mesh") as mesh:
@@ -76,7 +69,7 @@ def test_republish_with_a_change_restarts_only_what_changed(tmp_path: Path) -> N
             {**WEB_ONLY, "frontend": hello("--port-from", "SERVICE_PORT")},
         )
         mesh.ok("publish", csv, "--deploy-config", config, "--wait")
-        wait_for(lambda: converged(mesh), what="convergence after republish")
+        wait_for(mesh.converged, what="convergence after republish")
         after = instances(mesh, "master")
         for key, instance in after.items():
             if key.endswith(".backend"):
@@ -131,17 +124,10 @@ def test_agent_restart_keeps_instances_running_with_the_same_pids(tmp_path: Path
         before = {k: v["runtime_id"] for k, v in instances(mesh, "master").items()}
         agent = mesh.pid_of("master", "agent")
         os.kill(agent, signal.SIGKILL)
-        wait_for(lambda: _new_agent(mesh, agent), what="the agent to be restarted")
-        wait_for(lambda: converged(mesh), what="convergence after agent restart")
+        wait_for(lambda: mesh.agent_replaced("master", agent), what="the agent to be restarted")
+        wait_for(mesh.converged, what="convergence after agent restart")
         after = {k: v["runtime_id"] for k, v in instances(mesh, "master").items()}
         assert after == before
-
-
-def _new_agent(mesh: LocalMesh, old: int) -> bool:
-    try:
-        return mesh.pid_of("master", "agent") != old
-    except LookupError:
-        return False
 
 
 def test_an_instance_that_hangs_is_restarted(tmp_path: Path) -> None:
@@ -183,7 +169,7 @@ def test_instances_keep_serving_and_heal_with_every_nats_server_down(tmp_path: P
             assert unreachable.returncode == 1
         finally:
             os.kill(nats, signal.SIGCONT)
-        wait_for(lambda: converged(mesh), what="convergence once NATS is back")
+        wait_for(mesh.converged, what="convergence once NATS is back")
 
 
 def instances_when_up(mesh: LocalMesh) -> dict[str, Any]:

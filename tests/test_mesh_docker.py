@@ -67,13 +67,6 @@ def service(status: dict[str, Any], env: str, name: str) -> dict[str, Any]:
     return next(s for s in status["services"] if (s["env"], s["service"]) == (env, name))
 
 
-def converged(mesh: LocalMesh) -> bool:
-    status = mesh.status()
-    return bool(status["services"]) and all(
-        s["healthy"] == s["desired"] for s in status["services"]
-    )
-
-
 def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
     tmp_path: Path, docker_engine: Any
 ) -> None:
@@ -127,14 +120,14 @@ def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
                 lambda: service(mesh.status(), "prod", "backend")["restarts"] >= 1,
                 what="the restart to be reported",
             )
-            wait_for(lambda: converged(mesh), what="the restarted backend to be healthy")
+            wait_for(mesh.converged, what="the restarted backend to be healthy")
 
             # A new agent adopts every container as it is.
             ids = {k: c.id for k, c in containers(docker_engine, name).items()}
             agent = mesh.pid_of("master", "agent")
             os.kill(agent, signal.SIGKILL)
-            wait_for(lambda: _new_agent(mesh, agent), what="the agent to be restarted")
-            wait_for(lambda: converged(mesh), what="convergence after the agent restart")
+            wait_for(lambda: mesh.agent_replaced("master", agent), what="the agent to be restarted")
+            wait_for(mesh.converged, what="convergence after the agent restart")
             assert {k: c.id for k, c in containers(docker_engine, name).items()} == ids
 
             # Republished without the worker: its containers go (after a grace period).
@@ -208,10 +201,3 @@ def assert_compose_shows(mesh: LocalMesh, running: dict[str, Any]) -> None:
             assert shown["container_name"] == container.name
             assert shown["image"] == container.attrs["Config"]["Image"]
             assert shown["labels"] == container.labels
-
-
-def _new_agent(mesh: LocalMesh, old: int) -> bool:
-    try:
-        return mesh.pid_of("master", "agent") != old
-    except LookupError:
-        return False

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import nginx_binary
 from tests.support.mesh import (
     LocalMesh,
     hello,
@@ -34,12 +34,7 @@ SERVICES: dict[str, Any] = {
 
 @pytest.fixture(autouse=True)
 def nginx_installed() -> None:
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file():
-        return
-    reason = "nginx not installed (Debian: apt-get install nginx-light)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: nginx tests must run)")
-    pytest.skip(reason)
+    nginx_binary()
 
 
 def backend(mesh: LocalMesh) -> dict[str, Any]:

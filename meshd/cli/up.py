@@ -13,11 +13,16 @@ from typing import Any
 
 import click
 
-from meshd.balancer import entry_url
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import Context, NoMeshError, load_context, state_home
-from meshd.meshconfig import CoreServer, MeshConfig, core_count, new_passwords
+from meshd.meshconfig import (
+    DEFAULT_ENTRY_PORT,
+    CoreServer,
+    MeshConfig,
+    core_count,
+    new_passwords,
+)
 from meshd.provisioner import CORE_TAG, mesh_tag
 from meshd.store import StoreUnavailable
 from plugins.providers import (
@@ -34,8 +39,7 @@ from protocol.errors import MeshError
 JOIN_TIMEOUT_S = 60.0
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
-ENTRY_PORT = 80  # the mesh's entry point (the lb holder's nginx), on the reserved address
-ENTRY_PORT_UNPRIVILEGED = 8000
+ENTRY_PORT_UNPRIVILEGED = 8000  # the entry point's port when `up` cannot bind port 80
 PODMAN_INIT = "/usr/libexec/podman/catatonit"
 
 
@@ -180,7 +184,7 @@ async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
             )
         cores = records[: core_count(count)]
         entry: dict[str, Any] = {
-            "port": ENTRY_PORT if os.geteuid() == 0 else ENTRY_PORT_UNPRIVILEGED
+            "port": DEFAULT_ENTRY_PORT if os.geteuid() == 0 else ENTRY_PORT_UNPRIVILEGED
         }
         if isinstance(provider, ReservedAddresses):
             entry["address"] = await provider.reserve_address()
@@ -213,7 +217,7 @@ async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
         provider=provider_config,
         local=True,
         runtime=runtime,
-        entry_url=entry_url(config, records[0].address),
+        entry_url=config.entry_url(records[0].address),
     )
     context.save()
     return context

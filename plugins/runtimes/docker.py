@@ -196,12 +196,7 @@ class DockerRuntime:
         with self._client_lock:
             if self._client is None:
                 try:
-                    if self._host:
-                        self._client = docker.DockerClient(
-                            base_url=self._host, timeout=self._timeout
-                        )
-                    else:
-                        self._client = docker.from_env(timeout=self._timeout)
+                    self._client = engine_client(self._host, self._timeout)
                 except docker.errors.DockerException as err:
                     where = self._host or os.environ.get("DOCKER_HOST", "the local socket")
                     raise RuntimeUnavailable(
@@ -520,14 +515,18 @@ def _short(err: Exception) -> str:
     return str(err).splitlines()[0][:DETAIL_CHARS] if str(err) else type(err).__name__
 
 
+def engine_client(docker_host: str | None, timeout: float) -> docker.DockerClient:
+    """A client of the engine at `docker_host`, else `DOCKER_HOST` or the local socket."""
+    if docker_host:
+        return docker.DockerClient(base_url=docker_host, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
 def engine_version(docker_host: str | None = None, timeout: float = 3.0) -> str | None:
     """What answers at `docker_host` (default: `DOCKER_HOST` or the local socket), like
     "Docker Engine 20.10.24" or "Podman Engine 4.3.1", or None if nothing does. Blocking."""
     try:
-        if docker_host:
-            client = docker.DockerClient(base_url=docker_host, timeout=timeout)
-        else:
-            client = docker.from_env(timeout=timeout)
+        client = engine_client(docker_host, timeout)
         try:
             version = client.version()
         finally:
@@ -548,11 +547,7 @@ def remove_objects(
     `mesh` (and `droplet`, if given); the number of objects removed. Blocking; for the local
     provider (a destroyed droplet runs nothing) and `meshctl down --local`."""
     try:
-        client = (
-            docker.DockerClient(base_url=docker_host, timeout=60)
-            if docker_host
-            else docker.from_env(timeout=60)
-        )
+        client = engine_client(docker_host, 60)
     except (docker.errors.DockerException, OSError):
         return 0  # no engine: nothing of ours can be running on it
     removed = 0

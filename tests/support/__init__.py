@@ -1,0 +1,26 @@
+"""Helpers shared by the tests: real components, started by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import NoReturn
+
+import pytest
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A real component the test needs is missing: skip on a laptop, fail in CI (`CI=true`),
+    where `.ci/run` installs every one."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.isfile("/usr/sbin/nginx") else None
+    )
+    if found is None:
+        unavailable("nginx not installed (Debian: apt-get install nginx-light)")
+    return found

@@ -5,7 +5,6 @@ in CI (`CI=true`), where `.ci/run` starts it. The test image is the examples' ow
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -14,17 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.support import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_APP = ROOT / "examples" / "app"
 BUSYBOX = Path("/bin/busybox")
 TEST_IMAGE = "meshd-test-busybox:1"
-
-
-def unavailable(reason: str) -> None:
-    """Skip on a laptop; fail in CI, where every real component must be there."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: Docker tests must run)")
-    pytest.skip(reason)
 
 
 def docker_client() -> Any:

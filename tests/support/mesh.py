@@ -102,6 +102,18 @@ class LocalMesh:
                 return int(proc.name)
         raise LookupError(f"no {role} running for {name}")
 
+    def converged(self) -> bool:
+        """Every service has as many healthy instances as it wants (and there are services)."""
+        services = self.status()["services"]
+        return bool(services) and all(s["healthy"] == s["desired"] for s in services)
+
+    def agent_replaced(self, droplet: str, old: int) -> bool:
+        """The droplet's agent runs again with another pid than `old`."""
+        try:
+            return self.pid_of(droplet, "agent") != old
+        except LookupError:
+            return False
+
     def keep_logs(self) -> None:
         """Copy every droplet's logs out of the state that `down` removes (for post-mortems)."""
         for droplet in self.account["droplets"].values():
