@@ -2,12 +2,13 @@
 
 A local mesh of 3 droplets (process runtime) runs one project whose backend has two
 instances behind the lb holder's nginx. A bounded request loop (loopback only, every 20 ms)
-runs through the entry address while: one backend instance is SIGKILLed (`crash_failed_gets`:
+runs through the entry address while: `meshctl restart` replaces both instances
+(`rolling_restart_failed`: requests that failed; `rolling_restart_s`: how long the command
+took, waiting included); one backend instance is SIGKILLed (`crash_failed_gets`:
 requests that failed; nginx retries on the other instance) and the lb holder's droplet is
 SIGKILLed (`lb_failover_gap_s`: from the kill to the first good answer after it, and
 `lb_failover_failed`). `reload_ms` is the median time the nginx plugin takes to test and
-reload a changed configuration. `rolling_restart_failed` is null until `meshctl restart`
-exists. Needs nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
+reload a changed configuration. Needs nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def main() -> None:
     }
     config = {"projects": {"shop": {"services": services}}}
     (home / "deployment_config.json").write_text(json.dumps(config))
-    result: dict[str, Any] = {"rolling_restart_failed": None}
+    result: dict[str, Any] = {}
     try:
         meshctl(env, "up", "--local", "--name", "bench", "--runtime", "process")
         meshctl(env, "publish", str(home / "projects.csv"), "--wait")
@@ -135,6 +136,15 @@ def main() -> None:
         )
         victim = droplets[backend["droplets"][0]]["address"]
         time.sleep(1)
+
+        with Requests(url) as rolling:
+            time.sleep(1)
+            started = time.monotonic()
+            meshctl(env, "restart", "shop", "prod", "backend")
+            result["rolling_restart_s"] = round(time.monotonic() - started, 1)
+            time.sleep(1)
+        result["rolling_restart_failed"] = rolling.failed()
+        result["rolling_restart_requests"] = len(rolling.results)
 
         with Requests(url) as crash:
             time.sleep(1)

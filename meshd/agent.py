@@ -120,6 +120,7 @@ class Agent:
             forever=True,
         )
         self.store = store
+        balancer: Balancer | None = None
         try:
             while True:
                 try:
@@ -137,7 +138,9 @@ class Agent:
                     logger=logging.getLogger("plugins.providers"),
                 ),
             )
-            membership = Membership(store, self.identity, self.status, reconciler.observed)
+            membership = Membership(
+                store, self.identity, self.status, reconciler.observed, reconciler.published
+            )
             name = self.identity.name
             balancer = Balancer(store, self.identity, self.config, provider, self.dir / "lb")
             keepers = [
@@ -166,6 +169,8 @@ class Agent:
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:
+            if balancer is not None:
+                await balancer.close()
             self.store = None
             await store.close()
 
@@ -174,9 +179,11 @@ class Agent:
         await follow(store, subjects.ALLOC_BUCKET, Allocation, reconciler.apply)
 
     async def _addresses(self, store: Store, reconciler: Reconciler) -> None:
-        """Droplet addresses from `mesh_nodes` to the reconciler (host variables)."""
+        """What droplets report, from `mesh_nodes` to the reconciler: their addresses (host
+        variables) and instances (rollouts take turns)."""
 
         async def publish(nodes: dict[str, NodeStatus]) -> None:
+            reconciler.set_peers(nodes)
             await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 
         await follow(store, subjects.NODES_BUCKET, NodeStatus, publish)

@@ -21,6 +21,10 @@ def _instance(status: Any) -> dict[str, Any]:
         "restarts": status.restarts,
         "last_error": status.last_error,
         "runtime_id": status.runtime_id,  # a pid (process) or a container id (docker)
+        "generation": status.generation,
+        "slot": status.slot,
+        "port": status.port,
+        "draining": status.draining,
     }
 
 

@@ -6,6 +6,12 @@ allocations or the desired state, and applies it: `nginx -t`, then a graceful re
 nothing when the text is what already runs. A configuration the server refuses never replaces
 the running one and is recorded as an event. Losing the lease stops the server, so only the
 holder listens on the entry address.
+
+A term that merely *expired* (no renewal got through: JetStream elects a new stream leader
+for a few seconds after a nats-server dies) keeps the server serving its last configuration
+for up to `LINGER_S`, until another holder's lease appears; taking the lease again picks the
+running server up. Without that, every death of a JetStream droplet would take the entry
+point down for the length of an election. Nothing is reloaded while lingering.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from meshd.store import Store
 from plugins.lb import ConfigRejected, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
-from protocol.messages import Allocation, NodeStatus
+from protocol.codec import decode
+from protocol.messages import Allocation, Lease, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
 RESYNC_S = 2.0
+RETRY_S = 0.25  # after the server could not apply a configuration (e.g. its address is busy)
+LINGER_S = 10.0  # longer than a JetStream leader election (about 5 s)
 
 
 class Balancer:
@@ -51,13 +60,14 @@ class Balancer:
         self.directory = directory
         self.lb_name = lb_name
         self._reported: str | None = None  # the last problem recorded, so it is said once
+        self._lingering: tuple[LoadBalancer, asyncio.Task[None]] | None = None
 
     @property
     def listen(self) -> str:
         return self.config.entry_listen(self.identity.address)
 
     async def lead(self, term: Term) -> None:
-        lb = load_lb(
+        lb = await self._pick_up() or load_lb(
             self.lb_name,
             LbContext(directory=self.directory, logger=logging.getLogger("plugins.lb")),
         )
@@ -81,17 +91,61 @@ class Balancer:
             await self._take_address(term)
             while True:
                 view.changed.clear()
+                applied = True
                 if view.ready:
-                    await self.balance(term, lb, view)
+                    applied = await self.balance(term, lb, view)
                 else:
                     await lb.ensure_running()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(view.changed.wait(), RESYNC_S)
+                    await asyncio.wait_for(view.changed.wait(), RESYNC_S if applied else RETRY_S)
                 await asyncio.sleep(SETTLE_S)
         finally:
             for mirror in mirrors:
                 mirror.cancel()
             await asyncio.gather(*mirrors, return_exceptions=True)
+            if term.expired:
+                log.warning("Lease expired; serving on until another holder shows up.")
+                self._lingering = (lb, asyncio.create_task(self._linger(lb)))
+            else:
+                await lb.stop()
+
+    async def _pick_up(self) -> LoadBalancer | None:
+        """The server still serving from an expired term, if any."""
+        if self._lingering is None:
+            return None
+        lb, lingering = self._lingering
+        self._lingering = None
+        lingering.cancel()
+        await asyncio.gather(lingering, return_exceptions=True)
+        return lb
+
+    async def _linger(self, lb: LoadBalancer) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                await self._successor()
+        self._lingering = None
+        await lb.stop()
+        log.info("Load balancer stopped after its lease expired.")
+
+    async def _successor(self) -> None:
+        """Returns once the lease shows another holder."""
+        while True:
+            try:
+                async for entry in self.store.watch(
+                    subjects.LEASES_BUCKET, subjects.lease_key(self.role)
+                ):
+                    if entry is None or entry.value is None:
+                        continue
+                    if decode(entry.value, Lease).holder != self.identity.name:
+                        return
+            except Exception as err:  # the store is what is failing: look again
+                log.debug("Lease not readable while lingering. error=%r", err)
+            await asyncio.sleep(RETRY_S)
+
+    async def close(self) -> None:
+        """The agent stops: a server left serving from an expired term stops too."""
+        lb = await self._pick_up()
+        if lb is not None:
             await lb.stop()
 
     async def _take_address(self, term: Term) -> None:
@@ -107,8 +161,9 @@ class Balancer:
             fence=term.fence,
         )
 
-    async def balance(self, term: Term, lb: LoadBalancer, view: _View) -> None:
-        """Render from the mirrored state (kept by watches: no reads per change) and apply."""
+    async def balance(self, term: Term, lb: LoadBalancer, view: _View) -> bool:
+        """Render from the mirrored state (kept by watches: no reads per change) and apply;
+        False when the server could not take it."""
         found = upstreams(view.by_key.values(), view.by_name, time.time())
         text = render_nginx(
             LbConfig(
@@ -127,6 +182,7 @@ class Balancer:
                     "lb_restarted", self.identity.name, self.listen, {}, fence=term.fence
                 )
             self._reported = None
+            return True
         except (ConfigRejected, LbUnavailable) as err:
             if err.reason != self._reported:
                 self._reported = err.reason
@@ -135,6 +191,7 @@ class Balancer:
                 await self.store.record(
                     name, self.identity.name, self.listen, {"error": err.reason}, term.fence
                 )
+            return False
 
 
 class _View:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from meshd.allocation import EnvAllocation
+from meshd.rollout import slot_port
 from meshd.spec import MASTER, ServiceKind
 from plugins.runtimes import InstanceSpec
 from protocol.messages import Allocation
@@ -67,17 +68,23 @@ def resolve_hosts(hosts: Mapping[str, str], addresses: Mapping[str, str]) -> dic
 
 
 def instance_spec(
-    allocation: Allocation, address: str, hosts: Mapping[str, str], secrets: dict[str, bytes]
+    allocation: Allocation,
+    address: str,
+    hosts: Mapping[str, str],
+    secrets: dict[str, bytes],
+    slot: int = 0,
 ) -> InstanceSpec:
-    """What the runtime of the droplet at `address` runs for `allocation`; `hosts` are the
-    resolved host variables."""
+    """What the runtime of the droplet at `address` runs for `allocation` in `slot`; `hosts`
+    are the resolved host variables."""
     return InstanceSpec(
         project=allocation.project,
         env=allocation.env,
         service=allocation.service,
         generation=allocation.generation,
         host=address,
-        port=allocation.port,
+        port=slot_port(allocation, slot),
+        service_port=allocation.port,
+        slot=slot,
         command=allocation.command,
         image=allocation.image,
         env_vars={**allocation.env_vars, **hosts},

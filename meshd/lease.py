@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from meshd.store import Conflict, Store, StoreUnavailable
@@ -39,6 +40,14 @@ class LeaseTiming:
     retry_every: float = 1.0
 
 
+class Ending(StrEnum):
+    """Why a term ended."""
+
+    LOST = "lost"  # a renewal was refused: another holder may act already
+    EXPIRED = "expired"  # no renewal got through before the deadline (store unavailable)
+    RELEASED = "released"  # the agent stops or the role's work ended
+
+
 class Term:
     """One holder's tenure of a role. `fence` is the revision at which it was taken."""
 
@@ -48,10 +57,18 @@ class Term:
         self.revision = fence
         self.deadline = deadline
         self.ended = False
+        self.ending: Ending | None = None  # set when the term ends, before the role is stopped
 
     @property
     def valid(self) -> bool:
         return not self.ended and time.monotonic() < self.deadline
+
+    @property
+    def expired(self) -> bool:
+        """Ended (or ending) only because no renewal got through in time."""
+        if self.ending is not None:
+            return self.ending is Ending.EXPIRED
+        return not self.ended and time.monotonic() >= self.deadline
 
     def check(self) -> None:
         """Call right before every side effect of the role."""
@@ -139,6 +156,8 @@ class LeaseKeeper:
             hand_over = term.valid  # shutting down while holding: release once the role stopped
             raise
         finally:
+            if term.ending is None:
+                term.ending = Ending.EXPIRED if term.expired else Ending.RELEASED
             term.ended = True
             leading.cancel()
             try:
@@ -171,6 +190,7 @@ class LeaseKeeper:
                 timeout=max(0.1, term.deadline - started),
             )
         except Conflict:
+            term.ending = Ending.LOST
             term.ended = True
             return
         except (StoreUnavailable, TimeoutError):

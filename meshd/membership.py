@@ -52,11 +52,13 @@ class Membership:
         identity: DropletIdentity,
         status: Callable[[], NodeStatus],
         changed: asyncio.Event,
+        published: Callable[[NodeStatus], None] | None = None,
     ) -> None:
         self.store = store
         self.identity = identity
         self.status = status
         self.changed = changed  # set by whoever changes what `status()` reports
+        self.published = published  # told of every status written
 
     async def run(self) -> None:
         """A heartbeat every second; the status whenever it changed (at most every
@@ -86,6 +88,8 @@ class Membership:
                         subjects.NODES_BUCKET, subjects.node_key(status.droplet), encode(status)
                     )
                     last_sent, last_put = fingerprint, now
+                    if self.published is not None:
+                        self.published(status)
                 except StoreUnavailable as err:
                     log.debug("Status not written. error=%s", err)
             self.changed.clear()

@@ -56,18 +56,22 @@ def live_instances(
 
 
 def serves(instance: InstanceStatus, allocation: Allocation) -> bool:
-    return instance.healthy and instance.generation == allocation.generation
+    """Whether the instance counts towards the allocation: its current generation, healthy."""
+    return (
+        instance.healthy and instance.generation == allocation.generation and not instance.draining
+    )
 
 
 def healthy_servers(
     allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
 ) -> list[str]:
-    """`address:port` of the instances that run the allocation's current generation, pass
-    their health check and sit on a droplet that reports: what a load balancer may use."""
+    """`address:port` of the instances that pass their health check, are not draining and sit
+    on a droplet that reports: what a load balancer may use. During a rollout that includes
+    old generations still serving beside the new (meshd.rollout)."""
     return sorted(
-        f"{node.address}:{allocation.port}"
+        f"{node.address}:{instance.port or allocation.port}"
         for node, instance in live_instances(allocation, nodes, now)
-        if serves(instance, allocation)
+        if instance.healthy and not instance.draining
     )
 
 

@@ -2,7 +2,9 @@
 
 It starts what is missing, stops what no allocation wants, restarts crashed instances and
 instances whose health check failed several times in a row, with exponential backoff, and
-reports what it observes. The last applied allocations are kept on local disk, so instances
+reports what it observes. A new generation of a web service or worker starts beside the old
+instance, which serves until the new one is healthy and is then drained and stopped
+(`meshd.rollout`). The last applied allocations are kept on local disk, so instances
 are brought back after an agent restart even while no NATS server answers (DESIGN.md).
 """
 
@@ -22,6 +24,7 @@ import aiohttp
 import msgpack
 
 from meshd.environment import instance_spec, resolve_hosts
+from meshd.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -31,9 +34,10 @@ from plugins.runtimes import (
     RuntimeUnavailable,
 )
 from plugins.secrets import Secrets, lookup_names
+from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError, ProtocolError
-from protocol.messages import Allocation, InstanceState, InstanceStatus
+from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class NotReady(MeshError):
 class Tracked:
     """The reconciler's memory of one instance."""
 
+    slot: int = 0
     generation: int = 0
     state: InstanceState = InstanceState.STARTING
     healthy: bool = False
@@ -69,6 +74,9 @@ class Tracked:
     next_attempt: float = 0.0  # monotonic
     engine_restarts: int = 0  # restarts the runtime's engine made, as last seen
     last_failed_probe: float = 0.0  # monotonic; failures count at most once per HEALTH_EVERY_S
+    draining: bool = False  # replaced: reported so, stopped DRAIN_S after that report went out
+    drain_reported: float | None = None  # monotonic
+    waiting: bool = False  # its replacement waits for an earlier droplet's (meshd.rollout)
 
     def back_off(self, now: float) -> None:
         self.failures += 1
@@ -86,10 +94,11 @@ class Reconciler:
         self.secrets = secrets
         self.allocations: dict[str, Allocation] = {}
         self.addresses: dict[str, str] = {droplet: address}
-        self.tracked: dict[str, Tracked] = {}
+        self.peers: dict[str, NodeStatus] = {}  # every droplet's last report, for rollouts
+        self.tracked: dict[str, Tracked] = {}  # by instance key
         self.unwanted: dict[str, float] = {}  # instance -> when first seen unwanted (monotonic)
         self.unavailable: str | None = None  # why the runtime's engine does not answer
-        self._acting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per instance
+        self._acting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per service
         self.loaded = False
         self._changed = asyncio.Event()
         self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
@@ -115,6 +124,25 @@ class Reconciler:
         await self._save()
         self._changed.set()
 
+    def set_peers(self, nodes: Mapping[str, NodeStatus]) -> None:
+        """What every droplet reports (from KV): a waiting replacement may go on."""
+        self.peers = dict(nodes)
+        if any(t.waiting for t in self.tracked.values()):
+            self._changed.set()
+
+    def published(self, status: NodeStatus) -> None:
+        """`status` was written to KV: the load balancer learns of draining instances now."""
+        now = time.monotonic()
+        for instance in status.instances:
+            if not instance.draining:
+                continue
+            key = subjects.instance_key(
+                instance.project, instance.env, instance.service, instance.slot
+            )
+            tracked = self.tracked.get(key)
+            if tracked is not None and tracked.draining and tracked.drain_reported is None:
+                tracked.drain_reported = now
+
     async def _save(self) -> None:
         copy = {
             "allocations": [encode(a) for a in self.allocations.values()],
@@ -139,10 +167,12 @@ class Reconciler:
 
     async def run(self) -> None:
         if not self.loaded:
-            self.allocations, addresses = await asyncio.to_thread(self._load)
-            self.addresses = {**addresses, self.droplet: self.address}
-            self.loaded = True
-            log.info("Applying local copy of allocations. instances=%d", len(self.allocations))
+            allocations, addresses = await asyncio.to_thread(self._load)
+            if not self.loaded:  # the mesh's allocations may have come while it was read
+                self.allocations = allocations
+                self.addresses = {**addresses, self.droplet: self.address}
+                self.loaded = True
+                log.info("Applying local copy of allocations. instances=%d", len(allocations))
         async with aiohttp.ClientSession() as http:
             prober = asyncio.create_task(self._probe_loop(http))
             try:
@@ -166,19 +196,112 @@ class Reconciler:
             log.info("Runtime answers again.")
             self._engine_down(None)
         infos = {info.key: info for info in listed}
+        found: defaultdict[str, dict[int, InstanceInfo]] = defaultdict(dict)
+        for key, info in infos.items():
+            service, slot = _service_slot(key)
+            found[service][slot] = info
         now = time.monotonic()
         limit = asyncio.Semaphore(PARALLEL_STARTS)
 
-        async def converge(key: str, allocation: Allocation) -> None:
-            async with limit, self._acting[key]:
-                if self.tracked.get(key, Tracked()).started > listed_at:
-                    return  # restarted by the health checks since the list: it is stale
-                await self._converge(key, allocation, infos.get(key), now)
+        async def converge(service: str, allocation: Allocation) -> None:
+            async with limit, self._acting[service]:
+                await self._converge_service(service, allocation, found[service], listed_at, now)
 
         await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
-        await self._stop_unwanted(set(infos) - set(self.allocations), now)
-        for key in set(self.tracked) - set(self.allocations) - set(infos):
-            del self.tracked[key]
+        unwanted = {k for k in infos if _service_slot(k)[0] not in self.allocations}
+        await self._stop_unwanted(unwanted, now)
+        for key in list(self.tracked):
+            if key not in infos and _service_slot(key)[0] not in self.allocations:
+                del self.tracked[key]
+
+    async def _converge_service(
+        self,
+        service: str,
+        allocation: Allocation,
+        found: dict[int, InstanceInfo],
+        listed_at: float,
+        now: float,
+    ) -> None:
+        """The slot that runs the allocation's generation converges; any other is retired."""
+        slot = self._current_slot(service, allocation, found)
+        key = _instance_key(service, slot)
+        current = self.tracked.get(key)
+        if current is None or current.started <= listed_at:  # else restarted since the list
+            await self._converge(key, slot, allocation, found, now)
+        current = self.tracked.get(key)
+        for other in (0, 1):
+            if other == slot:
+                continue
+            if other in found:
+                await self._retire(
+                    _instance_key(service, other), allocation, found[other], current, now
+                )
+            else:
+                self.tracked.pop(_instance_key(service, other), None)
+
+    def _current_slot(
+        self, service: str, allocation: Allocation, found: dict[int, InstanceInfo]
+    ) -> int:
+        """Where the allocation's generation runs, or is to start: beside the instance that
+        serves (healthy first, then newest), or in place when the service is not replaced
+        beside its old instance."""
+        current = sorted(
+            (info.phase is not InstancePhase.RUNNING, slot)
+            for slot, info in found.items()
+            if info.generation == allocation.generation
+        )
+        if current:
+            return current[0][1]
+        if not replaced_beside(allocation):
+            return 0
+        running = [
+            (
+                self.tracked.get(_instance_key(service, slot), Tracked()).healthy,
+                info.generation,
+                slot,
+            )
+            for slot, info in found.items()
+            if info.phase is InstancePhase.RUNNING
+        ]
+        return 1 - max(running)[2] if running else 0
+
+    async def _retire(
+        self,
+        key: str,
+        allocation: Allocation,
+        info: InstanceInfo,
+        replacement: Tracked | None,
+        now: float,
+    ) -> None:
+        """An instance of an older generation: it serves until its replacement is healthy,
+        then drains (reported, dropped by load balancers) and stops after `DRAIN_S`."""
+        old = self.tracked.setdefault(
+            key, Tracked(slot=_service_slot(key)[1], started=now - START_GRACE_S)
+        )
+        old.generation = info.generation
+        old.runtime_id = info.runtime_id
+        beside = replaced_beside(allocation) and info.phase is InstancePhase.RUNNING
+        if beside and not (replacement is not None and replacement.healthy):
+            if old.draining:
+                log.info("Replacement unhealthy; old instance serves again. instance=%s", key)
+                old.draining, old.drain_reported = False, None
+                self.observed.set()
+            return
+        if beside and not old.draining:
+            log.info("Draining replaced instance. instance=%s", key)
+            old.draining = True
+            self.observed.set()
+            return
+        if beside and (old.drain_reported is None or now - old.drain_reported < DRAIN_S):
+            return
+        try:
+            await self.runtime.stop(key)
+        except (RuntimeFailure, RuntimeUnavailable) as err:
+            log.warning("Replaced instance not stopped. instance=%s error=%s", key, err)
+            return
+        log.info("Replaced instance stopped. instance=%s generation=%d", key, info.generation)
+        self.tracked.pop(key, None)
+        self.observed.set()
 
     async def _stop_unwanted(self, unwanted: set[str], now: float) -> None:
         """Instances whose allocation this agent saw go away are stopped at once (their port
@@ -203,8 +326,12 @@ class Reconciler:
         """Every instance says why nothing can be done while the engine is away."""
         if reason is not None and reason != self.unavailable:
             log.warning("Runtime not answering. reason=%s", reason)
-        for key in self.allocations:
-            tracked = self.tracked.setdefault(key, Tracked())
+        services = {_service_slot(key)[0] for key in self.tracked}
+        for service in set(self.allocations) - services:
+            self.tracked[service] = Tracked()
+        for key, tracked in self.tracked.items():
+            if _service_slot(key)[0] not in self.allocations:
+                continue
             if reason is not None:
                 tracked.last_error = reason
             elif tracked.last_error == self.unavailable:
@@ -213,12 +340,19 @@ class Reconciler:
         self.observed.set()
 
     async def _converge(
-        self, key: str, allocation: Allocation, info: InstanceInfo | None, now: float
+        self,
+        key: str,
+        slot: int,
+        allocation: Allocation,
+        found: dict[int, InstanceInfo],
+        now: float,
     ) -> None:
-        tracked = self.tracked.setdefault(key, Tracked(generation=allocation.generation))
+        tracked = self.tracked.setdefault(key, Tracked(slot=slot, generation=allocation.generation))
+        info = found.get(slot)
         running = info is not None and info.phase is InstancePhase.RUNNING
         if running and info is not None and info.generation == allocation.generation:
             tracked.runtime_id = info.runtime_id
+            tracked.waiting = False
             if tracked.state is InstanceState.CRASHED:
                 tracked.state = InstanceState.STARTING
             if not tracked.started:  # adopted after an agent restart
@@ -237,7 +371,36 @@ class Reconciler:
             log.warning("Instance crashed. instance=%s reason=%s", key, tracked.last_error)
         if now < tracked.next_attempt:
             return
-        await self._start(key, allocation, tracked, now)
+        if self._must_wait(key, tracked, allocation, found):
+            return
+        await self._start(key, slot, allocation, tracked, now)
+
+    def _must_wait(
+        self, key: str, tracked: Tracked, allocation: Allocation, found: dict[int, InstanceInfo]
+    ) -> bool:
+        """A replacement whose old instance still serves waits for the droplets before this
+        one to finish theirs (meshd.rollout)."""
+        service, slot = _service_slot(key)
+        old = self.tracked.get(_instance_key(service, 1 - slot))
+        serving = old is not None and old.healthy and (1 - slot) in found
+        earlier = (
+            waiting_for(allocation, self.droplet, self.peers, time.time())
+            if serving and replaced_beside(allocation)
+            else None
+        )
+        if earlier is None:
+            if tracked.waiting:
+                tracked.waiting = False
+                tracked.last_error = None
+            return False
+        if not tracked.waiting:
+            log.info(
+                "Replacement waits for an earlier droplet. instance=%s droplet=%s", key, earlier
+            )
+            self.observed.set()
+        tracked.waiting = True
+        tracked.last_error = f"waiting for {earlier} to replace its instance first"
+        return True
 
     def _restarted_by_engine(
         self, key: str, tracked: Tracked, info: InstanceInfo, now: float
@@ -252,9 +415,11 @@ class Reconciler:
         self.observed.set()
         log.warning("Instance restarted by the runtime. instance=%s", key)
 
-    async def _start(self, key: str, allocation: Allocation, tracked: Tracked, now: float) -> None:
+    async def _start(
+        self, key: str, slot: int, allocation: Allocation, tracked: Tracked, now: float
+    ) -> None:
         try:
-            spec = self._spec(allocation)
+            spec = self._spec(allocation, slot)
             info = await self.runtime.ensure(spec)
         except NotReady as err:
             tracked.state = InstanceState.STARTING
@@ -278,7 +443,7 @@ class Reconciler:
         tracked.started = time.monotonic()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
-    def _spec(self, allocation: Allocation) -> InstanceSpec:
+    def _spec(self, allocation: Allocation, slot: int) -> InstanceSpec:
         hosts = resolve_hosts(allocation.hosts, self.addresses)
         if hosts is None:
             missing = sorted(set(allocation.hosts.values()) - set(self.addresses))
@@ -290,7 +455,7 @@ class Reconciler:
                 tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
                 raise LookupError(f"secret {name!r} not found (looked up {tried})")
             secrets[name] = value
-        return instance_spec(allocation, self.address, hosts, secrets)
+        return instance_spec(allocation, self.address, hosts, secrets, slot)
 
     # --- health ------------------------------------------------------------------------------
 
@@ -308,8 +473,9 @@ class Reconciler:
             keys = [
                 k
                 for k, t in self.tracked.items()
-                if k in self.allocations
+                if _service_slot(k)[0] in self.allocations
                 and t.state in probed
+                and not t.waiting
                 and (full or t.state is InstanceState.STARTING)
             ]
             results = await asyncio.gather(*(self._probe(http, k) for k in keys))
@@ -317,12 +483,14 @@ class Reconciler:
                 await self._judge(key, ok)
 
     async def _probe(self, http: aiohttp.ClientSession, key: str) -> bool:
-        allocation = self.allocations.get(key)
+        service, slot = _service_slot(key)
+        allocation = self.allocations.get(service)
+        port = slot_port(allocation, slot) if allocation is not None else None
         if allocation is None:
             return False
-        if allocation.port is None or not allocation.health_path:
+        if port is None or not allocation.health_path:
             return True  # workers and datastores without a health path: alive is healthy
-        url = f"http://{self.address}:{allocation.port}{allocation.health_path}"
+        url = f"http://{self.address}:{port}{allocation.health_path}"
         try:
             async with http.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
                 return 200 <= r.status < 400
@@ -330,14 +498,16 @@ class Reconciler:
             return False
 
     async def _judge(self, key: str, ok: bool) -> None:
+        service, slot = _service_slot(key)
         tracked = self.tracked.get(key)
-        allocation = self.allocations.get(key)
+        allocation = self.allocations.get(service)
         if tracked is None or allocation is None or tracked.state is InstanceState.CRASHED:
             return
         now = time.monotonic()
         if ok:
             if not tracked.healthy:
                 self.observed.set()
+                self._changed.set()  # an old instance beside it may drain now
             tracked.failed_probes = 0
             tracked.healthy = True
             tracked.state = InstanceState.RUNNING
@@ -357,14 +527,14 @@ class Reconciler:
             return
         tracked.state = InstanceState.UNHEALTHY
         tracked.last_error = f"health check failed {tracked.failed_probes} times in a row"
-        if now < tracked.next_attempt:
-            return
+        if now < tracked.next_attempt or tracked.generation != allocation.generation:
+            return  # an old generation is never restarted: its replacement is on the way
         log.warning("Restarting unhealthy instance. instance=%s", key)
         tracked.restarts += 1
         tracked.back_off(now)
         try:
-            async with self._acting[key]:
-                info = await self.runtime.restart(self._spec(allocation))
+            async with self._acting[service]:
+                info = await self.runtime.restart(self._spec(allocation, slot))
         except (RuntimeFailure, RuntimeUnavailable, LookupError, NotReady) as err:
             tracked.last_error = str(err)
             return
@@ -378,23 +548,47 @@ class Reconciler:
     # --- output ------------------------------------------------------------------------------
 
     def statuses(self) -> tuple[InstanceStatus, ...]:
+        mine: defaultdict[str, list[tuple[int, Tracked]]] = defaultdict(list)
+        for key, tracked in self.tracked.items():
+            service, slot = _service_slot(key)
+            mine[service].append((slot, tracked))
         result = []
-        for key, allocation in sorted(self.allocations.items()):
-            tracked = self.tracked.get(key, Tracked())
-            result.append(
-                InstanceStatus(
-                    project=allocation.project,
-                    env=allocation.env,
-                    service=allocation.service,
-                    state=tracked.state,
-                    healthy=tracked.healthy,
-                    restarts=tracked.restarts,
-                    last_error=tracked.last_error,
-                    generation=tracked.generation,
-                    runtime_id=tracked.runtime_id,
+        for service, allocation in sorted(self.allocations.items()):
+            for slot, tracked in sorted(mine.get(service) or [(0, Tracked())], key=_first):
+                result.append(
+                    InstanceStatus(
+                        project=allocation.project,
+                        env=allocation.env,
+                        service=allocation.service,
+                        state=tracked.state,
+                        healthy=tracked.healthy,
+                        restarts=tracked.restarts,
+                        last_error=tracked.last_error,
+                        generation=tracked.generation,
+                        runtime_id=tracked.runtime_id,
+                        slot=slot,
+                        port=slot_port(allocation, slot),
+                        draining=tracked.draining,
+                    )
                 )
-            )
         return tuple(result)
+
+
+def _first(item: tuple[int, Tracked]) -> int:
+    return item[0]
+
+
+def _service_slot(key: str) -> tuple[str, int]:
+    """An instance key's allocation key and slot (a key no slot parses belongs to no one)."""
+    try:
+        project, env, service, slot = subjects.parse_instance_key(key)
+    except ProtocolError:
+        return key, 0
+    return subjects.alloc_key(project, env, service), slot
+
+
+def _instance_key(service: str, slot: int) -> str:
+    return f"{service}.1" if slot else service
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

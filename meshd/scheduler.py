@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from meshd.environment import instance_environment, instance_hosts
 from meshd.errors import CapacityError
 from meshd.lease import Term
-from meshd.loops import repeat_on_change
+from meshd.loops import repeat_on_changes
 from meshd.placement import Placement, place
 from meshd.spec import DesiredState
 from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, PlacementRecord
+from protocol.messages import Allocation, PlacementRecord, RestartRequest
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,12 @@ def allocations_for(
     placement: Placement,
     previous: Mapping[str, Allocation],
     fence: int,
+    restarts: Mapping[str, int] | None = None,
 ) -> dict[str, Allocation]:
     """One allocation per service; unchanged ones are returned as they were (same generation),
-    changed ones with the next generation."""
+    changed ones with the next generation. `restarts` counts the restart requests of each
+    allocation key: one more request is one more generation."""
+    restarts = restarts or {}
     droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for instance in placement.instances:
         droplets[instance.service_key].append(instance.droplet)
@@ -57,6 +60,8 @@ def allocations_for(
                     generation=1,
                     droplets=tuple(placed[service.name]),
                     port=alloc.ports.get(service.name),
+                    spare_port=alloc.spare_ports.get(service.name),
+                    restart=restarts.get(key, 0),
                     image=service.image,
                     command=service.command,
                     memory_mb=service.memory_mb,
@@ -107,6 +112,21 @@ async def last_placement(store: Store) -> LastPlacement | None:
         return None
 
 
+async def restart_counts(store: Store) -> dict[str, int]:
+    """Restart requests per allocation key (`meshctl restart`); unreadable ones are skipped."""
+    counts = {}
+    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.RESTARTS)).items():
+        if entry.value is None:
+            continue
+        try:
+            request = decode(entry.value, RestartRequest)
+        except ProtocolError as err:
+            log.warning("Restart request unreadable; ignored. key=%s error=%s", key, err)
+            continue
+        counts[subjects.alloc_key(request.project, request.env, request.service)] = request.count
+    return counts
+
+
 class Scheduler:
     role = subjects.Role.SCHEDULER
 
@@ -115,10 +135,12 @@ class Scheduler:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        await repeat_on_change(
+        await repeat_on_changes(
             self.store,
-            subjects.DESIRED_BUCKET,
-            subjects.DESIRED_KEY,
+            [
+                (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
+                (subjects.DESIRED_BUCKET, subjects.RESTARTS),
+            ],
             lambda: self.schedule(term),
             RESYNC_S,
         )
@@ -149,7 +171,8 @@ class Scheduler:
             for key, entry in (await self.store.entries(subjects.ALLOC_BUCKET)).items()
             if entry.value is not None
         }
-        wanted = allocations_for(state, placement, existing, term.fence)
+        restarts = await restart_counts(self.store)
+        wanted = allocations_for(state, placement, existing, term.fence, restarts)
         written = await self._write(term, wanted, existing)
         removed = await self._remove(term, set(existing) - set(wanted))
         # Written also when only the spec revision moved: `publish --wait` waits for it.

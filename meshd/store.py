@@ -266,12 +266,12 @@ class Store:
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"delete {bucket}/{key}: {_reason(err)}") from None
 
-    async def entries(self, bucket: str) -> dict[str, Entry]:
-        """Every live key of a bucket with its value."""
+    async def entries(self, bucket: str, keys: str = ">") -> dict[str, Entry]:
+        """Every live key of a bucket (that matches `keys`) with its value."""
         result: dict[str, Entry] = {}
         try:
             async with asyncio.timeout(self._timeout):
-                async for entry in self.watch(bucket):
+                async for entry in self.watch(bucket, keys):
                     if entry is None:
                         break
                     if entry.value is None:

@@ -77,6 +77,9 @@ class Allocation(Message):
     `service_kind` is the service's kind (web, database, redis, worker); `image` is built from
     `build_context` with `dockerfile` when the engine lacks it; `process_command` is what the
     process runtime runs instead of an image; `data_path` is where a named volume is mounted.
+    `spare_port` is where a web service's replacement starts while the old instance still
+    serves on `port` (or the other way round); `restart` counts `meshctl restart` requests, so
+    that one changes the generation like any other change.
     """
 
     KIND: ClassVar[str] = "allocation"
@@ -100,6 +103,23 @@ class Allocation(Message):
     build_context: str | None = None
     dockerfile: str | None = None
     data_path: str | None = None
+    spare_port: int | None = None
+    restart: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartRequest(Message):
+    """`meshctl restart` of one service (KV `mesh_desired/restart.<project>.<env>.<service>`);
+    `count` grows by one with every request, and the scheduler copies it into the allocation."""
+
+    KIND: ClassVar[str] = "restart_request"
+
+    project: str
+    env: str
+    service: str
+    count: int
+    requested_by: str
+    requested_at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,7 +138,12 @@ class PlacementRecord(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceStatus:
-    """One instance's observed state, nested in `NodeStatus` (versioned with it)."""
+    """One instance's observed state, nested in `NodeStatus` (versioned with it).
+
+    A service has one instance per droplet, two while it is being replaced: `slot` tells them
+    apart, `port` is where each listens, and `draining` marks the old one once its
+    replacement serves (load balancers drop it; it is stopped shortly after).
+    """
 
     project: str
     env: str
@@ -129,6 +154,9 @@ class InstanceStatus:
     last_error: str | None = None
     generation: int = 0
     runtime_id: str | None = None
+    slot: int = 0
+    port: int | None = None
+    draining: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,6 +265,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
         for cls in (
             DesiredState,
             Allocation,
+            RestartRequest,
             PlacementRecord,
             NodeStatus,
             Heartbeat,

@@ -34,9 +34,10 @@ BUCKETS = (
     SECRETS_BUCKET,
 )
 
-# The one key of the desired-state bucket.
+# Keys of the desired-state bucket (restart requests: `restart_key`).
 DESIRED_KEY = "spec"
 PLACEMENT_KEY = "placement"
+RESTARTS = "restart.>"
 
 # Streams and the subjects they capture.
 EVENTS_STREAM = "MESH_EVENTS"
@@ -132,6 +133,31 @@ def parse_alloc_key(key: str) -> tuple[str, str, str]:
         raise InvalidNameError(f"allocation key {key!r}", key, "must be <project>.<env>.<service>")
     project, env, service = parts
     return token(project, "project"), token(env, "environment"), token(service, "service")
+
+
+def instance_key(project: str, env: str, service: str, slot: int = 0) -> str:
+    """Key of one instance on its droplet: the allocation key, with `.<slot>` for the second
+    slot a replacement uses while the first still serves."""
+    base = alloc_key(project, env, service)
+    if slot not in (0, 1):
+        raise InvalidNameError(f"instance slot {slot!r}", str(slot), "must be 0 or 1")
+    return f"{base}.1" if slot else base
+
+
+def parse_instance_key(key: str) -> tuple[str, str, str, int]:
+    """Split an instance key into (project, env, service, slot); raise InvalidNameError."""
+    base, slot = (key[:-2], 1) if key.endswith(".1") else (key, 0)
+    try:
+        return (*parse_alloc_key(base), slot)
+    except InvalidNameError:
+        raise InvalidNameError(
+            f"instance key {key!r}", key, "must be <project>.<env>.<service>[.1]"
+        ) from None
+
+
+def restart_key(project: str, env: str, service: str) -> str:
+    """Key of a service's restart requests in `mesh_desired`: `restart.<alloc key>`."""
+    return f"restart.{alloc_key(project, env, service)}"
 
 
 def node_key(droplet: str) -> str:

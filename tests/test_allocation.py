@@ -1,4 +1,4 @@
-"""Allocation: the seed's formula, collisions, reserved ports, stickiness."""
+"""Allocation: the seed's formula, collisions, reserved ports, stickiness, spare ports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from meshd.allocation import (
     FAMILY_SIZE,
     PORT_BASES,
     RESERVED_PORTS,
+    SPARE_FAMILIES,
     EnvAllocation,
     allocate,
     resource_hash,
@@ -105,6 +106,29 @@ def test_removed_project_environments_release_their_allocation() -> None:
     assert set(after) == set(SEED_ENVS[:3])
 
 
+def test_web_services_get_a_spare_port_half_a_family_away() -> None:
+    alloc = allocate([("hostomatic", "prod")])[("hostomatic", "prod")]
+    n = int(md5_hash("hostomatic", "prod"), 16)
+    assert alloc.spare_ports == {
+        "backend": 8000 + (n + 500) % 1000,
+        "frontend": 9000 + (n + 500) % 1000,
+    }
+
+
+def test_allocations_made_before_spares_get_spares_that_take_no_port_in_use() -> None:
+    before = allocate(SEED_ENVS)
+    stripped = {
+        key: EnvAllocation.from_data({**a.to_data(), "spare_ports": {}})
+        for key, a in before.items()
+    }
+    after = allocate(SEED_ENVS, previous=stripped)
+    for key, alloc in after.items():
+        assert alloc.ports == before[key].ports  # the ports in use never move
+        assert set(alloc.spare_ports) == set(SPARE_FAMILIES)
+    used = [p for a in after.values() for p in (*a.ports.values(), *a.spare_ports.values())]
+    assert len(used) == len(set(used))
+
+
 def test_allocation_round_trips_through_plain_data() -> None:
     alloc = allocate([("hostomatic", "prod")])[("hostomatic", "prod")]
     assert EnvAllocation.from_data(alloc.to_data()) == alloc
@@ -126,6 +150,7 @@ def test_allocation_is_deterministic_unique_sticky_and_avoids_reserved_ports(
         assert after[key] == before[key]
     for family, base in PORT_BASES.items():
         ports = [a.ports[family] for a in after.values()]
+        ports += [a.spare_ports[family] for a in after.values() if family in SPARE_FAMILIES]
         assert len(ports) == len(set(ports))
         assert all(base <= p < base + FAMILY_SIZE for p in ports)
         assert not RESERVED_PORTS.intersection(ports)

@@ -1,5 +1,5 @@
 """Upstreams come from the observed state (pure): only web services, only instances that are
-healthy, run the current generation and sit on a droplet that reports."""
+healthy, not draining and sit on a droplet that reports, each on the port it reports."""
 
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ def node(name: str, address: str, *instances: InstanceStatus, age: float = 1.0) 
     )
 
 
-def instance(service: str, healthy: bool = True, generation: int = 2) -> InstanceStatus:
+def instance(
+    service: str, healthy: bool = True, generation: int = 2, **more: Any
+) -> InstanceStatus:
     return InstanceStatus(
+        **more,
         project="shop",
         env="prod",
         service=service,
@@ -64,22 +67,28 @@ def test_only_healthy_current_instances_on_live_droplets_are_upstream_servers() 
     assert (backend.name, backend.route) == ("shop_prod_backend", "/shop-prod/backend/")
 
 
-def test_an_old_generation_is_not_served_and_workers_and_datastores_never() -> None:
+def test_during_a_rollout_old_and_new_serve_until_the_old_drains_and_workers_never() -> None:
     nodes = {
         "web1": node(
-            "web1", "10.0.0.1", instance("backend", generation=1), instance("db"), instance("w")
-        )
+            "web1",
+            "10.0.0.1",
+            instance("backend", generation=1, port=8100, draining=True),
+            instance("backend", generation=2, port=8600, slot=1),
+            instance("db"),
+            instance("w"),
+        ),
+        "web2": node("web2", "10.0.0.2", instance("backend", generation=1, port=8100)),
     }
     found = upstreams(
         [
-            allocation("backend"),
+            allocation("backend", spare_port=8600),
             allocation("db", kind="database"),
             allocation("w", kind="worker", port=None),
         ],
         nodes,
         NOW,
     )
-    assert found == (Upstream("shop", "prod", "backend", ()),)
+    assert found == (Upstream("shop", "prod", "backend", ("10.0.0.1:8600", "10.0.0.2:8100")),)
 
 
 def test_a_project_with_domains_gets_a_site_whose_root_is_the_frontend() -> None:

@@ -34,6 +34,7 @@ from protocol.messages import (
     Message,
     NodeStatus,
     PlacementRecord,
+    RestartRequest,
     Suspicion,
     Verdict,
 )
@@ -107,6 +108,14 @@ SAMPLES: list[Message] = [
         git_ref="refs/heads/main",
         requested_by="git-hook",
         requested_at=1_700_000_005.0,
+    ),
+    RestartRequest(
+        project="hostomatic",
+        env="prod",
+        service="backend",
+        count=3,
+        requested_by="operator@laptop",
+        requested_at=1_700_000_006.0,
     ),
     PlacementRecord(
         placement={"droplets": [{"name": "master", "size": "s-1vcpu-1gb"}], "instances": []},

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from plugins.runtimes import (
     RuntimeUnavailable,
 )
 from plugins.runtimes.docker import DockerRuntime
+from tests import support
 from tests.support.docker import example_context, mesh_objects
 
 pytestmark = pytest.mark.integration
@@ -37,10 +37,7 @@ MakeRuntime = Callable[..., DockerRuntime]
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return support.free_port(ADDRESS)
 
 
 def web(image: str, port: int, *, generation: int = 1, **more: Any) -> InstanceSpec:
@@ -200,6 +197,34 @@ async def test_a_new_generation_replaces_the_container(
     assert (listed.generation, listed.runtime_id) == (2, second.runtime_id)
     assert docker_engine.containers.get(second.runtime_id).labels["meshd.generation"] == "2"
     await answers(f"http://{ADDRESS}:{port}/health")
+
+
+async def test_a_second_slot_runs_beside_the_first_on_its_own_port(
+    make_runtime: MakeRuntime, docker_engine: Any, docker_mesh: str, test_image: str
+) -> None:
+    runtime = make_runtime()
+    port, spare = free_port(), free_port()
+    await runtime.ensure(web(test_image, port))
+    inside = {"SERVICE_PORT": str(port), "SERVICE_NAME": "shop-test-backend"}
+    second = await runtime.ensure(
+        web(test_image, spare, generation=2, slot=1, service_port=port, env_vars=inside)
+    )
+
+    assert second.key == "shop.test.backend.1"
+    await answers(f"http://{ADDRESS}:{port}/")
+    await answers(f"http://{ADDRESS}:{spare}/")
+    container = docker_engine.containers.get(second.runtime_id)
+    assert container.name == f"meshd-{docker_mesh}-master-shop-test-backend.1"
+    assert container.labels["meshd.slot"] == "1"
+    assert container.attrs["HostConfig"]["PortBindings"] == {
+        f"{port}/tcp": [{"HostIp": ADDRESS, "HostPort": str(spare)}]  # same port inside
+    }
+    listed = {i.key: i.generation for i in await runtime.list()}
+    assert listed == {"shop.test.backend": 1, "shop.test.backend.1": 2}
+
+    await runtime.stop("shop.test.backend")
+    assert [i.key for i in await runtime.list()] == ["shop.test.backend.1"]
+    await answers(f"http://{ADDRESS}:{spare}/")
 
 
 async def test_a_killed_container_is_restarted_by_the_engine_and_counted(

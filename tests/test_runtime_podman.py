@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ import pytest
 from meshd.cli.up import podman_ulimits
 from plugins.runtimes import InstancePhase, InstanceSpec, RuntimeContext
 from plugins.runtimes.docker import DockerRuntime, engine_version, remove_objects
+from tests import support
 from tests.support.docker import example_context, new_mesh_name
 
 PODMAN = shutil.which("podman")
@@ -74,10 +74,7 @@ async def runtime(podman_host: str, tmp_path: Path) -> AsyncIterator[DockerRunti
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return support.free_port(ADDRESS)
 
 
 async def answers(url: str) -> str:

@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from plugins.runtimes import (
 )
 from plugins.runtimes.process import ProcessRuntime, create
 from protocol.errors import MeshError
+from tests import support
 
 HOST = "127.0.0.1"
 HTTPAPP = Path(__file__).parent / "support" / "httpapp.py"
@@ -39,10 +39,7 @@ MakeRuntime = Callable[[], ProcessRuntime]
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return support.free_port(HOST)
 
 
 def app_command(*options: str) -> str:

@@ -13,6 +13,7 @@ from meshd import __version__
 from meshd.cli.compose import compose
 from meshd.cli.down import down
 from meshd.cli.publish import publish
+from meshd.cli.restart import restart
 from meshd.cli.status import events, status
 from meshd.cli.up import up
 from meshd.errors import CapacityError, InputErrors
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (up, publish, status, events, compose, down):
+for command in (up, publish, restart, status, events, compose, down):
     cli.add_command(command)
 
 

@@ -35,6 +35,10 @@ class InstanceSpec:
     kind (web, database, redis, worker); `command` runs in the image, `process_command` instead
     of it where there are no images; `build_context` and `dockerfile` build `image` when it is
     missing; `data_path` is where the instance's named volume is mounted.
+
+    `slot` (0 or 1) lets a replacement run beside the instance it replaces; `port` is where
+    this slot listens on the droplet, `service_port` where the service listens inside its
+    container (the allocation's port, the same in both slots; None: `port`).
     """
 
     project: str
@@ -54,11 +58,13 @@ class InstanceSpec:
     build_context: str | None = None
     dockerfile: str | None = None
     data_path: str | None = None
+    slot: int = 0
+    service_port: int | None = None
 
     @property
     def key(self) -> str:
-        """`<project>.<env>.<service>`, the same key as the service's allocation."""
-        return subjects.alloc_key(self.project, self.env, self.service)
+        """The instance's key: its allocation's key, `.1` appended in the second slot."""
+        return subjects.instance_key(self.project, self.env, self.service, self.slot)
 
 
 class InstancePhase(StrEnum):
@@ -70,7 +76,7 @@ class InstancePhase(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceInfo:
-    """What a runtime observes of one instance.
+    """What a runtime observes of one instance (`key`: `InstanceSpec.key`).
 
     `runtime_id` is the pid (process) or container id (docker); `exit_code` is known only when
     the runtime could see it (negative: killed by that signal); `detail` says why it exited

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from plugins.runtimes import InstanceSpec
+from protocol import subjects
 
 LABEL_MESH = "meshd.mesh"
 LABEL_DROPLET = "meshd.droplet"
@@ -24,6 +25,7 @@ LABEL_PROJECT = "meshd.project"
 LABEL_ENV = "meshd.env"
 LABEL_SERVICE = "meshd.service"
 LABEL_GENERATION = "meshd.generation"
+LABEL_SLOT = "meshd.slot"
 SECRETS_TARGET = "/run/secrets"
 RESTART_POLICY = "unless-stopped"
 SECOND_NS = 1_000_000_000
@@ -112,7 +114,20 @@ class ContainerSpec:
 
 
 def container_name(mesh: str, droplet: str, key: str) -> str:
-    return f"meshd-{mesh}-{droplet}-{key.replace('.', '-')}"
+    """`meshd-<mesh>-<droplet>-<project>-<env>-<service>`, `.1` appended in the second slot
+    (a dot, which no service name has, so that no slot can take another service's name)."""
+    project, env, service, slot = subjects.parse_instance_key(key)
+    return f"meshd-{mesh}-{droplet}-{project}-{env}-{service}" + (".1" if slot else "")
+
+
+def instance_key_of(labels: Mapping[str, str]) -> str:
+    """The instance key a container's labels give (no slot label: the first slot)."""
+    return subjects.instance_key(
+        labels[LABEL_PROJECT],
+        labels[LABEL_ENV],
+        labels[LABEL_SERVICE],
+        int(labels.get(LABEL_SLOT) or 0),
+    )
 
 
 def network_name(mesh: str, droplet: str, project: str, env: str) -> str:
@@ -157,8 +172,7 @@ def container_spec(spec: InstanceSpec, mesh: str, droplet: str) -> ContainerSpec
         data_path = data_path or template.data_path
         secret_uid = template.secret_uid
     if spec.port is not None:
-        inside = template.container_port if template else spec.port
-        ports[f"{inside}/tcp"] = (spec.host, spec.port)
+        ports[f"{_inside_port(spec, template)}/tcp"] = (spec.host, spec.port)
     labels = {
         **owner_labels(mesh, droplet),
         LABEL_PROJECT: spec.project,
@@ -166,6 +180,8 @@ def container_spec(spec: InstanceSpec, mesh: str, droplet: str) -> ContainerSpec
         LABEL_SERVICE: spec.service,
         LABEL_GENERATION: str(spec.generation),
     }
+    if spec.slot:
+        labels[LABEL_SLOT] = str(spec.slot)
     name = container_name(mesh, droplet, spec.key)
     return ContainerSpec(
         name=name,
@@ -194,6 +210,13 @@ def secret_files(spec: InstanceSpec) -> dict[str, bytes]:
     return {**spec.secrets, **template.derived_files(spec.secrets)}
 
 
+def _inside_port(spec: InstanceSpec, template: Template | None) -> int | None:
+    """Where the service listens inside its container: the same in both slots."""
+    if template is not None:
+        return template.container_port
+    return spec.service_port or spec.port
+
+
 def _wants_template(spec: InstanceSpec) -> bool:
     return spec.image is None and spec.build_context is None
 
@@ -216,9 +239,10 @@ def _image(spec: InstanceSpec, template: Template | None) -> tuple[str, Build | 
 def _healthcheck(spec: InstanceSpec) -> dict[str, object] | None:
     """Docker's own view of a web service's health, shown by `docker ps`; the agent's probe
     from outside the container is what decides restarts."""
-    if spec.service_kind != "web" or spec.port is None or not spec.health_path:
+    port = _inside_port(spec, None)
+    if spec.service_kind != "web" or port is None or not spec.health_path:
         return None
-    url = f"http://127.0.0.1:{spec.port}{spec.health_path}"
+    url = f"http://127.0.0.1:{port}{spec.health_path}"
     return {
         "test": ["CMD-SHELL", f"wget -q -O /dev/null {url} || exit 1"],
         "interval": 10 * SECOND_NS,

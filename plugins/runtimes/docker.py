@@ -59,11 +59,14 @@ from plugins.runtimes.containers import (
     ContainerSpec,
     ContainerSpecError,
     container_spec,
+    instance_key_of,
     label_filter,
     network_name,
     owner_labels,
     secret_files,
 )
+from protocol import subjects
+from protocol.errors import ProtocolError
 
 Raw = dict[str, Any]  # a container as the engine lists it
 Raws = list[Raw]  # spelled once: `list` is also a method of the runtime
@@ -209,14 +212,15 @@ class DockerRuntime:
         return result
 
     def _find(self, client: docker.DockerClient, key: str) -> Raws:
-        project, env, service = key.split(".")
+        project, env, service, _ = subjects.parse_instance_key(key)
         labels = {
             **owner_labels(self._mesh, self._droplet),
             LABEL_PROJECT: project,
             LABEL_ENV: env,
             LABEL_SERVICE: service,
         }
-        return self._list_raw(client, labels)
+        # Containers made before slots have no slot label: filtered here, not by Docker.
+        return [raw for raw in self._list_raw(client, labels) if _key_of(raw) == key]
 
     def _why_exited(self, client: docker.DockerClient, container: str) -> tuple[int | None, str]:
         try:
@@ -233,7 +237,7 @@ class DockerRuntime:
 
     def _info(self, raw: dict[str, Any]) -> InstanceInfo:
         labels = raw.get("Labels") or {}
-        key = f"{labels[LABEL_PROJECT]}.{labels[LABEL_ENV]}.{labels[LABEL_SERVICE]}"
+        key = instance_key_of(labels)
         running = raw.get("State") in RUNNING_STATES
         container = raw["Id"]
         exit_code, detail = (None, None) if running else self._exits.get(container, (None, None))
@@ -472,7 +476,10 @@ def _is_instance(raw: Raw) -> bool:
 
 def _key_of(raw: Raw) -> str:
     labels = raw.get("Labels") or {}
-    return f"{labels.get(LABEL_PROJECT)}.{labels.get(LABEL_ENV)}.{labels.get(LABEL_SERVICE)}"
+    try:
+        return instance_key_of(labels)
+    except (KeyError, ValueError, ProtocolError):
+        return f"{labels.get(LABEL_PROJECT)}.{labels.get(LABEL_ENV)}.{labels.get(LABEL_SERVICE)}"
 
 
 def _dockerfile_argument(build: Build) -> str | None:

@@ -207,7 +207,7 @@ class ProcessRuntime:
             return await self._start(spec)
 
     async def stop(self, key: str, *, grace: float = DEFAULT_GRACE) -> None:
-        subjects.parse_alloc_key(key)  # a valid key is also a safe directory name
+        subjects.parse_instance_key(key)  # a valid key is also a safe directory name
         async with self._lock(key):
             found = self._observe(key)
             if found is not None and found[1].phase is InstancePhase.RUNNING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from typing import NoReturn
 
 import pytest
@@ -24,3 +25,11 @@ def nginx_binary() -> str:
     if found is None:
         unavailable("nginx not installed (Debian: apt-get install nginx-light)")
     return found
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `address` right now."""
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -1,0 +1,232 @@
+"""Replacing instances without losing a request: which services start beside the old
+instance, how droplets take turns (pure), and the reconciler's side of it with real processes:
+the new generation starts in the other slot on the spare port, the old one serves until the new
+one is healthy, then drains and stops once its draining was reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import meshd.reconciler
+from meshd.reconciler import Reconciler
+from meshd.rollout import replaced_beside, replaced_on, slot_port, waiting_for
+from plugins.runtimes import RuntimeContext
+from plugins.runtimes.process import ProcessRuntime
+from plugins.secrets.env import EnvSecrets
+from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
+from tests.support import free_port
+from tests.support.mesh import HELLO
+
+NOW = 1_000_000.0
+ADDRESS = "127.0.0.1"
+
+
+def allocation(**more: Any) -> Allocation:
+    values: dict[str, Any] = {
+        "project": "shop",
+        "env": "prod",
+        "service": "backend",
+        "generation": 2,
+        "droplets": ("web1", "web2", "web3"),
+        "port": 8100,
+        "spare_port": 8600,
+        "image": None,
+        "command": f"{sys.executable} {HELLO}",
+        "memory_mb": 64,
+        "health_path": "/health",
+    }
+    return Allocation(**{**values, **more})
+
+
+def instance(generation: int, healthy: bool = True, **more: Any) -> InstanceStatus:
+    return InstanceStatus(
+        project="shop",
+        env="prod",
+        service="backend",
+        state=InstanceState.RUNNING if healthy else InstanceState.STARTING,
+        healthy=healthy,
+        restarts=0,
+        generation=generation,
+        **more,
+    )
+
+
+def node(name: str, *instances: InstanceStatus, age: float = 1.0) -> NodeStatus:
+    return NodeStatus(
+        droplet=name,
+        address="10.0.0.1",
+        incarnation=1,
+        size="s-1vcpu-1gb",
+        roles=(),
+        instances=instances,
+        updated_at=NOW - age,
+    )
+
+
+def test_web_services_and_workers_start_beside_the_old_instance_datastores_in_place() -> None:
+    assert replaced_beside(allocation())
+    assert replaced_beside(allocation(service_kind="worker", port=None, spare_port=None))
+    assert not replaced_beside(allocation(service_kind="database", spare_port=None))
+    assert not replaced_beside(allocation(data_path="/data"))  # one volume, never two writers
+    assert not replaced_beside(allocation(spare_port=None))  # allocated before spares
+    assert (slot_port(allocation(), 0), slot_port(allocation(), 1)) == (8100, 8600)
+
+
+def test_droplets_take_turns_in_the_allocations_order() -> None:
+    serving_old = node("web1", instance(1))
+    assert waiting_for(allocation(), "web1", {"web1": serving_old}, NOW) is None
+    assert waiting_for(allocation(), "web2", {"web1": serving_old}, NOW) == "web1"
+
+    # web1's new instance starts: web2 still waits, and goes on once it is healthy.
+    starting = node("web1", instance(1), instance(2, healthy=False, slot=1))
+    assert waiting_for(allocation(), "web2", {"web1": starting}, NOW) == "web1"
+    replaced = node("web1", instance(1, draining=True), instance(2, slot=1))
+    assert waiting_for(allocation(), "web2", {"web1": replaced}, NOW) is None
+    assert waiting_for(allocation(), "web3", {"web1": replaced, "web2": serving_old}, NOW) == "web2"
+
+
+def test_a_droplet_with_nothing_to_protect_or_that_stopped_reporting_is_not_waited_for() -> None:
+    broken = node("web1", instance(1, healthy=False))
+    assert waiting_for(allocation(), "web2", {"web1": broken}, NOW) is None
+    silent = node("web1", instance(1), age=60.0)
+    assert waiting_for(allocation(), "web2", {"web1": silent}, NOW) is None
+    assert waiting_for(allocation(), "web2", {}, NOW) is None
+
+
+def test_a_droplet_is_replaced_when_only_the_new_healthy_instance_is_left() -> None:
+    nodes = {
+        "web1": node("web1", instance(2, slot=1)),
+        "web2": node("web2", instance(1, draining=True), instance(2, slot=1)),
+        "web3": node("web3", instance(2, healthy=False)),
+    }
+    assert replaced_on(allocation(), 2, nodes) == ["web1"]
+    assert replaced_on(allocation(), 3, nodes) == []
+
+
+# --- the reconciler, with real processes --------------------------------------------------
+
+
+@pytest.fixture
+async def reconciler(tmp_path: Path) -> AsyncIterator[Reconciler]:
+    runtime = ProcessRuntime(RuntimeContext(mesh="m", droplet="web1", data_dir=tmp_path / "rt"))
+    reconciler = Reconciler(runtime, "web1", ADDRESS, tmp_path, EnvSecrets())
+    task = asyncio.create_task(reconciler.run())
+    try:
+        yield reconciler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for info in await runtime.list():
+            await runtime.stop(info.key, grace=1.0)
+        await runtime.close()
+
+
+async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+    assert predicate(), what
+
+
+def served(reconciler: Reconciler) -> list[int]:
+    """Ports a load balancer would use now: healthy instances that are not draining."""
+    return sorted(s.port for s in reconciler.statuses() if s.healthy and not s.draining and s.port)
+
+
+async def test_a_new_generation_serves_before_the_old_one_drains_and_stops(
+    reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(meshd.reconciler, "DRAIN_S", 0.5)
+    port, spare = free_port(), free_port()
+    first = allocation(generation=1, droplets=("web1",), port=port, spare_port=spare)
+    await reconciler.apply({"shop.prod.backend": first})
+    await until(lambda: served(reconciler) == [port], "the first generation to serve")
+
+    failures: list[str] = []
+    requests = 0
+    stop = asyncio.Event()
+
+    async def clients() -> None:
+        """What a load balancer does: send each request to an instance it was told of."""
+        nonlocal requests
+        async with aiohttp.ClientSession() as http:
+            while not stop.is_set():
+                for target in served(reconciler):
+                    requests += 1
+                    try:
+                        async with http.get(f"http://{ADDRESS}:{target}/") as reply:
+                            if reply.status != 200:
+                                failures.append(f"{target}: {reply.status}")
+                    except aiohttp.ClientError as err:
+                        failures.append(f"{target}: {err}")
+                await asyncio.sleep(0.01)
+
+    load = asyncio.create_task(clients())
+    await reconciler.apply(
+        {
+            "shop.prod.backend": allocation(
+                generation=2, droplets=("web1",), port=port, spare_port=spare
+            )
+        }
+    )
+
+    # Both run, the old one serves until the new one passes its health check ...
+    await until(lambda: len(reconciler.statuses()) == 2, "the new instance beside the old")
+    await until(lambda: served(reconciler) == [spare], "the switch to the new instance")
+    old = next(s for s in reconciler.statuses() if s.slot == 0)
+    assert (old.generation, old.draining) == (1, True)
+    # ... and it stops only after its draining was reported (the load balancer learnt it).
+    await asyncio.sleep(1.0)
+    assert len(reconciler.statuses()) == 2
+    reconciler.published(
+        NodeStatus(
+            droplet="web1",
+            address=ADDRESS,
+            incarnation=1,
+            size="s-1vcpu-1gb",
+            roles=(),
+            instances=reconciler.statuses(),
+            updated_at=0.0,
+        )
+    )
+    await until(lambda: len(reconciler.statuses()) == 1, "the old instance to stop")
+    stop.set()
+    await load
+
+    (new,) = reconciler.statuses()
+    assert (new.slot, new.port, new.generation, new.healthy) == (1, spare, 2, True)
+    assert sorted(i.key for i in await reconciler.runtime.list()) == ["shop.prod.backend.1"]
+    assert requests > 20
+    assert failures == []
+
+
+async def test_a_replacement_that_never_gets_healthy_leaves_the_old_instance_serving(
+    reconciler: Reconciler,
+) -> None:
+    port, spare = free_port(), free_port()
+    first = allocation(generation=1, droplets=("web1",), port=port, spare_port=spare)
+    await reconciler.apply({"shop.prod.backend": first})
+    await until(lambda: served(reconciler) == [port], "the first generation to serve")
+
+    broken = allocation(
+        generation=2,
+        droplets=("web1",),
+        port=port,
+        spare_port=spare,
+        command=f"{sys.executable} {HELLO} --hang",
+    )
+    await reconciler.apply({"shop.prod.backend": broken})
+    await until(lambda: len(reconciler.statuses()) == 2, "the new instance beside the old")
+    await asyncio.sleep(3.0)
+    assert served(reconciler) == [port]
+    old = next(s for s in reconciler.statuses() if s.slot == 0)
+    assert (old.generation, old.healthy, old.draining) == (1, True, False)
