@@ -153,10 +153,12 @@ def main() -> None:
         result["crash_failed_gets"] = crash.failed()
         result["crash_requests"] = len(crash.results)
 
+        holder = json.loads(meshctl(env, "status", "--json"))["lb"]
+        result["lb_holder_killed"] = holder
         with Requests(url) as failover:
             time.sleep(1)
             killed = time.monotonic()
-            os.killpg(droplets["master"]["pgid"], signal.SIGKILL)
+            os.killpg(droplets[holder]["pgid"], signal.SIGKILL)
             deadline = killed + 30
             back = None
             while time.monotonic() < deadline and back is None:

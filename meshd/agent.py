@@ -23,6 +23,7 @@ from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
+from meshd.meshview import MeshView
 from meshd.provisioner import Provisioner
 from meshd.reconciler import Reconciler
 from meshd.scheduler import Scheduler
@@ -33,6 +34,7 @@ from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.messages import Allocation, Message, NodeStatus
+from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
@@ -142,7 +144,8 @@ class Agent:
                 store, self.identity, self.status, reconciler.observed, reconciler.published
             )
             name = self.identity.name
-            balancer = Balancer(store, self.identity, self.config, provider, self.dir / "lb")
+            view = MeshView()
+            balancer = Balancer(store, self.identity, self.config, provider, view, self.dir / "lb")
             keepers = [
                 LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)
                 for r in (
@@ -164,8 +167,18 @@ class Agent:
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
-                tasks.create_task(self._feed(store, reconciler), name="allocations")
-                tasks.create_task(self._addresses(store, reconciler), name="addresses")
+                tasks.create_task(self._feed(store, reconciler, view), name="allocations")
+                tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
+                tasks.create_task(
+                    follow(
+                        store,
+                        subjects.DESIRED_BUCKET,
+                        DesiredMessage,
+                        view.set_desired,
+                        keys=subjects.DESIRED_KEY,
+                    ),
+                    name="desired",
+                )
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:
@@ -174,15 +187,21 @@ class Agent:
             self.store = None
             await store.close()
 
-    async def _feed(self, store: Store, reconciler: Reconciler) -> None:
-        """Allocations from KV to the reconciler."""
-        await follow(store, subjects.ALLOC_BUCKET, Allocation, reconciler.apply)
+    async def _feed(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
+        """Allocations from KV to the reconciler and the mesh view."""
 
-    async def _addresses(self, store: Store, reconciler: Reconciler) -> None:
-        """What droplets report, from `mesh_nodes` to the reconciler: their addresses (host
-        variables) and instances (rollouts take turns)."""
+        async def publish(allocations: dict[str, Allocation]) -> None:
+            await view.set_allocations(allocations)
+            await reconciler.apply(allocations)
+
+        await follow(store, subjects.ALLOC_BUCKET, Allocation, publish)
+
+    async def _nodes(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
+        """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their
+        addresses (host variables) and instances (rollouts take turns)."""
 
         async def publish(nodes: dict[str, NodeStatus]) -> None:
+            await view.set_nodes(nodes)
             reconciler.set_peers(nodes)
             await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 

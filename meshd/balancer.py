@@ -24,21 +24,21 @@ from pathlib import Path
 
 from meshd.lbconfig import LbConfig, render_nginx, sites, upstreams
 from meshd.lease import Term
-from meshd.loops import SETTLE_S, follow
+from meshd.loops import SETTLE_S
 from meshd.meshconfig import DropletIdentity, MeshConfig
-from meshd.spec import DesiredState
-from meshd.store import Store
+from meshd.meshview import MeshView
+from meshd.store import Store, StoreUnavailable
 from plugins.lb import ConfigRejected, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
 from protocol.codec import decode
-from protocol.messages import Allocation, Lease, NodeStatus
-from protocol.messages import DesiredState as DesiredMessage
+from protocol.messages import Lease
 
 log = logging.getLogger(__name__)
 RESYNC_S = 2.0
 RETRY_S = 0.25  # after the server could not apply a configuration (e.g. its address is busy)
 LINGER_S = 10.0  # longer than a JetStream leader election (about 5 s)
+LEADER_CHECK_S = 10.0  # how often the holder looks who leads the leases stream
 
 
 class Balancer:
@@ -50,6 +50,7 @@ class Balancer:
         identity: DropletIdentity,
         config: MeshConfig,
         provider: Provider,
+        view: MeshView,
         directory: Path,
         lb_name: str = "nginx",
     ) -> None:
@@ -57,6 +58,7 @@ class Balancer:
         self.identity = identity
         self.config = config
         self.provider = provider
+        self.view = view  # kept current by the agent's watches
         self.directory = directory
         self.lb_name = lb_name
         self._reported: str | None = None  # the last problem recorded, so it is said once
@@ -71,25 +73,14 @@ class Balancer:
             self.lb_name,
             LbContext(directory=self.directory, logger=logging.getLogger("plugins.lb")),
         )
-        view = _View()
-        mirrors = [
-            asyncio.create_task(follow(self.store, subjects.NODES_BUCKET, NodeStatus, view.nodes)),
-            asyncio.create_task(
-                follow(self.store, subjects.ALLOC_BUCKET, Allocation, view.allocations)
-            ),
-            asyncio.create_task(
-                follow(
-                    self.store,
-                    subjects.DESIRED_BUCKET,
-                    DesiredMessage,
-                    view.desired,
-                    keys=subjects.DESIRED_KEY,
-                )
-            ),
-        ]
+        view = self.view
         try:
             await self._take_address(term)
+            next_check = 0.0
             while True:
+                if time.monotonic() >= next_check:
+                    await self._leases_led_elsewhere(term)
+                    next_check = time.monotonic() + LEADER_CHECK_S
                 view.changed.clear()
                 applied = True
                 if view.ready:
@@ -100,14 +91,30 @@ class Balancer:
                     await asyncio.wait_for(view.changed.wait(), RESYNC_S if applied else RETRY_S)
                 await asyncio.sleep(SETTLE_S)
         finally:
-            for mirror in mirrors:
-                mirror.cancel()
-            await asyncio.gather(*mirrors, return_exceptions=True)
             if term.expired:
                 log.warning("Lease expired; serving on until another holder shows up.")
                 self._lingering = (lb, asyncio.create_task(self._linger(lb)))
             else:
                 await lb.stop()
+
+    async def _leases_led_elsewhere(self, term: Term) -> None:
+        """The holder's own death must not cost the leases stream an election before its
+        lease can expire and be taken: another server should lead that stream."""
+        term.check()
+        try:
+            peer = await self.store.lead_elsewhere(subjects.LEASES_BUCKET, self.identity.name)
+        except StoreUnavailable as err:
+            log.info("Leases stream leader not moved. error=%s", err)
+            return
+        if peer is not None:
+            log.info("Leases stream leadership handed over. to=%s", peer)
+            self.store.record_soon(
+                "leases_leader_moved",
+                self.identity.name,
+                subjects.LEASES_BUCKET,
+                {"to": peer},
+                fence=term.fence,
+            )
 
     async def _pick_up(self) -> LoadBalancer | None:
         """The server still serving from an expired term, if any."""
@@ -153,7 +160,7 @@ class Balancer:
         if address and isinstance(self.provider, ReservedAddresses):
             await self.provider.assign_reserved_address(address, self.identity.id, fence=term.fence)
         term.check()
-        await self.store.record(
+        self.store.record_soon(
             "entry_assigned",
             self.identity.name,
             self.listen,
@@ -161,10 +168,10 @@ class Balancer:
             fence=term.fence,
         )
 
-    async def balance(self, term: Term, lb: LoadBalancer, view: _View) -> bool:
+    async def balance(self, term: Term, lb: LoadBalancer, view: MeshView) -> bool:
         """Render from the mirrored state (kept by watches: no reads per change) and apply;
         False when the server could not take it."""
-        found = upstreams(view.by_key.values(), view.by_name, time.time())
+        found = upstreams(view.allocations.values(), view.nodes, time.time())
         text = render_nginx(
             LbConfig(
                 listen=self.listen,
@@ -178,7 +185,7 @@ class Balancer:
             if await lb.apply(text):
                 log.info("Load balancer configured. upstreams=%d", len(found))
             elif await lb.ensure_running():
-                await self.store.record(
+                self.store.record_soon(
                     "lb_restarted", self.identity.name, self.listen, {}, fence=term.fence
                 )
             self._reported = None
@@ -188,43 +195,7 @@ class Balancer:
                 self._reported = err.reason
                 name = "lb_config_rejected" if isinstance(err, ConfigRejected) else "lb_unavailable"
                 log.error("Load balancer problem. error=%s", err.reason)
-                await self.store.record(
+                self.store.record_soon(
                     name, self.identity.name, self.listen, {"error": err.reason}, term.fence
                 )
             return False
-
-
-class _View:
-    """What the balancer renders from: decoded node statuses, allocations and desired state,
-    replaced whole by `follow` after each change."""
-
-    def __init__(self) -> None:
-        self.by_name: dict[str, NodeStatus] = {}
-        self.by_key: dict[str, Allocation] = {}
-        self.state: DesiredState | None = None
-        self.changed = asyncio.Event()
-        self._seen: set[str] = set()
-
-    @property
-    def ready(self) -> bool:
-        return {"nodes", "allocations"} <= self._seen
-
-    async def nodes(self, values: dict[str, NodeStatus]) -> None:
-        self.by_name = dict(values)
-        self._arrived("nodes")
-
-    async def allocations(self, values: dict[str, Allocation]) -> None:
-        self.by_key = dict(values)
-        self._arrived("allocations")
-
-    async def desired(self, values: dict[str, DesiredMessage]) -> None:
-        message = values.get(subjects.DESIRED_KEY)
-        try:
-            self.state = DesiredState.from_data(message.spec) if message else None
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("Desired state unreadable; no domains. error=%s", err)
-        self._arrived("desired")
-
-    def _arrived(self, what: str) -> None:
-        self._seen.add(what)
-        self.changed.set()

@@ -142,7 +142,7 @@ class LeaseKeeper:
         self.term = term
         self._notify(term)
         log.info("Lease taken. role=%s fence=%d", self.role, revision)
-        await self.store.record("lease_taken", self.holder, self.role, {}, fence=revision)
+        self.store.record_soon("lease_taken", self.holder, self.role, {}, fence=revision)
         return term
 
     async def _hold(self, term: Term) -> None:
@@ -172,7 +172,7 @@ class LeaseKeeper:
             if hand_over:
                 await self._release(term)
         log.info("Lease ended. role=%s fence=%d", self.role, term.fence)
-        await self.store.record("lease_lost", self.holder, self.role, {}, fence=term.fence)
+        self.store.record_soon("lease_lost", self.holder, self.role, {}, fence=term.fence)
 
     async def _renew(self, term: Term) -> None:
         started = time.monotonic()

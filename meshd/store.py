@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -59,6 +60,7 @@ class Entry:
     revision: int
 
 
+RECORDING_GRACE_S = 2.0
 _UNAVAILABLE = (
     nats.errors.TimeoutError,
     nats.errors.NoServersError,
@@ -79,6 +81,7 @@ class Store:
         self._js: JetStreamContext = nc.jetstream(timeout=timeout)
         self._timeout = timeout
         self._buckets: dict[str, KeyValue] = {}
+        self._recording: set[asyncio.Task[None]] = set()  # events on their way (`record_soon`)
 
     @classmethod
     async def connect(
@@ -137,6 +140,10 @@ class Store:
         return bool(self._nc.is_connected)
 
     async def close(self) -> None:
+        if self._recording:  # a short wait for events on their way, never a long one
+            await asyncio.wait(self._recording, timeout=RECORDING_GRACE_S)
+            for task in self._recording:
+                task.cancel()
         if not self._nc.is_closed:
             try:
                 await self._nc.drain()
@@ -324,6 +331,8 @@ class Store:
         subject: str,
         detail: dict[str, Any] | None = None,
         fence: int | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
         """Append an event to MESH_EVENTS; failures are logged, never raised (the audit log
         must not stop the action it describes)."""
@@ -333,7 +342,7 @@ class Store:
             subject=subject,
             detail=detail or {},
             fence=fence,
-            at=time.time(),
+            at=at if at is not None else time.time(),
         )
         data = encode(event)
         for attempt in range(EVENT_ATTEMPTS):
@@ -345,6 +354,21 @@ class Store:
                     log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
                 else:
                     await asyncio.sleep(0.5)  # e.g. the stream is still being created
+
+    def record_soon(
+        self,
+        name: str,
+        actor: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        fence: int | None = None,
+    ) -> None:
+        """`record` without waiting for it: for events on a path that must not wait for a
+        JetStream election (taking over a role). The event keeps the time of this call."""
+        at = time.time()
+        task = asyncio.create_task(self.record(name, actor, subject, detail, fence, at=at))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     async def recent_events(self, count: int) -> list[Event]:
         try:
@@ -370,6 +394,32 @@ class Store:
                 yield decode(msg.data, Event)
         finally:
             await sub.unsubscribe()
+
+    async def lead_elsewhere(self, bucket: str, server: str) -> str | None:
+        """If the nats-server named `server` leads the stream behind `bucket`, ask it to hand
+        the leadership to a current peer; the peer asked for, or None when nothing was asked
+        (another server leads, the stream has one replica, or no peer is current)."""
+        stream = f"KV_{bucket}"
+        try:
+            info = await self._js.stream_info(stream)
+            cluster = info.cluster
+            if cluster is None or cluster.leader != server:
+                return None
+            peers = sorted(
+                p.name for p in cluster.replicas or () if p.name and p.current and not p.offline
+            )
+            if not peers:
+                return None
+            request = json.dumps({"placement": {"preferred": peers[0]}}).encode()
+            reply = await self._nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=self._timeout
+            )
+        except (*_UNAVAILABLE, nats.errors.Error, nats.js.errors.Error) as err:
+            raise StoreUnavailable(f"move the leader of {stream}: {_reason(err)}") from None
+        answer = json.loads(reply.data)
+        if not answer.get("success"):
+            raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
+        return peers[0]
 
     async def publish(self, subject: str, data: bytes) -> None:
         """Core NATS, fire and forget (heartbeats): silently dropped while disconnected."""

@@ -1,0 +1,51 @@
+"""What an agent knows of the whole mesh, kept current by its watches: every droplet's report,
+every allocation and the desired state. The reconciler and the load balancer read it; nothing
+here reads the store, so a new lb holder can render at once, even while JetStream elects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshd.spec import DesiredState
+from protocol import subjects
+from protocol.messages import Allocation, NodeStatus
+from protocol.messages import DesiredState as DesiredMessage
+
+log = logging.getLogger(__name__)
+
+
+class MeshView:
+    """Replaced whole by `meshd.loops.follow` after each change; `changed` is set then."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeStatus] = {}
+        self.allocations: dict[str, Allocation] = {}
+        self.state: DesiredState | None = None
+        self.changed = asyncio.Event()
+        self._seen: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        """Node reports and allocations have both been read once."""
+        return {"nodes", "allocations"} <= self._seen
+
+    async def set_nodes(self, values: dict[str, NodeStatus]) -> None:
+        self.nodes = dict(values)
+        self._arrived("nodes")
+
+    async def set_allocations(self, values: dict[str, Allocation]) -> None:
+        self.allocations = dict(values)
+        self._arrived("allocations")
+
+    async def set_desired(self, values: dict[str, DesiredMessage]) -> None:
+        message = values.get(subjects.DESIRED_KEY)
+        try:
+            self.state = DesiredState.from_data(message.spec) if message else None
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("Desired state unreadable; no domains. error=%s", err)
+        self._arrived("desired")
+
+    def _arrived(self, what: str) -> None:
+        self._seen.add(what)
+        self.changed.set()
