@@ -1,14 +1,17 @@
 """The entry point under faults. Prints one JSON object.
 
-A local mesh of 3 droplets (process runtime) runs one project whose backend has two
-instances behind the lb holder's nginx. A bounded request loop (loopback only, every 20 ms)
+A local mesh (process runtime; `meshctl up --local`'s droplets, then the CSV's) runs one
+project whose backend has two instances behind the lb holder's nginx. A bounded request loop (loopback only, every 20 ms)
 runs through the entry address while: `meshctl restart` replaces both instances
 (`rolling_restart_failed`: requests that failed; `rolling_restart_s`: how long the command
 took, waiting included); one backend instance is SIGKILLed (`crash_failed_gets`:
 requests that failed; nginx retries on the other instance) and the lb holder's droplet is
 SIGKILLed (`lb_failover_gap_s`: from the kill to the first good answer after it, and
-`lb_failover_failed`). `reload_ms` is the median time the nginx plugin takes to test and
-reload a changed configuration. Needs nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
+`lb_failover_failed`). Before that, the nats-server leading the leases stream (not on the
+lb holder's droplet) is paused with SIGSTOP for 8 s (`election_pause_failed`: requests that
+failed while JetStream elected a new leader and the holder could not renew). `reload_ms` is
+the median time the nginx plugin takes to test and reload a changed configuration. Needs
+nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
 """
 
 from __future__ import annotations
@@ -79,6 +82,38 @@ def instance_pid(address: str, key: str) -> int:
         if f"{i['project']}.{i['env']}.{i['service']}" == key:
             return int(i["runtime_id"])
     raise LookupError(key)
+
+
+def leases_leader(config_home: Path) -> str:
+    """The nats-server that leads the leases stream, asked with the operator's context."""
+    os.environ["MESHD_CONFIG_HOME"] = str(config_home)
+    from meshd.context import load_context
+    from meshd.store import Store
+
+    async def ask() -> str:
+        context = load_context(None)
+        store = await Store.connect(context.servers, context.user, context.password, name="b")
+        try:
+            leader = await store.bucket_leader("mesh_leases")
+            assert leader is not None, "the leases stream has no leader"
+            return leader
+        finally:
+            await store.close()
+
+    return asyncio.run(ask())
+
+
+def nats_pid(droplet_dir: str) -> int:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[0].endswith("nats-server") and any(droplet_dir in a for a in argv):
+            return int(proc.name)
+    raise LookupError(droplet_dir)
 
 
 def reload_ms(directory: Path) -> float:
@@ -153,6 +188,18 @@ def main() -> None:
         result["crash_failed_gets"] = crash.failed()
         result["crash_requests"] = len(crash.results)
 
+        holder = json.loads(meshctl(env, "status", "--json"))["lb"]
+        leader = leases_leader(home / "config")
+        result["election_paused"] = leader
+        if leader != holder:
+            paused = nats_pid(droplets[leader]["dir"])
+            with Requests(url) as election:
+                os.kill(paused, signal.SIGSTOP)
+                time.sleep(8)
+                os.kill(paused, signal.SIGCONT)
+                time.sleep(2)
+            result["election_pause_failed"] = election.failed()
+            time.sleep(5)
         holder = json.loads(meshctl(env, "status", "--json"))["lb"]
         result["lb_holder_killed"] = holder
         with Requests(url) as failover:

@@ -395,6 +395,14 @@ class Store:
         finally:
             await sub.unsubscribe()
 
+    async def bucket_leader(self, bucket: str) -> str | None:
+        """The nats-server leading the stream behind `bucket` (None: no leader right now)."""
+        try:
+            info = await self._js.stream_info(f"KV_{bucket}")
+        except (*_UNAVAILABLE, nats.errors.Error, nats.js.errors.Error) as err:
+            raise StoreUnavailable(f"stream info of KV_{bucket}: {_reason(err)}") from None
+        return info.cluster.leader if info.cluster else None
+
     async def lead_elsewhere(self, bucket: str, server: str) -> str | None:
         """If the nats-server named `server` leads the stream behind `bucket`, ask it to hand
         the leadership to a current peer; the peer asked for, or None when nothing was asked

@@ -1,5 +1,6 @@
 """The `lb` role on a real local mesh with real nginx: the entry address reaches every
 instance of a replicated service, an unhealthy instance leaves the upstream and comes back,
+a JetStream election (the leases stream's leader paused) does not take the entry point down,
 and killing the lb holder moves the entry point to another droplet."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.support.mesh import (
     hello,
     http_get,
     local_mesh,
+    requests_to,
     wait_for,
     write_project,
 )
@@ -100,6 +103,24 @@ def test_the_entry_point_balances_follows_health_and_moves_with_its_holder(
         finally:
             os.kill(pid, signal.SIGCONT)
         wait_for(lambda: len(backend(mesh)["upstream"]) == 2, timeout=60, what="it to return")
+
+        # The holder hands the leases stream's leadership to another server; pausing that
+        # server costs an election, during which the holder cannot renew: it serves on.
+        leader = wait_for(
+            lambda: (found := mesh.bucket_leader("mesh_leases")) not in (None, holder) and found,
+            what="the leases stream led by another droplet than the lb holder",
+        )
+        paused = mesh.pid_of(leader, "nats-server")
+        with requests_to(url) as load:
+            os.kill(paused, signal.SIGSTOP)
+            time.sleep(8)
+            os.kill(paused, signal.SIGCONT)
+            time.sleep(2)
+        assert load.sent > 100
+        # Without lingering, the whole election (about 5 s of 10) would fail.
+        assert len(load.failed) <= load.sent // 20, load.failed[:5]
+        wait_for(lambda: lb_holder(mesh) is not None, what="an lb holder after the election")
+        holder = wait_for(lambda: mesh.status()["lb"], what="the lb holder")
 
         # The holder dies: another droplet takes the lease and the entry address.
         group = next(d["pgid"] for d in mesh.account["droplets"].values() if d["name"] == holder)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,14 @@ from typing import Any
 import pytest
 
 from tests.support import nginx_binary
-from tests.support.mesh import LocalMesh, hello, http_get, local_mesh, write_project
+from tests.support.mesh import (
+    LocalMesh,
+    hello,
+    http_get,
+    local_mesh,
+    requests_to,
+    write_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,38 +31,6 @@ SERVICES: dict[str, Any] = {
     "database": {"enabled": False},
     "redis": {"enabled": False},
 }
-
-
-@dataclass
-class Load:
-    """Requests one after the other until stopped; what failed and how many there were."""
-
-    urls: list[str]
-    sent: int = 0
-    failed: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for url in self.urls:
-                self.sent += 1
-                try:
-                    http_get(url, timeout=5.0)
-                except (OSError, urllib.error.URLError) as err:
-                    self.failed.append(f"{time.monotonic():.2f} {url}: {err}")
-            time.sleep(0.01)
-
-
-@contextmanager
-def continuous(urls: list[str]) -> Iterator[Load]:
-    load = Load(urls)
-    thread = threading.Thread(target=load.run, daemon=True)
-    thread.start()
-    try:
-        yield load
-    finally:
-        load.stop.set()
-        thread.join(timeout=30)
 
 
 @dataclass
@@ -116,7 +88,7 @@ def test_a_rolling_restart_loses_no_request_and_takes_turns(tmp_path: Path) -> N
         watcher = threading.Thread(target=turns.run, daemon=True)
         watcher.start()
         urls = [f"{entry}/shop-prod/backend/", f"{entry}/shop-uat/backend/"]
-        with continuous(urls) as load:
+        with requests_to(*urls) as load:
             time.sleep(1.0)
             done = json.loads(mesh.ok("restart", "shop", "prod", "--json", timeout=200))
             single = json.loads(mesh.ok("restart", "shop", "uat", "backend", "--json"))

@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -102,6 +104,25 @@ class LocalMesh:
                 return int(proc.name)
         raise LookupError(f"no {role} running for {name}")
 
+    def bucket_leader(self, bucket: str) -> str | None:
+        """The nats-server leading a KV bucket's stream (asked with the operator's context)."""
+        import asyncio
+
+        from meshd.store import Store
+
+        context = json.loads(next((self.home / "config" / "contexts").glob("*.json")).read_text())
+
+        async def ask() -> str | None:
+            store = await Store.connect(
+                context["servers"], context["user"], context["password"], name="test"
+            )
+            try:
+                return await store.bucket_leader(bucket)
+            finally:
+                await store.close()
+
+        return asyncio.run(ask())
+
     def converged(self) -> bool:
         """Every service has as many healthy instances as it wants (and there are services)."""
         services = self.status()["services"]
@@ -186,3 +207,36 @@ WEB_ONLY: dict[str, Any] = {
     "database": {"enabled": False},
     "redis": {"enabled": False},
 }
+
+
+@dataclass
+class Load:
+    """Requests one after the other until stopped; what failed and how many there were."""
+
+    urls: list[str]
+    sent: int = 0
+    failed: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for url in self.urls:
+                self.sent += 1
+                try:
+                    http_get(url, timeout=5.0)
+                except (OSError, urllib.error.URLError) as err:
+                    self.failed.append(f"{time.monotonic():.2f} {url}: {err}")
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def requests_to(*urls: str) -> Iterator[Load]:
+    """GETs of `urls`, one after the other, in a thread until the block ends."""
+    load = Load(list(urls))
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        thread.join(timeout=30)
