@@ -1,17 +1,20 @@
 """The entry point under faults. Prints one JSON object.
 
 A local mesh (process runtime; `meshctl up --local`'s droplets, then the CSV's) runs one
-project whose backend has two instances behind the lb holder's nginx. A bounded request loop (loopback only, every 20 ms)
-runs through the entry address while: `meshctl restart` replaces both instances
-(`rolling_restart_failed`: requests that failed; `rolling_restart_s`: how long the command
-took, waiting included); one backend instance is SIGKILLed (`crash_failed_gets`:
-requests that failed; nginx retries on the other instance) and the lb holder's droplet is
-SIGKILLed (`lb_failover_gap_s`: from the kill to the first good answer after it, and
-`lb_failover_failed`). Before that, the nats-server leading the leases stream (not on the
-lb holder's droplet) is paused with SIGSTOP for 8 s (`election_pause_failed`: requests that
-failed while JetStream elected a new leader and the holder could not renew). `reload_ms` is
-the median time the nginx plugin takes to test and reload a changed configuration. Needs
-nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
+project whose backend has two instances behind the lb holder's nginx. A bounded request
+loop (loopback only, every 20 ms) runs through the entry address while, in turn:
+
+- `meshctl restart` replaces both instances (`rolling_restart_failed`: requests that
+  failed; `rolling_restart_s`: how long the command took, waiting included);
+- one backend instance is SIGKILLed (`crash_failed_gets`; nginx retries on the other);
+- the nats-server leading the leases stream (not on the lb holder's droplet) is paused
+  with SIGSTOP for 8 s (`election_pause_failed`: requests that failed while JetStream
+  elected a new leader and the holder could not renew);
+- the lb holder's droplet is SIGKILLed (`lb_failover_gap_s`: from the kill to the first
+  good answer after it; `lb_failover_failed`).
+
+`reload_ms` is the median time the nginx plugin takes to test and reload a changed
+configuration. Needs nginx (Debian nginx-light). Run: `.venv/bin/python bench/lb.py`.
 """
 
 from __future__ import annotations
@@ -138,6 +141,71 @@ def reload_ms(directory: Path) -> float:
     return round(asyncio.run(measure()), 1)
 
 
+def rolling_restart(env: dict[str, str], url: str) -> dict[str, Any]:
+    with Requests(url) as rolling:
+        time.sleep(1)
+        started = time.monotonic()
+        meshctl(env, "restart", "shop", "prod", "backend")
+        took = round(time.monotonic() - started, 1)
+        time.sleep(1)
+    return {
+        "rolling_restart_s": took,
+        "rolling_restart_failed": rolling.failed(),
+        "rolling_restart_requests": len(rolling.results),
+    }
+
+
+def instance_crash(url: str, victim: str) -> dict[str, Any]:
+    with Requests(url) as crash:
+        time.sleep(1)
+        os.kill(instance_pid(victim, "shop.prod.backend"), signal.SIGKILL)
+        time.sleep(3)
+    return {"crash_failed_gets": crash.failed(), "crash_requests": len(crash.results)}
+
+
+def election_pause(url: str, leader_dir: str) -> dict[str, Any]:
+    paused = nats_pid(leader_dir)
+    with Requests(url) as election:
+        os.kill(paused, signal.SIGSTOP)
+        time.sleep(8)
+        os.kill(paused, signal.SIGCONT)
+        time.sleep(2)
+    time.sleep(5)
+    return {"election_pause_failed": election.failed()}
+
+
+def holder_kill(url: str, pgid: int) -> dict[str, Any]:
+    with Requests(url) as failover:
+        time.sleep(1)
+        killed = time.monotonic()
+        os.killpg(pgid, signal.SIGKILL)
+        deadline = killed + 30
+        back = None
+        while time.monotonic() < deadline and back is None:
+            time.sleep(0.1)
+            back = next((t for t, ok in failover.results if t > killed and ok), None)
+        time.sleep(0.5)
+    failed_after = [t for t, ok in failover.results if t > killed and not ok]
+    return {
+        "lb_failover_gap_s": round(back - killed, 2) if back else None,
+        "lb_failover_failed": len(failed_after),
+    }
+
+
+def write_inputs(home: Path) -> None:
+    (home / "projects.csv").write_text(
+        "Project,Servers,MasterSpec,WebSpec\nshop,3,s-1vcpu-2gb,s-1vcpu-1gb\n"
+    )
+    services = {
+        "backend": {"command": f"python3 {HELLO}"},
+        "frontend": {"enabled": False},
+        "database": {"enabled": False},
+        "redis": {"enabled": False},
+    }
+    config = {"projects": {"shop": {"services": services}}}
+    (home / "deployment_config.json").write_text(json.dumps(config))
+
+
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="meshd-bench-lb-"))
     env = dict(
@@ -146,18 +214,7 @@ def main() -> None:
         MESHD_STATE_HOME=str(home / "state"),
         NO_COLOR="1",
     )
-    (home / "projects.csv").write_text(
-        "Project,Servers,MasterSpec,WebSpec\nshop,3,s-1vcpu-2gb,s-1vcpu-1gb\n"
-    )
-    run = f"python3 {HELLO}"
-    services = {
-        "backend": {"command": run},
-        "frontend": {"enabled": False},
-        "database": {"enabled": False},
-        "redis": {"enabled": False},
-    }
-    config = {"projects": {"shop": {"services": services}}}
-    (home / "deployment_config.json").write_text(json.dumps(config))
+    write_inputs(home)
     result: dict[str, Any] = {}
     try:
         meshctl(env, "up", "--local", "--name", "bench", "--runtime", "process")
@@ -169,52 +226,17 @@ def main() -> None:
         backend = next(
             s for s in status["services"] if s["service"] == "backend" and s["env"] == "prod"
         )
-        victim = droplets[backend["droplets"][0]]["address"]
         time.sleep(1)
-
-        with Requests(url) as rolling:
-            time.sleep(1)
-            started = time.monotonic()
-            meshctl(env, "restart", "shop", "prod", "backend")
-            result["rolling_restart_s"] = round(time.monotonic() - started, 1)
-            time.sleep(1)
-        result["rolling_restart_failed"] = rolling.failed()
-        result["rolling_restart_requests"] = len(rolling.results)
-
-        with Requests(url) as crash:
-            time.sleep(1)
-            os.kill(instance_pid(victim, "shop.prod.backend"), signal.SIGKILL)
-            time.sleep(3)
-        result["crash_failed_gets"] = crash.failed()
-        result["crash_requests"] = len(crash.results)
-
+        result.update(rolling_restart(env, url))
+        result.update(instance_crash(url, droplets[backend["droplets"][0]]["address"]))
         holder = json.loads(meshctl(env, "status", "--json"))["lb"]
         leader = leases_leader(home / "config")
         result["election_paused"] = leader
         if leader != holder:
-            paused = nats_pid(droplets[leader]["dir"])
-            with Requests(url) as election:
-                os.kill(paused, signal.SIGSTOP)
-                time.sleep(8)
-                os.kill(paused, signal.SIGCONT)
-                time.sleep(2)
-            result["election_pause_failed"] = election.failed()
-            time.sleep(5)
+            result.update(election_pause(url, droplets[leader]["dir"]))
         holder = json.loads(meshctl(env, "status", "--json"))["lb"]
         result["lb_holder_killed"] = holder
-        with Requests(url) as failover:
-            time.sleep(1)
-            killed = time.monotonic()
-            os.killpg(droplets[holder]["pgid"], signal.SIGKILL)
-            deadline = killed + 30
-            back = None
-            while time.monotonic() < deadline and back is None:
-                time.sleep(0.1)
-                back = next((t for t, ok in failover.results if t > killed and ok), None)
-            time.sleep(0.5)
-        failed_after = [t for t, ok in failover.results if t > killed and not ok]
-        result["lb_failover_gap_s"] = round(back - killed, 2) if back else None
-        result["lb_failover_failed"] = len(failed_after)
+        result.update(holder_kill(url, droplets[holder]["pgid"]))
         result["reload_ms"] = reload_ms(home / "reload")
     finally:
         subprocess.run(
