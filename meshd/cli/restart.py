@@ -56,7 +56,7 @@ class Restarting:
 
 @click.command(no_args_is_help=True)
 @click.argument("project")
-@click.argument("env", type=click.Choice(ENVIRONMENTS))
+@click.argument("env", metavar="ENV", type=click.Choice(ENVIRONMENTS))
 @click.argument("service", required=False)
 @click.option(
     "--wait/--no-wait",
