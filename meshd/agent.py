@@ -19,12 +19,13 @@ from aiohttp import web
 
 from meshd.api import create_app
 from meshd.balancer import Balancer
+from meshd.detector import Detector
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.meshview import MeshView
-from meshd.provisioner import Provisioner
+from meshd.provisioner import Provisioner, mesh_tag
 from meshd.reconciler import Reconciler
 from meshd.scheduler import Scheduler
 from meshd.spec import MASTER
@@ -33,7 +34,7 @@ from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
-from protocol.messages import Allocation, Message, NodeStatus
+from protocol.messages import Allocation, FailureRecord, Message, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,16 @@ class Agent:
                     hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
                 )
             )
+            detector = Detector(
+                store, self.identity, self.incarnation, view, provider, mesh_tag(self.config.mesh)
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
+                tasks.create_task(detector.run(), name="detector")
+                tasks.create_task(
+                    follow(store, subjects.FAILURES_BUCKET, FailureRecord, view.set_failures),
+                    name="failures",
+                )
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
                 tasks.create_task(

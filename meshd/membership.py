@@ -1,5 +1,6 @@
-"""A droplet's presence in the mesh: heartbeats on `mesh.hb.<droplet>` every second and its
-observed state in KV `mesh_nodes/<droplet>`."""
+"""A droplet's presence in the mesh: heartbeats on `mesh.hb.<droplet>` twice a second (its
+monitors' evidence of life, beside their probes) and its observed state in KV
+`mesh_nodes/<droplet>`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from protocol.codec import encode
 from protocol.messages import Heartbeat, NodeStatus
 
 log = logging.getLogger(__name__)
-HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 0.5
 STATUS_EVERY_S = 5.0  # and whenever it changes
 STATUS_MIN_GAP_S = 0.2
 
@@ -61,7 +62,7 @@ class Membership:
         self.published = published  # told of every status written
 
     async def run(self) -> None:
-        """A heartbeat every second; the status whenever it changed (at most every
+        """A heartbeat every `HEARTBEAT_EVERY_S`; the status whenever it changed (at most every
         `STATUS_MIN_GAP_S`) and every `STATUS_EVERY_S` regardless."""
         seq = 0
         last_sent: tuple[object, ...] | None = None

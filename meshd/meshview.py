@@ -1,6 +1,7 @@
 """What an agent knows of the whole mesh, kept current by its watches: every droplet's report,
-every allocation and the desired state. The reconciler and the load balancer read it; nothing
-here reads the store, so a new lb holder can render at once, even while JetStream elects."""
+every allocation, the desired state and the confirmed failures. The reconciler, the load
+balancer and the failure detector read it; nothing here reads the store, so a new lb holder
+can render at once, even while JetStream elects."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 
 from meshd.spec import DesiredState
 from protocol import subjects
-from protocol.messages import Allocation, NodeStatus
+from protocol.messages import Allocation, FailureRecord, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class MeshView:
         self.nodes: dict[str, NodeStatus] = {}
         self.allocations: dict[str, Allocation] = {}
         self.state: DesiredState | None = None
+        self.failures: dict[str, FailureRecord] = {}
         self.changed = asyncio.Event()
         self._seen: set[str] = set()
 
@@ -45,6 +47,10 @@ class MeshView:
         except (KeyError, TypeError, ValueError) as err:
             log.warning("Desired state unreadable; no domains. error=%s", err)
         self._arrived("desired")
+
+    async def set_failures(self, values: dict[str, FailureRecord]) -> None:
+        self.failures = dict(values)
+        self._arrived("failures")
 
     def _arrived(self, what: str) -> None:
         self._seen.add(what)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from protocol.messages import Allocation, InstanceStatus, Lease, NodeStatus
+from meshd.monitors import monitor_map, targets_of
+from protocol.messages import Allocation, FailureRecord, InstanceStatus, Lease, NodeStatus
 
 STALE_AFTER_S = 15.0
 
@@ -16,10 +17,16 @@ def mesh_status(
     allocations: Mapping[str, Allocation],
     leases: Mapping[str, Lease],
     now: float,
+    failures: Mapping[str, FailureRecord] | None = None,
 ) -> dict[str, Any]:
+    failures = failures or {}
     roles: dict[str, list[str]] = {}
     for role, lease in sorted(leases.items()):
         roles.setdefault(lease.holder, []).append(role)
+    # The detector's map: droplets that booted and have no confirmed failure.
+    monitors = monitor_map(
+        name for name, node in nodes.items() if node.incarnation > 0 and name not in failures
+    )
     droplets = [
         {
             "name": node.droplet,
@@ -30,6 +37,9 @@ def mesh_status(
             "heartbeat_age_s": round(max(0.0, now - node.updated_at), 1),
             "incarnation": node.incarnation,
             "instances": len(node.instances),
+            "monitors": targets_of(node.droplet, monitors),
+            "monitored_by": list(monitors.get(node.droplet, ())),
+            "failure": failures[node.droplet].state.value if node.droplet in failures else None,
         }
         for node in sorted(nodes.values(), key=_droplet_order)
     ]
@@ -38,7 +48,22 @@ def mesh_status(
         for allocation in sorted(allocations.values(), key=_service_order)
     ]
     lb = leases.get("lb")
-    return {"lb": lb.holder if lb else None, "droplets": droplets, "services": services}
+    return {
+        "lb": lb.holder if lb else None,
+        "droplets": droplets,
+        "services": services,
+        "failures": [
+            {
+                "droplet": f.droplet,
+                "state": f.state.value,
+                "confirmed_by": list(f.confirmed_by),
+                "confirmed_at": f.confirmed_at,
+                "age_s": round(max(0.0, now - f.confirmed_at), 1),
+                "incarnation": f.incarnation,
+            }
+            for f in sorted(failures.values(), key=lambda f: f.confirmed_at)
+        ],
+    }
 
 
 def live_instances(

@@ -362,10 +362,13 @@ class Store:
         subject: str,
         detail: dict[str, Any] | None = None,
         fence: int | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
         """`record` without waiting for it: for events on a path that must not wait for a
-        JetStream election (taking over a role). The event keeps the time of this call."""
-        at = time.time()
+        JetStream election (taking over a role). The event keeps the time of this call (or
+        `at`)."""
+        at = at if at is not None else time.time()
         task = asyncio.create_task(self.record(name, actor, subject, detail, fence, at=at))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
@@ -433,6 +436,14 @@ class Store:
         """Core NATS, fire and forget (heartbeats): silently dropped while disconnected."""
         with contextlib.suppress(nats.errors.Error, OSError):
             await self._nc.publish(subject, data)
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        """Core NATS request/reply; None when nobody answers in time."""
+        try:
+            reply = await self._nc.request(subject, data, timeout=timeout)
+        except (nats.errors.Error, OSError):
+            return None
+        return bytes(reply.data)
 
     async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self._nc.subscribe(subject, cb=handler)

@@ -216,7 +216,8 @@ class Suspicion(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailureRecord(Message):
-    """A confirmed failure (KV `mesh_failures/<droplet>`); `fence` is the recovery lease."""
+    """A confirmed failure (KV `mesh_failures/<droplet>`); `fence` is the recovery lease
+    (0 until a recovery leader takes it over); `incarnation` is the one that failed."""
 
     KIND: ClassVar[str] = "failure_record"
 
@@ -225,6 +226,7 @@ class FailureRecord(Message):
     confirmed_at: float
     state: FailureState
     fence: int
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
+from meshd.cli.chaos import chaos
 from meshd.cli.compose import compose
 from meshd.cli.down import down
 from meshd.cli.publish import publish
@@ -36,7 +37,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (up, publish, restart, status, events, compose, down):
+for command in (up, publish, restart, status, events, chaos, compose, down):
     cli.add_command(command)
 
 

@@ -11,7 +11,7 @@ from meshd.observe import mesh_status
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import decode
-from protocol.messages import Allocation, Lease, NodeStatus
+from protocol.messages import Allocation, FailureRecord, Lease, NodeStatus
 
 CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
@@ -34,9 +34,10 @@ class Snapshot:
     nodes: dict[str, NodeStatus]
     allocations: dict[str, Allocation]
     leases: dict[str, Lease]
+    failures: dict[str, FailureRecord]
 
     def status(self) -> dict[str, Any]:
-        return mesh_status(self.nodes, self.allocations, self.leases, time.time())
+        return mesh_status(self.nodes, self.allocations, self.leases, time.time(), self.failures)
 
 
 async def snapshot(store: Store) -> Snapshot:
@@ -51,4 +52,5 @@ async def snapshot(store: Store) -> Snapshot:
         nodes=await read(subjects.NODES_BUCKET, NodeStatus),
         allocations=await read(subjects.ALLOC_BUCKET, Allocation),
         leases=await read(subjects.LEASES_BUCKET, Lease),
+        failures=await read(subjects.FAILURES_BUCKET, FailureRecord),
     )

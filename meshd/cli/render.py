@@ -117,17 +117,22 @@ def _allocation_table(plan: Plan) -> Table:
 
 def status_tables(view: dict[str, Any]) -> list[Table]:
     droplets = _table("Droplets")
-    for column in ("Droplet", "Address", "Size", "Roles", "Heartbeat", "Instances"):
+    for column in ("Droplet", "Address", "Size", "Roles", "Heartbeat", "Instances", "Monitored by"):
         droplets.add_column(column)
     for d in view["droplets"]:
         beat = f"{d['heartbeat_age_s']:.0f}s ago"
+        if d.get("failure"):
+            beat = f"[red]failed ({d['failure']})[/]"
+        elif not d["healthy"]:
+            beat = f"[red]{beat}[/]"
         droplets.add_row(
             d["name"],
             d["address"],
             d["size"],
             ", ".join(d["roles"]) or "-",
-            beat if d["healthy"] else f"[red]{beat}[/]",
+            beat,
             str(d["instances"]),
+            ", ".join(d.get("monitored_by", [])) or "-",
         )
     services = _table("Services")
     columns = (

@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -252,6 +253,42 @@ class LocalProvider:
                 "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
             )
 
+    # --- fault drills (local only: `meshctl chaos`) ---------------------------------------
+
+    async def crash(self, droplet_id: str) -> None:
+        """The droplet dies as a machine does: SIGKILL of its processes, its containers
+        killed; the account still says it is on."""
+        state = await self._state(droplet_id, "crash")
+        await asyncio.to_thread(self._kill, f"crash droplet {droplet_id}", state)
+        await asyncio.to_thread(self._signal_containers, state, "kill")
+        self._log.info("Droplet crashed (drill). id=%s", droplet_id)
+
+    async def pause(self, droplet_id: str, *, resume: bool = False) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the droplet's processes and containers."""
+        state = await self._state(droplet_id, "resume" if resume else "pause")
+        if state.pgid is None or not state.running():
+            raise ProviderError(f"pause droplet {droplet_id}", "it is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(state.pgid, signal.SIGCONT if resume else signal.SIGSTOP)
+        await asyncio.to_thread(self._signal_containers, state, "unpause" if resume else "pause")
+        self._log.info("Droplet %s (drill). id=%s", "resumed" if resume else "paused", droplet_id)
+
+    async def _state(self, droplet_id: str, action: str) -> DropletState:
+        account = await asyncio.to_thread(self._read)
+        state = None if account is None else account.droplets.get(droplet_id)
+        if state is None:
+            raise DropletNotFound(f"{action} droplet {droplet_id}", droplet_id)
+        return state
+
+    def _signal_containers(self, state: DropletState, action: str) -> None:
+        runtime = _runtime_of(state)
+        if runtime.get("name") != "docker":
+            return
+        from plugins.runtimes.docker import signal_containers
+
+        host = (runtime.get("config") or {}).get("docker_host")
+        signal_containers(self._mesh, state.name, action, docker_host=host)
+
     async def resize(self, droplet_id: str, size: str, *, fence: int | None) -> None:
         check_size(f"resize droplet {droplet_id}", size)
 
@@ -452,11 +489,7 @@ class LocalProvider:
     def _remove_containers(self, state: DropletState) -> None:
         """A destroyed droplet runs nothing: its containers and networks go with it, also from
         an engine that local droplets share. Volumes stay until `meshctl down --local`."""
-        try:
-            user_data = json.loads((Path(state.dir) / USER_DATA_FILE).read_text())
-            runtime = user_data.get("runtime") or {}
-        except (OSError, ValueError, AttributeError):
-            return
+        runtime = _runtime_of(state)
         if runtime.get("name") != "docker":
             return
         from plugins.runtimes.docker import remove_objects
@@ -528,6 +561,16 @@ class LocalProvider:
         console = await asyncio.to_thread(console_tail, console_file, launch.console_start)
         self._log.warning("Droplet did not start. id=%s console=%r", state.id, console)
         raise DropletStartError(action, state.id, console)
+
+
+def _runtime_of(state: DropletState) -> dict[str, Any]:
+    """The runtime section of the droplet's user data ({} when unreadable)."""
+    try:
+        user_data = json.loads((Path(state.dir) / USER_DATA_FILE).read_text())
+        runtime = user_data.get("runtime") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return runtime if isinstance(runtime, dict) else {}
 
 
 def check_droplet_args(action: str, name: str, size: str, tags: Sequence[str]) -> None:

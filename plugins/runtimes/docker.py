@@ -547,6 +547,27 @@ def engine_version(docker_host: str | None = None, timeout: float = 3.0) -> str 
     return f"Docker Engine {version.get('Version', '?')}"
 
 
+def signal_containers(
+    mesh: str, droplet: str, action: str, *, docker_host: str | None = None
+) -> int:
+    """`kill`, `pause` or `unpause` the droplet's running containers (fault drills on local
+    droplets: a dead or frozen machine takes its containers with it); how many. Blocking."""
+    try:
+        client = engine_client(docker_host, 60)
+    except (docker.errors.DockerException, OSError):
+        return 0
+    done = 0
+    labels = {"label": label_filter(owner_labels(mesh, droplet))}
+    try:
+        for container in client.containers.list(filters=labels):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                getattr(container, action)()
+                done += 1
+    finally:
+        client.close()
+    return done
+
+
 def remove_objects(
     mesh: str, droplet: str | None, *, docker_host: str | None = None, volumes: bool
 ) -> int:

@@ -66,6 +66,12 @@ class LocalMesh:
     def status(self) -> dict[str, Any]:
         return dict(json.loads(self.ok("status", "--json")))
 
+    def status_if_readable(self) -> dict[str, Any] | None:
+        """The status, or None while it cannot be read (JetStream electing leaders after a
+        core droplet died)."""
+        result = self.meshctl("status", "--json")
+        return dict(json.loads(result.stdout)) if result.returncode == 0 else None
+
     @property
     def account(self) -> dict[str, Any]:
         path = self.home / "state" / self.name / "provider" / "account.json"

@@ -1,0 +1,49 @@
+"""Who watches whom (DESIGN.md, Failure detection): pure.
+
+Each droplet is watched by M = min(3, N-1) monitors: `master` (unless it is the target) and
+then the droplets that follow the target in the ring of names (master first, then name order),
+as the seed has master watch everyone and each web droplet watch the next. A failure is
+confirmed when a majority of a target's monitors confirm it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from meshd.spec import MASTER
+
+MAX_MONITORS = 3
+
+
+def ring(members: Iterable[str]) -> list[str]:
+    """Members in ring order: master first, then by name."""
+    return sorted(set(members), key=lambda name: (name != MASTER, name))
+
+
+def monitor_map(members: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Every member's monitors."""
+    order = ring(members)
+    count = min(MAX_MONITORS, len(order) - 1)
+    result: dict[str, tuple[str, ...]] = {}
+    for index, target in enumerate(order):
+        chosen: list[str] = []
+        if target != MASTER and MASTER in order:
+            chosen.append(MASTER)
+        step = 1
+        while len(chosen) < count:
+            candidate = order[(index + step) % len(order)]
+            step += 1
+            if candidate != target and candidate not in chosen:
+                chosen.append(candidate)
+        result[target] = tuple(chosen)
+    return result
+
+
+def targets_of(monitor: str, monitors: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The members `monitor` watches."""
+    return sorted(target for target, chosen in monitors.items() if monitor in chosen)
+
+
+def majority(monitor_count: int) -> int:
+    """Confirmations a failure needs: more than half of the target's monitors."""
+    return monitor_count // 2 + 1

@@ -1,0 +1,48 @@
+"""Who watches whom (pure): M = min(3, N-1) monitors per droplet, master first, then the
+droplets after the target in the ring; a majority of them confirms a failure."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshd.monitors import majority, monitor_map, ring, targets_of
+
+
+def test_master_and_the_next_droplets_in_the_ring_watch_each_droplet() -> None:
+    members = ["web-b", "master", "web-a", "web-c", "web-d"]
+    assert ring(members) == ["master", "web-a", "web-b", "web-c", "web-d"]
+    monitors = monitor_map(members)
+    assert monitors["web-a"] == ("master", "web-b", "web-c")
+    assert monitors["web-d"] == ("master", "web-a", "web-b")  # the ring wraps past master
+    assert monitors["master"] == ("web-a", "web-b", "web-c")
+    assert targets_of("master", monitors) == ["web-a", "web-b", "web-c", "web-d"]
+
+
+def test_small_meshes_have_fewer_monitors() -> None:
+    assert monitor_map(["master"]) == {"master": ()}
+    assert monitor_map(["master", "web"]) == {"master": ("web",), "web": ("master",)}
+    three = monitor_map(["master", "a", "b"])
+    assert three == {"master": ("a", "b"), "a": ("master", "b"), "b": ("master", "a")}
+
+
+def test_a_failure_needs_more_than_half_of_the_monitors() -> None:
+    assert [majority(m) for m in (1, 2, 3)] == [1, 2, 2]
+
+
+names = st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), unique=True, max_size=12)
+
+
+@given(names, st.booleans())
+def test_every_droplet_gets_min_3_n_minus_1_distinct_monitors_never_itself(
+    others: list[str], with_master: bool
+) -> None:
+    members = [*others, "master"] if with_master else others
+    monitors = monitor_map(members)
+    count = len(set(members))
+    for target, chosen in monitors.items():
+        assert len(chosen) == min(3, count - 1)
+        assert len(set(chosen)) == len(chosen)
+        assert target not in chosen
+        if with_master and target != "master":
+            assert chosen[0] == "master"
