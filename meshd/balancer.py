@@ -171,7 +171,9 @@ class Balancer:
     async def balance(self, term: Term, lb: LoadBalancer, view: MeshView) -> bool:
         """Render from the mirrored state (kept by watches: no reads per change) and apply;
         False when the server could not take it."""
-        found = upstreams(view.allocations.values(), view.nodes, time.time())
+        # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
+        alive = {name: node for name, node in view.nodes.items() if name not in view.failures}
+        found = upstreams(view.allocations.values(), alive, time.time())
         text = render_nginx(
             LbConfig(
                 listen=self.listen,

@@ -43,8 +43,9 @@ def mesh_status(
         }
         for node in sorted(nodes.values(), key=_droplet_order)
     ]
+    alive = {name: node for name, node in nodes.items() if name not in failures}
     services = [
-        service_status(allocation, nodes, now)
+        service_status(allocation, alive, now)
         for allocation in sorted(allocations.values(), key=_service_order)
     ]
     lb = leases.get("lb")
