@@ -90,7 +90,7 @@ class Detector:
         self.provider_tag = provider_tag
         self.watches: dict[str, Watch] = {}
         self.votes: dict[str, Votes] = {}
-        self.confirmed: set[str] = set()  # failures this agent saw confirmed
+        self.confirmed: set[tuple[str, int]] = set()  # (droplet, incarnation) seen confirmed
         self.starved = False
         self._last_refute = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -310,9 +310,9 @@ class Detector:
         confirming = tuple(sorted(m for m in monitors if votes.verdicts.get(m) is Verdict.CONFIRM))
         if not monitors or len(confirming) < majority(len(monitors)):
             return
-        if target in self.confirmed:
+        if (target, votes.incarnation) in self.confirmed:
             return
-        self.confirmed.add(target)
+        self.confirmed.add((target, votes.incarnation))
         log.warning("Droplet failure confirmed. droplet=%s by=%s", target, ",".join(confirming))
         record = FailureRecord(
             droplet=target,
