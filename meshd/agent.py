@@ -27,6 +27,7 @@ from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.meshview import MeshView
 from meshd.provisioner import Provisioner, mesh_tag
 from meshd.reconciler import Reconciler
+from meshd.recovery import Recovery
 from meshd.scheduler import Scheduler
 from meshd.spec import MASTER
 from meshd.store import Store, StoreUnavailable
@@ -152,6 +153,7 @@ class Agent:
                 for r in (
                     Scheduler(store, name),
                     Provisioner(store, provider, self.config, name),
+                    Recovery(store, provider, view, name, mesh_tag(self.config.mesh)),
                 )
             ]
             keepers.append(

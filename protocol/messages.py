@@ -216,8 +216,12 @@ class Suspicion(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailureRecord(Message):
-    """A confirmed failure (KV `mesh_failures/<droplet>`); `fence` is the recovery lease
-    (0 until a recovery leader takes it over); `incarnation` is the one that failed."""
+    """A confirmed failure (KV `mesh_failures/<droplet>`) and how far its recovery got.
+
+    `fence` is the lease revision of the recovery leader that took the last step (0 until one
+    did); `incarnation` is the life of the droplet that failed; `droplet_id` the provider's id
+    of the droplet that was fenced, `replacement_id` that of its replacement; `step_at` when
+    the current state began."""
 
     KIND: ClassVar[str] = "failure_record"
 
@@ -227,6 +231,9 @@ class FailureRecord(Message):
     state: FailureState
     fence: int
     incarnation: int = 0
+    droplet_id: str | None = None
+    replacement_id: str | None = None
+    step_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,7 @@
 """Failure detection on real local meshes with real faults (`meshctl chaos`): a droplet
 paused for less than the suspicion window is never declared dead, a killed one is confirmed
-by a majority of its monitors and recorded once; with two droplets the provider is the
-second opinion, so a long pause is not a failure there either."""
+by a majority of its monitors, recorded once, and rebuilt; with two droplets the provider is
+the second opinion, so a long pause is not a failure there either."""
 
 from __future__ import annotations
 
@@ -54,17 +54,24 @@ def test_a_short_pause_is_survived_and_a_killed_droplet_is_confirmed_by_a_majori
         mesh.ok("chaos", "kill", "mesh-3")
         (failure,) = wait_for(lambda: failures(mesh), timeout=30, what="the failure")
         assert failure["droplet"] == "mesh-3"
-        assert failure["state"] == "confirmed"
         assert failure["confirmed_by"] == ["master", "mesh-2"]  # both: 2 is the majority of 2
-        assert droplet(mesh, "mesh-3")["failure"] == "confirmed"
+        assert failure["incarnation"] == target["incarnation"]
         names = wait_for(
             lambda: "failure_confirmed" in (found := event_names(mesh)) and found,
             what="the failure_confirmed event",
         )
         assert names.count("failure_confirmed") == 1  # recorded once, by one of the monitors
         assert "droplet_suspected" in names
-        # A dead droplet is nobody's target any more; the survivors watch each other.
-        assert droplet(mesh, "master")["monitored_by"] == ["mesh-2"]
+
+        # Recovery: fenced, rebuilt in place (same name and address), monitored again.
+        wait_for(lambda: failures(mesh) == [], timeout=90, what="the recovery")
+        back = droplet(mesh, "mesh-3")
+        assert back["incarnation"] > target["incarnation"]
+        assert back["address"] == target["address"]
+        assert back["monitored_by"] == ["master", "mesh-2"]
+        names = event_names(mesh)
+        for step in ("droplet_fenced", "droplet_rebuilt", "droplet_recovered"):
+            assert names.count(step) == 1, step
 
 
 def test_with_two_droplets_the_provider_is_the_second_opinion(tmp_path: Path) -> None:
@@ -81,6 +88,7 @@ def test_with_two_droplets_the_provider_is_the_second_opinion(tmp_path: Path) ->
         mesh.ok("chaos", "kill", "mesh-2")
         (failure,) = wait_for(lambda: failures(mesh), timeout=30, what="the failure")
         assert (failure["droplet"], failure["confirmed_by"]) == ("mesh-2", ["master"])
+        wait_for(lambda: failures(mesh) == [], timeout=90, what="the recovery")
 
 
 def test_drills_refuse_what_they_cannot_do(tmp_path: Path) -> None:

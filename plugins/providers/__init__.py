@@ -181,6 +181,18 @@ class UserDataWriter(Protocol):
 
 
 @runtime_checkable
+class Rebuilder(Protocol):
+    """Optional ability: replace a dead droplet by a new one with the same name, size, tags,
+    address and user_data, started from its latest snapshot (DigitalOcean: a droplet created
+    from the snapshot image; local: a copy of the old droplet's directory). The old one is
+    powered off first and destroyed."""
+
+    async def rebuild(self, droplet_id: str, *, fence: int | None) -> DropletRecord:
+        """The new droplet's record; refuse (StaleFence) a fence older than the droplet's."""
+        ...
+
+
+@runtime_checkable
 class ReservedAddresses(Protocol):
     """Optional ability: the mesh's one public entry address, moved from droplet to droplet
     (DigitalOcean's reserved IP; an extra loopback address for the local provider)."""

@@ -253,6 +253,28 @@ class LocalProvider:
                 "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
             )
 
+    async def rebuild(self, droplet_id: str, *, fence: int | None) -> DropletRecord:
+        """A new droplet in the old one's place: same name, size, tags, address and user data,
+        its directory a copy of the old one's (a local snapshot: allocations and images come
+        back at boot), the old one killed and destroyed."""
+        action = f"rebuild droplet {droplet_id}"
+        launch = await asyncio.to_thread(
+            self._transact,
+            lambda account, state: self._rebuild_locked(account, action, state),
+            "rebuild",
+            droplet_id,
+            fence,
+        )
+        await self._check_started(action, launch)
+        self._log.info(
+            "Droplet rebuilt. old=%s id=%s name=%s fence=%s",
+            droplet_id,
+            launch.state.id,
+            launch.state.name,
+            fence,
+        )
+        return await asyncio.to_thread(launch.state.record)
+
     # --- fault drills (local only: `meshctl chaos`) ---------------------------------------
 
     async def crash(self, droplet_id: str) -> None:
@@ -471,6 +493,7 @@ class LocalProvider:
     def _power_off_locked(self, account: Account, state: DropletState | None) -> None:
         assert state is not None
         self._kill(f"power off droplet {state.id}", state)
+        self._signal_containers(state, "kill")  # a machine that is off runs nothing
         state.status = DropletStatus.OFF
 
     def _power_on_locked(self, account: Account, state: DropletState | None) -> Launch | None:
@@ -478,6 +501,37 @@ class LocalProvider:
         if state.running():
             return None
         return self._spawn(f"power on droplet {state.id}", state)
+
+    def _rebuild_locked(self, account: Account, action: str, old: DropletState | None) -> Launch:
+        assert old is not None
+        self._kill(action, old)
+        self._signal_containers(old, "kill")
+        droplet_id = str(account.next_id)
+        directory = self._root / DROPLETS_DIR / f"{old.name}-{droplet_id}"
+        state = DropletState(
+            id=droplet_id,
+            name=old.name,
+            size=old.size,
+            address=old.address,
+            status=DropletStatus.NEW,
+            tags=list(old.tags),
+            created_at=time.time(),
+            dir=str(directory),
+            last_fence=old.last_fence,
+        )
+        try:
+            # The load balancer's files hold the dead droplet's pids: they are not copied.
+            shutil.copytree(old.dir, directory, symlinks=True, ignore=_not_in_snapshot)
+            self._write_spec(state)
+            launch = self._spawn(action, state)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        shutil.rmtree(old.dir, ignore_errors=True)
+        del account.droplets[old.id]
+        account.next_id += 1
+        account.droplets[droplet_id] = state
+        return launch
 
     def _destroy_locked(self, account: Account, state: DropletState | None) -> None:
         assert state is not None
@@ -561,6 +615,11 @@ class LocalProvider:
         console = await asyncio.to_thread(console_tail, console_file, launch.console_start)
         self._log.warning("Droplet did not start. id=%s console=%r", state.id, console)
         raise DropletStartError(action, state.id, console)
+
+
+def _not_in_snapshot(_: str, names: list[str]) -> set[str]:
+    """What a rebuilt droplet does not inherit: the load balancer's run files, pid files."""
+    return {n for n in names if n == "lb" or n.endswith(".pid")}
 
 
 def _runtime_of(state: DropletState) -> dict[str, Any]:

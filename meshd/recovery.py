@@ -1,0 +1,171 @@
+"""The `recovery` role: brings a droplet whose failure was confirmed back (DESIGN.md, Recovery).
+
+Each failure record is a resumable state machine; every step is idempotent and is written back
+(compare-and-set on the record's revision, with the leader's fence) before the next, so a
+leader that dies midway is replaced by one that carries on without repeating finished steps:
+
+    confirmed  -> fence: the provider powers the droplet off (local: its processes and
+                  containers are killed), so a half-dead droplet cannot come back serving
+    fenced     -> rebuild: a new droplet with the same name, address and user data from the
+                  latest snapshot (`Rebuilder`); it joins with a new incarnation
+    recovering -> the replacement reports every instance allocated to it healthy: the record
+                  is removed (the droplet is monitored again) and `droplet_recovered` recorded
+
+The load balancer drops the droplet's instances as soon as the record exists. Not built yet:
+moving stateless instances to survivors while the replacement boots (displacement), and
+post-deployment snapshots (a local rebuild copies the droplet's directory as it was).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from meshd.lease import Term
+from meshd.loops import repeat_on_changes
+from meshd.meshview import MeshView
+from meshd.store import Conflict, Store
+from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError, Rebuilder
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import FailureRecord, FailureState
+
+log = logging.getLogger(__name__)
+RESYNC_S = 1.0
+
+
+class Recovery:
+    role = subjects.Role.RECOVERY
+
+    def __init__(
+        self, store: Store, provider: Provider, view: MeshView, droplet: str, tag: str
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.view = view
+        self.droplet = droplet
+        self.tag = tag
+        self._reported: dict[str, str] = {}  # droplet -> last problem recorded
+
+    async def lead(self, term: Term) -> None:
+        await repeat_on_changes(
+            self.store,
+            [(subjects.FAILURES_BUCKET, ">"), (subjects.NODES_BUCKET, ">")],
+            lambda: self.recover(term),
+            RESYNC_S,
+        )
+
+    async def recover(self, term: Term) -> None:
+        for key, entry in (await self.store.entries(subjects.FAILURES_BUCKET)).items():
+            if entry.value is None:
+                continue
+            try:
+                record = decode(entry.value, FailureRecord)
+            except ProtocolError as err:
+                log.error("Failure record unreadable; skipped. key=%s error=%s", key, err)
+                continue
+            try:
+                await self.step(term, record, entry.revision)
+            except ProviderError as err:
+                await self._problem(term, record, str(err))
+            except Conflict:
+                log.info("Failure record changed meanwhile. droplet=%s", record.droplet)
+
+    async def step(self, term: Term, record: FailureRecord, revision: int) -> None:
+        """Take the record's next step, if it is due."""
+        if record.state is FailureState.CONFIRMED:
+            await self._fence(term, record, revision)
+        elif record.state is FailureState.FENCED:
+            await self._rebuild(term, record, revision)
+        elif record.state is FailureState.RECOVERING:
+            await self._check_back(term, record, revision)
+
+    async def _fence(self, term: Term, record: FailureRecord, revision: int) -> None:
+        found = await self._find(record.droplet)
+        if found is not None:
+            term.check()
+            try:
+                await self.provider.power_off(found.id, fence=term.fence)
+            except DropletNotFound:
+                found = None
+        fenced = dataclasses.replace(record, droplet_id=found.id if found else None)
+        await self._advance(term, fenced, revision, FailureState.FENCED, "droplet_fenced")
+
+    async def _rebuild(self, term: Term, record: FailureRecord, revision: int) -> None:
+        if not isinstance(self.provider, Rebuilder):
+            await self._problem(term, record, "the provider cannot rebuild droplets")
+            return
+        found = await self._find(record.droplet)
+        if found is not None and found.id != record.droplet_id:
+            replacement = found  # rebuilt by a leader that died before writing it down
+        elif found is not None:
+            term.check()
+            replacement = await self.provider.rebuild(found.id, fence=term.fence)
+        else:
+            await self._problem(term, record, "the droplet is gone; nothing to rebuild from")
+            return
+        rebuilt = dataclasses.replace(record, replacement_id=replacement.id)
+        await self._advance(term, rebuilt, revision, FailureState.RECOVERING, "droplet_rebuilt")
+
+    async def _check_back(self, term: Term, record: FailureRecord, revision: int) -> None:
+        node = self.view.nodes.get(record.droplet)
+        if node is None or node.incarnation <= record.incarnation:
+            return  # the replacement has not reported yet
+        allocated = [a for a in self.view.allocations.values() if record.droplet in a.droplets]
+        healthy = {
+            (i.project, i.env, i.service) for i in node.instances if i.healthy and not i.draining
+        }
+        if any((a.project, a.env, a.service) not in healthy for a in allocated):
+            return
+        term.check()
+        await self.store.delete(
+            subjects.FAILURES_BUCKET, subjects.failure_key(record.droplet), last=revision
+        )
+        took = round(time.time() - record.confirmed_at, 1)
+        log.info("Droplet recovered. droplet=%s took_s=%s", record.droplet, took)
+        self.store.record_soon(
+            "droplet_recovered",
+            self.droplet,
+            record.droplet,
+            {"since_confirmed_s": took, "incarnation": node.incarnation},
+            term.fence,
+        )
+
+    async def _advance(
+        self,
+        term: Term,
+        record: FailureRecord,
+        revision: int,
+        state: FailureState,
+        event: str,
+    ) -> None:
+        term.check()
+        updated = dataclasses.replace(record, state=state, fence=term.fence, step_at=time.time())
+        await self.store.update(
+            subjects.FAILURES_BUCKET,
+            subjects.failure_key(record.droplet),
+            encode(updated),
+            last=revision,
+        )
+        log.info("Recovery step. droplet=%s state=%s", record.droplet, state.value)
+        ids = {"droplet_id": record.droplet_id, "replacement_id": record.replacement_id}
+        detail = {k: v for k, v in ids.items() if v is not None}
+        self.store.record_soon(event, self.droplet, record.droplet, detail, term.fence)
+        self._reported.pop(record.droplet, None)
+
+    async def _find(self, name: str) -> DropletRecord | None:
+        for found in await self.provider.list(self.tag):
+            if found.name == name:
+                return found
+        return None
+
+    async def _problem(self, term: Term, record: FailureRecord, reason: str) -> None:
+        if self._reported.get(record.droplet) == reason:
+            return
+        self._reported[record.droplet] = reason
+        log.error("Recovery step failed. droplet=%s error=%s", record.droplet, reason)
+        self.store.record_soon(
+            "recovery_failed", self.droplet, record.droplet, {"error": reason}, term.fence
+        )

@@ -1,0 +1,98 @@
+"""Recovery on a real local mesh behind real nginx: a killed project droplet is fenced and
+rebuilt while the entry address keeps answering from the other instance; a killed master
+loses its roles to the others (the entry address moves) and is rebuilt too."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import nginx_binary
+from tests.support.mesh import (
+    LocalMesh,
+    hello,
+    http_get,
+    local_mesh,
+    requests_to,
+    wait_for,
+    write_project,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVICES: dict[str, Any] = {
+    "backend": hello(),
+    "frontend": {"enabled": False},
+    "database": {"enabled": False},
+    "redis": {"enabled": False},
+}
+
+
+def recovered(mesh: LocalMesh) -> dict[str, Any] | None:
+    """The status once no failure is left and every service is whole again."""
+    status = mesh.status_if_readable()
+    if status is None or status["failures"]:
+        return None
+    whole = all(s["healthy"] == s["desired"] for s in status["services"])
+    return status if whole else None
+
+
+def failed(mesh: LocalMesh) -> list[str] | None:
+    status = mesh.status_if_readable()
+    return [f["droplet"] for f in status["failures"]] if status else None
+
+
+def incarnation(status: dict[str, Any], name: str) -> int:
+    return int(next(d["incarnation"] for d in status["droplets"] if d["name"] == name))
+
+
+def step_events(mesh: LocalMesh, droplet: str) -> list[str]:
+    lines = mesh.ok("events", "-n", "80", "--json").splitlines()
+    events = [json.loads(line) for line in lines]
+    return [e["name"] for e in events if e["subject"] == droplet]
+
+
+def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> None:
+    nginx_binary()
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+        before = mesh.status()
+        url = f"{before['entry_url']}/shop-prod/backend/"
+        time.sleep(2)
+
+        # A project droplet: its backend's other instance serves meanwhile.
+        with requests_to(url) as load:
+            mesh.ok("chaos", "kill", "shop-web1")
+            wait_for(lambda: failed(mesh), timeout=30, what="shop-web1 confirmed dead")
+            wait_for(lambda: recovered(mesh), timeout=90, what="shop-web1 rebuilt")
+        assert load.sent > 100
+        assert load.failed == [], load.failed[:3]
+        after = mesh.status()
+        assert incarnation(after, "shop-web1") > incarnation(before, "shop-web1")
+        steps = step_events(mesh, "shop-web1")
+        assert [s for s in steps if s.startswith(("failure", "droplet_"))][-4:] == [
+            "failure_confirmed",
+            "droplet_fenced",
+            "droplet_rebuilt",
+            "droplet_recovered",
+        ]
+
+        # The master: its roles move (the entry address with the lb role), it is rebuilt.
+        holders = {role for d in after["droplets"] if d["name"] == "master" for role in d["roles"]}
+        mesh.ok("chaos", "kill", "master")
+        wait_for(lambda: failed(mesh), timeout=30, what="master confirmed dead")
+        wait_for(
+            lambda: (s := mesh.status_if_readable()) and s["lb"] not in (None, "master"),
+            timeout=60,
+            what="the lb role on another droplet",
+        )
+        wait_for(lambda: http_get(url), timeout=30, what="the entry address answering")
+        final = wait_for(lambda: recovered(mesh), timeout=120, what="master rebuilt")
+        assert incarnation(final, "master") > incarnation(before, "master")
+        assert "droplet_recovered" in step_events(mesh, "master")
+        assert holders <= {"lb", "scheduler", "provisioner", "recovery"}
