@@ -3,18 +3,17 @@
 A local mesh of 5 droplets (`meshctl up --local --droplets 5`, process runtime) runs one
 project (`shop,3`: its backend on two more droplets) behind the entry address. Then:
 
-- `--kills` times (default 20): a random droplet other than master is SIGKILLed with its
-  instances (`LocalProvider.crash`, what `meshctl chaos kill` does), the time to its failure
-  record's `confirmed_at` is measured, requests through the entry address (every 20 ms) that
-  fail from the kill until 2 s after the confirmation are counted, then the droplet is
-  powered on again and its failure record removed (recovery, issue 6's next part, will do
-  that itself).
+- `--kills` times (default 20): a random droplet (master included) is SIGKILLed with its
+  instances (`LocalProvider.crash`, what `meshctl chaos kill` does). Measured from the kill:
+  `detect` (to the failure record's `confirmed_at`), `replace` (to the record's removal by
+  the recovery leader: the rebuilt droplet reports every instance allocated to it healthy) and
+  `restore` (to `meshctl status` showing every service whole again); and the requests through
+  the entry address (every 20 ms) that failed meanwhile.
 - a soak of `--soak` seconds (default 600): one droplet loses 10 % of the packets sent to it
   (iptables, root only) and is paused with SIGSTOP for 2 s at random intervals of 5-15 s;
-  every failure record that appears is a false confirmation.
+  every droplet that gets a failure record meanwhile is a false confirmation.
 
-`restore_p50_s` and `replace_p50_s` stay null until recovery exists. Run:
-`.venv/bin/python bench/detect.py [--kills 20] [--soak 600]`.
+Run: `.venv/bin/python bench/detect.py [--kills 20] [--soak 600]`.
 """
 
 from __future__ import annotations
@@ -74,14 +73,24 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def whole(env: dict[str, str]) -> bool:
+    """`meshctl status` answers, shows no failure and every service whole."""
+    done = subprocess.run(
+        [MESHCTL, "status", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return False
+    status = json.loads(done.stdout)
+    return not status["failures"] and all(s["healthy"] == s["desired"] for s in status["services"])
+
+
 async def kills(
-    store: Store, provider: Any, tag: str, url: str, count: int
-) -> tuple[list[float], list[int]]:
-    detected: list[float] = []
-    failed: list[int] = []
+    store: Store, provider: Any, tag: str, env: dict[str, str], url: str, count: int
+) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {"detect": [], "replace": [], "restore": [], "failed": []}
     for _ in range(count):
         records = {r.name: r for r in await provider.list(tag)}
-        victim = random.choice(sorted(n for n in records if n != "master"))
+        victim = random.choice(sorted(records))
         with Requests(url) as load:
             killed_at = time.time()
             killed = time.monotonic()
@@ -90,24 +99,24 @@ async def kills(
             while record is None and time.monotonic() < killed + 60:
                 await asyncio.sleep(0.05)
                 record = await failure_of(store, victim)
-            await asyncio.sleep(2)
-        if record is None:
-            raise RuntimeError(f"{victim} was never confirmed dead")
-        detected.append(record.confirmed_at - killed_at)
-        failed.append(sum(1 for t, ok in load.results if t >= killed and not ok))
-        await provider.power_on(records[victim].id, fence=None)
-        await remove_failure(store, victim)
-        await asyncio.sleep(6)  # it reports again and every monitor has heard it
-    return detected, failed
-
-
-async def remove_failure(store: Store, droplet: str) -> None:
-    for _ in range(100):
-        try:
-            await store.delete(subjects.FAILURES_BUCKET, subjects.failure_key(droplet))
-            return
-        except Exception:
-            await asyncio.sleep(0.2)
+            if record is None:
+                raise RuntimeError(f"{victim} was never confirmed dead")
+            while await failure_of(store, victim) is not None:
+                if time.monotonic() > killed + 180:
+                    raise RuntimeError(f"{victim} was never recovered")
+                await asyncio.sleep(0.1)
+            replaced = time.monotonic() - killed
+            while not await asyncio.to_thread(whole, env):
+                if time.monotonic() > killed + 180:
+                    raise RuntimeError(f"the mesh never became whole after {victim}")
+                await asyncio.sleep(0.2)
+            restored = time.monotonic() - killed
+        found["detect"].append(record.confirmed_at - killed_at)
+        found["replace"].append(replaced)
+        found["restore"].append(restored)
+        found["failed"].append(sum(1 for t, ok in load.results if t >= killed and not ok))
+        await asyncio.sleep(5)  # every monitor hears the new incarnation
+    return found
 
 
 def iptables(*args: str) -> bool:
@@ -123,9 +132,16 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
         "--probability", str(LOSS), "-j", "DROP",
     ]  # fmt: skip
     lossy = os.geteuid() == 0 and iptables("-I", *rule)
-    before = await failures(store)
+    seen: set[str] = set()
     pauses = 0
     deadline = time.monotonic() + seconds
+
+    async def watch() -> None:
+        while True:
+            seen.update(await failures(store))
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
     try:
         while time.monotonic() < deadline:
             await asyncio.sleep(random.uniform(5, 15))
@@ -133,20 +149,22 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
             await asyncio.sleep(2.0)
             await provider.pause(records[victim].id, resume=True)
             pauses += 1
+        await asyncio.sleep(5)
     finally:
+        watcher.cancel()
         if lossy:
             iptables("-D", *rule)
-    await asyncio.sleep(5)
-    after = await failures(store)
     return {
-        "false_confirmations": len(set(after) - set(before)),
+        "false_confirmations": len(seen),
         "soak_s": seconds,
         "soak_pauses": pauses,
         "soak_packet_loss": LOSS if lossy else None,
     }
 
 
-async def measure(home: Path, url: str, kill_count: int, soak_s: float) -> dict[str, Any]:
+async def measure(
+    home: Path, env: dict[str, str], url: str, kill_count: int, soak_s: float
+) -> dict[str, Any]:
     from meshd.cli.up import open_provider
     from meshd.context import load_context
     from meshd.provisioner import mesh_tag
@@ -156,16 +174,17 @@ async def measure(home: Path, url: str, kill_count: int, soak_s: float) -> dict[
     provider = open_provider(context.mesh, context.provider)
     tag = mesh_tag(context.mesh)
     try:
-        detected, failed = await kills(store, provider, tag, url, kill_count)
+        found = await kills(store, provider, tag, env, url, kill_count)
         result: dict[str, Any] = {
-            "kills": len(detected),
-            "detect_p50_s": round(statistics.median(detected), 2),
-            "detect_p99_s": round(percentile(detected, 0.99), 2),
-            "detect_max_s": round(max(detected), 2),
-            "restore_p50_s": None,
-            "replace_p50_s": None,
-            "failed_requests_during_kill": sum(failed),
-            "failed_requests_per_kill_max": max(failed),
+            "kills": len(found["detect"]),
+            "detect_p50_s": round(statistics.median(found["detect"]), 2),
+            "detect_p99_s": round(percentile(found["detect"], 0.99), 2),
+            "restore_p50_s": round(statistics.median(found["restore"]), 2),
+            "restore_max_s": round(max(found["restore"]), 2),
+            "replace_p50_s": round(statistics.median(found["replace"]), 2),
+            "replace_max_s": round(max(found["replace"]), 2),
+            "failed_requests_during_kill": int(sum(found["failed"])),
+            "failed_requests_per_kill_max": int(max(found["failed"])),
         }
         result.update(await soak(store, provider, tag, soak_s))
         return result
@@ -193,7 +212,7 @@ def main() -> None:
         status = json.loads(meshctl(env, "status", "--json"))
         url = f"{status['entry_url']}/shop-prod/backend/"
         time.sleep(3)
-        result = asyncio.run(measure(home, url, args.kills, args.soak))
+        result = asyncio.run(measure(home, env, url, args.kills, args.soak))
     finally:
         subprocess.run(
             [MESHCTL, "down", "--local", "--name", "detect"],

@@ -60,6 +60,7 @@ def mesh_status(
                 "confirmed_by": list(f.confirmed_by),
                 "confirmed_at": f.confirmed_at,
                 "age_s": round(max(0.0, now - f.confirmed_at), 1),
+                "step_age_s": round(max(0.0, now - (f.step_at or f.confirmed_at)), 1),
                 "incarnation": f.incarnation,
             }
             for f in sorted(failures.values(), key=lambda f: f.confirmed_at)

@@ -162,7 +162,21 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             "-" if s.get("upstream") is None else ", ".join(s["upstream"]) or "[red]none[/]",
             escape(s["errors"][0]) if s["errors"] else "",
         )
-    return [droplets, services]
+    tables = [droplets, services]
+    if view.get("failures"):
+        failures = _table("Failures")
+        for column in ("Droplet", "Step", "Confirmed by", "Since confirmed", "In this step"):
+            failures.add_column(column)
+        for f in view["failures"]:
+            failures.add_row(
+                f["droplet"],
+                f"[red]{f['state']}[/]",
+                ", ".join(f["confirmed_by"]),
+                f"{f['age_s']:.0f}s",
+                f"{f['step_age_s']:.0f}s",
+            )
+        tables.append(failures)
+    return tables
 
 
 def events_table(events: list[Event]) -> Table:
