@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/instance_start.py
 	$(BIN)/python bench/lb.py
+	$(BIN)/python bench/detect.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

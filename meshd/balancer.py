@@ -93,7 +93,7 @@ class Balancer:
         finally:
             if term.expired:
                 log.warning("Lease expired; serving on until another holder shows up.")
-                self._lingering = (lb, asyncio.create_task(self._linger(lb)))
+                self._lingering = (lb, asyncio.create_task(self._linger(lb, term.revision)))
             else:
                 await lb.stop()
 
@@ -126,24 +126,26 @@ class Balancer:
         await asyncio.gather(lingering, return_exceptions=True)
         return lb
 
-    async def _linger(self, lb: LoadBalancer) -> None:
+    async def _linger(self, lb: LoadBalancer, revision: int) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINGER_S):
-                await self._successor()
+                await self._successor(revision)
         self._lingering = None
         await lb.stop()
         log.info("Load balancer stopped after its lease expired.")
 
-    async def _successor(self) -> None:
-        """Returns once the lease shows another holder."""
+    async def _successor(self, revision: int) -> None:
+        """Returns once the lease shows another holder, written after `revision` (this
+        holder's last renewal): an older entry a watch may deliver again is no successor."""
         while True:
             try:
                 async for entry in self.store.watch(
                     subjects.LEASES_BUCKET, subjects.lease_key(self.role)
                 ):
-                    if entry is None or entry.value is None:
+                    if entry is None or entry.value is None or entry.revision <= revision:
                         continue
                     if decode(entry.value, Lease).holder != self.identity.name:
+                        log.info("Another lb holder took over. revision=%d", entry.revision)
                         return
             except Exception as err:  # the store is what is failing: look again
                 log.debug("Lease not readable while lingering. error=%r", err)
