@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity
 from meshd.meshview import MeshView
 from meshd.monitors import majority, monitor_map, targets_of
-from meshd.store import Conflict, Store, StoreUnavailable
+from meshd.store import Conflict, Store
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -333,8 +333,8 @@ class Detector:
                 )
             except Conflict:
                 return  # another monitor recorded it
-            except StoreUnavailable as err:
-                log.info("Failure not recorded yet. droplet=%s error=%s", record.droplet, err)
+            except Exception as err:  # whatever JetStream answers mid-election: try again
+                log.info("Failure not recorded yet. droplet=%s error=%r", record.droplet, err)
                 await asyncio.sleep(RECORD_RETRY_S)
                 continue
             self.store.record_soon(

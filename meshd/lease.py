@@ -5,7 +5,9 @@ compare-and-set carrying the TTL again. The revision at which it was taken is th
 fencing token. The holder keeps its own deadline on the monotonic clock (last successful
 renewal + TTL - margin) and stops acting when it passes, so it always stops before the server
 lets another agent take the lease. A renewal refused for a wrong revision means the lease is
-lost at once; a renewal that times out is retried until the deadline.
+lost at once; a renewal that times out is retried until the deadline. A term that ended only
+because its deadline passed (a JetStream election outlasted it) is resumed by renewing the
+same lease when nobody wrote it since: its holder need not wait for the TTL to run out.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class LeaseLost(MeshError):
 
 @dataclass(frozen=True, slots=True)
 class LeaseTiming:
-    ttl: float = 8.0  # whole seconds: NATS per-message TTLs have one-second resolution
+    # Whole seconds (NATS per-message TTLs have one-second resolution). A holder keeps its
+    # role through a JetStream election (5-8 s after a nats-server dies or stalls): the
+    # deadline, TTL - margin after the last renewal, outlasts it.
+    ttl: float = 12.0
     renew_every: float = 2.0
     margin: float = 2.0
     retry_every: float = 1.0
@@ -105,6 +110,9 @@ class LeaseKeeper:
         self.hesitate = hesitate  # wait before each attempt: lets a preferred holder win
         self.term: Term | None = None
         self._key = subjects.lease_key(role)
+        # The revision of this keeper's lease when its last term merely expired: if nobody
+        # wrote the lease since, renewing it takes it back (the next term's fence is newer).
+        self._resumable: int | None = None
 
     async def run(self) -> None:
         while True:
@@ -133,7 +141,7 @@ class LeaseKeeper:
     async def _acquire(self) -> Term | None:
         started = time.monotonic()
         try:
-            revision = await self.store.create(
+            revision = await self._resume() or await self.store.create(
                 subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
             )
         except (Conflict, StoreUnavailable):
@@ -144,6 +152,22 @@ class LeaseKeeper:
         log.info("Lease taken. role=%s fence=%d", self.role, revision)
         self.store.record_soon("lease_taken", self.holder, self.role, {}, fence=revision)
         return term
+
+    async def _resume(self) -> int | None:
+        """Renew the lease of an expired term if it is still this keeper's, unwritten since
+        (a JetStream election outlasted the deadline, nobody took over); its new revision."""
+        last, self._resumable = self._resumable, None
+        if last is None:
+            return None
+        try:
+            return await self.store.update(
+                subjects.LEASES_BUCKET, self._key, self._value(), last=last, ttl=self.timing.ttl
+            )
+        except Conflict:
+            return None  # written since: taken, released or expired; compete anew
+        except StoreUnavailable:
+            self._resumable = last  # the store is still away: try again next time
+            raise
 
     async def _hold(self, term: Term) -> None:
         leading = asyncio.create_task(self.lead(term), name=f"lead-{self.role}")
@@ -158,6 +182,8 @@ class LeaseKeeper:
         finally:
             if term.ending is None:
                 term.ending = Ending.EXPIRED if term.expired else Ending.RELEASED
+            if term.ending is Ending.EXPIRED:
+                self._resumable = term.revision
             term.ended = True
             leading.cancel()
             try:

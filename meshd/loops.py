@@ -47,7 +47,10 @@ async def repeat_on_changes(
     try:
         while True:
             changed.clear()
-            await action()
+            try:
+                await action()
+            except StoreUnavailable as err:  # a leader election, say: the next round retries
+                log.info("Store not answering; retrying. error=%s", err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), resync_s)
             await asyncio.sleep(SETTLE_S)

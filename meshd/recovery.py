@@ -58,8 +58,13 @@ class Recovery:
         )
 
     async def recover(self, term: Term) -> None:
-        for key, entry in (await self.store.entries(subjects.FAILURES_BUCKET)).items():
-            if entry.value is None:
+        # The records' names come from the agent's mirror and each is read by key: listing the
+        # bucket would need a new consumer, which waits for a JetStream meta leader that may
+        # have died with the very droplet to recover.
+        for name in sorted(self.view.failures):
+            key = subjects.failure_key(name)
+            entry = await self.store.get(subjects.FAILURES_BUCKET, key)
+            if entry is None or entry.value is None:
                 continue
             try:
                 record = decode(entry.value, FailureRecord)

@@ -61,6 +61,7 @@ class Entry:
 
 
 RECORDING_GRACE_S = 2.0
+BACKGROUND_ATTEMPTS = 8  # `record_soon`: about 40 s
 _UNAVAILABLE = (
     nats.errors.TimeoutError,
     nats.errors.NoServersError,
@@ -242,6 +243,10 @@ class Store:
             return int(await (await self._kv(bucket)).create(key, value, msg_ttl=ttl))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Conflict(f"{bucket}/{key} exists") from None
+        except nats.js.errors.KeyNotFoundError:
+            # The key has a last sequence but no message: it is changing (expiring, deleted)
+            # while a stream leader is being elected. Not an answer yet: try again.
+            raise StoreUnavailable(f"create {bucket}/{key}: the key is changing") from None
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"create {bucket}/{key}: {_reason(err)}") from None
 
@@ -333,6 +338,7 @@ class Store:
         fence: int | None = None,
         *,
         at: float | None = None,
+        attempts: int = EVENT_ATTEMPTS,
     ) -> None:
         """Append an event to MESH_EVENTS; failures are logged, never raised (the audit log
         must not stop the action it describes)."""
@@ -345,12 +351,12 @@ class Store:
             at=at if at is not None else time.time(),
         )
         data = encode(event)
-        for attempt in range(EVENT_ATTEMPTS):
+        for attempt in range(attempts):
             try:
                 await self._js.publish(subjects.event(name), data)
                 return
             except (*_UNAVAILABLE, nats.errors.Error) as err:
-                if attempt == EVENT_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
                 else:
                     await asyncio.sleep(0.5)  # e.g. the stream is still being created
@@ -369,7 +375,10 @@ class Store:
         JetStream election (taking over a role). The event keeps the time of this call (or
         `at`)."""
         at = at if at is not None else time.time()
-        task = asyncio.create_task(self.record(name, actor, subject, detail, fence, at=at))
+        # In the background there is time to wait out an election of the events stream.
+        task = asyncio.create_task(
+            self.record(name, actor, subject, detail, fence, at=at, attempts=BACKGROUND_ATTEMPTS)
+        )
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 

@@ -129,6 +129,23 @@ class LocalMesh:
 
         return asyncio.run(ask())
 
+    def events_about(self, subject: str, count: int = 200) -> list[dict[str, Any]] | None:
+        """The recent events about `subject`, oldest first (None while unreadable)."""
+        result = self.meshctl("events", "-n", str(count), "--json")
+        if result.returncode != 0:
+            return None
+        events = [json.loads(line) for line in result.stdout.splitlines() if line]
+        return [e for e in events if e["subject"] == subject]
+
+    def recovered(self, droplet: str, after: float = 0.0) -> list[dict[str, Any]] | None:
+        """The events about `droplet` once one says it recovered (after `after`), else None:
+        a failure and its recovery can both pass while `status` cannot be read."""
+        events = self.events_about(droplet)
+        if not events:
+            return None
+        done = any(e["name"] == "droplet_recovered" and e["at"] > after for e in events)
+        return events if done else None
+
     def converged(self) -> bool:
         """Every service has as many healthy instances as it wants (and there are services)."""
         services = self.status()["services"]
