@@ -8,7 +8,8 @@ project (`shop,3`: its backend on two more droplets) behind the entry address. T
   `detect` (to the failure record's `confirmed_at`), `replace` (to the record's removal by
   the recovery leader: the rebuilt droplet reports every instance allocated to it healthy) and
   `restore` (to `meshctl status` showing every service whole again); and the requests through
-  the entry address (every 20 ms) that failed meanwhile.
+  the entry address (every 20 ms) that failed meanwhile, apart for kills of the lb holder
+  (whose entry point moves: about 2 s of refused connections).
 - a soak of `--soak` seconds (default 600): one droplet loses 10 % of the packets sent to it
   (iptables, root only) and is paused with SIGSTOP for 2 s at random intervals of 5-15 s;
   every droplet that gets a failure record meanwhile is a false confirmation.
@@ -40,7 +41,7 @@ from lb import MESHCTL, Requests, meshctl, write_inputs  # noqa: E402
 from meshd.store import Store  # noqa: E402
 from protocol import subjects  # noqa: E402
 from protocol.codec import decode  # noqa: E402
-from protocol.messages import FailureRecord  # noqa: E402
+from protocol.messages import FailureRecord, Lease  # noqa: E402
 
 LOSS = 0.1
 
@@ -59,6 +60,11 @@ async def failure_of(store: Store, droplet: str) -> FailureRecord | None:
     except Exception:  # electing: ask again
         return None
     return decode(entry.value, FailureRecord) if entry and entry.value else None
+
+
+async def lb_holder(store: Store) -> str | None:
+    entry = await store.get(subjects.LEASES_BUCKET, subjects.lease_key("lb"))
+    return decode(entry.value, Lease).holder if entry and entry.value else None
 
 
 async def failures(store: Store) -> list[str]:
@@ -87,10 +93,17 @@ def whole(env: dict[str, str]) -> bool:
 async def kills(
     store: Store, provider: Any, tag: str, env: dict[str, str], url: str, count: int
 ) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {"detect": [], "replace": [], "restore": [], "failed": []}
+    found: dict[str, list[float]] = {
+        "detect": [],
+        "replace": [],
+        "restore": [],
+        "failed": [],
+        "failed_lb_holder": [],
+    }
     for _ in range(count):
         records = {r.name: r for r in await provider.list(tag)}
         victim = random.choice(sorted(records))
+        holder = await lb_holder(store)
         with Requests(url) as load:
             killed_at = time.time()
             killed = time.monotonic()
@@ -114,7 +127,8 @@ async def kills(
         found["detect"].append(record.confirmed_at - killed_at)
         found["replace"].append(replaced)
         found["restore"].append(restored)
-        found["failed"].append(sum(1 for t, ok in load.results if t >= killed and not ok))
+        failed = sum(1 for t, ok in load.results if t >= killed and not ok)
+        found["failed_lb_holder" if victim == holder else "failed"].append(failed)
         await asyncio.sleep(5)  # every monitor hears the new incarnation
     return found
 
@@ -184,7 +198,9 @@ async def measure(
             "replace_p50_s": round(statistics.median(found["replace"]), 2),
             "replace_max_s": round(max(found["replace"]), 2),
             "failed_requests_during_kill": int(sum(found["failed"])),
-            "failed_requests_per_kill_max": int(max(found["failed"])),
+            "failed_requests_per_kill_max": int(max(found["failed"], default=0)),
+            "lb_holder_kills": len(found["failed_lb_holder"]),
+            "failed_requests_during_lb_holder_kill": int(sum(found["failed_lb_holder"])),
         }
         result.update(await soak(store, provider, tag, soak_s))
         return result
