@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from meshd.monitors import monitor_map, targets_of
-from protocol.messages import Allocation, FailureRecord, InstanceStatus, Lease, NodeStatus
+from protocol.messages import (
+    Allocation,
+    Event,
+    FailureRecord,
+    InstanceStatus,
+    Lease,
+    NodeStatus,
+)
 
 STALE_AFTER_S = 15.0
 
@@ -131,6 +138,28 @@ def service_status(
         "restarts": restarts,
         "errors": errors,
     }
+
+
+SUSPICION_WINDOW_S = 60.0
+ENDS_SUSPICION = frozenset({"suspicion_refuted", "failure_confirmed"})
+
+
+def open_suspicions(events: Iterable[Event], now: float) -> list[dict[str, Any]]:
+    """Droplets suspected within the last minute whose suspicion has not ended since (the
+    droplet refuted it or the failure was confirmed), from the events."""
+    found: dict[str, dict[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e.at):
+        if event.name == "droplet_suspected" and now - event.at <= SUSPICION_WINDOW_S:
+            entry = found.setdefault(event.subject, {"droplet": event.subject, "by": []})
+            entry["since"] = entry.get("since", event.at)
+            if event.actor not in entry["by"]:
+                entry["by"].append(event.actor)
+        elif event.name in ENDS_SUSPICION:
+            found.pop(event.subject, None)
+    return [
+        {**s, "age_s": round(max(0.0, now - s["since"]), 1)}
+        for s in sorted(found.values(), key=lambda s: s["since"])
+    ]
 
 
 def converged(status: Mapping[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """Who watches whom (pure): M = min(3, N-1) monitors per droplet, master first, then the
-droplets after the target in the ring; a majority of them confirms a failure."""
+droplets after the target in the ring; a majority of them confirms a failure; which
+suspicions `meshctl status` shows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshd.monitors import majority, monitor_map, ring, targets_of
+from meshd.observe import open_suspicions
+from protocol.messages import Event
 
 
 def test_master_and_the_next_droplets_in_the_ring_watch_each_droplet() -> None:
@@ -46,3 +49,23 @@ def test_every_droplet_gets_min_3_n_minus_1_distinct_monitors_never_itself(
         assert target not in chosen
         if with_master and target != "master":
             assert chosen[0] == "master"
+
+
+def event(name: str, subject: str, actor: str, at: float) -> Event:
+    return Event(name=name, actor=actor, subject=subject, at=at)
+
+
+def test_open_suspicions_are_those_not_refuted_nor_confirmed_in_the_last_minute() -> None:
+    now = 1000.0
+    events = [
+        event("droplet_suspected", "old", "master", now - 120),  # too long ago
+        event("droplet_suspected", "web-a", "master", now - 5),
+        event("droplet_suspected", "web-a", "web-c", now - 4),
+        event("droplet_suspected", "web-b", "master", now - 9),
+        event("suspicion_refuted", "web-b", "web-b", now - 8),  # it answered
+        event("droplet_suspected", "web-d", "master", now - 7),
+        event("failure_confirmed", "web-d", "web-a", now - 6),  # now a failure instead
+    ]
+    assert open_suspicions(events, now) == [
+        {"droplet": "web-a", "by": ["master", "web-c"], "since": now - 5, "age_s": 5.0}
+    ]

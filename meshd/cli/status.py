@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -15,10 +16,12 @@ from rich.markup import escape
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, events_table, status_tables
 from meshd.context import load_context
+from meshd.observe import open_suspicions
 from meshd.store import Store
 from protocol.messages import Event
 
 RECENT_EVENTS = 8
+SUSPICION_EVENTS = 60  # enough to see the suspicions of the last minute
 
 
 @click.command()
@@ -37,7 +40,9 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
     try:
         if as_json and not watch:
             view = {"entry_url": context.entry_url, **(await snapshot(store)).status()}
-            view["events"] = [_event_data(e) for e in await store.recent_events(RECENT_EVENTS)]
+            recent = await store.recent_events(SUSPICION_EVENTS)
+            view["suspicions"] = open_suspicions(recent, time.time())
+            view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))
             return
         if not watch:
@@ -54,10 +59,17 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
 
 async def _render(store: Store, entry: str | None) -> Group:
     view = (await snapshot(store)).status()
-    events = await store.recent_events(RECENT_EVENTS)
+    recent = await store.recent_events(SUSPICION_EVENTS)
+    events = recent[-RECENT_EVENTS:]
     where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"
     header = f"Entry: [bold]{entry or 'none'}[/] (load balancer {where})"
-    return Group(header, *status_tables(view), events_table(events))
+    lines = [header]
+    for suspicion in open_suspicions(recent, time.time()):
+        lines.append(
+            f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "
+            f"{escape(', '.join(suspicion['by']))}, {suspicion['age_s']:.0f}s ago"
+        )
+    return Group(*lines, *status_tables(view), events_table(events))
 
 
 def _event_data(event: Event) -> dict[str, Any]:
