@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lb import MESHCTL, Requests, meshctl, write_inputs  # noqa: E402
+from lb import MESHCTL, Requests, meshctl, operator_store, write_inputs  # noqa: E402
 
 from meshd.store import Store  # noqa: E402
 from protocol import subjects  # noqa: E402
@@ -44,14 +44,6 @@ from protocol.codec import decode  # noqa: E402
 from protocol.messages import FailureRecord, Lease  # noqa: E402
 
 LOSS = 0.1
-
-
-async def open_store(config_home: Path) -> Store:
-    os.environ["MESHD_CONFIG_HOME"] = str(config_home)
-    from meshd.context import load_context
-
-    context = load_context(None)
-    return await Store.connect(context.servers, context.user, context.password, name="bench")
 
 
 async def failure_of(store: Store, droplet: str) -> FailureRecord | None:
@@ -183,7 +175,7 @@ async def measure(
     from meshd.context import load_context
     from meshd.provisioner import mesh_tag
 
-    store = await open_store(home / "config")
+    store: Store = await operator_store(home / "config")
     context = load_context(None)
     provider = open_provider(context.mesh, context.provider)
     tag = mesh_tag(context.mesh)

@@ -87,19 +87,25 @@ def instance_pid(address: str, key: str) -> int:
     raise LookupError(key)
 
 
-def leases_leader(config_home: Path) -> str:
-    """The nats-server that leads the leases stream, asked with the operator's context."""
+async def operator_store(config_home: Path) -> Any:
+    """A connection to the bench's mesh with the operator's context."""
     os.environ["MESHD_CONFIG_HOME"] = str(config_home)
     from meshd.context import load_context
     from meshd.store import Store
 
+    context = load_context(None)
+    return await Store.connect(context.servers, context.user, context.password, name="bench")
+
+
+def leases_leader(config_home: Path) -> str:
+    """The nats-server that leads the leases stream."""
+
     async def ask() -> str:
-        context = load_context(None)
-        store = await Store.connect(context.servers, context.user, context.password, name="b")
+        store = await operator_store(config_home)
         try:
             leader = await store.bucket_leader("mesh_leases")
             assert leader is not None, "the leases stream has no leader"
-            return leader
+            return str(leader)
         finally:
             await store.close()
 

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity
 from meshd.meshview import MeshView
-from meshd.monitors import majority, monitor_map, targets_of
+from meshd.monitors import majority, monitor_map, monitored, targets_of
 from meshd.store import Conflict, Store
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects
@@ -100,12 +100,8 @@ class Detector:
 
     def monitors(self) -> dict[str, tuple[str, ...]]:
         """The monitor map over the droplets that booted and have no confirmed failure."""
-        members = [
-            name
-            for name, node in self.view.nodes.items()
-            if node.incarnation > 0 and name not in self.view.failures
-        ]
-        return monitor_map(members)
+        lives = {name: node.incarnation for name, node in self.view.nodes.items()}
+        return monitor_map(monitored(lives, self.view.failures))
 
     def _refresh(self, monitors: dict[str, tuple[str, ...]]) -> None:
         mine = set(targets_of(self.me, monitors))

@@ -8,11 +8,17 @@ confirmed when a majority of a target's monitors confirm it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from meshd.spec import MASTER
 
 MAX_MONITORS = 3
+
+
+def monitored(incarnations: Mapping[str, int], failed: Collection[str]) -> list[str]:
+    """The droplets that are watched: they booted (reported an incarnation) and have no
+    confirmed failure. `incarnations` maps every known droplet to its last incarnation."""
+    return [name for name, life in incarnations.items() if life > 0 and name not in failed]
 
 
 def ring(members: Iterable[str]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from meshd.monitors import monitor_map, targets_of
+from meshd.monitors import monitor_map, monitored, targets_of
 from protocol.messages import (
     Allocation,
     Event,
@@ -31,9 +31,7 @@ def mesh_status(
     for role, lease in sorted(leases.items()):
         roles.setdefault(lease.holder, []).append(role)
     # The detector's map: droplets that booted and have no confirmed failure.
-    monitors = monitor_map(
-        name for name, node in nodes.items() if node.incarnation > 0 and name not in failures
-    )
+    monitors = monitor_map(monitored({n: node.incarnation for n, node in nodes.items()}, failures))
     droplets = [
         {
             "name": node.droplet,

@@ -15,8 +15,8 @@ import pytest
 
 from tests.support import nginx_binary
 from tests.support.mesh import (
+    BACKEND_ONLY,
     LocalMesh,
-    hello,
     http_get,
     local_mesh,
     requests_to,
@@ -25,12 +25,7 @@ from tests.support.mesh import (
 
 pytestmark = pytest.mark.integration
 
-SERVICES: dict[str, Any] = {
-    "backend": hello(),
-    "frontend": {"enabled": False},
-    "database": {"enabled": False},
-    "redis": {"enabled": False},
-}
+SERVICES = BACKEND_ONLY
 
 
 @dataclass

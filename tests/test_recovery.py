@@ -12,8 +12,8 @@ import pytest
 
 from tests.support import nginx_binary
 from tests.support.mesh import (
+    BACKEND_ONLY,
     LocalMesh,
-    hello,
     http_get,
     local_mesh,
     requests_to,
@@ -24,12 +24,7 @@ from tests.support.mesh import (
 pytestmark = pytest.mark.integration
 STEPS = ["failure_confirmed", "droplet_fenced", "droplet_rebuilt", "droplet_recovered"]
 
-SERVICES: dict[str, Any] = {
-    "backend": hello(),
-    "frontend": {"enabled": False},
-    "database": {"enabled": False},
-    "redis": {"enabled": False},
-}
+SERVICES = BACKEND_ONLY
 
 
 def recovered(mesh: LocalMesh) -> dict[str, Any] | None:

@@ -224,6 +224,13 @@ def hello(*args: str) -> dict[str, Any]:
     return {"command": " ".join([sys.executable, str(HELLO), *args])}
 
 
+BACKEND_ONLY: dict[str, Any] = {
+    "backend": hello(),
+    "frontend": {"enabled": False},
+    "database": {"enabled": False},
+    "redis": {"enabled": False},
+}
+
 WEB_ONLY: dict[str, Any] = {
     "backend": hello(),
     "frontend": hello(),
