@@ -138,13 +138,14 @@ class LocalMesh:
         return [e for e in events if e["subject"] == subject]
 
     def recovered(self, droplet: str, after: float = 0.0) -> list[dict[str, Any]] | None:
-        """The events about `droplet` once one says it recovered (after `after`), else None:
-        a failure and its recovery can both pass while `status` cannot be read."""
+        """The events about `droplet` once they tell its failure and its recovery (after
+        `after`), else None: both can pass while `status` cannot be read, and events recorded
+        in the background may arrive in any order while the events stream elects a leader."""
         events = self.events_about(droplet)
         if not events:
             return None
-        done = any(e["name"] == "droplet_recovered" and e["at"] > after for e in events)
-        return events if done else None
+        told = {e["name"] for e in events if e["at"] > after}
+        return events if {"failure_confirmed", "droplet_recovered"} <= told else None
 
     def converged(self) -> bool:
         """Every service has as many healthy instances as it wants (and there are services)."""
