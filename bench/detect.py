@@ -5,9 +5,10 @@ project (`shop,3`: its backend on two more droplets) behind the entry address. T
 
 - `--kills` times (default 20): a random droplet (master included) is SIGKILLed with its
   instances (`LocalProvider.crash`, what `meshctl chaos kill` does). Measured from the kill:
-  `detect` (to the failure record's `confirmed_at`), `replace` (to the record's removal by
-  the recovery leader: the rebuilt droplet reports every instance allocated to it healthy) and
-  `restore` (to `meshctl status` showing every service whole again); and the requests through
+  `detect` (to the failure record's `confirmed_at`), `restore` (to `meshctl status` showing
+  as many healthy instances of every service as before the kill, on the survivors: the
+  displaced ones count), `replace` (to the record's removal by the recovery leader: the
+  rebuilt droplet reports every instance allocated to it healthy); and the requests through
   the entry address (every 20 ms) that failed meanwhile, apart for kills of the lb holder
   (whose entry point moves: about 2 s of refused connections).
 - a soak of `--soak` seconds (default 600): one droplet loses 10 % of the packets sent to it
@@ -71,15 +72,33 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def whole(env: dict[str, str]) -> bool:
-    """`meshctl status` answers, shows no failure and every service whole."""
+def status(env: dict[str, str]) -> dict[str, Any] | None:
+    """`meshctl status --json`, or None while it cannot be read."""
     done = subprocess.run(
         [MESHCTL, "status", "--json"], env=env, capture_output=True, text=True, check=False
     )
-    if done.returncode != 0:
-        return False
-    status = json.loads(done.stdout)
-    return not status["failures"] and all(s["healthy"] == s["desired"] for s in status["services"])
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def healthy(found: dict[str, Any] | None) -> dict[tuple[str, str, str], int]:
+    """Healthy instances per service (nothing while the status cannot be read)."""
+    services = found["services"] if found else []
+    return {(s["project"], s["env"], s["service"]): s["healthy"] for s in services}
+
+
+def whole(env: dict[str, str]) -> bool:
+    """`meshctl status` answers, shows no failure and every service whole."""
+    found = status(env)
+    return (
+        found is not None
+        and not found["failures"]
+        and all(s["healthy"] == s["desired"] for s in found["services"])
+    )
+
+
+def served_as_before(env: dict[str, str], before: dict[tuple[str, str, str], int]) -> bool:
+    now = healthy(status(env))
+    return bool(now) and all(now.get(key, 0) >= count for key, count in before.items())
 
 
 async def kills(
@@ -96,6 +115,7 @@ async def kills(
         records = {r.name: r for r in await provider.list(tag)}
         victim = random.choice(sorted(records))
         holder = await lb_holder(store)
+        before = healthy(await asyncio.to_thread(status, env))
         with Requests(url) as load:
             killed_at = time.time()
             killed = time.monotonic()
@@ -106,6 +126,12 @@ async def kills(
                 record = await failure_of(store, victim)
             if record is None:
                 raise RuntimeError(f"{victim} was never confirmed dead")
+            # Once the record exists, the victim's instances no longer count as healthy.
+            while not await asyncio.to_thread(served_as_before, env, before):
+                if time.monotonic() > killed + 180:
+                    raise RuntimeError(f"the services of {victim} never served again")
+                await asyncio.sleep(0.1)
+            restored = time.monotonic() - killed
             while await failure_of(store, victim) is not None:
                 if time.monotonic() > killed + 180:
                     raise RuntimeError(f"{victim} was never recovered")
@@ -115,7 +141,6 @@ async def kills(
                 if time.monotonic() > killed + 180:
                     raise RuntimeError(f"the mesh never became whole after {victim}")
                 await asyncio.sleep(0.2)
-            restored = time.monotonic() - killed
         found["detect"].append(record.confirmed_at - killed_at)
         found["replace"].append(replaced)
         found["restore"].append(restored)

@@ -174,10 +174,6 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(detector.run(), name="detector")
-                tasks.create_task(
-                    follow(store, subjects.FAILURES_BUCKET, FailureRecord, view.set_failures),
-                    name="failures",
-                )
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
                 tasks.create_task(
@@ -199,13 +195,22 @@ class Agent:
             await store.close()
 
     async def _feed(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
-        """Allocations from KV to the reconciler and the mesh view."""
+        """Allocations and failure records from KV to the mesh view, and what they give this
+        droplet to the reconciler: its allocations and the instances displaced to it."""
 
-        async def publish(allocations: dict[str, Allocation]) -> None:
-            await view.set_allocations(allocations)
-            await reconciler.apply(allocations)
+        async def allocations(values: dict[str, Allocation]) -> None:
+            await view.set_allocations(values)
+            await reconciler.apply(view.hosted())
 
-        await follow(store, subjects.ALLOC_BUCKET, Allocation, publish)
+        async def failures(values: dict[str, FailureRecord]) -> None:
+            await view.set_failures(values)
+            if view.knows_allocations:  # else an empty mirror would stop every instance
+                await reconciler.apply(view.hosted())
+
+        await asyncio.gather(
+            follow(store, subjects.ALLOC_BUCKET, Allocation, allocations),
+            follow(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
+        )
 
     async def _nodes(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
         """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their

@@ -175,7 +175,7 @@ class Balancer:
         False when the server could not take it."""
         # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
         alive = {name: node for name, node in view.nodes.items() if name not in view.failures}
-        found = upstreams(view.allocations.values(), alive, time.time())
+        found = upstreams(view.hosted().values(), alive, time.time())
         text = render_nginx(
             LbConfig(
                 listen=self.listen,

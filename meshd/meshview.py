@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from meshd.displacement import hosted
 from meshd.spec import DesiredState
 from protocol import subjects
 from protocol.messages import Allocation, FailureRecord, NodeStatus
@@ -31,6 +32,14 @@ class MeshView:
     def ready(self) -> bool:
         """Node reports and allocations have both been read once."""
         return {"nodes", "allocations"} <= self._seen
+
+    @property
+    def knows_allocations(self) -> bool:
+        return "allocations" in self._seen
+
+    def hosted(self) -> dict[str, Allocation]:
+        """The allocations with the survivors that run displaced instances added."""
+        return hosted(self.allocations, self.failures)
 
     async def set_nodes(self, values: dict[str, NodeStatus]) -> None:
         self.nodes = dict(values)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from meshd.displacement import hosted
 from meshd.monitors import monitor_map, monitored, targets_of
 from protocol.messages import (
     Allocation,
@@ -51,7 +52,7 @@ def mesh_status(
     alive = {name: node for name, node in nodes.items() if name not in failures}
     services = [
         service_status(allocation, alive, now)
-        for allocation in sorted(allocations.values(), key=_service_order)
+        for allocation in sorted(hosted(allocations, failures).values(), key=_service_order)
     ]
     lb = leases.get("lb")
     return {
@@ -67,6 +68,7 @@ def mesh_status(
                 "age_s": round(max(0.0, now - f.confirmed_at), 1),
                 "step_age_s": round(max(0.0, now - (f.step_at or f.confirmed_at)), 1),
                 "incarnation": f.incarnation,
+                "displaced": dict(f.displaced),
             }
             for f in sorted(failures.values(), key=lambda f: f.confirmed_at)
         ],

@@ -25,6 +25,7 @@ import msgpack
 
 from meshd.environment import instance_spec, resolve_hosts
 from meshd.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
+from meshd.spec import ServiceKind
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -93,6 +94,8 @@ class Reconciler:
         self.data_dir = data_dir
         self.secrets = secrets
         self.allocations: dict[str, Allocation] = {}
+        # Web services no longer allocated here whose instance still serves: it drains first.
+        self.leaving: dict[str, Allocation] = {}
         self.addresses: dict[str, str] = {droplet: address}
         self.peers: dict[str, NodeStatus] = {}  # every droplet's last report, for rollouts
         self.tracked: dict[str, Tracked] = {}  # by instance key
@@ -110,6 +113,10 @@ class Reconciler:
         mine = {k: a for k, a in allocations.items() if self.droplet in a.droplets}
         if mine == self.allocations and self.loaded:
             return
+        for key, allocation in self.allocations.items():
+            if key not in mine and allocation.service_kind == ServiceKind.WEB.value:
+                self.leaving[key] = allocation
+        self.leaving = {k: a for k, a in self.leaving.items() if k not in mine}
         self.allocations = mine
         self.loaded = True
         await self._save()
@@ -209,7 +216,10 @@ class Reconciler:
 
         await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
         unwanted = {k for k in infos if _service_slot(k)[0] not in self.allocations}
-        await self._stop_unwanted(unwanted, now)
+        draining = {k for k in unwanted if self._drains(k, now)}
+        await self._stop_unwanted(unwanted - draining, now)
+        left = {_service_slot(k)[0] for k in draining}
+        self.leaving = {k: a for k, a in self.leaving.items() if k in left}
         for key in list(self.tracked):
             if key not in infos and _service_slot(key)[0] not in self.allocations:
                 del self.tracked[key]
@@ -302,6 +312,20 @@ class Reconciler:
         log.info("Replaced instance stopped. instance=%s generation=%d", key, info.generation)
         self.tracked.pop(key, None)
         self.observed.set()
+
+    def _drains(self, key: str, now: float) -> bool:
+        """Whether an instance whose web service is no longer allocated here keeps running a
+        little: it is reported draining (load balancers drop it) and stops `DRAIN_S` after
+        that report went out, so that requests it is serving finish."""
+        tracked = self.tracked.get(key)
+        if _service_slot(key)[0] not in self.leaving or tracked is None or not tracked.healthy:
+            return False
+        if not tracked.draining:
+            log.info("Draining instance no allocation wants. instance=%s", key)
+            tracked.draining = True
+            self.observed.set()
+            return True
+        return tracked.drain_reported is None or now - tracked.drain_reported < DRAIN_S
 
     async def _stop_unwanted(self, unwanted: set[str], now: float) -> None:
         """Instances whose allocation this agent saw go away are stopped at once (their port
@@ -553,7 +577,9 @@ class Reconciler:
             service, slot = _service_slot(key)
             mine[service].append((slot, tracked))
         result = []
-        for service, allocation in sorted(self.allocations.items()):
+        for service, allocation in sorted((self.leaving | self.allocations).items()):
+            if service not in self.allocations and not mine.get(service):
+                continue  # left, and nothing of it runs any more
             for slot, tracked in sorted(mine.get(service) or [(0, Tracked())], key=_first):
                 result.append(
                     InstanceStatus(

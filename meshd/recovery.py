@@ -6,14 +6,15 @@ leader that dies midway is replaced by one that carries on without repeating fin
 
     confirmed  -> fence: the provider powers the droplet off (local: its processes and
                   containers are killed), so a half-dead droplet cannot come back serving
-    fenced     -> rebuild: a new droplet with the same name, address and user data from the
+    fenced     -> displace: its web services and workers are given to survivors with room
+                  (`meshd.displacement`); every agent starts what the record gives it
+    displaced  -> rebuild: a new droplet with the same name, address and user data from the
                   latest snapshot (`Rebuilder`); it joins with a new incarnation
     recovering -> the replacement reports every instance allocated to it healthy: the record
-                  is removed (the droplet is monitored again) and `droplet_recovered` recorded
+                  is removed (the droplet is monitored again, displaced instances drain and
+                  stop on the survivors) and `droplet_recovered` recorded
 
-The load balancer drops the droplet's instances as soon as the record exists. Not built yet:
-moving stateless instances to survivors while the replacement boots (displacement), and
-post-deployment snapshots (a local rebuild copies the droplet's directory as it was).
+The load balancer drops the droplet's instances as soon as the record exists.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
+from meshd.displacement import displace, not_displaced
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.meshview import MeshView
@@ -83,6 +86,8 @@ class Recovery:
         if record.state is FailureState.CONFIRMED:
             await self._fence(term, record, revision)
         elif record.state is FailureState.FENCED:
+            await self._displace(term, record, revision)
+        elif record.state is FailureState.DISPLACED:
             await self._rebuild(term, record, revision)
         elif record.state is FailureState.RECOVERING:
             await self._check_back(term, record, revision)
@@ -97,6 +102,19 @@ class Recovery:
                 found = None
         fenced = dataclasses.replace(record, droplet_id=found.id if found else None)
         await self._advance(term, fenced, revision, FailureState.FENCED, "droplet_fenced")
+
+    async def _displace(self, term: Term, record: FailureRecord, revision: int) -> None:
+        if not self.view.ready:
+            return  # a new leader whose mirrors are still filling: the next pass displaces
+        allocations = self.view.allocations
+        others = {name: r for name, r in self.view.failures.items() if name != record.droplet}
+        plan = displace(record.droplet, allocations, self.view.nodes, others)
+        displaced = dataclasses.replace(record, displaced=plan)
+        staying = not_displaced(record.droplet, allocations, plan)
+        extra = {"displaced": plan, "staying_down": staying}
+        await self._advance(
+            term, displaced, revision, FailureState.DISPLACED, "instances_displaced", extra
+        )
 
     async def _rebuild(self, term: Term, record: FailureRecord, revision: int) -> None:
         if not isinstance(self.provider, Rebuilder):
@@ -145,6 +163,7 @@ class Recovery:
         revision: int,
         state: FailureState,
         event: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         term.check()
         updated = dataclasses.replace(record, state=state, fence=term.fence, step_at=time.time())
@@ -156,7 +175,7 @@ class Recovery:
         )
         log.info("Recovery step. droplet=%s state=%s", record.droplet, state.value)
         ids = {"droplet_id": record.droplet_id, "replacement_id": record.replacement_id}
-        detail = {k: v for k, v in ids.items() if v is not None}
+        detail: dict[str, Any] = {k: v for k, v in ids.items() if v is not None} | (extra or {})
         self.store.record_soon(event, self.droplet, record.droplet, detail, term.fence)
         self._reported.pop(record.droplet, None)
 

@@ -53,6 +53,7 @@ class FailureState(StrEnum):
 
     CONFIRMED = "confirmed"
     FENCED = "fenced"
+    DISPLACED = "displaced"
     RECOVERING = "recovering"
     RECOVERED = "recovered"
     FAILED = "failed"
@@ -221,7 +222,8 @@ class FailureRecord(Message):
     `fence` is the lease revision of the recovery leader that took the last step (0 until one
     did); `incarnation` is the life of the droplet that failed; `droplet_id` the provider's id
     of the droplet that was fenced, `replacement_id` that of its replacement; `step_at` when
-    the current state began."""
+    the current state began; `displaced` maps the allocation keys of stateless instances that
+    run on a survivor meanwhile to that droplet (meshd.displacement)."""
 
     KIND: ClassVar[str] = "failure_record"
 
@@ -234,6 +236,7 @@ class FailureRecord(Message):
     droplet_id: str | None = None
     replacement_id: str | None = None
     step_at: float = 0.0
+    displaced: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,3 +1,3 @@
 """Fixtures shared by several test modules."""
 
-pytest_plugins = ["tests.support.docker"]
+pytest_plugins = ["tests.support.docker", "tests.support.reconciling"]

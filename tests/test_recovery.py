@@ -22,7 +22,13 @@ from tests.support.mesh import (
 )
 
 pytestmark = pytest.mark.integration
-STEPS = ["failure_confirmed", "droplet_fenced", "droplet_rebuilt", "droplet_recovered"]
+STEPS = [
+    "failure_confirmed",
+    "droplet_fenced",
+    "instances_displaced",
+    "droplet_rebuilt",
+    "droplet_recovered",
+]
 
 SERVICES = BACKEND_ONLY
 
@@ -40,12 +46,21 @@ def incarnation(status: dict[str, Any], name: str) -> int:
     return int(next(d["incarnation"] for d in status["droplets"] if d["name"] == name))
 
 
+def instances_on(status: dict[str, Any] | None, name: str) -> int | None:
+    """How many instances droplet `name` reports (None while the status cannot be read)."""
+    if status is None:
+        return None
+    return int(next(d["instances"] for d in status["droplets"] if d["name"] == name))
+
+
 def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> None:
     nginx_binary()
     csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
     with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
         mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
         before = mesh.status()
+        on_master = instances_on(before, "master")
+        assert on_master is not None
         url = f"{before['entry_url']}/shop-prod/backend/"
         time.sleep(2)
 
@@ -53,6 +68,13 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         with requests_to(url) as load:
             killed = time.time()
             mesh.ok("chaos", "kill", "shop-web1")
+            # Master, the survivor without a prod backend, runs one until shop-web1 is back
+            # (and drains it for a few seconds after).
+            wait_for(
+                lambda: instances_on(mesh.status_if_readable(), "master") == on_master + 1,
+                timeout=60,
+                what="a backend displaced to master",
+            )
             wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=90, what="recovery")
             wait_for(lambda: recovered(mesh), timeout=90, what="shop-web1 serving")
         assert load.sent > 100
@@ -61,6 +83,14 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         assert incarnation(after, "shop-web1") > incarnation(before, "shop-web1")
         events = sorted(mesh.events_about("shop-web1") or [], key=lambda e: e["at"])
         assert [e["name"] for e in events if e["at"] > killed and e["name"] in STEPS] == STEPS
+        # The backend displaced to master is gone again.
+        displaced = next(e for e in events if e["name"] == "instances_displaced")
+        assert displaced["detail"]["displaced"] == {"shop.prod.backend": "master"}
+        wait_for(
+            lambda: instances_on(mesh.status_if_readable(), "master") == on_master,
+            timeout=30,
+            what="the displaced backend to leave master",
+        )
 
         # The master: its roles move (the entry address with the lb role), it is rebuilt.
         holders = {role for d in after["droplets"] if d["name"] == "master" for role in d["roles"]}

@@ -6,10 +6,7 @@ one is healthy, then drains and stops once its draining was reported."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,32 +15,12 @@ import pytest
 import meshd.reconciler
 from meshd.reconciler import Reconciler
 from meshd.rollout import replaced_beside, replaced_on, slot_port, waiting_for
-from plugins.runtimes import RuntimeContext
-from plugins.runtimes.process import ProcessRuntime
-from plugins.secrets.env import EnvSecrets
-from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
+from protocol.messages import InstanceState, InstanceStatus, NodeStatus
 from tests.support import free_port
 from tests.support.mesh import HELLO
+from tests.support.reconciling import ADDRESS, allocation, publish_status, served, until
 
 NOW = 1_000_000.0
-ADDRESS = "127.0.0.1"
-
-
-def allocation(**more: Any) -> Allocation:
-    values: dict[str, Any] = {
-        "project": "shop",
-        "env": "prod",
-        "service": "backend",
-        "generation": 2,
-        "droplets": ("web1", "web2", "web3"),
-        "port": 8100,
-        "spare_port": 8600,
-        "image": None,
-        "command": f"{sys.executable} {HELLO}",
-        "memory_mb": 64,
-        "health_path": "/health",
-    }
-    return Allocation(**{**values, **more})
 
 
 def instance(generation: int, healthy: bool = True, **more: Any) -> InstanceStatus:
@@ -114,34 +91,6 @@ def test_a_droplet_is_replaced_when_only_the_new_healthy_instance_is_left() -> N
 # --- the reconciler, with real processes --------------------------------------------------
 
 
-@pytest.fixture
-async def reconciler(tmp_path: Path) -> AsyncIterator[Reconciler]:
-    runtime = ProcessRuntime(RuntimeContext(mesh="m", droplet="web1", data_dir=tmp_path / "rt"))
-    reconciler = Reconciler(runtime, "web1", ADDRESS, tmp_path, EnvSecrets())
-    task = asyncio.create_task(reconciler.run())
-    try:
-        yield reconciler
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        for info in await runtime.list():
-            await runtime.stop(info.key, grace=1.0)
-        await runtime.close()
-
-
-async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-    assert predicate(), what
-
-
-def served(reconciler: Reconciler) -> list[int]:
-    """Ports a load balancer would use now: healthy instances that are not draining."""
-    return sorted(s.port for s in reconciler.statuses() if s.healthy and not s.draining and s.port)
-
-
 async def test_a_new_generation_serves_before_the_old_one_drains_and_stops(
     reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,17 +136,7 @@ async def test_a_new_generation_serves_before_the_old_one_drains_and_stops(
     # ... and it stops only after its draining was reported (the load balancer learnt it).
     await asyncio.sleep(1.0)
     assert len(reconciler.statuses()) == 2
-    reconciler.published(
-        NodeStatus(
-            droplet="web1",
-            address=ADDRESS,
-            incarnation=1,
-            size="s-1vcpu-1gb",
-            roles=(),
-            instances=reconciler.statuses(),
-            updated_at=0.0,
-        )
-    )
+    publish_status(reconciler)
     await until(lambda: len(reconciler.statuses()) == 1, "the old instance to stop")
     stop.set()
     await load
