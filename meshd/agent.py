@@ -29,6 +29,7 @@ from meshd.provisioner import Provisioner, mesh_tag
 from meshd.reconciler import Reconciler
 from meshd.recovery import Recovery
 from meshd.scheduler import Scheduler
+from meshd.snapshots import Snapshots
 from meshd.spec import MASTER
 from meshd.store import Store, StoreUnavailable
 from plugins.providers import ProviderContext, load_provider
@@ -154,6 +155,7 @@ class Agent:
                     Scheduler(store, name),
                     Provisioner(store, provider, self.config, name),
                     Recovery(store, provider, view, name, mesh_tag(self.config.mesh)),
+                    Snapshots(store, provider, view, name, mesh_tag(self.config.mesh)),
                 )
             ]
             keepers.append(

@@ -160,7 +160,7 @@ class Balancer:
     async def _take_address(self, term: Term) -> None:
         address = self.config.entry.get("address")
         if address and isinstance(self.provider, ReservedAddresses):
-            await self.provider.assign_reserved_address(address, self.identity.id, fence=term.fence)
+            await self.provider.assign_reserved_address(address, self.identity.id, fence=term.token)
         term.check()
         self.store.record_soon(
             "entry_assigned",

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from meshd.store import Conflict, Store, StoreUnavailable
+from plugins.providers import Fence
 from protocol import subjects
 from protocol.codec import encode
 from protocol.errors import MeshError
@@ -74,6 +75,11 @@ class Term:
         if self.ending is not None:
             return self.ending is Ending.EXPIRED
         return not self.ended and time.monotonic() >= self.deadline
+
+    @property
+    def token(self) -> Fence:
+        """The fence that the role's provider calls carry."""
+        return Fence(self.role, self.fence)
 
     def check(self) -> None:
         """Call right before every side effect of the role."""

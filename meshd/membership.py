@@ -25,11 +25,16 @@ STATUS_MIN_GAP_S = 0.2
 
 
 def next_incarnation(data_dir: Path) -> int:
-    """Each start of the agent is a new incarnation (a refutation outranks older suspicions)."""
+    """Each start of the agent is a new incarnation (a refutation outranks older suspicions).
+
+    At least the Unix time in seconds: a droplet rebuilt from a snapshot, or from the base
+    image, finds an older count (or none) on its disk, yet must outrank the life that failed,
+    which began earlier. The count on disk keeps two starts within a second apart."""
     path = data_dir / "incarnation"
     current = int(path.read_text()) if path.exists() else 0
-    path.write_text(str(current + 1))
-    return current + 1
+    incarnation = max(current + 1, int(time.time()))
+    path.write_text(str(incarnation))
+    return incarnation
 
 
 def node_status(

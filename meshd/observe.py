@@ -15,6 +15,7 @@ from protocol.messages import (
     InstanceStatus,
     Lease,
     NodeStatus,
+    SnapshotIndex,
 )
 
 STALE_AFTER_S = 15.0
@@ -26,8 +27,10 @@ def mesh_status(
     leases: Mapping[str, Lease],
     now: float,
     failures: Mapping[str, FailureRecord] | None = None,
+    snapshots: Mapping[str, SnapshotIndex] | None = None,
 ) -> dict[str, Any]:
     failures = failures or {}
+    snapshots = snapshots or {}
     roles: dict[str, list[str]] = {}
     for role, lease in sorted(leases.items()):
         roles.setdefault(lease.holder, []).append(role)
@@ -46,6 +49,7 @@ def mesh_status(
             "monitors": targets_of(node.droplet, monitors),
             "monitored_by": list(monitors.get(node.droplet, ())),
             "failure": failures[node.droplet].state.value if node.droplet in failures else None,
+            "snapshot": _newest(snapshots.get(node.droplet), now),
         }
         for node in sorted(nodes.values(), key=_droplet_order)
     ]
@@ -72,6 +76,17 @@ def mesh_status(
             }
             for f in sorted(failures.values(), key=lambda f: f.confirmed_at)
         ],
+    }
+
+
+def _newest(index: SnapshotIndex | None, now: float) -> dict[str, Any] | None:
+    if index is None or not index.snapshots:
+        return None
+    newest = index.snapshots[0]
+    return {
+        "name": newest.name,
+        "age_s": round(max(0.0, now - newest.created_at), 1),
+        "kept": len(index.snapshots),
     }
 
 

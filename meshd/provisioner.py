@@ -73,7 +73,7 @@ class Provisioner:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
                 term.check()
-                await self.provider.resize(record.id, droplet.size, fence=term.fence)
+                await self.provider.resize(record.id, droplet.size, fence=term.token)
                 await self._event(term, "droplet_resized", droplet.name, {"size": droplet.size})
         wanted = {d.name for d in placement.droplets}
         extra = [r for r in existing.values() if WEB_TAG in r.tags and r.name not in wanted]
@@ -87,7 +87,7 @@ class Provisioner:
         term.check()
         tags = [mesh_tag(self.config.mesh), WEB_TAG]
         record = await self.provider.create(
-            name, size, tags=tags, user_data=self.config.to_json(), fence=term.fence
+            name, size, tags=tags, user_data=self.config.to_json(), fence=term.token
         )
         log.info("Droplet created. droplet=%s address=%s", name, record.address)
         await self._event(term, "droplet_created", name, {"size": size, "id": record.id})
@@ -108,7 +108,7 @@ class Provisioner:
     async def _destroy(self, term: Term, record: DropletRecord) -> None:
         term.check()
         with contextlib.suppress(DropletNotFound):
-            await self.provider.destroy(record.id, fence=term.fence)
+            await self.provider.destroy(record.id, fence=term.token)
         await self.store.delete(subjects.NODES_BUCKET, record.name)
         log.info("Droplet destroyed. droplet=%s", record.name)
         await self._event(term, "droplet_destroyed", record.name, {"id": record.id})

@@ -9,7 +9,8 @@ leader that dies midway is replaced by one that carries on without repeating fin
     fenced     -> displace: its web services and workers are given to survivors with room
                   (`meshd.displacement`); every agent starts what the record gives it
     displaced  -> rebuild: a new droplet with the same name, address and user data from the
-                  latest snapshot (`Rebuilder`); it joins with a new incarnation
+                  newest snapshot (`meshd.snapshots`; else the base image, and the mesh
+                  deploys onto it); it joins with a new incarnation
     recovering -> the replacement reports every instance allocated to it healthy: the record
                   is removed (the droplet is monitored again, displaced instances drain and
                   stop on the survivors) and `droplet_recovered` recorded
@@ -28,8 +29,16 @@ from meshd.displacement import displace, not_displaced
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.meshview import MeshView
+from meshd.snapshots import snapshot_index
 from meshd.store import Conflict, Store
-from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError, Rebuilder
+from plugins.providers import (
+    DropletNotFound,
+    DropletRecord,
+    Provider,
+    ProviderError,
+    Rebuilder,
+    SnapshotNotFound,
+)
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
@@ -97,7 +106,7 @@ class Recovery:
         if found is not None:
             term.check()
             try:
-                await self.provider.power_off(found.id, fence=term.fence)
+                await self.provider.power_off(found.id, fence=term.token)
             except DropletNotFound:
                 found = None
         fenced = dataclasses.replace(record, droplet_id=found.id if found else None)
@@ -122,15 +131,37 @@ class Recovery:
             return
         found = await self._find(record.droplet)
         if found is not None and found.id != record.droplet_id:
-            replacement = found  # rebuilt by a leader that died before writing it down
+            # Rebuilt by a leader that died before writing it down.
+            replacement, source = found, "an earlier leader's rebuild"
         elif found is not None:
-            term.check()
-            replacement = await self.provider.rebuild(found.id, fence=term.fence)
+            replacement, source = await self._rebuild_from_snapshot(term, found.id, record)
         else:
             await self._problem(term, record, "the droplet is gone; nothing to rebuild from")
             return
         rebuilt = dataclasses.replace(record, replacement_id=replacement.id)
-        await self._advance(term, rebuilt, revision, FailureState.RECOVERING, "droplet_rebuilt")
+        await self._advance(
+            term, rebuilt, revision, FailureState.RECOVERING, "droplet_rebuilt", {"from": source}
+        )
+
+    async def _rebuild_from_snapshot(
+        self, term: Term, droplet_id: str, record: FailureRecord
+    ) -> tuple[DropletRecord, str]:
+        """Rebuild from the newest snapshot the provider still has, else from the base image
+        (the mesh deploys everything onto it). The replacement and what it was built from."""
+        assert isinstance(self.provider, Rebuilder)
+        index = await snapshot_index(self.store, record.droplet)
+        for snapshot in index.snapshots if index else ():
+            term.check()
+            try:
+                built = await self.provider.rebuild(
+                    droplet_id, fence=term.token, snapshot_id=snapshot.id
+                )
+            except SnapshotNotFound:
+                log.warning("Snapshot gone. droplet=%s snapshot=%s", record.droplet, snapshot.name)
+                continue
+            return built, snapshot.name
+        term.check()
+        return await self.provider.rebuild(droplet_id, fence=term.token), "base image"
 
     async def _check_back(self, term: Term, record: FailureRecord, revision: int) -> None:
         node = self.view.nodes.get(record.droplet)

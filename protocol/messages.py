@@ -240,6 +240,31 @@ class FailureRecord(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """One post-deployment snapshot of a droplet: the provider's `id` and `name`, the
+    droplet it was taken of, and the generation of every allocation the droplet ran healthy
+    then (allocation key -> generation), taken by the leader with lease revision `fence`."""
+
+    id: str
+    name: str
+    droplet_id: str
+    created_at: float
+    generations: dict[str, int]
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotIndex(Message):
+    """A droplet's snapshots, newest first (KV `mesh_snapshots/<droplet>`); the seed keeps
+    the last three."""
+
+    KIND: ClassVar[str] = "snapshot_index"
+
+    droplet: str
+    snapshots: tuple[Snapshot, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event(Message):
     """One entry of the audit log (stream `MESH_EVENTS`, subject `mesh.events.<name>`).
 
@@ -284,6 +309,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Lease,
             Suspicion,
             FailureRecord,
+            SnapshotIndex,
             Event,
             DeployRequest,
         )

@@ -62,6 +62,7 @@ class Role(StrEnum):
     LB = "lb"
     HEARTBEAT = "heartbeat"
     RECOVERY = "recovery"
+    SNAPSHOTS = "snapshots"
     BUILDER = "builder"
 
 
@@ -182,5 +183,5 @@ def failure_key(droplet: str) -> str:
 
 
 def snapshot_key(droplet: str) -> str:
-    """Key of a droplet's latest snapshot record in `mesh_snapshots`: `<droplet>`."""
+    """Key of a droplet's snapshot index (newest first) in `mesh_snapshots`: `<droplet>`."""
     return token(droplet, "droplet")

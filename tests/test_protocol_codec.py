@@ -35,6 +35,8 @@ from protocol.messages import (
     NodeStatus,
     PlacementRecord,
     RestartRequest,
+    Snapshot,
+    SnapshotIndex,
     Suspicion,
     Verdict,
 )
@@ -122,6 +124,19 @@ SAMPLES: list[Message] = [
         spec_revision=3,
         fence=12,
         written_at=1_700_000_006.0,
+    ),
+    SnapshotIndex(
+        droplet="hostomatic-web2",
+        snapshots=(
+            Snapshot(
+                id="7",
+                name="hostomatic-web2-deploy-20261127-081500",
+                droplet_id="3",
+                created_at=1_700_000_003.5,
+                generations={"hostomatic.prod.backend": 4},
+                fence=119,
+            ),
+        ),
     ),
 ]
 

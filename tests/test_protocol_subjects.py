@@ -54,13 +54,14 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.deploy("p", "prod").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
-def test_roles_are_the_six_leased_tasks() -> None:
+def test_roles_are_the_seven_leased_tasks() -> None:
     assert [r.value for r in Role] == [
         "scheduler",
         "provisioner",
         "lb",
         "heartbeat",
         "recovery",
+        "snapshots",
         "builder",
     ]
     assert Role("lb") is Role.LB

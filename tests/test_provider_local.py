@@ -25,9 +25,12 @@ from plugins.providers import (
     DropletNotFound,
     DropletStartError,
     DropletStatus,
+    Fence,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
+    SnapshotNotFound,
+    Snapshotter,
     StaleFence,
     UnknownProviderError,
     load_provider,
@@ -35,6 +38,7 @@ from plugins.providers import (
 from plugins.providers.local import LocalProvider, create
 
 ROOT = Path(__file__).resolve().parents[1]
+P5 = Fence("provisioner", 5)
 
 LAUNCHER = textwrap.dedent(
     """
@@ -258,6 +262,60 @@ async def test_destroy_removes_the_directory_and_the_record_once(
     assert str(err.value) == f"destroy droplet {web.id}: no droplet with id '{web.id}'"
 
 
+async def test_a_snapshot_is_a_copy_and_a_rebuild_starts_from_it_or_from_the_base_image(
+    account: dict[str, Any],
+) -> None:
+    provider = provider_on(account)
+    assert isinstance(provider, Snapshotter)
+    web = await provider.create("web1", "s-1", tags=["mesh"], user_data="{}", fence=None)
+    directory = droplet_dir(account, "web1", web.id)
+    first = await launched(directory)
+    (directory / "agent").mkdir()
+    (directory / "agent" / "allocations.msgpack").write_bytes(b"deployed")
+    (directory / "agent.log").write_text("logs are not state\n")
+
+    snapshot = await provider.snapshot(web.id, "web1-deploy-1", fence=Fence("snapshots", 4))
+    (directory / "agent" / "allocations.msgpack").write_bytes(b"changed after the snapshot")
+    assert [s.id for s in await provider.list_snapshots()] == [snapshot.id]
+    assert (snapshot.name, snapshot.droplet_id) == ("web1-deploy-1", web.id)
+    assert snapshot.size_gb > 0
+
+    # From the snapshot: its files, not the dead droplet's later ones; no logs, no pid files.
+    rebuilt = await provider.rebuild(web.id, fence=Fence("recovery", 5), snapshot_id=snapshot.id)
+    new_dir = droplet_dir(account, "web1", rebuilt.id)
+    second = await launched(new_dir, previous=first)
+    assert (rebuilt.name, rebuilt.address, rebuilt.tags) == ("web1", web.address, ("mesh",))
+    assert rebuilt.id != web.id and not directory.exists()
+    assert is_gone(first.pid) and is_gone(first.child_pid)
+    assert (new_dir / "agent" / "allocations.msgpack").read_bytes() == b"deployed"
+    assert not (new_dir / "agent.log").exists()
+    assert (new_dir / "user_data").read_text() == "{}"
+
+    # From the base image: the user data alone (the mesh deploys onto it).
+    base = await provider.rebuild(rebuilt.id, fence=Fence("recovery", 6))
+    base_dir = droplet_dir(account, "web1", base.id)
+    await launched(base_dir, previous=second)
+    assert sorted(p.name for p in base_dir.iterdir() if p.name != "launcher.pid") == [
+        "console.log",
+        "droplet.json",
+        "user_data",
+    ]
+
+    with pytest.raises(SnapshotNotFound):
+        await provider.rebuild(base.id, fence=Fence("recovery", 7), snapshot_id="no-such-snapshot")
+    assert (await provider.get(base.id)).status is DropletStatus.ACTIVE  # refused: untouched
+    with pytest.raises(StaleFence):
+        await provider.snapshot(base.id, "web1-deploy-2", fence=Fence("snapshots", 3))
+    await provider.delete_snapshot(snapshot.id, fence=Fence("snapshots", 7))
+    assert await provider.list_snapshots() == []
+    assert list((Path(account["dir"]) / "snapshots").iterdir()) == []
+    with pytest.raises(SnapshotNotFound):
+        await provider.delete_snapshot(snapshot.id, fence=Fence("snapshots", 7))
+    with pytest.raises(ProviderError, match="snapshot name"):
+        await provider.snapshot(base.id, "no spaces/allowed", fence=None)
+    await provider.destroy(base.id, fence=None)
+
+
 async def test_two_providers_on_one_account_share_droplets_and_never_share_an_address(
     account: dict[str, Any],
 ) -> None:
@@ -300,30 +358,40 @@ async def test_a_stale_fence_is_refused_and_a_higher_one_is_logged(
     account: dict[str, Any],
 ) -> None:
     provider = provider_on(account)
-    web = await provider.create("web1", "s-1", tags=[], user_data="", fence=5)
+    web = await provider.create("web1", "s-1", tags=[], user_data="", fence=P5)
 
     with pytest.raises(StaleFence) as err:
-        await provider.power_off(web.id, fence=3)
-    assert (err.value.fence, err.value.seen) == (3, 5)
+        await provider.destroy(web.id, fence=Fence("provisioner", 3))
+    assert (err.value.fence, err.value.seen) == (Fence("provisioner", 3), 5)
+    assert str(err.value) == (
+        f"destroy droplet {web.id}: stale fence provisioner@3: provisioner fence 5 was already seen"
+    )
     assert (await provider.get(web.id)).status is DropletStatus.ACTIVE
 
-    await provider.resize(web.id, "s-2", fence=5)
-    await provider.power_off(web.id, fence=7)
+    # Roles are compared with themselves only: an older recovery term still acts after a newer
+    # provisioner term did.
+    await provider.power_off(web.id, fence=Fence("recovery", 2))
+    await provider.resize(web.id, "s-2", fence=P5)
+    await provider.power_off(web.id, fence=Fence("recovery", 7))
     with pytest.raises(StaleFence):
-        await provider.power_on(web.id, fence=6)
+        await provider.power_on(web.id, fence=Fence("recovery", 6))
     await provider.power_on(web.id, fence=None)  # an operator's action has no fence
 
-    log = [(e["action"], e["droplet"], e["fence"], e["outcome"]) for e in action_log(account)]
+    log = [
+        (e["action"], e["droplet"], e["role"], e["fence"], e["outcome"])
+        for e in action_log(account)
+    ]
     assert log == [
-        ("create", web.id, 5, "done"),
-        ("power_off", web.id, 3, "refused: stale fence"),
-        ("resize", web.id, 5, "done"),
-        ("power_off", web.id, 7, "done"),
-        ("power_on", web.id, 6, "refused: stale fence"),
-        ("power_on", web.id, None, "done"),
+        ("create", web.id, "provisioner", 5, "done"),
+        ("destroy", web.id, "provisioner", 3, "refused: stale fence"),
+        ("power_off", web.id, "recovery", 2, "done"),
+        ("resize", web.id, "provisioner", 5, "done"),
+        ("power_off", web.id, "recovery", 7, "done"),
+        ("power_on", web.id, "recovery", 6, "refused: stale fence"),
+        ("power_on", web.id, None, None, "done"),
     ]
     assert (await provider.get(web.id)).size == "s-2"
-    await provider.destroy(web.id, fence=8)
+    await provider.destroy(web.id, fence=Fence("provisioner", 8))
 
 
 async def test_a_launcher_that_exits_at_once_fails_with_its_console_output(

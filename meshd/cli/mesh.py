@@ -11,7 +11,7 @@ from meshd.observe import mesh_status
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import decode
-from protocol.messages import Allocation, FailureRecord, Lease, NodeStatus
+from protocol.messages import Allocation, FailureRecord, Lease, NodeStatus, SnapshotIndex
 
 CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
@@ -35,9 +35,12 @@ class Snapshot:
     allocations: dict[str, Allocation]
     leases: dict[str, Lease]
     failures: dict[str, FailureRecord]
+    snapshots: dict[str, SnapshotIndex]
 
     def status(self) -> dict[str, Any]:
-        return mesh_status(self.nodes, self.allocations, self.leases, time.time(), self.failures)
+        return mesh_status(
+            self.nodes, self.allocations, self.leases, time.time(), self.failures, self.snapshots
+        )
 
 
 async def snapshot(store: Store) -> Snapshot:
@@ -53,4 +56,5 @@ async def snapshot(store: Store) -> Snapshot:
         allocations=await read(subjects.ALLOC_BUCKET, Allocation),
         leases=await read(subjects.LEASES_BUCKET, Lease),
         failures=await read(subjects.FAILURES_BUCKET, FailureRecord),
+        snapshots=await read(subjects.SNAPSHOTS_BUCKET, SnapshotIndex),
     )

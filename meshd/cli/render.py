@@ -115,9 +115,32 @@ def _allocation_table(plan: Plan) -> Table:
     return table
 
 
+def _snapshot(newest: dict[str, Any] | None) -> str:
+    if newest is None:
+        return "-"
+    return f"{_age(newest['age_s'])} ago ({newest['kept']} kept)"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
 def status_tables(view: dict[str, Any]) -> list[Table]:
     droplets = _table("Droplets")
-    for column in ("Droplet", "Address", "Size", "Roles", "Heartbeat", "Instances", "Monitored by"):
+    for column in (
+        "Droplet",
+        "Address",
+        "Size",
+        "Roles",
+        "Heartbeat",
+        "Instances",
+        "Monitored by",
+        "Snapshot",
+    ):
         droplets.add_column(column)
     for d in view["droplets"]:
         beat = f"{d['heartbeat_age_s']:.0f}s ago"
@@ -133,6 +156,7 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
             beat,
             str(d["instances"]),
             ", ".join(d.get("monitored_by", [])) or "-",
+            _snapshot(d.get("snapshot")),
         )
     services = _table("Services")
     columns = (
@@ -165,15 +189,18 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
     tables = [droplets, services]
     if view.get("failures"):
         failures = _table("Failures")
-        for column in ("Droplet", "Step", "Confirmed by", "Since confirmed", "In this step"):
+        steps = ("Droplet", "Step", "Confirmed by", "Since confirmed", "In this step", "Displaced")
+        for column in steps:
             failures.add_column(column)
         for f in view["failures"]:
+            moved = sorted(f.get("displaced", {}).items())
             failures.add_row(
                 f["droplet"],
                 f"[red]{f['state']}[/]",
                 ", ".join(f["confirmed_by"]),
                 f"{f['age_s']:.0f}s",
                 f"{f['step_age_s']:.0f}s",
+                ", ".join(f"{key} -> {to}" for key, to in moved) or "-",
             )
         tables.append(failures)
     return tables

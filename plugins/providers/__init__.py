@@ -7,10 +7,12 @@ which imports the plugin lazily from `PROVIDERS`. The values that cross this sea
 errors `ProviderError`, `DropletNotFound`, `StaleFence`, `DropletStartError` and
 `ProviderConfigError`.
 
-Every action a leader causes carries its lease revision as the keyword-only `fence`; a
-provider refuses an action whose fence is lower than one it has already seen for that droplet
-(`StaleFence`), so a deposed leader cannot undo its successor's work. `fence=None` is an
-operator's action and is never refused for its fence.
+Every action a leader causes carries its `Fence` (its role and the lease revision it took the
+role at) as the keyword-only `fence`; a provider refuses an action whose revision is lower
+than one it has already seen from the same role for that droplet (`StaleFence`), so a deposed
+leader cannot undo its successor's work. Roles are compared only with themselves: the holder of
+one role legitimately acts on a droplet after another role's newer holder did. `fence=None`
+is an operator's action and is never refused for its fence.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ class DropletRecord:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The fencing token of a leader's action: its role and the lease revision of its term."""
+
+    role: str
+    revision: int
+
+    def __str__(self) -> str:
+        return f"{self.role}@{self.revision}"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """A snapshot the provider keeps of a droplet: `droplet_id` is the droplet it was taken
+    of (gone, maybe), `created_at` a Unix time, `size_gb` what it is billed for."""
+
+    id: str
+    name: str
+    droplet_id: str
+    created_at: float
+    size_gb: float
+
+
 class ProviderError(MeshError):
     """A provider could not do what was asked: `action` is what was being done ("create
     droplet 'web1'"), `reason` what went wrong."""
@@ -77,13 +102,13 @@ class DropletNotFound(ProviderError, KeyError):
 
 
 class StaleFence(ProviderError):
-    """An action carried `fence`, lower than the fence `seen` for that droplet already: the
-    caller's lease is no longer the newest, so it must not act."""
+    """An action carried `fence`, older than the revision `seen` from the same role for that
+    droplet already: the caller's lease is no longer the newest, so it must not act."""
 
-    def __init__(self, action: str, fence: int, seen: int) -> None:
+    def __init__(self, action: str, fence: Fence, seen: int) -> None:
         self.fence = fence
         self.seen = seen
-        super().__init__(action, f"stale fence {fence}: fence {seen} was already seen")
+        super().__init__(action, f"stale fence {fence}: {fence.role} fence {seen} was already seen")
 
 
 class DropletStartError(ProviderError):
@@ -137,7 +162,7 @@ class Provider(Protocol):
     name: str
 
     async def create(
-        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: int | None
+        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: Fence | None
     ) -> DropletRecord:
         """Create and start a droplet called `name`; refuse a name that is taken."""
         ...
@@ -150,20 +175,20 @@ class Provider(Protocol):
         """One droplet, status refreshed; raise DropletNotFound if there is none."""
         ...
 
-    async def power_off(self, droplet_id: str, *, fence: int | None) -> None:
+    async def power_off(self, droplet_id: str, *, fence: Fence | None) -> None:
         """Cut the power (no graceful shutdown: a fenced-off droplet must not linger).
         Idempotent."""
         ...
 
-    async def power_on(self, droplet_id: str, *, fence: int | None) -> None:
+    async def power_on(self, droplet_id: str, *, fence: Fence | None) -> None:
         """Start a powered-off droplet again, with the same address and disk. Idempotent."""
         ...
 
-    async def resize(self, droplet_id: str, size: str, *, fence: int | None) -> None:
+    async def resize(self, droplet_id: str, size: str, *, fence: Fence | None) -> None:
         """Give the droplet another size."""
         ...
 
-    async def destroy(self, droplet_id: str, *, fence: int | None) -> None:
+    async def destroy(self, droplet_id: str, *, fence: Fence | None) -> None:
         """Power off and delete the droplet; DropletNotFound if it is already gone."""
         ...
 
@@ -183,12 +208,45 @@ class UserDataWriter(Protocol):
 @runtime_checkable
 class Rebuilder(Protocol):
     """Optional ability: replace a dead droplet by a new one with the same name, size, tags,
-    address and user_data, started from its latest snapshot (DigitalOcean: a droplet created
-    from the snapshot image; local: a copy of the old droplet's directory). The old one is
-    powered off first and destroyed."""
+    address and user_data, started from `snapshot_id` (DigitalOcean: a droplet created from
+    the snapshot image; local: a copy of the snapshot's directory) or, without one, from the
+    base image (the mesh then deploys everything onto it). The old one is powered off first
+    and destroyed."""
 
-    async def rebuild(self, droplet_id: str, *, fence: int | None) -> DropletRecord:
-        """The new droplet's record; refuse (StaleFence) a fence older than the droplet's."""
+    async def rebuild(
+        self, droplet_id: str, *, fence: Fence | None, snapshot_id: str | None = None
+    ) -> DropletRecord:
+        """The new droplet's record; refuse (StaleFence) a fence older than the droplet's and
+        raise SnapshotNotFound for a snapshot that is gone."""
+        ...
+
+
+class SnapshotNotFound(ProviderError, KeyError):
+    """No snapshot has id `snapshot_id`. After a delete, this means done."""
+
+    def __init__(self, action: str, snapshot_id: str) -> None:
+        self.snapshot_id = snapshot_id
+        super().__init__(action, f"no snapshot with id {snapshot_id!r}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """Optional ability: snapshots of running droplets (DigitalOcean: droplet action
+    `snapshot`; local: a copy of the droplet's directory, its JetStream store included)."""
+
+    async def snapshot(self, droplet_id: str, name: str, *, fence: Fence | None) -> SnapshotRecord:
+        """Snapshot the droplet as it is now; it keeps running."""
+        ...
+
+    async def list_snapshots(self) -> list[SnapshotRecord]:
+        """Every droplet snapshot of the account."""
+        ...
+
+    async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
+        """Delete a snapshot; SnapshotNotFound if it is already gone."""
         ...
 
 
@@ -202,7 +260,7 @@ class ReservedAddresses(Protocol):
         ...
 
     async def assign_reserved_address(
-        self, address: str, droplet_id: str, *, fence: int | None
+        self, address: str, droplet_id: str, *, fence: Fence | None
     ) -> None:
         """Point `address` at the droplet; refuse (StaleFence) a fence older than the last
         assignment's."""

@@ -2,10 +2,11 @@
 loopback address 127.A.B.N.
 
 The account directory (config `dir`) plays the cloud account. `account.json` holds the address
-block, the next id and every droplet (name, size, address, tags, process group, directory,
-highest fence seen); every change to it happens under `fcntl.flock` on `account.lock` and is
-written atomically, because the agents of several local droplets use one account from several
-processes at once. `actions.log` records each action, done or refused, one JSON line each.
+block, the next id, the snapshots and every droplet (name, size, address, tags, process group,
+directory, highest fence seen from each role); every change to it happens under `fcntl.flock`
+on `account.lock` and is written atomically, because the agents of several local droplets use
+one account from several processes at once. `actions.log` records each action, done or
+refused, one JSON line each.
 
 A droplet owns `droplets/<name>-<id>/` (0700): `droplet.json` (id, name, size, address, tags,
 mesh), `user_data` (0600) and `console.log`. Powering it on runs the configured `launcher`
@@ -19,6 +20,7 @@ while its group has a live, non-zombie member.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import json
@@ -32,7 +34,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -42,10 +44,13 @@ from plugins.providers import (
     DropletRecord,
     DropletStartError,
     DropletStatus,
+    Fence,
     Provider,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
+    SnapshotNotFound,
+    SnapshotRecord,
     StaleFence,
 )
 from protocol import subjects
@@ -55,6 +60,7 @@ ACCOUNT_FILE = "account.json"
 LOCK_FILE = "account.lock"
 ACTIONS_LOG = "actions.log"
 DROPLETS_DIR = "droplets"
+SNAPSHOTS_DIR = "snapshots"
 SPEC_FILE = "droplet.json"
 USER_DATA_FILE = "user_data"
 CONSOLE_FILE = "console.log"
@@ -129,7 +135,7 @@ class DropletState:
     dir: str
     pgid: int | None = None
     start_ticks: int | None = None
-    last_fence: int | None = None
+    fences: dict[str, int] | None = None  # role -> highest revision seen
 
     def running(self) -> bool:
         if self.pgid is None or self.start_ticks is None:
@@ -152,11 +158,17 @@ class Account:
     next_id: int = 1
     droplets: dict[str, DropletState]
     reserved: dict[str, Any] | None = None  # {"address", "droplet", "fence"}
+    # id -> {"id", "name", "droplet_id", "created_at", "size_gb", "dir"}
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Account:
         droplets = {
-            key: DropletState(**{**value, "status": DropletStatus(value["status"])})
+            key: DropletState(
+                # `last_fence` was kept before fences were counted per role
+                **{k: v for k, v in value.items() if k not in ("last_fence", "status")},
+                status=DropletStatus(value["status"]),
+            )
             for key, value in data["droplets"].items()
         }
         return cls(
@@ -164,6 +176,7 @@ class Account:
             next_id=data["next_id"],
             droplets=droplets,
             reserved=data.get("reserved"),
+            snapshots=dict(data.get("snapshots") or {}),
         )
 
     def to_json(self) -> bytes:
@@ -201,7 +214,7 @@ class LocalProvider:
         self._block = block
 
     async def create(
-        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: int | None
+        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: Fence | None
     ) -> DropletRecord:
         action = f"create droplet {name!r}"
         check_droplet_args(action, name, size, tags)
@@ -237,13 +250,13 @@ class LocalProvider:
             raise DropletNotFound(f"get droplet {droplet_id}", droplet_id)
         return await asyncio.to_thread(state.record)
 
-    async def power_off(self, droplet_id: str, *, fence: int | None) -> None:
+    async def power_off(self, droplet_id: str, *, fence: Fence | None) -> None:
         await asyncio.to_thread(
             self._transact, self._power_off_locked, "power_off", droplet_id, fence
         )
         self._log.info("Droplet powered off. id=%s fence=%s", droplet_id, fence)
 
-    async def power_on(self, droplet_id: str, *, fence: int | None) -> None:
+    async def power_on(self, droplet_id: str, *, fence: Fence | None) -> None:
         launch = await asyncio.to_thread(
             self._transact, self._power_on_locked, "power_on", droplet_id, fence
         )
@@ -253,14 +266,17 @@ class LocalProvider:
                 "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
             )
 
-    async def rebuild(self, droplet_id: str, *, fence: int | None) -> DropletRecord:
-        """A new droplet in the old one's place: same name, size, tags, address and user data,
-        its directory a copy of the old one's (a local snapshot: allocations and images come
-        back at boot), the old one killed and destroyed."""
+    async def rebuild(
+        self, droplet_id: str, *, fence: Fence | None, snapshot_id: str | None = None
+    ) -> DropletRecord:
+        """A new droplet in the old one's place: same name, size, tags, address and user data;
+        its directory a copy of the snapshot's (allocations and the JetStream store come back
+        at boot) or, without one, only its user data (the base image); the old one killed and
+        destroyed."""
         action = f"rebuild droplet {droplet_id}"
         launch = await asyncio.to_thread(
             self._transact,
-            lambda account, state: self._rebuild_locked(account, action, state),
+            lambda account, state: self._rebuild_locked(account, action, state, snapshot_id),
             "rebuild",
             droplet_id,
             fence,
@@ -274,6 +290,53 @@ class LocalProvider:
             fence,
         )
         return await asyncio.to_thread(launch.state.record)
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def snapshot(self, droplet_id: str, name: str, *, fence: Fence | None) -> SnapshotRecord:
+        """A copy of the droplet's directory as it is now (logs, pid files and the load
+        balancer's run files left out), kept under `snapshots/<name>-<id>/`."""
+        action = f"snapshot droplet {droplet_id}"
+        try:
+            subjects.token(name, "snapshot name")  # it becomes a directory name
+        except InvalidNameError as err:
+            raise ProviderError(action, str(err)) from err
+        state = await self._state(droplet_id, "snapshot")
+        staging = self._root / SNAPSHOTS_DIR / f".{name}-{os.getpid()}-{random.randrange(10**9)}"
+        try:
+            size = await asyncio.to_thread(_copy_live_tree, Path(state.dir), staging)
+            record = await asyncio.to_thread(
+                self._transact,
+                lambda account, current: self._snapshot_locked(
+                    account, current, name, staging, size
+                ),
+                "snapshot",
+                droplet_id,
+                fence,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        self._log.info(
+            "Droplet snapshotted. id=%s snapshot=%s fence=%s", droplet_id, record.id, fence
+        )
+        return record
+
+    async def list_snapshots(self) -> builtins.list[SnapshotRecord]:
+        account = await asyncio.to_thread(self._read)
+        snapshots = account.snapshots.values() if account else []
+        return sorted((_snapshot_record(s) for s in snapshots), key=lambda r: r.created_at)
+
+    async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
+        action = f"delete snapshot {snapshot_id}"
+
+        def change(account: Account, _: DropletState | None) -> None:
+            found = account.snapshots.pop(snapshot_id, None)
+            if found is None:
+                raise SnapshotNotFound(action, snapshot_id)
+            shutil.rmtree(found["dir"], ignore_errors=True)
+
+        await asyncio.to_thread(self._transact, change, "delete_snapshot", None, fence)
+        self._log.info("Snapshot deleted. id=%s fence=%s", snapshot_id, fence)
 
     # --- fault drills (local only: `meshctl chaos`) ---------------------------------------
 
@@ -311,7 +374,7 @@ class LocalProvider:
         host = (runtime.get("config") or {}).get("docker_host")
         signal_containers(self._mesh, state.name, action, docker_host=host)
 
-    async def resize(self, droplet_id: str, size: str, *, fence: int | None) -> None:
+    async def resize(self, droplet_id: str, size: str, *, fence: Fence | None) -> None:
         check_size(f"resize droplet {droplet_id}", size)
 
         def change(account: Account, state: DropletState | None) -> None:
@@ -340,7 +403,7 @@ class LocalProvider:
         return await asyncio.to_thread(self._transact, change, "reserve_address", None, None)
 
     async def assign_reserved_address(
-        self, address: str, droplet_id: str, *, fence: int | None
+        self, address: str, droplet_id: str, *, fence: Fence | None
     ) -> None:
         """Bookkeeping, fenced like a droplet action: on loopback any process could listen on
         the address, so the holder's load balancer is what actually moves it."""
@@ -352,10 +415,11 @@ class LocalProvider:
             if reserved.get("address") != address:
                 raise ProviderError(action, "not this account's reserved address")
             seen = reserved.get("fence")
-            if fence is not None and seen is not None and fence < seen:
+            if fence is not None and seen is not None and fence.revision < seen:
                 self._append_action("assign_reserved_address", state, fence, "refused: stale")
                 raise StaleFence(action, fence, seen)
-            account.reserved = {**reserved, "droplet": droplet_id, "fence": fence}
+            revision = fence.revision if fence is not None else seen
+            account.reserved = {**reserved, "droplet": droplet_id, "fence": revision}
 
         # The fence is checked against the address's own, not the droplet's: other leases
         # (the provisioner's) fence actions on the same droplet.
@@ -364,7 +428,7 @@ class LocalProvider:
             "Reserved address assigned. address=%s id=%s fence=%s", address, droplet_id, fence
         )
 
-    async def destroy(self, droplet_id: str, *, fence: int | None) -> None:
+    async def destroy(self, droplet_id: str, *, fence: Fence | None) -> None:
         await asyncio.to_thread(self._transact, self._destroy_locked, "destroy", droplet_id, fence)
         self._log.info("Droplet destroyed. id=%s fence=%s", droplet_id, fence)
 
@@ -380,7 +444,7 @@ class LocalProvider:
         change: Callable[[Account, DropletState | None], T],
         kind: str,
         droplet_id: str | None,
-        fence: int | None,
+        fence: Fence | None,
     ) -> T:
         """Apply `change` to the account under the account lock and save it, after checking the
         droplet exists and `fence` is not stale. Log the action, done or refused."""
@@ -394,14 +458,15 @@ class LocalProvider:
                 state = account.droplets.get(droplet_id)
                 if state is None:
                     raise DropletNotFound(action, droplet_id)
-                if fence is not None and state.last_fence is not None and fence < state.last_fence:
+                seen = (state.fences or {}).get(fence.role) if fence is not None else None
+                if fence is not None and seen is not None and fence.revision < seen:
                     self._append_action(kind, state, fence, "refused: stale fence")
-                    raise StaleFence(action, fence, state.last_fence)
+                    raise StaleFence(action, fence, seen)
             result = change(account, state)
             if isinstance(result, Launch):
                 state = result.state
             if state is not None and fence is not None:
-                state.last_fence = fence
+                state.fences = {**(state.fences or {}), fence.role: fence.revision}
             write_atomically(self._root / ACCOUNT_FILE, account.to_json())
             if state is not None:
                 self._append_action(kind, state, fence, "done")
@@ -437,14 +502,15 @@ class LocalProvider:
         account.block = self._block
 
     def _append_action(
-        self, kind: str, state: DropletState, fence: int | None, outcome: str
+        self, kind: str, state: DropletState, fence: Fence | None, outcome: str
     ) -> None:
         entry = {
             "time": time.time(),
             "action": kind,
             "droplet": state.id,
             "name": state.name,
-            "fence": fence,
+            "fence": fence.revision if fence is not None else None,
+            "role": fence.role if fence is not None else None,
             "outcome": outcome,
             "pid": os.getpid(),
         }
@@ -502,8 +568,31 @@ class LocalProvider:
             return None
         return self._spawn(f"power on droplet {state.id}", state)
 
-    def _rebuild_locked(self, account: Account, action: str, old: DropletState | None) -> Launch:
+    def _snapshot_locked(
+        self, account: Account, state: DropletState | None, name: str, staging: Path, size: int
+    ) -> SnapshotRecord:
+        assert state is not None
+        snapshot_id = str(account.next_id)
+        directory = self._root / SNAPSHOTS_DIR / f"{name}-{snapshot_id}"
+        staging.rename(directory)
+        account.next_id += 1
+        account.snapshots[snapshot_id] = {
+            "id": snapshot_id,
+            "name": name,
+            "droplet_id": state.id,
+            "created_at": time.time(),
+            "size_gb": size / 1e9,
+            "dir": str(directory),
+        }
+        return _snapshot_record(account.snapshots[snapshot_id])
+
+    def _rebuild_locked(
+        self, account: Account, action: str, old: DropletState | None, snapshot_id: str | None
+    ) -> Launch:
         assert old is not None
+        snapshot = account.snapshots.get(snapshot_id) if snapshot_id is not None else None
+        if snapshot_id is not None and snapshot is None:
+            raise SnapshotNotFound(action, snapshot_id)
         self._kill(action, old)
         self._signal_containers(old, "kill")
         droplet_id = str(account.next_id)
@@ -517,11 +606,14 @@ class LocalProvider:
             tags=list(old.tags),
             created_at=time.time(),
             dir=str(directory),
-            last_fence=old.last_fence,
+            fences=old.fences,
         )
         try:
-            # The load balancer's files hold the dead droplet's pids: they are not copied.
-            shutil.copytree(old.dir, directory, symlinks=True, ignore=_not_in_snapshot)
+            if snapshot is not None:
+                shutil.copytree(snapshot["dir"], directory, symlinks=True)
+            else:  # the base image: nothing but what the provider keeps, the user data
+                directory.mkdir(parents=True, mode=0o700)
+                shutil.copy2(Path(old.dir) / USER_DATA_FILE, directory / USER_DATA_FILE)
             self._write_spec(state)
             launch = self._spawn(action, state)
         except BaseException:
@@ -618,8 +710,40 @@ class LocalProvider:
 
 
 def _not_in_snapshot(_: str, names: list[str]) -> set[str]:
-    """What a rebuilt droplet does not inherit: the load balancer's run files, pid files."""
-    return {n for n in names if n == "lb" or n.endswith(".pid")}
+    """What a snapshot leaves out: the load balancer's run files and pid files (they name the
+    processes of the droplet that was copied), logs."""
+    return {n for n in names if n == "lb" or n.endswith((".pid", ".log"))}
+
+
+def _copy_live_tree(source: Path, target: Path) -> int:
+    """Copy the directory of a running droplet; files that vanish meanwhile (temporary files
+    of nats-server or the runtime) are skipped. The bytes copied."""
+    copied = 0
+
+    def copy(src: str, dst: str) -> None:
+        nonlocal copied
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(src, dst)
+            copied += os.path.getsize(dst)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, target, symlinks=True, ignore=_not_in_snapshot, copy_function=copy)
+    except shutil.Error as err:
+        problems = [e for e in err.args[0] if "No such file" not in str(e[-1])]
+        if problems:
+            raise ProviderError(f"snapshot {source.name}", f"copy failed: {problems[:3]}") from err
+    return copied
+
+
+def _snapshot_record(data: dict[str, Any]) -> SnapshotRecord:
+    return SnapshotRecord(
+        id=data["id"],
+        name=data["name"],
+        droplet_id=data["droplet_id"],
+        created_at=data["created_at"],
+        size_gb=data["size_gb"],
+    )
 
 
 def _runtime_of(state: DropletState) -> dict[str, Any]:

@@ -1,0 +1,219 @@
+"""The `snapshots` role: a snapshot of every droplet after each deployment it finished, the last
+three kept (seed: "post_deployment_snapshots", keep_last_3_per_droplet).
+
+A droplet has *settled* when every allocation it is given runs there healthy at its current
+generation and nothing else of those services is left (no rollout under way). A settled droplet
+whose generations differ from those of its newest snapshot, and stayed so for `SETTLE_S`, is
+snapshotted; the snapshot is recorded in `mesh_snapshots/<droplet>` (newest first) and the
+ones past the third are deleted. Recovery rebuilds a failed droplet from the newest one
+(meshd.recovery). `settled`, `due` and `pruned` are the pure part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from meshd.lease import Term
+from meshd.meshview import MeshView
+from meshd.observe import STALE_AFTER_S
+from meshd.store import Store, StoreUnavailable
+from plugins.providers import (
+    DropletRecord,
+    Provider,
+    ProviderError,
+    SnapshotNotFound,
+    Snapshotter,
+)
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Allocation, NodeStatus, Snapshot, SnapshotIndex
+
+log = logging.getLogger(__name__)
+KEEP = 3
+SETTLE_S = 3.0  # a droplet's generations must hold this long before it is snapshotted
+CHECK_S = 1.0
+RETRY_S = 60.0  # after a snapshot failed
+
+
+def settled(
+    droplet: str, allocations: Mapping[str, Allocation], node: NodeStatus
+) -> dict[str, int] | None:
+    """Allocation key -> generation of everything `droplet` runs, if it has settled (see the
+    module docstring); None while it has not, or has nothing to run."""
+    mine = {k: a for k, a in allocations.items() if droplet in a.droplets}
+    if not mine:
+        return None
+    for allocation in mine.values():
+        service = (allocation.project, allocation.env, allocation.service)
+        found = [i for i in node.instances if (i.project, i.env, i.service) == service]
+        if len(found) != 1:
+            return None
+        (instance,) = found
+        if not instance.healthy or instance.draining:
+            return None
+        if instance.generation != allocation.generation:
+            return None
+    return {key: a.generation for key, a in sorted(mine.items())}
+
+
+def due(generations: Mapping[str, int], index: SnapshotIndex | None) -> bool:
+    """Whether a droplet running `generations` needs a snapshot: its newest one ran others."""
+    return index is None or not index.snapshots or index.snapshots[0].generations != generations
+
+
+def pruned(index: SnapshotIndex, keep: int = KEEP) -> tuple[Snapshot, ...]:
+    """The snapshots past the newest `keep`."""
+    return index.snapshots[keep:]
+
+
+def snapshot_name(droplet: str, at: float) -> str:
+    """The seed's `<droplet>-deploy-<YYYYmmdd-HHMM>`, with seconds: two deploys a minute
+    would collide."""
+    return f"{droplet}-deploy-{datetime.fromtimestamp(at, UTC):%Y%m%d-%H%M%S}"
+
+
+async def snapshot_index(store: Store, droplet: str) -> SnapshotIndex | None:
+    """The droplet's snapshots (None if it has none or the index is unreadable)."""
+    entry = await store.get(subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet))
+    if entry is None or entry.value is None:
+        return None
+    try:
+        return decode(entry.value, SnapshotIndex)
+    except ProtocolError as err:
+        log.error("Snapshot index unreadable; treated as empty. droplet=%s error=%s", droplet, err)
+        return None
+
+
+class Snapshots:
+    role = subjects.Role.SNAPSHOTS
+
+    def __init__(
+        self, store: Store, provider: Provider, view: MeshView, droplet: str, tag: str
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.view = view
+        self.droplet = droplet
+        self.tag = tag
+        self._seen: dict[str, tuple[dict[str, int], float]] = {}  # generations, since (monotonic)
+        self._failed: dict[str, float] = {}  # droplet -> when a snapshot last failed (monotonic)
+        self._indexes: dict[str, SnapshotIndex | None] = {}
+
+    async def lead(self, term: Term) -> None:
+        if not isinstance(self.provider, Snapshotter):
+            log.warning("The provider takes no snapshots. provider=%s", self.provider.name)
+            await asyncio.Event().wait()
+        self._seen.clear()
+        self._indexes.clear()
+        while True:
+            try:
+                await self.check(term)
+            except StoreUnavailable as err:
+                log.info("Snapshot check interrupted. error=%s", err)
+            await asyncio.sleep(CHECK_S)
+
+    async def check(self, term: Term) -> None:
+        if not self.view.ready:
+            return
+        now = time.monotonic()
+        droplets: dict[str, DropletRecord] | None = None
+        for name, node in sorted(self.view.nodes.items()):
+            generations = None
+            if name not in self.view.failures and time.time() - node.updated_at < STALE_AFTER_S:
+                generations = settled(name, self.view.allocations, node)
+            if generations is None:
+                self._seen.pop(name, None)
+                continue
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != generations:
+                self._seen[name] = (generations, now)
+                continue
+            if now - seen[1] < SETTLE_S or now - self._failed.get(name, -RETRY_S) < RETRY_S:
+                continue
+            if name not in self._indexes:
+                self._indexes[name] = await snapshot_index(self.store, name)
+            if not due(generations, self._indexes[name]):
+                continue
+            if droplets is None:
+                droplets = {d.name: d for d in await self.provider.list(self.tag)}
+            found = droplets.get(name)
+            if found is None:
+                continue
+            try:
+                await self._take(term, found, generations)
+            except ProviderError as err:
+                self._failed[name] = now
+                log.error("Snapshot failed. droplet=%s error=%s", name, err)
+                self.store.record_soon(
+                    "snapshot_failed", self.droplet, name, {"error": str(err)}, term.fence
+                )
+
+    async def _take(self, term: Term, droplet: DropletRecord, generations: dict[str, int]) -> None:
+        assert isinstance(self.provider, Snapshotter)
+        term.check()
+        started = time.time()
+        name = snapshot_name(droplet.name, started)
+        record = await self.provider.snapshot(droplet.id, name, fence=term.token)
+        taken = Snapshot(
+            id=record.id,
+            name=record.name,
+            droplet_id=droplet.id,
+            created_at=record.created_at,
+            generations=generations,
+            fence=term.fence,
+        )
+        previous = self._indexes.get(droplet.name)
+        index = SnapshotIndex(
+            droplet=droplet.name,
+            snapshots=(taken, *(previous.snapshots if previous else ())),
+        )
+        term.check()
+        await self.store.put(
+            subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet.name), encode(index)
+        )
+        self._indexes[droplet.name] = index
+        log.info("Droplet snapshotted. droplet=%s snapshot=%s", droplet.name, record.name)
+        self.store.record_soon(
+            "snapshot_taken",
+            self.droplet,
+            droplet.name,
+            {
+                "snapshot": record.name,
+                "snapshot_id": record.id,
+                "took_s": round(time.time() - started, 2),
+                "size_gb": record.size_gb,
+            },
+            term.fence,
+        )
+        await self._prune(term, index)
+
+    async def _prune(self, term: Term, index: SnapshotIndex) -> None:
+        assert isinstance(self.provider, Snapshotter)
+        old = pruned(index)
+        if not old:
+            return
+        for snapshot in old:
+            term.check()
+            # Gone already: deleted by a leader that died before it wrote the index down.
+            with contextlib.suppress(SnapshotNotFound):
+                await self.provider.delete_snapshot(snapshot.id, fence=term.token)
+            self.store.record_soon(
+                "snapshot_deleted",
+                self.droplet,
+                index.droplet,
+                {"snapshot": snapshot.name, "snapshot_id": snapshot.id},
+                term.fence,
+            )
+        kept = dataclasses.replace(index, snapshots=index.snapshots[:KEEP])
+        term.check()
+        await self.store.put(
+            subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(index.droplet), encode(kept)
+        )
+        self._indexes[index.droplet] = kept
