@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,16 @@ async def measure(
         await store.close()
 
 
+def keep_logs(home: Path) -> Path:
+    """Copy every droplet's logs out of the state that `down` removes."""
+    kept = Path(tempfile.mkdtemp(prefix="meshd-bench-detect-logs-"))
+    for log in home.glob("state/*/provider/droplets/*/*.log"):
+        target = kept / log.parent.name
+        target.mkdir(exist_ok=True)
+        shutil.copy(log, target / log.name)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=20)
@@ -245,7 +256,12 @@ def main() -> None:
         status = json.loads(meshctl(env, "status", "--json"))
         url = f"{status['entry_url']}/shop-prod/backend/"
         time.sleep(3)
-        result = asyncio.run(measure(home, env, url, args.kills, args.soak))
+        try:
+            result = asyncio.run(measure(home, env, url, args.kills, args.soak))
+        except BaseException:
+            kept = keep_logs(home)
+            print(f"detect: failed; the droplets' logs are kept in {kept}", file=sys.stderr)
+            raise
     finally:
         subprocess.run(
             [MESHCTL, "down", "--local", "--name", "detect"],

@@ -309,7 +309,10 @@ class Store:
                 stored = (await self._js.stream_info(f"KV_{bucket}")).state.messages
             except _UNAVAILABLE as err:
                 raise StoreUnavailable(f"watch {bucket}: {_reason(err)}") from None
-        watcher = await kv.watch(keys)
+        try:
+            watcher = await kv.watch(keys)
+        except _UNAVAILABLE as err:  # the consumer needs a JetStream meta leader
+            raise StoreUnavailable(f"watch {bucket}: {_reason(err)}") from None
         initial_done = False
         try:
             async for item in watcher:

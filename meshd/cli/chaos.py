@@ -14,7 +14,7 @@ from meshd.provisioner import mesh_tag
 from plugins.providers.local import LocalProvider
 from protocol.errors import MeshError
 
-ACTIONS = ("kill", "pause", "resume", "partition", "heal")
+ACTIONS = ("kill", "pause", "resume", "partition", "lose", "heal")
 
 
 class DrillRefused(MeshError):
@@ -24,21 +24,51 @@ class DrillRefused(MeshError):
 @click.command(no_args_is_help=True)
 @click.argument("action", metavar="ACTION", type=click.Choice(ACTIONS))
 @click.argument("droplet")
+@click.option(
+    "--from",
+    "peers",
+    metavar="DROPLET",
+    multiple=True,
+    help="partition: cut it off these droplets only (repeat the option); default: all.",
+)
+@click.option(
+    "--probability",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="lose: the share of packets it drops.",
+)
 @click.option("--context", "context_name", metavar="NAME", help="Mesh to drill.")
 @click.option("--yes-really", is_flag=True, help="Allow drills on a mesh that is not local.")
-def chaos(action: str, droplet: str, context_name: str | None, yes_really: bool) -> None:
+def chaos(
+    action: str,
+    droplet: str,
+    peers: tuple[str, ...],
+    probability: float,
+    context_name: str | None,
+    yes_really: bool,
+) -> None:
     """Do ACTION to DROPLET of a local mesh, then watch `meshctl status` and `events`.
 
     \b
     kill       SIGKILL its processes and kill its containers, as a machine dies
     pause      SIGSTOP them (a frozen machine); `resume` thaws it
-    partition  cut it off the network; `heal` reconnects it (needs network-namespace
-               droplets: not available yet)
+    partition  cut it off the network (or off --from droplets); its processes run on
+    lose       drop --probability of the packets it receives
+    heal       undo partition and lose
+    partition, lose and heal need a mesh started with `meshctl up --local --netns` (root).
     """
-    asyncio.run(_chaos(action, droplet, context_name, yes_really))
+    asyncio.run(_chaos(action, droplet, peers, probability, context_name, yes_really))
 
 
-async def _chaos(action: str, droplet: str, context_name: str | None, yes_really: bool) -> None:
+async def _chaos(
+    action: str,
+    droplet: str,
+    peers: tuple[str, ...],
+    probability: float,
+    context_name: str | None,
+    yes_really: bool,
+) -> None:
     context = load_context(context_name)
     provider = open_provider(context.mesh, context.provider)
     try:
@@ -48,11 +78,6 @@ async def _chaos(action: str, droplet: str, context_name: str | None, yes_really
                 + ("" if yes_really else "; drills on real droplets need --yes-really")
                 + ("; and only local droplets can be drilled so far" if yes_really else "")
             )
-        if action in ("partition", "heal"):
-            raise DrillRefused(
-                f"chaos {action}: loopback droplets cannot be cut off (their nats-server routes "
-                "leave from 127.0.0.1); partitions need network-namespace droplets, not built yet"
-            )
         records = {r.name: r for r in await provider.list(mesh_tag(context.mesh))}
         record = records.get(droplet)
         if record is None:
@@ -60,10 +85,21 @@ async def _chaos(action: str, droplet: str, context_name: str | None, yes_really
             raise click.UsageError(
                 f"no droplet {droplet!r} in mesh {context.name!r}; it has {known}"
             )
+        if peers and action != "partition":
+            raise click.UsageError("--from goes with partition only")
+        unknown = sorted(set(peers) - set(records))
+        if unknown:
+            raise click.UsageError(f"--from: no droplet {', '.join(unknown)} in the mesh")
         if action == "kill":
             await provider.crash(record.id)
-        else:
+        elif action in ("pause", "resume"):
             await provider.pause(record.id, resume=action == "resume")
+        elif action == "partition":
+            await provider.partition(record.id, [records[p].address for p in peers])
+        elif action == "lose":
+            await provider.lose(record.id, probability)
+        else:
+            await provider.heal(record.id)
         console.print(f"{action}: done to [bold]{droplet}[/]. Watch: meshctl status --watch")
     finally:
         await provider.close()

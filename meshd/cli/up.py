@@ -47,14 +47,14 @@ def core_names(count: int) -> list[str]:
     return ["master", *(f"mesh-{i}" for i in range(2, count + 1))]
 
 
-def local_provider(context_name: str) -> dict[str, object]:
-    return {
-        "name": "local",
-        "config": {
-            "dir": str(state_home() / context_name / "provider"),
-            "launcher": [sys.executable, "-m", "meshd.agent_cli", "droplet"],
-        },
+def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
+    config: dict[str, object] = {
+        "dir": str(state_home() / context_name / "provider"),
+        "launcher": [sys.executable, "-m", "meshd.agent_cli", "droplet"],
     }
+    if netns:
+        config["network"] = "netns"
+    return {"name": "local", "config": config}
 
 
 def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
@@ -93,27 +93,46 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     "(default: DOCKER_HOST or the local socket). Implies --runtime docker.",
 )
 @click.option(
+    "--netns",
+    is_flag=True,
+    help="Put each droplet in a network namespace of its own, on a private 10.213.B.0/24 "
+    "bridge, instead of a loopback address: needed for `meshctl chaos partition` and `lose`. "
+    "Root only; services run as processes.",
+)
+@click.option(
     "--pull/--no-pull",
     default=True,
     show_default=True,
     help="Pull images the engine lacks from their registry (docker runtime).",
 )
 def up(
-    local: bool, droplets: int, name: str, runtime: str, docker_host: str | None, pull: bool
+    local: bool,
+    droplets: int,
+    name: str,
+    runtime: str,
+    docker_host: str | None,
+    netns: bool,
+    pull: bool,
 ) -> None:
-    """Start a mesh of local droplets (each a process group on its own 127.x.y.z address)
-    and wait until every agent has joined. Running it again is harmless."""
-    asyncio.run(_up(name, droplets, runtime, docker_host, pull))
+    """Start a mesh of local droplets (each a process group on its own 127.x.y.z address, or
+    in its own network namespace with --netns) and wait until every agent has joined.
+    Running it again is harmless."""
+    asyncio.run(_up(name, droplets, runtime, docker_host, pull, netns))
 
 
-async def _up(name: str, count: int, runtime: str, docker_host: str | None, pull: bool) -> None:
+async def _up(
+    name: str, count: int, runtime: str, docker_host: str | None, pull: bool, netns: bool = False
+) -> None:
     try:
         context = load_context(name)
     except NoMeshError:
         context = None
     if context is None:
+        if netns:
+            check_netns(runtime, docker_host)
+            runtime = "process"
         chosen = await choose_runtime(runtime, docker_host, pull)
-        context = await _create(name, count, chosen)
+        context = await _create(name, count, chosen, netns)
     else:
         running = context.runtime.get("name", "process")
         if runtime not in ("auto", running) or (docker_host and running != "docker"):
@@ -123,6 +142,22 @@ async def _up(name: str, count: int, runtime: str, docker_host: str | None, pull
             )
         await _power_on(context)
     await _wait_joined(context)
+
+
+def check_netns(runtime: str, docker_host: str | None) -> None:
+    if os.geteuid() != 0:
+        raise MeshError("up: --netns needs root (it creates network namespaces and a bridge)")
+    if runtime == "docker" or docker_host:
+        raise MeshError(
+            "up: --netns runs services as processes: Docker publishes ports on the machine, "
+            "not inside a droplet's namespace; leave out --runtime docker and --docker-host"
+        )
+    missing = [tool for tool in ("ip", "nsenter", "iptables") if shutil.which(tool) is None]
+    if missing:
+        raise MeshError(
+            f"up: --netns needs {', '.join(missing)} (Debian: apt-get install iproute2 "
+            "util-linux iptables)"
+        )
 
 
 async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> dict[str, Any]:
@@ -170,8 +205,8 @@ def podman_ulimits() -> dict[str, int]:
     return limits
 
 
-async def _create(name: str, count: int, runtime: dict[str, Any]) -> Context:
-    provider_config = local_provider(name)
+async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -> Context:
+    provider_config = local_provider(name, netns)
     provider = open_provider(name, provider_config)
     records: list[DropletRecord] = []
     try:

@@ -52,6 +52,7 @@ from plugins.providers import (
     SnapshotNotFound,
     SnapshotRecord,
     StaleFence,
+    netns,
 )
 from protocol import subjects
 from protocol.errors import InvalidNameError
@@ -68,10 +69,12 @@ START_CHECK = 0.3
 PROBE_HOSTS = (2, 3, 4)
 PROBE_PORTS = (4222, 8080)
 BLOCK_ATTEMPTS = 50
-FIRST_HOST, LAST_HOST = 2, 254
+FIRST_HOST, LAST_HOST = 2, 253  # .1 and .254 are kept for the machine and the entry
 RESERVED_HOST = 1  # the mesh's entry address
 CONSOLE_CHARS = 500
 _BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
+_NETNS_BLOCK = re.compile(r"10\.213\.(\d{1,3})")
+NETWORKS = ("loopback", "netns")
 _TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 T = TypeVar("T")
 
@@ -205,13 +208,20 @@ class LocalProvider:
     name = "local"
 
     def __init__(
-        self, ctx: ProviderContext, *, root: Path, launcher: list[str], block: str | None
+        self,
+        ctx: ProviderContext,
+        *,
+        root: Path,
+        launcher: list[str],
+        block: str | None,
+        network: str = "loopback",
     ) -> None:
         self._mesh = ctx.mesh
         self._log = ctx.logger
         self._root = root
         self._launcher = launcher
         self._block = block
+        self._netns = network == "netns"
 
     async def create(
         self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: Fence | None
@@ -358,6 +368,43 @@ class LocalProvider:
         await asyncio.to_thread(self._signal_containers, state, "unpause" if resume else "pause")
         self._log.info("Droplet %s (drill). id=%s", "resumed" if resume else "paused", droplet_id)
 
+    async def partition(self, droplet_id: str, peers: Sequence[str] = ()) -> None:
+        """Cut the droplet off the network, or off `peers` (addresses) only; its processes
+        keep running. Needs network-namespace droplets."""
+        await self._drill(
+            droplet_id, "partition", lambda layout: netns.partition(layout, droplet_id, peers)
+        )
+        self._log.info("Droplet cut off (drill). id=%s peers=%s", droplet_id, list(peers) or "all")
+
+    async def lose(self, droplet_id: str, probability: float) -> None:
+        """Drop that share of the packets the droplet receives."""
+        await self._drill(
+            droplet_id,
+            "lose packets of",
+            lambda layout: netns.lose(layout, droplet_id, probability),
+        )
+
+    async def heal(self, droplet_id: str) -> None:
+        """Undo `partition` and `lose`."""
+        await self._drill(droplet_id, "heal", lambda layout: netns.heal(layout, droplet_id))
+        self._log.info("Droplet reconnected (drill). id=%s", droplet_id)
+
+    async def _drill(self, droplet_id: str, what: str, act: Callable[[netns.Layout], None]) -> None:
+        action = f"{what} droplet {droplet_id}"
+        if not self._netns:
+            raise ProviderError(
+                action,
+                "loopback droplets cannot be cut off (their nats-server routes leave from "
+                "127.0.0.1); start the mesh with network namespaces: "
+                "meshctl up --local --netns (as root)",
+            )
+        state = await self._state(droplet_id, what)
+        block = state.address.rsplit(".", 1)[0]
+        try:
+            await asyncio.to_thread(act, netns.Layout(block))
+        except netns.NetnsError as err:
+            raise ProviderError(action, str(err)) from err
+
     async def _state(self, droplet_id: str, action: str) -> DropletState:
         account = await asyncio.to_thread(self._read)
         state = None if account is None else account.droplets.get(droplet_id)
@@ -397,7 +444,8 @@ class LocalProvider:
 
         def change(account: Account, _: DropletState | None) -> str:
             if account.reserved is None:
-                account.reserved = {"address": f"{account.block}.{RESERVED_HOST}"}
+                host = netns.RESERVED_HOST if self._netns else RESERVED_HOST
+                account.reserved = {"address": f"{account.block}.{host}"}
             return str(account.reserved["address"])
 
         return await asyncio.to_thread(self._transact, change, "reserve_address", None, None)
@@ -419,6 +467,14 @@ class LocalProvider:
                 self._append_action("assign_reserved_address", state, fence, "refused: stale")
                 raise StaleFence(action, fence, seen)
             revision = fence.revision if fence is not None else seen
+            if self._netns:
+                layout = netns.Layout(account.block)
+                try:
+                    netns.assign_reserved(
+                        layout, droplet_id, state.address, reserved.get("droplet")
+                    )
+                except netns.NetnsError as err:
+                    raise ProviderError(action, str(err)) from err
             account.reserved = {**reserved, "droplet": droplet_id, "fence": revision}
 
         # The fence is checked against the address's own, not the droplet's: other leases
@@ -450,7 +506,7 @@ class LocalProvider:
         droplet exists and `fence` is not stale. Log the action, done or refused."""
         self._root.mkdir(parents=True, exist_ok=True)
         with self._locked():
-            account = self._read() or Account(block=self._block or pick_block(), droplets={})
+            account = self._read() or Account(block=self._block or self._pick_block(), droplets={})
             self._check_block(account)
             action = f"{kind.replace('_', ' ')} droplet {droplet_id}"
             state = None
@@ -489,6 +545,28 @@ class LocalProvider:
             return None
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise ProviderError(f"read account {path}", str(err)) from err
+
+    def _pick_block(self) -> str:
+        if not self._netns:
+            return pick_block()
+        try:
+            return netns.pick_block()
+        except netns.NetnsError as err:
+            raise ProviderError("pick an address block", str(err)) from err
+
+    def _attach(self, account: Account, state: DropletState) -> None:
+        if self._netns:
+            try:
+                netns.attach(netns.Layout(account.block), state.id, state.address)
+            except netns.NetnsError as err:
+                raise ProviderError(f"cable droplet {state.id}", str(err)) from err
+
+    def _detach(self, account: Account, state: DropletState) -> None:
+        if self._netns:
+            try:
+                netns.detach(netns.Layout(account.block), state.id)
+            except netns.NetnsError as err:
+                self._log.warning("Namespace not removed. droplet=%s error=%s", state.id, err)
 
     def _check_block(self, account: Account) -> None:
         if self._block is None or self._block == account.block:
@@ -548,8 +626,10 @@ class LocalProvider:
             directory.mkdir(mode=0o700, parents=True)
             self._write_spec(state)
             write_atomically(directory / USER_DATA_FILE, user_data.encode(), 0o600)
+            self._attach(account, state)
             launch = self._spawn(action, state)
         except BaseException:
+            self._detach(account, state)
             shutil.rmtree(directory, ignore_errors=True)
             raise
         account.next_id += 1
@@ -615,6 +695,9 @@ class LocalProvider:
                 directory.mkdir(parents=True, mode=0o700)
                 shutil.copy2(Path(old.dir) / USER_DATA_FILE, directory / USER_DATA_FILE)
             self._write_spec(state)
+            # A new machine is a new network attachment: whatever cut the old one off is gone.
+            self._detach(account, old)
+            self._attach(account, state)
             launch = self._spawn(action, state)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
@@ -629,8 +712,11 @@ class LocalProvider:
         assert state is not None
         self._kill(f"destroy droplet {state.id}", state)
         self._remove_containers(state)
+        self._detach(account, state)
         shutil.rmtree(state.dir, ignore_errors=True)
         del account.droplets[state.id]
+        if self._netns and not account.droplets:
+            netns.remove_bridge(netns.Layout(account.block))
 
     def _remove_containers(self, state: DropletState) -> None:
         """A destroyed droplet runs nothing: its containers and networks go with it, also from
@@ -665,6 +751,9 @@ class LocalProvider:
         """Run the launcher for `state` in a session of its own, and a thread to reap it."""
         directory = Path(state.dir)
         argv = [*self._launcher, str(directory)]
+        if self._netns:
+            block = state.address.rsplit(".", 1)[0]
+            argv = [*netns.Layout(block).enter(state.id), *argv]
         try:
             with (directory / CONSOLE_FILE).open("ab") as console:
                 console.write(f"[local provider] power on at {time.ctime()}\n".encode())
@@ -779,7 +868,7 @@ def check_size(action: str, size: str) -> None:
 def create(ctx: ProviderContext) -> LocalProvider:
     """The plugin factory. Config: `dir` (account directory), `launcher` (argv list), optional
     `block` ("127.A.B")."""
-    unknown = sorted(set(ctx.config) - {"dir", "launcher", "block"})
+    unknown = sorted(set(ctx.config) - {"dir", "launcher", "block", "network"})
     if unknown:
         raise ProviderConfigError("local", f"unknown settings: {', '.join(unknown)}")
     root = ctx.config.get("dir")
@@ -790,15 +879,24 @@ def create(ctx: ProviderContext) -> LocalProvider:
         raise ProviderConfigError("local", "launcher must be a non-empty list of arguments")
     if not all(isinstance(arg, str) and arg for arg in launcher):
         raise ProviderConfigError("local", "launcher arguments must be non-empty strings")
+    network = ctx.config.get("network", "loopback")
+    if network not in NETWORKS:
+        raise ProviderConfigError(
+            "local", f"network {network!r} is not one of {', '.join(NETWORKS)}"
+        )
+    if network == "netns" and os.geteuid() != 0:
+        raise ProviderConfigError("local", "network namespaces need root")
     block = ctx.config.get("block")
     if block is not None:
-        match = _BLOCK.fullmatch(block) if isinstance(block, str) else None
+        pattern = _NETNS_BLOCK if network == "netns" else _BLOCK
+        form = "10.213.B" if network == "netns" else "127.A.B"
+        match = pattern.fullmatch(block) if isinstance(block, str) else None
         if match is None or not all(int(part) <= 255 for part in match.groups()):
-            raise ProviderConfigError("local", f"block {block!r} is not of the form 127.A.B")
+            raise ProviderConfigError("local", f"block {block!r} is not of the form {form}")
     if not Path("/proc/self/stat").is_file():
         raise ProviderConfigError("local", "needs a Linux /proc to watch droplet processes")
     path = Path(os.fspath(root)).expanduser().absolute()
-    return LocalProvider(ctx, root=path, launcher=list(launcher), block=block)
+    return LocalProvider(ctx, root=path, launcher=list(launcher), block=block, network=network)
 
 
 _typed_factory: Callable[[ProviderContext], Provider] = create  # mypy checks the Protocol

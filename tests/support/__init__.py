@@ -27,6 +27,15 @@ def nginx_binary() -> str:
     return found
 
 
+def namespaces_allowed() -> None:
+    """Network-namespace droplets need root and the `ip`, `nsenter` and `iptables` tools."""
+    if os.geteuid() != 0:
+        unavailable("network namespaces need root")
+    missing = [tool for tool in ("ip", "nsenter", "iptables") if shutil.which(tool) is None]
+    if missing:
+        unavailable(f"{', '.join(missing)} not installed (Debian: iproute2 util-linux iptables)")
+
+
 def free_port(address: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on at `address` right now."""
     with socket.socket() as probe:

@@ -181,10 +181,13 @@ def local_mesh(
     name: str = "test",
     runtime: str = "process",
     env: dict[str, str] | None = None,
+    netns: bool = False,
 ) -> Iterator[LocalMesh]:
-    """`env` reaches every agent (the local droplets inherit `up`'s environment): secrets."""
+    """`env` reaches every agent (the local droplets inherit `up`'s environment): secrets.
+    `netns` puts each droplet in a network namespace of its own (root only)."""
     mesh = LocalMesh(home, name, dict(env or {}))
     options = ["--runtime", runtime] + (["--no-pull"] if runtime == "docker" else [])
+    options += ["--netns"] if netns else []
     try:
         mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name, *options)
         yield mesh
