@@ -15,6 +15,10 @@ project (`shop,3`: its backend on two more droplets) behind the entry address. T
   (iptables, root only) and is paused with SIGSTOP for 2 s at random intervals of 5-15 s;
   every droplet that gets a failure record meanwhile is a false confirmation.
 
+As root the droplets live in network namespaces (`meshctl up --local --netns`), so the loss
+hits everything the droplet receives; `--loopback` (or no root) uses loopback droplets, where
+iptables can only drop what is sent to the droplet's address.
+
 Run: `.venv/bin/python bench/detect.py [--kills 20] [--soak 600]`.
 """
 
@@ -41,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from lb import MESHCTL, Requests, meshctl, operator_store, write_inputs  # noqa: E402
 
 from meshd.store import Store  # noqa: E402
+from plugins.providers import ProviderError  # noqa: E402
 from protocol import subjects  # noqa: E402
 from protocol.codec import decode  # noqa: E402
 from protocol.messages import FailureRecord, Lease  # noqa: E402
@@ -163,7 +168,15 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
         "INPUT", "-d", records[victim].address, "-m", "statistic", "--mode", "random",
         "--probability", str(LOSS), "-j", "DROP",
     ]  # fmt: skip
-    lossy = os.geteuid() == 0 and iptables("-I", *rule)
+    # In a network namespace the droplet loses a tenth of all it receives; on loopback, only
+    # what is sent to its address (its routes' replies come back to 127.0.0.1).
+    lossy: str | None = None
+    try:
+        await provider.lose(records[victim].id, LOSS)
+        lossy = "netns"
+    except ProviderError:
+        if os.geteuid() == 0 and iptables("-I", *rule):
+            lossy = "loopback"
     seen: set[str] = set()
     pauses = 0
     deadline = time.monotonic() + seconds
@@ -184,13 +197,16 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
         await asyncio.sleep(5)
     finally:
         watcher.cancel()
-        if lossy:
+        if lossy == "netns":
+            await provider.heal(records[victim].id)
+        elif lossy == "loopback":
             iptables("-D", *rule)
     return {
         "false_confirmations": len(seen),
         "soak_s": seconds,
         "soak_pauses": pauses,
         "soak_packet_loss": LOSS if lossy else None,
+        "soak_packet_loss_on": lossy,
     }
 
 
@@ -241,7 +257,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--soak", type=float, default=600.0)
+    parser.add_argument(
+        "--loopback",
+        action="store_true",
+        help="loopback droplets even as root (default as root: network namespaces)",
+    )
     args = parser.parse_args()
+    netns = os.geteuid() == 0 and not args.loopback
     home = Path(tempfile.mkdtemp(prefix="meshd-bench-detect-"))
     env = dict(
         os.environ,
@@ -251,7 +273,8 @@ def main() -> None:
     )
     write_inputs(home)
     try:
-        meshctl(env, "up", "--local", "--droplets", "5", "--name", "detect", "--runtime", "process")
+        network = ["--netns"] if netns else ["--runtime", "process"]
+        meshctl(env, "up", "--local", "--droplets", "5", "--name", "detect", *network)
         meshctl(env, "publish", str(home / "projects.csv"), "--wait")
         status = json.loads(meshctl(env, "status", "--json"))
         url = f"{status['entry_url']}/shop-prod/backend/"

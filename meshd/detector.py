@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ INDIRECT_TIMEOUT_S = 1.0
 SUSPECT_AFTER_S = 1.5  # silence before a suspicion
 CONFIRM_AFTER_S = 2.8  # silence before a confirmation: a 2 s pause is never confirmed
 RECORD_RETRY_S = 0.5
+REVOTE_S = 1.0  # a standing confirmation is sent again: core NATS may have lost it
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Watch:
     last_ok: float | None = None  # monotonic; None: not seen alive since this agent started
     suspected: bool = False
     voted: Verdict | None = None
+    voted_at: float = 0.0  # monotonic, when the vote was last sent
     indirect_failed: bool | None = None  # None: not asked yet
     next_probe: float = 0.0
     probing: bool = False
@@ -166,7 +169,14 @@ class Detector:
                 and watch.voted is not Verdict.CONFIRM
             ):
                 watch.voted = Verdict.CONFIRM  # claimed now; the provider may still say no
+                watch.voted_at = math.inf  # sent (and then repeated) only once it is sure
                 self._spawn(self._confirm(target, watch, len(monitors.get(target, ()))))
+            elif watch.voted is Verdict.CONFIRM and now - watch.voted_at >= REVOTE_S:
+                # A vote published while this agent's nats-server connection moved (the dead
+                # droplet may have been its server) is lost, and one lost vote of three can
+                # keep a majority from ever forming.
+                watch.voted_at = now
+                self._vote(target, watch.incarnation, Verdict.CONFIRM)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -240,6 +250,7 @@ class Detector:
             self._spawn(self._indirect(target, watch))
             return
         log.warning("Droplet failure confirmed by this monitor. droplet=%s", target)
+        watch.voted_at = time.monotonic()
         self._vote(target, watch.incarnation, Verdict.CONFIRM)
 
     async def _provider_agrees(self, target: str) -> bool:
