@@ -106,3 +106,48 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         final = wait_for(lambda: recovered(mesh), timeout=60, what="every service whole")
         assert incarnation(final, "master") > incarnation(before, "master")
         assert holders <= {"lb", "scheduler", "provisioner", "recovery", "snapshots"}
+
+
+def recovery_holder(status: dict[str, Any]) -> str:
+    return str(next(d["name"] for d in status["droplets"] if "recovery" in d["roles"]))
+
+
+def step_of(status: dict[str, Any] | None, name: str) -> str | None:
+    found = [f["state"] for f in (status or {}).get("failures", []) if f["droplet"] == name]
+    return found[0] if found else None
+
+
+def test_a_recovery_leader_killed_mid_recovery_is_followed_and_nothing_is_done_twice(
+    tmp_path: Path,
+) -> None:
+    nginx_binary()
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+        before = mesh.status()
+        leader = recovery_holder(before)
+        victim = next(n for n in ("shop-web1", "shop-web2") if n != leader)
+
+        # The victim dies; once its replacement is on the way, the recovery leader dies too.
+        killed = time.time()
+        mesh.ok("chaos", "kill", victim)
+        wait_for(
+            lambda: step_of(mesh.status_if_readable(), victim) == "recovering",
+            timeout=60,
+            what=f"{victim}'s recovery under way",
+        )
+        leader_killed = time.time()
+        mesh.ok("chaos", "kill", leader)
+
+        # Another leader finishes the victim's recovery, and the dead leader's.
+        events = wait_for(lambda: mesh.recovered(victim, killed), timeout=120, what=victim)
+        wait_for(lambda: mesh.recovered(leader, killed), timeout=120, what=leader)
+        final = wait_for(lambda: recovered(mesh), timeout=90, what="every service whole")
+        rebuilt = [e for e in events if e["name"] == "droplet_rebuilt" and e["at"] > killed]
+        assert len(rebuilt) == 1, rebuilt
+        finished = [e for e in events if e["name"] == "droplet_recovered" and e["at"] > killed]
+        assert len(finished) == 1, finished
+        if finished[0]["at"] > leader_killed:  # else the leader finished just before it died
+            assert finished[0]["fence"] > rebuilt[0]["fence"]  # a newer leader's term
+        assert incarnation(final, leader) > incarnation(before, leader)
+        assert incarnation(final, victim) > incarnation(before, victim)
