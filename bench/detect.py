@@ -48,7 +48,7 @@ from meshd.store import Store  # noqa: E402
 from plugins.providers import ProviderError  # noqa: E402
 from protocol import subjects  # noqa: E402
 from protocol.codec import decode  # noqa: E402
-from protocol.messages import FailureRecord, Lease  # noqa: E402
+from protocol.messages import FailureRecord, Lease, NodeStatus  # noqa: E402
 
 LOSS = 0.1
 
@@ -59,6 +59,34 @@ async def failure_of(store: Store, droplet: str) -> FailureRecord | None:
     except Exception:  # electing: ask again
         return None
     return decode(entry.value, FailureRecord) if entry and entry.value else None
+
+
+async def incarnation_of(store: Store, droplet: str) -> int | None:
+    try:
+        entry = await store.get(subjects.NODES_BUCKET, subjects.node_key(droplet))
+    except Exception:  # electing: ask again
+        return None
+    return decode(entry.value, NodeStatus).incarnation if entry and entry.value else None
+
+
+async def confirmed_at(store: Store, droplet: str, after: float) -> float | None:
+    """When the failure of `droplet` after `after` was confirmed, from the events."""
+    try:
+        events = await store.recent_events(300)
+    except Exception:
+        return None
+    times = [
+        e.at
+        for e in events
+        if e.name == "failure_confirmed" and e.subject == droplet and e.at > after
+    ]
+    return min(times, default=None)
+
+
+async def replaced_since(store: Store, droplet: str, life: int) -> bool:
+    """A newer life of the droplet reports, and its failure record is gone."""
+    newer = (await incarnation_of(store, droplet) or 0) > life
+    return newer and await failure_of(store, droplet) is None
 
 
 async def lb_holder(store: Store) -> str | None:
@@ -122,23 +150,29 @@ async def kills(
         victim = random.choice(sorted(records))
         holder = await lb_holder(store)
         before = healthy(await asyncio.to_thread(status, env))
+        life = await incarnation_of(store, victim) or 0
         with Requests(url) as load:
             killed_at = time.time()
             killed = time.monotonic()
             await provider.crash(records[victim].id)
+
+            # The record can come and go within two seconds, while the store elects a new
+            # leader for it: a replacement that reports is proof enough that it existed.
             record = None
             while record is None and time.monotonic() < killed + 60:
                 await asyncio.sleep(0.05)
                 record = await failure_of(store, victim)
-            if record is None:
-                raise RuntimeError(f"{victim} was never confirmed dead")
-            # Once the record exists, the victim's instances no longer count as healthy.
-            while not await asyncio.to_thread(served_as_before, env, before):
-                if time.monotonic() > killed + 180:
-                    raise RuntimeError(f"the services of {victim} never served again")
-                await asyncio.sleep(0.1)
-            restored = time.monotonic() - killed
-            while await failure_of(store, victim) is not None:
+                if record is None and await replaced_since(store, victim, life):
+                    break
+            restored: float | None = None
+            if record is not None:
+                # While the record exists, the victim's instances no longer count as healthy.
+                while not await asyncio.to_thread(served_as_before, env, before):
+                    if time.monotonic() > killed + 180:
+                        raise RuntimeError(f"the services of {victim} never served again")
+                    await asyncio.sleep(0.1)
+                restored = time.monotonic() - killed
+            while not await replaced_since(store, victim, life):
                 if time.monotonic() > killed + 180:
                     raise RuntimeError(f"{victim} was never recovered")
                 await asyncio.sleep(0.1)
@@ -147,9 +181,12 @@ async def kills(
                 if time.monotonic() > killed + 180:
                     raise RuntimeError(f"the mesh never became whole after {victim}")
                 await asyncio.sleep(0.2)
-        found["detect"].append(record.confirmed_at - killed_at)
+        confirmed = record.confirmed_at if record else await confirmed_at(store, victim, killed_at)
+        if confirmed is None:
+            raise RuntimeError(f"{victim} was replaced, yet no failure_confirmed event tells when")
+        found["detect"].append(confirmed - killed_at)
         found["replace"].append(replaced)
-        found["restore"].append(restored)
+        found["restore"].append(restored if restored is not None else replaced)
         failed = sum(1 for t, ok in load.results if t >= killed and not ok)
         found["failed_lb_holder" if victim == holder else "failed"].append(failed)
         await asyncio.sleep(5)  # every monitor hears the new incarnation
