@@ -1,0 +1,237 @@
+"""Telling the operator: the seed's messages (pure), mailed through a real SMTP server
+(aiosmtpd: plain, and with STARTTLS and AUTH required) and texted to a local HTTP server that
+checks the shape of Twilio's Messages API."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
+from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
+from protocol.messages import Event
+from tests.support import free_port
+from tests.support.smtp import PASSWORD, USER, smtp_server
+
+AT = datetime(2026, 11, 27, 14, 30, 15, tzinfo=UTC)
+SID = "AC" + "0123456789abcdef" * 2
+
+
+def droplet(name: str, healthy: bool = True, failure: str | None = None) -> dict[str, Any]:
+    return {"name": name, "healthy": healthy, "failure": failure}
+
+
+def service(name: str, healthy: int, desired: int, project: str = "shop") -> dict[str, Any]:
+    return {
+        "project": project,
+        "env": "prod",
+        "service": name,
+        "healthy": healthy,
+        "desired": desired,
+    }
+
+
+STATUS: dict[str, Any] = {
+    "droplets": [droplet("master"), droplet("shop-web1"), droplet("shop-web2")],
+    "services": [service("backend", 2, 2), service("frontend", 2, 2), service("worker", 1, 1)],
+}
+
+
+# --- the messages (pure) ----------------------------------------------------------------------
+
+
+def test_the_heartbeat_tells_the_seeds_figures_and_the_recoveries_since_the_last() -> None:
+    recovered = Event(
+        name="droplet_recovered",
+        actor="master",
+        subject="shop-web2",
+        detail={"since_confirmed_s": 4.5},
+        at=AT.timestamp() - 600,
+    )
+    summary = summarize(STATUS, [recovered])
+    message = heartbeat(summary, AT, "prod-mesh", "master")
+    assert message.subject == "✅ Infrastructure OK - 14:30"
+    assert "• Master: healthy" in message.text
+    assert "• Web droplets: 2 healthy" in message.text
+    assert "• Services: 5 running" in message.text
+    assert "• Backend services: 2 running" in message.text
+    assert "• Last check: 2026-11-27 14:30:15 UTC" in message.text
+    assert "shop-web2 recovered at 14:20 in 4.5 s" in message.text
+    assert "No action needed." in message.text
+    assert message.html is not None and "<td>2 healthy</td>" in message.html
+    assert "shop-web2 recovered at 14:20 in 4.5 s" in message.html
+
+
+def test_a_heartbeat_with_something_unhealthy_says_so_in_its_subject() -> None:
+    status = {
+        "droplets": [droplet("master"), droplet("shop-web1", failure="recovering")],
+        "services": [service("backend", 1, 2)],
+    }
+    message = heartbeat(summarize(status), AT, "m", "master")
+    assert message.subject == "⚠️ Infrastructure degraded - 14:30"
+    assert "shop-web1: failed (recovering)" in message.text
+    assert "shop-prod backend: 1 of 2 healthy" in message.text
+    assert "• Web droplets: 0 healthy of 1" in message.text
+
+
+def test_the_backup_heartbeat_and_the_critical_alert_escape_what_they_show() -> None:
+    status = {"droplets": [droplet("master", healthy=False), droplet("web1")], "services": []}
+    backup = backup_heartbeat(summarize(status), AT, "m", "web1", {"web2": "healthy"})
+    assert backup.subject == "⚠️ Backup Heartbeat - Master may be down - 14:30"
+    assert "• Master status: unreachable" in backup.text
+    assert "• Other peers: web2 healthy" in backup.text
+
+    email, sms = critical(
+        "Droplet shop-web1 failed",
+        {"confirmed_by": ["master", "mesh-2"], "error": "<script>alert(1)</script>"},
+        AT,
+        "m",
+        "master",
+    )
+    assert email.subject == "🚨 CRITICAL: Droplet shop-web1 failed - 14:30"
+    assert email.html is not None
+    assert "&lt;script&gt;" in email.html and "<script>" not in email.html
+    assert "• error: <script>alert(1)</script>" in email.text  # text is not HTML
+    assert "• confirmed_by: master, mesh-2" in email.text
+    assert sms.text == "CRITICAL: Droplet shop-web1 failed at 14:30 (m). Check email for details."
+    assert sms.html is None and len(sms.text) <= 160
+
+
+# --- smtp -------------------------------------------------------------------------------------
+
+
+def smtp_config(port: int, **more: Any) -> dict[str, Any]:
+    return {
+        "provider": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "from_address": USER,
+        "recipients": ["you@example.com", "backup@example.com"],
+        **more,
+    }
+
+
+MESSAGE = Outgoing(subject="✅ Infrastructure OK - 14:30", text="All OK.\n", html="<p>All OK</p>")
+
+
+async def test_mail_goes_out_over_starttls_with_login_in_both_parts(tmp_path: Path) -> None:
+    async with smtp_server(tmp_path) as box:
+        config = smtp_config(box.port, username=USER, cert_bundle=str(box.cert))
+        notifier = load_notifier("smtp", config, PASSWORD.encode(), "email_config.json")
+        await notifier.send(MESSAGE)
+        (mail,) = box.received
+        assert mail.sender == USER
+        assert mail.recipients == ["you@example.com", "backup@example.com"]
+        assert mail.message["Subject"] == "✅ Infrastructure OK - 14:30"
+        assert mail.message["To"] == "you@example.com, backup@example.com"
+        assert mail.part("plain") == "All OK.\n"
+        assert mail.part("html").strip() == "<p>All OK</p>"
+
+
+async def test_a_wrong_password_is_a_permanent_error_that_says_what_to_check(
+    tmp_path: Path,
+) -> None:
+    async with smtp_server(tmp_path) as box:
+        config = smtp_config(box.port, username=USER, cert_bundle=str(box.cert))
+        notifier = load_notifier("smtp", config, b"wrong", "email_config.json")
+        with pytest.raises(NotifyError) as err:
+            await notifier.send(MESSAGE)
+        assert err.value.permanent
+        assert f"login as '{USER}' refused (535" in str(err.value)
+        assert "check the password secret" in str(err.value)
+        assert box.received == []
+
+
+async def test_a_plain_relay_works_without_login_and_a_server_that_is_down_is_transient(
+    tmp_path: Path,
+) -> None:
+    async with smtp_server() as box:
+        notifier = load_notifier("smtp", smtp_config(box.port, security="none"), None, "f")
+        await notifier.send(Outgoing(subject="text only", text="hello\n"))
+        (mail,) = box.received
+        assert mail.part("plain") == "hello\n"
+        assert not mail.message.is_multipart()
+    nobody = load_notifier("smtp", smtp_config(free_port(), security="none"), None, "f")
+    with pytest.raises(NotifyError) as err:
+        await nobody.send(MESSAGE)
+    assert not err.value.permanent
+
+
+@pytest.mark.parametrize(
+    ("more", "password", "expected"),
+    [
+        ({"host": ""}, None, "host: give the SMTP server's name"),
+        ({"security": "ssl"}, None, "security 'ssl': use one of starttls, tls, none"),
+        ({"recipients": []}, None, "recipients: give a list of email addresses"),
+        ({"username": USER}, None, "needs a password: set the secret 'smtp_password'"),
+        ({"username": USER, "security": "none"}, b"x", "would send the password in clear"),
+        ({"password": "in the file"}, None, "unknown settings password"),
+    ],
+)
+def test_smtp_configuration_errors_say_what_would_be_right(
+    more: dict[str, Any], password: bytes | None, expected: str
+) -> None:
+    with pytest.raises(NotifierConfigError) as err:
+        load_notifier("smtp", smtp_config(25, **more), password, "email_config.json")
+    assert str(err.value).startswith("email_config.json: ")
+    assert expected in str(err.value)
+
+
+# --- sms (Twilio's API shape, served locally) ------------------------------------------------
+
+
+async def test_an_sms_is_a_form_post_with_basic_auth_per_number() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def messages(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        user, _, token = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+        if (user, token) != (SID, "tok3n"):
+            return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
+        form = await request.post()
+        seen.append({"path": request.path, **{k: str(v) for k, v in form.items()}})
+        return web.json_response({"sid": "SM" + "0" * 32, "status": "queued"}, status=201)
+
+    app = web.Application()
+    app.router.add_post(f"/2010-04-01/Accounts/{SID}/Messages.json", messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = {
+            "provider": "twilio",
+            "account_sid": SID,
+            "from_number": "+15005550006",
+            "to_numbers": ["+15551234567", "+15557654321"],
+            "api_base": f"http://127.0.0.1:{port}",
+        }
+        await load_notifier("sms", config, b"tok3n", "sms_config.json").send(
+            Outgoing(subject="s", text="CRITICAL: x at 14:30")
+        )
+        assert [(s["To"], s["From"], s["Body"]) for s in seen] == [
+            ("+15551234567", "+15005550006", "CRITICAL: x at 14:30"),
+            ("+15557654321", "+15005550006", "CRITICAL: x at 14:30"),
+        ]
+        with pytest.raises(NotifyError) as err:
+            await load_notifier("sms", config, b"wrong", "sms_config.json").send(
+                Outgoing(subject="s", text="x")
+            )
+        assert err.value.permanent and "401 20003 Authenticate" in str(err.value)
+    finally:
+        await runner.cleanup()
+
+
+def test_sms_configuration_errors_say_what_would_be_right() -> None:
+    base = {"account_sid": SID, "from_number": "+15005550006", "to_numbers": ["+15551234567"]}
+    with pytest.raises(NotifierConfigError, match="the auth token is missing"):
+        load_notifier("sms", base, None, "sms_config.json")
+    with pytest.raises(NotifierConfigError, match="to_numbers: give a list of numbers"):
+        load_notifier("sms", {**base, "to_numbers": ["555-1234"]}, b"t", "sms_config.json")
+    with pytest.raises(NotifierConfigError, match="no notifier 'pager'; known: sms, smtp"):
+        load_notifier("pager", base, b"t", "x.json")
