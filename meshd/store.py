@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
@@ -61,6 +62,7 @@ class Entry:
 
 
 RECORDING_GRACE_S = 2.0
+WORK_ACK_WAIT_S = 60.0
 BACKGROUND_ATTEMPTS = 8  # `record_soon`: about 40 s
 _UNAVAILABLE = (
     nats.errors.TimeoutError,
@@ -179,6 +181,15 @@ class Store:
                     max_age=EVENTS_MAX_AGE_S,
                     max_bytes=EVENTS_MAX_BYTES,
                     discard=DiscardPolicy.OLD,
+                    num_replicas=replicas,
+                    storage=StorageType.FILE,
+                )
+            )
+            await self._ensure_stream(
+                StreamConfig(
+                    name=subjects.NOTIFY_STREAM,
+                    subjects=[subjects.NOTIFY_SUBJECTS],
+                    retention=RetentionPolicy.WORK_QUEUE,
                     num_replicas=replicas,
                     storage=StorageType.FILE,
                 )
@@ -444,6 +455,35 @@ class Store:
             raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
         return peers[0]
 
+    # --- work queues ---------------------------------------------------------------------------
+
+    async def enqueue(self, subject: str, data: bytes) -> int:
+        """Append to the work-queue stream that takes `subject`; its sequence number."""
+        try:
+            ack = await self._js.publish(subject, data, timeout=self._timeout)
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"queue on {subject}: {_reason(err)}") from None
+        return int(ack.seq)
+
+    async def work_queue(self, stream: str, subject: str, durable: str) -> WorkQueue:
+        """The durable consumer `durable` of a work-queue stream; a message taken and not
+        acknowledged comes back after `WORK_ACK_WAIT_S`."""
+        config = ConsumerConfig(ack_wait=WORK_ACK_WAIT_S, max_deliver=-1)
+        try:
+            subscription = await self._js.pull_subscribe(
+                subject, durable=durable, stream=stream, config=config
+            )
+        except (*_UNAVAILABLE, nats.js.errors.Error) as err:
+            raise StoreUnavailable(f"consume {stream}: {_reason(err)}") from None
+        return WorkQueue(subscription)
+
+    async def queued(self, stream: str) -> int:
+        """How many messages a stream holds (for a work queue: not yet acknowledged)."""
+        try:
+            return int((await self._js.stream_info(stream)).state.messages)
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"read {stream}: {_reason(err)}") from None
+
     async def publish(self, subject: str, data: bytes) -> None:
         """Core NATS, fire and forget (heartbeats): silently dropped while disconnected."""
         with contextlib.suppress(nats.errors.Error, OSError):
@@ -459,6 +499,38 @@ class Store:
 
     async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> Any:
         return await self._nc.subscribe(subject, cb=handler)
+
+
+class WorkQueue:
+    """One consumer of a work-queue stream: `take` a message, then `done` or `later`."""
+
+    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
+        self._subscription = subscription
+
+    async def take(self, wait: float) -> Msg | None:
+        """The next message, or None when none came within `wait` seconds."""
+        try:
+            (msg,) = await self._subscription.fetch(1, timeout=wait)
+        except nats.errors.TimeoutError:
+            return None
+        except (*_UNAVAILABLE, nats.js.errors.Error) as err:
+            raise StoreUnavailable(f"take from work queue: {_reason(err)}") from None
+        return msg
+
+    @staticmethod
+    async def done(msg: Msg) -> None:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.ack()
+
+    @staticmethod
+    async def later(msg: Msg, delay: float) -> None:
+        """Give it back, to be taken again after `delay` seconds."""
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.nak(delay=delay)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self._subscription.unsubscribe()
 
 
 def _reason(err: BaseException) -> str:

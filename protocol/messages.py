@@ -265,6 +265,24 @@ class SnapshotIndex(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Notification(Message):
+    """A message to the operator waiting for delivery (stream `MESH_NOTIFY`): `channel` is
+    `email` or `sms`, `purpose` what it is (`heartbeat`, `backup_heartbeat`, `critical`,
+    `test`; not `kind`, which belongs to the envelope), `fence` the lease revision of the
+    leader that queued it."""
+
+    KIND: ClassVar[str] = "notification"
+
+    channel: str
+    purpose: str
+    subject: str
+    text: str
+    html: str | None = None
+    created_at: float
+    fence: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event(Message):
     """One entry of the audit log (stream `MESH_EVENTS`, subject `mesh.events.<name>`).
 
@@ -310,6 +328,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Suspicion,
             FailureRecord,
             SnapshotIndex,
+            Notification,
             Event,
             DeployRequest,
         )

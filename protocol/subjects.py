@@ -44,6 +44,9 @@ EVENTS_STREAM = "MESH_EVENTS"
 EVENTS_SUBJECTS = "mesh.events.>"
 DEPLOY_STREAM = "MESH_DEPLOY"
 DEPLOY_SUBJECTS = "mesh.deploy.>"
+NOTIFY_STREAM = "MESH_NOTIFY"  # notifications waiting for delivery (work queue)
+NOTIFY_SUBJECTS = "mesh.notify.>"
+NOTIFY_CONSUMER = "notifier"
 
 # Core NATS subjects (no JetStream) and their subscription wildcards.
 _HEARTBEAT = "mesh.hb"
@@ -185,3 +188,8 @@ def failure_key(droplet: str) -> str:
 def snapshot_key(droplet: str) -> str:
     """Key of a droplet's snapshot index (newest first) in `mesh_snapshots`: `<droplet>`."""
     return token(droplet, "droplet")
+
+
+def notify(channel: str) -> str:
+    """Subject of a notification waiting for delivery on `channel` (email, sms)."""
+    return f"mesh.notify.{token(channel, 'channel')}"

@@ -33,6 +33,7 @@ from protocol.messages import (
     Lease,
     Message,
     NodeStatus,
+    Notification,
     PlacementRecord,
     RestartRequest,
     Snapshot,
@@ -124,6 +125,15 @@ SAMPLES: list[Message] = [
         spec_revision=3,
         fence=12,
         written_at=1_700_000_006.0,
+    ),
+    Notification(
+        channel="email",
+        purpose="heartbeat",
+        subject="✅ Infrastructure OK - 14:30",
+        text="All systems operational",
+        html="<p>All systems operational</p>",
+        created_at=1_700_000_007.0,
+        fence=12,
     ),
     SnapshotIndex(
         droplet="hostomatic-web2",

@@ -102,8 +102,9 @@ def _authenticator(
 
 
 @contextlib.asynccontextmanager
-async def smtp_server(directory: Path | None = None) -> AsyncIterator[Mailbox]:
-    """Plain SMTP without `directory`; with it, STARTTLS required and AUTH checked."""
+async def smtp_server(directory: Path | None = None, port: int = 0) -> AsyncIterator[Mailbox]:
+    """Plain SMTP without `directory`; with it, STARTTLS required and AUTH checked. On `port`,
+    or a free one."""
     loop = asyncio.get_running_loop()
     cert: Path | None = None
     context: ssl.SSLContext | None = None
@@ -125,7 +126,7 @@ async def smtp_server(directory: Path | None = None) -> AsyncIterator[Mailbox]:
             auth_required=True,
         )
 
-    server = await loop.create_server(factory, "127.0.0.1", 0)
+    server = await loop.create_server(factory, "127.0.0.1", port)
     box.port = server.sockets[0].getsockname()[1]
     try:
         yield box
