@@ -134,6 +134,7 @@ class ProjectSpec:
 class DesiredState:
     projects: tuple[ProjectSpec, ...]
     platform: str = "docker"
+    notify: dict[str, Any] = field(default_factory=dict)  # meshd.notifyconfig.NotifySettings
 
     def project(self, name: str) -> ProjectSpec:
         for project in self.projects:
@@ -142,11 +143,16 @@ class DesiredState:
         raise KeyError(name)
 
     def to_data(self) -> dict[str, Any]:
-        return {"platform": self.platform, "projects": [p.to_data() for p in self.projects]}
+        return {
+            "platform": self.platform,
+            "projects": [p.to_data() for p in self.projects],
+            "notify": dict(self.notify),
+        }
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> DesiredState:
         return cls(
             projects=tuple(ProjectSpec.from_data(p) for p in data["projects"]),
             platform=data.get("platform", "docker"),
+            notify=dict(data.get("notify") or {}),
         )

@@ -5,6 +5,7 @@ checks the shape of Twilio's Messages API."""
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from meshd.errors import InputErrors
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.notifyconfig import NotifySettings, load_notify_settings
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event
 from tests.support import free_port
@@ -235,3 +238,51 @@ def test_sms_configuration_errors_say_what_would_be_right() -> None:
         load_notifier("sms", {**base, "to_numbers": ["555-1234"]}, b"t", "sms_config.json")
     with pytest.raises(NotifierConfigError, match="no notifier 'pager'; known: sms, smtp"):
         load_notifier("pager", base, b"t", "x.json")
+
+
+# --- the operator's files ---------------------------------------------------------------------
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_notify_settings_come_from_the_seeds_files_without_secrets(tmp_path: Path) -> None:
+    email = write_json(
+        tmp_path / "email_config.json",
+        smtp_config(587, username=USER, heartbeat_minutes=0.05, timezone="Europe/Berlin"),
+    )
+    sms = write_json(
+        tmp_path / "sms_config.json",
+        {"account_sid": SID, "from_number": "+15005550006", "to_numbers": ["+15551234567"]},
+    )
+    settings = load_notify_settings(email, sms)
+    assert settings.heartbeat_s == 3.0 and settings.backup_heartbeat_s == 600.0
+    assert settings.timezone == "Europe/Berlin"
+    assert settings.email is not None and "heartbeat_minutes" not in settings.email
+    assert settings.sms is not None and settings.sms["account_sid"] == SID
+    assert NotifySettings.from_data(settings.to_data()) == settings
+    assert load_notify_settings(None, None) == NotifySettings()
+
+
+def test_notify_files_with_secrets_or_mistakes_are_refused_with_every_problem(
+    tmp_path: Path,
+) -> None:
+    email = write_json(
+        tmp_path / "email_config.json",
+        smtp_config(587, username=USER, password="hunter2", timezone="Mars/Olympus"),
+    )
+    sms = write_json(tmp_path / "sms_config.json", {"account_sid": "nope"})
+    with pytest.raises(InputErrors) as err:
+        load_notify_settings(email, sms)
+    lines = str(err.value).splitlines()
+    assert lines[0] == (
+        f"{email}:$.password: secrets do not belong in this file; remove it and set the "
+        "secret 'smtp_password' (environment variable SMTP_PASSWORD) on the droplets"
+    )
+    assert lines[1].startswith(f"{sms}: account_sid: give the Twilio account SID")
+    assert (
+        lines[2] == f"{email}:$.timezone: unknown time zone 'Mars/Olympus'; give one like "
+        "UTC or Europe/Berlin"
+    )

@@ -4,6 +4,7 @@ it as the mesh's desired state (compare-and-set on its revision), optionally wai
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import json
 import socket
@@ -16,6 +17,7 @@ from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, render_plan
 from meshd.context import load_context
 from meshd.inputs import find_deploy_config, load_desired_state
+from meshd.notifyconfig import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from meshd.observe import converged
 from meshd.placement import place
 from meshd.plan import DropletAction, Plan, make_plan
@@ -45,6 +47,20 @@ class PublishRefused(MeshError):
     help="Deployment config JSON (services, images, memory, domains). "
     "Default: deployment_config.json beside FILE, if there is one.",
 )
+@click.option(
+    "--email-config",
+    metavar="F",
+    type=_PATH,
+    help="How heartbeats and alerts are mailed (SMTP). Default: email_config.json beside FILE, "
+    "if there is one. No passwords in it: agents read the secret smtp_password.",
+)
+@click.option(
+    "--sms-config",
+    metavar="F",
+    type=_PATH,
+    help="How critical alerts are texted (Twilio). Default: sms_config.json beside FILE, if "
+    "there is one. No token in it: agents read the secret twilio_auth_token.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; publish nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
 @click.option("--wait", is_flag=True, help="Wait until every instance is healthy.")
@@ -54,6 +70,8 @@ class PublishRefused(MeshError):
 def publish(
     csv_file: Path,
     deploy_config: Path | None,
+    email_config: Path | None,
+    sms_config: Path | None,
     dry_run: bool,
     as_json: bool,
     wait: bool,
@@ -69,6 +87,11 @@ def publish(
     """
     config_path = deploy_config or find_deploy_config(csv_file)
     state = load_desired_state(csv_file, config_path)
+    notify = load_notify_settings(
+        email_config or find_beside(csv_file, EMAIL_FILE),
+        sms_config or find_beside(csv_file, SMS_FILE),
+    )
+    state = dataclasses.replace(state, notify=notify.to_data())
     shown = str(config_path) if config_path else None
     if dry_run and _no_mesh(context_name):
         _show(make_plan(None, place(state)), as_json, str(csv_file), shown)
