@@ -20,6 +20,7 @@ from aiohttp import web
 from meshd.api import create_app
 from meshd.balancer import Balancer
 from meshd.detector import Detector
+from meshd.heartbeat import Heartbeat
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
@@ -158,6 +159,18 @@ class Agent:
                     Snapshots(store, provider, view, name, mesh_tag(self.config.mesh)),
                 )
             ]
+            heartbeat = Heartbeat(store, view, name, self.config.mesh, EnvSecrets())
+            keepers.append(
+                LeaseKeeper(
+                    store,
+                    heartbeat.role,
+                    name,
+                    self.incarnation,
+                    heartbeat.lead,
+                    observer=self._observe,
+                    hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
+                )
+            )
             keepers.append(
                 LeaseKeeper(
                     store,

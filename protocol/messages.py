@@ -283,6 +283,19 @@ class Notification(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatMark(Message):
+    """The last heartbeat mail queued (KV `mesh_desired/notify.heartbeat`), claimed with
+    compare-and-set, so that one mail goes out per interval across holders of the role."""
+
+    KIND: ClassVar[str] = "heartbeat_mark"
+
+    purpose: str  # heartbeat, backup_heartbeat
+    sent_at: float
+    by: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event(Message):
     """One entry of the audit log (stream `MESH_EVENTS`, subject `mesh.events.<name>`).
 
@@ -329,6 +342,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             FailureRecord,
             SnapshotIndex,
             Notification,
+            HeartbeatMark,
             Event,
             DeployRequest,
         )

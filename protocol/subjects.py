@@ -47,6 +47,8 @@ DEPLOY_SUBJECTS = "mesh.deploy.>"
 NOTIFY_STREAM = "MESH_NOTIFY"  # notifications waiting for delivery (work queue)
 NOTIFY_SUBJECTS = "mesh.notify.>"
 NOTIFY_CONSUMER = "notifier"
+HEARTBEAT_MARK_KEY = "notify.heartbeat"  # in mesh_desired: the last heartbeat queued
+ALERTED = "notify.alerted"  # in mesh_desired: `notify.alerted.<droplet>.<incarnation>`
 
 # Core NATS subjects (no JetStream) and their subscription wildcards.
 _HEARTBEAT = "mesh.hb"
@@ -193,3 +195,8 @@ def snapshot_key(droplet: str) -> str:
 def notify(channel: str) -> str:
     """Subject of a notification waiting for delivery on `channel` (email, sms)."""
     return f"mesh.notify.{token(channel, 'channel')}"
+
+
+def alerted_key(droplet: str, incarnation: int) -> str:
+    """Key in `mesh_desired` that records the critical alert about one failed life."""
+    return f"{ALERTED}.{token(droplet, 'droplet')}.{int(incarnation)}"

@@ -28,6 +28,7 @@ from protocol.messages import (
     FailureRecord,
     FailureState,
     Heartbeat,
+    HeartbeatMark,
     InstanceState,
     InstanceStatus,
     Lease,
@@ -135,6 +136,7 @@ SAMPLES: list[Message] = [
         created_at=1_700_000_007.0,
         fence=12,
     ),
+    HeartbeatMark(purpose="heartbeat", sent_at=1_700_000_008.0, by="master", fence=13),
     SnapshotIndex(
         droplet="hostomatic-web2",
         snapshots=(

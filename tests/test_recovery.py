@@ -105,7 +105,7 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         wait_for(lambda: mesh.recovered("master", killed), timeout=120, what="master rebuilt")
         final = wait_for(lambda: recovered(mesh), timeout=60, what="every service whole")
         assert incarnation(final, "master") > incarnation(before, "master")
-        assert holders <= {"lb", "scheduler", "provisioner", "recovery", "snapshots"}
+        assert holders <= {"lb", "heartbeat", "scheduler", "provisioner", "recovery", "snapshots"}
 
 
 def recovery_holder(status: dict[str, Any]) -> str:

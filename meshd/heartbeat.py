@@ -1,0 +1,228 @@
+"""The `heartbeat` role (prefers master): the seed's passive monitoring, where silence is the
+alarm (DESIGN.md, Plugins: Notifier).
+
+While it holds the role, an agent
+- queues `✅ Infrastructure OK` every `heartbeat_minutes`, or, while master is down (it has a
+  failure record or stopped reporting), `⚠️ Backup Heartbeat - Master may be down` every
+  `backup_heartbeat_minutes`. The last one queued is claimed in `mesh_desired/notify.heartbeat`
+  with compare-and-set before it is queued, so one mail goes out per interval across the mesh,
+  also when the role moves;
+- queues `🚨 CRITICAL` by email and SMS once per confirmed failure (one droplet's life),
+  claimed with KV create on `mesh_desired/notify.alerted.<droplet>.<incarnation>`;
+- runs the courier that delivers the queue (`meshd.outbox`).
+
+Intervals compare the wall clocks of the holders of the role, which may differ by seconds;
+against minutes-long intervals that does not matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from meshd.lease import Term
+from meshd.meshview import MeshView
+from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.notifyconfig import NotifySettings
+from meshd.observe import STALE_AFTER_S, mesh_status
+from meshd.outbox import Courier, Outbox
+from meshd.spec import MASTER
+from meshd.store import Conflict, Store, StoreUnavailable
+from plugins.notifiers import Notifier, NotifierConfigError, Outgoing, load_notifier
+from plugins.secrets import Secrets
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Event, FailureRecord, HeartbeatMark, Notification
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0
+QUEUE_ATTEMPTS = 30
+QUEUE_RETRY_S = 1.0
+SECRET_SCOPE = ("mesh", "mesh")  # project and env of the lookup: SMTP_PASSWORD is found
+
+
+class Heartbeat:
+    role = subjects.Role.HEARTBEAT
+
+    def __init__(
+        self, store: Store, view: MeshView, droplet: str, mesh: str, secrets: Secrets
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.droplet = droplet
+        self.mesh = mesh
+        self.secrets = secrets
+        self.outbox = Outbox(store)
+        self._alerted: set[str] = set()
+        self._built: tuple[Any, dict[str, Notifier | NotifierConfigError]] | None = None
+
+    # --- which notifiers -----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> NotifySettings:
+        return NotifySettings.from_data(self.view.state.notify if self.view.state else None)
+
+    def channels(self) -> dict[str, Notifier | NotifierConfigError]:
+        """The configured notifiers (or why one cannot work), rebuilt when settings change."""
+        settings = self.settings
+        key = (settings.email, settings.sms)
+        if self._built is not None and self._built[0] == key:
+            return self._built[1]
+        built: dict[str, Notifier | NotifierConfigError] = {}
+        if settings.email is not None:
+            secret = str(settings.email.get("password_secret", "smtp_password"))
+            built["email"] = self._notifier("smtp", settings.email, secret, "email_config.json")
+        if settings.sms is not None:
+            secret = str(settings.sms.get("token_secret", "twilio_auth_token"))
+            built["sms"] = self._notifier("sms", settings.sms, secret, "sms_config.json")
+        self._built = (key, built)
+        return built
+
+    def _notifier(
+        self, name: str, config: dict[str, Any], secret: str, source: str
+    ) -> Notifier | NotifierConfigError:
+        value = self.secrets.get(secret, *SECRET_SCOPE)
+        try:
+            return load_notifier(name, config, value, f"{source} (published)")
+        except NotifierConfigError as err:
+            log.error("Notifier not usable. notifier=%s error=%s", name, err)
+            return err
+
+    # --- leading -------------------------------------------------------------------------------
+
+    async def lead(self, term: Term) -> None:
+        self._alerted.clear()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(Courier(self.store, self.channels, self.droplet).run(term))
+            tasks.create_task(self._watch(term))
+
+    async def _watch(self, term: Term) -> None:
+        while True:
+            term.check()
+            if self.view.ready and self.settings.email is not None:
+                try:
+                    await self.alert(term)
+                    await self.beat(term)
+                except StoreUnavailable as err:
+                    log.info("Heartbeat check interrupted. error=%s", err)
+            await asyncio.sleep(TICK_S)
+
+    def master_down(self) -> bool:
+        node = self.view.nodes.get(MASTER)
+        stale = node is None or time.time() - node.updated_at >= STALE_AFTER_S
+        return MASTER in self.view.failures or stale
+
+    async def beat(self, term: Term) -> None:
+        """Queue the heartbeat (or the backup heartbeat) if its interval has passed."""
+        settings = self.settings
+        down = self.master_down()
+        purpose = "backup_heartbeat" if down else "heartbeat"
+        interval = settings.backup_heartbeat_s if down else settings.heartbeat_s
+        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.HEARTBEAT_MARK_KEY)
+        last = None
+        if entry is not None and entry.value is not None:
+            try:
+                last = decode(entry.value, HeartbeatMark)
+            except ProtocolError as err:
+                log.warning("Heartbeat mark unreadable; sending. error=%s", err)
+        now = time.time()
+        if last is not None and now - last.sent_at < interval:
+            return
+        mark = HeartbeatMark(purpose=purpose, sent_at=now, by=self.droplet, fence=term.fence)
+        term.check()
+        try:
+            if entry is None:
+                await self.store.create(
+                    subjects.DESIRED_BUCKET, subjects.HEARTBEAT_MARK_KEY, encode(mark)
+                )
+            else:
+                await self.store.update(
+                    subjects.DESIRED_BUCKET,
+                    subjects.HEARTBEAT_MARK_KEY,
+                    encode(mark),
+                    last=entry.revision,
+                )
+        except Conflict:
+            return  # another holder queued this interval's mail
+        since = last.sent_at if last is not None else now - interval
+        message = await self._compose(purpose, since, now)
+        await self._queue(term, "email", purpose, message, now)
+
+    async def _compose(self, purpose: str, since: float, now: float) -> Outgoing:
+        settings = self.settings
+        at = datetime.fromtimestamp(now, settings.zone)
+        status = mesh_status(self.view.nodes, self.view.allocations, {}, now, self.view.failures)
+        summary = summarize(status, await self._recoveries(since), settings.zone)
+        if purpose == "heartbeat":
+            return heartbeat(summary, at, self.mesh, self.droplet)
+        peers = {
+            d["name"]: "healthy" if d["healthy"] and not d["failure"] else "unreachable"
+            for d in status["droplets"]
+            if d["name"] not in (MASTER, self.droplet)
+        }
+        return backup_heartbeat(summary, at, self.mesh, self.droplet, peers)
+
+    async def _recoveries(self, since: float) -> list[Event]:
+        events = await self.store.recent_events(200)
+        return [e for e in events if e.name == "droplet_recovered" and e.at > since]
+
+    async def alert(self, term: Term) -> None:
+        """Queue a critical alert for each confirmed failure not alerted yet."""
+        for record in list(self.view.failures.values()):
+            key = subjects.alerted_key(record.droplet, record.incarnation)
+            if key in self._alerted:
+                continue
+            term.check()
+            try:
+                await self.store.create(subjects.DESIRED_BUCKET, key, encode(record))
+            except Conflict:
+                self._alerted.add(key)  # alerted by an earlier holder
+                continue
+            self._alerted.add(key)
+            await self._alert(term, record)
+
+    async def _alert(self, term: Term, record: FailureRecord) -> None:
+        now = time.time()
+        at = datetime.fromtimestamp(now, self.settings.zone)
+        what = f"Droplet {record.droplet} failed"
+        details = {
+            "droplet": record.droplet,
+            "confirmed by": list(record.confirmed_by),
+            "confirmed at": datetime.fromtimestamp(record.confirmed_at, self.settings.zone)
+            .strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "recovery step": record.state.value,
+            "life (incarnation)": record.incarnation,
+        }  # fmt: skip
+        email, sms = critical(what, details, at, self.mesh, self.droplet)
+        await self._queue(term, "email", "critical", email, now)
+        if self.settings.sms is not None:
+            await self._queue(term, "sms", "critical", sms, now)
+
+    async def _queue(
+        self, term: Term, channel: str, purpose: str, message: Outgoing, now: float
+    ) -> None:
+        notification = Notification(
+            channel=channel,
+            purpose=purpose,
+            subject=message.subject,
+            text=message.text,
+            html=message.html,
+            created_at=now,
+            fence=term.fence,
+        )
+        for attempt in range(QUEUE_ATTEMPTS):  # its slot is claimed: it must not be lost
+            term.check()
+            try:
+                await self.outbox.put(notification)
+                break
+            except StoreUnavailable as err:
+                log.info("Notification not queued yet. attempt=%d error=%s", attempt + 1, err)
+                await asyncio.sleep(QUEUE_RETRY_S)
+        else:
+            log.error("Notification lost: the queue did not answer. subject=%s", message.subject)
+            return
+        log.info("Notification queued. channel=%s subject=%s", channel, message.subject)
