@@ -124,7 +124,8 @@ class Courier:
                 delay,
                 err,
             )
-            if self._reported.get(channel) != str(err):
+            # Each notification's first failure is told; retries only when the reason changes.
+            if attempt == 1 or self._reported.get(channel) != str(err):
                 self._reported[channel] = str(err)
                 self.store.record_soon(
                     "notification_failed",

@@ -92,10 +92,16 @@ async def test_mail_queued_while_the_server_is_down_is_delivered_once_it_is_back
         "email": load_notifier("smtp", config, None, "email_config.json")
     }
     async with courier(store, channels):
-        await until(lambda: events(store, "notification_failed"), "a failed delivery")
-        (failed,) = await events(store, "notification_failed")  # recorded once per reason
-        assert failed.detail["permanent"] is False
-        assert f"smtp 127.0.0.1:{port}" in failed.detail["error"]
+
+        async def two_failed() -> bool:
+            return len(await events(store, "notification_failed")) >= 2
+
+        await until(two_failed, "both first deliveries failed")
+        await asyncio.sleep(1.5)  # retries with the same reason are not told again
+        failed = await events(store, "notification_failed")
+        assert sorted(e.detail["subject"] for e in failed) == ["first", "second"]
+        assert all(e.detail["attempt"] == 1 and not e.detail["permanent"] for e in failed)
+        assert f"smtp 127.0.0.1:{port}" in failed[0].detail["error"]
         assert await outbox.waiting() == 2
         async with smtp_server(port=port) as box:
 

@@ -13,6 +13,7 @@ from meshd import __version__
 from meshd.cli.chaos import chaos
 from meshd.cli.compose import compose
 from meshd.cli.down import down
+from meshd.cli.notify import notify
 from meshd.cli.publish import publish
 from meshd.cli.restart import restart
 from meshd.cli.status import events, status
@@ -37,7 +38,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (up, publish, restart, status, events, chaos, compose, down):
+for command in (up, publish, restart, status, events, chaos, notify, compose, down):
     cli.add_command(command)
 
 

@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import queue
 import ssl
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -29,6 +32,11 @@ class Received:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    at: float = field(default_factory=time.time)
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
 
     def part(self, subtype: str) -> str:
         found = self.message.get_body(preferencelist=(subtype,))
@@ -133,3 +141,32 @@ async def smtp_server(directory: Path | None = None, port: int = 0) -> AsyncIter
     finally:
         server.close()
         await server.wait_closed()
+
+
+@contextlib.contextmanager
+def smtp_in_thread(directory: Path | None = None, port: int = 0) -> Iterator[Mailbox]:
+    """`smtp_server` on a loop of its own thread, for tests that are not async (a local
+    mesh sends to it from its droplets)."""
+    loop = asyncio.new_event_loop()
+    ready: queue.Queue[Mailbox | BaseException] = queue.Queue()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        try:
+            async with smtp_server(directory, port) as box:
+                ready.put(box)
+                await stop.wait()
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            ready.put(err)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    found = ready.get(timeout=10)
+    if isinstance(found, BaseException):
+        raise found
+    try:
+        yield found
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        loop.close()

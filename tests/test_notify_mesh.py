@@ -1,0 +1,73 @@
+"""A local mesh tells its operator by mail (real SMTP server): the OK heartbeat every interval
+(3 s here), never twice in one, also when the role's holder dies; a critical alert, once, when
+a droplet fails."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.mesh import BACKEND_ONLY, local_mesh, wait_for, write_project
+from tests.support.smtp import Mailbox, Received, smtp_in_thread
+
+pytestmark = pytest.mark.integration
+INTERVAL_S = 3.0
+
+
+def beats(box: Mailbox) -> list[Received]:
+    titles = ("✅ Infrastructure OK", "⚠️ Infrastructure degraded", "⚠️ Backup Heartbeat")
+    return [m for m in list(box.received) if m.subject.startswith(titles)]
+
+
+def alerts(box: Mailbox, droplet: str) -> list[Received]:
+    title = f"🚨 CRITICAL: Droplet {droplet} failed"
+    return [m for m in list(box.received) if m.subject.startswith(title)]
+
+
+def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
+    tmp_path: Path,
+) -> None:
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    with smtp_in_thread() as box:
+        (tmp_path / "email_config.json").write_text(
+            json.dumps(
+                {
+                    "provider": "smtp",
+                    "host": "127.0.0.1",
+                    "port": box.port,
+                    "security": "none",
+                    "from_address": "mesh@example.com",
+                    "recipients": ["you@example.com"],
+                    "heartbeat_minutes": INTERVAL_S / 60,
+                    "backup_heartbeat_minutes": INTERVAL_S / 60,
+                }
+            )
+        )
+        with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+            mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+            wait_for(lambda: len(beats(box)) >= 3, timeout=60, what="three heartbeats")
+            first = beats(box)[0]
+            assert first.recipients == ["you@example.com"]
+            assert "• Backend services:" in first.part("plain")
+            assert "<table" in first.part("html")
+
+            killed = time.time()
+            mesh.ok("chaos", "kill", "shop-web1")
+            wait_for(lambda: alerts(box, "shop-web1"), timeout=60, what="the critical alert")
+            wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=90, what="recovery")
+
+            # The role's holder dies: the next holder goes on, still one mail per interval.
+            holder = next(d["name"] for d in mesh.status()["droplets"] if "heartbeat" in d["roles"])
+            count = len(beats(box))
+            mesh.ok("chaos", "kill", holder)
+            wait_for(lambda: len(beats(box)) >= count + 3, timeout=90, what="heartbeats after")
+            time.sleep(2)
+
+        (alert,) = alerts(box, "shop-web1")
+        assert "confirmed by" in alert.part("plain")
+        sent = sorted(m.at for m in beats(box))
+        gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+        assert min(gaps) > INTERVAL_S * 0.6, gaps  # never two in one interval
