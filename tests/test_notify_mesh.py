@@ -54,6 +54,18 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
             assert "• Backend services:" in first.part("plain")
             assert "<table" in first.part("html")
 
+            # The seed's tests of the notification system: the real thing, once.
+            said = mesh.ok("notify", "test", "--email", "--critical", timeout=90)
+            assert said.count("sent email") == 2, said
+            tests = [m for m in list(box.received) if m.subject.endswith("(test)")]
+            assert sorted(m.subject.split(" - ")[0] for m in tests) == [
+                "✅ Infrastructure OK",
+                "🚨 CRITICAL: Test alert (nothing failed)",
+            ]
+            no_sms = mesh.meshctl("notify", "test", "--sms")
+            assert no_sms.returncode == 1
+            assert "nothing is configured for sms (publish a sms_config.json" in no_sms.stderr
+
             killed = time.time()
             mesh.ok("chaos", "kill", "shop-web1")
             wait_for(lambda: alerts(box, "shop-web1"), timeout=60, what="the critical alert")
@@ -68,6 +80,8 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
 
         (alert,) = alerts(box, "shop-web1")
         assert "confirmed by" in alert.part("plain")
+        # One per interval: delivery times jitter (a mail can wait for the courier), so the
+        # count over the whole span is what shows it; a second sender would double it.
         sent = sorted(m.at for m in beats(box))
-        gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
-        assert min(gaps) > INTERVAL_S * 0.6, gaps  # never two in one interval
+        intervals = (sent[-1] - sent[0]) / INTERVAL_S
+        assert len(sent) - 1 <= intervals + 1.5, (len(sent), intervals)
