@@ -190,3 +190,31 @@ def _service_order(a: Allocation) -> tuple[str, int, str]:
 
 def _droplet_order(node: NodeStatus) -> tuple[int, str]:
     return (0 if node.droplet == "master" else 1, node.droplet)
+
+
+def notifications(events: Iterable[Event], waiting: int | None) -> dict[str, Any]:
+    """The notification queue for `status`: how many wait (None: unknown), the last delivery
+    and the newest failure of each channel that has not delivered since, from the events."""
+    last_sent: dict[str, Event] = {}
+    failing: dict[str, Event] = {}
+    for event in sorted(events, key=lambda e: e.at):
+        if event.name == "notification_sent":
+            last_sent[event.subject] = event
+            failing.pop(event.subject, None)
+        elif event.name == "notification_failed":
+            failing[event.subject] = event
+    return {
+        "waiting": waiting,
+        "last_sent": {
+            channel: {"subject": e.detail.get("subject"), "at": e.at}
+            for channel, e in sorted(last_sent.items())
+        },
+        "failing": {
+            channel: {
+                "error": e.detail.get("error"),
+                "permanent": e.detail.get("permanent"),
+                "at": e.at,
+            }
+            for channel, e in sorted(failing.items())
+        },
+    }

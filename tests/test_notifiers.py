@@ -16,6 +16,7 @@ from aiohttp import web
 from meshd.errors import InputErrors
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
 from meshd.notifyconfig import NotifySettings, load_notify_settings
+from meshd.observe import notifications
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event
 from tests.support import free_port
@@ -286,3 +287,20 @@ def test_notify_files_with_secrets_or_mistakes_are_refused_with_every_problem(
         lines[2] == f"{email}:$.timezone: unknown time zone 'Mars/Olympus'; give one like "
         "UTC or Europe/Berlin"
     )
+
+
+def test_status_shows_what_waits_and_which_channel_fails_until_it_delivers_again() -> None:
+    def event(name: str, channel: str, at: float, **detail: Any) -> Event:
+        return Event(name=name, actor="master", subject=channel, detail=detail, at=at)
+
+    events = [
+        event("notification_sent", "email", 1.0, subject="✅ Infrastructure OK - 14:30"),
+        event("notification_failed", "email", 2.0, error="smtp x:587: refused", permanent=False),
+        event("notification_failed", "sms", 3.0, error="twilio: 401", permanent=True),
+        event("notification_sent", "sms", 4.0, subject="CRITICAL"),
+    ]
+    told = notifications(events, 2)
+    assert told["waiting"] == 2
+    failing = {"error": "smtp x:587: refused", "permanent": False, "at": 2.0}
+    assert told["failing"] == {"email": failing}
+    assert told["last_sent"]["sms"] == {"subject": "CRITICAL", "at": 4.0}

@@ -62,6 +62,9 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
                 "✅ Infrastructure OK",
                 "🚨 CRITICAL: Test alert (nothing failed)",
             ]
+            told = mesh.status()["notifications"]
+            assert told["last_sent"]["email"]["subject"].endswith("(test)")
+            assert told["failing"] == {}
             no_sms = mesh.meshctl("notify", "test", "--sms")
             assert no_sms.returncode == 1
             assert "nothing is configured for sms (publish a sms_config.json" in no_sms.stderr

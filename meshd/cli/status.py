@@ -16,8 +16,9 @@ from rich.markup import escape
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, events_table, status_tables
 from meshd.context import load_context
-from meshd.observe import open_suspicions
-from meshd.store import Store
+from meshd.observe import notifications, open_suspicions
+from meshd.store import Store, StoreUnavailable
+from protocol import subjects
 from protocol.messages import Event
 
 RECENT_EVENTS = 8
@@ -42,6 +43,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
             view = {"entry_url": context.entry_url, **(await snapshot(store)).status()}
             recent = await store.recent_events(SUSPICION_EVENTS)
             view["suspicions"] = open_suspicions(recent, time.time())
+            view["notifications"] = notifications(recent, await _waiting(store))
             view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))
             return
@@ -64,12 +66,24 @@ async def _render(store: Store, entry: str | None) -> Group:
     where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"
     header = f"Entry: [bold]{entry or 'none'}[/] (load balancer {where})"
     lines = [header]
+    told = notifications(recent, await _waiting(store))
+    for channel, failure in told["failing"].items():
+        lines.append(f"[red]Notifications by {channel} failing:[/] {escape(str(failure['error']))}")
+    if told["waiting"]:
+        lines.append(f"Notifications waiting for delivery: {told['waiting']}")
     for suspicion in open_suspicions(recent, time.time()):
         lines.append(
             f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "
             f"{escape(', '.join(suspicion['by']))}, {suspicion['age_s']:.0f}s ago"
         )
     return Group(*lines, *status_tables(view), events_table(events))
+
+
+async def _waiting(store: Store) -> int | None:
+    try:
+        return await store.queued(subjects.NOTIFY_STREAM)
+    except StoreUnavailable:
+        return None
 
 
 def _event_data(event: Event) -> dict[str, Any]:
