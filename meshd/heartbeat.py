@@ -8,7 +8,8 @@ While it holds the role, an agent
   with compare-and-set before it is queued, so one mail goes out per interval across the mesh,
   also when the role moves;
 - queues `🚨 CRITICAL` by email and SMS once per confirmed failure (one droplet's life),
-  claimed with KV create on `mesh_desired/notify.alerted.<droplet>.<incarnation>`;
+  claimed with KV create on `mesh_desired/notify.alerted.<droplet>.<incarnation>`, and once
+  more if its recovery fails (`...<incarnation>.recovery`, from the `recovery_failed` events);
 - runs the courier that delivers the queue (`meshd.outbox`).
 
 Intervals compare the wall clocks of the holders of the role, which may differ by seconds;
@@ -41,6 +42,7 @@ from protocol.messages import Event, FailureRecord, HeartbeatMark, Notification
 log = logging.getLogger(__name__)
 TICK_S = 1.0
 QUEUE_ATTEMPTS = 30
+RECENT_EVENTS = 200
 QUEUE_RETRY_S = 1.0
 SECRET_SCOPE = ("mesh", "mesh")  # project and env of the lookup: SMTP_PASSWORD is found
 
@@ -99,6 +101,7 @@ class Heartbeat:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(Courier(self.store, self.channels, self.droplet).run(term))
             tasks.create_task(self._watch(term))
+            tasks.create_task(self._watch_recoveries(term))
 
     async def _watch(self, term: Term) -> None:
         while True:
@@ -110,6 +113,59 @@ class Heartbeat:
                 except StoreUnavailable as err:
                     log.info("Heartbeat check interrupted. error=%s", err)
             await asyncio.sleep(TICK_S)
+
+    async def _watch_recoveries(self, term: Term) -> None:
+        """A critical alert for each failed recovery: those still told in the recent events
+        when the role is taken, then every new one."""
+        seen_recent = False
+        while True:
+            term.check()
+            try:
+                if not seen_recent:
+                    for event in await self.store.recent_events(RECENT_EVENTS):
+                        await self.alert_recovery(term, event)
+                    seen_recent = True
+                async for event in self.store.follow_events():
+                    await self.alert_recovery(term, event)
+            except StoreUnavailable as err:
+                log.info("Events not readable for alerts. error=%s", err)
+            except Exception as err:  # the subscription must come back whatever NATS did
+                log.warning("Following events for alerts failed. error=%r", err)
+            await asyncio.sleep(TICK_S)
+
+    async def alert_recovery(self, term: Term, event: Event) -> None:
+        """Alert once for a `recovery_failed` event of a failure that is still open."""
+        if event.name != "recovery_failed" or self.settings.email is None:
+            return
+        record = self.view.failures.get(event.subject)
+        incarnation = event.detail.get("incarnation")
+        if record is None or (incarnation is not None and incarnation != record.incarnation):
+            return  # recovered (or another life) since
+        key = f"{subjects.alerted_key(record.droplet, record.incarnation)}.recovery"
+        if key in self._alerted:
+            return
+        term.check()
+        try:
+            await self.store.create(subjects.DESIRED_BUCKET, key, encode(record))
+        except Conflict:
+            self._alerted.add(key)
+            return
+        self._alerted.add(key)
+        now = time.time()
+        zone = self.settings.zone
+        details = {
+            "droplet": record.droplet,
+            "error": event.detail.get("error", "unknown"),
+            "recovery step": event.detail.get("step", record.state.value),
+            "failed since": datetime.fromtimestamp(record.confirmed_at, zone)
+            .strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }  # fmt: skip
+        what = f"Recovery of {record.droplet} failed"
+        at = datetime.fromtimestamp(now, zone)
+        email, sms = critical(what, details, at, self.mesh, self.droplet)
+        await self._queue(term, "email", "critical", email, now)
+        if self.settings.sms is not None:
+            await self._queue(term, "sms", "critical", sms, now)
 
     def master_down(self) -> bool:
         node = self.view.nodes.get(MASTER)

@@ -221,6 +221,5 @@ class Recovery:
             return
         self._reported[record.droplet] = reason
         log.error("Recovery step failed. droplet=%s error=%s", record.droplet, reason)
-        self.store.record_soon(
-            "recovery_failed", self.droplet, record.droplet, {"error": reason}, term.fence
-        )
+        detail = {"error": reason, "step": record.state.value, "incarnation": record.incarnation}
+        self.store.record_soon("recovery_failed", self.droplet, record.droplet, detail, term.fence)

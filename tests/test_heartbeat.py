@@ -21,7 +21,7 @@ from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.codec import decode
 from protocol.messages import DesiredState as DesiredMessage
-from protocol.messages import FailureRecord, FailureState, NodeStatus, Notification
+from protocol.messages import Event, FailureRecord, FailureState, NodeStatus, Notification
 from tests.support.nats import NatsServer, running_nats
 
 SID = "AC" + "0123456789abcdef" * 2
@@ -167,3 +167,37 @@ async def test_notifiers_get_their_secret_from_the_agents_secrets_or_say_which_i
     without = Heartbeat(store, view, "master", "m", EnvSecrets({})).channels()
     assert isinstance(without["sms"], NotifierConfigError)
     assert "set the secret 'twilio_auth_token'" in str(without["sms"])
+
+
+async def test_a_failed_recovery_is_alerted_once_while_its_failure_is_open(store: Store) -> None:
+    failed = FailureRecord(
+        droplet="web2",
+        confirmed_by=("master", "web1"),
+        confirmed_at=time.time(),
+        state=FailureState.DISPLACED,
+        fence=4,
+        incarnation=5,
+    )
+    view = await view_with({"web2": failed})
+
+    def told(droplet: str, incarnation: int) -> Event:
+        return Event(
+            name="recovery_failed",
+            actor="web1",
+            subject=droplet,
+            detail={"error": "the provider cannot rebuild droplets", "step": "displaced",
+                    "incarnation": incarnation},
+            at=time.time(),
+        )  # fmt: skip
+
+    hb = holder(store, view, "master")
+    await hb.alert_recovery(term(3), told("web2", 5))
+    await hb.alert_recovery(term(3), told("web2", 5))  # told again: alerted already
+    await holder(store, view, "web1").alert_recovery(term(8), told("web2", 5))  # new holder
+    await hb.alert_recovery(term(3), told("web2", 4))  # an older life: recovered since
+    await hb.alert_recovery(term(3), told("web1", 5))  # no open failure
+    email, sms = await queued(store)
+    assert email.subject.startswith("🚨 CRITICAL: Recovery of web2 failed - ")
+    assert "• error: the provider cannot rebuild droplets" in email.text
+    assert "• recovery step: displaced" in email.text
+    assert sms.channel == "sms" and sms.text.startswith("CRITICAL: Recovery of web2 failed")
