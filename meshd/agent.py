@@ -27,6 +27,7 @@ from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.meshview import MeshView
 from meshd.provisioner import Provisioner, mesh_tag
+from meshd.quorum import QuorumWatch
 from meshd.reconciler import Reconciler
 from meshd.recovery import Recovery
 from meshd.scheduler import Scheduler
@@ -189,6 +190,8 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(detector.run(), name="detector")
+                quorum = QuorumWatch(store, view, name, self.config.mesh, EnvSecrets())
+                tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
                 tasks.create_task(

@@ -455,6 +455,14 @@ class Store:
             raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
         return peers[0]
 
+    async def jetstream_answers(self, wait: float = READY_TIMEOUT_S) -> bool:
+        """Whether JetStream answers at all (it has a meta leader, so a quorum of servers)."""
+        try:
+            await asyncio.wait_for(self._js.account_info(), wait)
+        except (*_UNAVAILABLE, nats.errors.Error, nats.js.errors.Error):
+            return False
+        return True
+
     # --- work queues ---------------------------------------------------------------------------
 
     async def enqueue(self, subject: str, data: bytes) -> int:

@@ -17,6 +17,7 @@ from meshd.errors import InputErrors
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
 from meshd.notifyconfig import NotifySettings, load_notify_settings
 from meshd.observe import notifications
+from meshd.quorum import teller
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event
 from tests.support import free_port
@@ -304,3 +305,10 @@ def test_status_shows_what_waits_and_which_channel_fails_until_it_delivers_again
     failing = {"error": "smtp x:587: refused", "permanent": False, "at": 2.0}
     assert told["failing"] == {"email": failing}
     assert told["last_sent"]["sms"] == {"subject": "CRITICAL", "at": 4.0}
+
+
+def test_the_quorum_alert_is_told_by_the_first_droplet_in_ring_order_still_heard() -> None:
+    heard = {"master": 90.0, "mesh-2": 99.0, "shop-web1": 99.5}
+    assert teller("mesh-3", heard, 100.0) == "mesh-2"  # master not heard for 10 s
+    assert teller("mesh-3", {**heard, "master": 95.0}, 100.0) == "master"
+    assert teller("shop-web1", {}, 100.0) == "shop-web1"

@@ -88,3 +88,36 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
         sent = sorted(m.at for m in beats(box))
         intervals = (sent[-1] - sent[0]) / INTERVAL_S
         assert len(sent) - 1 <= intervals + 1.5, (len(sent), intervals)
+
+
+def test_losing_the_jetstream_quorum_is_told_by_the_droplet_that_is_left(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    with smtp_in_thread() as box:
+        (tmp_path / "email_config.json").write_text(
+            json.dumps(
+                {
+                    "provider": "smtp",
+                    "host": "127.0.0.1",
+                    "port": box.port,
+                    "security": "none",
+                    "from_address": "mesh@example.com",
+                    "recipients": ["you@example.com"],
+                }
+            )
+        )
+        with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+            mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+            wait_for(lambda: beats(box), timeout=60, what="the first heartbeat")
+            # Two of the three JetStream servers die at once: nothing can be recorded any more.
+            mesh.ok("chaos", "kill", "mesh-2")
+            mesh.ok("chaos", "kill", "mesh-3")
+            title = "🚨 CRITICAL: JetStream has lost its quorum"
+            lost = wait_for(
+                lambda: [m for m in list(box.received) if m.subject.startswith(title)],
+                timeout=90,
+                what="the quorum alert",
+            )
+            time.sleep(12)  # told once per outage
+            assert len([m for m in list(box.received) if m.subject.startswith(title)]) == 1
+        assert "sent by master" in lost[0].part("plain")
+        assert "• droplets still heard: master" in lost[0].part("plain")  # itself

@@ -1,0 +1,116 @@
+"""Loss of the JetStream quorum, told by mail and SMS even though the mesh's own queue, leases
+and records are then out of reach.
+
+Every agent asks JetStream every `CHECK_S` whether it answers. When it has not for
+`LOST_AFTER_S` while core NATS still carries heartbeats, the first droplet in ring order
+(master first) among those whose heartbeats this agent still hears sends a critical alert
+itself, straight through the notifiers (the queue is a JetStream stream), with the settings of
+the last desired state it saw. It tells once per outage; an agent restarted meanwhile may tell
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+from nats.aio.msg import Msg
+
+from meshd.meshview import MeshView
+from meshd.monitors import ring
+from meshd.notices import critical
+from meshd.notifyconfig import NotifySettings
+from meshd.store import Store
+from plugins.notifiers import NotifierConfigError, NotifyError, load_notifier
+from plugins.secrets import Secrets
+from protocol import subjects
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import Heartbeat
+
+log = logging.getLogger(__name__)
+CHECK_S = 5.0
+LOST_AFTER_S = 20.0
+HEARD_WITHIN_S = 10.0
+SECRET_SCOPE = ("mesh", "mesh")
+
+
+def teller(me: str, heard: dict[str, float], now: float) -> str:
+    """Who tells: the first droplet in ring order among me and those heard lately."""
+    alive = {name for name, at in heard.items() if now - at < HEARD_WITHIN_S} | {me}
+    return ring(sorted(alive))[0]
+
+
+class QuorumWatch:
+    def __init__(
+        self, store: Store, view: MeshView, droplet: str, mesh: str, secrets: Secrets
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.droplet = droplet
+        self.mesh = mesh
+        self.secrets = secrets
+        self.heard: dict[str, float] = {}  # droplet -> monotonic time of its last heartbeat
+
+    async def run(self) -> None:
+        subscription = await self.store.subscribe(subjects.HEARTBEATS_ALL, self._on_heartbeat)
+        lost_since: float | None = None
+        told = False
+        try:
+            while True:
+                if await self.store.jetstream_answers():
+                    if lost_since is not None:
+                        log.info("JetStream answers again.")
+                    lost_since, told = None, False
+                else:
+                    now = time.monotonic()
+                    lost_since = lost_since or now
+                    mine = teller(self.droplet, self.heard, now) == self.droplet
+                    if now - lost_since >= LOST_AFTER_S and not told and mine:
+                        told = await self._tell(now - lost_since)
+                await asyncio.sleep(CHECK_S)
+        finally:
+            await subscription.unsubscribe()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data, Heartbeat)
+        except ProtocolError:
+            return
+        self.heard[beat.droplet] = time.monotonic()
+
+    async def _tell(self, lost_for: float) -> bool:
+        settings = NotifySettings.from_data(self.view.state.notify if self.view.state else None)
+        if settings.email is None and settings.sms is None:
+            log.error("JetStream lost its quorum; no notifier is configured to tell.")
+            return True
+        now = time.time()
+        heard = sorted(n for n, at in self.heard.items() if time.monotonic() - at < HEARD_WITHIN_S)
+        details = {
+            "unanswered for": f"{lost_for:.0f} s",
+            "droplets still heard": heard or "none",
+            "what stops": "leases, scheduling, recovery and this mesh's notification queue",
+        }
+        email, sms = critical(
+            "JetStream has lost its quorum", details, datetime.fromtimestamp(now, settings.zone),
+            self.mesh, self.droplet,
+        )  # fmt: skip
+        sent = False
+        for name, config, secret, message in (
+            ("smtp", settings.email, "smtp_password", email),
+            ("sms", settings.sms, "twilio_auth_token", sms),
+        ):
+            if config is None:
+                continue
+            key = "password_secret" if name == "smtp" else "token_secret"
+            value = self.secrets.get(str(config.get(key, secret)), *SECRET_SCOPE)
+            try:
+                await load_notifier(name, config, value, "published settings").send(message)
+            except (NotifierConfigError, NotifyError) as err:
+                log.error("Quorum alert not sent. notifier=%s error=%s", name, err)
+                continue
+            sent = True
+            log.warning("Quorum alert sent. notifier=%s", name)
+        return sent
