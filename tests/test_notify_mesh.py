@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.mesh import BACKEND_ONLY, local_mesh, wait_for, write_project
-from tests.support.smtp import Mailbox, Received, smtp_in_thread
+from tests.support.smtp import PASSWORD, USER, Mailbox, Received, smtp_in_thread
+from tests.support.twilio import SID, TOKEN, twilio_in_thread
 
 pytestmark = pytest.mark.integration
 INTERVAL_S = 3.0
@@ -31,7 +32,18 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
     tmp_path: Path,
 ) -> None:
     csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-    with smtp_in_thread() as box:
+    with smtp_in_thread() as box, twilio_in_thread() as texts:
+        (tmp_path / "sms_config.json").write_text(
+            json.dumps(
+                {
+                    "provider": "twilio",
+                    "account_sid": SID,
+                    "from_number": "+15005550006",
+                    "to_numbers": ["+15551234567"],
+                    "api_base": texts.url,
+                }
+            )
+        )
         (tmp_path / "email_config.json").write_text(
             json.dumps(
                 {
@@ -46,7 +58,7 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
                 }
             )
         )
-        with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
+        with local_mesh(tmp_path / "mesh", droplets=3, env={"TWILIO_AUTH_TOKEN": TOKEN}) as mesh:
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
             wait_for(lambda: len(beats(box)) >= 3, timeout=60, what="three heartbeats")
             first = beats(box)[0]
@@ -65,13 +77,16 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
             told = mesh.status()["notifications"]
             assert told["last_sent"]["email"]["subject"].endswith("(test)")
             assert told["failing"] == {}
-            no_sms = mesh.meshctl("notify", "test", "--sms")
-            assert no_sms.returncode == 1
-            assert "nothing is configured for sms (publish a sms_config.json" in no_sms.stderr
+            assert "sent sms" in mesh.ok("notify", "test", "--sms", timeout=90)
 
             killed = time.time()
             mesh.ok("chaos", "kill", "shop-web1")
             wait_for(lambda: alerts(box, "shop-web1"), timeout=60, what="the critical alert")
+            wait_for(
+                lambda: [t for t in texts.sent if "Droplet shop-web1 failed" in t["Body"]],
+                timeout=60,
+                what="the critical SMS",
+            )
             wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=90, what="recovery")
 
             # The role's holder dies: the next holder goes on, still one mail per interval.
@@ -82,6 +97,9 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
             time.sleep(2)
 
         (alert,) = alerts(box, "shop-web1")
+        (text,) = [t for t in texts.sent if "Droplet shop-web1 failed" in t["Body"]]
+        assert (text["To"], text["From"]) == ("+15551234567", "+15005550006")
+        assert texts.refused == 0
         assert "confirmed by" in alert.part("plain")
         # One per interval: delivery times jitter (a mail can wait for the courier), so the
         # count over the whole span is what shows it; a second sender would double it.
@@ -121,3 +139,38 @@ def test_losing_the_jetstream_quorum_is_told_by_the_droplet_that_is_left(tmp_pat
             assert len([m for m in list(box.received) if m.subject.startswith(title)]) == 1
         assert "sent by master" in lost[0].part("plain")
         assert "• droplets still heard: master" in lost[0].part("plain")  # itself
+
+
+def test_a_wrong_smtp_password_is_shown_in_status_and_the_mail_waits(tmp_path: Path) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    with smtp_in_thread(tmp_path) as box:  # STARTTLS and AUTH required
+        assert box.cert is not None
+        (tmp_path / "email_config.json").write_text(
+            json.dumps(
+                {
+                    "provider": "smtp",
+                    "host": "127.0.0.1",
+                    "port": box.port,
+                    "security": "starttls",
+                    "cert_bundle": str(box.cert),
+                    "username": USER,
+                    "from_address": USER,
+                    "recipients": ["you@example.com"],
+                }
+            )
+        )
+        wrong = {"SMTP_PASSWORD": PASSWORD + "-not"}
+        with local_mesh(tmp_path / "mesh", droplets=1, env=wrong) as mesh:
+            mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
+            told = wait_for(
+                lambda: (n := mesh.status()["notifications"])["failing"] and n,
+                timeout=60,
+                what="the failing channel in status",
+            )
+            failing = told["failing"]["email"]
+            assert failing["permanent"] is True
+            assert f"login as '{USER}' refused (535" in failing["error"]
+            assert told["waiting"] >= 1  # kept for when the password is fixed
+            shown = mesh.ok("status")
+            assert "Notifications by email failing" in shown
+        assert box.received == []
