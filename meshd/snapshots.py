@@ -3,10 +3,11 @@ three kept (seed: "post_deployment_snapshots", keep_last_3_per_droplet).
 
 A droplet has *settled* when every allocation it is given runs there healthy at its current
 generation and nothing else of those services is left (no rollout under way). A settled droplet
-whose generations differ from those of its newest snapshot, and stayed so for `SETTLE_S`, is
-snapshotted; the snapshot is recorded in `mesh_snapshots/<droplet>` (newest first) and the
-ones past the third are deleted. Recovery rebuilds a failed droplet from the newest one
-(meshd.recovery). `settled`, `due` and `pruned` are the pure part.
+whose generations differ from those of its newest snapshot (or that has none yet, even with
+nothing to run), and stayed so for `SETTLE_S`, is snapshotted; the snapshot is recorded in
+`mesh_snapshots/<droplet>` (newest first) and the ones past the third are deleted. Recovery
+rebuilds a failed droplet from the newest one (meshd.recovery). `settled`, `due` and `pruned`
+are the pure part.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def settled(
     droplet: str, allocations: Mapping[str, Allocation], node: NodeStatus
 ) -> dict[str, int] | None:
     """Allocation key -> generation of everything `droplet` runs, if it has settled (see the
-    module docstring); None while it has not, or has nothing to run."""
+    module docstring); None while it has not. A droplet with nothing to run has settled too:
+    its snapshot still holds its JetStream store, which a rebuilt core droplet needs (a
+    nats-server that comes back under its name with an empty store forgets what it voted
+    and logged, and the stream it rejoins can go back in time)."""
     mine = {k: a for k, a in allocations.items() if droplet in a.droplets}
-    if not mine:
-        return None
     for allocation in mine.values():
         service = (allocation.project, allocation.env, allocation.service)
         found = [i for i in node.instances if (i.project, i.env, i.service) == service]

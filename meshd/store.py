@@ -63,7 +63,8 @@ class Entry:
 
 RECORDING_GRACE_S = 2.0
 WORK_ACK_WAIT_S = 60.0
-BACKGROUND_ATTEMPTS = 8  # `record_soon`: about 40 s
+BACKGROUND_ATTEMPTS = 9  # `record_soon`: waits 0.5 + 1 + 2 + 4 + 8 * 4 s, about 40 s
+EVENT_RETRY_MAX_S = 8.0
 _UNAVAILABLE = (
     nats.errors.TimeoutError,
     nats.errors.NoServersError,
@@ -373,7 +374,9 @@ class Store:
                 if attempt == attempts - 1:
                     log.warning("Event not recorded. event=%s error=%s", name, _reason(err))
                 else:
-                    await asyncio.sleep(0.5)  # e.g. the stream is still being created
+                    # The stream is being created, or elects a leader (about 5 s): "no
+                    # response" comes at once, so waiting is what spans the election.
+                    await asyncio.sleep(min(0.5 * 2**attempt, EVENT_RETRY_MAX_S))
 
     def record_soon(
         self,

@@ -151,3 +151,8 @@ def test_a_recovery_leader_killed_mid_recovery_is_followed_and_nothing_is_done_t
             assert finished[0]["fence"] > rebuilt[0]["fence"]  # a newer leader's term
         assert incarnation(final, leader) > incarnation(before, leader)
         assert incarnation(final, victim) > incarnation(before, victim)
+        # Each came back from a snapshot, the leader too though it runs nothing: a core
+        # droplet's JetStream store must not come back empty.
+        for name in (victim, leader):
+            built = [e for e in mesh.events_about(name) or [] if e["name"] == "droplet_rebuilt"]
+            assert [e["detail"]["from"].startswith(f"{name}-deploy-") for e in built] == [True]
