@@ -1,3 +1,3 @@
 """Fixtures shared by several test modules."""
 
-pytest_plugins = ["tests.support.docker", "tests.support.reconciling"]
+pytest_plugins = ["tests.support.docker", "tests.support.jetstream", "tests.support.reconciling"]

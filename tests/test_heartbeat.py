@@ -5,10 +5,6 @@ critical alert per failure, by email and SMS."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
-import pytest
 
 from meshd.heartbeat import Heartbeat
 from meshd.lease import Term
@@ -22,29 +18,11 @@ from protocol import subjects
 from protocol.codec import decode
 from protocol.messages import DesiredState as DesiredMessage
 from protocol.messages import Event, FailureRecord, FailureState, NodeStatus, Notification
-from tests.support.nats import NatsServer, running_nats
 
 SID = "AC" + "0123456789abcdef" * 2
 EMAIL = {"host": "127.0.0.1", "port": 2525, "security": "none",
          "from_address": "mesh@example.com", "recipients": ["you@example.com"]}  # fmt: skip
 SMS = {"account_sid": SID, "from_number": "+15005550006", "to_numbers": ["+15551234567"]}
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    (tmp_path / "nats").mkdir()
-    with running_nats(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-async def store(nats_server: NatsServer) -> AsyncIterator[Store]:
-    store = await Store.connect(
-        [nats_server.url], "agent", nats_server.agent_password, name="t", timeout=3
-    )
-    await store.ensure(replicas=1)
-    yield store
-    await store.close()
 
 
 def node(name: str, age: float = 1.0) -> NodeStatus:

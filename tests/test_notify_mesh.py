@@ -28,6 +28,20 @@ def alerts(box: Mailbox, droplet: str) -> list[Received]:
     return [m for m in list(box.received) if m.subject.startswith(title)]
 
 
+def write_email_config(directory: Path, port: int, **more: object) -> None:
+    """`email_config.json` beside the CSV: a plain relay at `port` unless `more` says else."""
+    settings = {
+        "provider": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "from_address": "mesh@example.com",
+        "recipients": ["you@example.com"],
+        **more,
+    }
+    (directory / "email_config.json").write_text(json.dumps(settings))
+
+
 def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
     tmp_path: Path,
 ) -> None:
@@ -44,19 +58,11 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
                 }
             )
         )
-        (tmp_path / "email_config.json").write_text(
-            json.dumps(
-                {
-                    "provider": "smtp",
-                    "host": "127.0.0.1",
-                    "port": box.port,
-                    "security": "none",
-                    "from_address": "mesh@example.com",
-                    "recipients": ["you@example.com"],
-                    "heartbeat_minutes": INTERVAL_S / 60,
-                    "backup_heartbeat_minutes": INTERVAL_S / 60,
-                }
-            )
+        write_email_config(
+            tmp_path,
+            box.port,
+            heartbeat_minutes=INTERVAL_S / 60,
+            backup_heartbeat_minutes=INTERVAL_S / 60,
         )
         with local_mesh(tmp_path / "mesh", droplets=3, env={"TWILIO_AUTH_TOKEN": TOKEN}) as mesh:
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
@@ -111,18 +117,7 @@ def test_heartbeats_go_out_once_per_interval_and_a_failure_is_alerted_once(
 def test_losing_the_jetstream_quorum_is_told_by_the_droplet_that_is_left(tmp_path: Path) -> None:
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
     with smtp_in_thread() as box:
-        (tmp_path / "email_config.json").write_text(
-            json.dumps(
-                {
-                    "provider": "smtp",
-                    "host": "127.0.0.1",
-                    "port": box.port,
-                    "security": "none",
-                    "from_address": "mesh@example.com",
-                    "recipients": ["you@example.com"],
-                }
-            )
-        )
+        write_email_config(tmp_path, box.port)
         with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
             wait_for(lambda: beats(box), timeout=60, what="the first heartbeat")
@@ -145,19 +140,13 @@ def test_a_wrong_smtp_password_is_shown_in_status_and_the_mail_waits(tmp_path: P
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
     with smtp_in_thread(tmp_path) as box:  # STARTTLS and AUTH required
         assert box.cert is not None
-        (tmp_path / "email_config.json").write_text(
-            json.dumps(
-                {
-                    "provider": "smtp",
-                    "host": "127.0.0.1",
-                    "port": box.port,
-                    "security": "starttls",
-                    "cert_bundle": str(box.cert),
-                    "username": USER,
-                    "from_address": USER,
-                    "recipients": ["you@example.com"],
-                }
-            )
+        write_email_config(
+            tmp_path,
+            box.port,
+            security="starttls",
+            cert_bundle=str(box.cert),
+            username=USER,
+            from_address=USER,
         )
         wrong = {"SMTP_PASSWORD": PASSWORD + "-not"}
         with local_mesh(tmp_path / "mesh", droplets=1, env=wrong) as mesh:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,25 +19,7 @@ from meshd.store import Store
 from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
 from protocol.messages import Event, Notification
 from tests.support import free_port
-from tests.support.nats import NatsServer, running_nats
 from tests.support.smtp import smtp_server
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    (tmp_path / "nats").mkdir()
-    with running_nats(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-async def store(nats_server: NatsServer) -> AsyncIterator[Store]:
-    store = await Store.connect(
-        [nats_server.url], "agent", nats_server.agent_password, name="t", timeout=3
-    )
-    await store.ensure(replicas=1)
-    yield store
-    await store.close()
 
 
 def note(subject: str, channel: str = "email") -> Notification:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,10 @@ from protocol.messages import (
     InstanceStatus,
     NodeStatus,
 )
-from tests.support.nats import NatsServer, running_nats
 from tests.support.reconciling import allocation
 
 TAG = "mesh:test"
 SLEEPER = "import sys, time; time.sleep(600)"
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    (tmp_path / "nats").mkdir()
-    with running_nats(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-async def store(nats_server: NatsServer) -> AsyncIterator[Store]:
-    store = await Store.connect(
-        [nats_server.url], "agent", nats_server.agent_password, name="t", timeout=3
-    )
-    await store.ensure(replicas=1)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

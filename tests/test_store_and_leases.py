@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,28 +10,10 @@ import pytest
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.store import Conflict, Store, StoreUnavailable
 from protocol import subjects
+from tests.support.jetstream import connect
 from tests.support.nats import NatsServer, running_nats
 
 FAST = LeaseTiming(ttl=3.0, renew_every=0.5, margin=1.0, retry_every=0.2)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    with running_nats(tmp_path) as server:
-        yield server
-
-
-async def connect(server: NatsServer, name: str = "test") -> Store:
-    store = await Store.connect([server.url], "agent", server.agent_password, name=name, timeout=3)
-    await store.ensure(replicas=1)
-    return store
-
-
-@pytest.fixture
-async def store(nats_server: NatsServer) -> AsyncIterator[Store]:
-    store = await connect(nats_server)
-    yield store
-    await store.close()
 
 
 async def test_create_refuses_an_existing_key_and_update_needs_the_current_revision(
