@@ -27,12 +27,12 @@ from typing import Any
 from meshd.lease import Term
 from meshd.meshview import MeshView
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
-from meshd.notifyconfig import NotifySettings
+from meshd.notifyconfig import NotifySettings, notifiers
 from meshd.observe import STALE_AFTER_S, mesh_status
 from meshd.outbox import Courier, Outbox
 from meshd.spec import MASTER
 from meshd.store import Conflict, Store, StoreUnavailable
-from plugins.notifiers import Notifier, NotifierConfigError, Outgoing, load_notifier
+from plugins.notifiers import Notifier, NotifierConfigError, Outgoing
 from plugins.secrets import Secrets
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -44,7 +44,6 @@ TICK_S = 1.0
 QUEUE_ATTEMPTS = 30
 RECENT_EVENTS = 200
 QUEUE_RETRY_S = 1.0
-SECRET_SCOPE = ("mesh", "mesh")  # project and env of the lookup: SMTP_PASSWORD is found
 
 
 class Heartbeat:
@@ -66,33 +65,19 @@ class Heartbeat:
 
     @property
     def settings(self) -> NotifySettings:
-        return NotifySettings.from_data(self.view.state.notify if self.view.state else None)
+        return self.view.notify
 
     def channels(self) -> dict[str, Notifier | NotifierConfigError]:
         """The configured notifiers (or why one cannot work), rebuilt when settings change."""
         settings = self.settings
         key = (settings.email, settings.sms)
-        if self._built is not None and self._built[0] == key:
-            return self._built[1]
-        built: dict[str, Notifier | NotifierConfigError] = {}
-        if settings.email is not None:
-            secret = str(settings.email.get("password_secret", "smtp_password"))
-            built["email"] = self._notifier("smtp", settings.email, secret, "email_config.json")
-        if settings.sms is not None:
-            secret = str(settings.sms.get("token_secret", "twilio_auth_token"))
-            built["sms"] = self._notifier("sms", settings.sms, secret, "sms_config.json")
-        self._built = (key, built)
-        return built
-
-    def _notifier(
-        self, name: str, config: dict[str, Any], secret: str, source: str
-    ) -> Notifier | NotifierConfigError:
-        value = self.secrets.get(secret, *SECRET_SCOPE)
-        try:
-            return load_notifier(name, config, value, f"{source} (published)")
-        except NotifierConfigError as err:
-            log.error("Notifier not usable. notifier=%s error=%s", name, err)
-            return err
+        if self._built is None or self._built[0] != key:
+            built = notifiers(settings, self.secrets)
+            for name, problem in built.items():
+                if isinstance(problem, NotifierConfigError):
+                    log.error("Notifier not usable. channel=%s error=%s", name, problem)
+            self._built = (key, built)
+        return self._built[1]
 
     # --- leading -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from meshd.displacement import hosted
+from meshd.notifyconfig import NotifySettings
 from meshd.spec import DesiredState
 from protocol import subjects
 from protocol.messages import Allocation, FailureRecord, NodeStatus
@@ -36,6 +37,11 @@ class MeshView:
     @property
     def knows_allocations(self) -> bool:
         return "allocations" in self._seen
+
+    @property
+    def notify(self) -> NotifySettings:
+        """How the operator is told, from the desired state (nothing configured without one)."""
+        return NotifySettings.from_data(self.state.notify if self.state else None)
 
     def hosted(self) -> dict[str, Allocation]:
         """The allocations with the survivors that run displaced instances added."""

@@ -21,13 +21,35 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meshd.errors import InputErrors, InputIssue
-from plugins.notifiers import NotifierConfigError, load_notifier
+from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
+from plugins.secrets import Secrets
 
 EMAIL_FILE = "email_config.json"
 SMS_FILE = "sms_config.json"
 SCHEDULE_KEYS = ("heartbeat_minutes", "backup_heartbeat_minutes", "timezone")
 SECRET_KEYS = ("password", "auth_token", "token")
 CHECK_SECRET = b"checked-at-send-time"  # stands in for the secret while the shape is checked
+SECRET_SCOPE = ("mesh", "mesh")  # project and env of the lookup: SMTP_PASSWORD is found
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """How one channel's settings become a notifier: the plugin, the file they come from, the
+    setting that names the secret and the secret's default name."""
+
+    notifier: str
+    file: str
+    secret_setting: str
+    default_secret: str
+
+    def secret_name(self, config: Mapping[str, Any]) -> str:
+        return str(config.get(self.secret_setting, self.default_secret))
+
+
+CHANNELS = {
+    "email": Channel("smtp", EMAIL_FILE, "password_secret", "smtp_password"),
+    "sms": Channel("sms", SMS_FILE, "token_secret", "twilio_auth_token"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +63,11 @@ class NotifySettings:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def configured(self) -> dict[str, dict[str, Any]]:
+        """Channel -> its notifier's settings, for the channels that have some."""
+        found = {"email": self.email, "sms": self.sms}
+        return {channel: config for channel, config in found.items() if config is not None}
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -77,9 +104,9 @@ def load_notify_settings(email_path: Path | None, sms_path: Path | None) -> Noti
     schedule: dict[str, Any] = {}
     if email is not None and email_path is not None:
         schedule = {k: email.pop(k) for k in SCHEDULE_KEYS if k in email}
-        _check(email_path, email, "smtp", "smtp_password", "password_secret", issues)
+        _check(email_path, email, CHANNELS["email"], issues)
     if sms is not None and sms_path is not None:
-        _check(sms_path, sms, "sms", "twilio_auth_token", "token_secret", issues)
+        _check(sms_path, sms, CHANNELS["sms"], issues)
     heartbeat = _minutes(email_path, schedule, "heartbeat_minutes", 15.0, issues)
     backup = _minutes(email_path, schedule, "backup_heartbeat_minutes", 10.0, issues)
     timezone = schedule.get("timezone", "UTC")
@@ -121,17 +148,26 @@ def _object(path: Path | None, issues: list[InputIssue]) -> dict[str, Any] | Non
     return data
 
 
-def _check(
-    path: Path,
-    config: dict[str, Any],
-    notifier: str,
-    default_secret: str,
-    secret_key: str,
-    issues: list[InputIssue],
-) -> None:
+def notifiers(
+    settings: NotifySettings, secrets: Secrets, source: str = "(published)"
+) -> dict[str, Notifier | NotifierConfigError]:
+    """The configured channels' notifiers, each with its secret looked up in `secrets`, or
+    why one cannot work (a secret missing, a setting the plugin refuses)."""
+    built: dict[str, Notifier | NotifierConfigError] = {}
+    for name, config in settings.configured().items():
+        channel = CHANNELS[name]
+        value = secrets.get(channel.secret_name(config), *SECRET_SCOPE)
+        try:
+            built[name] = load_notifier(channel.notifier, config, value, f"{channel.file} {source}")
+        except NotifierConfigError as err:
+            built[name] = err
+    return built
+
+
+def _check(path: Path, config: dict[str, Any], channel: Channel, issues: list[InputIssue]) -> None:
     for key in SECRET_KEYS:
         if key in config:
-            secret = config.get(secret_key, default_secret)
+            secret = channel.secret_name(config)
             issues.append(
                 InputIssue(
                     str(path),
@@ -142,7 +178,7 @@ def _check(
             )
             return
     try:
-        load_notifier(notifier, config, CHECK_SECRET, str(path))
+        load_notifier(channel.notifier, config, CHECK_SECRET, str(path))
     except NotifierConfigError as err:
         issues.append(InputIssue(str(path), "", err.reason))
 

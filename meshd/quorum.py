@@ -21,9 +21,9 @@ from nats.aio.msg import Msg
 from meshd.meshview import MeshView
 from meshd.monitors import ring
 from meshd.notices import critical
-from meshd.notifyconfig import NotifySettings
+from meshd.notifyconfig import notifiers
 from meshd.store import Store
-from plugins.notifiers import NotifierConfigError, NotifyError, load_notifier
+from plugins.notifiers import NotifierConfigError, NotifyError
 from plugins.secrets import Secrets
 from protocol import subjects
 from protocol.codec import decode
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 CHECK_S = 5.0
 LOST_AFTER_S = 20.0
 HEARD_WITHIN_S = 10.0
-SECRET_SCOPE = ("mesh", "mesh")
 
 
 def teller(me: str, heard: dict[str, float], now: float) -> str:
@@ -82,7 +81,7 @@ class QuorumWatch:
         self.heard[beat.droplet] = time.monotonic()
 
     async def _tell(self, lost_for: float) -> bool:
-        settings = NotifySettings.from_data(self.view.state.notify if self.view.state else None)
+        settings = self.view.notify
         if settings.email is None and settings.sms is None:
             log.error("JetStream lost its quorum; no notifier is configured to tell.")
             return True
@@ -98,19 +97,15 @@ class QuorumWatch:
             self.mesh, self.droplet,
         )  # fmt: skip
         sent = False
-        for name, config, secret, message in (
-            ("smtp", settings.email, "smtp_password", email),
-            ("sms", settings.sms, "twilio_auth_token", sms),
-        ):
-            if config is None:
-                continue
-            key = "password_secret" if name == "smtp" else "token_secret"
-            value = self.secrets.get(str(config.get(key, secret)), *SECRET_SCOPE)
+        messages = {"email": email, "sms": sms}
+        for channel, notifier in notifiers(settings, self.secrets).items():
             try:
-                await load_notifier(name, config, value, "published settings").send(message)
+                if isinstance(notifier, NotifierConfigError):
+                    raise notifier
+                await notifier.send(messages[channel])
             except (NotifierConfigError, NotifyError) as err:
-                log.error("Quorum alert not sent. notifier=%s error=%s", name, err)
+                log.error("Quorum alert not sent. channel=%s error=%s", channel, err)
                 continue
             sent = True
-            log.warning("Quorum alert sent. notifier=%s", name)
+            log.warning("Quorum alert sent. channel=%s", channel)
         return sent
