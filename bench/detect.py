@@ -252,7 +252,7 @@ async def measure(
 ) -> dict[str, Any]:
     from meshd.cli.up import open_provider
     from meshd.context import load_context
-    from meshd.provisioner import mesh_tag
+    from meshd.meshconfig import mesh_tag
 
     store: Store = await operator_store(home / "config")
     context = load_context(None)

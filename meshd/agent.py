@@ -19,17 +19,20 @@ from aiohttp import web
 
 from meshd.api import create_app
 from meshd.balancer import Balancer
+from meshd.courier import Courier
 from meshd.detector import Detector
 from meshd.heartbeat import Heartbeat
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
-from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
+from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
 from meshd.meshview import MeshView
-from meshd.provisioner import Provisioner, mesh_tag
+from meshd.notifiers import Channels
+from meshd.provisioner import Provisioner
 from meshd.quorum import QuorumWatch
 from meshd.reconciler import Reconciler
 from meshd.recovery import Recovery
+from meshd.roles import Together
 from meshd.scheduler import Scheduler
 from meshd.snapshots import Snapshots
 from meshd.spec import MASTER
@@ -40,6 +43,7 @@ from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.messages import Allocation, FailureRecord, Message, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage
+from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
@@ -65,7 +69,9 @@ class Agent:
 
     def status(self) -> NodeStatus:
         self._refresh_identity()
-        return node_status(self.identity, self.incarnation, self.roles(), self.reconciler)
+        return node_status(
+            self.identity, self.incarnation, self.roles(), self.reconciler.statuses()
+        )
 
     def _refresh_identity(self) -> None:
         """The provider rewrites droplet.json when it resizes the droplet; a stat is cheap."""
@@ -160,7 +166,13 @@ class Agent:
                     Snapshots(store, provider, view, name, mesh_tag(self.config.mesh)),
                 )
             ]
-            heartbeat = Heartbeat(store, view, name, self.config.mesh, EnvSecrets())
+            secrets = EnvSecrets()
+            channels = Channels(lambda: view.notify, secrets)
+            heartbeat = Together(
+                Role.HEARTBEAT,
+                Heartbeat(store, view, name, self.config.mesh),
+                Courier(store, channels, name),
+            )
             keepers.append(
                 LeaseKeeper(
                     store,
@@ -190,7 +202,7 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(detector.run(), name="detector")
-                quorum = QuorumWatch(store, view, name, self.config.mesh, EnvSecrets())
+                quorum = QuorumWatch(store, view, name, self.config.mesh, secrets)
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")

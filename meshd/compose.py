@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from meshd.environment import instance_spec, resolve_hosts
+from meshd.environment import resolve_hosts
+from meshd.instances import instance_spec
 from meshd.render import render
 from plugins.runtimes.containers import (
     ContainerSpec,

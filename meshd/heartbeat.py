@@ -10,7 +10,7 @@ While it holds the role, an agent
 - queues `🚨 CRITICAL` by email and SMS once per confirmed failure (one droplet's life),
   claimed with KV create on `mesh_desired/notify.alerted.<droplet>.<incarnation>`, and once
   more if its recovery fails (`...<incarnation>.recovery`, from the `recovery_failed` events);
-- runs the courier that delivers the queue (`meshd.outbox`).
+- beside it, under the same lease, the courier delivers the queue (`meshd.courier`).
 
 Intervals compare the wall clocks of the holders of the role, which may differ by seconds;
 against minutes-long intervals that does not matter.
@@ -22,18 +22,16 @@ import asyncio
 import logging
 import time
 from datetime import datetime
-from typing import Any
 
 from meshd.lease import Term
 from meshd.meshview import MeshView
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
-from meshd.notifyconfig import NotifySettings, notifiers
+from meshd.notify_settings import NotifySettings
 from meshd.observe import STALE_AFTER_S, mesh_status
-from meshd.outbox import Courier, Outbox
+from meshd.outbox import Outbox
 from meshd.spec import MASTER
 from meshd.store import Conflict, Store, StoreUnavailable
-from plugins.notifiers import Notifier, NotifierConfigError, Outgoing
-from plugins.secrets import Secrets
+from plugins.notifiers import Outgoing
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
@@ -49,42 +47,23 @@ QUEUE_RETRY_S = 1.0
 class Heartbeat:
     role = subjects.Role.HEARTBEAT
 
-    def __init__(
-        self, store: Store, view: MeshView, droplet: str, mesh: str, secrets: Secrets
-    ) -> None:
+    def __init__(self, store: Store, view: MeshView, droplet: str, mesh: str) -> None:
         self.store = store
         self.view = view
         self.droplet = droplet
         self.mesh = mesh
-        self.secrets = secrets
         self.outbox = Outbox(store)
         self._alerted: set[str] = set()
-        self._built: tuple[Any, dict[str, Notifier | NotifierConfigError]] | None = None
-
-    # --- which notifiers -----------------------------------------------------------------------
 
     @property
     def settings(self) -> NotifySettings:
         return self.view.notify
-
-    def channels(self) -> dict[str, Notifier | NotifierConfigError]:
-        """The configured notifiers (or why one cannot work), rebuilt when settings change."""
-        settings = self.settings
-        key = (settings.email, settings.sms)
-        if self._built is None or self._built[0] != key:
-            built = notifiers(settings, self.secrets)
-            for name, problem in built.items():
-                if isinstance(problem, NotifierConfigError):
-                    log.error("Notifier not usable. channel=%s error=%s", name, problem)
-            self._built = (key, built)
-        return self._built[1]
 
     # --- leading -------------------------------------------------------------------------------
 
     async def lead(self, term: Term) -> None:
         self._alerted.clear()
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(Courier(self.store, self.channels, self.droplet).run(term))
             tasks.create_task(self._watch(term))
             tasks.create_task(self._watch_recoveries(term))
 

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshd.meshconfig import DropletIdentity
-from meshd.reconciler import Reconciler
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import encode
-from protocol.messages import Heartbeat, NodeStatus
+from protocol.messages import Heartbeat, InstanceStatus, NodeStatus
 
 log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 0.5
@@ -38,7 +37,10 @@ def next_incarnation(data_dir: Path) -> int:
 
 
 def node_status(
-    identity: DropletIdentity, incarnation: int, roles: tuple[str, ...], reconciler: Reconciler
+    identity: DropletIdentity,
+    incarnation: int,
+    roles: tuple[str, ...],
+    instances: tuple[InstanceStatus, ...],
 ) -> NodeStatus:
     return NodeStatus(
         droplet=identity.name,
@@ -46,7 +48,7 @@ def node_status(
         incarnation=incarnation,
         size=identity.size,
         roles=roles,
-        instances=reconciler.statuses(),
+        instances=instances,
         updated_at=time.time(),
     )
 

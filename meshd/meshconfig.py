@@ -23,6 +23,14 @@ CLUSTER_PORT = 6222
 MONITOR_PORT = 8222
 AGENT_HTTP_PORT = 8080
 USERS = ("agent", "operator", "deployer", "route")
+# Provider tags: every droplet of a mesh carries its mesh's tag, and one of these.
+CORE_TAG = "meshd-core"  # created by `meshctl up`; never destroyed by the provisioner
+WEB_TAG = "meshd-web"  # created by the provisioner for a project
+
+
+def mesh_tag(mesh: str) -> str:
+    """The provider tag of every droplet of `mesh`."""
+    return f"meshd-mesh-{mesh}"
 
 
 def core_count(droplets: int) -> int:

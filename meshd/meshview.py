@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from meshd.displacement import hosted
-from meshd.notifyconfig import NotifySettings
+from meshd.notify_settings import NotifySettings
 from meshd.spec import DesiredState
 from protocol import subjects
 from protocol.messages import Allocation, FailureRecord, NodeStatus

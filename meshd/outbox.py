@@ -1,41 +1,14 @@
-"""Notifications on their way to the operator: queued durably, delivered by one courier.
-
-Whoever decides to tell the operator something (the `heartbeat` holder, `meshctl notify
-test`) puts a `Notification` on the `MESH_NOTIFY` work queue (`Outbox.put`). The `heartbeat`
-holder runs the `Courier`: it takes one notification at a time, hands it to the notifier of its
-channel and acknowledges it once delivered. A delivery that fails goes back on the queue and is
-taken again after a growing delay (`BACKOFF_S`), so nothing is lost while the SMTP server or
-Twilio is away, nor when the courier's droplet dies (an unacknowledged message comes back).
-
-Every outcome is an event: `notification_sent`, `notification_failed` (with the reason and
-whether only a configuration change can help), `notification_dropped` (a channel that is not
-configured). `meshctl status` shows how many wait and the last failure.
-"""
+"""Notifications on their way to the operator: whoever decides to tell the operator something
+(the `heartbeat` holder, `meshctl notify test`) puts a `Notification` on the `MESH_NOTIFY`
+work queue with `Outbox.put`; the courier (`meshd.courier`) delivers it. `meshctl status` shows
+how many wait."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Callable, Mapping
-
-from nats.aio.msg import Msg
-
-from meshd.lease import Term
-from meshd.store import Store, StoreUnavailable, WorkQueue
-from plugins.notifiers import Notifier, NotifierConfigError, NotifyError, Outgoing
+from meshd.store import Store
 from protocol import subjects
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.codec import encode
 from protocol.messages import Notification
-
-log = logging.getLogger(__name__)
-BACKOFF_S = (2.0, 5.0, 15.0, 60.0, 300.0)  # by delivery attempt; the last one repeats
-TAKE_WAIT_S = 1.0
-RETRY_S = 1.0
-
-# A channel's notifier, or why there is none (its configuration is wrong or incomplete).
-Channels = Callable[[], Mapping[str, Notifier | NotifierConfigError]]
 
 
 class Outbox:
@@ -47,110 +20,3 @@ class Outbox:
 
     async def waiting(self) -> int:
         return await self.store.queued(subjects.NOTIFY_STREAM)
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before delivery attempt `attempt + 1` (the first attempt is 1)."""
-    return BACKOFF_S[min(max(attempt, 1), len(BACKOFF_S)) - 1]
-
-
-class Courier:
-    def __init__(self, store: Store, channels: Channels, droplet: str) -> None:
-        self.store = store
-        self.channels = channels
-        self.droplet = droplet
-        self._reported: dict[str, str] = {}  # channel -> last failure recorded
-
-    async def run(self, term: Term) -> None:
-        queue: WorkQueue | None = None
-        try:
-            while True:
-                term.check()
-                try:
-                    if queue is None:
-                        queue = await self.store.work_queue(
-                            subjects.NOTIFY_STREAM,
-                            subjects.NOTIFY_SUBJECTS,
-                            subjects.NOTIFY_CONSUMER,
-                        )
-                    msg = await queue.take(TAKE_WAIT_S)
-                except StoreUnavailable as err:
-                    log.info("Notification queue not readable. error=%s", err)
-                    queue = None
-                    await asyncio.sleep(RETRY_S)
-                    continue
-                if msg is not None:
-                    attempt = (msg.metadata.num_delivered or 1) if msg.metadata else 1
-                    await self._deliver(term, queue, msg, attempt)
-        finally:
-            if queue is not None:
-                await queue.close()
-
-    async def _deliver(self, term: Term, queue: WorkQueue, msg: Msg, attempt: int) -> None:
-        try:
-            notification = decode(msg.data, Notification)
-        except ProtocolError as err:
-            log.error("Unreadable notification dropped. error=%s", err)
-            await queue.done(msg)
-            return
-        channel = notification.channel
-        notifier = self.channels().get(channel)
-        if notifier is None:
-            log.warning("Notification for an unconfigured channel dropped. channel=%s", channel)
-            await queue.done(msg)
-            self.store.record_soon(
-                "notification_dropped",
-                self.droplet,
-                channel,
-                {"purpose": notification.purpose, "subject": notification.subject,
-                 "reason": f"no {channel} notifier is configured"},
-                term.fence,
-            )  # fmt: skip
-            return
-        term.check()
-        try:
-            if isinstance(notifier, NotifierConfigError):
-                raise NotifyError(channel, str(notifier), permanent=True)
-            await notifier.send(
-                Outgoing(notification.subject, notification.text, notification.html)
-            )
-        except NotifyError as err:
-            delay = backoff(attempt)
-            await queue.later(msg, delay)
-            log.warning(
-                "Notification not delivered. channel=%s attempt=%d retry_in_s=%s error=%s",
-                channel,
-                attempt,
-                delay,
-                err,
-            )
-            # Each notification's first failure is told; retries only when the reason changes.
-            if attempt == 1 or self._reported.get(channel) != str(err):
-                self._reported[channel] = str(err)
-                self.store.record_soon(
-                    "notification_failed",
-                    self.droplet,
-                    channel,
-                    {
-                        "purpose": notification.purpose,
-                        "subject": notification.subject,
-                        "error": str(err),
-                        "permanent": err.permanent,
-                        "attempt": attempt,
-                        "retry_in_s": delay,
-                    },
-                    term.fence,
-                )
-            return
-        await queue.done(msg)
-        self._reported.pop(channel, None)
-        waited = round(time.time() - notification.created_at, 1)
-        log.info("Notification sent. channel=%s subject=%s", channel, notification.subject)
-        self.store.record_soon(
-            "notification_sent",
-            self.droplet,
-            channel,
-            {"purpose": notification.purpose, "subject": notification.subject,
-             "attempt": attempt, "waited_s": waited},
-            term.fence,
-        )  # fmt: skip

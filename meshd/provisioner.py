@@ -15,8 +15,8 @@ import time
 
 from meshd.lease import Term
 from meshd.loops import repeat_on_change
-from meshd.meshconfig import MeshConfig
-from meshd.scheduler import last_placement
+from meshd.meshconfig import WEB_TAG, MeshConfig, mesh_tag
+from meshd.records import last_placement
 from meshd.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
@@ -25,12 +25,6 @@ from protocol.messages import Allocation, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
-WEB_TAG = "meshd-web"
-CORE_TAG = "meshd-core"
-
-
-def mesh_tag(mesh: str) -> str:
-    return f"meshd-mesh-{mesh}"
 
 
 class Provisioner:

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from meshd.meshview import MeshView
 from meshd.monitors import ring
 from meshd.notices import critical
-from meshd.notifyconfig import notifiers
+from meshd.notifiers import notifiers
 from meshd.store import Store
 from plugins.notifiers import NotifierConfigError, NotifyError
 from plugins.secrets import Secrets

@@ -23,7 +23,8 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
-from meshd.environment import instance_spec, resolve_hosts
+from meshd.environment import resolve_hosts
+from meshd.instances import instance_spec
 from meshd.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
 from meshd.spec import ServiceKind
 from plugins.runtimes import (

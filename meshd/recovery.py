@@ -29,7 +29,7 @@ from meshd.displacement import displace, not_displaced
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.meshview import MeshView
-from meshd.snapshots import snapshot_index
+from meshd.records import snapshot_index
 from meshd.store import Conflict, Store
 from plugins.providers import (
     DropletNotFound,

@@ -12,19 +12,19 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from meshd.environment import instance_environment, instance_hosts
 from meshd.errors import CapacityError
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.placement import Placement, place
+from meshd.records import last_placement, restart_counts
 from meshd.spec import DesiredState
 from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, PlacementRecord, RestartRequest
+from protocol.messages import Allocation, PlacementRecord
 from protocol.messages import DesiredState as DesiredMessage
 
 log = logging.getLogger(__name__)
@@ -91,40 +91,6 @@ def _same(a: Allocation, b: Allocation) -> bool:
     return dataclasses.replace(a, generation=0, fence=0) == dataclasses.replace(
         b, generation=0, fence=0
     )
-
-
-@dataclass(frozen=True, slots=True)
-class LastPlacement:
-    placement: Placement
-    spec_revision: int  # the desired-state revision it was made for
-
-
-async def last_placement(store: Store) -> LastPlacement | None:
-    """The scheduler's last placement, or None if there is none (or it cannot be read)."""
-    entry = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
-    if entry is None or entry.value is None:
-        return None
-    try:
-        record = decode(entry.value, PlacementRecord)
-        return LastPlacement(Placement.from_data(record.placement), record.spec_revision)
-    except (ProtocolError, KeyError, TypeError) as err:
-        log.warning("Last placement unreadable; treating it as absent. error=%s", err)
-        return None
-
-
-async def restart_counts(store: Store) -> dict[str, int]:
-    """Restart requests per allocation key (`meshctl restart`); unreadable ones are skipped."""
-    counts = {}
-    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.RESTARTS)).items():
-        if entry.value is None:
-            continue
-        try:
-            request = decode(entry.value, RestartRequest)
-        except ProtocolError as err:
-            log.warning("Restart request unreadable; ignored. key=%s error=%s", key, err)
-            continue
-        counts[subjects.alloc_key(request.project, request.env, request.service)] = request.count
-    return counts
 
 
 class Scheduler:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from meshd.lease import Term
 from meshd.meshview import MeshView
 from meshd.observe import STALE_AFTER_S
+from meshd.records import snapshot_index
 from meshd.store import Store, StoreUnavailable
 from plugins.providers import (
     DropletRecord,
@@ -32,8 +33,7 @@ from plugins.providers import (
     Snapshotter,
 )
 from protocol import subjects
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.codec import encode
 from protocol.messages import Allocation, NodeStatus, Snapshot, SnapshotIndex
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,6 @@ def snapshot_name(droplet: str, at: float) -> str:
     """The seed's `<droplet>-deploy-<YYYYmmdd-HHMM>`, with seconds: two deploys a minute
     would collide."""
     return f"{droplet}-deploy-{datetime.fromtimestamp(at, UTC):%Y%m%d-%H%M%S}"
-
-
-async def snapshot_index(store: Store, droplet: str) -> SnapshotIndex | None:
-    """The droplet's snapshots (None if it has none or the index is unreadable)."""
-    entry = await store.get(subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet))
-    if entry is None or entry.value is None:
-        return None
-    try:
-        return decode(entry.value, SnapshotIndex)
-    except ProtocolError as err:
-        log.error("Snapshot index unreadable; treated as empty. droplet=%s error=%s", droplet, err)
-        return None
 
 
 class Snapshots:

@@ -9,7 +9,8 @@ import time
 from meshd.heartbeat import Heartbeat
 from meshd.lease import Term
 from meshd.meshview import MeshView
-from meshd.notifyconfig import NotifySettings
+from meshd.notifiers import Channels
+from meshd.notify_settings import NotifySettings
 from meshd.spec import DesiredState
 from meshd.store import Store
 from plugins.notifiers import NotifierConfigError
@@ -55,8 +56,7 @@ async def view_with(failures: dict[str, FailureRecord] | None = None) -> MeshVie
 
 
 def holder(store: Store, view: MeshView, name: str) -> Heartbeat:
-    secrets = EnvSecrets({"TWILIO_AUTH_TOKEN": "tok3n"})
-    return Heartbeat(store, view, name, "test-mesh", secrets)
+    return Heartbeat(store, view, name, "test-mesh")
 
 
 def term(fence: int) -> Term:
@@ -136,13 +136,11 @@ async def test_a_confirmed_failure_is_alerted_once_by_email_and_sms(store: Store
     assert len(sms.text) <= 160
 
 
-async def test_notifiers_get_their_secret_from_the_agents_secrets_or_say_which_is_missing(
-    store: Store,
-) -> None:
+async def test_notifiers_get_their_secret_from_the_agents_secrets_or_say_which_is_missing() -> None:
     view = await view_with()
-    with_token = holder(store, view, "master").channels()
+    with_token = Channels(lambda: view.notify, EnvSecrets({"TWILIO_AUTH_TOKEN": "tok3n"}))()
     assert {name: n.name for name, n in with_token.items()} == {"email": "smtp", "sms": "sms"}
-    without = Heartbeat(store, view, "master", "m", EnvSecrets({})).channels()
+    without = Channels(lambda: view.notify, EnvSecrets({}))()
     assert isinstance(without["sms"], NotifierConfigError)
     assert "set the secret 'twilio_auth_token'" in str(without["sms"])
 

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from meshd.errors import InputErrors
 from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
-from meshd.notifyconfig import NotifySettings, load_notify_settings
+from meshd.notify_files import load_notify_settings
+from meshd.notify_settings import NotifySettings
 from meshd.observe import notifications
 from meshd.quorum import teller
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier

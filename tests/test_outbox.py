@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-import meshd.outbox
+import meshd.courier
+from meshd.courier import Courier
 from meshd.lease import Term
-from meshd.outbox import Courier, Outbox
+from meshd.outbox import Outbox
 from meshd.store import Store
 from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
 from protocol.messages import Event, Notification
@@ -39,7 +40,9 @@ async def courier(
     store: Store, channels: dict[str, Notifier | NotifierConfigError]
 ) -> AsyncIterator[None]:
     task = asyncio.create_task(
-        Courier(store, lambda: channels, "master").run(Term("heartbeat", 7, time.monotonic() + 600))
+        Courier(store, lambda: channels, "master").lead(
+            Term("heartbeat", 7, time.monotonic() + 600)
+        )
     )
     try:
         yield
@@ -62,7 +65,7 @@ async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
 async def test_mail_queued_while_the_server_is_down_is_delivered_once_it_is_back(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(meshd.outbox, "BACKOFF_S", (0.3, 0.6))
+    monkeypatch.setattr(meshd.courier, "BACKOFF_S", (0.3, 0.6))
     port = free_port()
     config = {"host": "127.0.0.1", "port": port, "security": "none",
               "from_address": "mesh@example.com", "recipients": ["you@example.com"]}  # fmt: skip

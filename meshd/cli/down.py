@@ -11,7 +11,7 @@ import click
 from meshd.cli.render import console
 from meshd.cli.up import open_provider
 from meshd.context import load_context, remove_context
-from meshd.provisioner import mesh_tag
+from meshd.meshconfig import mesh_tag
 from plugins.providers import DropletNotFound
 
 

@@ -16,7 +16,7 @@ from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
 from meshd.notices import critical, heartbeat, summarize
-from meshd.notifyconfig import NotifySettings
+from meshd.notify_settings import NotifySettings
 from meshd.outbox import Outbox
 from meshd.spec import DesiredState
 from meshd.store import Store

@@ -17,13 +17,14 @@ from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import Context, NoMeshError, load_context, state_home
 from meshd.meshconfig import (
+    CORE_TAG,
     DEFAULT_ENTRY_PORT,
     CoreServer,
     MeshConfig,
     core_count,
+    mesh_tag,
     new_passwords,
 )
-from meshd.provisioner import CORE_TAG, mesh_tag
 from meshd.store import StoreUnavailable
 from plugins.providers import (
     DropletRecord,

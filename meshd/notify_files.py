@@ -1,10 +1,9 @@
-"""How the mesh reaches its operator: the seed's `email_config.json` and `sms_config.json`.
+"""The operator's notification files: the seed's `email_config.json` and `sms_config.json`.
 
 `meshctl publish` reads them beside the CSV (or from `--email-config` / `--sms-config`),
-checks them with the notifiers' own rules and publishes them with the desired state. They
-hold no secret: the SMTP password and the Twilio token are looked up by each agent at send
-time (`smtp_password`, `twilio_auth_token`, or the names the files give), and a file that
-contains `password` or `auth_token` is refused.
+checks them with the notifiers' own rules and publishes them with the desired state
+(`meshd.notify_settings`). They hold no secret: a file that contains `password` or
+`auth_token` is refused with the name of the secret to set instead.
 
 Besides the notifier's settings, `email_config.json` may set how often the heartbeats go out:
 `heartbeat_minutes` (default 15), `backup_heartbeat_minutes` (10) and `timezone` (UTC) for the
@@ -15,80 +14,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meshd.errors import InputErrors, InputIssue
-from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
-from plugins.secrets import Secrets
+from meshd.notify_settings import CHANNELS, EMAIL_FILE, SMS_FILE, Channel, NotifySettings
+from plugins.notifiers import NotifierConfigError, load_notifier
 
-EMAIL_FILE = "email_config.json"
-SMS_FILE = "sms_config.json"
+__all__ = ["EMAIL_FILE", "SMS_FILE", "find_beside", "load_notify_settings"]
 SCHEDULE_KEYS = ("heartbeat_minutes", "backup_heartbeat_minutes", "timezone")
 SECRET_KEYS = ("password", "auth_token", "token")
 CHECK_SECRET = b"checked-at-send-time"  # stands in for the secret while the shape is checked
-SECRET_SCOPE = ("mesh", "mesh")  # project and env of the lookup: SMTP_PASSWORD is found
-
-
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """How one channel's settings become a notifier: the plugin, the file they come from, the
-    setting that names the secret and the secret's default name."""
-
-    notifier: str
-    file: str
-    secret_setting: str
-    default_secret: str
-
-    def secret_name(self, config: Mapping[str, Any]) -> str:
-        return str(config.get(self.secret_setting, self.default_secret))
-
-
-CHANNELS = {
-    "email": Channel("smtp", EMAIL_FILE, "password_secret", "smtp_password"),
-    "sms": Channel("sms", SMS_FILE, "token_secret", "twilio_auth_token"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class NotifySettings:
-    email: dict[str, Any] | None = None  # the smtp notifier's settings
-    sms: dict[str, Any] | None = None  # the sms notifier's settings
-    heartbeat_s: float = 900.0
-    backup_heartbeat_s: float = 600.0
-    timezone: str = "UTC"
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    def configured(self) -> dict[str, dict[str, Any]]:
-        """Channel -> its notifier's settings, for the channels that have some."""
-        found = {"email": self.email, "sms": self.sms}
-        return {channel: config for channel, config in found.items() if config is not None}
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "email": self.email,
-            "sms": self.sms,
-            "heartbeat_s": self.heartbeat_s,
-            "backup_heartbeat_s": self.backup_heartbeat_s,
-            "timezone": self.timezone,
-        }
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any] | None) -> NotifySettings:
-        if not data:
-            return cls()
-        return cls(
-            email=data.get("email"),
-            sms=data.get("sms"),
-            heartbeat_s=float(data.get("heartbeat_s", 900.0)),
-            backup_heartbeat_s=float(data.get("backup_heartbeat_s", 600.0)),
-            timezone=str(data.get("timezone", "UTC")),
-        )
 
 
 def find_beside(csv_path: Path, name: str) -> Path | None:
@@ -146,22 +83,6 @@ def _object(path: Path | None, issues: list[InputIssue]) -> dict[str, Any] | Non
         issues.append(InputIssue(str(path), "$", "give a JSON object of settings"))
         return None
     return data
-
-
-def notifiers(
-    settings: NotifySettings, secrets: Secrets, source: str = "(published)"
-) -> dict[str, Notifier | NotifierConfigError]:
-    """The configured channels' notifiers, each with its secret looked up in `secrets`, or
-    why one cannot work (a secret missing, a setting the plugin refuses)."""
-    built: dict[str, Notifier | NotifierConfigError] = {}
-    for name, config in settings.configured().items():
-        channel = CHANNELS[name]
-        value = secrets.get(channel.secret_name(config), *SECRET_SCOPE)
-        try:
-            built[name] = load_notifier(channel.notifier, config, value, f"{channel.file} {source}")
-        except NotifierConfigError as err:
-            built[name] = err
-    return built
 
 
 def _check(path: Path, config: dict[str, Any], channel: Channel, issues: list[InputIssue]) -> None:

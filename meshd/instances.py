@@ -1,0 +1,42 @@
+"""What a droplet's runtime is asked to run for an allocation: the `InstanceSpec` of one slot,
+with the host variables resolved to addresses and the secret values looked up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from meshd.rollout import slot_port
+from plugins.runtimes import InstanceSpec
+from protocol.messages import Allocation
+
+
+def instance_spec(
+    allocation: Allocation,
+    address: str,
+    hosts: Mapping[str, str],
+    secrets: dict[str, bytes],
+    slot: int = 0,
+) -> InstanceSpec:
+    """What the runtime of the droplet at `address` runs for `allocation` in `slot`; `hosts`
+    are the resolved host variables."""
+    return InstanceSpec(
+        project=allocation.project,
+        env=allocation.env,
+        service=allocation.service,
+        generation=allocation.generation,
+        host=address,
+        port=slot_port(allocation, slot),
+        service_port=allocation.port,
+        slot=slot,
+        command=allocation.command,
+        image=allocation.image,
+        env_vars={**allocation.env_vars, **hosts},
+        secrets=secrets,
+        memory_mb=allocation.memory_mb,
+        health_path=allocation.health_path,
+        service_kind=allocation.service_kind,
+        process_command=allocation.process_command,
+        build_context=allocation.build_context,
+        dockerfile=allocation.dockerfile,
+        data_path=allocation.data_path,
+    )

@@ -1,0 +1,63 @@
+"""Records several roles and `meshctl` read from the store: the scheduler's last placement,
+the restart requests per service and a droplet's snapshot index. Reading them lives here, not
+in the role that writes them, so that no role imports another."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from meshd.placement import Placement
+from meshd.store import Store
+from protocol import subjects
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import PlacementRecord, RestartRequest, SnapshotIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LastPlacement:
+    placement: Placement
+    spec_revision: int  # the desired-state revision it was made for
+
+
+async def last_placement(store: Store) -> LastPlacement | None:
+    """The scheduler's last placement, or None if there is none (or it cannot be read)."""
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
+    if entry is None or entry.value is None:
+        return None
+    try:
+        record = decode(entry.value, PlacementRecord)
+        return LastPlacement(Placement.from_data(record.placement), record.spec_revision)
+    except (ProtocolError, KeyError, TypeError) as err:
+        log.warning("Last placement unreadable; treating it as absent. error=%s", err)
+        return None
+
+
+async def restart_counts(store: Store) -> dict[str, int]:
+    """Restart requests per allocation key (`meshctl restart`); unreadable ones are skipped."""
+    counts = {}
+    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.RESTARTS)).items():
+        if entry.value is None:
+            continue
+        try:
+            request = decode(entry.value, RestartRequest)
+        except ProtocolError as err:
+            log.warning("Restart request unreadable; ignored. key=%s error=%s", key, err)
+            continue
+        counts[subjects.alloc_key(request.project, request.env, request.service)] = request.count
+    return counts
+
+
+async def snapshot_index(store: Store, droplet: str) -> SnapshotIndex | None:
+    """The droplet's snapshots (None if it has none or the index is unreadable)."""
+    entry = await store.get(subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet))
+    if entry is None or entry.value is None:
+        return None
+    try:
+        return decode(entry.value, SnapshotIndex)
+    except ProtocolError as err:
+        log.error("Snapshot index unreadable; treated as empty. droplet=%s error=%s", droplet, err)
+        return None
