@@ -126,8 +126,7 @@ def nats_pid(droplet_dir: str) -> int:
 
 
 def reload_ms(directory: Path) -> float:
-    from meshd.lbconfig import LbConfig, Upstream, render_nginx
-    from plugins.lb import LbContext
+    from plugins.lb import LbConfig, LbContext, Upstream
     from plugins.lb.nginx import NginxLoadBalancer
 
     async def measure() -> float:
@@ -136,7 +135,7 @@ def reload_ms(directory: Path) -> float:
         try:
             for i in range(11):
                 upstream = Upstream("shop", "prod", "backend", (f"127.0.0.1:{9000 + i}",))
-                text = render_nginx(LbConfig("127.0.0.1:18123", str(directory), (upstream,)))
+                text = LbConfig("127.0.0.1:18123", (upstream,))
                 started = time.perf_counter()
                 await lb.apply(text)
                 timings.append(time.perf_counter() - started)

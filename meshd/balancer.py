@@ -22,13 +22,13 @@ import logging
 import time
 from pathlib import Path
 
-from meshd.lbconfig import LbConfig, render_nginx, sites, upstreams
+from meshd.lbconfig import sites, upstreams
 from meshd.lease import Term
 from meshd.loops import SETTLE_S
 from meshd.meshconfig import DropletIdentity, MeshConfig
 from meshd.meshview import MeshView
 from meshd.store import Store, StoreUnavailable
-from plugins.lb import ConfigRejected, LbContext, LbUnavailable, LoadBalancer, load_lb
+from plugins.lb import ConfigRejected, LbConfig, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
 from protocol.codec import decode
@@ -176,17 +176,14 @@ class Balancer:
         # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
         alive = {name: node for name, node in view.nodes.items() if name not in view.failures}
         found = upstreams(view.hosted().values(), alive, time.time())
-        text = render_nginx(
-            LbConfig(
-                listen=self.listen,
-                run_dir=str(lb.run_dir),
-                upstreams=found,
-                sites=sites(view.state, found) if view.state else (),
-            )
+        config = LbConfig(
+            listen=self.listen,
+            upstreams=found,
+            sites=sites(view.state, found) if view.state else (),
         )
         term.check()
         try:
-            if await lb.apply(text):
+            if await lb.apply(config):
                 log.info("Load balancer configured. upstreams=%d", len(found))
             elif await lb.ensure_running():
                 self.store.record_soon(

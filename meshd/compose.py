@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 
 from meshd.environment import resolve_hosts
 from meshd.instances import instance_spec
-from meshd.render import render
 from plugins.runtimes.containers import (
     ContainerSpec,
     ContainerSpecError,
     container_spec,
     network_name,
 )
+from plugins.templating import render
 from protocol.messages import Allocation
 
 

@@ -1,5 +1,6 @@
 """What the load balancer routes where (pure): upstreams of healthy web instances from the
-observed state, rendered into nginx's configuration from `templates/nginx.conf`.
+observed state, and sites for the domains of the deployment config. The load balancer plugin
+turns them into its server's configuration (`plugins.lb`).
 
 Routes: the seed's `/<project>-<env>/<service>/` on the entry address, for every web service;
 and, for a project-environment with domains, a server for those names where `/` goes to the
@@ -9,49 +10,11 @@ frontend (the backend when there is no frontend) and `/<service>/` to each web s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from meshd.observe import healthy_servers
-from meshd.render import render
 from meshd.spec import DesiredState, ServiceKind
+from plugins.lb import Site, Upstream
 from protocol.messages import Allocation, NodeStatus
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """One web service of one project-environment and its healthy instances."""
-
-    project: str
-    env: str
-    service: str
-    servers: tuple[str, ...]  # "address:port", sorted
-
-    @property
-    def name(self) -> str:
-        return f"{self.project}_{self.env}_{self.service}"
-
-    @property
-    def route(self) -> str:
-        return f"/{self.project}-{self.env}/{self.service}/"
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    """A project-environment reached by its own host names."""
-
-    project: str
-    env: str
-    domains: tuple[str, ...]
-    root: Upstream  # what `/` serves
-    upstreams: tuple[Upstream, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LbConfig:
-    listen: str  # "address:port" of the entry point
-    run_dir: str  # where nginx keeps its pid, logs and temporary files
-    upstreams: tuple[Upstream, ...]
-    sites: tuple[Site, ...] = field(default=())
 
 
 def upstreams(
@@ -80,7 +43,3 @@ def sites(state: DesiredState, found: tuple[Upstream, ...]) -> tuple[Site, ...]:
                 continue
             result.append(Site(project.name, env, tuple(domains), root, mine))
     return tuple(result)
-
-
-def render_nginx(config: LbConfig) -> str:
-    return render("nginx.conf", lb=config)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshd.render import render
+from plugins.templating import render
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222

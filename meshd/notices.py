@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from meshd.render import render
 from meshd.spec import MASTER
 from plugins.notifiers import Outgoing
+from plugins.templating import render
 from protocol.messages import Event
 
 SMS_CHARS = 160

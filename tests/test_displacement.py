@@ -15,7 +15,8 @@ from meshd.displacement import displace, hosted, not_displaced
 from meshd.reconciler import Reconciler
 from protocol.messages import Allocation, FailureRecord, FailureState, NodeStatus
 from tests.support import free_port
-from tests.support.reconciling import allocation, publish_status, served, until
+from tests.support.reconciling import allocation, publish_status, served
+from tests.support.waiting import until
 
 NOW = 1_000_000.0
 BACKEND = "shop.prod.backend"

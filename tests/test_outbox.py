@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
 from protocol.messages import Event, Notification
 from tests.support import free_port
 from tests.support.smtp import smtp_server
+from tests.support.waiting import until
 
 
 def note(subject: str, channel: str = "email") -> Notification:
@@ -54,12 +54,6 @@ async def courier(
 
 async def events(store: Store, name: str) -> list[Event]:
     return [e for e in await store.recent_events(100) if e.name == name]
-
-
-async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.1)
 
 
 async def test_mail_queued_while_the_server_is_down_is_delivered_once_it_is_back(

@@ -18,7 +18,8 @@ from meshd.rollout import replaced_beside, replaced_on, slot_port, waiting_for
 from protocol.messages import InstanceState, InstanceStatus, NodeStatus
 from tests.support import free_port
 from tests.support.mesh import HELLO
-from tests.support.reconciling import ADDRESS, allocation, publish_status, served, until
+from tests.support.reconciling import ADDRESS, allocation, publish_status, served
+from tests.support.waiting import until
 
 NOW = 1_000_000.0
 

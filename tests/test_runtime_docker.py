@@ -26,6 +26,7 @@ from plugins.runtimes import (
 from plugins.runtimes.docker import DockerRuntime
 from tests import support
 from tests.support.docker import example_context, mesh_objects
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -95,17 +96,6 @@ async def answers(url: str) -> str:
             pass
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{url} did not answer within {DEADLINE} s")
-        await asyncio.sleep(0.2)
-
-
-async def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.2)
 
 
@@ -243,7 +233,7 @@ async def test_a_killed_container_is_restarted_by_the_engine_and_counted(
         infos = await runtime.list()
         return infos[0] if infos and infos[0].restarts >= 1 else None
 
-    after = await until(restarted, "the engine's restart")
+    after = await until(restarted, "the engine's restart", timeout=DEADLINE)
     assert after.phase is InstancePhase.RUNNING
     assert after.exit_code == 137
     assert after.runtime_id == info.runtime_id  # the same container, restarted
@@ -263,7 +253,7 @@ async def test_a_stopped_container_is_listed_as_exited_with_its_output(
         infos = await runtime.list()
         return infos[0] if infos and infos[0].phase is InstancePhase.EXITED else None
 
-    stopped = await until(exited, "the container to stop")
+    stopped = await until(exited, "the container to stop", timeout=DEADLINE)
     assert stopped.exit_code == 3
     assert stopped.detail is not None and "bad config" in stopped.detail
 

@@ -12,6 +12,7 @@ from meshd.store import Conflict, Store, StoreUnavailable
 from protocol import subjects
 from tests.support.jetstream import connect
 from tests.support.nats import NatsServer, running_nats
+from tests.support.waiting import until
 
 FAST = LeaseTiming(ttl=3.0, renew_every=0.5, margin=1.0, retry_every=0.2)
 
@@ -69,12 +70,6 @@ class Actions:
         return lead
 
 
-async def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_exactly_one_of_three_contenders_holds_a_lease(nats_server: NatsServer) -> None:
     stores = [await connect(nats_server, f"a{i}") for i in range(3)]
     actions = Actions()
@@ -84,7 +79,7 @@ async def test_exactly_one_of_three_contenders_holds_a_lease(nats_server: NatsSe
     ]
     tasks = [asyncio.create_task(k.run()) for k in keepers]
     try:
-        await wait_until(lambda: len(actions.log) >= 20)
+        await until(lambda: len(actions.log) >= 20, "20 actions")
         assert len({holder for holder, _ in actions.log}) == 1
         assert sum(k.term is not None for k in keepers) == 1
     finally:
@@ -103,7 +98,7 @@ async def test_a_holder_whose_connection_dies_is_replaced_with_a_higher_fence(
     a = asyncio.create_task(
         LeaseKeeper(first, "lb", "a", 1, actions.leader("a"), timing=FAST).run()
     )
-    await wait_until(lambda: bool(actions.log))
+    await until(lambda: bool(actions.log), "a first action")
     b = asyncio.create_task(
         LeaseKeeper(second, "lb", "b", 1, actions.leader("b"), timing=FAST).run()
     )
@@ -113,7 +108,7 @@ async def test_a_holder_whose_connection_dies_is_replaced_with_a_higher_fence(
         a.cancel()
         await first._nc.close()  # noqa: SLF001 - simulating a crash, not a clean release
         await asyncio.gather(a, return_exceptions=True)
-        await wait_until(lambda: any(h == "b" for h, _ in actions.log))
+        await until(lambda: any(h == "b" for h, _ in actions.log), "b to act")
         fence_a = max(f for h, f in actions.log if h == "a")
         fence_b = min(f for h, f in actions.log if h == "b")
         assert fence_b > fence_a
@@ -149,14 +144,14 @@ async def test_a_holder_cut_off_from_nats_stops_acting_before_another_starts(
         a = asyncio.create_task(
             LeaseKeeper(holder, "recovery", "h", 1, leader("h"), timing=FAST).run()
         )
-        await wait_until(lambda: bool(times))
+        await until(lambda: bool(times), "a first action")
         b = asyncio.create_task(
             LeaseKeeper(other, "recovery", "o", 1, leader("o"), timing=FAST).run()
         )
         try:
             await asyncio.sleep(0.5)
             proxy.cut()
-            await wait_until(lambda: any(n == "o" for n, _, _ in times), timeout=20)
+            await until(lambda: any(n == "o" for n, _, _ in times), "the other holder to act")
             last_holder_action = max(t for n, _, t in times if n == "h")
             first_other_action = min(t for n, _, t in times if n == "o")
             assert last_holder_action < first_other_action
@@ -237,7 +232,7 @@ async def test_a_holder_that_shuts_down_cleanly_releases_its_lease_at_once(
     keeper = LeaseKeeper(store, "heartbeat", "a", 1, actions.leader("a"), timing=FAST)
     task = asyncio.create_task(keeper.run())
     try:
-        await wait_until(lambda: bool(actions.log))
+        await until(lambda: bool(actions.log), "a first action")
         assert await store.get(subjects.LEASES_BUCKET, "heartbeat") is not None
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

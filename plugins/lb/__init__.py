@@ -1,8 +1,9 @@
 """The load balancer interface: how the `lb` lease holder serves the mesh's entry point.
 
 A plugin (`nginx`) implements `LoadBalancer`; the agent picks one by name with `load_lb`. The
-configuration text is rendered by the core (`meshd.lbconfig`); the plugin checks it, swaps
-it in without dropping traffic and keeps the server running.
+core says what to serve (`LbConfig`: the upstreams of healthy instances and the sites of
+domains); the plugin renders its server's configuration from it, checks it, swaps it in
+without dropping traffic and keeps the server running.
 """
 
 from __future__ import annotations
@@ -19,6 +20,45 @@ from protocol.errors import MeshError
 LOAD_BALANCERS: dict[str, str] = {
     "nginx": "plugins.lb.nginx:create",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One web service of one project-environment and its healthy instances."""
+
+    project: str
+    env: str
+    service: str
+    servers: tuple[str, ...]  # "address:port", sorted
+
+    @property
+    def name(self) -> str:
+        return f"{self.project}_{self.env}_{self.service}"
+
+    @property
+    def route(self) -> str:
+        return f"/{self.project}-{self.env}/{self.service}/"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A project-environment reached by its own host names."""
+
+    project: str
+    env: str
+    domains: tuple[str, ...]
+    root: Upstream  # what `/` serves
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LbConfig:
+    """What the entry point serves: where it listens, the seed's routes to every web service
+    (`upstreams`) and the sites of domains."""
+
+    listen: str  # "address:port" of the entry point
+    upstreams: tuple[Upstream, ...]
+    sites: tuple[Site, ...] = field(default=())
 
 
 class LbError(MeshError):
@@ -51,15 +91,10 @@ class LbContext:
 class LoadBalancer(Protocol):
     name: str
 
-    @property
-    def run_dir(self) -> Path:
-        """Where the rendered configuration must keep the server's pid, logs and temp files."""
-        ...
-
-    async def apply(self, config: str) -> bool:
-        """Serve `config`: test it, then start the server or reload it gracefully. False when
-        it is what already runs (nothing done). Raises `ConfigRejected` (the running
-        configuration stays) or `LbUnavailable`."""
+    async def apply(self, config: LbConfig) -> bool:
+        """Serve `config`: render and test it, then start the server or reload it gracefully.
+        False when it is what already runs (nothing done). Raises `ConfigRejected` (the
+        running configuration stays) or `LbUnavailable`."""
         ...
 
     async def ensure_running(self) -> bool:

@@ -1,6 +1,7 @@
 """The `nginx` load balancer: nginx (Debian `nginx-light`) as a child of the agent.
 
-Every new configuration is written beside the running one and checked with `nginx -t`; only a
+Each `LbConfig` is rendered from `templates/nginx.conf`, written beside the running
+configuration and checked with `nginx -t`; only a
 configuration that passes replaces it, and a running nginx picks it up with SIGHUP, a
 graceful reload (old workers finish their requests). The same text twice is not reloaded.
 nginx stays in the agent's process group, so it dies with its droplet.
@@ -19,8 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from plugins.lb import ConfigRejected, LbContext, LbUnavailable
+from plugins.lb import ConfigRejected, LbConfig, LbContext, LbUnavailable
 from plugins.procfs import command_line, group_members, proc_stat
+from plugins.templating import render
 
 CONFIG_FILE = "nginx.conf"
 CANDIDATE_FILE = "nginx.conf.new"
@@ -44,7 +46,11 @@ class NginxLoadBalancer:
     def run_dir(self) -> Path:
         return self._dir
 
-    async def apply(self, config: str) -> bool:
+    async def apply(self, config: LbConfig) -> bool:
+        return await self.apply_text(render_config(config, self._dir))
+
+    async def apply_text(self, config: str) -> bool:
+        """Serve this configuration text (what `apply` renders)."""
         if config == self._served and self._alive():
             return False
         await asyncio.to_thread(self._prepare)
@@ -82,6 +88,11 @@ class NginxLoadBalancer:
         except TimeoutError:
             child.kill()
             await asyncio.to_thread(child.wait)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the nginx this plugin started still runs."""
+        return self._alive()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -155,6 +166,11 @@ def _kill_orphaned_workers() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     time.sleep(0.05)  # let the kernel release their sockets
+
+
+def render_config(config: LbConfig, run_dir: Path) -> str:
+    """nginx.conf for `config`, keeping pid, logs and temporary files in `run_dir`."""
+    return render("nginx.conf", lb=config, run_dir=str(run_dir))
 
 
 def create(ctx: LbContext) -> NginxLoadBalancer:

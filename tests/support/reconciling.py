@@ -56,13 +56,6 @@ async def reconciler(tmp_path: Path) -> AsyncIterator[Reconciler]:
         await runtime.close()
 
 
-async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-    assert predicate(), what
-
-
 def served(reconciler: Reconciler) -> list[int]:
     """Ports a load balancer would use now: healthy instances that are not draining."""
     return sorted(s.port for s in reconciler.statuses() if s.healthy and not s.draining and s.port)

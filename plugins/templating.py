@@ -1,4 +1,6 @@
-"""The only owner of the jinja2 Environment: renders the files in `templates/`."""
+"""The only owner of the jinja2 Environment: renders the files in the repository's `templates/`
+(nginx.conf for the nginx plugin, the compose file for the docker plugin, nats-server.conf and
+the operator's mails for meshd). Shared by plugins and meshd, so it lives at the bottom."""
 
 from __future__ import annotations
 
