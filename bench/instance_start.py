@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from plugins.runtimes import InstanceSpec, Runtime, RuntimeContext  # noqa: E402
-from plugins.runtimes.docker import DockerRuntime, remove_objects  # noqa: E402
+from plugins.runtimes.docker import DockerRuntime  # noqa: E402
+from plugins.runtimes.docker.admin import remove_objects  # noqa: E402
 from plugins.runtimes.process import ProcessRuntime  # noqa: E402
 
 ADDRESS = "127.0.0.1"

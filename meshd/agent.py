@@ -23,6 +23,7 @@ from meshd.courier import Courier
 from meshd.detector import Detector
 from meshd.heartbeat import Heartbeat
 from meshd.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.local.power import follow_power
 from meshd.loops import follow
 from meshd.membership import Membership, next_incarnation, node_status
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
@@ -149,6 +150,7 @@ class Agent:
                     mesh=self.config.mesh,
                     config=dict(provider_config.get("config", {})),
                     logger=logging.getLogger("plugins.providers"),
+                    on_power=follow_power(self.config.mesh),
                 ),
             )
             membership = Membership(

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from meshd.compose import compose_file
+from meshd.cli.compose import droplet_compose
 from protocol.messages import Allocation
 
 ADDRESSES = {"master": "127.0.9.2", "shop-web1": "127.0.9.5"}
@@ -50,7 +50,7 @@ ALLOCATIONS = [
 
 
 def master() -> tuple[str, dict[str, Any]]:
-    text = compose_file("demo", "master", ALLOCATIONS, ADDRESSES)
+    text = droplet_compose("demo", "master", ALLOCATIONS, ADDRESSES)
     return text, yaml.safe_load(text)
 
 
@@ -100,7 +100,7 @@ def test_a_service_that_cannot_run_yet_is_named_in_a_comment() -> None:
 
 
 def test_another_droplet_gets_only_its_own_services() -> None:
-    document = yaml.safe_load(compose_file("demo", "shop-web1", ALLOCATIONS, ADDRESSES))
+    document = yaml.safe_load(droplet_compose("demo", "shop-web1", ALLOCATIONS, ADDRESSES))
 
     assert list(document["services"]) == ["backend"]
     assert document["services"]["backend"]["ports"] == ["127.0.9.5:8104:8104/tcp"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from plugins.runtimes import InstanceSpec
-from plugins.runtimes.containers import (
+from plugins.runtimes.docker.containers import (
     ContainerSpecError,
     container_spec,
     secret_files,

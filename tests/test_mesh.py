@@ -17,9 +17,9 @@ from tests.support.mesh import (
     hello,
     http_get,
     local_mesh,
-    wait_for,
     write_project,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from tests.support.docker import example_context, mesh_objects, new_mesh_name, remove_mesh_objects
-from tests.support.mesh import LocalMesh, http_get, local_mesh, wait_for
+from tests.support.mesh import LocalMesh, http_get, local_mesh
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from tests.support.mesh import (
     http_get,
     local_mesh,
     requests_to,
-    wait_for,
     write_project,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from tests.support.mesh import (
     LocalMesh,
     http_get,
     local_mesh,
-    wait_for,
     write_project,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 VICTIM = "shop-web1"

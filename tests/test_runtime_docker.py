@@ -224,7 +224,7 @@ async def test_a_killed_container_is_restarted_by_the_engine_and_counted(
     port = free_port()
     info = await runtime.ensure(web(test_image, port))
     await runtime.list()  # follows the engine's events from here on
-    await asyncio.sleep(0.5)
+    await until(lambda: runtime.follows_events, "the engine's events followed")
     pid = docker_engine.containers.get(info.runtime_id).attrs["State"]["Pid"]
 
     os.kill(pid, signal.SIGKILL)

@@ -19,7 +19,8 @@ import pytest
 
 from meshd.cli.up import podman_ulimits
 from plugins.runtimes import InstancePhase, InstanceSpec, RuntimeContext
-from plugins.runtimes.docker import DockerRuntime, engine_version, remove_objects
+from plugins.runtimes.docker import DockerRuntime
+from plugins.runtimes.docker.admin import engine_version, remove_objects
 from tests import support
 from tests.support.docker import example_context, new_mesh_name
 

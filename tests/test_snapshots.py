@@ -20,8 +20,9 @@ from protocol.messages import (
     Snapshot,
     SnapshotIndex,
 )
-from tests.support.mesh import BACKEND_ONLY, local_mesh, wait_for, write_project
+from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project
 from tests.support.reconciling import allocation
+from tests.support.waiting import wait_for
 
 
 def instance(service: str, generation: int, **more: Any) -> InstanceStatus:

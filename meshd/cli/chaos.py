@@ -11,7 +11,7 @@ from meshd.cli.render import console
 from meshd.cli.up import open_provider
 from meshd.context import load_context
 from meshd.meshconfig import mesh_tag
-from plugins.providers.local import LocalProvider
+from plugins.providers import Drills
 from protocol.errors import MeshError
 
 ACTIONS = ("kill", "pause", "resume", "partition", "lose", "heal")
@@ -72,7 +72,7 @@ async def _chaos(
     context = load_context(context_name)
     provider = open_provider(context.mesh, context.provider)
     try:
-        if not isinstance(provider, LocalProvider):
+        if not isinstance(provider, Drills):
             raise DrillRefused(
                 f"chaos {action}: mesh {context.name!r} is not local"
                 + ("" if yes_really else "; drills on real droplets need --yes-really")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 
 import click
 
 from meshd.cli.mesh import connect, snapshot
-from meshd.compose import compose_file
 from meshd.context import load_context
+from meshd.environment import resolve_hosts
+from meshd.instances import instance_spec
+from plugins.runtimes.docker.compose import compose_file
 from protocol.errors import MeshError
+from protocol.messages import Allocation
 
 
 @click.command()
@@ -46,7 +50,24 @@ async def _compose(project: str, env: str, droplet: str | None, context_name: st
         )
     addresses = {name: node.address for name, node in view.nodes.items()}
     documents = [
-        compose_file(context.mesh, name, allocations, addresses)
+        droplet_compose(context.mesh, name, allocations, addresses)
         for name in ([droplet] if droplet else placed)
     ]
     click.echo("---\n".join(documents), nl=False)
+
+
+def droplet_compose(
+    mesh: str, droplet: str, allocations: Sequence[Allocation], addresses: Mapping[str, str]
+) -> str:
+    """The compose file of what `droplet` runs of `allocations` (one project-environment):
+    the instance specs its runtime gets, secrets by name only, host variables resolved where
+    the addresses are known."""
+    address = addresses.get(droplet, droplet)
+    specs = []
+    for allocation in allocations:
+        if droplet not in allocation.droplets:
+            continue
+        hosts = resolve_hosts(allocation.hosts, addresses) or dict(allocation.hosts)
+        secrets = {name: b"" for name in allocation.secrets}
+        specs.append(instance_spec(allocation, address, hosts, secrets))
+    return compose_file(mesh, droplet, specs)

@@ -41,7 +41,7 @@ async def _down(name: str | None, keep_data: bool) -> None:
     finally:
         await provider.close()
     if context.runtime.get("name") == "docker":
-        from plugins.runtimes.docker import remove_objects
+        from plugins.runtimes.docker.admin import remove_objects
 
         host = (context.runtime.get("config") or {}).get("docker_host")
         await asyncio.to_thread(

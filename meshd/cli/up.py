@@ -16,6 +16,7 @@ import click
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import Context, NoMeshError, load_context, state_home
+from meshd.local.power import follow_power
 from meshd.meshconfig import (
     CORE_TAG,
     DEFAULT_ENTRY_PORT,
@@ -63,7 +64,12 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     assert isinstance(config, dict)
     return load_provider(
         str(provider.get("name", "local")),
-        ProviderContext(mesh=mesh, config=dict(config), logger=logging.getLogger("meshctl")),
+        ProviderContext(
+            mesh=mesh,
+            config=dict(config),
+            logger=logging.getLogger("meshctl"),
+            on_power=follow_power(mesh),
+        ),
     )
 
 
@@ -168,7 +174,7 @@ async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> d
     if runtime == "process":
         console.print("Runtime: [bold]process[/] (services run as plain processes).")
         return {"name": "process"}
-    from plugins.runtimes.docker import engine_version
+    from plugins.runtimes.docker.admin import engine_version
 
     version = await asyncio.to_thread(engine_version, docker_host)
     where = docker_host or "the local Docker socket"

@@ -146,14 +146,23 @@ def _default_logger() -> logging.Logger:
     return logging.getLogger(__name__)
 
 
+# Told (blocking, in the provider's thread) when a machine it runs loses power, freezes,
+# thaws or is destroyed: `(droplet name, its user data, "kill" | "pause" | "unpause" |
+# "remove")`. What runs on a local droplet outside its process group (containers of the
+# machine's shared engine) must follow it; the agent and the command line supply it.
+PowerHook = Callable[[str, str, str], None] | None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderContext:
     """The narrow view of the agent a provider plugin gets: the mesh's name, its own config
-    section and a named logger."""
+    section, a named logger and, for providers whose machines share this one's engine, the
+    power hook."""
 
     mesh: str
     config: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=_default_logger)
+    on_power: PowerHook = None
 
 
 class Provider(Protocol):
@@ -264,6 +273,34 @@ class ReservedAddresses(Protocol):
     ) -> None:
         """Point `address` at the droplet; refuse (StaleFence) a fence older than the last
         assignment's."""
+        ...
+
+
+@runtime_checkable
+class Drills(Protocol):
+    """Optional ability: fault drills (`meshctl chaos`), for providers whose machines a drill
+    may hurt (local droplets)."""
+
+    async def crash(self, droplet_id: str) -> None:
+        """The droplet dies as a machine does: its processes and containers killed; the
+        account still says it is on."""
+        ...
+
+    async def pause(self, droplet_id: str, *, resume: bool = False) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the droplet's processes and containers."""
+        ...
+
+    async def partition(self, droplet_id: str, peers: Sequence[str] = ()) -> None:
+        """Cut the droplet off the network, or off `peers` (addresses) only; its processes
+        keep running."""
+        ...
+
+    async def lose(self, droplet_id: str, probability: float) -> None:
+        """Drop that share of the packets the droplet receives."""
+        ...
+
+    async def heal(self, droplet_id: str) -> None:
+        """Undo `partition` and `lose`."""
         ...
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plugins.fs import atomic_write, tail_text, write_secret_files
 from plugins.procfs import is_alive, proc_stat
 from plugins.runtimes import (
     InstanceInfo,
@@ -106,21 +107,6 @@ def signal_adopted(state: InstanceState, sig: signal.Signals) -> None:
         os.close(pidfd)
 
 
-def output_tail(path: Path, limit: int = DETAIL_CHARS) -> str | None:
-    """The last whole lines of `path`, at most `limit` characters, or None if there are none."""
-    try:
-        with path.open("rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            log.seek(max(0, size - 4 * limit))
-            text = log.read().decode("utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    if len(text) > limit:
-        text = text[-limit:]
-        text = text.partition("\n")[2] or text
-    return text or None
-
-
 def cap_log(path: Path, max_bytes: int) -> None:
     """Keep the newest half of `path` once it is larger than `max_bytes`."""
     try:
@@ -136,24 +122,6 @@ def cap_log(path: Path, max_bytes: int) -> None:
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_bytes(b"[meshd] older output truncated\n" + tail)
     os.replace(scratch, path)
-
-
-def write_secrets(directory: Path, secrets: dict[str, bytes]) -> None:
-    """Make `directory` (0700) hold exactly `secrets`, each an atomically written 0400 file."""
-    directory.mkdir(mode=0o700, exist_ok=True)
-    directory.chmod(0o700)
-    for stale in directory.iterdir():
-        if stale.name not in secrets:
-            stale.unlink()
-    for name, value in secrets.items():
-        scratch = directory / f".{name}.tmp"
-        scratch.unlink(missing_ok=True)
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "wb") as out:
-            out.write(value)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(scratch, directory / name)
 
 
 def process_command(spec: InstanceSpec) -> str:
@@ -182,7 +150,7 @@ class ProcessRuntime:
     async def ensure(self, spec: InstanceSpec) -> InstanceInfo:
         key = spec.key
         async with self._lock(key):
-            found = self._observe(key)
+            found = await self._observe(key)
             if found is not None:
                 state, info = found
                 if info.phase is InstancePhase.RUNNING:
@@ -200,7 +168,7 @@ class ProcessRuntime:
     async def restart(self, spec: InstanceSpec) -> InstanceInfo:
         key = spec.key
         async with self._lock(key):
-            found = self._observe(key)
+            found = await self._observe(key)
             if found is not None and found[1].phase is InstancePhase.RUNNING:
                 self._log.info("Restarting instance. key=%s pid=%d", key, found[0].pid)
                 await self._terminate(found[0], DEFAULT_GRACE)
@@ -209,19 +177,20 @@ class ProcessRuntime:
     async def stop(self, key: str, *, grace: float = DEFAULT_GRACE) -> None:
         subjects.parse_instance_key(key)  # a valid key is also a safe directory name
         async with self._lock(key):
-            found = self._observe(key)
+            found = await self._observe(key)
             if found is not None and found[1].phase is InstancePhase.RUNNING:
                 await self._terminate(found[0], grace)
                 self._log.info("Instance stopped. key=%s pid=%d", key, found[0].pid)
             self._drop_child(key)
-            shutil.rmtree(self._root / key / SECRETS_DIR, ignore_errors=True)
-            self._forget_state(key)  # output.log stays
+            await asyncio.to_thread(self._forget, key)  # output.log stays
 
     async def list(self) -> list[InstanceInfo]:
         infos = []
+        if self._states is None:
+            await asyncio.to_thread(self._cached_states)  # the first read globs the disk
         for key in self._known_keys():
             async with self._lock(key):
-                found = self._observe(key)
+                found = await self._observe(key)
             if found is not None:
                 infos.append(found[1])
         return infos
@@ -261,8 +230,9 @@ class ProcessRuntime:
         if child is not None:
             child.poll()  # reap it now if it has exited, so that no zombie is left behind
 
-    def _observe(self, key: str) -> tuple[InstanceState, InstanceInfo] | None:
-        """Read the state of `key` and look whether its process still runs."""
+    async def _observe(self, key: str) -> tuple[InstanceState, InstanceInfo] | None:
+        """Read the state of `key` and look whether its process still runs (the files of
+        one that exited are written and read in a thread)."""
         state = self._read_state(key)
         if state is None:
             return None
@@ -278,9 +248,9 @@ class ProcessRuntime:
         self._drop_child(key)
         if code is not None and state.exit_code is None:
             state = replace(state, exit_code=code)
-            self._write_state(state)
-        detail = output_tail(self._root / key / LOG_FILE)
-        return state, state.info(InstancePhase.EXITED, detail)
+            await asyncio.to_thread(self._write_state, state)
+        detail = await asyncio.to_thread(tail_text, self._root / key / LOG_FILE, 0, DETAIL_CHARS)
+        return state, state.info(InstancePhase.EXITED, detail or None)
 
     async def _start(self, spec: InstanceSpec) -> InstanceInfo:
         key = spec.key
@@ -316,7 +286,7 @@ class ProcessRuntime:
         directory = self._root / key
         directory.mkdir(parents=True, exist_ok=True)
         self._forget_state(key)
-        write_secrets(directory / SECRETS_DIR, spec.secrets)
+        write_secret_files(directory / SECRETS_DIR, spec.secrets)
         cap_log(directory / LOG_FILE, self._log_max_bytes)
         with (directory / LOG_FILE).open("ab") as out:
             out.write(f"[meshd] starting generation {spec.generation}\n".encode())
@@ -407,6 +377,10 @@ class ProcessRuntime:
     def _read_state(self, key: str) -> InstanceState | None:
         return self._cached_states().get(key)
 
+    def _forget(self, key: str) -> None:
+        shutil.rmtree(self._root / key / SECRETS_DIR, ignore_errors=True)
+        self._forget_state(key)
+
     def _forget_state(self, key: str) -> None:
         self._cached_states().pop(key, None)
         (self._root / key / STATE_FILE).unlink(missing_ok=True)
@@ -423,9 +397,7 @@ class ProcessRuntime:
 
     def _write_state(self, state: InstanceState) -> None:
         path = self._root / state.key / STATE_FILE
-        scratch = path.with_name(STATE_FILE + ".tmp")
-        scratch.write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
-        os.replace(scratch, path)
+        atomic_write(path, (json.dumps(asdict(state), indent=2) + "\n").encode())
         self._cached_states()[state.key] = state
 
 

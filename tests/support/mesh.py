@@ -89,6 +89,17 @@ class LocalMesh:
                 return str(droplet["address"])
         raise KeyError(name)
 
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """The droplet's processes frozen (SIGSTOP to its process group) inside the block: what
+        `meshctl chaos pause` does, without a command's start-up time in the pause."""
+        (pgid,) = [d["pgid"] for d in self.account["droplets"].values() if d["name"] == name]
+        os.killpg(pgid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(pgid, signal.SIGCONT)
+
     def pid_of(self, name: str, role: str) -> int:
         """The pid of a droplet's `agent` or `nats-server` (from /proc)."""
         directory = str(self.droplet_dir(name))

@@ -1,0 +1,489 @@
+"""The `local` provider: a droplet is a process group on this machine, bound to its own
+loopback address 127.A.B.N (or, as root, living in a network namespace of its own).
+
+The account directory (config `dir`) plays the cloud account (`account`). A droplet owns
+`droplets/<name>-<id>/` (0700): `droplet.json` (id, name, size, address, tags, mesh),
+`user_data` (0600) and `console.log`; powering it on runs the configured launcher on that
+directory in a session of its own (`machine`). Snapshots are copies of that directory
+(`snapshots`), the reserved entry address is bookkeeping or a route (`addresses`), and the
+fault drills of `meshctl chaos` hurt droplets as real machines get hurt (`drills`).
+
+What a local droplet runs outside its process group, containers of the machine's shared
+engine, is told to follow its machine through the context's power hook: this plugin knows no
+runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from plugins.fs import atomic_write
+from plugins.providers import (
+    DropletNotFound,
+    DropletRecord,
+    DropletStartError,
+    DropletStatus,
+    Fence,
+    Provider,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+    SnapshotNotFound,
+    SnapshotRecord,
+)
+from plugins.providers.local import addresses, netns, snapshots
+from plugins.providers.local.account import (
+    DROPLETS_DIR,
+    SNAPSHOTS_DIR,
+    USER_DATA_FILE,
+    Account,
+    AccountStore,
+    DropletState,
+    write_spec,
+)
+from plugins.providers.local.drills import LocalDrills
+from plugins.providers.local.machine import Launch, Machines
+from protocol import subjects
+from protocol.errors import InvalidNameError
+
+_BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
+_NETNS_BLOCK = re.compile(r"10\.213\.(\d{1,3})")
+NETWORKS = ("loopback", "netns")
+SETTINGS = frozenset({"dir", "launcher", "block", "network"})
+_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
+
+
+class LocalProvider:
+    """Droplets as process groups on loopback addresses; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        ctx: ProviderContext,
+        *,
+        root: Path,
+        launcher: list[str],
+        block: str | None,
+        network: str = "loopback",
+    ) -> None:
+        self._mesh = ctx.mesh
+        self._log = ctx.logger
+        self._root = root
+        self._netns = network == "netns"
+        self._on_power = ctx.on_power
+        self._account = AccountStore(root, block, self._pick_block)
+        self._machines = Machines(launcher, self._netns)
+        self._drills = LocalDrills(
+            self._account, self._machines, ctx.on_power, self._netns, ctx.logger
+        )
+
+    # --- droplets --------------------------------------------------------------------------
+
+    async def create(
+        self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: Fence | None
+    ) -> DropletRecord:
+        action = f"create droplet {name!r}"
+        check_droplet_args(action, name, size, tags)
+        launch = await asyncio.to_thread(
+            self._account.transact,
+            lambda account, _: self._create_locked(account, action, name, size, tags, user_data),
+            "create",
+            None,
+            fence,
+        )
+        await self._check_started(action, launch)
+        self._log.info(
+            "Droplet created. id=%s name=%s address=%s pgid=%s fence=%s",
+            launch.state.id,
+            name,
+            launch.state.address,
+            launch.state.pgid,
+            fence,
+        )
+        return await asyncio.to_thread(launch.state.record)
+
+    async def list(self, tag: str | None = None) -> builtins.list[DropletRecord]:
+        account = await asyncio.to_thread(self._account.read)
+        if account is None:
+            return []
+        states = [s for s in account.droplets.values() if tag is None or tag in s.tags]
+        return await asyncio.to_thread(lambda: [state.record() for state in states])
+
+    async def get(self, droplet_id: str) -> DropletRecord:
+        state = await asyncio.to_thread(self._account.state, droplet_id, "get")
+        return await asyncio.to_thread(state.record)
+
+    async def power_off(self, droplet_id: str, *, fence: Fence | None) -> None:
+        await asyncio.to_thread(
+            self._account.transact, self._power_off_locked, "power_off", droplet_id, fence
+        )
+        self._log.info("Droplet powered off. id=%s fence=%s", droplet_id, fence)
+
+    async def power_on(self, droplet_id: str, *, fence: Fence | None) -> None:
+        launch = await asyncio.to_thread(
+            self._account.transact, self._power_on_locked, "power_on", droplet_id, fence
+        )
+        if launch is not None:
+            await self._check_started(f"power on droplet {droplet_id}", launch)
+            self._log.info(
+                "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
+            )
+
+    async def resize(self, droplet_id: str, size: str, *, fence: Fence | None) -> None:
+        check_size(f"resize droplet {droplet_id}", size)
+
+        def change(account: Account, state: DropletState | None) -> None:
+            assert state is not None
+            state.size = size
+            write_spec(state, self._mesh)
+
+        await asyncio.to_thread(self._account.transact, change, "resize", droplet_id, fence)
+        self._log.info("Droplet resized. id=%s size=%s fence=%s", droplet_id, size, fence)
+
+    async def set_user_data(self, droplet_id: str, user_data: str) -> None:
+        def change(account: Account, state: DropletState | None) -> None:
+            assert state is not None
+            atomic_write(Path(state.dir) / USER_DATA_FILE, user_data.encode(), 0o600)
+
+        await asyncio.to_thread(self._account.transact, change, "set_user_data", droplet_id, None)
+
+    async def rebuild(
+        self, droplet_id: str, *, fence: Fence | None, snapshot_id: str | None = None
+    ) -> DropletRecord:
+        """A new droplet in the old one's place: same name, size, tags, address and user data;
+        its directory a copy of the snapshot's (allocations and the JetStream store come back
+        at boot) or, without one, only its user data (the base image); the old one killed and
+        destroyed."""
+        action = f"rebuild droplet {droplet_id}"
+        launch = await asyncio.to_thread(
+            self._account.transact,
+            lambda account, state: self._rebuild_locked(account, action, state, snapshot_id),
+            "rebuild",
+            droplet_id,
+            fence,
+        )
+        await self._check_started(action, launch)
+        self._log.info(
+            "Droplet rebuilt. old=%s id=%s name=%s fence=%s",
+            droplet_id,
+            launch.state.id,
+            launch.state.name,
+            fence,
+        )
+        return await asyncio.to_thread(launch.state.record)
+
+    async def destroy(self, droplet_id: str, *, fence: Fence | None) -> None:
+        await asyncio.to_thread(
+            self._account.transact, self._destroy_locked, "destroy", droplet_id, fence
+        )
+        self._log.info("Droplet destroyed. id=%s fence=%s", droplet_id, fence)
+
+    async def close(self) -> None:
+        # Nothing to release: droplets keep running, and each reaper thread ends by itself
+        # when its launcher exits (they are daemon threads, so they never hold the caller up).
+        return None
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    async def snapshot(self, droplet_id: str, name: str, *, fence: Fence | None) -> SnapshotRecord:
+        """A copy of the droplet's directory as it is now (`snapshots`)."""
+        action = f"snapshot droplet {droplet_id}"
+        try:
+            subjects.token(name, "snapshot name")  # it becomes a directory name
+        except InvalidNameError as err:
+            raise ProviderError(action, str(err)) from err
+        state = await asyncio.to_thread(self._account.state, droplet_id, "snapshot")
+        staging = self._root / SNAPSHOTS_DIR / f".{name}-{os.getpid()}-{random.randrange(10**9)}"
+        try:
+            size = await asyncio.to_thread(snapshots.copy_live_tree, Path(state.dir), staging)
+            record = await asyncio.to_thread(
+                self._account.transact,
+                lambda account, current: snapshots.keep(
+                    self._root, account, _present(current), name, staging, size
+                ),
+                "snapshot",
+                droplet_id,
+                fence,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        self._log.info(
+            "Droplet snapshotted. id=%s snapshot=%s fence=%s", droplet_id, record.id, fence
+        )
+        return record
+
+    async def list_snapshots(self) -> builtins.list[SnapshotRecord]:
+        account = await asyncio.to_thread(self._account.read)
+        found = account.snapshots.values() if account else []
+        return sorted((snapshots.record(s) for s in found), key=lambda r: r.created_at)
+
+    async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
+        await asyncio.to_thread(
+            self._account.transact,
+            lambda account, _: snapshots.delete(account, snapshot_id),
+            "delete_snapshot",
+            None,
+            fence,
+        )
+        self._log.info("Snapshot deleted. id=%s fence=%s", snapshot_id, fence)
+
+    # --- the reserved entry address --------------------------------------------------------
+
+    async def reserve_address(self) -> str:
+        return await asyncio.to_thread(
+            self._account.transact,
+            lambda account, _: addresses.reserve(account, self._netns),
+            "reserve_address",
+            None,
+            None,
+        )
+
+    async def assign_reserved_address(
+        self, address: str, droplet_id: str, *, fence: Fence | None
+    ) -> None:
+        """Bookkeeping, fenced like a droplet action: on loopback any process could listen on
+        the address, so the holder's load balancer is what actually moves it."""
+        await asyncio.to_thread(
+            self._account.transact,
+            lambda account, state: addresses.assign(
+                self._account, account, _present(state), address, fence, self._netns
+            ),
+            "assign_reserved_address",
+            droplet_id,
+            None,  # checked against the address's own fence, not the droplet's
+        )
+        self._log.info(
+            "Reserved address assigned. address=%s id=%s fence=%s", address, droplet_id, fence
+        )
+
+    # --- drills (`Drills`) -----------------------------------------------------------------
+
+    async def crash(self, droplet_id: str) -> None:
+        await self._drills.crash(droplet_id)
+
+    async def pause(self, droplet_id: str, *, resume: bool = False) -> None:
+        await self._drills.pause(droplet_id, resume=resume)
+
+    async def partition(self, droplet_id: str, peers: Sequence[str] = ()) -> None:
+        await self._drills.partition(droplet_id, peers)
+
+    async def lose(self, droplet_id: str, probability: float) -> None:
+        await self._drills.lose(droplet_id, probability)
+
+    async def heal(self, droplet_id: str) -> None:
+        await self._drills.heal(droplet_id)
+
+    # --- changes under the account lock (worker threads) -----------------------------------
+
+    def _create_locked(
+        self,
+        account: Account,
+        action: str,
+        name: str,
+        size: str,
+        tags: Sequence[str],
+        user_data: str,
+    ) -> Launch:
+        for other in account.droplets.values():
+            if other.name == name:
+                raise ProviderError(action, f"droplet {other.id} already has this name")
+        address = account.free_address()
+        if address is None:
+            raise ProviderError(action, f"every address of block {account.block} is in use")
+        droplet_id = account.new_id()
+        directory = self._root / DROPLETS_DIR / f"{name}-{droplet_id}"
+        state = DropletState(
+            id=droplet_id,
+            name=name,
+            size=size,
+            address=address,
+            status=DropletStatus.NEW,
+            tags=list(tags),
+            created_at=time.time(),
+            dir=str(directory),
+        )
+        try:
+            directory.mkdir(mode=0o700, parents=True)
+            write_spec(state, self._mesh)
+            atomic_write(directory / USER_DATA_FILE, user_data.encode(), 0o600)
+            self._machines.attach(account, state)
+            launch = self._machines.spawn(action, state)
+        except BaseException:
+            self._detach(account, state)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        account.droplets[droplet_id] = state
+        return launch
+
+    def _power_off_locked(self, account: Account, state: DropletState | None) -> None:
+        state = _present(state)
+        self._machines.kill(f"power off droplet {state.id}", state)
+        self._power(state, "kill")  # a machine that is off runs nothing
+        state.status = DropletStatus.OFF
+
+    def _power_on_locked(self, account: Account, state: DropletState | None) -> Launch | None:
+        state = _present(state)
+        if state.running():
+            return None
+        return self._machines.spawn(f"power on droplet {state.id}", state)
+
+    def _rebuild_locked(
+        self, account: Account, action: str, old: DropletState | None, snapshot_id: str | None
+    ) -> Launch:
+        old = _present(old)
+        snapshot = account.snapshots.get(snapshot_id) if snapshot_id is not None else None
+        if snapshot_id is not None and snapshot is None:
+            raise SnapshotNotFound(action, snapshot_id)
+        self._machines.kill(action, old)
+        self._power(old, "kill")
+        droplet_id = account.new_id()
+        directory = self._root / DROPLETS_DIR / f"{old.name}-{droplet_id}"
+        state = DropletState(
+            id=droplet_id,
+            name=old.name,
+            size=old.size,
+            address=old.address,
+            status=DropletStatus.NEW,
+            tags=list(old.tags),
+            created_at=time.time(),
+            dir=str(directory),
+            fences=old.fences,
+        )
+        try:
+            if snapshot is not None:
+                shutil.copytree(snapshot["dir"], directory, symlinks=True)
+            else:  # the base image: nothing but what the provider keeps, the user data
+                directory.mkdir(parents=True, mode=0o700)
+                shutil.copy2(Path(old.dir) / USER_DATA_FILE, directory / USER_DATA_FILE)
+            write_spec(state, self._mesh)
+            # A new machine is a new network attachment: whatever cut the old one off is gone.
+            self._detach(account, old)
+            self._machines.attach(account, state)
+            launch = self._machines.spawn(action, state)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        shutil.rmtree(old.dir, ignore_errors=True)
+        del account.droplets[old.id]
+        account.droplets[droplet_id] = state
+        return launch
+
+    def _destroy_locked(self, account: Account, state: DropletState | None) -> None:
+        state = _present(state)
+        self._machines.kill(f"destroy droplet {state.id}", state)
+        self._power(state, "remove")  # a destroyed droplet runs nothing
+        self._detach(account, state)
+        shutil.rmtree(state.dir, ignore_errors=True)
+        del account.droplets[state.id]
+        if self._netns and not account.droplets:
+            netns.remove_bridge(netns.Layout(account.block))
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _power(self, state: DropletState, event: str) -> None:
+        if self._on_power is not None:
+            self._on_power(state.name, state.user_data(), event)
+
+    def _detach(self, account: Account, state: DropletState) -> None:
+        for problem in self._machines.detach(account, state):
+            self._log.warning("Namespace not removed. droplet=%s error=%s", state.id, problem)
+
+    def _pick_block(self) -> str:
+        if not self._netns:
+            return addresses.pick_block()
+        try:
+            return netns.pick_block()
+        except netns.NetnsError as err:
+            raise ProviderError("pick an address block", str(err)) from err
+
+    async def _check_started(self, action: str, launch: Launch) -> None:
+        """If the launcher's whole group is gone within moments, record the droplet as off and
+        raise DropletStartError with its console output."""
+        console = await self._machines.check_started(action, launch)
+        if console is None:
+            return
+        state = launch.state
+
+        def mark_off(account: Account, current: DropletState | None) -> None:
+            if current is not None and current.pgid == state.pgid:
+                current.status = DropletStatus.OFF
+
+        with contextlib.suppress(DropletNotFound):
+            await asyncio.to_thread(
+                self._account.transact, mark_off, "start_failed", state.id, None
+            )
+        self._log.warning("Droplet did not start. id=%s console=%r", state.id, console)
+        raise DropletStartError(action, state.id, console)
+
+
+def _present(state: DropletState | None) -> DropletState:
+    """The droplet a change acts on, which `transact` has checked exists."""
+    assert state is not None
+    return state
+
+
+def check_droplet_args(action: str, name: str, size: str, tags: Sequence[str]) -> None:
+    """Refuse a name that is not a DNS label (it becomes a directory name), an empty size and
+    tags DigitalOcean would refuse."""
+    try:
+        subjects.token(name, "droplet")
+    except InvalidNameError as err:
+        raise ProviderError(action, err.reason) from err
+    check_size(action, size)
+    if isinstance(tags, str):
+        raise ProviderError(action, "tags must be a list of tags, not one string")
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise ProviderError(action, f"tag {tag!r} is not letters, digits, ':', '_' or '-'")
+
+
+def check_size(action: str, size: str) -> None:
+    if not isinstance(size, str) or not size:
+        raise ProviderError(action, "size must be a non-empty string")
+
+
+def create(ctx: ProviderContext) -> LocalProvider:
+    """The plugin factory. Config: `dir` (account directory), `launcher` (argv list), optional
+    `block` ("127.A.B", or "10.213.B" with `network: netns`) and `network`."""
+    unknown = sorted(set(ctx.config) - SETTINGS)
+    if unknown:
+        raise ProviderConfigError("local", f"unknown settings: {', '.join(unknown)}")
+    root = ctx.config.get("dir")
+    if not isinstance(root, str | os.PathLike) or not str(root):
+        raise ProviderConfigError("local", "dir must name the account directory")
+    launcher = ctx.config.get("launcher")
+    if not isinstance(launcher, list) or not launcher:
+        raise ProviderConfigError("local", "launcher must be a non-empty list of arguments")
+    if not all(isinstance(arg, str) and arg for arg in launcher):
+        raise ProviderConfigError("local", "launcher arguments must be non-empty strings")
+    network = ctx.config.get("network", "loopback")
+    if network not in NETWORKS:
+        raise ProviderConfigError(
+            "local", f"network {network!r} is not one of {', '.join(NETWORKS)}"
+        )
+    if network == "netns" and os.geteuid() != 0:
+        raise ProviderConfigError("local", "network namespaces need root")
+    block = ctx.config.get("block")
+    if block is not None:
+        pattern = _NETNS_BLOCK if network == "netns" else _BLOCK
+        form = "10.213.B" if network == "netns" else "127.A.B"
+        match = pattern.fullmatch(block) if isinstance(block, str) else None
+        if match is None or not all(int(part) <= 255 for part in match.groups()):
+            raise ProviderConfigError("local", f"block {block!r} is not of the form {form}")
+    if not Path("/proc/self/stat").is_file():
+        raise ProviderConfigError("local", "needs a Linux /proc to watch droplet processes")
+    path = Path(os.fspath(root)).expanduser().absolute()
+    return LocalProvider(ctx, root=path, launcher=list(launcher), block=block, network=network)
+
+
+_typed_factory: Callable[[ProviderContext], Provider] = create  # mypy checks the Protocol

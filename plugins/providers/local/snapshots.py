@@ -1,0 +1,75 @@
+"""Snapshots of local droplets: a copy of the droplet's directory as it is now, allocations and
+JetStream store included, kept under `snapshots/<name>-<id>/`; the load balancer's run files,
+pid files and logs are left out (they name the processes of the droplet that was copied), and
+files that vanish mid-copy (temporary files of nats-server or the runtime) are skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from plugins.providers import ProviderError, SnapshotNotFound, SnapshotRecord
+from plugins.providers.local.account import SNAPSHOTS_DIR, Account, DropletState
+
+
+def copy_live_tree(source: Path, target: Path) -> int:
+    """Copy the directory of a running droplet; the bytes copied."""
+    copied = 0
+
+    def copy(src: str, dst: str) -> None:
+        nonlocal copied
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(src, dst)
+            copied += os.path.getsize(dst)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, target, symlinks=True, ignore=_not_in_snapshot, copy_function=copy)
+    except shutil.Error as err:
+        problems = [e for e in err.args[0] if "No such file" not in str(e[-1])]
+        if problems:
+            raise ProviderError(f"snapshot {source.name}", f"copy failed: {problems[:3]}") from err
+    return copied
+
+
+def keep(
+    root: Path, account: Account, state: DropletState, name: str, staging: Path, size: int
+) -> SnapshotRecord:
+    """Record a copy made in `staging` as the account's new snapshot of `state`."""
+    snapshot_id = account.new_id()
+    directory = root / SNAPSHOTS_DIR / f"{name}-{snapshot_id}"
+    staging.rename(directory)
+    account.snapshots[snapshot_id] = {
+        "id": snapshot_id,
+        "name": name,
+        "droplet_id": state.id,
+        "created_at": time.time(),
+        "size_gb": size / 1e9,
+        "dir": str(directory),
+    }
+    return record(account.snapshots[snapshot_id])
+
+
+def delete(account: Account, snapshot_id: str) -> None:
+    found = account.snapshots.pop(snapshot_id, None)
+    if found is None:
+        raise SnapshotNotFound(f"delete snapshot {snapshot_id}", snapshot_id)
+    shutil.rmtree(found["dir"], ignore_errors=True)
+
+
+def record(data: dict[str, Any]) -> SnapshotRecord:
+    return SnapshotRecord(
+        id=data["id"],
+        name=data["name"],
+        droplet_id=data["droplet_id"],
+        created_at=data["created_at"],
+        size_gb=data["size_gb"],
+    )
+
+
+def _not_in_snapshot(_: str, names: list[str]) -> set[str]:
+    return {n for n in names if n == "lb" or n.endswith((".pid", ".log"))}

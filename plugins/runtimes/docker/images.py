@@ -1,0 +1,89 @@
+"""Images of the docker runtime: taken from the engine, built from the instance's build context
+(once per tag) or, where allowed, pulled. Builds and pulls run one at a time on the engine's
+slow worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from plugins.runtimes import InstanceStartError
+from plugins.runtimes.docker.containers import Build, ContainerSpec, owner_labels
+from plugins.runtimes.docker.engine import Engine, short
+
+
+class Images:
+    def __init__(self, engine: Engine, mesh: str, pull: bool, log: logging.Logger) -> None:
+        self._engine = engine
+        self._mesh = mesh
+        self._pull = pull
+        self._log = log
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def ensure(self, key: str, wanted: ContainerSpec) -> str:
+        """The image's user (for the owner of secret files), building or pulling it first."""
+        async with self._locks[wanted.image]:
+            try:
+                found = await self._engine.call(_user_of, wanted.image)
+                if found is not None:
+                    return found
+                return await self._engine.call_slow(self._fetch, wanted)
+            except (docker.errors.BuildError, docker.errors.APIError, ValueError) as err:
+                raise InstanceStartError(key, image_problem(wanted, err)) from None
+
+    def _fetch(self, client: docker.DockerClient, wanted: ContainerSpec) -> str:
+        if wanted.build is not None:
+            if not Path(wanted.build.context).is_dir():
+                raise ValueError(
+                    f"the build context {wanted.build.context} is not on this droplet; "
+                    "it is built where the context is (a deploy from git brings it)"
+                )
+            self._log.info("Building image. image=%s context=%s", wanted.image, wanted.build)
+            image, _ = client.images.build(
+                path=wanted.build.context,
+                dockerfile=dockerfile_argument(wanted.build),
+                tag=wanted.image,
+                rm=True,
+                forcerm=True,
+                labels=owner_labels(self._mesh),
+            )
+        elif self._pull:
+            self._log.info("Pulling image. image=%s", wanted.image)
+            image = client.images.pull(wanted.image)
+        else:
+            raise ValueError("not on this engine, and pulling is off")
+        return _user(image)
+
+
+def _user_of(client: docker.DockerClient, image: str) -> str | None:
+    """The user of `image` if the engine has it; None if it does not."""
+    try:
+        return _user(client.images.get(image))
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _user(image: docker.models.images.Image) -> str:
+    return str((image.attrs.get("Config") or {}).get("User") or "")
+
+
+def dockerfile_argument(build: Build) -> str | None:
+    """The Dockerfile relative to its context when it is inside (podman reads an absolute
+    path outside the context wrongly); docker-py sends one from outside itself."""
+    if not build.dockerfile:
+        return None
+    path, context = Path(build.dockerfile), Path(build.context)
+    return str(path.relative_to(context)) if path.is_relative_to(context) else build.dockerfile
+
+
+def image_problem(wanted: ContainerSpec, err: Exception) -> str:
+    if isinstance(err, docker.errors.BuildError):
+        lines = [str(step.get("stream", "")).strip() for step in err.build_log if "stream" in step]
+        tail = " | ".join(line for line in lines[-3:] if line)
+        return f"cannot build image {wanted.image}: {err.msg}{f' ({tail})' if tail else ''}"
+    return f"image {wanted.image} not available: {short(err)}"
