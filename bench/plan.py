@@ -10,11 +10,11 @@ import sys
 import time
 import tracemalloc
 
+from meshd.core.placement import place
+from meshd.core.plan import make_plan
 from meshd.csvfile import parse_projects_csv
 from meshd.deploy_config import DeployConfig
 from meshd.desired import build_desired_state
-from meshd.placement import place
-from meshd.plan import make_plan
 
 
 def generated_csv(projects: int) -> bytes:

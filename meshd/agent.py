@@ -19,6 +19,7 @@ from aiohttp import web
 
 from meshd.api import create_app
 from meshd.balancer import Balancer
+from meshd.core.spec import MASTER
 from meshd.courier import Courier
 from meshd.detector import Detector
 from meshd.heartbeat import Heartbeat
@@ -36,7 +37,6 @@ from meshd.recovery import Recovery
 from meshd.roles import Together
 from meshd.scheduler import Scheduler
 from meshd.snapshots import Snapshots
-from meshd.spec import MASTER
 from meshd.store import Store, StoreUnavailable
 from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime

@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from meshd.lbconfig import sites, upstreams
+from meshd.core.routes import sites, upstreams
 from meshd.lease import Term
 from meshd.loops import SETTLE_S
 from meshd.meshconfig import DropletIdentity, MeshConfig

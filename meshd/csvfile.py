@@ -11,8 +11,8 @@ import io
 import re
 from dataclasses import dataclass
 
-from meshd.errors import InputErrors, InputIssue
-from meshd.sizes import SIZES, suggest_sizes
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.sizes import SIZES, suggest_sizes
 
 HEADER: tuple[str, ...] = ("Project", "Servers", "MasterSpec", "WebSpec")
 MAX_PROJECT_NAME = 30

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from meshd.errors import InputErrors, InputIssue
-from meshd.spec import (
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.spec import (
     DEFAULT_HEALTH_PATH,
     DEFAULT_SERVICES,
     DEFAULT_WORKER_MEMORY_MB,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.spec import DesiredState, ProjectSpec
 from meshd.csvfile import ProjectRow
 from meshd.deploy_config import DeployConfig, ProjectConfig, default_services, json_path
-from meshd.errors import InputErrors, InputIssue
-from meshd.spec import DesiredState, ProjectSpec
 
 
 def build_desired_state(

@@ -1,6 +1,6 @@
 """Failure detection by consensus of monitors (DESIGN.md, Failure detection).
 
-Every agent watches the droplets `meshd.monitors` gives it. Evidence of life is a good HTTP
+Every agent watches the droplets `meshd.core.monitors` gives it. Evidence of life is a good HTTP
 probe of the target's agent (`/health`, every `PROBE_EVERY_S`) or a heartbeat on
 `mesh.hb.<target>` (every 0.5 s). After `SUSPECT_AFTER_S` without any, the monitor publishes
 a suspicion on `mesh.suspect.<target>`; the target's other monitors then probe it every
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from nats.aio.msg import Msg
 
+from meshd.core.monitors import majority, monitor_map, monitored, targets_of
 from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity
 from meshd.meshview import MeshView
-from meshd.monitors import majority, monitor_map, monitored, targets_of
 from meshd.store import Conflict, Store
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects

@@ -23,13 +23,14 @@ import logging
 import time
 from datetime import datetime
 
+from meshd.core.health import STALE_AFTER_S
+from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.core.notify_settings import NotifySettings
+from meshd.core.spec import MASTER
+from meshd.core.status import mesh_status
 from meshd.lease import Term
 from meshd.meshview import MeshView
-from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
-from meshd.notify_settings import NotifySettings
-from meshd.observe import STALE_AFTER_S, mesh_status
 from meshd.outbox import Outbox
-from meshd.spec import MASTER
 from meshd.store import Conflict, Store, StoreUnavailable
 from plugins.notifiers import Outgoing
 from protocol import subjects

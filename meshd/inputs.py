@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from meshd.buildcontext import BuildContextError, context_digest, image_tag
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.spec import DesiredState, ServiceSpec
 from meshd.csvfile import ProjectRow, parse_projects_csv
 from meshd.deploy_config import DeployConfig, parse_deploy_config
 from meshd.desired import build_desired_state
-from meshd.errors import InputErrors, InputIssue
-from meshd.spec import DesiredState, ServiceSpec
 
 DEFAULT_CONFIG_NAME = "deployment_config.json"
 CONFIG_DIR = "${CONFIG_DIR}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from meshd.rollout import slot_port
+from meshd.core.rollout import slot_port
 from plugins.runtimes import InstanceSpec
 from protocol.messages import Allocation
 

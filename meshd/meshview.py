@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from meshd.displacement import hosted
-from meshd.notify_settings import NotifySettings
-from meshd.spec import DesiredState
+from meshd.core.displacement import hosted
+from meshd.core.notify_settings import NotifySettings
+from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.messages import Allocation, FailureRecord, NodeStatus
 from protocol.messages import DesiredState as DesiredMessage

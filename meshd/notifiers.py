@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from meshd.notify_settings import CHANNELS, SECRET_SCOPE, NotifySettings
+from meshd.core.notify_settings import CHANNELS, SECRET_SCOPE, NotifySettings
 from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
 from plugins.secrets import Secrets
 

@@ -2,7 +2,7 @@
 
 `meshctl publish` reads them beside the CSV (or from `--email-config` / `--sms-config`),
 checks them with the notifiers' own rules and publishes them with the desired state
-(`meshd.notify_settings`). They hold no secret: a file that contains `password` or
+(`meshd.core.notify_settings`). They hold no secret: a file that contains `password` or
 `auth_token` is refused with the name of the secret to set instead.
 
 Besides the notifier's settings, `email_config.json` may set how often the heartbeats go out:
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from meshd.errors import InputErrors, InputIssue
-from meshd.notify_settings import CHANNELS, EMAIL_FILE, SMS_FILE, Channel, NotifySettings
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.notify_settings import CHANNELS, EMAIL_FILE, SMS_FILE, Channel, NotifySettings
 from plugins.notifiers import NotifierConfigError, load_notifier
 
 __all__ = ["EMAIL_FILE", "SMS_FILE", "find_beside", "load_notify_settings"]

@@ -18,9 +18,9 @@ from datetime import datetime
 
 from nats.aio.msg import Msg
 
+from meshd.core.monitors import ring
+from meshd.core.notices import critical
 from meshd.meshview import MeshView
-from meshd.monitors import ring
-from meshd.notices import critical
 from meshd.notifiers import notifiers
 from meshd.store import Store
 from plugins.notifiers import NotifierConfigError, NotifyError

@@ -4,7 +4,7 @@ It starts what is missing, stops what no allocation wants, restarts crashed inst
 instances whose health check failed several times in a row, with exponential backoff, and
 reports what it observes. A new generation of a web service or worker starts beside the old
 instance, which serves until the new one is healthy and is then drained and stopped
-(`meshd.rollout`). The last applied allocations are kept on local disk, so instances
+(`meshd.core.rollout`). The last applied allocations are kept on local disk, so instances
 are brought back after an agent restart even while no NATS server answers (DESIGN.md).
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
-from meshd.environment import resolve_hosts
+from meshd.core.envvars import resolve_hosts
+from meshd.core.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
+from meshd.core.spec import ServiceKind
 from meshd.instances import instance_spec
-from meshd.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
-from meshd.spec import ServiceKind
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,
@@ -78,7 +78,7 @@ class Tracked:
     last_failed_probe: float = 0.0  # monotonic; failures count at most once per HEALTH_EVERY_S
     draining: bool = False  # replaced: reported so, stopped DRAIN_S after that report went out
     drain_reported: float | None = None  # monotonic
-    waiting: bool = False  # its replacement waits for an earlier droplet's (meshd.rollout)
+    waiting: bool = False  # its replacement waits for an earlier droplet's (meshd.core.rollout)
 
     def back_off(self, now: float) -> None:
         self.failures += 1
@@ -404,7 +404,7 @@ class Reconciler:
         self, key: str, tracked: Tracked, allocation: Allocation, found: dict[int, InstanceInfo]
     ) -> bool:
         """A replacement whose old instance still serves waits for the droplets before this
-        one to finish theirs (meshd.rollout)."""
+        one to finish theirs (meshd.core.rollout)."""
         service, slot = _service_slot(key)
         old = self.tracked.get(_instance_key(service, 1 - slot))
         serving = old is not None and old.healthy and (1 - slot) in found

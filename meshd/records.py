@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from meshd.placement import Placement
+from meshd.core.placement import Placement
 from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode

@@ -7,7 +7,7 @@ leader that dies midway is replaced by one that carries on without repeating fin
     confirmed  -> fence: the provider powers the droplet off (local: its processes and
                   containers are killed), so a half-dead droplet cannot come back serving
     fenced     -> displace: its web services and workers are given to survivors with room
-                  (`meshd.displacement`); every agent starts what the record gives it
+                  (`meshd.core.displacement`); every agent starts what the record gives it
     displaced  -> rebuild: a new droplet with the same name, address and user data from the
                   newest snapshot (`meshd.snapshots`; else the base image, and the mesh
                   deploys onto it); it joins with a new incarnation
@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from meshd.displacement import displace, not_displaced
+from meshd.core.displacement import displace, not_displaced
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
 from meshd.meshview import MeshView

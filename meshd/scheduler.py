@@ -1,7 +1,7 @@
 """The `scheduler` role: desired state -> allocations in `mesh_alloc`.
 
-`allocations_for` is the pure part (placement from `meshd.placement`, environment from
-`meshd.environment`); `Scheduler.lead` runs it whenever the desired state changes (and every
+`allocations_for` is the pure part (placement from `meshd.core.placement`, environment from
+`meshd.core.envvars`); `Scheduler.lead` runs it whenever the desired state changes (and every
 few seconds), writing only what changed and bumping the generation of what did.
 """
 
@@ -13,13 +13,13 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
-from meshd.environment import instance_environment, instance_hosts
-from meshd.errors import CapacityError
+from meshd.core.envvars import instance_environment, instance_hosts
+from meshd.core.errors import CapacityError
+from meshd.core.placement import Placement, place
+from meshd.core.spec import DesiredState
 from meshd.lease import Term
 from meshd.loops import repeat_on_changes
-from meshd.placement import Placement, place
 from meshd.records import last_placement, restart_counts
-from meshd.spec import DesiredState
 from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode, encode

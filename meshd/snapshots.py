@@ -6,8 +6,8 @@ generation and nothing else of those services is left (no rollout under way). A 
 whose generations differ from those of its newest snapshot (or that has none yet, even with
 nothing to run), and stayed so for `SETTLE_S`, is snapshotted; the snapshot is recorded in
 `mesh_snapshots/<droplet>` (newest first) and the ones past the third are deleted. Recovery
-rebuilds a failed droplet from the newest one (meshd.recovery). `settled`, `due` and `pruned`
-are the pure part.
+rebuilds a failed droplet from the newest one (`meshd.roles.recovery`). When a droplet is due
+and what is pruned is decided in `meshd.core.snapshot_policy`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
 
+from meshd.core.health import STALE_AFTER_S
+from meshd.core.snapshot_policy import KEEP, due, pruned, settled, snapshot_name
 from meshd.lease import Term
 from meshd.meshview import MeshView
-from meshd.observe import STALE_AFTER_S
 from meshd.records import snapshot_index
 from meshd.store import Store, StoreUnavailable
 from plugins.providers import (
@@ -34,51 +33,12 @@ from plugins.providers import (
 )
 from protocol import subjects
 from protocol.codec import encode
-from protocol.messages import Allocation, NodeStatus, Snapshot, SnapshotIndex
+from protocol.messages import Snapshot, SnapshotIndex
 
 log = logging.getLogger(__name__)
-KEEP = 3
 SETTLE_S = 3.0  # a droplet's generations must hold this long before it is snapshotted
 CHECK_S = 1.0
 RETRY_S = 60.0  # after a snapshot failed
-
-
-def settled(
-    droplet: str, allocations: Mapping[str, Allocation], node: NodeStatus
-) -> dict[str, int] | None:
-    """Allocation key -> generation of everything `droplet` runs, if it has settled (see the
-    module docstring); None while it has not. A droplet with nothing to run has settled too:
-    its snapshot still holds its JetStream store, which a rebuilt core droplet needs (a
-    nats-server that comes back under its name with an empty store forgets what it voted
-    and logged, and the stream it rejoins can go back in time)."""
-    mine = {k: a for k, a in allocations.items() if droplet in a.droplets}
-    for allocation in mine.values():
-        service = (allocation.project, allocation.env, allocation.service)
-        found = [i for i in node.instances if (i.project, i.env, i.service) == service]
-        if len(found) != 1:
-            return None
-        (instance,) = found
-        if not instance.healthy or instance.draining:
-            return None
-        if instance.generation != allocation.generation:
-            return None
-    return {key: a.generation for key, a in sorted(mine.items())}
-
-
-def due(generations: Mapping[str, int], index: SnapshotIndex | None) -> bool:
-    """Whether a droplet running `generations` needs a snapshot: its newest one ran others."""
-    return index is None or not index.snapshots or index.snapshots[0].generations != generations
-
-
-def pruned(index: SnapshotIndex, keep: int = KEEP) -> tuple[Snapshot, ...]:
-    """The snapshots past the newest `keep`."""
-    return index.snapshots[keep:]
-
-
-def snapshot_name(droplet: str, at: float) -> str:
-    """The seed's `<droplet>-deploy-<YYYYmmdd-HHMM>`, with seconds: two deploys a minute
-    would collide."""
-    return f"{droplet}-deploy-{datetime.fromtimestamp(at, UTC):%Y%m%d-%H%M%S}"
 
 
 class Snapshots:

@@ -223,7 +223,7 @@ class FailureRecord(Message):
     did); `incarnation` is the life of the droplet that failed; `droplet_id` the provider's id
     of the droplet that was fenced, `replacement_id` that of its replacement; `step_at` when
     the current state began; `displaced` maps the allocation keys of stateless instances that
-    run on a survivor meanwhile to that droplet (meshd.displacement)."""
+    run on a survivor meanwhile to that droplet (meshd.core.displacement)."""
 
     KIND: ClassVar[str] = "failure_record"
 

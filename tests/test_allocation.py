@@ -7,12 +7,12 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.allocation import (
+from meshd.core.resources import (
     FAMILY_SIZE,
     PORT_BASES,
     RESERVED_PORTS,
     SPARE_FAMILIES,
-    EnvAllocation,
+    EnvResources,
     allocate,
     resource_hash,
     seed_port,
@@ -118,8 +118,7 @@ def test_web_services_get_a_spare_port_half_a_family_away() -> None:
 def test_allocations_made_before_spares_get_spares_that_take_no_port_in_use() -> None:
     before = allocate(SEED_ENVS)
     stripped = {
-        key: EnvAllocation.from_data({**a.to_data(), "spare_ports": {}})
-        for key, a in before.items()
+        key: EnvResources.from_data({**a.to_data(), "spare_ports": {}}) for key, a in before.items()
     }
     after = allocate(SEED_ENVS, previous=stripped)
     for key, alloc in after.items():
@@ -131,7 +130,7 @@ def test_allocations_made_before_spares_get_spares_that_take_no_port_in_use() ->
 
 def test_allocation_round_trips_through_plain_data() -> None:
     alloc = allocate([("hostomatic", "prod")])[("hostomatic", "prod")]
-    assert EnvAllocation.from_data(alloc.to_data()) == alloc
+    assert EnvResources.from_data(alloc.to_data()) == alloc
 
 
 names = st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.sizes import SIZES
 from meshd.csvfile import MAX_PROJECT_NAME, MAX_SERVERS, ProjectRow, parse_projects_csv
-from meshd.errors import InputErrors, InputIssue
-from meshd.sizes import SIZES
 
 CASES = Path(__file__).parent / "cases"
 CSV_CASES = CASES / "csv"

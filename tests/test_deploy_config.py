@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
 from meshd.csvfile import ProjectRow
 from meshd.deploy_config import (
     MEMORY_RANGE,
@@ -25,9 +27,7 @@ from meshd.deploy_config import (
     parse_deploy_config,
 )
 from meshd.desired import build_desired_state
-from meshd.errors import InputErrors, InputIssue
 from meshd.inputs import load_desired_state
-from meshd.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "seed" / "deployment_config.json"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import meshd.reconciler
-from meshd.displacement import displace, hosted, not_displaced
+from meshd.core.displacement import displace, hosted, not_displaced
 from meshd.reconciler import Reconciler
 from protocol.messages import Allocation, FailureRecord, FailureState, NodeStatus
 from tests.support import free_port

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 
+from meshd.core.notify_settings import NotifySettings
+from meshd.core.spec import DesiredState
 from meshd.heartbeat import Heartbeat
 from meshd.lease import Term
 from meshd.meshview import MeshView
 from meshd.notifiers import Channels
-from meshd.notify_settings import NotifySettings
-from meshd.spec import DesiredState
 from meshd.store import Store
 from plugins.notifiers import NotifierConfigError
 from plugins.secrets.env import EnvSecrets

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd.lbconfig import Upstream, sites, upstreams
-from meshd.spec import DesiredState, ProjectSpec, ServiceKind, ServiceSpec
+from meshd.core.routes import Upstream, sites, upstreams
+from meshd.core.spec import DesiredState, ProjectSpec, ServiceKind, ServiceSpec
 from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
 
 NOW = 1_000_000.0

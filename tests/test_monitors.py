@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.monitors import majority, monitor_map, ring, targets_of
-from meshd.observe import open_suspicions
+from meshd.core.monitors import majority, monitor_map, ring, targets_of
+from meshd.core.status import open_suspicions
 from protocol.messages import Event
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meshd.errors import InputErrors
-from meshd.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.core.errors import InputErrors
+from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.core.notify_settings import NotifySettings
+from meshd.core.status import notifications
 from meshd.notify_files import load_notify_settings
-from meshd.notify_settings import NotifySettings
-from meshd.observe import notifications
 from meshd.quorum import teller
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event

@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import pytest
 
-from meshd.errors import CapacityError
-from meshd.placement import Placement, desired_droplets, place
-from meshd.sizes import SIZES
+from meshd.core.errors import CapacityError
+from meshd.core.placement import Placement, desired_droplets, place
+from meshd.core.sizes import SIZES
 from tests.support.states import config_from_json, seed_state, state_from_csv
 
 HEADER = "Project,Servers,MasterSpec,WebSpec\n"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from meshd.core.placement import place
+from meshd.core.plan import DropletAction, InstanceAction, make_plan
 from meshd.deploy_config import DeployConfig
-from meshd.placement import place
-from meshd.plan import DropletAction, InstanceAction, make_plan
 from tests.support.states import EXAMPLES, config_from_json, seed_state, state_from_csv
 
 HEADER = "Project,Servers,MasterSpec,WebSpec\n"

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 import meshd.reconciler
+from meshd.core.rollout import replaced_beside, replaced_on, slot_port, waiting_for
 from meshd.reconciler import Reconciler
-from meshd.rollout import replaced_beside, replaced_on, slot_port, waiting_for
 from protocol.messages import InstanceState, InstanceStatus, NodeStatus
 from tests.support import free_port
 from tests.support.mesh import HELLO

@@ -6,13 +6,13 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
-from meshd.allocation import allocate
-from meshd.environment import instance_environment, instance_hosts, resolve_hosts
+from meshd.core.envvars import instance_environment, instance_hosts, resolve_hosts
+from meshd.core.placement import place
+from meshd.core.resources import allocate
+from meshd.core.spec import ServiceKind
+from meshd.core.status import converged, mesh_status
 from meshd.meshconfig import CoreServer, MeshConfig, nats_server_conf, new_passwords
-from meshd.observe import converged, mesh_status
-from meshd.placement import place
 from meshd.scheduler import allocations_for
-from meshd.spec import ServiceKind
 from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support.nats import nats_server_binary
 from tests.support.states import config_from_json, seed_state, state_from_csv

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshd.snapshots import due, pruned, settled, snapshot_name
+from meshd.core.snapshot_policy import due, pruned, settled, snapshot_name
 from protocol.messages import (
     Allocation,
     InstanceState,

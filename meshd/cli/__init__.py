@@ -18,7 +18,7 @@ from meshd.cli.publish import publish
 from meshd.cli.restart import restart
 from meshd.cli.status import events, status
 from meshd.cli.up import up
-from meshd.errors import CapacityError, InputErrors
+from meshd.core.errors import CapacityError, InputErrors
 from protocol.errors import MeshError
 
 EXIT_FAILURE = 1

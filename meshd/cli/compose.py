@@ -9,7 +9,7 @@ import click
 
 from meshd.cli.mesh import connect, snapshot
 from meshd.context import load_context
-from meshd.environment import resolve_hosts
+from meshd.core.envvars import resolve_hosts
 from meshd.instances import instance_spec
 from plugins.runtimes.docker.compose import compose_file
 from protocol.errors import MeshError

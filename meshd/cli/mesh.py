@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.context import Context
-from meshd.observe import mesh_status
+from meshd.core.status import mesh_status
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import decode

@@ -15,10 +15,10 @@ import click
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
-from meshd.notices import critical, heartbeat, summarize
-from meshd.notify_settings import NotifySettings
+from meshd.core.notices import critical, heartbeat, summarize
+from meshd.core.notify_settings import NotifySettings
+from meshd.core.spec import DesiredState
 from meshd.outbox import Outbox
-from meshd.spec import DesiredState
 from meshd.store import Store
 from plugins.notifiers import Outgoing
 from protocol import subjects

@@ -16,14 +16,14 @@ import click
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, render_plan
 from meshd.context import load_context
+from meshd.core.placement import place
+from meshd.core.plan import DropletAction, Plan, make_plan
+from meshd.core.spec import DesiredState
+from meshd.core.status import converged
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
-from meshd.observe import converged
-from meshd.placement import place
-from meshd.plan import DropletAction, Plan, make_plan
 from meshd.publishing import StalePublish, write_desired
 from meshd.records import last_placement
-from meshd.spec import DesiredState
 from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode

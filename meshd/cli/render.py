@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from meshd.plan import DropletAction, InstanceAction, InstanceChange, Plan
-from meshd.sizes import SIZES
+from meshd.core.plan import DropletAction, InstanceAction, InstanceChange, Plan
+from meshd.core.sizes import SIZES
 from protocol.messages import Event
 
 # Pipes and CI logs get a fixed width wide enough for the allocation table.

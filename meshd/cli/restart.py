@@ -1,5 +1,5 @@
 """`meshctl restart`: replace a project environment's instances one droplet at a time, each
-new instance beside the old one, so that no request is lost (meshd.rollout)."""
+new instance beside the old one, so that no request is lost (meshd.core.rollout)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import click
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
-from meshd.rollout import replaced_beside, replaced_on
-from meshd.spec import ENVIRONMENTS, ServiceKind
+from meshd.core.rollout import replaced_beside, replaced_on
+from meshd.core.spec import ENVIRONMENTS, ServiceKind
 from meshd.store import Conflict, Store
 from protocol import subjects
 from protocol.codec import decode, encode

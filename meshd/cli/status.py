@@ -16,7 +16,7 @@ from rich.markup import escape
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, events_table, status_tables
 from meshd.context import load_context
-from meshd.observe import notifications, open_suspicions
+from meshd.core.status import notifications, open_suspicions
 from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.messages import Event

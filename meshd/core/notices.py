@@ -1,5 +1,5 @@
 """What the mesh tells its operator (pure): the seed's three messages, from what `meshctl
-status` knows (`meshd.observe.mesh_status`) and the recent events.
+status` knows (`meshd.core.status.mesh_status`) and the recent events.
 
 - `✅ Infrastructure OK - HH:MM`: the regular heartbeat ("silence is the alarm"); when some
   service is not whole it says so in its subject, `⚠️ Infrastructure degraded - HH:MM`, so
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from meshd.spec import MASTER
+from meshd.core.spec import MASTER
 from plugins.notifiers import Outgoing
 from plugins.templating import render
 from protocol.messages import Event

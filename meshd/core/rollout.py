@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from meshd.observe import STALE_AFTER_S
-from meshd.spec import ServiceKind
+from meshd.core.health import STALE_AFTER_S
+from meshd.core.spec import ServiceKind
 from protocol.messages import Allocation, InstanceStatus, NodeStatus
 
 DRAIN_S = 5.0  # an old instance stops this long after its droplet reported it draining

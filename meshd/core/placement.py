@@ -17,10 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.allocation import EnvAllocation, EnvKey, allocate
-from meshd.errors import CapacityError, Overcommit
-from meshd.sizes import SIZES, largest
-from meshd.spec import ENVIRONMENTS, MASTER, DesiredState, ProjectSpec, ServiceKind, ServiceSpec
+from meshd.core.errors import CapacityError, Overcommit
+from meshd.core.resources import EnvKey, EnvResources, allocate
+from meshd.core.sizes import SIZES, largest
+from meshd.core.spec import (
+    ENVIRONMENTS,
+    MASTER,
+    DesiredState,
+    ProjectSpec,
+    ServiceKind,
+    ServiceSpec,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +71,13 @@ class Instance:
 class Placement:
     droplets: tuple[Droplet, ...]
     instances: tuple[Instance, ...]
-    allocations: tuple[EnvAllocation, ...]
+    allocations: tuple[EnvResources, ...]
 
     @property
     def monthly_usd(self) -> float:
         return sum(SIZES[d.size].monthly_usd for d in self.droplets)
 
-    def allocation_map(self) -> dict[EnvKey, EnvAllocation]:
+    def allocation_map(self) -> dict[EnvKey, EnvResources]:
         return {a.key: a for a in self.allocations}
 
     def to_data(self) -> dict[str, Any]:
@@ -85,7 +92,7 @@ class Placement:
         return cls(
             droplets=tuple(Droplet(**d) for d in data["droplets"]),
             instances=tuple(Instance(**i) for i in data["instances"]),
-            allocations=tuple(EnvAllocation.from_data(a) for a in data["allocations"]),
+            allocations=tuple(EnvResources.from_data(a) for a in data["allocations"]),
         )
 
 
@@ -128,7 +135,7 @@ def check_capacity(droplets: Sequence[Droplet], instances: Sequence[Instance]) -
     ]
 
 
-def _instances(project: ProjectSpec, env: str, alloc: EnvAllocation) -> list[Instance]:
+def _instances(project: ProjectSpec, env: str, alloc: EnvResources) -> list[Instance]:
     dedicated = project.dedicated_droplets
     instances = []
     workers = 0
@@ -151,6 +158,6 @@ def _instances(project: ProjectSpec, env: str, alloc: EnvAllocation) -> list[Ins
     return instances
 
 
-def _fingerprint(service: ServiceSpec, alloc: EnvAllocation) -> str:
+def _fingerprint(service: ServiceSpec, alloc: EnvResources) -> str:
     blob = json.dumps([service.to_data(), alloc.to_data()], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

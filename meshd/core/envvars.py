@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from meshd.allocation import EnvAllocation
-from meshd.spec import MASTER, ServiceKind
+from meshd.core.resources import EnvResources
+from meshd.core.spec import MASTER, ServiceKind
 
 VAULT_PORT = 8200
 OPENSEARCH_PORT = 9200
@@ -34,7 +34,7 @@ def instance_hosts(placed: Mapping[str, Sequence[str]]) -> dict[str, str]:
 
 
 def instance_environment(
-    alloc: EnvAllocation, service: str, kind: ServiceKind, droplets: Sequence[str]
+    alloc: EnvResources, service: str, kind: ServiceKind, droplets: Sequence[str]
 ) -> dict[str, str]:
     """Every other variable of the seed's list."""
     h = alloc.hash

@@ -35,7 +35,7 @@ class AllocationError(MeshError):
 
 
 @dataclass(frozen=True, slots=True)
-class EnvAllocation:
+class EnvResources:
     project: str
     env: str
     hash: str
@@ -60,7 +60,7 @@ class EnvAllocation:
         }
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> EnvAllocation:
+    def from_data(cls, data: Mapping[str, Any]) -> EnvResources:
         return cls(
             project=data["project"],
             env=data["env"],
@@ -87,8 +87,8 @@ def database_name(project: str, env: str, digest: str) -> str:
 
 
 def allocate(
-    wanted: Iterable[EnvKey], previous: Mapping[EnvKey, EnvAllocation] | None = None
-) -> dict[EnvKey, EnvAllocation]:
+    wanted: Iterable[EnvKey], previous: Mapping[EnvKey, EnvResources] | None = None
+) -> dict[EnvKey, EnvResources]:
     """Allocations for `wanted` project environments, keeping every previous one that is still
     wanted unchanged; newcomers are served in name order, then spare ports are given to
     whoever lacks them (allocations made before spares existed get theirs here)."""
@@ -107,7 +107,7 @@ def allocate(
             port = _free_port(family, int(digest, 16), taken[family])
             taken[family].add(port)
             ports[family] = port
-        result[(project, env)] = EnvAllocation(
+        result[(project, env)] = EnvResources(
             project=project,
             env=env,
             hash=digest,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
-from meshd.spec import MASTER
+from meshd.core.spec import MASTER
 
 MAX_MONITORS = 3
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from meshd.allocation import EnvAllocation
-from meshd.placement import Droplet, Instance, Placement
+from meshd.core.placement import Droplet, Instance, Placement
+from meshd.core.resources import EnvResources
 
 
 class DropletAction(StrEnum):
@@ -53,7 +53,7 @@ class InstanceChange:
 class Plan:
     droplets: tuple[DropletChange, ...]
     instances: tuple[InstanceChange, ...]
-    allocations: tuple[EnvAllocation, ...]
+    allocations: tuple[EnvResources, ...]
     monthly_usd: float
     previous_monthly_usd: float
 

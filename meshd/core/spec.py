@@ -134,7 +134,9 @@ class ProjectSpec:
 class DesiredState:
     projects: tuple[ProjectSpec, ...]
     platform: str = "docker"
-    notify: dict[str, Any] = field(default_factory=dict)  # meshd.notify_settings.NotifySettings
+    notify: dict[str, Any] = field(
+        default_factory=dict
+    )  # meshd.core.notify_settings.NotifySettings
 
     def project(self, name: str) -> ProjectSpec:
         for project in self.projects:

@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from meshd.displacement import hosted
-from meshd.monitors import monitor_map, monitored, targets_of
+from meshd.core.displacement import hosted
+from meshd.core.health import STALE_AFTER_S, healthy_servers, live_instances, serves
+from meshd.core.monitors import monitor_map, monitored, targets_of
 from protocol.messages import (
     Allocation,
     Event,
     FailureRecord,
-    InstanceStatus,
     Lease,
     NodeStatus,
     SnapshotIndex,
 )
-
-STALE_AFTER_S = 15.0
 
 
 def mesh_status(
@@ -88,40 +86,6 @@ def _newest(index: SnapshotIndex | None, now: float) -> dict[str, Any] | None:
         "age_s": round(max(0.0, now - newest.created_at), 1),
         "kept": len(index.snapshots),
     }
-
-
-def live_instances(
-    allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
-) -> Iterator[tuple[NodeStatus, InstanceStatus]]:
-    """The allocation's instances as reported by its droplets that still report."""
-    key = (allocation.project, allocation.env, allocation.service)
-    for droplet in allocation.droplets:
-        node = nodes.get(droplet)
-        if node is None or now - node.updated_at >= STALE_AFTER_S:
-            continue
-        for instance in node.instances:
-            if (instance.project, instance.env, instance.service) == key:
-                yield node, instance
-
-
-def serves(instance: InstanceStatus, allocation: Allocation) -> bool:
-    """Whether the instance counts towards the allocation: its current generation, healthy."""
-    return (
-        instance.healthy and instance.generation == allocation.generation and not instance.draining
-    )
-
-
-def healthy_servers(
-    allocation: Allocation, nodes: Mapping[str, NodeStatus], now: float
-) -> list[str]:
-    """`address:port` of the instances that pass their health check, are not draining and sit
-    on a droplet that reports: what a load balancer may use. During a rollout that includes
-    old generations still serving beside the new (meshd.rollout)."""
-    return sorted(
-        f"{node.address}:{instance.port or allocation.port}"
-        for node, instance in live_instances(allocation, nodes, now)
-        if instance.healthy and not instance.draining
-    )
 
 
 def service_status(

@@ -17,8 +17,8 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 
-from meshd.sizes import SIZES
-from meshd.spec import ServiceKind
+from meshd.core.sizes import SIZES
+from meshd.core.spec import ServiceKind
 from protocol.messages import Allocation, FailureRecord, NodeStatus
 
 STATELESS_KINDS = frozenset({ServiceKind.WEB.value, ServiceKind.WORKER.value})

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from meshd.observe import healthy_servers
-from meshd.spec import DesiredState, ServiceKind
+from meshd.core.health import healthy_servers
+from meshd.core.spec import DesiredState, ServiceKind
 from plugins.lb import Site, Upstream
 from protocol.messages import Allocation, NodeStatus
 
