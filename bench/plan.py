@@ -12,9 +12,9 @@ import tracemalloc
 
 from meshd.core.placement import place
 from meshd.core.plan import make_plan
-from meshd.csvfile import parse_projects_csv
-from meshd.deploy_config import DeployConfig
-from meshd.desired import build_desired_state
+from meshd.inputs.csvfile import parse_projects_csv
+from meshd.inputs.deploy_config import DeployConfig
+from meshd.inputs.merge import build_desired_state
 
 
 def generated_csv(projects: int) -> bytes:

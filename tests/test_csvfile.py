@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.sizes import SIZES
-from meshd.csvfile import MAX_PROJECT_NAME, MAX_SERVERS, ProjectRow, parse_projects_csv
+from meshd.inputs.csvfile import MAX_PROJECT_NAME, MAX_SERVERS, ProjectRow, parse_projects_csv
 
 CASES = Path(__file__).parent / "cases"
 CSV_CASES = CASES / "csv"

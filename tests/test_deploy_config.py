@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
-from meshd.csvfile import ProjectRow
-from meshd.deploy_config import (
+from meshd.inputs import load_desired_state
+from meshd.inputs.csvfile import ProjectRow
+from meshd.inputs.deploy_config import (
     MEMORY_RANGE,
     PLATFORMS,
     SECRET_NAME,
@@ -26,8 +27,7 @@ from meshd.deploy_config import (
     DeployConfig,
     parse_deploy_config,
 )
-from meshd.desired import build_desired_state
-from meshd.inputs import load_desired_state
+from meshd.inputs.merge import build_desired_state
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "seed" / "deployment_config.json"

@@ -17,7 +17,7 @@ from meshd.core.errors import InputErrors
 from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.status import notifications
-from meshd.notify_files import load_notify_settings
+from meshd.inputs.notify_files import load_notify_settings
 from meshd.quorum import teller
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event

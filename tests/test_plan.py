@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, InstanceAction, make_plan
-from meshd.deploy_config import DeployConfig
+from meshd.inputs.deploy_config import DeployConfig
 from tests.support.states import EXAMPLES, config_from_json, seed_state, state_from_csv
 
 HEADER = "Project,Servers,MasterSpec,WebSpec\n"

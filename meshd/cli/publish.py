@@ -21,7 +21,7 @@ from meshd.core.plan import DropletAction, Plan, make_plan
 from meshd.core.spec import DesiredState
 from meshd.core.status import converged
 from meshd.inputs import find_deploy_config, load_desired_state
-from meshd.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
+from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from meshd.publishing import StalePublish, write_desired
 from meshd.records import last_placement
 from meshd.store import Store

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshd.core.spec import DesiredState
-from meshd.csvfile import parse_projects_csv
-from meshd.deploy_config import DeployConfig, parse_deploy_config
-from meshd.desired import build_desired_state
+from meshd.inputs.csvfile import parse_projects_csv
+from meshd.inputs.deploy_config import DeployConfig, parse_deploy_config
+from meshd.inputs.merge import build_desired_state
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.spec import DesiredState, ProjectSpec
-from meshd.csvfile import ProjectRow
-from meshd.deploy_config import DeployConfig, ProjectConfig, default_services, json_path
+from meshd.inputs.csvfile import ProjectRow
+from meshd.inputs.deploy_config import DeployConfig, ProjectConfig, default_services, json_path
 
 
 def build_desired_state(

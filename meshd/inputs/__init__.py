@@ -1,4 +1,10 @@
-"""Reading the operator's files from disk into a validated `DesiredState`."""
+"""The operator's files -> a validated `DesiredState` (runs in `meshctl` only).
+
+`csvfile` parses `projects.csv`, `deploy_config` the deployment config, `merge` combines them,
+`buildcontext` fingerprints build contexts into image tags and `notify_files` reads the
+notification files. Every problem of every file is reported at once (`InputErrors`). This
+module reads them from disk.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from meshd.buildcontext import BuildContextError, context_digest, image_tag
 from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.spec import DesiredState, ServiceSpec
-from meshd.csvfile import ProjectRow, parse_projects_csv
-from meshd.deploy_config import DeployConfig, parse_deploy_config
-from meshd.desired import build_desired_state
+from meshd.inputs.buildcontext import BuildContextError, context_digest, image_tag
+from meshd.inputs.csvfile import ProjectRow, parse_projects_csv
+from meshd.inputs.deploy_config import DeployConfig, parse_deploy_config
+from meshd.inputs.merge import build_desired_state
 
 DEFAULT_CONFIG_NAME = "deployment_config.json"
 CONFIG_DIR = "${CONFIG_DIR}"
