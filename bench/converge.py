@@ -71,7 +71,7 @@ def processes(state: Path) -> dict[str, list[int]]:
         text = [a.decode(errors="replace") for a in argv]
         if not any(str(state) in a for a in text):
             continue
-        if "agent" in text and any("meshd.agent_cli" in a for a in text):
+        if "agent" in text and any(a in ("meshd.agent", "meshd.agent_cli") for a in text):
             found["meshd"].append(int(proc.name))
         elif text and text[0].endswith("nats-server"):
             found["nats"].append(int(proc.name))

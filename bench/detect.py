@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from lb import MESHCTL, Requests, meshctl, operator_store, write_inputs  # noqa: E402
 
-from meshd.store import Store  # noqa: E402
+from meshd.agent.store import Store  # noqa: E402
 from plugins.providers import ProviderError  # noqa: E402
 from protocol import subjects  # noqa: E402
 from protocol.codec import decode  # noqa: E402
@@ -250,9 +250,9 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
 async def measure(
     home: Path, env: dict[str, str], url: str, kill_count: int, soak_s: float
 ) -> dict[str, Any]:
+    from meshd.agent.config import mesh_tag
     from meshd.cli.up import open_provider
     from meshd.context import load_context
-    from meshd.meshconfig import mesh_tag
 
     store: Store = await operator_store(home / "config")
     context = load_context(None)

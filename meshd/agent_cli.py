@@ -1,50 +1,8 @@
-"""`meshd`, the agent's entry point: `meshd agent DIR` runs the agent of a droplet,
-`meshd droplet DIR` supervises a local droplet (nats-server + agent)."""
+"""Kept for local meshes started before the agent moved to `meshd.agent`: their droplets'
+launcher runs `python -m meshd.agent_cli droplet DIR`. The entry point is
+`meshd.agent.__main__`."""
 
-from __future__ import annotations
-
-import argparse
-import asyncio
-import logging
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-from meshd import __version__
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="meshd",
-        description="The meshd agent: one runs on every droplet of a mesh. It is started by "
-        "the droplet's bootstrap (systemd unit, or `meshctl up --local`), not by hand.",
-    )
-    parser.add_argument("--version", action="version", version=f"meshd {__version__}")
-    parser.add_argument("--debug", action="store_true", help="log at debug level")
-    commands = parser.add_subparsers(dest="command", required=True)
-    agent = commands.add_parser("agent", help="run the agent of the droplet in DIR")
-    agent.add_argument("dir", type=Path, help="droplet directory (droplet.json, user_data)")
-    droplet = commands.add_parser("droplet", help="supervise a local droplet in DIR")
-    droplet.add_argument("dir", type=Path, help="droplet directory (droplet.json, user_data)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("nats").setLevel(logging.CRITICAL)
-    try:
-        if args.command == "agent":
-            from meshd.agent import run_agent
-
-            asyncio.run(run_agent(args.dir.resolve()))
-        else:
-            from meshd.droplet import supervise
-
-            supervise(args.dir.resolve())
-    except KeyboardInterrupt:
-        pass
-
+from meshd.agent.__main__ import main
 
 if __name__ == "__main__":
     main()

@@ -22,12 +22,12 @@ import logging
 import time
 from pathlib import Path
 
+from meshd.agent.config import DropletIdentity, MeshConfig
+from meshd.agent.lease import Term
+from meshd.agent.loops import SETTLE_S
+from meshd.agent.meshview import MeshView
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.routes import sites, upstreams
-from meshd.lease import Term
-from meshd.loops import SETTLE_S
-from meshd.meshconfig import DropletIdentity, MeshConfig
-from meshd.meshview import MeshView
-from meshd.store import Store, StoreUnavailable
 from plugins.lb import ConfigRejected, LbConfig, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 
 from nats.aio.msg import Msg
 
-from meshd.lease import Term
-from meshd.store import Store, StoreUnavailable, WorkQueue
+from meshd.agent.lease import Term
+from meshd.agent.store import Store, StoreUnavailable, WorkQueue
 from plugins.notifiers import Notifier, NotifierConfigError, NotifyError, Outgoing
 from protocol import subjects
 from protocol.codec import decode

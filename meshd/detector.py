@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from nats.aio.msg import Msg
 
+from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
+from meshd.agent.meshview import MeshView
+from meshd.agent.store import Conflict, Store
 from meshd.core.monitors import majority, monitor_map, monitored, targets_of
-from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity
-from meshd.meshview import MeshView
-from meshd.store import Conflict, Store
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects
 from protocol.codec import decode, encode

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.meshconfig import DropletIdentity, MeshConfig, nats_server_conf
+from meshd.agent.config import DropletIdentity, MeshConfig, nats_server_conf
 
 log = logging.getLogger(__name__)
 PR_SET_CHILD_SUBREAPER = 36
@@ -66,7 +66,7 @@ def children(droplet_dir: Path) -> list[Child]:
             conf.chmod(0o600)
             argv = [nats_server_binary(), "-c", str(conf)]
             result.append(Child("nats-server", argv, droplet_dir / "nats-server.log"))
-    agent = [sys.executable, "-m", "meshd.agent_cli", "agent", str(droplet_dir)]
+    agent = [sys.executable, "-m", "meshd.agent", "agent", str(droplet_dir)]
     result.append(Child("agent", agent, droplet_dir / "agent.log"))
     return result
 

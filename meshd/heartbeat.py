@@ -23,15 +23,15 @@ import logging
 import time
 from datetime import datetime
 
+from meshd.agent.lease import Term
+from meshd.agent.meshview import MeshView
+from meshd.agent.outbox import Outbox
+from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.health import STALE_AFTER_S
 from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import MASTER
 from meshd.core.status import mesh_status
-from meshd.lease import Term
-from meshd.meshview import MeshView
-from meshd.outbox import Outbox
-from meshd.store import Conflict, Store, StoreUnavailable
 from plugins.notifiers import Outgoing
 from protocol import subjects
 from protocol.codec import decode, encode

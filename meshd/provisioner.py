@@ -13,11 +13,11 @@ import contextlib
 import logging
 import time
 
-from meshd.lease import Term
-from meshd.loops import repeat_on_change
-from meshd.meshconfig import WEB_TAG, MeshConfig, mesh_tag
-from meshd.records import last_placement
-from meshd.store import Conflict, Store
+from meshd.agent.config import WEB_TAG, MeshConfig, mesh_tag
+from meshd.agent.lease import Term
+from meshd.agent.loops import repeat_on_change
+from meshd.agent.records import last_placement
+from meshd.agent.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
 from protocol.codec import decode, encode

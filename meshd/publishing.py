@@ -3,7 +3,7 @@ against, so that two operators publishing at once cannot overwrite each other si
 
 from __future__ import annotations
 
-from meshd.store import Conflict, Entry, Store
+from meshd.agent.store import Conflict, Entry, Store
 from protocol import subjects
 from protocol.codec import encode
 from protocol.errors import MeshError

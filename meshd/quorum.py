@@ -18,11 +18,11 @@ from datetime import datetime
 
 from nats.aio.msg import Msg
 
+from meshd.agent.meshview import MeshView
+from meshd.agent.notifiers import notifiers
+from meshd.agent.store import Store
 from meshd.core.monitors import ring
 from meshd.core.notices import critical
-from meshd.meshview import MeshView
-from meshd.notifiers import notifiers
-from meshd.store import Store
 from plugins.notifiers import NotifierConfigError, NotifyError
 from plugins.secrets import Secrets
 from protocol import subjects

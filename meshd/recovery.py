@@ -25,12 +25,12 @@ import logging
 import time
 from typing import Any
 
+from meshd.agent.lease import Term
+from meshd.agent.loops import repeat_on_changes
+from meshd.agent.meshview import MeshView
+from meshd.agent.records import snapshot_index
+from meshd.agent.store import Conflict, Store
 from meshd.core.displacement import displace, not_displaced
-from meshd.lease import Term
-from meshd.loops import repeat_on_changes
-from meshd.meshview import MeshView
-from meshd.records import snapshot_index
-from meshd.store import Conflict, Store
 from plugins.providers import (
     DropletNotFound,
     DropletRecord,

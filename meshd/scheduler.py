@@ -13,14 +13,14 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
+from meshd.agent.lease import Term
+from meshd.agent.loops import repeat_on_changes
+from meshd.agent.records import last_placement, restart_counts
+from meshd.agent.store import Store
 from meshd.core.envvars import instance_environment, instance_hosts
 from meshd.core.errors import CapacityError
 from meshd.core.placement import Placement, place
 from meshd.core.spec import DesiredState
-from meshd.lease import Term
-from meshd.loops import repeat_on_changes
-from meshd.records import last_placement, restart_counts
-from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError

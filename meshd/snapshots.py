@@ -18,12 +18,12 @@ import dataclasses
 import logging
 import time
 
+from meshd.agent.lease import Term
+from meshd.agent.meshview import MeshView
+from meshd.agent.records import snapshot_index
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.health import STALE_AFTER_S
 from meshd.core.snapshot_policy import KEEP, due, pruned, settled, snapshot_name
-from meshd.lease import Term
-from meshd.meshview import MeshView
-from meshd.records import snapshot_index
-from meshd.store import Store, StoreUnavailable
 from plugins.providers import (
     DropletRecord,
     Provider,

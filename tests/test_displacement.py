@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import meshd.reconciler
+import meshd.agent.reconciler
+from meshd.agent.reconciler import Reconciler
 from meshd.core.displacement import displace, hosted, not_displaced
-from meshd.reconciler import Reconciler
 from protocol.messages import Allocation, FailureRecord, FailureState, NodeStatus
 from tests.support import free_port
 from tests.support.reconciling import allocation, publish_status, served
@@ -128,7 +128,7 @@ def test_agents_add_the_survivors_to_the_allocations_until_the_failure_record_go
 async def test_a_displaced_instance_serves_on_the_survivor_then_drains_when_the_failure_ends(
     reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(meshd.reconciler, "DRAIN_S", 0.5)
+    monkeypatch.setattr(meshd.agent.reconciler, "DRAIN_S", 0.5)
     port = free_port()
     allocations = {BACKEND: service("backend", ("web2",), port=port, spare_port=free_port())}
     await reconciler.apply(hosted(allocations, {}))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
+from meshd.agent.lease import Term
+from meshd.agent.meshview import MeshView
+from meshd.agent.notifiers import Channels
+from meshd.agent.store import Store
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
 from meshd.heartbeat import Heartbeat
-from meshd.lease import Term
-from meshd.meshview import MeshView
-from meshd.notifiers import Channels
-from meshd.store import Store
 from plugins.notifiers import NotifierConfigError
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 import meshd.courier
+from meshd.agent.lease import Term
+from meshd.agent.outbox import Outbox
+from meshd.agent.store import Store
 from meshd.courier import Courier
-from meshd.lease import Term
-from meshd.outbox import Outbox
-from meshd.store import Store
 from plugins.notifiers import Notifier, NotifierConfigError, load_notifier
 from protocol.messages import Event, Notification
 from tests.support import free_port

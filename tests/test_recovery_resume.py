@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from meshd.lease import LeaseLost, Term
-from meshd.meshview import MeshView
+from meshd.agent.lease import LeaseLost, Term
+from meshd.agent.meshview import MeshView
+from meshd.agent.store import Store
 from meshd.recovery import Recovery
-from meshd.store import Store
 from plugins.providers import Fence, ProviderContext, StaleFence
 from plugins.providers.local import LocalProvider, create
 from protocol import subjects

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-import meshd.reconciler
+import meshd.agent.reconciler
+from meshd.agent.reconciler import Reconciler
 from meshd.core.rollout import replaced_beside, replaced_on, slot_port, waiting_for
-from meshd.reconciler import Reconciler
 from protocol.messages import InstanceState, InstanceStatus, NodeStatus
 from tests.support import free_port
 from tests.support.mesh import HELLO
@@ -95,7 +95,7 @@ def test_a_droplet_is_replaced_when_only_the_new_healthy_instance_is_left() -> N
 async def test_a_new_generation_serves_before_the_old_one_drains_and_stops(
     reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(meshd.reconciler, "DRAIN_S", 0.5)
+    monkeypatch.setattr(meshd.agent.reconciler, "DRAIN_S", 0.5)
     port, spare = free_port(), free_port()
     first = allocation(generation=1, droplets=("web1",), port=port, spare_port=spare)
     await reconciler.apply({"shop.prod.backend": first})

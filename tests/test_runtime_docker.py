@@ -400,7 +400,7 @@ async def test_an_engine_that_does_not_answer_is_reported_as_unavailable(
 async def test_an_engine_that_does_not_answer_is_every_instances_error(
     tmp_path: Path,
 ) -> None:
-    from meshd.reconciler import Reconciler
+    from meshd.agent.reconciler import Reconciler
     from plugins.secrets.env import EnvSecrets
     from protocol.messages import Allocation
 
@@ -456,8 +456,8 @@ def allocation_of(spec: InstanceSpec) -> Any:
 async def test_a_removed_allocation_stops_at_once_an_unknown_container_after_a_grace(
     make_runtime: MakeRuntime, test_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import meshd.reconciler
-    from meshd.reconciler import Reconciler
+    import meshd.agent.reconciler
+    from meshd.agent.reconciler import Reconciler
     from plugins.secrets.env import EnvSecrets
 
     runtime = make_runtime()
@@ -473,6 +473,6 @@ async def test_a_removed_allocation_stops_at_once_an_unknown_container_after_a_g
     await reconciler.reconcile()
     assert [i.key for i in await runtime.list()] == ["shop.test.stray"]  # in its grace period
 
-    monkeypatch.setattr(meshd.reconciler, "UNWANTED_GRACE_S", 0.0)
+    monkeypatch.setattr(meshd.agent.reconciler, "UNWANTED_GRACE_S", 0.0)
     await reconciler.reconcile()
     assert await runtime.list() == []

@@ -6,12 +6,12 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
+from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
 from meshd.core.envvars import instance_environment, instance_hosts, resolve_hosts
 from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
 from meshd.core.status import converged, mesh_status
-from meshd.meshconfig import CoreServer, MeshConfig, nats_server_conf, new_passwords
 from meshd.scheduler import allocations_for
 from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support.nats import nats_server_binary

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lease import LeaseKeeper, LeaseTiming, Term
-from meshd.store import Conflict, Store, StoreUnavailable
+from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.agent.store import Conflict, Store, StoreUnavailable
 from protocol import subjects
 from tests.support.jetstream import connect
 from tests.support.nats import NatsServer, running_nats

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import click
 
+from meshd.agent.instances import instance_spec
 from meshd.cli.mesh import connect, snapshot
 from meshd.context import load_context
 from meshd.core.envvars import resolve_hosts
-from meshd.instances import instance_spec
 from plugins.runtimes.docker.compose import compose_file
 from protocol.errors import MeshError
 from protocol.messages import Allocation

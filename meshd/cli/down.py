@@ -8,10 +8,10 @@ import shutil
 
 import click
 
+from meshd.agent.config import mesh_tag
 from meshd.cli.render import console
 from meshd.cli.up import open_provider
 from meshd.context import load_context, remove_context
-from meshd.meshconfig import mesh_tag
 from plugins.providers import DropletNotFound
 
 

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.context import Context
 from meshd.core.status import mesh_status
-from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import decode
 from protocol.messages import Allocation, FailureRecord, Lease, NodeStatus, SnapshotIndex

@@ -12,14 +12,14 @@ from datetime import datetime
 
 import click
 
+from meshd.agent.outbox import Outbox
+from meshd.agent.store import Store
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
 from meshd.core.notices import critical, heartbeat, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
-from meshd.outbox import Outbox
-from meshd.store import Store
 from plugins.notifiers import Outgoing
 from protocol import subjects
 from protocol.codec import decode

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from meshd.agent.records import last_placement
+from meshd.agent.store import Store
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, render_plan
 from meshd.context import load_context
@@ -23,8 +25,6 @@ from meshd.core.status import converged
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from meshd.publishing import StalePublish, write_desired
-from meshd.records import last_placement
-from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError

@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 
+from meshd.agent.store import Conflict, Store
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
 from meshd.core.rollout import replaced_beside, replaced_on
 from meshd.core.spec import ENVIRONMENTS, ServiceKind
-from meshd.store import Conflict, Store
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError

@@ -13,11 +13,11 @@ from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console, events_table, status_tables
 from meshd.context import load_context
 from meshd.core.status import notifications, open_suspicions
-from meshd.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.messages import Event
 

@@ -13,11 +13,7 @@ from typing import Any
 
 import click
 
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console
-from meshd.context import Context, NoMeshError, load_context, state_home
-from meshd.local.power import follow_power
-from meshd.meshconfig import (
+from meshd.agent.config import (
     CORE_TAG,
     DEFAULT_ENTRY_PORT,
     CoreServer,
@@ -26,7 +22,11 @@ from meshd.meshconfig import (
     mesh_tag,
     new_passwords,
 )
-from meshd.store import StoreUnavailable
+from meshd.agent.store import StoreUnavailable
+from meshd.cli.mesh import connect, snapshot
+from meshd.cli.render import console
+from meshd.context import Context, NoMeshError, load_context, state_home
+from meshd.local.power import follow_power
 from plugins.providers import (
     DropletRecord,
     DropletStatus,
@@ -52,7 +52,7 @@ def core_names(count: int) -> list[str]:
 def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
     config: dict[str, object] = {
         "dir": str(state_home() / context_name / "provider"),
-        "launcher": [sys.executable, "-m", "meshd.agent_cli", "droplet"],
+        "launcher": [sys.executable, "-m", "meshd.agent", "droplet"],
     }
     if netns:
         config["network"] = "netns"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from meshd.lease import Term
+from meshd.agent.lease import Term
 from protocol.subjects import Role
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.store import Store
+from meshd.agent.store import Store
 from tests.support.nats import NatsServer, running_nats
 
 

@@ -125,7 +125,7 @@ class LocalMesh:
         """The nats-server leading a KV bucket's stream (asked with the operator's context)."""
         import asyncio
 
-        from meshd.store import Store
+        from meshd.agent.store import Store
 
         context = json.loads(next((self.home / "config" / "contexts").glob("*.json")).read_text())
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
 from meshd.droplet import nats_server_binary
-from meshd.meshconfig import CoreServer, MeshConfig, nats_server_conf, new_passwords
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from meshd.reconciler import Reconciler
+from meshd.agent.reconciler import Reconciler
 from plugins.runtimes import RuntimeContext
 from plugins.runtimes.process import ProcessRuntime
 from plugins.secrets.env import EnvSecrets

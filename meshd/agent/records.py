@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from meshd.agent.store import Store
 from meshd.core.placement import Placement
-from meshd.store import Store
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import ProtocolError

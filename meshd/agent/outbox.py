@@ -5,7 +5,7 @@ how many wait."""
 
 from __future__ import annotations
 
-from meshd.store import Store
+from meshd.agent.store import Store
 from protocol import subjects
 from protocol.codec import encode
 from protocol.messages import Notification

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from meshd.store import Store, StoreUnavailable
+from meshd.agent.store import Store, StoreUnavailable
 from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.messages import Message

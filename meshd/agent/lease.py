@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from meshd.store import Conflict, Store, StoreUnavailable
+from meshd.agent.store import Conflict, Store, StoreUnavailable
 from plugins.providers import Fence
 from protocol import subjects
 from protocol.codec import encode

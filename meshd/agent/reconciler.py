@@ -23,10 +23,10 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
+from meshd.agent.instances import instance_spec
 from meshd.core.envvars import resolve_hosts
 from meshd.core.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
 from meshd.core.spec import ServiceKind
-from meshd.instances import instance_spec
 from plugins.runtimes import (
     InstanceInfo,
     InstancePhase,

@@ -17,27 +17,27 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from meshd.api import create_app
+from meshd.agent.api import create_app
+from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
+from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.agent.loops import follow
+from meshd.agent.membership import Membership, next_incarnation, node_status
+from meshd.agent.meshview import MeshView
+from meshd.agent.notifiers import Channels
+from meshd.agent.reconciler import Reconciler
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.balancer import Balancer
 from meshd.core.spec import MASTER
 from meshd.courier import Courier
 from meshd.detector import Detector
 from meshd.heartbeat import Heartbeat
-from meshd.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.local.power import follow_power
-from meshd.loops import follow
-from meshd.membership import Membership, next_incarnation, node_status
-from meshd.meshconfig import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
-from meshd.meshview import MeshView
-from meshd.notifiers import Channels
 from meshd.provisioner import Provisioner
 from meshd.quorum import QuorumWatch
-from meshd.reconciler import Reconciler
 from meshd.recovery import Recovery
 from meshd.roles import Together
 from meshd.scheduler import Scheduler
 from meshd.snapshots import Snapshots
-from meshd.store import Store, StoreUnavailable
 from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets

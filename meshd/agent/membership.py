@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meshd.meshconfig import DropletIdentity
-from meshd.store import Store, StoreUnavailable
+from meshd.agent.config import DropletIdentity
+from meshd.agent.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import encode
 from protocol.messages import Heartbeat, InstanceStatus, NodeStatus
