@@ -37,7 +37,7 @@ from plugins.providers import DropletStatus, Provider
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import FailureRecord, FailureState, Heartbeat, Suspicion, Verdict
+from protocol.messages import FailureRecord, FailureState, LivenessBeat, Suspicion, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Detector:
         async with aiohttp.ClientSession() as http:
             self._http = http
             subscriptions = [
-                await self.store.subscribe(subjects.HEARTBEATS_ALL, self._on_heartbeat),
+                await self.store.subscribe(subjects.BEATS_ALL, self._on_heartbeat),
                 await self.store.subscribe(subjects.SUSPECTS_ALL, self._on_vote),
                 await self.store.subscribe(subjects.probe(self.me), self._on_probe_request),
             ]
@@ -205,7 +205,7 @@ class Detector:
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
-            beat = decode(msg.data, Heartbeat)
+            beat = decode(msg.data, LivenessBeat)
         except ProtocolError:
             return
         watch = self.watches.get(beat.droplet)

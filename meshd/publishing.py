@@ -7,14 +7,14 @@ from meshd.agent.store import Conflict, Entry, Store
 from protocol import subjects
 from protocol.codec import encode
 from protocol.errors import MeshError
-from protocol.messages import DesiredState
+from protocol.messages import PublishedSpec
 
 
 class StalePublish(MeshError):
     """The desired state changed after it was read."""
 
 
-async def write_desired(store: Store, message: DesiredState, current: Entry | None) -> int:
+async def write_desired(store: Store, message: PublishedSpec, current: Entry | None) -> int:
     """Write `message` if the desired state is still `current` (None: none was published);
     return the new revision, or raise `StalePublish`."""
     try:

@@ -22,13 +22,13 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import notifiers
 from meshd.agent.store import Store
 from meshd.core.monitors import ring
-from meshd.core.notices import critical
+from meshd.core.notices import critical_alert
 from plugins.notifiers import NotifierConfigError, NotifyError
 from plugins.secrets import Secrets
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import Heartbeat
+from protocol.messages import LivenessBeat
 
 log = logging.getLogger(__name__)
 CHECK_S = 5.0
@@ -54,7 +54,7 @@ class QuorumWatch:
         self.heard: dict[str, float] = {}  # droplet -> monotonic time of its last heartbeat
 
     async def run(self) -> None:
-        subscription = await self.store.subscribe(subjects.HEARTBEATS_ALL, self._on_heartbeat)
+        subscription = await self.store.subscribe(subjects.BEATS_ALL, self._on_heartbeat)
         lost_since: float | None = None
         told = False
         try:
@@ -75,7 +75,7 @@ class QuorumWatch:
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
-            beat = decode(msg.data, Heartbeat)
+            beat = decode(msg.data, LivenessBeat)
         except ProtocolError:
             return
         self.heard[beat.droplet] = time.monotonic()
@@ -92,7 +92,7 @@ class QuorumWatch:
             "droplets still heard": heard or "none",
             "what stops": "leases, scheduling, recovery and this mesh's notification queue",
         }
-        email, sms = critical(
+        email, sms = critical_alert(
             "JetStream has lost its quorum", details, datetime.fromtimestamp(now, settings.zone),
             self.mesh, self.droplet,
         )  # fmt: skip

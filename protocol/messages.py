@@ -60,8 +60,9 @@ class FailureState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DesiredState(Message):
-    """What the operator published (KV `mesh_desired/spec`); `spec` is plain data."""
+class PublishedSpec(Message):
+    """The desired state as published (KV `mesh_desired/spec`): `spec` is its plain data (the
+    core's `DesiredState`), with who published it and when. The wire kind keeps its name."""
 
     KIND: ClassVar[str] = "desired_state"
 
@@ -176,8 +177,9 @@ class NodeStatus(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat(Message):
-    """A droplet's periodic liveness message on `mesh.hb.<droplet>`."""
+class LivenessBeat(Message):
+    """A droplet's liveness beat on `mesh.hb.<droplet>`, twice a second: its monitors'
+    evidence of life (not the heartbeat *mail*). The wire kind keeps its name."""
 
     KIND: ClassVar[str] = "heartbeat"
 
@@ -331,12 +333,12 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
     {
         cls.KIND: cls
         for cls in (
-            DesiredState,
+            PublishedSpec,
             Allocation,
             RestartRequest,
             PlacementRecord,
             NodeStatus,
-            Heartbeat,
+            LivenessBeat,
             Lease,
             Suspicion,
             FailureRecord,

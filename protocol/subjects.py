@@ -51,10 +51,10 @@ HEARTBEAT_MARK_KEY = "notify.heartbeat"  # in mesh_desired: the last heartbeat q
 ALERTED = "notify.alerted"  # in mesh_desired: `notify.alerted.<droplet>.<incarnation>`
 
 # Core NATS subjects (no JetStream) and their subscription wildcards.
-_HEARTBEAT = "mesh.hb"
+_BEATS = "mesh.hb"
 _SUSPECT = "mesh.suspect"
 _PROBE = "mesh.probe"
-HEARTBEATS_ALL = f"{_HEARTBEAT}.*"
+BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
 PROBES_ALL = f"{_PROBE}.*"
 
@@ -92,9 +92,9 @@ def token(value: object, what: str = "name") -> str:
     return value
 
 
-def heartbeat(droplet: str) -> str:
-    """Subject of `droplet`'s heartbeats: `mesh.hb.<droplet>`."""
-    return f"{_HEARTBEAT}.{token(droplet, 'droplet')}"
+def beats(droplet: str) -> str:
+    """Subject of `droplet`'s liveness beats: `mesh.hb.<droplet>`."""
+    return f"{_BEATS}.{token(droplet, 'droplet')}"
 
 
 def suspect(droplet: str) -> str:
@@ -110,7 +110,7 @@ def probe(droplet: str) -> str:
 def droplet_of(subject: str) -> str:
     """The droplet named by a heartbeat, suspect or probe subject; raise InvalidNameError."""
     prefix, _, name = subject.rpartition(".")
-    if prefix not in (_HEARTBEAT, _SUSPECT, _PROBE):
+    if prefix not in (_BEATS, _SUSPECT, _PROBE):
         raise InvalidNameError(
             f"subject {subject!r}", subject, "is not a heartbeat, suspect or probe subject"
         )

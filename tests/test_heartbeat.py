@@ -12,13 +12,19 @@ from meshd.agent.notifiers import Channels
 from meshd.agent.store import Store
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
-from meshd.heartbeat import Heartbeat
+from meshd.roles.notifications import HeartbeatMails
 from plugins.notifiers import NotifierConfigError
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.codec import decode
-from protocol.messages import DesiredState as DesiredMessage
-from protocol.messages import Event, FailureRecord, FailureState, NodeStatus, Notification
+from protocol.messages import (
+    Event,
+    FailureRecord,
+    FailureState,
+    NodeStatus,
+    Notification,
+    PublishedSpec,
+)
 
 SID = "AC" + "0123456789abcdef" * 2
 EMAIL = {"host": "127.0.0.1", "port": 2525, "security": "none",
@@ -44,7 +50,7 @@ async def view_with(failures: dict[str, FailureRecord] | None = None) -> MeshVie
     state = DesiredState(projects=(), notify=settings.to_data())
     await view.set_desired(
         {
-            subjects.DESIRED_KEY: DesiredMessage(
+            subjects.DESIRED_KEY: PublishedSpec(
                 spec=state.to_data(), published_by="t", published_at=0.0
             )
         }
@@ -55,8 +61,8 @@ async def view_with(failures: dict[str, FailureRecord] | None = None) -> MeshVie
     return view
 
 
-def holder(store: Store, view: MeshView, name: str) -> Heartbeat:
-    return Heartbeat(store, view, name, "test-mesh")
+def holder(store: Store, view: MeshView, name: str) -> HeartbeatMails:
+    return HeartbeatMails(store, view, name, "test-mesh")
 
 
 def term(fence: int) -> Term:

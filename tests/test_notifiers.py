@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from meshd.core.errors import InputErrors
-from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.core.notices import backup_heartbeat_mail, critical_alert, heartbeat_mail, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.status import notifications
 from meshd.inputs.notify_files import load_notify_settings
@@ -60,7 +60,7 @@ def test_the_heartbeat_tells_the_seeds_figures_and_the_recoveries_since_the_last
         at=AT.timestamp() - 600,
     )
     summary = summarize(STATUS, [recovered])
-    message = heartbeat(summary, AT, "prod-mesh", "master")
+    message = heartbeat_mail(summary, AT, "prod-mesh", "master")
     assert message.subject == "✅ Infrastructure OK - 14:30"
     assert "• Master: healthy" in message.text
     assert "• Web droplets: 2 healthy" in message.text
@@ -78,7 +78,7 @@ def test_a_heartbeat_with_something_unhealthy_says_so_in_its_subject() -> None:
         "droplets": [droplet("master"), droplet("shop-web1", failure="recovering")],
         "services": [service("backend", 1, 2)],
     }
-    message = heartbeat(summarize(status), AT, "m", "master")
+    message = heartbeat_mail(summarize(status), AT, "m", "master")
     assert message.subject == "⚠️ Infrastructure degraded - 14:30"
     assert "shop-web1: failed (recovering)" in message.text
     assert "shop-prod backend: 1 of 2 healthy" in message.text
@@ -87,12 +87,12 @@ def test_a_heartbeat_with_something_unhealthy_says_so_in_its_subject() -> None:
 
 def test_the_backup_heartbeat_and_the_critical_alert_escape_what_they_show() -> None:
     status = {"droplets": [droplet("master", healthy=False), droplet("web1")], "services": []}
-    backup = backup_heartbeat(summarize(status), AT, "m", "web1", {"web2": "healthy"})
+    backup = backup_heartbeat_mail(summarize(status), AT, "m", "web1", {"web2": "healthy"})
     assert backup.subject == "⚠️ Backup Heartbeat - Master may be down - 14:30"
     assert "• Master status: unreachable" in backup.text
     assert "• Other peers: web2 healthy" in backup.text
 
-    email, sms = critical(
+    email, sms = critical_alert(
         "Droplet shop-web1 failed",
         {"confirmed_by": ["master", "mesh-2"], "error": "<script>alert(1)</script>"},
         AT,

@@ -23,19 +23,19 @@ from protocol.messages import (
     MESSAGE_TYPES,
     Allocation,
     DeployRequest,
-    DesiredState,
     Event,
     FailureRecord,
     FailureState,
-    Heartbeat,
     HeartbeatMark,
     InstanceState,
     InstanceStatus,
     Lease,
+    LivenessBeat,
     Message,
     NodeStatus,
     Notification,
     PlacementRecord,
+    PublishedSpec,
     RestartRequest,
     Snapshot,
     SnapshotIndex,
@@ -44,7 +44,7 @@ from protocol.messages import (
 )
 
 SAMPLES: list[Message] = [
-    DesiredState(
+    PublishedSpec(
         spec={"projects": [{"name": "hostomatic", "servers": 3, "ratio": 0.5, "on": True}]},
         published_by="operator@laptop",
         published_at=1_700_000_000.25,
@@ -88,7 +88,7 @@ SAMPLES: list[Message] = [
         ),
         updated_at=1_700_000_001.0,
     ),
-    Heartbeat(droplet="master", incarnation=7, seq=42, sent_at=1_700_000_002.5),
+    LivenessBeat(droplet="master", incarnation=7, seq=42, sent_at=1_700_000_002.5),
     Lease(role="recovery", holder="hostomatic-web1", incarnation=2, acquired_at=12.0),
     Suspicion(target="hostomatic-web2", by="master", incarnation=1, verdict=Verdict.CONFIRM),
     FailureRecord(
@@ -166,7 +166,7 @@ def pack(raw: object) -> bytes:
     return data
 
 
-HEARTBEAT = Heartbeat(droplet="master", incarnation=1, seq=1, sent_at=1.0)
+HEARTBEAT = LivenessBeat(droplet="master", incarnation=1, seq=1, sent_at=1.0)
 NODE = SAMPLES[2]
 assert isinstance(NODE, NodeStatus)
 
@@ -204,7 +204,7 @@ def test_encode_writes_a_map_with_version_kind_and_plain_values() -> None:
 def test_decode_accepts_an_integer_for_a_float_field() -> None:
     raw = wire(HEARTBEAT)
     raw["sent_at"] = 5
-    heartbeat = decode(pack(raw), Heartbeat)
+    heartbeat = decode(pack(raw), LivenessBeat)
     assert heartbeat.sent_at == 5.0
     assert isinstance(heartbeat.sent_at, float)
 
@@ -212,7 +212,7 @@ def test_decode_accepts_an_integer_for_a_float_field() -> None:
 def test_decode_ignores_unknown_extra_fields() -> None:
     raw = wire(HEARTBEAT)
     raw["added_in_a_later_release"] = {"anything": [1, 2]}
-    assert decode(pack(raw), Heartbeat) == HEARTBEAT
+    assert decode(pack(raw), LivenessBeat) == HEARTBEAT
 
 
 def test_decode_fills_a_missing_field_that_has_a_default() -> None:
@@ -228,23 +228,23 @@ def test_decode_fills_a_missing_field_that_has_a_default() -> None:
 @pytest.mark.parametrize("data", [b"", b"\xc1", b"\x82\xa1v", b"\x01\x02", b"\xa2\xff\xfe"])
 def test_decode_refuses_bytes_that_are_not_msgpack(data: bytes) -> None:
     with pytest.raises(MalformedMessageError, match=r"^decode heartbeat: not valid msgpack: "):
-        decode(data, Heartbeat)
+        decode(data, LivenessBeat)
 
 
 def test_decode_refuses_a_map_with_non_string_keys() -> None:
     with pytest.raises(MalformedMessageError, match="not valid msgpack"):
-        decode(pack({1: "x"}), Heartbeat)
+        decode(pack({1: "x"}), LivenessBeat)
 
 
 @pytest.mark.parametrize("value", [[1, 2], "heartbeat", 7, None])
 def test_decode_refuses_a_message_that_is_not_a_map(value: object) -> None:
     with pytest.raises(MalformedMessageError, match="^decode heartbeat: expected a map, got "):
-        decode(pack(value), Heartbeat)
+        decode(pack(value), LivenessBeat)
 
 
 def test_decode_refuses_a_message_of_another_kind() -> None:
     with pytest.raises(MalformedMessageError) as caught:
-        decode(encode(NODE), Heartbeat)
+        decode(encode(NODE), LivenessBeat)
     assert (
         str(caught.value) == "decode heartbeat: expected kind 'heartbeat', got kind 'node_status'"
     )
@@ -254,14 +254,14 @@ def test_decode_refuses_a_message_without_kind() -> None:
     raw = wire(HEARTBEAT)
     del raw["kind"]
     with pytest.raises(MalformedMessageError, match="expected kind 'heartbeat', got no kind"):
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
 
 
 def test_decode_refuses_a_message_without_schema_version() -> None:
     raw = wire(HEARTBEAT)
     del raw["v"]
     with pytest.raises(MalformedMessageError, match="missing schema version 'v'"):
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
 
 
 @pytest.mark.parametrize("version", [0, -1, "1", True, 1.0, [1]])
@@ -269,18 +269,18 @@ def test_decode_refuses_a_schema_version_that_is_not_a_positive_integer(version:
     raw = wire(HEARTBEAT)
     raw["v"] = version
     with pytest.raises(MalformedMessageError, match="'v' must be a positive integer"):
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
 
 
 def test_decode_refuses_a_message_larger_than_the_limit() -> None:
     data = pack({"v": 1, "kind": "heartbeat", "pad": "x" * MAX_MESSAGE_BYTES})
     with pytest.raises(MalformedMessageError, match="more than the 1048576 allowed"):
-        decode(data, Heartbeat)
+        decode(data, LivenessBeat)
 
 
 def test_decode_refuses_deeply_nested_input_without_recursion_error() -> None:
     with pytest.raises(MalformedMessageError, match="not valid msgpack"):
-        decode(b"\x91" * 100_000 + b"\x00", Heartbeat)
+        decode(b"\x91" * 100_000 + b"\x00", LivenessBeat)
 
 
 @pytest.mark.parametrize("key", ["kind", "v"])
@@ -290,7 +290,7 @@ def test_decode_describes_a_deeply_nested_envelope_without_recursion_error(key: 
         deep = [deep]
     raw = {**wire(HEARTBEAT), key: deep}
     with pytest.raises(MalformedMessageError, match="an array"):
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
 
 
 def test_decode_refuses_plain_data_nested_deeper_than_the_limit() -> None:
@@ -310,7 +310,7 @@ def test_decode_refuses_newer_schema_version() -> None:
     raw = wire(HEARTBEAT)
     raw["v"] = 7
     with pytest.raises(UnknownVersionError) as caught:
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
     err = caught.value
     assert (err.kind, err.got, err.supported, err.newer) == ("heartbeat", 7, 1, True)
     assert str(err) == (
@@ -379,7 +379,7 @@ def test_decode_refuses_a_missing_required_field() -> None:
     raw = wire(HEARTBEAT)
     del raw["seq"]
     with pytest.raises(MalformedMessageError) as caught:
-        decode(pack(raw), Heartbeat)
+        decode(pack(raw), LivenessBeat)
     assert caught.value.field == "seq"
     assert str(caught.value) == "decode heartbeat: field 'seq': missing required field"
 
@@ -444,7 +444,7 @@ def test_decode_accepts_nil_for_an_optional_field_only() -> None:
 
 
 def test_encode_refuses_a_field_of_the_wrong_type() -> None:
-    bad = Heartbeat(droplet="master", incarnation=1, seq="one", sent_at=1.0)  # type: ignore[arg-type]
+    bad = LivenessBeat(droplet="master", incarnation=1, seq="one", sent_at=1.0)  # type: ignore[arg-type]
     with pytest.raises(MalformedMessageError) as caught:
         encode(bad)
     assert str(caught.value) == "encode heartbeat: field 'seq': expected an integer, got a string"
@@ -467,7 +467,7 @@ def test_encode_refuses_a_detail_value_that_is_not_plain_data() -> None:
 
 
 def test_encode_refuses_a_message_larger_than_the_limit() -> None:
-    big = DesiredState(spec={"pad": "x" * MAX_MESSAGE_BYTES}, published_by="me", published_at=0)
+    big = PublishedSpec(spec={"pad": "x" * MAX_MESSAGE_BYTES}, published_by="me", published_at=0)
     with pytest.raises(MalformedMessageError, match="^encode desired_state: message is"):
         encode(big)
 

@@ -14,7 +14,7 @@ from protocol.subjects import Role
 @pytest.mark.parametrize(
     ("built", "expected"),
     [
-        (subjects.heartbeat("master"), "mesh.hb.master"),
+        (subjects.beats("master"), "mesh.hb.master"),
         (subjects.suspect("hostomatic-web1"), "mesh.suspect.hostomatic-web1"),
         (subjects.probe("web_2"), "mesh.probe.web_2"),
         (subjects.event("lease_taken"), "mesh.events.lease_taken"),
@@ -47,7 +47,7 @@ def test_bucket_stream_and_key_names_match_the_design() -> None:
 
 
 def test_wildcards_cover_what_the_builders_produce() -> None:
-    assert subjects.HEARTBEATS_ALL == "mesh.hb.*"
+    assert subjects.BEATS_ALL == "mesh.hb.*"
     assert subjects.SUSPECTS_ALL == "mesh.suspect.*"
     assert subjects.PROBES_ALL == "mesh.probe.*"
     assert subjects.event("x").startswith(subjects.EVENTS_SUBJECTS.removesuffix(">"))
@@ -86,7 +86,7 @@ BAD_TOKENS = [
 ]
 
 BUILDERS: dict[str, Callable[[str], str]] = {
-    "heartbeat": subjects.heartbeat,
+    "heartbeat": subjects.beats,
     "suspect": subjects.suspect,
     "probe": subjects.probe,
     "event": subjects.event,
@@ -113,7 +113,7 @@ def test_builders_refuse_invalid_tokens(builder: Callable[[str], str], bad: str)
 
 def test_invalid_token_error_says_what_a_valid_token_looks_like() -> None:
     with pytest.raises(ProtocolError) as caught:
-        subjects.heartbeat("web.1")
+        subjects.beats("web.1")
     assert isinstance(caught.value, MeshError)
     assert isinstance(caught.value, ValueError)
     assert str(caught.value) == (
@@ -149,7 +149,7 @@ def test_parse_alloc_key_refuses_keys_of_another_shape(key: str) -> None:
         subjects.parse_alloc_key(key)
 
 
-@pytest.mark.parametrize("build", [subjects.heartbeat, subjects.suspect, subjects.probe])
+@pytest.mark.parametrize("build", [subjects.beats, subjects.suspect, subjects.probe])
 def test_droplet_of_reads_the_droplet_back_from_a_core_subject(
     build: Callable[[str], str],
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from meshd.agent.lease import LeaseLost, Term
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Store
-from meshd.recovery import Recovery
+from meshd.roles.recovery import Recovery
 from plugins.providers import Fence, ProviderContext, StaleFence
 from plugins.providers.local import LocalProvider, create
 from protocol import subjects

@@ -12,7 +12,7 @@ from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
 from meshd.core.status import converged, mesh_status
-from meshd.scheduler import allocations_for
+from meshd.roles.scheduler import allocations_for
 from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support.nats import nats_server_binary
 from tests.support.states import config_from_json, seed_state, state_from_csv

@@ -209,10 +209,10 @@ class TcpProxy:
 
 async def test_a_publish_made_against_a_stale_revision_is_refused(store: Store) -> None:
     from meshd.publishing import StalePublish, write_desired
-    from protocol.messages import DesiredState
+    from protocol.messages import PublishedSpec
 
-    def message(who: str) -> DesiredState:
-        return DesiredState(spec={"projects": []}, published_by=who, published_at=1.0)
+    def message(who: str) -> PublishedSpec:
+        return PublishedSpec(spec={"projects": []}, published_by=who, published_at=1.0)
 
     first = await write_desired(store, message("alice"), None)
     with pytest.raises(StalePublish):  # bob planned against an empty mesh

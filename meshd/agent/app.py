@@ -26,24 +26,23 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Store, StoreUnavailable
-from meshd.balancer import Balancer
 from meshd.core.spec import MASTER
-from meshd.courier import Courier
 from meshd.detector import Detector
-from meshd.heartbeat import Heartbeat
 from meshd.local.power import follow_power
-from meshd.provisioner import Provisioner
 from meshd.quorum import QuorumWatch
-from meshd.recovery import Recovery
 from meshd.roles import Together
-from meshd.scheduler import Scheduler
-from meshd.snapshots import Snapshots
+from meshd.roles.courier import Courier
+from meshd.roles.entry import EntryPoint
+from meshd.roles.notifications import HeartbeatMails
+from meshd.roles.provisioner import Provisioner
+from meshd.roles.recovery import Recovery
+from meshd.roles.scheduler import Scheduler
+from meshd.roles.snapshots import Snapshots
 from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
-from protocol.messages import Allocation, FailureRecord, Message, NodeStatus
-from protocol.messages import DesiredState as DesiredMessage
+from protocol.messages import Allocation, FailureRecord, Message, NodeStatus, PublishedSpec
 from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ class Agent:
             forever=True,
         )
         self.store = store
-        balancer: Balancer | None = None
+        entry: EntryPoint | None = None
         try:
             while True:
                 try:
@@ -158,7 +157,7 @@ class Agent:
             )
             name = self.identity.name
             view = MeshView()
-            balancer = Balancer(store, self.identity, self.config, provider, view, self.dir / "lb")
+            entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
             keepers = [
                 LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)
                 for r in (
@@ -172,7 +171,7 @@ class Agent:
             channels = Channels(lambda: view.notify, secrets)
             heartbeat = Together(
                 Role.HEARTBEAT,
-                Heartbeat(store, view, name, self.config.mesh),
+                HeartbeatMails(store, view, name, self.config.mesh),
                 Courier(store, channels, name),
             )
             keepers.append(
@@ -189,10 +188,10 @@ class Agent:
             keepers.append(
                 LeaseKeeper(
                     store,
-                    balancer.role,
+                    entry.role,
                     name,
                     self.incarnation,
-                    balancer.lead,
+                    entry.lead,
                     observer=self._observe,
                     timing=LB_TIMING,
                     hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
@@ -212,7 +211,7 @@ class Agent:
                     follow(
                         store,
                         subjects.DESIRED_BUCKET,
-                        DesiredMessage,
+                        PublishedSpec,
                         view.set_desired,
                         keys=subjects.DESIRED_KEY,
                     ),
@@ -221,8 +220,8 @@ class Agent:
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:
-            if balancer is not None:
-                await balancer.close()
+            if entry is not None:
+                await entry.close()
             self.store = None
             await store.close()
 

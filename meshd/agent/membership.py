@@ -15,10 +15,10 @@ from meshd.agent.config import DropletIdentity
 from meshd.agent.store import Store, StoreUnavailable
 from protocol import subjects
 from protocol.codec import encode
-from protocol.messages import Heartbeat, InstanceStatus, NodeStatus
+from protocol.messages import InstanceStatus, LivenessBeat, NodeStatus
 
 log = logging.getLogger(__name__)
-HEARTBEAT_EVERY_S = 0.5
+BEAT_EVERY_S = 0.5
 STATUS_EVERY_S = 5.0  # and whenever it changes
 STATUS_MIN_GAP_S = 0.2
 
@@ -69,26 +69,26 @@ class Membership:
         self.published = published  # told of every status written
 
     async def run(self) -> None:
-        """A heartbeat every `HEARTBEAT_EVERY_S`; the status whenever it changed (at most every
+        """A heartbeat every `BEAT_EVERY_S`; the status whenever it changed (at most every
         `STATUS_MIN_GAP_S`) and every `STATUS_EVERY_S` regardless."""
         seq = 0
         last_sent: tuple[object, ...] | None = None
         last_put = 0.0
         next_beat = 0.0
-        subject = subjects.heartbeat(self.identity.name)
+        subject = subjects.beats(self.identity.name)
         while True:
             now = time.monotonic()
             status = self.status()
             if now >= next_beat:
                 seq += 1
-                beat = Heartbeat(
+                beat = LivenessBeat(
                     droplet=status.droplet,
                     incarnation=status.incarnation,
                     seq=seq,
                     sent_at=time.time(),
                 )
                 await self.store.publish(subject, encode(beat))
-                next_beat = now + HEARTBEAT_EVERY_S
+                next_beat = now + BEAT_EVERY_S
             fingerprint = (status.roles, status.instances)
             if fingerprint != last_sent or now - last_put >= STATUS_EVERY_S:
                 try:

@@ -12,8 +12,7 @@ from meshd.core.displacement import hosted
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
 from protocol import subjects
-from protocol.messages import Allocation, FailureRecord, NodeStatus
-from protocol.messages import DesiredState as DesiredMessage
+from protocol.messages import Allocation, FailureRecord, NodeStatus, PublishedSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class MeshView:
         self.allocations = dict(values)
         self._arrived("allocations")
 
-    async def set_desired(self, values: dict[str, DesiredMessage]) -> None:
+    async def set_desired(self, values: dict[str, PublishedSpec]) -> None:
         message = values.get(subjects.DESIRED_KEY)
         try:
             self.state = DesiredState.from_data(message.spec) if message else None

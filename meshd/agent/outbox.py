@@ -1,7 +1,7 @@
 """Notifications on their way to the operator: whoever decides to tell the operator something
 (the `heartbeat` holder, `meshctl notify test`) puts a `Notification` on the `MESH_NOTIFY`
-work queue with `Outbox.put`; the courier (`meshd.courier`) delivers it. `meshctl status` shows
-how many wait."""
+work queue with `Outbox.put`; the courier (`meshd.roles.courier`) delivers it. `meshctl
+status` shows how many wait."""
 
 from __future__ import annotations
 

@@ -17,15 +17,14 @@ from meshd.agent.store import Store
 from meshd.cli.mesh import connect, snapshot
 from meshd.cli.render import console
 from meshd.context import load_context
-from meshd.core.notices import critical, heartbeat, summarize
+from meshd.core.notices import critical_alert, heartbeat_mail, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
 from plugins.notifiers import Outgoing
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError
-from protocol.messages import DesiredState as DesiredMessage
-from protocol.messages import Notification
+from protocol.messages import Notification, PublishedSpec
 
 OUTCOMES = ("notification_sent", "notification_failed", "notification_dropped")
 
@@ -110,7 +109,7 @@ async def _settings(store: Store) -> NotifySettings:
     entry = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
     if entry is None or entry.value is None:
         return NotifySettings()
-    state = DesiredState.from_data(decode(entry.value, DesiredMessage).spec)
+    state = DesiredState.from_data(decode(entry.value, PublishedSpec).spec)
     return NotifySettings.from_data(state.notify)
 
 
@@ -121,10 +120,10 @@ async def _messages(
     result: list[tuple[str, Outgoing]] = []
     if email:
         summary = summarize((await snapshot(store)).status(), (), settings.zone)
-        message = heartbeat(summary, at, mesh, "meshctl notify test")
+        message = heartbeat_mail(summary, at, mesh, "meshctl notify test")
         result.append(("email", _tagged(message)))
     if is_critical or sms:
-        mail, text = critical(
+        mail, text = critical_alert(
             "Test alert (nothing failed)", {"sent by": "meshctl notify test"}, at, mesh, "meshctl"
         )
         if is_critical:

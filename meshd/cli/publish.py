@@ -28,8 +28,7 @@ from meshd.publishing import StalePublish, write_desired
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError
-from protocol.messages import DesiredState as DesiredMessage
-from protocol.messages import PlacementRecord
+from protocol.messages import PlacementRecord, PublishedSpec
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -147,7 +146,7 @@ async def _publish(
                 f"publish {csv_file}: this would destroy {', '.join(destroyed)}; "
                 "re-run with --force if that is what you want"
             )
-        message = DesiredMessage(
+        message = PublishedSpec(
             spec=state.to_data(),
             published_by=f"{getpass.getuser()}@{socket.gethostname()}",
             published_at=time.time(),

@@ -72,7 +72,7 @@ def summarize(
     )
 
 
-def heartbeat(summary: Summary, at: datetime, mesh: str, sender: str) -> Outgoing:
+def heartbeat_mail(summary: Summary, at: datetime, mesh: str, sender: str) -> Outgoing:
     title = "✅ Infrastructure OK" if summary.ok else "⚠️ Infrastructure degraded"
     values = _values(summary, at, mesh, sender)
     return Outgoing(
@@ -82,7 +82,7 @@ def heartbeat(summary: Summary, at: datetime, mesh: str, sender: str) -> Outgoin
     )
 
 
-def backup_heartbeat(
+def backup_heartbeat_mail(
     summary: Summary, at: datetime, mesh: str, sender: str, peers: Mapping[str, str]
 ) -> Outgoing:
     """`peers`: the other droplets and how they are ("healthy", "unreachable")."""
@@ -95,7 +95,7 @@ def backup_heartbeat(
     )
 
 
-def critical(
+def critical_alert(
     what: str, details: Mapping[str, Any], at: datetime, mesh: str, sender: str
 ) -> tuple[Outgoing, Outgoing]:
     """The email and the SMS of a critical alert."""

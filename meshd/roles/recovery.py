@@ -9,7 +9,7 @@ leader that dies midway is replaced by one that carries on without repeating fin
     fenced     -> displace: its web services and workers are given to survivors with room
                   (`meshd.core.displacement`); every agent starts what the record gives it
     displaced  -> rebuild: a new droplet with the same name, address and user data from the
-                  newest snapshot (`meshd.snapshots`; else the base image, and the mesh
+                  newest snapshot (`meshd.roles.snapshots`; else the base image, and the mesh
                   deploys onto it); it joins with a new incarnation
     recovering -> the replacement reports every instance allocated to it healthy: the record
                   is removed (the droplet is monitored again, displaced instances drain and

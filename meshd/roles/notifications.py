@@ -10,7 +10,7 @@ While it holds the role, an agent
 - queues `🚨 CRITICAL` by email and SMS once per confirmed failure (one droplet's life),
   claimed with KV create on `mesh_desired/notify.alerted.<droplet>.<incarnation>`, and once
   more if its recovery fails (`...<incarnation>.recovery`, from the `recovery_failed` events);
-- beside it, under the same lease, the courier delivers the queue (`meshd.courier`).
+- beside it, under the same lease, the courier delivers the queue (`meshd.roles.courier`).
 
 Intervals compare the wall clocks of the holders of the role, which may differ by seconds;
 against minutes-long intervals that does not matter.
@@ -28,7 +28,7 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import Outbox
 from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.health import STALE_AFTER_S
-from meshd.core.notices import backup_heartbeat, critical, heartbeat, summarize
+from meshd.core.notices import backup_heartbeat_mail, critical_alert, heartbeat_mail, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import MASTER
 from meshd.core.status import mesh_status
@@ -45,7 +45,7 @@ RECENT_EVENTS = 200
 QUEUE_RETRY_S = 1.0
 
 
-class Heartbeat:
+class HeartbeatMails:
     role = subjects.Role.HEARTBEAT
 
     def __init__(self, store: Store, view: MeshView, droplet: str, mesh: str) -> None:
@@ -127,7 +127,7 @@ class Heartbeat:
         }  # fmt: skip
         what = f"Recovery of {record.droplet} failed"
         at = datetime.fromtimestamp(now, zone)
-        email, sms = critical(what, details, at, self.mesh, self.droplet)
+        email, sms = critical_alert(what, details, at, self.mesh, self.droplet)
         await self._queue(term, "email", "critical", email, now)
         if self.settings.sms is not None:
             await self._queue(term, "sms", "critical", sms, now)
@@ -149,7 +149,7 @@ class Heartbeat:
             try:
                 last = decode(entry.value, HeartbeatMark)
             except ProtocolError as err:
-                log.warning("Heartbeat mark unreadable; sending. error=%s", err)
+                log.warning("HeartbeatMails mark unreadable; sending. error=%s", err)
         now = time.time()
         if last is not None and now - last.sent_at < interval:
             return
@@ -179,13 +179,13 @@ class Heartbeat:
         status = mesh_status(self.view.nodes, self.view.allocations, {}, now, self.view.failures)
         summary = summarize(status, await self._recoveries(since), settings.zone)
         if purpose == "heartbeat":
-            return heartbeat(summary, at, self.mesh, self.droplet)
+            return heartbeat_mail(summary, at, self.mesh, self.droplet)
         peers = {
             d["name"]: "healthy" if d["healthy"] and not d["failure"] else "unreachable"
             for d in status["droplets"]
             if d["name"] not in (MASTER, self.droplet)
         }
-        return backup_heartbeat(summary, at, self.mesh, self.droplet, peers)
+        return backup_heartbeat_mail(summary, at, self.mesh, self.droplet, peers)
 
     async def _recoveries(self, since: float) -> list[Event]:
         events = await self.store.recent_events(200)
@@ -218,7 +218,7 @@ class Heartbeat:
             "recovery step": record.state.value,
             "life (incarnation)": record.incarnation,
         }  # fmt: skip
-        email, sms = critical(what, details, at, self.mesh, self.droplet)
+        email, sms = critical_alert(what, details, at, self.mesh, self.droplet)
         await self._queue(term, "email", "critical", email, now)
         if self.settings.sms is not None:
             await self._queue(term, "sms", "critical", sms, now)

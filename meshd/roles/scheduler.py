@@ -24,8 +24,7 @@ from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, PlacementRecord
-from protocol.messages import DesiredState as DesiredMessage
+from protocol.messages import Allocation, PlacementRecord, PublishedSpec
 
 log = logging.getLogger(__name__)
 RESYNC_S = 10.0
@@ -116,7 +115,7 @@ class Scheduler:
         if spec_entry is None or spec_entry.value is None:
             return
         try:
-            state = DesiredState.from_data(decode(spec_entry.value, DesiredMessage).spec)
+            state = DesiredState.from_data(decode(spec_entry.value, PublishedSpec).spec)
         except (ProtocolError, KeyError, TypeError, ValueError) as err:
             log.error("Desired state unreadable; keeping the last allocations. error=%s", err)
             await self.store.record(

@@ -41,7 +41,7 @@ LINGER_S = 10.0  # longer than a JetStream leader election (about 5 s)
 LEADER_CHECK_S = 10.0  # how often the holder looks who leads the leases stream
 
 
-class Balancer:
+class EntryPoint:
     role = subjects.Role.LB
 
     def __init__(
