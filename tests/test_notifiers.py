@@ -18,7 +18,7 @@ from meshd.core.notices import backup_heartbeat_mail, critical_alert, heartbeat_
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.status import notifications
 from meshd.inputs.notify_files import load_notify_settings
-from meshd.quorum import teller
+from meshd.watchers.quorum import teller
 from plugins.notifiers import NotifierConfigError, NotifyError, Outgoing, load_notifier
 from protocol.messages import Event
 from tests.support import free_port

@@ -27,9 +27,7 @@ from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.spec import MASTER
-from meshd.detector import Detector
 from meshd.local.power import follow_power
-from meshd.quorum import QuorumWatch
 from meshd.roles import Together
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
@@ -38,6 +36,8 @@ from meshd.roles.provisioner import Provisioner
 from meshd.roles.recovery import Recovery
 from meshd.roles.scheduler import Scheduler
 from meshd.roles.snapshots import Snapshots
+from meshd.watchers.detector import Detector
+from meshd.watchers.quorum import QuorumWatch
 from plugins.providers import ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
