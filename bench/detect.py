@@ -251,8 +251,8 @@ async def measure(
     home: Path, env: dict[str, str], url: str, kill_count: int, soak_s: float
 ) -> dict[str, Any]:
     from meshd.agent.config import mesh_tag
+    from meshd.cli.context import load_context
     from meshd.cli.up import open_provider
-    from meshd.context import load_context
 
     store: Store = await operator_store(home / "config")
     context = load_context(None)

@@ -91,7 +91,7 @@ async def operator_store(config_home: Path) -> Any:
     """A connection to the bench's mesh with the operator's context."""
     os.environ["MESHD_CONFIG_HOME"] = str(config_home)
     from meshd.agent.store import Store
-    from meshd.context import load_context
+    from meshd.cli.context import load_context
 
     context = load_context(None)
     return await Store.connect(context.servers, context.user, context.password, name="bench")

@@ -43,7 +43,7 @@ def test_a_web_service_listens_on_its_port_inside_and_on_the_droplet_address_out
     assert container.ports == {"8104/tcp": (ADDRESS, 8104)}
     assert container.labels == {
         "meshd.mesh": "demo",
-        "meshd.droplet": "web1",
+        "meshd.local.droplet": "web1",
         "meshd.project": "shop",
         "meshd.env": "test",
         "meshd.service": "backend",

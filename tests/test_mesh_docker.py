@@ -85,7 +85,7 @@ def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
             )
 
             backend = running["shop.prod.backend"]
-            assert backend.labels["meshd.droplet"] == "master"
+            assert backend.labels["meshd.local.droplet"] == "master"
             assert backend.labels["meshd.generation"] == "1"
             port = service(mesh.status(), "prod", "backend")["port"]
             assert backend.attrs["HostConfig"]["PortBindings"] == {

@@ -117,7 +117,7 @@ async def test_an_instance_runs_as_a_labelled_container_on_the_droplet_address(
     container = docker_engine.containers.get(info.runtime_id)
     assert container.labels == {
         "meshd.mesh": docker_mesh,
-        "meshd.droplet": "master",
+        "meshd.local.droplet": "master",
         "meshd.project": "shop",
         "meshd.env": "test",
         "meshd.service": "backend",

@@ -208,7 +208,7 @@ class TcpProxy:
 
 
 async def test_a_publish_made_against_a_stale_revision_is_refused(store: Store) -> None:
-    from meshd.publishing import StalePublish, write_desired
+    from meshd.cli.publishing import StalePublish, write_desired
     from protocol.messages import PublishedSpec
 
     def message(who: str) -> PublishedSpec:

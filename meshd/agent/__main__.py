@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             asyncio.run(run_agent(args.dir.resolve()))
         else:
-            from meshd.droplet import supervise
+            from meshd.local.droplet import supervise
 
             supervise(args.dir.resolve())
     except KeyboardInterrupt:

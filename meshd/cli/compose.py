@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import click
 
 from meshd.agent.instances import instance_spec
-from meshd.cli.mesh import connect, snapshot
-from meshd.context import load_context
+from meshd.cli.context import load_context
+from meshd.cli.session import connect, read_mesh
 from meshd.core.envvars import resolve_hosts
 from plugins.runtimes.docker.compose import compose_file
 from protocol.errors import MeshError
@@ -32,7 +32,7 @@ async def _compose(project: str, env: str, droplet: str | None, context_name: st
     context = load_context(context_name)
     store = await connect(context)
     try:
-        view = await snapshot(store)
+        view = await read_mesh(store)
     finally:
         await store.close()
     allocations = [a for a in view.allocations.values() if (a.project, a.env) == (project, env)]

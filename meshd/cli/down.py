@@ -9,9 +9,9 @@ import shutil
 import click
 
 from meshd.agent.config import mesh_tag
-from meshd.cli.render import console
+from meshd.cli.context import load_context, remove_context
+from meshd.cli.tables import console
 from meshd.cli.up import open_provider
-from meshd.context import load_context, remove_context
 from plugins.providers import DropletNotFound
 
 

@@ -14,9 +14,9 @@ import click
 
 from meshd.agent.outbox import Outbox
 from meshd.agent.store import Store
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console
-from meshd.context import load_context
+from meshd.cli.context import load_context
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console
 from meshd.core.notices import critical_alert, heartbeat_mail, summarize
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
@@ -119,7 +119,7 @@ async def _messages(
     at = datetime.now(settings.zone)
     result: list[tuple[str, Outgoing]] = []
     if email:
-        summary = summarize((await snapshot(store)).status(), (), settings.zone)
+        summary = summarize((await read_mesh(store)).status(), (), settings.zone)
         message = heartbeat_mail(summary, at, mesh, "meshctl notify test")
         result.append(("email", _tagged(message)))
     if is_critical or sms:

@@ -15,16 +15,16 @@ import click
 
 from meshd.agent.records import last_placement
 from meshd.agent.store import Store
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console, render_plan
-from meshd.context import load_context
+from meshd.cli.context import load_context
+from meshd.cli.publishing import StalePublish, write_desired
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console, render_plan
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, Plan, make_plan
 from meshd.core.spec import DesiredState
 from meshd.core.status import converged
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
-from meshd.publishing import StalePublish, write_desired
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError
@@ -174,7 +174,7 @@ async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None
                 and placed.value is not None
                 and (decode(placed.value, PlacementRecord).spec_revision >= revision)
             )
-            view = (await snapshot(store)).status()
+            view = (await read_mesh(store)).status()
             healthy = sum(s["healthy"] for s in view["services"])
             desired = sum(s["desired"] for s in view["services"])
             progress.update(f"Waiting for the mesh to converge ... {healthy}/{desired} healthy")

@@ -14,9 +14,9 @@ from typing import Any
 import click
 
 from meshd.agent.store import Conflict, Store
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console
-from meshd.context import load_context
+from meshd.cli.context import load_context
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console
 from meshd.core.rollout import replaced_beside, replaced_on
 from meshd.core.spec import ENVIRONMENTS, ServiceKind
 from protocol import subjects
@@ -98,7 +98,7 @@ async def _restart(
     context = load_context(context_name)
     store = await connect(context)
     try:
-        allocations = (await snapshot(store)).allocations
+        allocations = (await read_mesh(store)).allocations
         chosen = _choose(allocations, project, env, service)
         who = f"{getpass.getuser()}@{socket.gethostname()}"
         restarting = []
@@ -171,7 +171,7 @@ async def _wait(store: Store, restarting: list[Restarting], wait_s: float, quiet
     deadline = time.monotonic() + wait_s
     with console.status("Replacing instances ...") as progress:
         while True:
-            view = await snapshot(store)
+            view = await read_mesh(store)
             for item in restarting:
                 allocation = view.allocations.get(item.key)
                 if allocation is None:

@@ -14,9 +14,9 @@ from rich.live import Live
 from rich.markup import escape
 
 from meshd.agent.store import Store, StoreUnavailable
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console, events_table, status_tables
-from meshd.context import load_context
+from meshd.cli.context import load_context
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
 from protocol.messages import Event
@@ -40,7 +40,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
     store = await connect(context)
     try:
         if as_json and not watch:
-            view = {"entry_url": context.entry_url, **(await snapshot(store)).status()}
+            view = {"entry_url": context.entry_url, **(await read_mesh(store)).status()}
             recent = await store.recent_events(SUSPICION_EVENTS)
             view["suspicions"] = open_suspicions(recent, time.time())
             view["notifications"] = notifications(recent, await _waiting(store))
@@ -60,7 +60,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
 
 
 async def _render(store: Store, entry: str | None) -> Group:
-    view = (await snapshot(store)).status()
+    view = (await read_mesh(store)).status()
     recent = await store.recent_events(SUSPICION_EVENTS)
     events = recent[-RECENT_EVENTS:]
     where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"

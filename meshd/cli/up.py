@@ -23,9 +23,9 @@ from meshd.agent.config import (
     new_passwords,
 )
 from meshd.agent.store import StoreUnavailable
-from meshd.cli.mesh import connect, snapshot
-from meshd.cli.render import console
-from meshd.context import Context, NoMeshError, load_context, state_home
+from meshd.cli.context import Context, NoMeshError, load_context, state_home
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console
 from meshd.local.power import follow_power
 from plugins.providers import (
     DropletRecord,
@@ -289,7 +289,7 @@ async def _wait_joined(context: Context) -> None:
             try:
                 store = await connect(context)
                 try:
-                    view = (await snapshot(store)).status()
+                    view = (await read_mesh(store)).status()
                 finally:
                     await store.close()
                 joined = {d["name"] for d in view["droplets"] if d["healthy"]}

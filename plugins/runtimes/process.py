@@ -64,7 +64,7 @@ _SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InstanceState:
+class ProcessRecord:
     """What `state.json` records of one started instance (never a secret)."""
 
     key: str
@@ -87,7 +87,7 @@ class InstanceState:
         )
 
 
-def signal_adopted(state: InstanceState, sig: signal.Signals) -> None:
+def signal_adopted(state: ProcessRecord, sig: signal.Signals) -> None:
     """Send `sig` to an instance this runtime did not spawn, unless its pid was reused."""
     try:
         pidfd = os.pidfd_open(state.pid)
@@ -145,7 +145,7 @@ class ProcessRuntime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
         # state.json of every instance, read from disk once (re-adoption), then kept here.
-        self._states: dict[str, InstanceState] | None = None
+        self._states: dict[str, ProcessRecord] | None = None
 
     async def ensure(self, spec: InstanceSpec) -> InstanceInfo:
         key = spec.key
@@ -209,14 +209,14 @@ class ProcessRuntime:
     def _known_keys(self) -> builtins.list[str]:
         return sorted(self._cached_states())
 
-    def _cached_states(self) -> dict[str, InstanceState]:
+    def _cached_states(self) -> dict[str, ProcessRecord]:
         if self._states is None:
             found = self._root.glob(f"*/{STATE_FILE}") if self._root.is_dir() else []
             loaded = {entry.parent.name: self._load_state(entry) for entry in found}
             self._states = {key: state for key, state in loaded.items() if state is not None}
         return self._states
 
-    def _child(self, state: InstanceState) -> subprocess.Popen[bytes] | None:
+    def _child(self, state: ProcessRecord) -> subprocess.Popen[bytes] | None:
         """This runtime's Popen of `state`'s process, or None if another runtime started it."""
         child = self._children.get(state.key)
         if child is None or child.pid == state.pid:
@@ -230,7 +230,7 @@ class ProcessRuntime:
         if child is not None:
             child.poll()  # reap it now if it has exited, so that no zombie is left behind
 
-    async def _observe(self, key: str) -> tuple[InstanceState, InstanceInfo] | None:
+    async def _observe(self, key: str) -> tuple[ProcessRecord, InstanceInfo] | None:
         """Read the state of `key` and look whether its process still runs (the files of
         one that exited are written and read in a thread)."""
         state = self._read_state(key)
@@ -268,7 +268,7 @@ class ProcessRuntime:
         )
         return state.info(InstancePhase.RUNNING)
 
-    def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], InstanceState]:
+    def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
         """Prepare the instance directory and start the process (runs in a worker thread)."""
         key, command = spec.key, process_command(spec)
         try:
@@ -307,7 +307,7 @@ class ProcessRuntime:
                 out.write(f"[meshd] cannot run {argv[0]!r}: {reason}\n".encode())
                 raise InstanceStartError(key, f"cannot run {argv[0]!r}: {reason}") from err
         stat = proc_stat(child.pid)
-        state = InstanceState(
+        state = ProcessRecord(
             key=key,
             generation=spec.generation,
             pid=child.pid,
@@ -329,7 +329,7 @@ class ProcessRuntime:
         env["SECRETS_DIR"] = str(secrets_dir)
         return env
 
-    async def _terminate(self, state: InstanceState, grace: float) -> None:
+    async def _terminate(self, state: ProcessRecord, grace: float) -> None:
         """SIGTERM, then SIGKILL after `grace`; raise InstanceStopError if it still lives."""
         child = self._child(state)
         self._signal(state, child, signal.SIGTERM)
@@ -349,7 +349,7 @@ class ProcessRuntime:
 
     @staticmethod
     def _signal(
-        state: InstanceState, child: subprocess.Popen[bytes] | None, sig: signal.Signals
+        state: ProcessRecord, child: subprocess.Popen[bytes] | None, sig: signal.Signals
     ) -> None:
         if child is not None:
             child.send_signal(sig)  # does nothing once the child has been reaped
@@ -358,7 +358,7 @@ class ProcessRuntime:
 
     @staticmethod
     async def _wait_exit(
-        state: InstanceState, child: subprocess.Popen[bytes] | None, within: float
+        state: ProcessRecord, child: subprocess.Popen[bytes] | None, within: float
     ) -> bool:
         """Wait up to `within` seconds for the instance to exit; True if it did."""
         loop = asyncio.get_running_loop()
@@ -374,7 +374,7 @@ class ProcessRuntime:
                 return False
             await asyncio.sleep(POLL_INTERVAL)
 
-    def _read_state(self, key: str) -> InstanceState | None:
+    def _read_state(self, key: str) -> ProcessRecord | None:
         return self._cached_states().get(key)
 
     def _forget(self, key: str) -> None:
@@ -385,17 +385,17 @@ class ProcessRuntime:
         self._cached_states().pop(key, None)
         (self._root / key / STATE_FILE).unlink(missing_ok=True)
 
-    def _load_state(self, path: Path) -> InstanceState | None:
+    def _load_state(self, path: Path) -> ProcessRecord | None:
         try:
             data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return InstanceState(**data)
+            return ProcessRecord(**data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as err:
             self._log.warning("Ignoring unreadable instance state. path=%s error=%s", path, err)
             return None
 
-    def _write_state(self, state: InstanceState) -> None:
+    def _write_state(self, state: ProcessRecord) -> None:
         path = self._root / state.key / STATE_FILE
         atomic_write(path, (json.dumps(asdict(state), indent=2) + "\n").encode())
         self._cached_states()[state.key] = state

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
-from meshd.droplet import nats_server_binary
+from meshd.local.droplet import nats_server_binary
 
 
 def free_port(host: str = "127.0.0.1") -> int:

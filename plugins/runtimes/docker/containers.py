@@ -20,7 +20,7 @@ from plugins.runtimes import InstanceSpec
 from protocol import subjects
 
 LABEL_MESH = "meshd.mesh"
-LABEL_DROPLET = "meshd.droplet"
+LABEL_DROPLET = "meshd.local.droplet"
 LABEL_PROJECT = "meshd.project"
 LABEL_ENV = "meshd.env"
 LABEL_SERVICE = "meshd.service"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.agent.store import Store, StoreUnavailable
-from meshd.context import Context
+from meshd.cli.context import Context
 from meshd.core.status import mesh_status
 from protocol import subjects
 from protocol.codec import decode
@@ -30,7 +30,7 @@ async def connect(context: Context) -> Store:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class MeshReading:
     nodes: dict[str, NodeStatus]
     allocations: dict[str, Allocation]
     leases: dict[str, Lease]
@@ -43,7 +43,7 @@ class Snapshot:
         )
 
 
-async def snapshot(store: Store) -> Snapshot:
+async def read_mesh(store: Store) -> MeshReading:
     async def read(bucket: str, cls: Any) -> dict[str, Any]:
         return {
             key: decode(entry.value, cls)
@@ -51,7 +51,7 @@ async def snapshot(store: Store) -> Snapshot:
             if entry.value is not None
         }
 
-    return Snapshot(
+    return MeshReading(
         nodes=await read(subjects.NODES_BUCKET, NodeStatus),
         allocations=await read(subjects.ALLOC_BUCKET, Allocation),
         leases=await read(subjects.LEASES_BUCKET, Lease),
