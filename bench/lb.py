@@ -90,11 +90,11 @@ def instance_pid(address: str, key: str) -> int:
 async def operator_store(config_home: Path) -> Any:
     """A connection to the bench's mesh with the operator's context."""
     os.environ["MESHD_CONFIG_HOME"] = str(config_home)
-    from meshd.agent.store import Store
+    from meshd.agent.store.jetstream import NatsStore
     from meshd.cli.context import load_context
 
     context = load_context(None)
-    return await Store.connect(context.servers, context.user, context.password, name="bench")
+    return await NatsStore.connect(context.servers, context.user, context.password, name="bench")
 
 
 def leases_leader(config_home: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from meshd.agent.lease import LeaseLost, Term
+from meshd.agent.lease import Term, TermEnded
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Store
 from meshd.roles.recovery import Recovery
@@ -117,10 +117,10 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     # The first leader rebuilds, and dies before it can write that down.
     async def dies(*args: Any, **kwargs: Any) -> None:
         first_term.ended = True
-        raise LeaseLost("recovery lease lost")
+        raise TermEnded("recovery lease lost")
 
     monkeypatch.setattr(first, "_advance", dies)
-    with pytest.raises(LeaseLost):
+    with pytest.raises(TermEnded):
         await first.recover(first_term)
     assert (await record_of(store)) == displaced
 

@@ -9,6 +9,7 @@ import pytest
 
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.agent.store import Conflict, Store, StoreUnavailable
+from meshd.agent.store.jetstream import NatsStore
 from protocol import subjects
 from tests.support.jetstream import connect
 from tests.support.nats import NatsServer, running_nats
@@ -50,7 +51,7 @@ async def test_events_are_recorded_with_their_fence_and_read_back(store: Store) 
 async def test_unreachable_mesh_fails_quickly_with_store_unavailable(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(
-            Store.connect(["nats://127.0.0.1:1"], "agent", "x", name="t", timeout=2), 5
+            NatsStore.connect(["nats://127.0.0.1:1"], "agent", "x", name="t", timeout=2), 5
         )
 
 
@@ -63,7 +64,7 @@ class Actions:
     def leader(self, holder: str):  # type: ignore[no-untyped-def]
         async def lead(term: Term) -> None:
             while True:
-                term.check()
+                term.ensure_held()
                 self.log.append((holder, term.fence))
                 await asyncio.sleep(0.1)
 
@@ -124,7 +125,7 @@ async def test_a_holder_cut_off_from_nats_stops_acting_before_another_starts(
     # The holder reaches NATS through a proxy that starts dropping bytes: a partition.
     with running_nats(tmp_path) as server:
         proxy = await TcpProxy.start(server.url)
-        holder = await Store.connect(
+        holder = await NatsStore.connect(
             [proxy.url], "agent", server.agent_password, name="holder", timeout=2
         )
         await holder.ensure(1)
@@ -135,7 +136,7 @@ async def test_a_holder_cut_off_from_nats_stops_acting_before_another_starts(
         def leader(name: str):  # type: ignore[no-untyped-def]
             async def lead(term: Term) -> None:
                 while True:
-                    term.check()
+                    term.ensure_held()
                     times.append((name, term.fence, loop.time()))
                     await asyncio.sleep(0.05)
 

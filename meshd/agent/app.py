@@ -20,12 +20,12 @@ from aiohttp import web
 from meshd.agent.api import create_app
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
-from meshd.agent.loops import follow
+from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.store import Store, StoreUnavailable
+from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Together
@@ -125,7 +125,7 @@ class Agent:
                 tasks.create_task(self._control_plane(reconciler), name="control-plane")
 
     async def _control_plane(self, reconciler: Reconciler) -> None:
-        store = await Store.connect(
+        store = await open_store(
             self.config.nats_urls(),
             "agent",
             self.config.passwords["agent"],
@@ -208,7 +208,7 @@ class Agent:
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
                 tasks.create_task(
-                    follow(
+                    mirror_bucket(
                         store,
                         subjects.DESIRED_BUCKET,
                         PublishedSpec,
@@ -239,8 +239,8 @@ class Agent:
                 await reconciler.apply(view.hosted())
 
         await asyncio.gather(
-            follow(store, subjects.ALLOC_BUCKET, Allocation, allocations),
-            follow(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
+            mirror_bucket(store, subjects.ALLOC_BUCKET, Allocation, allocations),
+            mirror_bucket(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
         )
 
     async def _nodes(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
@@ -252,7 +252,7 @@ class Agent:
             reconciler.set_peers(nodes)
             await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 
-        await follow(store, subjects.NODES_BUCKET, NodeStatus, publish)
+        await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)
 
 
 async def run_agent(droplet_dir: Path) -> None:

@@ -22,7 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 from meshd.agent.store import Conflict, Store, StoreUnavailable
-from plugins.providers import Fence
+from meshd.core.backoff import delay
+from plugins.providers import Fence, StaleFence
 from protocol import subjects
 from protocol.codec import encode
 from protocol.errors import MeshError
@@ -31,8 +32,9 @@ from protocol.messages import Lease
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(MeshError):
-    """The term ended: whoever catches this must stop acting for the role."""
+class TermEnded(MeshError):
+    """The term ended (lost, expired or released): whoever catches this must stop acting for
+    the role."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +83,11 @@ class Term:
         """The fence that the role's provider calls carry."""
         return Fence(self.role, self.fence)
 
-    def check(self) -> None:
-        """Call right before every side effect of the role."""
+    def ensure_held(self) -> None:
+        """Call right before every side effect of the role: raises `TermEnded` once the term
+        is over, or its deadline passed."""
         if not self.valid:
-            raise LeaseLost(f"{self.role} lease (fence {self.fence}) is no longer held")
+            raise TermEnded(f"{self.role} lease (fence {self.fence}) is no longer held")
 
 
 Leader = Callable[[Term], Coroutine[Any, Any, None]]
@@ -124,13 +127,10 @@ class LeaseKeeper:
         while True:
             if self.hesitate:
                 await asyncio.sleep(self.hesitate)
-            try:
-                term = await self._acquire()
-            except Exception as err:  # whatever NATS answered, the keeper must keep trying
-                log.warning("Lease attempt failed. role=%s error=%r", self.role, err)
-                term = None
+            term = await self._acquire()
             if term is None:
-                await asyncio.sleep(self.timing.retry_every)
+                # Jittered, so that contenders who failed together do not come back together.
+                await asyncio.sleep(delay(0, self.timing.retry_every, self.timing.retry_every))
                 continue
             await self._hold(term)
 
@@ -150,7 +150,12 @@ class LeaseKeeper:
             revision = await self._resume() or await self.store.create(
                 subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
             )
-        except (Conflict, StoreUnavailable):
+        except Conflict:
+            return None  # another agent holds it
+        except StoreUnavailable as err:
+            log.debug(
+                "Lease not taken: the store does not answer. role=%s error=%s", self.role, err
+            )
             return None
         term = Term(self.role, revision, started + self.timing.ttl - self.timing.margin)
         self.term = term
@@ -177,34 +182,65 @@ class LeaseKeeper:
 
     async def _hold(self, term: Term) -> None:
         leading = asyncio.create_task(self.lead(term), name=f"lead-{self.role}")
-        hand_over = False
+        release = False
+        failure: BaseException | None = None
         try:
             while term.valid and not leading.done():
                 await asyncio.sleep(self.timing.renew_every)
                 await self._renew(term)
         except asyncio.CancelledError:
-            hand_over = term.valid  # shutting down while holding: release once the role stopped
+            release = term.valid  # shutting down while holding: hand over once the role stopped
             raise
         finally:
             if term.ending is None:
                 term.ending = Ending.EXPIRED if term.expired else Ending.RELEASED
             if term.ending is Ending.EXPIRED:
                 self._resumable = term.revision
+            # The role's work ended by itself (it failed): hand over at once.
+            release = release or (term.ending is Ending.RELEASED and term.valid)
             term.ended = True
-            leading.cancel()
-            try:
-                await leading
-            except (asyncio.CancelledError, LeaseLost):
-                pass
-            except Exception:
-                log.exception("Role failed. role=%s fence=%d", self.role, term.fence)
+            failure = await self._stop(leading, term)
             if self.term is term:
                 self.term = None
                 self._notify(None)
-            if hand_over:
-                await self._release(term)
-        log.info("Lease ended. role=%s fence=%d", self.role, term.fence)
-        self.store.record_soon("lease_lost", self.holder, self.role, {}, fence=term.fence)
+            await self._ended(term, release)
+        if failure is not None:
+            raise failure
+
+    async def _stop(self, leading: asyncio.Task[None], term: Term) -> BaseException | None:
+        """Stop the role's work; a programming error it raised, to be raised again (the agent
+        exits and its supervisor restarts it), or None. A term that ended, a fence found stale
+        and a failure of the outside world (a provider, a notifier) end only the term."""
+        leading.cancel()
+        try:
+            await leading
+        except asyncio.CancelledError:
+            return None
+        except Exception as err:  # sorted below: only a bug is raised again
+            group = err if isinstance(err, ExceptionGroup) else ExceptionGroup("role", [err])
+            bugs = group.subgroup(_is_bug)
+            if bugs is not None:
+                log.error("Role failed on a bug. role=%s fence=%d", self.role, term.fence)
+                return bugs
+            failures = _leaves(group.subgroup(_is_failure))
+            if failures:
+                log.error(
+                    "Role failed; competing again. role=%s fence=%d error=%s",
+                    self.role,
+                    term.fence,
+                    "; ".join(str(e) for e in failures),
+                )
+        return None
+
+    async def _ended(self, term: Term, release: bool) -> None:
+        """Say how the term ended, once: `lease_lost` only for a lost one."""
+        log.info("Lease ended. role=%s fence=%d ending=%s", self.role, term.fence, term.ending)
+        if release:
+            await self._release(term)
+        elif term.ending is Ending.LOST:
+            self.store.record_soon("lease_lost", self.holder, self.role, {}, fence=term.fence)
+        elif term.ending is Ending.EXPIRED:
+            self.store.record_soon("lease_expired", self.holder, self.role, {}, fence=term.fence)
 
     async def _renew(self, term: Term) -> None:
         started = time.monotonic()
@@ -227,13 +263,11 @@ class LeaseKeeper:
             return
         except (StoreUnavailable, TimeoutError):
             return  # retried on the next tick until the deadline passes
-        except Exception as err:  # an unexpected answer is a failed renewal, not a crash
-            log.warning("Lease renewal failed. role=%s error=%r", self.role, err)
-            return
         term.deadline = started + self.timing.ttl - self.timing.margin
 
     async def _release(self, term: Term) -> None:
-        """On clean shutdown, hand the role over at once instead of after the TTL."""
+        """Hand the role over at once instead of after the TTL (the agent stops, or the role's
+        work ended); recorded as `lease_released`."""
         with contextlib.suppress(Conflict, StoreUnavailable):
             await self.store.delete(subjects.LEASES_BUCKET, self._key, last=term.revision)
             log.info("Lease released. role=%s fence=%d", self.role, term.fence)
@@ -242,3 +276,26 @@ class LeaseKeeper:
     def _notify(self, term: Term | None) -> None:
         if self.observer is not None:
             self.observer(self.role, term)
+
+
+def _is_bug(err: BaseException) -> bool:
+    """Not the end of a term, nor a failure of the outside world: a programming error."""
+    if isinstance(err, BaseExceptionGroup):
+        return False  # look inside
+    return not isinstance(err, MeshError | asyncio.CancelledError)
+
+
+def _is_failure(err: BaseException) -> bool:
+    """A failure of the outside world (a provider, a notifier), not the term's end."""
+    if isinstance(err, BaseExceptionGroup):
+        return False
+    return isinstance(err, MeshError) and not isinstance(err, TermEnded | StaleFence)
+
+
+def _leaves(group: BaseExceptionGroup[Exception] | None) -> list[BaseException]:
+    if group is None:
+        return []
+    found: list[BaseException] = []
+    for err in group.exceptions:
+        found.extend(_leaves(err) if isinstance(err, BaseExceptionGroup) else [err])
+    return found

@@ -1,5 +1,7 @@
-"""The loops agents run on KV: act on every change of some keys (or a resync period), and
-mirror a bucket's decoded values."""
+"""The loops agents run on KV: act on every change of some keys (or after a resync period),
+and mirror a bucket's decoded values. A watch that breaks (a server died, a stream elects a
+leader) is logged and watched again, and the next action runs at once: what changed meanwhile
+is not missed until the resync."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from meshd.agent.backoff import retries
 from meshd.agent.store import Store, StoreUnavailable
 from protocol.codec import decode
 from protocol.errors import ProtocolError
@@ -16,35 +19,34 @@ from protocol.messages import Message
 
 log = logging.getLogger(__name__)
 SETTLE_S = 0.2  # let a burst of changes land before acting on it
-RETRY_S = 1.0
+RETRY_S = 0.5  # a broken watch is watched again after this, growing up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
 M = TypeVar("M", bound=Message)
 
 
-async def repeat_on_change(
-    store: Store, bucket: str, key: str, action: Callable[[], Awaitable[None]], resync_s: float
-) -> None:
-    await repeat_on_changes(store, [(bucket, key)], action, resync_s)
-
-
-async def repeat_on_changes(
+async def run_on_changes(
     store: Store,
     watched: Sequence[tuple[str, str]],
     action: Callable[[], Awaitable[None]],
     resync_s: float,
 ) -> None:
-    """Like `repeat_on_change`, for any change of several (bucket, keys) (">": every key)."""
+    """Run `action` now, after any change of the watched (bucket, keys) (">": every key),
+    and at least every `resync_s`. An action the store does not answer is tried again next
+    round."""
     changed = asyncio.Event()
 
-    async def watch(bucket: str, key: str) -> None:
-        async for entry in store.watch(bucket, key):
-            if entry is not None:
-                changed.set()
+    async def watch(bucket: str, keys: str) -> None:
+        async for attempt in retries(RETRY_S, RETRY_MAX_S):
+            try:
+                async for entry in store.watch(bucket, keys):
+                    if entry is not None:
+                        changed.set()
+                    elif attempt:
+                        changed.set()  # watching again: act on what changed meanwhile
+            except StoreUnavailable as err:
+                log.info("Watch broken; watching again. bucket=%s error=%s", bucket, err)
 
-    watchers = [
-        asyncio.create_task(watch(bucket, key), name=f"watch-{bucket}-{key}")
-        for bucket, key in watched
-    ]
-    try:
+    async def act() -> None:
         while True:
             changed.clear()
             try:
@@ -54,13 +56,15 @@ async def repeat_on_changes(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), resync_s)
             await asyncio.sleep(SETTLE_S)
-    finally:
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+
+    # One group: a watcher that fails on a bug stops the action too, and the other way round.
+    async with asyncio.TaskGroup() as tasks:
+        for bucket, keys in watched:
+            tasks.create_task(watch(bucket, keys), name=f"watch-{bucket}-{keys}")
+        tasks.create_task(act(), name="act-on-changes")
 
 
-async def follow(
+async def mirror_bucket(
     store: Store,
     bucket: str,
     kind: type[M],
@@ -69,7 +73,7 @@ async def follow(
 ) -> None:
     """Keep the decoded values of a bucket and hand them to `publish` once the initial values
     are in and after every change; watch again after any interruption."""
-    while True:
+    async for _ in retries(RETRY_S, RETRY_MAX_S):
         values: dict[str, M] = {}
         ready = False
         try:
@@ -92,7 +96,4 @@ async def follow(
                 if ready:
                     await publish(values)
         except StoreUnavailable as err:
-            log.info("Watch interrupted. bucket=%s error=%s", bucket, err)
-        except Exception as err:  # the watch must come back whatever NATS did
-            log.warning("Watch failed. bucket=%s error=%s", bucket, err)
-        await asyncio.sleep(RETRY_S)
+            log.info("Watch interrupted; watching again. bucket=%s error=%s", bucket, err)

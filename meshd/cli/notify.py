@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import click
@@ -24,7 +25,7 @@ from plugins.notifiers import Outgoing
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError
-from protocol.messages import Notification, PublishedSpec
+from protocol.messages import Event, Notification, PublishedSpec
 
 OUTCOMES = ("notification_sent", "notification_failed", "notification_dropped")
 
@@ -144,30 +145,29 @@ async def _send_and_wait(
     outcomes: dict[tuple[str, str], dict[str, object]] = {}
     keys = [(channel, message.subject) for channel, message in messages]
 
-    async def watch() -> None:
-        async for event in store.follow_events():
+    async def watch(events: AsyncIterator[Event]) -> None:
+        async for event in events:
             key = (event.subject, str(event.detail.get("subject")))
             if event.name in OUTCOMES and key in keys and key not in outcomes:
                 outcomes[key] = {"name": event.name, "detail": event.detail, "by": event.actor}
                 if len(outcomes) == len(keys):
                     return
 
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.2)  # the watch is set up before anything is queued
-    outbox = Outbox(store)
-    now = time.time()
-    for channel, message in messages:
-        await outbox.put(
-            Notification(
-                channel=channel,
-                purpose="test",
-                subject=message.subject,
-                text=message.text,
-                html=message.html,
-                created_at=now,
+    # Subscribed before anything is queued: no outcome can come before the watch is set up.
+    async with store.follow_events() as events:
+        outbox = Outbox(store)
+        now = time.time()
+        for channel, message in messages:
+            await outbox.put(
+                Notification(
+                    channel=channel,
+                    purpose="test",
+                    subject=message.subject,
+                    text=message.text,
+                    html=message.html,
+                    created_at=now,
+                )
             )
-        )
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(watcher, wait_s)
-    watcher.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch(events), wait_s)
     return [outcomes.get(key) for key in keys]

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.agent.store import Store, StoreUnavailable
+from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.cli.context import Context
 from meshd.core.status import mesh_status
 from protocol import subjects
@@ -18,7 +18,7 @@ CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
 async def connect(context: Context) -> Store:
     try:
-        return await Store.connect(
+        return await open_store(
             context.servers,
             context.user,
             context.password,

@@ -111,10 +111,14 @@ def events(count: int, follow: bool, as_json: bool, context_name: str | None) ->
 async def _events(count: int, follow: bool, as_json: bool, context_name: str | None) -> None:
     store = await connect(load_context(context_name))
     try:
-        for event in await store.recent_events(count):
-            _print_event(event, as_json)
-        if follow:
-            async for event in store.follow_events():
+        if not follow:
+            for event in await store.recent_events(count):
+                _print_event(event, as_json)
+            return
+        async with store.follow_events() as followed:  # subscribed first: none falls between
+            for event in await store.recent_events(count):
+                _print_event(event, as_json)
+            async for event in followed:
                 _print_event(event, as_json)
     finally:
         await store.close()

@@ -18,10 +18,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from nats.aio.msg import Msg
-
 from meshd.agent.lease import Term
-from meshd.agent.store import Store, StoreUnavailable, WorkQueue
+from meshd.agent.store import Delivery, Store, StoreUnavailable, WorkQueue
 from plugins.notifiers import Notifier, NotifierConfigError, NotifyError, Outgoing
 from protocol import subjects
 from protocol.codec import decode
@@ -55,7 +53,7 @@ class Courier:
         queue: WorkQueue | None = None
         try:
             while True:
-                term.check()
+                term.ensure_held()
                 try:
                     if queue is None:
                         queue = await self.store.work_queue(
@@ -70,13 +68,12 @@ class Courier:
                     await asyncio.sleep(RETRY_S)
                     continue
                 if msg is not None:
-                    attempt = (msg.metadata.num_delivered or 1) if msg.metadata else 1
-                    await self._deliver(term, queue, msg, attempt)
+                    await self._deliver(term, queue, msg, msg.attempt)
         finally:
             if queue is not None:
                 await queue.close()
 
-    async def _deliver(self, term: Term, queue: WorkQueue, msg: Msg, attempt: int) -> None:
+    async def _deliver(self, term: Term, queue: WorkQueue, msg: Delivery, attempt: int) -> None:
         try:
             notification = decode(msg.data, Notification)
         except ProtocolError as err:
@@ -97,7 +94,7 @@ class Courier:
                 term.fence,
             )  # fmt: skip
             return
-        term.check()
+        term.ensure_held()
         try:
             if isinstance(notifier, NotifierConfigError):
                 raise NotifyError(channel, str(notifier), permanent=True)

@@ -32,6 +32,7 @@ from plugins.lb import ConfigRejected, LbConfig, LbContext, LbUnavailable, LoadB
 from plugins.providers import Provider, ReservedAddresses
 from protocol import subjects
 from protocol.codec import decode
+from protocol.errors import ProtocolError
 from protocol.messages import Lease
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class EntryPoint:
     async def _leases_led_elsewhere(self, term: Term) -> None:
         """The holder's own death must not cost the leases stream an election before its
         lease can expire and be taken: another server should lead that stream."""
-        term.check()
+        term.ensure_held()
         try:
             peer = await self.store.lead_elsewhere(subjects.LEASES_BUCKET, self.identity.name)
         except StoreUnavailable as err:
@@ -144,11 +145,11 @@ class EntryPoint:
                 ):
                     if entry is None or entry.value is None or entry.revision <= revision:
                         continue
-                    if decode(entry.value, Lease).holder != self.identity.name:
+                    if _holder(entry.value) != self.identity.name:
                         log.info("Another lb holder took over. revision=%d", entry.revision)
                         return
-            except Exception as err:  # the store is what is failing: look again
-                log.debug("Lease not readable while lingering. error=%r", err)
+            except StoreUnavailable as err:  # the store is what is failing: look again
+                log.debug("Lease not readable while lingering. error=%s", err)
             await asyncio.sleep(RETRY_S)
 
     async def close(self) -> None:
@@ -161,7 +162,7 @@ class EntryPoint:
         address = self.config.entry.get("address")
         if address and isinstance(self.provider, ReservedAddresses):
             await self.provider.assign_reserved_address(address, self.identity.id, fence=term.token)
-        term.check()
+        term.ensure_held()
         self.store.record_soon(
             "entry_assigned",
             self.identity.name,
@@ -181,7 +182,7 @@ class EntryPoint:
             upstreams=found,
             sites=sites(view.state, found) if view.state else (),
         )
-        term.check()
+        term.ensure_held()
         try:
             if await lb.apply(config):
                 log.info("Load balancer configured. upstreams=%d", len(found))
@@ -200,3 +201,11 @@ class EntryPoint:
                     name, self.identity.name, self.listen, {"error": err.reason}, term.fence
                 )
             return False
+
+
+def _holder(value: bytes) -> str | None:
+    """Who holds a lease (None when its value cannot be read: somebody else wrote it)."""
+    try:
+        return decode(value, Lease).holder
+    except ProtocolError:
+        return None

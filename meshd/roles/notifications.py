@@ -70,7 +70,7 @@ class HeartbeatMails:
 
     async def _watch(self, term: Term) -> None:
         while True:
-            term.check()
+            term.ensure_held()
             if self.view.ready and self.settings.email is not None:
                 try:
                     await self.alert(term)
@@ -84,18 +84,17 @@ class HeartbeatMails:
         when the role is taken, then every new one."""
         seen_recent = False
         while True:
-            term.check()
+            term.ensure_held()
             try:
                 if not seen_recent:
                     for event in await self.store.recent_events(RECENT_EVENTS):
                         await self.alert_recovery(term, event)
                     seen_recent = True
-                async for event in self.store.follow_events():
-                    await self.alert_recovery(term, event)
-            except StoreUnavailable as err:
+                async with self.store.follow_events() as events:
+                    async for event in events:
+                        await self.alert_recovery(term, event)
+            except StoreUnavailable as err:  # the subscription comes back after a pause
                 log.info("Events not readable for alerts. error=%s", err)
-            except Exception as err:  # the subscription must come back whatever NATS did
-                log.warning("Following events for alerts failed. error=%r", err)
             await asyncio.sleep(TICK_S)
 
     async def alert_recovery(self, term: Term, event: Event) -> None:
@@ -109,7 +108,7 @@ class HeartbeatMails:
         key = f"{subjects.alerted_key(record.droplet, record.incarnation)}.recovery"
         if key in self._alerted:
             return
-        term.check()
+        term.ensure_held()
         try:
             await self.store.create(subjects.DESIRED_BUCKET, key, encode(record))
         except Conflict:
@@ -154,7 +153,7 @@ class HeartbeatMails:
         if last is not None and now - last.sent_at < interval:
             return
         mark = HeartbeatMark(purpose=purpose, sent_at=now, by=self.droplet, fence=term.fence)
-        term.check()
+        term.ensure_held()
         try:
             if entry is None:
                 await self.store.create(
@@ -197,7 +196,7 @@ class HeartbeatMails:
             key = subjects.alerted_key(record.droplet, record.incarnation)
             if key in self._alerted:
                 continue
-            term.check()
+            term.ensure_held()
             try:
                 await self.store.create(subjects.DESIRED_BUCKET, key, encode(record))
             except Conflict:
@@ -236,7 +235,7 @@ class HeartbeatMails:
             fence=term.fence,
         )
         for attempt in range(QUEUE_ATTEMPTS):  # its slot is claimed: it must not be lost
-            term.check()
+            term.ensure_held()
             try:
                 await self.outbox.put(notification)
                 break

@@ -15,7 +15,7 @@ import time
 
 from meshd.agent.config import WEB_TAG, MeshConfig, mesh_tag
 from meshd.agent.lease import Term
-from meshd.agent.loops import repeat_on_change
+from meshd.agent.loops import run_on_changes
 from meshd.agent.records import last_placement
 from meshd.agent.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
@@ -37,10 +37,9 @@ class Provisioner:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        await repeat_on_change(
+        await run_on_changes(
             self.store,
-            subjects.DESIRED_BUCKET,
-            subjects.PLACEMENT_KEY,
+            [(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)],
             lambda: self._provision_or_report(term),
             RESYNC_S,
         )
@@ -66,7 +65,7 @@ class Provisioner:
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
-                term.check()
+                term.ensure_held()
                 await self.provider.resize(record.id, droplet.size, fence=term.token)
                 await self._event(term, "droplet_resized", droplet.name, {"size": droplet.size})
         wanted = {d.name for d in placement.droplets}
@@ -78,7 +77,7 @@ class Provisioner:
                     await self._destroy(term, record)
 
     async def _create(self, term: Term, name: str, size: str) -> None:
-        term.check()
+        term.ensure_held()
         tags = [mesh_tag(self.config.mesh), WEB_TAG]
         record = await self.provider.create(
             name, size, tags=tags, user_data=self.config.to_json(), fence=term.token
@@ -100,7 +99,7 @@ class Provisioner:
             await self.store.create(subjects.NODES_BUCKET, subjects.node_key(name), encode(booting))
 
     async def _destroy(self, term: Term, record: DropletRecord) -> None:
-        term.check()
+        term.ensure_held()
         with contextlib.suppress(DropletNotFound):
             await self.provider.destroy(record.id, fence=term.token)
         await self.store.delete(subjects.NODES_BUCKET, record.name)

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from meshd.agent.lease import Term
-from meshd.agent.loops import repeat_on_changes
+from meshd.agent.loops import run_on_changes
 from meshd.agent.meshview import MeshView
 from meshd.agent.records import snapshot_index
 from meshd.agent.store import Conflict, Store
@@ -62,7 +62,7 @@ class Recovery:
         self._reported: dict[str, str] = {}  # droplet -> last problem recorded
 
     async def lead(self, term: Term) -> None:
-        await repeat_on_changes(
+        await run_on_changes(
             self.store,
             [(subjects.FAILURES_BUCKET, ">"), (subjects.NODES_BUCKET, ">")],
             lambda: self.recover(term),
@@ -104,7 +104,7 @@ class Recovery:
     async def _fence(self, term: Term, record: FailureRecord, revision: int) -> None:
         found = await self._find(record.droplet)
         if found is not None:
-            term.check()
+            term.ensure_held()
             try:
                 await self.provider.power_off(found.id, fence=term.token)
             except DropletNotFound:
@@ -151,7 +151,7 @@ class Recovery:
         assert isinstance(self.provider, Rebuilder)
         index = await snapshot_index(self.store, record.droplet)
         for snapshot in index.snapshots if index else ():
-            term.check()
+            term.ensure_held()
             try:
                 built = await self.provider.rebuild(
                     droplet_id, fence=term.token, snapshot_id=snapshot.id
@@ -160,7 +160,7 @@ class Recovery:
                 log.warning("Snapshot gone. droplet=%s snapshot=%s", record.droplet, snapshot.name)
                 continue
             return built, snapshot.name
-        term.check()
+        term.ensure_held()
         return await self.provider.rebuild(droplet_id, fence=term.token), "base image"
 
     async def _check_back(self, term: Term, record: FailureRecord, revision: int) -> None:
@@ -173,7 +173,7 @@ class Recovery:
         }
         if any((a.project, a.env, a.service) not in healthy for a in allocated):
             return
-        term.check()
+        term.ensure_held()
         await self.store.delete(
             subjects.FAILURES_BUCKET, subjects.failure_key(record.droplet), last=revision
         )
@@ -196,7 +196,7 @@ class Recovery:
         event: str,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        term.check()
+        term.ensure_held()
         updated = dataclasses.replace(record, state=state, fence=term.fence, step_at=time.time())
         await self.store.update(
             subjects.FAILURES_BUCKET,

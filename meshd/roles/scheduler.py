@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from meshd.agent.lease import Term
-from meshd.agent.loops import repeat_on_changes
+from meshd.agent.loops import run_on_changes
 from meshd.agent.records import last_placement, restart_counts
 from meshd.agent.store import Store
 from meshd.core.envvars import instance_environment, instance_hosts
@@ -100,7 +100,7 @@ class Scheduler:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        await repeat_on_changes(
+        await run_on_changes(
             self.store,
             [
                 (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
@@ -142,7 +142,7 @@ class Scheduler:
         removed = await self._remove(term, set(existing) - set(wanted))
         # Written also when only the spec revision moved: `publish --wait` waits for it.
         if previous != placement or scheduled_revision != spec_entry.revision:
-            term.check()
+            term.ensure_held()
             record = PlacementRecord(
                 placement=placement.to_data(),
                 spec_revision=spec_entry.revision,
@@ -167,13 +167,13 @@ class Scheduler:
         for key, allocation in wanted.items():
             if existing.get(key) == allocation:
                 continue
-            term.check()
+            term.ensure_held()
             await self.store.put(subjects.ALLOC_BUCKET, key, encode(allocation))
             written += 1
         return written
 
     async def _remove(self, term: Term, keys: set[str]) -> int:
         for key in sorted(keys):
-            term.check()
+            term.ensure_held()
             await self.store.delete(subjects.ALLOC_BUCKET, key)
         return len(keys)

@@ -107,7 +107,7 @@ class Snapshots:
 
     async def _take(self, term: Term, droplet: DropletRecord, generations: dict[str, int]) -> None:
         assert isinstance(self.provider, Snapshotter)
-        term.check()
+        term.ensure_held()
         started = time.time()
         name = snapshot_name(droplet.name, started)
         record = await self.provider.snapshot(droplet.id, name, fence=term.token)
@@ -124,7 +124,7 @@ class Snapshots:
             droplet=droplet.name,
             snapshots=(taken, *(previous.snapshots if previous else ())),
         )
-        term.check()
+        term.ensure_held()
         await self.store.put(
             subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet.name), encode(index)
         )
@@ -150,7 +150,7 @@ class Snapshots:
         if not old:
             return
         for snapshot in old:
-            term.check()
+            term.ensure_held()
             # Gone already: deleted by a leader that died before it wrote the index down.
             with contextlib.suppress(SnapshotNotFound):
                 await self.provider.delete_snapshot(snapshot.id, fence=term.token)
@@ -162,7 +162,7 @@ class Snapshots:
                 term.fence,
             )
         kept = dataclasses.replace(index, snapshots=index.snapshots[:KEEP])
-        term.check()
+        term.ensure_held()
         await self.store.put(
             subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(index.droplet), encode(kept)
         )

@@ -27,16 +27,16 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import aiohttp
-from nats.aio.msg import Msg
 
+from meshd.agent.backoff import retries
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
 from meshd.agent.meshview import MeshView
-from meshd.agent.store import Conflict, Store
+from meshd.agent.store import Conflict, Received, Store, StoreUnavailable
 from meshd.core.monitors import majority, monitor_map, monitored, targets_of
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.errors import MeshError, ProtocolError
 from protocol.messages import FailureRecord, FailureState, LivenessBeat, Suspicion, Verdict
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ PROBE_TIMEOUT_S = 0.5
 INDIRECT_TIMEOUT_S = 1.0
 SUSPECT_AFTER_S = 1.5  # silence before a suspicion
 CONFIRM_AFTER_S = 2.8  # silence before a confirmation: a 2 s pause is never confirmed
-RECORD_RETRY_S = 0.5
+RECORD_RETRY_S = 0.25  # the failure record waits out an election with backoff up to 1 s
+RECORD_RETRY_MAX_S = 1.0
 REVOTE_S = 1.0  # a standing confirmation is sent again: core NATS may have lost it
 
 
@@ -203,7 +204,7 @@ class Detector:
                 watch.voted = None
                 self._vote(target, watch.incarnation, Verdict.REFUTE)
 
-    async def _on_heartbeat(self, msg: Msg) -> None:
+    async def _on_heartbeat(self, msg: Received) -> None:
         try:
             beat = decode(msg.data, LivenessBeat)
         except ProtocolError:
@@ -212,13 +213,12 @@ class Detector:
         if watch is not None and beat.incarnation >= watch.incarnation:
             self._alive(beat.droplet, watch)
 
-    async def _on_probe_request(self, msg: Msg) -> None:
+    async def _on_probe_request(self, msg: Received) -> None:
         """A monitor asks this agent to probe a target for it (indirect probe)."""
         target = msg.data.decode(errors="replace")
         node = self.view.nodes.get(target)
         ok = node is not None and self._http is not None and await probe(self._http, node.address)
-        with contextlib.suppress(Exception):
-            await msg.respond(b"ok" if ok else b"fail")
+        await msg.respond(b"ok" if ok else b"fail")
 
     async def _indirect(self, target: str, watch: Watch) -> None:
         helpers = sorted(
@@ -257,7 +257,7 @@ class Detector:
         """The second opinion where there is no majority: the provider's view of the droplet."""
         try:
             records = await self.provider.list(self.provider_tag)
-        except Exception as err:  # no answer is no second opinion
+        except MeshError as err:  # no answer is no second opinion
             log.warning("Provider not answering; not confirming. droplet=%s error=%s", target, err)
             return False
         found = [r for r in records if r.name == target]
@@ -268,7 +268,7 @@ class Detector:
         self._spawn(self.store.publish(subjects.suspect(target), encode(vote)))
         self._count(vote)
 
-    async def _on_vote(self, msg: Msg) -> None:
+    async def _on_vote(self, msg: Received) -> None:
         try:
             vote = decode(msg.data, Suspicion)
         except ProtocolError:
@@ -333,16 +333,15 @@ class Detector:
 
     async def _record(self, record: FailureRecord) -> None:
         """Create the failure record once (whoever is first), retrying through an election."""
-        while True:
+        async for _ in retries(RECORD_RETRY_S, RECORD_RETRY_MAX_S):
             try:
                 await self.store.create(
                     subjects.FAILURES_BUCKET, subjects.failure_key(record.droplet), encode(record)
                 )
             except Conflict:
                 return  # another monitor recorded it
-            except Exception as err:  # whatever JetStream answers mid-election: try again
-                log.info("Failure not recorded yet. droplet=%s error=%r", record.droplet, err)
-                await asyncio.sleep(RECORD_RETRY_S)
+            except StoreUnavailable as err:  # JetStream elects a stream leader: try again
+                log.info("Failure not recorded yet. droplet=%s error=%s", record.droplet, err)
                 continue
             self.store.record_soon(
                 "failure_confirmed",

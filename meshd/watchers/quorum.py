@@ -16,11 +16,9 @@ import logging
 import time
 from datetime import datetime
 
-from nats.aio.msg import Msg
-
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import notifiers
-from meshd.agent.store import Store
+from meshd.agent.store import Received, Store
 from meshd.core.monitors import ring
 from meshd.core.notices import critical_alert
 from plugins.notifiers import NotifierConfigError, NotifyError
@@ -73,7 +71,7 @@ class QuorumWatch:
         finally:
             await subscription.unsubscribe()
 
-    async def _on_heartbeat(self, msg: Msg) -> None:
+    async def _on_heartbeat(self, msg: Received) -> None:
         try:
             beat = decode(msg.data, LivenessBeat)
         except ProtocolError:

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from meshd.agent.store import Store
+from meshd.agent.store.jetstream import NatsStore
 from tests.support.nats import NatsServer, running_nats
 
 
 async def connect(server: NatsServer, name: str = "test") -> Store:
-    store = await Store.connect([server.url], "agent", server.agent_password, name=name, timeout=3)
+    store = await NatsStore.connect(
+        [server.url], "agent", server.agent_password, name=name, timeout=3
+    )
     await store.ensure(replicas=1)
     return store
 

@@ -125,12 +125,12 @@ class LocalMesh:
         """The nats-server leading a KV bucket's stream (asked with the operator's context)."""
         import asyncio
 
-        from meshd.agent.store import Store
+        from meshd.agent.store.jetstream import NatsStore
 
         context = json.loads(next((self.home / "config" / "contexts").glob("*.json")).read_text())
 
         async def ask() -> str | None:
-            store = await Store.connect(
+            store = await NatsStore.connect(
                 context["servers"], context["user"], context["password"], name="test"
             )
             try:

@@ -1,0 +1,420 @@
+"""The store on NATS JetStream: the only code in meshd that touches NATS. Every nats error is
+translated here (`errors.translated`); every value handed out is the store's own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from meshd.agent.store import (
+    Conflict,
+    Delivery,
+    Entry,
+    Handler,
+    Received,
+    StoreUnavailable,
+    Subscription,
+)
+from meshd.agent.store import WorkQueue as WorkQueueProtocol
+from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
+from meshd.agent.store.events import Events
+from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
+from protocol.messages import Event
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 1.0
+WORK_ACK_WAIT_S = 60.0
+
+
+class NatsStore:
+    """A connection to the mesh. Open with `NatsStore.connect`, close with `close()`."""
+
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self._timeout = timeout
+        self._buckets: dict[str, KeyValue] = {}
+        self._events = Events(self._js)
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: Sequence[str],
+        user: str,
+        password: str,
+        *,
+        name: str,
+        forever: bool = False,
+        timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
+    ) -> NatsStore:
+        async def on_error(err: Exception) -> None:
+            log.debug("NATS connection error. error=%s", err)
+
+        async def on_disconnect() -> None:
+            log.info("Disconnected from NATS.")
+
+        async def on_reconnect() -> None:
+            log.info("Reconnected to NATS.")
+
+        options: dict[str, Any] = {
+            "servers": list(servers),
+            "user": user,
+            "password": password,
+            "name": name,
+            "connect_timeout": 1.0,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1 if forever else 1,
+            "reconnect_time_wait": 0.5,
+            "ping_interval": 5,
+            "max_outstanding_pings": 2,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        where = ", ".join(servers)
+        try:
+            if forever:
+                nc = await nats.connect(**options)
+            else:
+                async with asyncio.timeout(timeout):
+                    nc = await nats.connect(**options)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"connect to {where}: no answer within {timeout:.0f} s"
+            ) from None
+        except ANY_NATS_ERROR as err:
+            raise StoreUnavailable(f"connect to {where}: {reason(err)}") from None
+        return cls(nc, timeout)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def close(self) -> None:
+        await self._events.close()
+        if not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except ANY_NATS_ERROR:
+                await self._nc.close()
+
+    # --- setup -----------------------------------------------------------------------------
+
+    async def ensure(self, replicas: int) -> None:
+        with translated("set up buckets"):
+            # A JetStream cluster answers only once it has a meta leader; asking with a short
+            # timeout first keeps a starting mesh from waiting out the long one.
+            await asyncio.wait_for(self._js.account_info(), READY_TIMEOUT_S)
+            for bucket in BUCKETS:
+                config = KeyValueConfig(
+                    bucket=bucket.name,
+                    history=bucket.history,
+                    replicas=replicas,
+                    storage=StorageType.FILE,
+                )
+                try:
+                    self._buckets[bucket.name] = await self._js.create_key_value(config)
+                except nats.js.errors.BadRequestError:  # it exists, maybe with fewer replicas
+                    await self._raise_replicas(f"KV_{bucket.name}", replicas)
+                    self._buckets[bucket.name] = await self._js.key_value(bucket.name)
+            for stream in STREAMS:
+                await self._ensure_stream(_stream_config(stream, replicas))
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._raise_replicas(config.name, config.num_replicas or 1)
+
+    async def _raise_replicas(self, stream: str, replicas: int) -> None:
+        info = await self._js.stream_info(stream)
+        if (info.config.num_replicas or 1) < replicas:
+            await self._js.update_stream(info.config.evolve(num_replicas=replicas))
+            log.info("Replicas raised. stream=%s replicas=%d", stream, replicas)
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._buckets:
+            try:
+                self._buckets[bucket] = await self._js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise StoreUnavailable(f"bucket {bucket} does not exist yet") from None
+        return self._buckets[bucket]
+
+    # --- KV ----------------------------------------------------------------------------------
+
+    async def get(self, bucket: str, key: str) -> Entry | None:
+        with translated(f"read {bucket}/{key}"):
+            try:
+                entry = await (await self._kv(bucket)).get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+        if entry.value is None and entry.operation is None:
+            return None  # an expiry marker: treat as absent
+        return Entry(key, entry.value, entry.revision or 0)
+
+    async def put(self, bucket: str, key: str, value: bytes) -> int:
+        with translated(f"write {bucket}/{key}"):
+            return int(await (await self._kv(bucket)).put(key, value))
+
+    async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        with translated(f"create {bucket}/{key}"):
+            try:
+                return int(await (await self._kv(bucket)).create(key, value, msg_ttl=ttl))
+            except nats.js.errors.KeyNotFoundError:
+                # The key has a last sequence but no message: it is changing (expiring,
+                # deleted) while a stream leader is being elected. Not an answer yet.
+                raise StoreUnavailable(f"create {bucket}/{key}: the key is changing") from None
+
+    async def update(
+        self, bucket: str, key: str, value: bytes, *, last: int, ttl: float | None = None
+    ) -> int:
+        # Published to the key's subject: `KeyValue.update` cannot carry a per-message TTL.
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        with translated(f"update {bucket}/{key} at revision {last}"):
+            ack = await self._js.publish(f"$KV.{bucket}.{key}", value, headers=headers, msg_ttl=ttl)
+        return int(ack.seq)
+
+    async def delete(self, bucket: str, key: str, *, last: int | None = None) -> None:
+        with translated(f"delete {bucket}/{key}"):
+            try:
+                await (await self._kv(bucket)).delete(key, last=last)
+            except nats.js.errors.BadRequestError:  # a wrong `last` (10071)
+                if last is None:
+                    raise
+                raise Conflict(f"delete {bucket}/{key}: changed since revision {last}") from None
+
+    async def entries(self, bucket: str, keys: str = ">") -> dict[str, Entry]:
+        result: dict[str, Entry] = {}
+        try:
+            async with asyncio.timeout(self._timeout):
+                async for entry in self.watch(bucket, keys):
+                    if entry is None:
+                        break
+                    if entry.value is None:
+                        result.pop(entry.key, None)
+                    else:
+                        result[entry.key] = entry
+        except TimeoutError:
+            raise StoreUnavailable(f"list {bucket}: timed out") from None
+        return result
+
+    async def watch(self, bucket: str, keys: str = ">") -> AsyncIterator[Entry | None]:
+        # nats-py can report "initial values done" before delivering them (its marker races
+        # the first messages: nats-io/nats.py#842, a deeper fix in nats-io/nats.py#995), so for
+        # whole-bucket watches the marker is ours: it comes with the first entry delivered
+        # with nothing pending behind it, or at once for an empty bucket.
+        with translated(f"watch {bucket}"):
+            kv = await self._kv(bucket)
+            stored = 0
+            if keys == ">":
+                stored = (await self._js.stream_info(f"KV_{bucket}")).state.messages
+            watcher = await kv.watch(keys)  # the consumer needs a JetStream meta leader
+        initial_done = False
+        try:
+            with translated(f"watch {bucket}"):
+                async for item in watcher:
+                    if item is None:
+                        if not initial_done and (keys != ">" or stored == 0):
+                            initial_done = True
+                            yield None
+                        continue
+                    deleted = item.operation in ("DEL", "PURGE")
+                    yield Entry(item.key, None if deleted else item.value, item.revision or 0)
+                    if not initial_done and keys == ">" and not item.delta:
+                        initial_done = True
+                        yield None
+        finally:
+            with contextlib.suppress(*ANY_NATS_ERROR):
+                await watcher.stop()
+
+    # --- events --------------------------------------------------------------------------
+
+    async def record(
+        self,
+        name: str,
+        actor: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        fence: int | None = None,
+        *,
+        at: float | None = None,
+    ) -> None:
+        await self._events.record(name, actor, subject, detail, fence, at=at)
+
+    def record_soon(
+        self,
+        name: str,
+        actor: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        fence: int | None = None,
+        *,
+        at: float | None = None,
+    ) -> None:
+        self._events.record_soon(name, actor, subject, detail, fence, at=at)
+
+    async def recent_events(self, count: int) -> list[Event]:
+        return await self._events.recent(count)
+
+    def follow_events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        return self._events.follow()
+
+    # --- the JetStream cluster -------------------------------------------------------------
+
+    async def bucket_leader(self, bucket: str) -> str | None:
+        with translated(f"stream info of KV_{bucket}"):
+            info = await self._js.stream_info(f"KV_{bucket}")
+        return info.cluster.leader if info.cluster else None
+
+    async def lead_elsewhere(self, bucket: str, server: str) -> str | None:
+        stream = f"KV_{bucket}"
+        with translated(f"move the leader of {stream}"):
+            info = await self._js.stream_info(stream)
+            cluster = info.cluster
+            if cluster is None or cluster.leader != server:
+                return None
+            peers = sorted(
+                p.name for p in cluster.replicas or () if p.name and p.current and not p.offline
+            )
+            if not peers:
+                return None
+            request = json.dumps({"placement": {"preferred": peers[0]}}).encode()
+            reply = await self._nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=self._timeout
+            )
+        answer = json.loads(reply.data)
+        if not answer.get("success"):
+            raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
+        return peers[0]
+
+    async def jetstream_answers(self, wait: float = READY_TIMEOUT_S) -> bool:
+        try:
+            await asyncio.wait_for(self._js.account_info(), wait)
+        except ANY_NATS_ERROR:
+            return False
+        return True
+
+    # --- work queues -----------------------------------------------------------------------
+
+    async def enqueue(self, subject: str, data: bytes) -> int:
+        with translated(f"queue on {subject}"):
+            ack = await self._js.publish(subject, data, timeout=self._timeout)
+        return int(ack.seq)
+
+    async def work_queue(self, stream: str, subject: str, durable: str) -> WorkQueueProtocol:
+        """A message taken and not acknowledged comes back after `WORK_ACK_WAIT_S`."""
+        config = ConsumerConfig(ack_wait=WORK_ACK_WAIT_S, max_deliver=-1)
+        with translated(f"consume {stream}"):
+            subscription = await self._js.pull_subscribe(
+                subject, durable=durable, stream=stream, config=config
+            )
+        return NatsWorkQueue(subscription)
+
+    async def queued(self, stream: str) -> int:
+        with translated(f"read {stream}"):
+            return int((await self._js.stream_info(stream)).state.messages)
+
+    # --- core subjects -----------------------------------------------------------------------
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await self._nc.publish(subject, data)
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        try:
+            reply = await self._nc.request(subject, data, timeout=timeout)
+        except ANY_NATS_ERROR:
+            return None
+        return bytes(reply.data)
+
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        async def deliver(msg: Msg) -> None:
+            async def respond(data: bytes) -> None:
+                if msg.reply:
+                    with contextlib.suppress(*ANY_NATS_ERROR):
+                        await msg.respond(data)
+
+            await handler(Received(msg.subject, bytes(msg.data), respond))
+
+        with translated(f"subscribe to {subject}"):
+            return CoreSubscription(await self._nc.subscribe(subject, cb=deliver))
+
+
+class CoreSubscription:
+    def __init__(self, subscription: Any) -> None:
+        self._subscription = subscription
+
+    async def unsubscribe(self) -> None:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await self._subscription.unsubscribe()
+
+
+class NatsWorkQueue:
+    """One pull consumer of a work-queue stream."""
+
+    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
+        self._subscription = subscription
+
+    async def take(self, wait: float) -> Delivery | None:
+        with translated("take from work queue"):
+            try:
+                (msg,) = await self._subscription.fetch(1, timeout=wait)
+            except nats.errors.TimeoutError:
+                return None  # nothing came within `wait`
+        attempt = (msg.metadata.num_delivered or 1) if msg.metadata else 1
+        return Delivery(bytes(msg.data), attempt, msg)
+
+    async def done(self, delivery: Delivery) -> None:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await delivery.handle.ack()
+
+    async def later(self, delivery: Delivery, delay: float) -> None:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await delivery.handle.nak(delay=delay)
+
+    async def close(self) -> None:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await self._subscription.unsubscribe()
+
+
+def _stream_config(stream: Stream, replicas: int) -> StreamConfig:
+    if stream.retention is Retention.WORK_QUEUE:
+        return StreamConfig(
+            name=stream.name,
+            subjects=[stream.subjects],
+            retention=RetentionPolicy.WORK_QUEUE,
+            num_replicas=replicas,
+            storage=StorageType.FILE,
+        )
+    return StreamConfig(
+        name=stream.name,
+        subjects=[stream.subjects],
+        retention=RetentionPolicy.LIMITS,
+        max_age=stream.max_age_s,
+        max_bytes=stream.max_bytes,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        storage=StorageType.FILE,
+    )
