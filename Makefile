@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean nginx
+.PHONY: demo test test-unit test-component test-mesh lint typecheck bench clean nginx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest
+# The tiers run cheapest first, so that a broken unit stops the run in seconds.
+test: lint typecheck test-unit test-component test-mesh
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m unit
+
+test-component: $(STAMP)
+	$(BIN)/pytest -m component
+
+test-mesh: $(STAMP)
+	$(BIN)/pytest -m mesh
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan.py

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import click
 
-from meshd.agent.instances import instance_spec
+from meshd.agent.reconciler.instances import instance_spec
 from meshd.cli.context import load_context
 from meshd.cli.session import connect, read_mesh
 from meshd.core.envvars import resolve_hosts

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from meshd.core.envvars import resolve_hosts
 from meshd.core.rollout import slot_port
 from plugins.runtimes import InstanceSpec
+from plugins.secrets import Secrets, lookup_names
+from protocol.errors import MeshError
 from protocol.messages import Allocation
 
 
@@ -40,3 +43,30 @@ def instance_spec(
         dockerfile=allocation.dockerfile,
         data_path=allocation.data_path,
     )
+
+
+class NotReady(MeshError):
+    """An instance cannot start yet (e.g. a droplet it needs has no known address)."""
+
+
+def spec_for(
+    allocation: Allocation,
+    slot: int,
+    address: str,
+    addresses: Mapping[str, str],
+    secrets: Secrets,
+) -> InstanceSpec:
+    """The spec of `allocation` in `slot` on the droplet at `address`: `NotReady` while a
+    droplet it names has no known address, `LookupError` for a secret not found."""
+    hosts = resolve_hosts(allocation.hosts, addresses)
+    if hosts is None:
+        missing = sorted(set(allocation.hosts.values()) - set(addresses))
+        raise NotReady(f"waiting for the address of {', '.join(missing)}")
+    values: dict[str, bytes] = {}
+    for name in allocation.secrets:
+        value = secrets.get(name, allocation.project, allocation.env)
+        if value is None:
+            tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
+            raise LookupError(f"secret {name!r} not found (looked up {tried})")
+        values[name] = value
+    return instance_spec(allocation, address, hosts, values, slot)

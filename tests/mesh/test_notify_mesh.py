@@ -8,14 +8,11 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project
 from tests.support.smtp import PASSWORD, USER, Mailbox, Received, smtp_in_thread
 from tests.support.twilio import SID, TOKEN, twilio_in_thread
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
 INTERVAL_S = 3.0
 
 

@@ -37,7 +37,7 @@ from plugins.providers import (
 )
 from plugins.providers.local import LocalProvider, create
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 P5 = Fence("provisioner", 5)
 
 LAUNCHER = textwrap.dedent(

@@ -10,7 +10,7 @@ import pytest
 
 import protocol
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULES = sorted((REPO / "protocol").glob("*.py"))
 FORBIDDEN = {"meshd", "plugins", "asyncio", "nats", "aiohttp", "docker"}
 ALLOWED_THIRD_PARTY = {"msgpack", "protocol"}

@@ -4,12 +4,7 @@ are kept, and a killed droplet is rebuilt from the newest."""
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from meshd.core.snapshot_policy import due, pruned, settled, snapshot_name
 from protocol.messages import (
@@ -20,9 +15,7 @@ from protocol.messages import (
     Snapshot,
     SnapshotIndex,
 )
-from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project
 from tests.support.reconciling import allocation
-from tests.support.waiting import wait_for
 
 
 def instance(service: str, generation: int, **more: Any) -> InstanceStatus:
@@ -100,52 +93,3 @@ def test_all_but_the_newest_three_are_pruned_and_names_follow_the_seed() -> None
 
 
 # --- on a real local mesh ---------------------------------------------------------------------
-
-
-def snapshots_on_disk(mesh_dir: Path, droplet: str) -> list[str]:
-    """The names of the snapshots of `droplet` that the local provider's account keeps."""
-    accounts = list(mesh_dir.glob("state/*/provider/account.json"))
-    assert len(accounts) == 1, accounts
-    data = json.loads(accounts[0].read_text())
-    names = (s["name"] for s in data.get("snapshots", {}).values())
-    return sorted(n for n in names if n.startswith(f"{droplet}-deploy-"))
-
-
-@pytest.mark.integration
-def test_each_finished_deployment_is_snapshotted_the_last_three_kept_and_rebuilt_from(
-    tmp_path: Path,
-) -> None:
-    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-    with local_mesh(tmp_path / "mesh", droplets=3) as mesh:
-        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
-
-        def taken() -> list[dict[str, Any]]:
-            events = mesh.events_about("master") or []
-            return [e for e in events if e["name"] == "snapshot_taken"]
-
-        wait_for(lambda: len(taken()) == 1, timeout=60, what="master's first snapshot")
-        for count in range(2, 6):
-            mesh.ok("restart", "shop", "prod", "backend", timeout=120)
-            wait_for(lambda n=count: len(taken()) == n, timeout=60, what=f"snapshot {count}")
-        names = [e["detail"]["snapshot"] for e in taken()]
-        wait_for(
-            lambda: snapshots_on_disk(mesh.home, "master") == sorted(names[-3:]),
-            timeout=30,
-            what="all but the last three snapshots deleted",
-        )
-        deleted = [e for e in mesh.events_about("master") or [] if e["name"] == "snapshot_deleted"]
-        assert sorted(e["detail"]["snapshot"] for e in deleted) == sorted(names[:2])
-        status = mesh.status()
-        master = next(d for d in status["droplets"] if d["name"] == "master")
-        assert master["snapshot"]["name"] == names[-1]
-
-        # A rebuild starts from the newest snapshot.
-        killed = time.time()
-        mesh.ok("chaos", "kill", "master")
-        wait_for(lambda: mesh.recovered("master", killed), timeout=120, what="master rebuilt")
-        rebuilt = [
-            e
-            for e in mesh.events_about("master") or []
-            if e["name"] == "droplet_rebuilt" and e["at"] > killed
-        ]
-        assert [e["detail"]["from"] for e in rebuilt] == [names[-1]]

@@ -20,7 +20,7 @@ from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.sizes import SIZES
 from meshd.inputs.csvfile import MAX_PROJECT_NAME, MAX_SERVERS, ProjectRow, parse_projects_csv
 
-CASES = Path(__file__).parent / "cases"
+CASES = Path(__file__).parents[1] / "cases"
 CSV_CASES = CASES / "csv"
 TABLE: dict[str, Any] = json.loads((CASES / "csv_cases.json").read_text(encoding="utf-8"))
 HEADER = b"Project,Servers,MasterSpec,WebSpec"

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support import namespaces_allowed, nginx_binary
 from tests.support.mesh import (
     BACKEND_ONLY,
@@ -24,7 +22,6 @@ from tests.support.mesh import (
 )
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
 VICTIM = "shop-web1"
 
 

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support import nginx_binary
 from tests.support.mesh import (
     BACKEND_ONLY,
@@ -21,7 +19,6 @@ from tests.support.mesh import (
 )
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
 STEPS = [
     "failure_confirmed",
     "droplet_fenced",

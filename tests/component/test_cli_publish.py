@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CSV = "examples/projects.csv"
 HEADER = "Project,Servers,MasterSpec,WebSpec\n"
 WORKERS = {"worker_email", "worker_reports", "scheduler"}

@@ -19,7 +19,6 @@ from plugins.lb.nginx import NginxLoadBalancer, render_config
 from tests.support import nginx_binary
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.integration
 ADDRESS = "127.0.0.1"
 
 

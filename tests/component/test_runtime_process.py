@@ -30,7 +30,7 @@ from protocol.errors import MeshError
 from tests import support
 
 HOST = "127.0.0.1"
-HTTPAPP = Path(__file__).parent / "support" / "httpapp.py"
+HTTPAPP = Path(__file__).parents[1] / "support" / "httpapp.py"
 KEY = "shop.test.backend"
 SECRET = b"s3cret-value-that-must-not-leak"
 DEADLINE = 10.0

@@ -9,12 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.mesh import LocalMesh, local_mesh
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def droplet(mesh: LocalMesh, name: str) -> dict[str, Any]:

@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.mesh import (
     WEB_ONLY,
     LocalMesh,
@@ -20,8 +18,6 @@ from tests.support.mesh import (
     write_project,
 )
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def service(status: dict[str, Any], project: str, env: str, name: str) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def test_a_killed_scheduler_holder_is_followed_by_a_term_with_a_higher_fence(
 
 def test_a_paused_scheduler_holder_is_replaced_by_another_droplet(tmp_path: Path) -> None:
     # Two droplets: the provider, seeing the paused one still running, keeps the detector from
-    # declaring it dead (with three, it would be fenced and rebuilt; tests/test_detection.py).
+    # declaring it dead (with three, it would be fenced and rebuilt; tests/mesh/test_detection.py).
     with local_mesh(tmp_path / "mesh", droplets=2) as mesh:
         holder = wait_for(lambda: _holder(mesh, "scheduler"), what="a scheduler")
         agent = mesh.pid_of(holder, "agent")

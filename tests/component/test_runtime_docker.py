@@ -28,8 +28,6 @@ from tests import support
 from tests.support.docker import example_context, mesh_objects
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.integration
-
 ADDRESS = "127.0.0.1"
 SECRET = b"s3cret-value-that-must-not-leak"
 DEADLINE = 30.0

@@ -1,11 +1,12 @@
 """Every agent's reconciler: makes the runtime run exactly this droplet's allocations.
 
 It starts what is missing, stops what no allocation wants, restarts crashed instances and
-instances whose health check failed several times in a row, with exponential backoff, and
-reports what it observes. A new generation of a web service or worker starts beside the old
-instance, which serves until the new one is healthy and is then drained and stopped
-(`meshd.core.rollout`). The last applied allocations are kept on local disk, so instances
-are brought back after an agent restart even while no NATS server answers (DESIGN.md).
+instances whose health check failed several times in a row (`health`), with exponential
+backoff, and reports what it observes. A new generation of a web service or worker starts
+beside the old instance, which serves until the new one is healthy and is then drained and
+stopped (`meshd.core.rollout`). The last applied allocations are kept on local disk
+(`local_copy`), so instances are brought back after an agent restart even while no NATS
+server answers; while that copy is unknown and the mesh has not answered, nothing is stopped.
 """
 
 from __future__ import annotations
@@ -13,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import msgpack
 
-from meshd.agent.instances import instance_spec
-from meshd.core.envvars import resolve_hosts
-from meshd.core.rollout import DRAIN_S, replaced_beside, slot_port, waiting_for
+from meshd.agent.reconciler.health import HealthProber
+from meshd.agent.reconciler.instances import NotReady, spec_for
+from meshd.agent.reconciler.local_copy import LocalCopy
+from meshd.agent.reconciler.slots import current_slot, statuses, waits_for
+from meshd.agent.reconciler.tracked import (
+    START_GRACE_S,
+    Tracked,
+    exit_reason,
+    instance_key,
+    service_slot,
+)
+from meshd.core.rollout import DRAIN_S, replaced_beside
 from meshd.core.spec import ServiceKind
 from plugins.runtimes import (
     InstanceInfo,
@@ -35,54 +42,15 @@ from plugins.runtimes import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from plugins.secrets import Secrets, lookup_names
+from plugins.secrets import Secrets
 from protocol import subjects
-from protocol.codec import decode, encode
-from protocol.errors import MeshError, ProtocolError
 from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
 
 log = logging.getLogger(__name__)
 
 RESYNC_S = 2.0
-HEALTH_EVERY_S = 5.0  # instances that run and passed before (3 misses: 15 s)
-HEALTH_STARTING_EVERY_S = 0.25  # instances waiting for their first good probe
-HEALTH_TIMEOUT_S = 1.0
-UNHEALTHY_AFTER = 3  # consecutive failed probes
-START_GRACE_S = 5.0  # probes do not count while an instance starts
-BACKOFF_MAX_S = 30.0
-LOCAL_COPY = "allocations.msgpack"
 PARALLEL_STARTS = 8  # instances started at once: a droplet's 40 instances in a few batches
 UNWANTED_GRACE_S = 10.0  # an instance found that was never allocated here is stopped after
-
-
-class NotReady(MeshError):
-    """An instance cannot start yet (e.g. a droplet it needs has no known address)."""
-
-
-@dataclass(slots=True)
-class Tracked:
-    """The reconciler's memory of one instance."""
-
-    slot: int = 0
-    generation: int = 0
-    state: InstanceState = InstanceState.STARTING
-    healthy: bool = False
-    restarts: int = 0  # total, reported
-    failures: int = 0  # in a row, for backoff; reset once healthy
-    failed_probes: int = 0
-    last_error: str | None = None
-    runtime_id: str | None = None
-    started: float = 0.0  # monotonic
-    next_attempt: float = 0.0  # monotonic
-    engine_restarts: int = 0  # restarts the runtime's engine made, as last seen
-    last_failed_probe: float = 0.0  # monotonic; failures count at most once per HEALTH_EVERY_S
-    draining: bool = False  # replaced: reported so, stopped DRAIN_S after that report went out
-    drain_reported: float | None = None  # monotonic
-    waiting: bool = False  # its replacement waits for an earlier droplet's (meshd.core.rollout)
-
-    def back_off(self, now: float) -> None:
-        self.failures += 1
-        self.next_attempt = now + min(BACKOFF_MAX_S, 0.5 * 2 ** min(self.failures, 6))
 
 
 class Reconciler:
@@ -103,9 +71,13 @@ class Reconciler:
         self.unwanted: dict[str, float] = {}  # instance -> when first seen unwanted (monotonic)
         self.unavailable: str | None = None  # why the runtime's engine does not answer
         self._acting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per service
-        self.loaded = False
+        self.loaded = False  # allocations are known: from the mesh, or from the local copy
         self._changed = asyncio.Event()
         self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
+        self._copy = LocalCopy(data_dir)
+        self._health = HealthProber(
+            address, self.tracked, lambda: self.allocations, self._health_changed, self._restart
+        )
 
     # --- input -------------------------------------------------------------------------------
 
@@ -152,37 +124,22 @@ class Reconciler:
                 tracked.drain_reported = now
 
     async def _save(self) -> None:
-        copy = {
-            "allocations": [encode(a) for a in self.allocations.values()],
-            "addresses": dict(self.addresses),
-        }
-        await asyncio.to_thread(_write_atomically, self.data_dir / LOCAL_COPY, msgpack.packb(copy))
-
-    def _load(self) -> tuple[dict[str, Allocation], dict[str, str]]:
-        path = self.data_dir / LOCAL_COPY
-        if not path.exists():
-            return {}, {}
-        try:
-            copy = msgpack.unpackb(path.read_bytes())
-            items = [decode(raw, Allocation) for raw in copy["allocations"]]
-            addresses = {str(k): str(v) for k, v in copy["addresses"].items()}
-        except (ProtocolError, ValueError, TypeError, KeyError, msgpack.UnpackException) as err:
-            log.error("Local copy of allocations unreadable; waiting for the mesh. error=%s", err)
-            return {}, {}
-        return {f"{a.project}.{a.env}.{a.service}": a for a in items}, addresses
+        await self._copy.save(self.allocations, self.addresses)
 
     # --- loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
         if not self.loaded:
-            allocations, addresses = await asyncio.to_thread(self._load)
-            if not self.loaded:  # the mesh's allocations may have come while it was read
-                self.allocations = allocations
-                self.addresses = {**addresses, self.droplet: self.address}
+            copy = await asyncio.to_thread(self._copy.load)
+            if copy is None:
+                log.info("No local copy of allocations; waiting for the mesh, stopping nothing.")
+            elif not self.loaded:  # the mesh's allocations may have come while it was read
+                self.allocations = copy.allocations
+                self.addresses = {**copy.addresses, self.droplet: self.address}
                 self.loaded = True
-                log.info("Applying local copy of allocations. instances=%d", len(allocations))
+                log.info("Applying local copy of allocations. services=%d", len(copy.allocations))
         async with aiohttp.ClientSession() as http:
-            prober = asyncio.create_task(self._probe_loop(http))
+            prober = asyncio.create_task(self._health.run(http))
             try:
                 while True:
                     self._changed.clear()
@@ -206,7 +163,7 @@ class Reconciler:
         infos = {info.key: info for info in listed}
         found: defaultdict[str, dict[int, InstanceInfo]] = defaultdict(dict)
         for key, info in infos.items():
-            service, slot = _service_slot(key)
+            service, slot = service_slot(key)
             found[service][slot] = info
         now = time.monotonic()
         limit = asyncio.Semaphore(PARALLEL_STARTS)
@@ -216,13 +173,15 @@ class Reconciler:
                 await self._converge_service(service, allocation, found[service], listed_at, now)
 
         await asyncio.gather(*(converge(k, a) for k, a in list(self.allocations.items())))
-        unwanted = {k for k in infos if _service_slot(k)[0] not in self.allocations}
+        if not self.loaded:
+            return  # allocations unknown (no readable copy, no answer yet): stop nothing
+        unwanted = {k for k in infos if service_slot(k)[0] not in self.allocations}
         draining = {k for k in unwanted if self._drains(k, now)}
         await self._stop_unwanted(unwanted - draining, now)
-        left = {_service_slot(k)[0] for k in draining}
+        left = {service_slot(k)[0] for k in draining}
         self.leaving = {k: a for k, a in self.leaving.items() if k in left}
         for key in list(self.tracked):
-            if key not in infos and _service_slot(key)[0] not in self.allocations:
+            if key not in infos and service_slot(key)[0] not in self.allocations:
                 del self.tracked[key]
 
     async def _converge_service(
@@ -234,8 +193,8 @@ class Reconciler:
         now: float,
     ) -> None:
         """The slot that runs the allocation's generation converges; any other is retired."""
-        slot = self._current_slot(service, allocation, found)
-        key = _instance_key(service, slot)
+        slot = current_slot(service, allocation, found, self.tracked)
+        key = instance_key(service, slot)
         current = self.tracked.get(key)
         if current is None or current.started <= listed_at:  # else restarted since the list
             await self._converge(key, slot, allocation, found, now)
@@ -245,36 +204,10 @@ class Reconciler:
                 continue
             if other in found:
                 await self._retire(
-                    _instance_key(service, other), allocation, found[other], current, now
+                    instance_key(service, other), allocation, found[other], current, now
                 )
             else:
-                self.tracked.pop(_instance_key(service, other), None)
-
-    def _current_slot(
-        self, service: str, allocation: Allocation, found: dict[int, InstanceInfo]
-    ) -> int:
-        """Where the allocation's generation runs, or is to start: beside the instance that
-        serves (healthy first, then newest), or in place when the service is not replaced
-        beside its old instance."""
-        current = sorted(
-            (info.phase is not InstancePhase.RUNNING, slot)
-            for slot, info in found.items()
-            if info.generation == allocation.generation
-        )
-        if current:
-            return current[0][1]
-        if not replaced_beside(allocation):
-            return 0
-        running = [
-            (
-                self.tracked.get(_instance_key(service, slot), Tracked()).healthy,
-                info.generation,
-                slot,
-            )
-            for slot, info in found.items()
-            if info.phase is InstancePhase.RUNNING
-        ]
-        return 1 - max(running)[2] if running else 0
+                self.tracked.pop(instance_key(service, other), None)
 
     async def _retire(
         self,
@@ -287,7 +220,7 @@ class Reconciler:
         """An instance of an older generation: it serves until its replacement is healthy,
         then drains (reported, dropped by load balancers) and stops after `DRAIN_S`."""
         old = self.tracked.setdefault(
-            key, Tracked(slot=_service_slot(key)[1], started=now - START_GRACE_S)
+            key, Tracked(slot=service_slot(key)[1], started=now - START_GRACE_S)
         )
         old.generation = info.generation
         old.runtime_id = info.runtime_id
@@ -319,7 +252,7 @@ class Reconciler:
         little: it is reported draining (load balancers drop it) and stops `DRAIN_S` after
         that report went out, so that requests it is serving finish."""
         tracked = self.tracked.get(key)
-        if _service_slot(key)[0] not in self.leaving or tracked is None or not tracked.healthy:
+        if service_slot(key)[0] not in self.leaving or tracked is None or not tracked.healthy:
             return False
         if not tracked.draining:
             log.info("Draining instance no allocation wants. instance=%s", key)
@@ -351,11 +284,11 @@ class Reconciler:
         """Every instance says why nothing can be done while the engine is away."""
         if reason is not None and reason != self.unavailable:
             log.warning("Runtime not answering. reason=%s", reason)
-        services = {_service_slot(key)[0] for key in self.tracked}
+        services = {service_slot(key)[0] for key in self.tracked}
         for service in set(self.allocations) - services:
             self.tracked[service] = Tracked()
         for key, tracked in self.tracked.items():
-            if _service_slot(key)[0] not in self.allocations:
+            if service_slot(key)[0] not in self.allocations:
                 continue
             if reason is not None:
                 tracked.last_error = reason
@@ -384,14 +317,16 @@ class Reconciler:
                 tracked.started = now - START_GRACE_S
                 tracked.engine_restarts = info.restarts
             if info.restarts > tracked.engine_restarts:
-                self._restarted_by_engine(key, tracked, info, now)
+                tracked.restarted_by_engine(info, now)
+                self.observed.set()
+                log.warning("Instance restarted by the runtime. instance=%s", key)
             return
         crashed = info is not None and not running and info.generation == allocation.generation
         if crashed and info is not None and tracked.state is not InstanceState.CRASHED:
             tracked.state = InstanceState.CRASHED
             tracked.healthy = False
             tracked.restarts += 1
-            tracked.last_error = _exit_reason(info)
+            tracked.last_error = exit_reason(info)
             tracked.back_off(now)
             log.warning("Instance crashed. instance=%s reason=%s", key, tracked.last_error)
         if now < tracked.next_attempt:
@@ -405,14 +340,7 @@ class Reconciler:
     ) -> bool:
         """A replacement whose old instance still serves waits for the droplets before this
         one to finish theirs (meshd.core.rollout)."""
-        service, slot = _service_slot(key)
-        old = self.tracked.get(_instance_key(service, 1 - slot))
-        serving = old is not None and old.healthy and (1 - slot) in found
-        earlier = (
-            waiting_for(allocation, self.droplet, self.peers, time.time())
-            if serving and replaced_beside(allocation)
-            else None
-        )
+        earlier = waits_for(key, allocation, found, self.tracked, self.droplet, self.peers)
         if earlier is None:
             if tracked.waiting:
                 tracked.waiting = False
@@ -426,19 +354,6 @@ class Reconciler:
         tracked.waiting = True
         tracked.last_error = f"waiting for {earlier} to replace its instance first"
         return True
-
-    def _restarted_by_engine(
-        self, key: str, tracked: Tracked, info: InstanceInfo, now: float
-    ) -> None:
-        tracked.restarts += info.restarts - tracked.engine_restarts
-        tracked.engine_restarts = info.restarts
-        tracked.last_error = f"restarted by the runtime after {_exit_reason(info)}"
-        tracked.state = InstanceState.STARTING
-        tracked.healthy = False
-        tracked.failed_probes = 0
-        tracked.started = now
-        self.observed.set()
-        log.warning("Instance restarted by the runtime. instance=%s", key)
 
     async def _start(
         self, key: str, slot: int, allocation: Allocation, tracked: Tracked, now: float
@@ -458,172 +373,27 @@ class Reconciler:
             tracked.back_off(now)
             log.warning("Instance not started. instance=%s reason=%s", key, tracked.last_error)
             return
-        tracked.generation = allocation.generation
-        tracked.runtime_id = info.runtime_id
-        tracked.engine_restarts = info.restarts
-        tracked.state = InstanceState.STARTING
-        tracked.healthy = False  # until its own first good probe
-        tracked.failed_probes = 0
+        tracked.started_as(info, allocation.generation)
         self.observed.set()
-        tracked.started = time.monotonic()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
     def _spec(self, allocation: Allocation, slot: int) -> InstanceSpec:
-        hosts = resolve_hosts(allocation.hosts, self.addresses)
-        if hosts is None:
-            missing = sorted(set(allocation.hosts.values()) - set(self.addresses))
-            raise NotReady(f"waiting for the address of {', '.join(missing)}")
-        secrets: dict[str, bytes] = {}
-        for name in allocation.secrets:
-            value = self.secrets.get(name, allocation.project, allocation.env)
-            if value is None:
-                tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
-                raise LookupError(f"secret {name!r} not found (looked up {tried})")
-            secrets[name] = value
-        return instance_spec(allocation, self.address, hosts, secrets, slot)
+        return spec_for(allocation, slot, self.address, self.addresses, self.secrets)
 
     # --- health ------------------------------------------------------------------------------
 
-    async def _probe_loop(self, http: aiohttp.ClientSession) -> None:
-        """Starting instances are probed often (they count as healthy on their first good
-        probe), the others every `HEALTH_EVERY_S`."""
-        last_full = 0.0
-        while True:
-            await asyncio.sleep(HEALTH_STARTING_EVERY_S)
-            now = time.monotonic()
-            full = now - last_full >= HEALTH_EVERY_S
-            if full:
-                last_full = now
-            probed = (InstanceState.STARTING, InstanceState.RUNNING, InstanceState.UNHEALTHY)
-            keys = [
-                k
-                for k, t in self.tracked.items()
-                if _service_slot(k)[0] in self.allocations
-                and t.state in probed
-                and not t.waiting
-                and (full or t.state is InstanceState.STARTING)
-            ]
-            results = await asyncio.gather(*(self._probe(http, k) for k in keys))
-            for key, ok in zip(keys, results, strict=True):
-                await self._judge(key, ok)
+    def _health_changed(self) -> None:
+        self.observed.set()
+        self._changed.set()  # an old instance beside a newly healthy one may drain now
 
-    async def _probe(self, http: aiohttp.ClientSession, key: str) -> bool:
-        service, slot = _service_slot(key)
+    async def _restart(self, key: str) -> InstanceInfo | None:
+        """Restart an instance the prober found unhealthy; None if it is no longer wanted."""
+        service, slot = service_slot(key)
         allocation = self.allocations.get(service)
-        port = slot_port(allocation, slot) if allocation is not None else None
         if allocation is None:
-            return False
-        if port is None or not allocation.health_path:
-            return True  # workers and datastores without a health path: alive is healthy
-        url = f"http://{self.address}:{port}{allocation.health_path}"
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as r:
-                return 200 <= r.status < 400
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
-
-    async def _judge(self, key: str, ok: bool) -> None:
-        service, slot = _service_slot(key)
-        tracked = self.tracked.get(key)
-        allocation = self.allocations.get(service)
-        if tracked is None or allocation is None or tracked.state is InstanceState.CRASHED:
-            return
-        now = time.monotonic()
-        if ok:
-            if not tracked.healthy:
-                self.observed.set()
-                self._changed.set()  # an old instance beside it may drain now
-            tracked.failed_probes = 0
-            tracked.healthy = True
-            tracked.state = InstanceState.RUNNING
-            if now - tracked.started > BACKOFF_MAX_S:
-                tracked.restarts = (
-                    0 if tracked.restarts and tracked.last_error is None else tracked.restarts
-                )
-            return
-        if now - tracked.started < START_GRACE_S:
-            return
-        if now - tracked.last_failed_probe < HEALTH_EVERY_S - HEALTH_STARTING_EVERY_S:
-            return  # a slow start (a busy engine) gets as long as a running instance
-        tracked.last_failed_probe = now
-        tracked.failed_probes += 1
-        tracked.healthy = False
-        if tracked.failed_probes < UNHEALTHY_AFTER:
-            return
-        tracked.state = InstanceState.UNHEALTHY
-        tracked.last_error = f"health check failed {tracked.failed_probes} times in a row"
-        if now < tracked.next_attempt or tracked.generation != allocation.generation:
-            return  # an old generation is never restarted: its replacement is on the way
-        log.warning("Restarting unhealthy instance. instance=%s", key)
-        tracked.restarts += 1
-        tracked.back_off(now)
-        try:
-            async with self._acting[service]:
-                info = await self.runtime.restart(self._spec(allocation, slot))
-        except (RuntimeFailure, RuntimeUnavailable, LookupError, NotReady) as err:
-            tracked.last_error = str(err)
-            return
-        tracked.runtime_id = info.runtime_id
-        tracked.engine_restarts = info.restarts
-        tracked.started = time.monotonic()
-        tracked.failed_probes = 0
-        tracked.healthy = False
-        tracked.state = InstanceState.STARTING
-
-    # --- output ------------------------------------------------------------------------------
+            return None
+        async with self._acting[service]:
+            return await self.runtime.restart(self._spec(allocation, slot))
 
     def statuses(self) -> tuple[InstanceStatus, ...]:
-        mine: defaultdict[str, list[tuple[int, Tracked]]] = defaultdict(list)
-        for key, tracked in self.tracked.items():
-            service, slot = _service_slot(key)
-            mine[service].append((slot, tracked))
-        result = []
-        for service, allocation in sorted((self.leaving | self.allocations).items()):
-            if service not in self.allocations and not mine.get(service):
-                continue  # left, and nothing of it runs any more
-            for slot, tracked in sorted(mine.get(service) or [(0, Tracked())], key=_first):
-                result.append(
-                    InstanceStatus(
-                        project=allocation.project,
-                        env=allocation.env,
-                        service=allocation.service,
-                        state=tracked.state,
-                        healthy=tracked.healthy,
-                        restarts=tracked.restarts,
-                        last_error=tracked.last_error,
-                        generation=tracked.generation,
-                        runtime_id=tracked.runtime_id,
-                        slot=slot,
-                        port=slot_port(allocation, slot),
-                        draining=tracked.draining,
-                    )
-                )
-        return tuple(result)
-
-
-def _first(item: tuple[int, Tracked]) -> int:
-    return item[0]
-
-
-def _service_slot(key: str) -> tuple[str, int]:
-    """An instance key's allocation key and slot (a key no slot parses belongs to no one)."""
-    try:
-        project, env, service, slot = subjects.parse_instance_key(key)
-    except ProtocolError:
-        return key, 0
-    return subjects.alloc_key(project, env, service), slot
-
-
-def _instance_key(service: str, slot: int) -> str:
-    return f"{service}.1" if slot else service
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _exit_reason(info: InstanceInfo) -> str:
-    code = f"exit code {info.exit_code}" if info.exit_code is not None else "exited"
-    return f"{code}: {info.detail}" if info.detail else code
+        return statuses(self.tracked, self.allocations, self.leaving)

@@ -26,8 +26,6 @@ from tests.support.mesh import (
 )
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
-
 SERVICES = BACKEND_ONLY
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-from pathlib import Path
 
-from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
 from meshd.core.envvars import instance_environment, instance_hosts, resolve_hosts
 from meshd.core.placement import place
 from meshd.core.resources import allocate
@@ -14,7 +11,6 @@ from meshd.core.spec import ServiceKind
 from meshd.core.status import converged, mesh_status
 from meshd.roles.scheduler import allocations_for
 from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
-from tests.support.nats import nats_server_binary
 from tests.support.states import config_from_json, seed_state, state_from_csv
 
 SEED_VARIABLES = {
@@ -142,23 +138,3 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     assert not converged(view)
     healed = dataclasses.replace(nodes["web3"], instances=(instance("backend", True, 2),))
     assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))
-
-
-def test_rendered_nats_configurations_are_valid_for_one_and_three_core_droplets(
-    tmp_path: Path,
-) -> None:
-    for count in (1, 3):
-        core = tuple(CoreServer(f"n{i}", f"127.0.0.{i + 2}") for i in range(count))
-        config = MeshConfig(mesh="m", core=core, passwords=new_passwords())
-        text = nats_server_conf(config, core[0], tmp_path / "js")
-        assert ("routes" in text) == (count == 3)
-        assert 'publish: ["mesh.deploy.>"]' in text and "no_auth_user" not in text
-        path = tmp_path / f"n{count}.conf"
-        path.write_text(text)
-        check = subprocess.run(
-            [nats_server_binary(), "-c", str(path), "-t"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert check.returncode == 0, check.stderr

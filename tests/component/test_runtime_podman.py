@@ -26,7 +26,6 @@ from tests.support.docker import example_context, new_mesh_name
 
 PODMAN = shutil.which("podman")
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(PODMAN is None, reason="podman not installed (optional; not in CI)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root"),
 ]

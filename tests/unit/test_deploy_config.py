@@ -29,11 +29,11 @@ from meshd.inputs.deploy_config import (
 )
 from meshd.inputs.merge import build_desired_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "seed" / "deployment_config.json"
 EXAMPLE_CSV = ROOT / "examples" / "projects.csv"
 TABLE: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "cases" / "deploy_config_cases.json").read_text(encoding="utf-8")
+    (Path(__file__).parents[1] / "cases" / "deploy_config_cases.json").read_text(encoding="utf-8")
 )
 FILENAME = "deployment_config.json"
 DEFAULT_NAMES = list(DEFAULT_SERVICES)

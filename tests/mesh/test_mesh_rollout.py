@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support import nginx_binary
 from tests.support.mesh import (
     BACKEND_ONLY,
@@ -22,8 +20,6 @@ from tests.support.mesh import (
     requests_to,
     write_project,
 )
-
-pytestmark = pytest.mark.integration
 
 SERVICES = BACKEND_ONLY
 

@@ -11,14 +11,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.support.docker import example_context, mesh_objects, new_mesh_name, remove_mesh_objects
 from tests.support.mesh import LocalMesh, http_get, local_mesh
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.integration
 
 SECRETS = {"DB_PASSWORD": "db-pw-never-in-env", "JWT_SECRET": "jwt-never-in-env"}
 
