@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 class LastPlacement:
     placement: Placement
     spec_revision: int  # the desired-state revision it was made for
+    revision: int  # of the record itself: the next one is written only over this one
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRead:
+    """A droplet's snapshot index as read, and its revision (0: there is none yet)."""
+
+    index: SnapshotIndex | None
+    revision: int
 
 
 async def last_placement(store: Store) -> LastPlacement | None:
@@ -30,7 +39,8 @@ async def last_placement(store: Store) -> LastPlacement | None:
         return None
     try:
         record = decode(entry.value, PlacementRecord)
-        return LastPlacement(Placement.from_data(record.placement), record.spec_revision)
+        placement = Placement.from_data(record.placement)
+        return LastPlacement(placement, record.spec_revision, entry.revision)
     except (ProtocolError, KeyError, TypeError) as err:
         log.warning("Last placement unreadable; treating it as absent. error=%s", err)
         return None
@@ -51,13 +61,22 @@ async def restart_counts(store: Store) -> dict[str, int]:
     return counts
 
 
-async def snapshot_index(store: Store, droplet: str) -> SnapshotIndex | None:
-    """The droplet's snapshots (None if it has none or the index is unreadable)."""
+async def snapshot_index(store: Store, droplet: str) -> IndexRead:
+    """The droplet's snapshots (no index if it has none or it is unreadable)."""
     entry = await store.get(subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet))
     if entry is None or entry.value is None:
-        return None
+        return IndexRead(None, 0)
     try:
-        return decode(entry.value, SnapshotIndex)
+        return IndexRead(decode(entry.value, SnapshotIndex), entry.revision)
     except ProtocolError as err:
         log.error("Snapshot index unreadable; treated as empty. droplet=%s error=%s", droplet, err)
-        return None
+        return IndexRead(None, entry.revision)
+
+
+async def write_over(store: Store, bucket: str, key: str, value: bytes, last: int | None) -> int:
+    """Write a key over the revision `last` read of it (create it when it had none):
+    `Conflict` if anybody wrote it since. How leaders write: a deposed leader's late write
+    never lands over its successor's."""
+    if last is None or last == 0:
+        return await store.create(bucket, key, value)
+    return await store.update(bucket, key, value, last=last)

@@ -61,7 +61,12 @@ class Provisioner:
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
         missing = [d for d in placement.droplets if d.name not in existing]
         # Concurrently: a droplet takes a while to boot, and they do not depend on each other.
-        await asyncio.gather(*(self._create(term, d.name, d.size) for d in missing))
+        # Each create ends on its own (one failing never cancels another mid-way, which could
+        # leave a droplet the provider made and nobody recorded); the next pass lists the
+        # provider's droplets again, so a droplet is never created twice.
+        async with asyncio.TaskGroup() as creates:
+            for droplet in missing:
+                creates.create_task(self._create_or_report(term, droplet.name, droplet.size))
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
@@ -75,6 +80,13 @@ class Provisioner:
             for record in extra:
                 if record.name not in busy:
                     await self._destroy(term, record)
+
+    async def _create_or_report(self, term: Term, name: str, size: str) -> None:
+        try:
+            await self._create(term, name, size)
+        except ProviderError as err:
+            log.error("Droplet not created; retrying next pass. droplet=%s error=%s", name, err)
+            await self._event(term, "provision_failed", name, {"error": str(err)})
 
     async def _create(self, term: Term, name: str, size: str) -> None:
         term.ensure_held()
@@ -102,7 +114,14 @@ class Provisioner:
         term.ensure_held()
         with contextlib.suppress(DropletNotFound):
             await self.provider.destroy(record.id, fence=term.token)
-        await self.store.delete(subjects.NODES_BUCKET, record.name)
+        # Its last report goes, read after the destroy: a droplet of the same name made since
+        # by a newer leader writes its own, which a late delete must not remove.
+        report = await self.store.get(subjects.NODES_BUCKET, subjects.node_key(record.name))
+        if report is not None:
+            with contextlib.suppress(Conflict):
+                await self.store.delete(
+                    subjects.NODES_BUCKET, subjects.node_key(record.name), last=report.revision
+                )
         log.info("Droplet destroyed. droplet=%s", record.name)
         await self._event(term, "droplet_destroyed", record.name, {"id": record.id})
 

@@ -149,7 +149,7 @@ class Recovery:
         """Rebuild from the newest snapshot the provider still has, else from the base image
         (the mesh deploys everything onto it). The replacement and what it was built from."""
         assert isinstance(self.provider, Rebuilder)
-        index = await snapshot_index(self.store, record.droplet)
+        index = (await snapshot_index(self.store, record.droplet)).index
         for snapshot in index.snapshots if index else ():
             term.ensure_held()
             try:

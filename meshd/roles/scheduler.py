@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
-from meshd.agent.records import last_placement, restart_counts
-from meshd.agent.store import Store
+from meshd.agent.records import last_placement, restart_counts, write_over
+from meshd.agent.store import Conflict, Entry, Store
 from meshd.core.envvars import instance_environment, instance_hosts
 from meshd.core.errors import CapacityError
 from meshd.core.placement import Placement, place
@@ -106,9 +106,18 @@ class Scheduler:
                 (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
                 (subjects.DESIRED_BUCKET, subjects.RESTARTS),
             ],
-            lambda: self.schedule(term),
+            lambda: self._schedule_or_abandon(term),
             RESYNC_S,
         )
+
+    async def _schedule_or_abandon(self, term: Term) -> None:
+        try:
+            await self.schedule(term)
+        except Conflict as err:
+            log.warning("Allocations changed meanwhile; pass abandoned. error=%s", err)
+            self.store.record_soon(
+                "schedule_abandoned", self.droplet, "allocations", {"error": str(err)}, term.fence
+            )
 
     async def schedule(self, term: Term) -> None:
         spec_entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
@@ -131,25 +140,29 @@ class Scheduler:
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
             )
             return
-        existing = {
-            key: decode(entry.value, Allocation)
-            for key, entry in (await self.store.entries(subjects.ALLOC_BUCKET)).items()
-            if entry.value is not None
-        }
+        current = await self.store.entries(subjects.ALLOC_BUCKET)
+        revisions = {key: entry.revision for key, entry in current.items()}
+        existing = {key: found for key, e in current.items() if (found := _allocation(key, e))}
         restarts = await restart_counts(self.store)
         wanted = allocations_for(state, placement, existing, term.fence, restarts)
-        written = await self._write(term, wanted, existing)
-        removed = await self._remove(term, set(existing) - set(wanted))
+        written = await self._write(term, wanted, existing, revisions)
+        removed = await self._remove(term, set(revisions) - set(wanted), revisions)
         # Written also when only the spec revision moved: `publish --wait` waits for it.
         if previous != placement or scheduled_revision != spec_entry.revision:
-            term.ensure_held()
             record = PlacementRecord(
                 placement=placement.to_data(),
                 spec_revision=spec_entry.revision,
                 fence=term.fence,
                 written_at=time.time(),
             )
-            await self.store.put(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY, encode(record))
+            term.ensure_held()
+            await write_over(
+                self.store,
+                subjects.DESIRED_BUCKET,
+                subjects.PLACEMENT_KEY,
+                encode(record),
+                last.revision if last else None,
+            )
         if written or removed:
             log.info("Scheduled. changed=%d removed=%d fence=%d", written, removed, term.fence)
             await self.store.record(
@@ -161,19 +174,38 @@ class Scheduler:
             )
 
     async def _write(
-        self, term: Term, wanted: dict[str, Allocation], existing: dict[str, Allocation]
+        self,
+        term: Term,
+        wanted: dict[str, Allocation],
+        existing: dict[str, Allocation],
+        revisions: dict[str, int],
     ) -> int:
+        """Each changed allocation written over the revision this pass read (a `Conflict`:
+        somebody wrote since, a newer leader maybe: the pass is abandoned)."""
         written = 0
         for key, allocation in wanted.items():
             if existing.get(key) == allocation:
                 continue
             term.ensure_held()
-            await self.store.put(subjects.ALLOC_BUCKET, key, encode(allocation))
+            await write_over(
+                self.store, subjects.ALLOC_BUCKET, key, encode(allocation), revisions.get(key)
+            )
             written += 1
         return written
 
-    async def _remove(self, term: Term, keys: set[str]) -> int:
+    async def _remove(self, term: Term, keys: set[str], revisions: dict[str, int]) -> int:
         for key in sorted(keys):
             term.ensure_held()
-            await self.store.delete(subjects.ALLOC_BUCKET, key)
+            await self.store.delete(subjects.ALLOC_BUCKET, key, last=revisions[key])
         return len(keys)
+
+
+def _allocation(key: str, entry: Entry) -> Allocation | None:
+    """The allocation of an entry; None (it is written anew) when it cannot be read."""
+    if entry.value is None:
+        return None
+    try:
+        return decode(entry.value, Allocation)
+    except ProtocolError as err:
+        log.error("Allocation unreadable; writing it anew. key=%s error=%s", key, err)
+        return None

@@ -20,8 +20,8 @@ import time
 
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
-from meshd.agent.records import snapshot_index
-from meshd.agent.store import Store, StoreUnavailable
+from meshd.agent.records import IndexRead, snapshot_index, write_over
+from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.health import STALE_AFTER_S
 from meshd.core.snapshot_policy import KEEP, due, pruned, settled, snapshot_name
 from plugins.providers import (
@@ -54,7 +54,7 @@ class Snapshots:
         self.tag = tag
         self._seen: dict[str, tuple[dict[str, int], float]] = {}  # generations, since (monotonic)
         self._failed: dict[str, float] = {}  # droplet -> when a snapshot last failed (monotonic)
-        self._indexes: dict[str, SnapshotIndex | None] = {}
+        self._indexes: dict[str, IndexRead] = {}  # as last read or written, with its revision
 
     async def lead(self, term: Term) -> None:
         if not isinstance(self.provider, Snapshotter):
@@ -67,6 +67,9 @@ class Snapshots:
                 await self.check(term)
             except StoreUnavailable as err:
                 log.info("Snapshot check interrupted. error=%s", err)
+            except Conflict as err:  # an index written by somebody else: read it again
+                log.warning("Snapshot index changed meanwhile; reading it again. error=%s", err)
+                self._indexes.clear()
             await asyncio.sleep(CHECK_S)
 
     async def check(self, term: Term) -> None:
@@ -89,7 +92,7 @@ class Snapshots:
                 continue
             if name not in self._indexes:
                 self._indexes[name] = await snapshot_index(self.store, name)
-            if not due(generations, self._indexes[name]):
+            if not due(generations, self._indexes[name].index):
                 continue
             if droplets is None:
                 droplets = {d.name: d for d in await self.provider.list(self.tag)}
@@ -108,8 +111,8 @@ class Snapshots:
     async def _take(self, term: Term, droplet: DropletRecord, generations: dict[str, int]) -> None:
         assert isinstance(self.provider, Snapshotter)
         term.ensure_held()
-        started = time.time()
-        name = snapshot_name(droplet.name, started)
+        started = time.monotonic()
+        name = snapshot_name(droplet.name, time.time())
         record = await self.provider.snapshot(droplet.id, name, fence=term.token)
         taken = Snapshot(
             id=record.id,
@@ -119,16 +122,12 @@ class Snapshots:
             generations=generations,
             fence=term.fence,
         )
-        previous = self._indexes.get(droplet.name)
+        previous = self._indexes.get(droplet.name) or IndexRead(None, 0)
         index = SnapshotIndex(
             droplet=droplet.name,
-            snapshots=(taken, *(previous.snapshots if previous else ())),
+            snapshots=(taken, *(previous.index.snapshots if previous.index else ())),
         )
-        term.ensure_held()
-        await self.store.put(
-            subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(droplet.name), encode(index)
-        )
-        self._indexes[droplet.name] = index
+        await self._write(term, index, previous.revision)
         log.info("Droplet snapshotted. droplet=%s snapshot=%s", droplet.name, record.name)
         self.store.record_soon(
             "snapshot_taken",
@@ -137,7 +136,7 @@ class Snapshots:
             {
                 "snapshot": record.name,
                 "snapshot_id": record.id,
-                "took_s": round(time.time() - started, 2),
+                "took_s": round(time.monotonic() - started, 2),
                 "size_gb": record.size_gb,
             },
             term.fence,
@@ -162,8 +161,11 @@ class Snapshots:
                 term.fence,
             )
         kept = dataclasses.replace(index, snapshots=index.snapshots[:KEEP])
+        await self._write(term, kept, self._indexes[index.droplet].revision)
+
+    async def _write(self, term: Term, index: SnapshotIndex, last: int) -> None:
+        """The index written over the revision last read or written (`Conflict` otherwise)."""
         term.ensure_held()
-        await self.store.put(
-            subjects.SNAPSHOTS_BUCKET, subjects.snapshot_key(index.droplet), encode(kept)
-        )
-        self._indexes[index.droplet] = kept
+        key = subjects.snapshot_key(index.droplet)
+        revision = await write_over(self.store, subjects.SNAPSHOTS_BUCKET, key, encode(index), last)
+        self._indexes[index.droplet] = IndexRead(index, revision)

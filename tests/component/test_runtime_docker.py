@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -474,3 +475,20 @@ async def test_a_removed_allocation_stops_at_once_an_unknown_container_after_a_g
     monkeypatch.setattr(meshd.agent.reconciler, "UNWANTED_GRACE_S", 0.0)
     await reconciler.reconcile()
     assert await runtime.list() == []
+
+
+async def test_engine_calls_run_on_their_own_threads_whatever_else_blocks(
+    make_runtime: MakeRuntime,
+) -> None:
+    """The agent's default thread pool busy (saving files, reloading nginx, a provider call)
+    and a build or pull in flight: the engine still answers the reconciler at once."""
+    runtime = make_runtime()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, release.wait, 30) for _ in range(64)]  # all its workers
+    slow = asyncio.create_task(runtime._engine.call_slow(lambda _client: release.wait(30)))  # noqa: SLF001
+    try:
+        assert await asyncio.wait_for(runtime.list(), 10) == []
+    finally:
+        release.set()
+        await asyncio.gather(*busy, slow)

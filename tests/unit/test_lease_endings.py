@@ -1,0 +1,105 @@
+"""How a term ends is told once and truly: `lease_lost` only when a renewal was refused (another
+holder may act), `lease_expired` when no renewal got through in time, `lease_released` when the
+holder handed the role over. A role's programming error ends the agent; a failure of the
+outside world only ends the term. On the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from plugins.providers import ProviderError
+from protocol import subjects
+from tests.support.memstore import MemoryStore
+from tests.support.waiting import until
+
+FAST = LeaseTiming(ttl=1.0, renew_every=0.05, margin=0.2, retry_every=0.05)
+
+
+def keeper(store: MemoryStore, lead: Callable[[Term], Awaitable[None]]) -> LeaseKeeper:
+    return LeaseKeeper(store, "scheduler", "master", 1, lead, timing=FAST)
+
+
+async def forever(term: Term) -> None:
+    await asyncio.Event().wait()
+
+
+def endings(store: MemoryStore) -> list[str]:
+    return [e.name for e in store.events if e.name.startswith("lease_") and e.name != "lease_taken"]
+
+
+async def test_a_holder_that_stops_releases_the_lease_and_says_only_that() -> None:
+    store = MemoryStore()
+    task = asyncio.create_task(keeper(store, forever).run())
+    await until(lambda: store.value(subjects.LEASES_BUCKET, "scheduler"), "the lease taken")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert endings(store) == ["lease_released"]
+    assert store.value(subjects.LEASES_BUCKET, "scheduler") is None  # handed over at once
+
+
+async def test_a_lease_taken_over_is_lost() -> None:
+    store = MemoryStore()
+    holder = keeper(store, forever)
+    task = asyncio.create_task(holder.run())
+    try:
+        await until(lambda: holder.term is not None, "a term")
+        entry = await store.get(subjects.LEASES_BUCKET, "scheduler")
+        assert entry is not None
+        await store.update(subjects.LEASES_BUCKET, "scheduler", b"another", last=entry.revision)
+        await until(lambda: "lease_lost" in endings(store), "the loss told")
+        assert endings(store)[0] == "lease_lost"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_term_no_renewal_reached_expires() -> None:
+    store = MemoryStore()
+    holder = keeper(store, forever)
+    task = asyncio.create_task(holder.run())
+    try:
+        await until(lambda: holder.term is not None, "a term")
+        store.unavailable = True  # an election that outlasts the term's deadline
+        await until(lambda: holder.term is None, "the term's end", timeout=5)
+        store.unavailable = False
+        await until(lambda: endings(store), "the ending told")
+        assert endings(store)[0] == "lease_expired"
+        assert "lease_lost" not in endings(store)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failure_of_the_outside_world_ends_the_term_and_the_keeper_competes_again() -> None:
+    store = MemoryStore()
+    terms: list[int] = []
+
+    async def provider_down(term: Term) -> None:
+        terms.append(term.fence)
+        if len(terms) == 1:
+            raise ProviderError("create droplet 'web1'", "the API answers 503")
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(keeper(store, provider_down).run())
+    try:
+        await until(lambda: len(terms) == 2, "a second term")
+        assert terms[1] > terms[0]
+        assert endings(store)[0] == "lease_released"  # handed over, not held till the TTL
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_programming_error_in_a_role_ends_the_keeper_with_its_traceback() -> None:
+    store = MemoryStore()
+
+    async def buggy(term: Term) -> None:
+        raise KeyError("a bug")
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(keeper(store, buggy).run(), 5)
+    assert caught.group_contains(KeyError)

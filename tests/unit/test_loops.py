@@ -1,0 +1,75 @@
+"""The loops on KV: a broken watch is watched again and the action runs at once for what
+changed meanwhile (not only at the next resync); a bug in an action is not swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from meshd.agent.loops import mirror_bucket, run_on_changes
+from protocol.codec import encode
+from protocol.messages import Lease
+from tests.support.memstore import MemoryStore
+from tests.support.waiting import until
+
+NEVER = 3600.0  # a resync that never comes within a test
+
+
+async def test_a_change_made_while_the_watch_was_broken_is_acted_on_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    await store.put("b", "k", b"1")
+    runs = 0
+
+    async def action() -> None:
+        nonlocal runs
+        runs += 1
+
+    task = asyncio.create_task(run_on_changes(store, [("b", "k")], action, NEVER))
+    try:
+        await until(lambda: runs >= 1, "the first run")
+        await asyncio.sleep(0.3)  # the initial values have been seen
+        before = runs
+        with caplog.at_level(logging.INFO, logger="meshd.agent.loops"):
+            store.break_watches()
+            await store.put("b", "k", b"2")  # while the watch is down
+            await until(lambda: runs > before, "a run for the change made meanwhile", timeout=5)
+        assert "Watch broken; watching again" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_bug_in_the_action_ends_the_loop_with_its_error() -> None:
+    store = MemoryStore()
+
+    async def broken() -> None:
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(run_on_changes(store, [("b", ">")], broken, NEVER), 5)
+    assert caught.group_contains(ZeroDivisionError)
+
+
+async def test_a_mirror_hands_over_the_values_again_after_its_watch_broke() -> None:
+    store = MemoryStore()
+    lease = Lease(role="lb", holder="master", incarnation=1, acquired_at=1.0)
+    await store.put("mesh_leases", "lb", encode(lease))
+    seen: list[dict[str, Lease]] = []
+
+    async def publish(values: dict[str, Lease]) -> None:
+        seen.append(dict(values))
+
+    task = asyncio.create_task(mirror_bucket(store, "mesh_leases", Lease, publish))
+    try:
+        await until(lambda: seen, "the initial values")
+        store.break_watches()
+        moved = Lease(role="lb", holder="mesh-2", incarnation=2, acquired_at=2.0)
+        await store.put("mesh_leases", "lb", encode(moved))
+        await until(lambda: seen[-1].get("lb") == moved, "the value written meanwhile", timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
