@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from meshd.agent.backoff import retries
 from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context
 from meshd.cli.session import connect, read_mesh
@@ -143,7 +144,7 @@ def _choose(
 async def _request(store: Store, allocation: Allocation, who: str) -> int:
     """One more restart request for the allocation's service (compare-and-set); its count."""
     key = subjects.restart_key(allocation.project, allocation.env, allocation.service)
-    for _ in range(WRITE_ATTEMPTS):
+    async for _ in retries(0.05, 0.5, attempts=WRITE_ATTEMPTS):  # another operator wrote
         entry = await store.get(subjects.DESIRED_BUCKET, key)
         previous = decode(entry.value, RestartRequest).count if entry and entry.value else 0
         request = RestartRequest(

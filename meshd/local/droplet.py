@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.agent.config import DropletIdentity, MeshConfig, nats_server_conf
+from meshd.core.backoff import delay
 
 log = logging.getLogger(__name__)
 PR_SET_CHILD_SUBREAPER = 36
@@ -112,7 +113,7 @@ def _keep_running(child: Child, now: float) -> None:
     if not child.next_start:  # the exit is new: schedule the restart
         quick = now - child.started < RESTART_MAX_S
         child.failures = child.failures + 1 if quick else 1
-        child.next_start = now + min(RESTART_MAX_S, 0.25 * 2**child.failures)
+        child.next_start = now + max(0.1, delay(child.failures, 0.25, RESTART_MAX_S))
         log.warning("%s exited (code %s); restarting", child.name, child.process.returncode)
     if now >= child.next_start:
         child.next_start = 0.0

@@ -3,7 +3,7 @@
 It runs under the `heartbeat` lease (the agent composes it with the heartbeat mails). It takes
 one notification at a time, hands it to the notifier of its channel and acknowledges it once
 delivered. A delivery that fails goes back on the queue and is taken again after a growing
-delay (`BACKOFF_S`), so nothing is lost while the SMTP server or Twilio is away, nor when the
+delay (`backoff`), so nothing is lost while the SMTP server or Twilio is away, nor when the
 courier's droplet dies (an unacknowledged message comes back).
 
 Every outcome is an event: `notification_sent`, `notification_failed` (with the reason and
@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 from meshd.agent.lease import Term
 from meshd.agent.store import Delivery, Store, StoreUnavailable, WorkQueue
+from meshd.core.backoff import delay
 from plugins.notifiers import Notifier, NotifierConfigError, NotifyError, Outgoing
 from protocol import subjects
 from protocol.codec import decode
@@ -27,7 +28,8 @@ from protocol.errors import ProtocolError
 from protocol.messages import Notification
 
 log = logging.getLogger(__name__)
-BACKOFF_S = (2.0, 5.0, 15.0, 60.0, 300.0)  # by delivery attempt; the last one repeats
+BACKOFF_BASE_S = 2.0  # before the second delivery attempt, on average half of it
+BACKOFF_MAX_S = 300.0
 TAKE_WAIT_S = 1.0
 RETRY_S = 1.0
 
@@ -36,8 +38,9 @@ Channels = Callable[[], Mapping[str, Notifier | NotifierConfigError]]
 
 
 def backoff(attempt: int) -> float:
-    """Seconds before delivery attempt `attempt + 1` (the first attempt is 1)."""
-    return BACKOFF_S[min(max(attempt, 1), len(BACKOFF_S)) - 1]
+    """Seconds before delivery attempt `attempt + 1` (the first attempt is 1): growing, with
+    jitter, at most `BACKOFF_MAX_S`; never less than a second."""
+    return max(1.0, delay(max(attempt, 1) - 1, BACKOFF_BASE_S, BACKOFF_MAX_S))
 
 
 class Courier:

@@ -23,6 +23,7 @@ import logging
 import time
 from datetime import datetime
 
+from meshd.agent.backoff import retries
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import Outbox
@@ -40,9 +41,10 @@ from protocol.messages import Event, FailureRecord, HeartbeatMark, Notification
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
-QUEUE_ATTEMPTS = 30
+QUEUE_SPAN_S = 30.0  # a notification whose slot is claimed is queued for this long
 RECENT_EVENTS = 200
-QUEUE_RETRY_S = 1.0
+QUEUE_RETRY_S = 0.5
+QUEUE_RETRY_MAX_S = 4.0
 
 
 class HeartbeatMails:
@@ -234,14 +236,15 @@ class HeartbeatMails:
             created_at=now,
             fence=term.fence,
         )
-        for attempt in range(QUEUE_ATTEMPTS):  # its slot is claimed: it must not be lost
+        # Its slot is claimed: it must not be lost to a JetStream election.
+        deadline = time.monotonic() + QUEUE_SPAN_S
+        async for attempt in retries(QUEUE_RETRY_S, QUEUE_RETRY_MAX_S, deadline=deadline):
             term.ensure_held()
             try:
                 await self.outbox.put(notification)
                 break
             except StoreUnavailable as err:
                 log.info("Notification not queued yet. attempt=%d error=%s", attempt + 1, err)
-                await asyncio.sleep(QUEUE_RETRY_S)
         else:
             log.error("Notification lost: the queue did not answer. subject=%s", message.subject)
             return

@@ -59,7 +59,7 @@ async def events(store: Store, name: str) -> list[Event]:
 async def test_mail_queued_while_the_server_is_down_is_delivered_once_it_is_back(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(meshd.roles.courier, "BACKOFF_S", (0.3, 0.6))
+    monkeypatch.setattr(meshd.roles.courier, "backoff", lambda attempt: 0.3 * attempt)
     port = free_port()
     config = {"host": "127.0.0.1", "port": port, "security": "none",
               "from_address": "mesh@example.com", "recipients": ["you@example.com"]}  # fmt: skip
