@@ -12,15 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# A local mesh of three droplets running the example projects; `meshctl down --local` ends it.
+# A local mesh of three droplets running the example projects; `meshctl down` ends it.
 # On Docker the examples run from an image built FROM scratch with a static busybox.
 demo: $(STAMP) examples/app/busybox nginx
-	$(BIN)/meshctl up --local --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
+	$(BIN)/meshctl up --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
 	$(BIN)/meshctl publish examples/projects.csv --wait
 	$(BIN)/meshctl status
 	$(BIN)/python examples/request.py
 	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
-	@echo "Stop it and remove everything: .venv/bin/meshctl down --local"
+	@echo "Stop it and remove everything: .venv/bin/meshctl down"
 
 # Debian's busybox-static, installed when missing and run as root; without it the demo runs
 # its services as processes.

@@ -104,7 +104,7 @@ def main() -> None:
     )
     result: dict[str, float | str] = {"runtime": args.runtime}
     try:
-        up = ["up", "--local", "--name", "bench", "--runtime", args.runtime, "--no-pull"]
+        up = ["up", "--context", "bench", "--runtime", args.runtime, "--no-pull"]
         result["up_s"] = round(meshctl(env, *up), 2)
         seed = meshctl(env, "publish", "examples/projects.csv", "--wait")
         result["converge_seed_s"] = round(seed, 2)
@@ -126,7 +126,7 @@ def main() -> None:
         )
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--local", "--name", "bench"],
+            [MESHCTL, "down", "--context", "bench"],
             env=env,
             capture_output=True,
             check=False,

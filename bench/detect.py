@@ -1,6 +1,6 @@
 """Failure detection under real faults. Prints one JSON object.
 
-A local mesh of 5 droplets (`meshctl up --local --droplets 5`, process runtime) runs one
+A local mesh of 5 droplets (`meshctl up --droplets 5`, process runtime) runs one
 project (`shop,3`: its backend on two more droplets) behind the entry address. Then:
 
 - `--kills` times (default 20): a random droplet (master included) is SIGKILLed with its
@@ -15,7 +15,7 @@ project (`shop,3`: its backend on two more droplets) behind the entry address. T
   (iptables, root only) and is paused with SIGSTOP for 2 s at random intervals of 5-15 s;
   every droplet that gets a failure record meanwhile is a false confirmation.
 
-As root the droplets live in network namespaces (`meshctl up --local --netns`), so the loss
+As root the droplets live in network namespaces (`meshctl up --netns`), so the loss
 hits everything the droplet receives; `--loopback` (or no root) uses loopback droplets, where
 iptables can only drop what is sent to the droplet's address.
 
@@ -311,7 +311,7 @@ def main() -> None:
     write_inputs(home)
     try:
         network = ["--netns"] if netns else ["--runtime", "process"]
-        meshctl(env, "up", "--local", "--droplets", "5", "--name", "detect", *network)
+        meshctl(env, "up", "--droplets", "5", "--context", "detect", *network)
         meshctl(env, "publish", str(home / "projects.csv"), "--wait")
         status = json.loads(meshctl(env, "status", "--json"))
         url = f"{status['entry_url']}/shop-prod/backend/"
@@ -324,7 +324,7 @@ def main() -> None:
             raise
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--local", "--name", "detect"],
+            [MESHCTL, "down", "--context", "detect"],
             env=env,
             capture_output=True,
             check=False,

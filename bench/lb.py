@@ -1,6 +1,6 @@
 """The entry point under faults. Prints one JSON object.
 
-A local mesh (process runtime; `meshctl up --local`'s droplets, then the CSV's) runs one
+A local mesh (process runtime; `meshctl up`'s droplets, then the CSV's) runs one
 project whose backend has two instances behind the lb holder's nginx. A bounded request
 loop (loopback only, every 20 ms) runs through the entry address while, in turn:
 
@@ -222,7 +222,7 @@ def main() -> None:
     write_inputs(home)
     result: dict[str, Any] = {}
     try:
-        meshctl(env, "up", "--local", "--name", "bench", "--runtime", "process")
+        meshctl(env, "up", "--context", "bench", "--runtime", "process")
         meshctl(env, "publish", str(home / "projects.csv"), "--wait")
         status = json.loads(meshctl(env, "status", "--json"))
         url = f"{status['entry_url']}/shop-prod/backend/"
@@ -245,7 +245,7 @@ def main() -> None:
         result["reload_ms"] = reload_ms(home / "reload")
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--local", "--name", "bench"],
+            [MESHCTL, "down", "--context", "bench"],
             env=env,
             capture_output=True,
             check=False,

@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="meshd",
         description="The meshd agent: one runs on every droplet of a mesh. It is started by "
-        "the droplet's bootstrap (systemd unit, or `meshctl up --local`), not by hand.",
+        "the droplet's bootstrap (systemd unit, or `meshctl up`), not by hand.",
     )
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
     parser.add_argument("--debug", action="store_true", help="log at debug level")

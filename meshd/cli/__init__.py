@@ -3,6 +3,7 @@ exit codes: 0 ok, 1 failure, 2 bad input. Commands live one per module beside it
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from collections.abc import Sequence
@@ -10,14 +11,6 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
-from meshd.cli.chaos import chaos
-from meshd.cli.compose import compose
-from meshd.cli.down import down
-from meshd.cli.notify import notify
-from meshd.cli.publish import publish
-from meshd.cli.restart import restart
-from meshd.cli.status import events, status
-from meshd.cli.up import up
 from meshd.core.errors import CapacityError, InputErrors
 from protocol.errors import MeshError
 
@@ -26,7 +19,36 @@ EXIT_BAD_INPUT = 2
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+# Each command's module is imported only when the command runs (or `--help` lists them): a
+# command does not pay for the libraries of all the others.
+COMMANDS = {
+    "up": "meshd.cli.up:up",
+    "publish": "meshd.cli.publish:publish",
+    "restart": "meshd.cli.restart:restart",
+    "status": "meshd.cli.status:status",
+    "events": "meshd.cli.status:events",
+    "chaos": "meshd.cli.chaos:chaos",
+    "notify": "meshd.cli.notify:notify",
+    "compose": "meshd.cli.compose:compose",
+    "down": "meshd.cli.down:down",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, prog_name="meshctl")
 @click.pass_context
@@ -36,10 +58,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Start with `meshctl publish --dry-run projects.csv` to see what a CSV would create.
     """
     ctx.obj = {"debug": debug}
-
-
-for command in (up, publish, restart, status, events, chaos, notify, compose, down):
-    cli.add_command(command)
 
 
 def cause_chain(err: BaseException) -> str:

@@ -56,7 +56,7 @@ def chaos(
     partition  cut it off the network (or off --from droplets); its processes run on
     lose       drop --probability of the packets it receives
     heal       undo partition and lose
-    partition, lose and heal need a mesh started with `meshctl up --local --netns` (root).
+    partition, lose and heal need a mesh started with `meshctl up --netns` (root).
     """
     asyncio.run(_chaos(action, droplet, peers, probability, context_name, yes_really))
 

@@ -65,9 +65,9 @@ def load_context(name: str | None = None) -> Context:
     path = config_home() / "contexts" / f"{chosen}.json"
     if not path.exists():
         raise NoMeshError(
-            f"no mesh called {chosen!r}; start a local one with `meshctl up --local`"
+            f"no mesh called {chosen!r}; start a local one with `meshctl up`"
             if name
-            else "no mesh yet; start a local one with `meshctl up --local`"
+            else "no mesh yet; start a local one with `meshctl up`"
         )
     data = json.loads(path.read_text())
     return Context(**data)

@@ -1,4 +1,10 @@
-"""`meshctl down --local`: stop a local mesh and remove everything it left on this machine."""
+"""`meshctl down`: stop a mesh and remove everything it left on this machine.
+
+A mesh's own leaders would race a teardown (a recovery leader rebuilds a droplet that `down`
+just destroyed), so every droplet is frozen first, all at once, before any is destroyed:
+then nothing of the mesh acts any more. After destroying, the provider is asked again until
+nothing of the mesh is left.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +15,39 @@ import shutil
 import click
 
 from meshd.agent.config import mesh_tag
-from meshd.cli.context import load_context, remove_context
+from meshd.cli.context import Context, load_context, remove_context
 from meshd.cli.tables import console
 from meshd.cli.up import open_provider
-from plugins.providers import DropletNotFound
+from plugins.providers import Drills, DropletNotFound, Provider, ProviderError
+from protocol.errors import MeshError
+
+ROUNDS = 5  # times the provider is asked again for what is left
+SETTLE_S = 0.5  # between rounds: something started meanwhile shows up
 
 
 @click.command()
-@click.option("--local", "local", is_flag=True, required=True, help="The mesh is local.")
-@click.option("--name", default=None, help="Name of the mesh (default: the current one).")
+@click.option(
+    "--context", "context_name", metavar="NAME", help="Mesh to remove (default: the current one)."
+)
+@click.option("--name", "context_name", hidden=True, help="Old name of --context.")
+@click.option("--local", is_flag=True, hidden=True, help="Accepted: the context has the provider.")
 @click.option(
     "--keep-data",
     is_flag=True,
     help="Keep the mesh's Docker volumes (its databases' data); a mesh of the same name "
     "started later uses them again.",
 )
-def down(local: bool, name: str | None, keep_data: bool) -> None:
-    """Power off and destroy every droplet of a local mesh (their processes and containers
-    go with them) and remove its state, context and Docker networks and volumes."""
-    asyncio.run(_down(name, keep_data))
+def down(context_name: str | None, local: bool, keep_data: bool) -> None:
+    """Stop every droplet of a mesh at once, destroy them (their processes and containers go
+    with them) and remove its state, context and Docker networks and volumes."""
+    asyncio.run(_down(context_name, keep_data))
 
 
 async def _down(name: str | None, keep_data: bool) -> None:
     context = load_context(name)
     provider = open_provider(context.mesh, context.provider)
     try:
-        for record in await provider.list(mesh_tag(context.mesh)):
-            console.print(f"Destroying droplet [bold]{record.name}[/] ...")
-            with contextlib.suppress(DropletNotFound):
-                await provider.destroy(record.id, fence=None)
+        await _teardown(provider, context)
     finally:
         await provider.close()
     if context.runtime.get("name") == "docker":
@@ -52,3 +62,34 @@ async def _down(name: str | None, keep_data: bool) -> None:
     shutil.rmtree(context.state_dir, ignore_errors=True)
     remove_context(context.name)
     console.print(f"Mesh [bold]{context.name}[/] is down; nothing of it is left running.")
+
+
+async def _teardown(provider: Provider, context: Context) -> None:
+    tag = mesh_tag(context.mesh)
+    for _ in range(ROUNDS):
+        droplets = await provider.list(tag)
+        if not droplets:
+            return
+        await _freeze(provider, [d.id for d in droplets])
+        for record in droplets:
+            console.print(f"Destroying droplet [bold]{record.name}[/] ...")
+            with contextlib.suppress(DropletNotFound):
+                await provider.destroy(record.id, fence=None)
+        await asyncio.sleep(SETTLE_S)
+    left = ", ".join(sorted(d.name for d in await provider.list(tag)))
+    if left:
+        raise MeshError(f"down: droplets keep coming back: {left}; run `meshctl down` again")
+
+
+async def _freeze(provider: Provider, droplet_ids: list[str]) -> None:
+    """Stop every droplet from acting before any is destroyed: frozen where the provider can
+    freeze (local droplets), else powered off; all at once."""
+
+    async def freeze(droplet_id: str) -> None:
+        with contextlib.suppress(ProviderError):  # not running already: nothing to stop
+            if isinstance(provider, Drills):
+                await provider.pause(droplet_id)
+            else:
+                await provider.power_off(droplet_id, fence=None)
+
+    await asyncio.gather(*(freeze(droplet_id) for droplet_id in droplet_ids))

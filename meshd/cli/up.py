@@ -1,4 +1,4 @@
-"""`meshctl up --local`: start a mesh of local droplets on this machine."""
+"""`meshctl up`: start a mesh of local droplets on this machine."""
 
 from __future__ import annotations
 
@@ -74,7 +74,14 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
 
 
 @click.command()
-@click.option("--local", "local", is_flag=True, required=True, help="Droplets on this machine.")
+@click.option(
+    "--provider",
+    type=click.Choice(["local"]),
+    default="local",
+    show_default=True,
+    help="Where the droplets are: local, processes on this machine (DigitalOcean comes next).",
+)
+@click.option("--local", "local", is_flag=True, hidden=True, help="The same as --provider local.")
 @click.option(
     "--droplets",
     default=3,
@@ -83,7 +90,15 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     help="Droplets to start: master, then mesh-2, ... (JetStream runs on the first three, "
     "or on master alone when fewer than three).",
 )
-@click.option("--name", default="local", show_default=True, help="Name of the mesh (context).")
+@click.option(
+    "--context",
+    "name",
+    default="local",
+    show_default=True,
+    metavar="NAME",
+    help="Name of the mesh: its context, which later commands take with --context.",
+)
+@click.option("--name", "name", hidden=True, help="Old name of --context.")
 @click.option(
     "--runtime",
     type=click.Choice(["auto", "docker", "process"]),
@@ -113,6 +128,7 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     help="Pull images the engine lacks from their registry (docker runtime).",
 )
 def up(
+    provider: str,
     local: bool,
     droplets: int,
     name: str,
@@ -145,7 +161,7 @@ async def _up(
         if runtime not in ("auto", running) or (docker_host and running != "docker"):
             raise MeshError(
                 f"up: mesh {name!r} already runs the {running} runtime; "
-                f"`meshctl down --local --name {name}` first to change it"
+                f"`meshctl down --context {name}` first to change it"
             )
         await _power_on(context)
     await _wait_joined(context)

@@ -1,4 +1,4 @@
-"""`meshctl up --local` picks the runtime: docker when an engine answers, else process, and
+"""`meshctl up` picks the runtime: docker when an engine answers, else process, and
 says which; asking for docker where none answers is an error, not a silent fallback."""
 
 from __future__ import annotations

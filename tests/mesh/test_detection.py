@@ -93,5 +93,5 @@ def test_drills_refuse_what_they_cannot_do(tmp_path: Path) -> None:
         unknown = mesh.meshctl("chaos", "kill", "nope")
         assert unknown.returncode == 2 and "no droplet 'nope'" in unknown.stderr
         cut = mesh.meshctl("chaos", "partition", "master")
-        assert cut.returncode == 1 and "meshctl up --local --netns" in cut.stderr
+        assert cut.returncode == 1 and "meshctl up --netns" in cut.stderr
         assert "Traceback" not in cut.stderr

@@ -1,7 +1,7 @@
 """A local mesh on the docker runtime, end to end against the real Docker Engine: publish
 builds the image and runs containers, the engine's restarts are reported, an agent restart
 adopts the same containers, republishing removes what is no longer wanted, meshes sharing
-the engine leave each other alone, and `meshctl down --local` leaves nothing behind."""
+the engine leave each other alone, and `meshctl down` leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
                 containers(docker_engine, name)["shop.prod.backend"].id == ids["shop.prod.backend"]
             )
 
-            mesh.ok("down", "--local", "--name", name, "--keep-data")
+            mesh.ok("down", "--context", name, "--keep-data")
             left = mesh_objects(docker_engine, name)
             assert (left["containers"], left["networks"]) == ([], [])
             assert sorted(left["volumes"]) == [
@@ -176,7 +176,7 @@ def test_meshes_sharing_an_engine_leave_each_other_alone_and_down_removes_everyt
             )
             theirs = {k: c.id for k, c in containers(docker_engine, second).items()}
 
-            one.ok("down", "--local", "--name", first)
+            one.ok("down", "--context", first)
 
             assert mesh_objects(docker_engine, first) == {
                 "containers": [],

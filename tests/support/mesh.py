@@ -1,5 +1,5 @@
-"""A real local mesh for tests: `meshctl up --local` in a private config and state home,
-torn down with `meshctl down --local` and, whatever happened, SIGKILL of every droplet's
+"""A real local mesh for tests: `meshctl up` in a private config and state home,
+torn down with `meshctl down` and, whatever happened, SIGKILL of every droplet's
 process group that the account still records."""
 
 from __future__ import annotations
@@ -200,12 +200,12 @@ def local_mesh(
     options = ["--runtime", runtime] + (["--no-pull"] if runtime == "docker" else [])
     options += ["--netns"] if netns else []
     try:
-        mesh.ok("up", "--local", "--droplets", str(droplets), "--name", name, *options)
+        mesh.ok("up", "--droplets", str(droplets), "--context", name, *options)
         yield mesh
     finally:
         mesh.keep_logs()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            mesh.meshctl("down", "--local", "--name", name, timeout=60)
+            mesh.meshctl("down", "--context", name, timeout=60)
         mesh.kill_everything()
 
 

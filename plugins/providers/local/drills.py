@@ -74,7 +74,7 @@ class LocalDrills:
                 action,
                 "loopback droplets cannot be cut off (their nats-server routes leave from "
                 "127.0.0.1); start the mesh with network namespaces: "
-                "meshctl up --local --netns (as root)",
+                "meshctl up --netns (as root)",
             )
         state = await asyncio.to_thread(self._store.state, droplet_id, what)
         block = state.address.rsplit(".", 1)[0]
