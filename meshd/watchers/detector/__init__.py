@@ -1,30 +1,25 @@
-"""Failure detection by consensus of monitors (DESIGN.md, Failure detection).
+"""Failure detection by consensus of monitors: the I/O half (subscriptions, probes, votes on
+core NATS, the failure record). What each monitor does when is `watch` (pure timing); how
+votes add up is `ballot`.
 
-Every agent watches the droplets `meshd.core.monitors` gives it. Evidence of life is a good HTTP
-probe of the target's agent (`/health`, every `PROBE_EVERY_S`) or a heartbeat on
-`mesh.hb.<target>` (every 0.5 s). After `SUSPECT_AFTER_S` without any, the monitor publishes
-a suspicion on `mesh.suspect.<target>`; the target's other monitors then probe it every
-`SUSPECT_PROBE_EVERY_S` and once through a helper (`mesh.probe.<helper>`, request/reply). A
-monitor confirms after `CONFIRM_AFTER_S` of silence when the indirect probe failed too; a good
-probe later takes the vote back. A live target that hears it is suspected refutes, which
-clears every vote about it. When a majority of the target's monitors confirm, whoever sees it
-records the failure once (KV create on `mesh_failures/<target>`); the vote itself runs over
-core NATS, so it does not wait for a JetStream election.
-
-A monitor that hears nothing from any of its targets at once suspects nobody: the problem is
-more likely its own (Lifeguard's local health). A target with one monitor (two droplets) is
-confirmed only when the provider says it is not running either.
+Every agent watches the droplets the monitor map gives it (`meshd.core.monitors`). Evidence
+of life is a liveness beat on `mesh.hb.<target>` or a good HTTP probe of the target's agent
+(`/health`). A silent target is suspected on `mesh.suspect.<target>`; its other monitors then
+probe it closely, and through a helper (`mesh.probe.<helper>`, request/reply). A monitor
+confirms after a longer silence when the indirect probe failed too; a good probe later takes
+the vote back. A live target that hears it is suspected refutes, which voids every vote about
+it. When a majority of the target's monitors confirm, whoever sees it records the failure
+once (KV create on `mesh_failures/<target>`); the vote itself runs over core NATS, so it does
+not wait for a JetStream election. A target with one monitor (two droplets) is confirmed
+only when the provider says it is not running either.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -32,7 +27,9 @@ from meshd.agent.backoff import retries
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Conflict, Received, Store, StoreUnavailable
-from meshd.core.monitors import majority, monitor_map, monitored, targets_of
+from meshd.core.monitors import monitor_map, monitored, targets_of
+from meshd.watchers.detector.ballot import Ballot, Decision
+from meshd.watchers.detector.watch import TICK_S, Step, Watch, starved, steps
 from plugins.providers import DropletStatus, Provider
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -40,40 +37,10 @@ from protocol.errors import MeshError, ProtocolError
 from protocol.messages import FailureRecord, FailureState, LivenessBeat, Suspicion, Verdict
 
 log = logging.getLogger(__name__)
-
-TICK_S = 0.25
-PROBE_EVERY_S = 0.5
-SUSPECT_PROBE_EVERY_S = 0.25
 PROBE_TIMEOUT_S = 0.5
 INDIRECT_TIMEOUT_S = 1.0
-SUSPECT_AFTER_S = 1.5  # silence before a suspicion
-CONFIRM_AFTER_S = 2.8  # silence before a confirmation: a 2 s pause is never confirmed
 RECORD_RETRY_S = 0.25  # the failure record waits out an election with backoff up to 1 s
 RECORD_RETRY_MAX_S = 1.0
-REVOTE_S = 1.0  # a standing confirmation is sent again: core NATS may have lost it
-
-
-@dataclass(slots=True)
-class Watch:
-    """What one monitor knows of one target."""
-
-    address: str
-    incarnation: int
-    last_ok: float | None = None  # monotonic; None: not seen alive since this agent started
-    suspected: bool = False
-    voted: Verdict | None = None
-    voted_at: float = 0.0  # monotonic, when the vote was last sent
-    indirect_failed: bool | None = None  # None: not asked yet
-    next_probe: float = 0.0
-    probing: bool = False
-
-
-@dataclass(slots=True)
-class Votes:
-    """The latest verdict of each voter about one target, for one incarnation."""
-
-    incarnation: int
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
 
 
 class Detector:
@@ -93,14 +60,12 @@ class Detector:
         self.provider = provider
         self.provider_tag = provider_tag
         self.watches: dict[str, Watch] = {}
-        self.votes: dict[str, Votes] = {}
-        self.confirmed: set[tuple[str, int]] = set()  # (droplet, incarnation) seen confirmed
+        self.ballot = Ballot()
         self.starved = False
+        self.probes = 0  # HTTP probes sent, direct and for others (the bench counts them)
         self._last_refute = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
-
-    # --- who ---------------------------------------------------------------------------------
 
     def monitors(self) -> dict[str, tuple[str, ...]]:
         """The monitor map over the droplets that booted and have no confirmed failure."""
@@ -118,6 +83,7 @@ class Detector:
                 self.watches[target] = Watch(node.address, node.incarnation)
             else:
                 watch.address = node.address
+        self.ballot.forget(set(self.view.nodes))
 
     # --- loop --------------------------------------------------------------------------------
 
@@ -125,7 +91,7 @@ class Detector:
         async with aiohttp.ClientSession() as http:
             self._http = http
             subscriptions = [
-                await self.store.subscribe(subjects.BEATS_ALL, self._on_heartbeat),
+                await self.store.subscribe(subjects.BEATS_ALL, self._on_beat),
                 await self.store.subscribe(subjects.SUSPECTS_ALL, self._on_vote),
                 await self.store.subscribe(subjects.probe(self.me), self._on_probe_request),
             ]
@@ -135,8 +101,7 @@ class Detector:
                     await asyncio.sleep(TICK_S)
             finally:
                 for subscription in subscriptions:
-                    with contextlib.suppress(Exception):
-                        await subscription.unsubscribe()
+                    await subscription.unsubscribe()
                 for task in self._tasks:
                     task.cancel()
 
@@ -144,40 +109,26 @@ class Detector:
         monitors = self.monitors()
         self._refresh(monitors)
         now = time.monotonic()
-        seen = [w for w in self.watches.values() if w.last_ok is not None]
-        starved = len(seen) >= 2 and all(
-            now - w.last_ok >= SUSPECT_AFTER_S for w in seen if w.last_ok is not None
-        )
-        if starved != self.starved:
-            self.starved = starved
-            if starved:
-                log.warning("Hearing none of my targets; suspecting nobody. targets=%d", len(seen))
+        hearing_none = starved(list(self.watches.values()), now)
+        if hearing_none != self.starved:
+            self.starved = hearing_none
+            if hearing_none:
+                log.warning("Hearing none of my targets; suspecting nobody.")
+        may_judge = not self.starved and self.store.connected
         for target, watch in self.watches.items():
-            every = SUSPECT_PROBE_EVERY_S if watch.suspected else PROBE_EVERY_S
-            if not watch.probing and now >= watch.next_probe:
-                watch.next_probe = now + every
-                watch.probing = True
-                self._spawn(self._probe(http, target, watch))
-            if watch.last_ok is None or self.starved or not self.store.connected:
-                continue
-            silence = now - watch.last_ok
-            if silence >= SUSPECT_AFTER_S and not watch.suspected:
-                self._suspect(target, watch)
-            if (
-                watch.suspected
-                and silence >= CONFIRM_AFTER_S
-                and watch.indirect_failed is not False
-                and watch.voted is not Verdict.CONFIRM
-            ):
-                watch.voted = Verdict.CONFIRM  # claimed now; the provider may still say no
-                watch.voted_at = math.inf  # sent (and then repeated) only once it is sure
-                self._spawn(self._confirm(target, watch, len(monitors.get(target, ()))))
-            elif watch.voted is Verdict.CONFIRM and now - watch.voted_at >= REVOTE_S:
-                # A vote published while this agent's nats-server connection moved (the dead
-                # droplet may have been its server) is lost, and one lost vote of three can
-                # keep a majority from ever forming.
-                watch.voted_at = now
-                self._vote(target, watch.incarnation, Verdict.CONFIRM)
+            for step in steps(watch, now, may_judge=may_judge):
+                if step is Step.PROBE:
+                    watch.probing = True
+                    self._spawn(self._probe(http, target, watch))
+                elif step is Step.SUSPECT:
+                    log.warning("Droplet suspected. droplet=%s", target)
+                    self.store.record_soon("droplet_suspected", self.me, target, {})
+                    self._vote(target, watch.incarnation, Verdict.SUSPECT)
+                    self._spawn(self._indirect(target, watch))
+                elif step is Step.CONFIRM:
+                    self._spawn(self._confirm(target, watch, len(monitors.get(target, ()))))
+                else:
+                    self._vote(target, watch.incarnation, Verdict.CONFIRM)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -188,23 +139,24 @@ class Detector:
 
     async def _probe(self, http: aiohttp.ClientSession, target: str, watch: Watch) -> None:
         try:
-            ok = await probe(http, watch.address)
+            ok = await self._ask(http, watch.address)
         finally:
             watch.probing = False
         if ok and self.watches.get(target) is watch:
             self._alive(target, watch)
 
+    async def _ask(self, http: aiohttp.ClientSession, address: str) -> bool:
+        self.probes += 1
+        return await probe(http, address)
+
     def _alive(self, target: str, watch: Watch) -> None:
-        watch.last_ok = time.monotonic()
-        if watch.suspected:
+        voted = watch.voted is not None
+        if watch.alive(time.monotonic()):
             log.info("Suspected droplet answers again. droplet=%s", target)
-            watch.suspected = False
-            watch.indirect_failed = None
-            if watch.voted is not None:
-                watch.voted = None
+            if voted:
                 self._vote(target, watch.incarnation, Verdict.REFUTE)
 
-    async def _on_heartbeat(self, msg: Received) -> None:
+    async def _on_beat(self, msg: Received) -> None:
         try:
             beat = decode(msg.data, LivenessBeat)
         except ProtocolError:
@@ -217,7 +169,8 @@ class Detector:
         """A monitor asks this agent to probe a target for it (indirect probe)."""
         target = msg.data.decode(errors="replace")
         node = self.view.nodes.get(target)
-        ok = node is not None and self._http is not None and await probe(self._http, node.address)
+        http = self._http
+        ok = node is not None and http is not None and await self._ask(http, node.address)
         await msg.respond(b"ok" if ok else b"fail")
 
     async def _indirect(self, target: str, watch: Watch) -> None:
@@ -235,13 +188,6 @@ class Detector:
         watch.indirect_failed = not any(answer == b"ok" for answer in answers)
 
     # --- votes -------------------------------------------------------------------------------
-
-    def _suspect(self, target: str, watch: Watch) -> None:
-        watch.suspected = True
-        log.warning("Droplet suspected. droplet=%s", target)
-        self.store.record_soon("droplet_suspected", self.me, target, {})
-        self._vote(target, watch.incarnation, Verdict.SUSPECT)
-        self._spawn(self._indirect(target, watch))
 
     async def _confirm(self, target: str, watch: Watch, monitor_count: int) -> None:
         if monitor_count == 1 and not await self._provider_agrees(target):
@@ -299,35 +245,23 @@ class Detector:
 
     def _count(self, vote: Suspicion) -> None:
         if vote.by == vote.target and vote.verdict is Verdict.REFUTE:
-            self.votes.pop(vote.target, None)  # it lives: every vote about it is void
             watch = self.watches.get(vote.target)
             if watch is not None:
                 self._alive(vote.target, watch)
-            return
-        votes = self.votes.get(vote.target)
-        if votes is None or vote.incarnation > votes.incarnation:
-            votes = self.votes[vote.target] = Votes(vote.incarnation)
-        elif vote.incarnation < votes.incarnation:
-            return
-        votes.verdicts[vote.by] = vote.verdict
-        self._tally(vote.target, votes)
+        decision = self.ballot.count(vote, self.monitors().get(vote.target, ()))
+        if decision is not None:
+            self._decided(decision)
 
-    def _tally(self, target: str, votes: Votes) -> None:
-        monitors = self.monitors().get(target, ())
-        confirming = tuple(sorted(m for m in monitors if votes.verdicts.get(m) is Verdict.CONFIRM))
-        if not monitors or len(confirming) < majority(len(monitors)):
-            return
-        if (target, votes.incarnation) in self.confirmed:
-            return
-        self.confirmed.add((target, votes.incarnation))
-        log.warning("Droplet failure confirmed. droplet=%s by=%s", target, ",".join(confirming))
+    def _decided(self, decision: Decision) -> None:
+        by = ",".join(decision.confirmed_by)
+        log.warning("Droplet failure confirmed. droplet=%s by=%s", decision.target, by)
         record = FailureRecord(
-            droplet=target,
-            confirmed_by=confirming,
+            droplet=decision.target,
+            confirmed_by=decision.confirmed_by,
             confirmed_at=time.time(),
             state=FailureState.CONFIRMED,
             fence=0,
-            incarnation=votes.incarnation,
+            incarnation=decision.incarnation,
         )
         self._spawn(self._record(record))
 
