@@ -79,3 +79,18 @@ def tail_text(path: Path, start: int = 0, limit: int = TAIL_CHARS) -> str:
         text = text[-limit:]
         text = text.partition("\n")[2] or text
     return text
+
+
+def cap_log(path: Path, max_bytes: int) -> None:
+    """Keep the newest half of `path` once it is larger than `max_bytes`."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size <= max_bytes:
+        return
+    with path.open("rb") as log:
+        log.seek(size - max_bytes // 2)
+        tail = log.read()
+    tail = tail[tail.find(b"\n") + 1 :]
+    atomic_write(path, b"[meshd] older output truncated\n" + tail)

@@ -1,4 +1,4 @@
-"""Per-role leader election on KV `mesh_leases/<role>` (DESIGN.md, Leases).
+"""Per-role leader election on KV `mesh_leases/<role>` (docs/architecture.md, Leases).
 
 A lease is taken with create-if-absent and a server-side per-key TTL, renewed by
 compare-and-set carrying the TTL again. The revision at which it was taken is the term's

@@ -1,11 +1,11 @@
 """Where a failed droplet's stateless instances run until its replacement is back (pure).
 
-DESIGN.md, Recovery step 3: the recovery leader picks, for every web service and worker of the
-failed droplet, a surviving droplet that does not run it yet and has the memory for it; the
-choice is written into the failure record (`FailureRecord.displaced`). Every agent then adds
-those droplets to the allocations it runs (`hosted`), so the instances start on the survivors
-without another write to `mesh_alloc`, keep their generation (nothing is restarted) and go
-away by themselves when the record is removed: the instances move back.
+Recovery's third step (docs/failure-detection.md): the recovery leader picks, for every web
+service and worker of the failed droplet, a surviving droplet that does not run it yet and has
+the memory for it; the choice is written into the failure record (`FailureRecord.displaced`).
+Every agent then adds those droplets to the allocations it runs (`hosted`), so the instances
+start on the survivors without another write to `mesh_alloc`, keep their generation (nothing is
+restarted) and go away by themselves when the record is removed: the instances move back.
 
 Datastores and services with a data volume are never displaced: their data lives on the
 failed droplet and comes back with it.

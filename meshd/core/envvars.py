@@ -1,5 +1,5 @@
 """The environment variables every instance gets (seed "Dynamic Environment Variable
-Generation", DESIGN.md Allocation). Pure: values in, values out. Never secrets.
+Generation"). Pure: values in, values out. Never secrets.
 
 Host variables (DB_HOST, ...) name a droplet, not an address: the agent that starts the
 instance resolves them, so that a droplet's address becoming known (it joins after the first

@@ -1,4 +1,4 @@
-"""Who watches whom (DESIGN.md, Failure detection): pure.
+"""Who watches whom (docs/failure-detection.md): pure.
 
 Each droplet is watched by M = min(3, N-1) monitors: `master` (unless it is the target) and
 then the droplets that follow the target in the ring of names (master first, then name order),

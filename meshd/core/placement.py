@@ -1,6 +1,6 @@
 """Which droplets the desired state needs and which droplet runs which instance.
 
-Rules (DESIGN.md, Desired state from the CSV): one `master` of the largest MasterSpec; a
+Rules (docs/inputs.md): one `master` of the largest MasterSpec; a
 project with N > 1 servers gets N-1 droplets `<project>-web<i>` of its WebSpec. With N = 1
 everything of the project runs on master. With N > 1: prod web services on every dedicated
 droplet, prod database and redis on `<project>-web1`, prod workers round-robin over the

@@ -3,7 +3,7 @@
 The seed's formula gives each project-environment a hash `h` and ports `base + int(h) % 1000`.
 Two environments can hash to the same port, so allocation is a function of the previous
 allocation too: existing allocations never move (sticky), and a newcomer whose port is taken or
-reserved by the mesh probes to the next free port of its family (DESIGN.md, Allocation).
+reserved by the mesh probes to the next free port of its family (docs/decisions.md).
 
 Web services also get a spare port from their family: a rolling restart starts the new
 instance on it while the old one still serves on the other (docs/load-balancer.md).

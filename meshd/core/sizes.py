@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-# Memory that every droplet keeps for the OS, nats-server and meshd (DESIGN.md, Capacity).
+# Memory that every droplet keeps for the OS, nats-server and meshd.
 SYSTEM_RESERVED_MB = 256
 
 
@@ -29,7 +29,7 @@ class DropletSize:
 
     @property
     def rank(self) -> tuple[int, int, float, str]:
-        """Order used to pick "the largest" size: memory, then vCPUs (DESIGN.md)."""
+        """Order used to pick "the largest" size: memory, then vCPUs."""
         return (self.memory_mb, self.vcpus, self.monthly_usd, self.slug)
 
 

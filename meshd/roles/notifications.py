@@ -1,5 +1,5 @@
 """The `heartbeat` role (prefers master): the seed's passive monitoring, where silence is the
-alarm (DESIGN.md, Plugins: Notifier).
+alarm (docs/notifications.md).
 
 While it holds the role, an agent
 - queues `✅ Infrastructure OK` every `heartbeat_minutes`, or, while master is down (it has a

@@ -1,4 +1,4 @@
-"""The `recovery` role: brings a droplet whose failure was confirmed back (DESIGN.md, Recovery).
+"""The `recovery` role: brings back a droplet whose failure was confirmed (docs/architecture.md).
 
 Each failure record is a resumable state machine; every step is idempotent and is written back
 (compare-and-set on the record's revision, with the leader's fence) before the next, so a

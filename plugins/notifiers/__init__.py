@@ -1,4 +1,4 @@
-"""The notifier interface: how the mesh tells its operator (DESIGN.md, Plugins: Notifier).
+"""The notifier interface: how the mesh tells its operator (docs/notifications.md).
 
 A notifier plugin (`smtp`, `sms`) implements `Notifier`; `load_notifier` imports it lazily
 from `NOTIFIERS` by name. What crosses the seam is an `Outgoing` message (subject, text, and

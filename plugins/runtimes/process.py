@@ -11,9 +11,8 @@ too. A new runtime over the same directory (the agent restarted) re-adopts runni
 from `state.json` and `/proc` instead of restarting them; it cannot wait for those, so it polls
 `/proc`, and their exit codes are known only if the previous runtime saw them.
 
-Processes are started with `subprocess.Popen`, not `asyncio.create_subprocess_exec`: an asyncio
-subprocess transport kills its child when it is closed or garbage collected, which would take
-every instance down with the agent and defeat re-adoption.
+`subprocess.Popen`, not `asyncio.create_subprocess_exec`: an asyncio subprocess transport kills
+its child when it is closed or garbage collected, which would defeat re-adoption.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugins.fs import atomic_write, tail_text, write_secret_files
+from plugins.fs import atomic_write, cap_log, tail_text, write_secret_files
 from plugins.procfs import is_alive, proc_stat
 from plugins.runtimes import (
     InstanceInfo,
@@ -105,23 +104,6 @@ def signal_adopted(state: ProcessRecord, sig: signal.Signals) -> None:
         pass
     finally:
         os.close(pidfd)
-
-
-def cap_log(path: Path, max_bytes: int) -> None:
-    """Keep the newest half of `path` once it is larger than `max_bytes`."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    if size <= max_bytes:
-        return
-    with path.open("rb") as log:
-        log.seek(size - max_bytes // 2)
-        tail = log.read()
-    tail = tail[tail.find(b"\n") + 1 :]
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_bytes(b"[meshd] older output truncated\n" + tail)
-    os.replace(scratch, path)
 
 
 def process_command(spec: InstanceSpec) -> str:

@@ -105,7 +105,7 @@ def _authenticator(
         and data.login.decode() == USER
         and data.password.decode() == PASSWORD
     )
-    # handled=False on failure, or aiosmtplib waits until its timeout (NOTES.md).
+    # handled=False on failure, or aiosmtplib waits until its timeout.
     return AuthResult(success=True) if good else AuthResult(success=False, handled=False)
 
 

@@ -29,7 +29,6 @@ from nats.js.kv import KeyValue
 
 from meshd.agent.store import (
     Conflict,
-    Delivery,
     Entry,
     Handler,
     Received,
@@ -40,6 +39,7 @@ from meshd.agent.store import WorkQueue as WorkQueueProtocol
 from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
 from meshd.agent.store.events import Events
 from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
+from meshd.agent.store.workqueue import NatsWorkQueue
 from protocol.messages import Event
 
 log = logging.getLogger(__name__)
@@ -367,34 +367,6 @@ class CoreSubscription:
         self._subscription = subscription
 
     async def unsubscribe(self) -> None:
-        with contextlib.suppress(*ANY_NATS_ERROR):
-            await self._subscription.unsubscribe()
-
-
-class NatsWorkQueue:
-    """One pull consumer of a work-queue stream."""
-
-    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
-        self._subscription = subscription
-
-    async def take(self, wait: float) -> Delivery | None:
-        with translated("take from work queue"):
-            try:
-                (msg,) = await self._subscription.fetch(1, timeout=wait)
-            except nats.errors.TimeoutError:
-                return None  # nothing came within `wait`
-        attempt = (msg.metadata.num_delivered or 1) if msg.metadata else 1
-        return Delivery(bytes(msg.data), attempt, msg)
-
-    async def done(self, delivery: Delivery) -> None:
-        with contextlib.suppress(*ANY_NATS_ERROR):
-            await delivery.handle.ack()
-
-    async def later(self, delivery: Delivery, delay: float) -> None:
-        with contextlib.suppress(*ANY_NATS_ERROR):
-            await delivery.handle.nak(delay=delay)
-
-    async def close(self) -> None:
         with contextlib.suppress(*ANY_NATS_ERROR):
             await self._subscription.unsubscribe()
 

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import os
-import random
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +24,10 @@ from pathlib import Path
 
 from plugins.fs import atomic_write
 from plugins.providers import (
-    DropletNotFound,
     DropletRecord,
-    DropletStartError,
     DropletStatus,
     Fence,
     Provider,
-    ProviderConfigError,
     ProviderContext,
     ProviderError,
     SnapshotNotFound,
@@ -43,7 +36,6 @@ from plugins.providers import (
 from plugins.providers.local import addresses, netns, snapshots
 from plugins.providers.local.account import (
     DROPLETS_DIR,
-    SNAPSHOTS_DIR,
     USER_DATA_FILE,
     Account,
     AccountStore,
@@ -52,14 +44,7 @@ from plugins.providers.local.account import (
 )
 from plugins.providers.local.drills import LocalDrills
 from plugins.providers.local.machine import Launch, Machines
-from protocol import subjects
-from protocol.errors import InvalidNameError
-
-_BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
-_NETNS_BLOCK = re.compile(r"10\.213\.(\d{1,3})")
-NETWORKS = ("loopback", "netns")
-SETTINGS = frozenset({"dir", "launcher", "block", "network"})
-_TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
+from plugins.providers.local.settings import check_droplet_args, check_size, parse_settings
 
 
 class LocalProvider:
@@ -81,7 +66,7 @@ class LocalProvider:
         self._root = root
         self._netns = network == "netns"
         self._on_power = ctx.on_power
-        self._account = AccountStore(root, block, self._pick_block)
+        self._account = AccountStore(root, block, lambda: addresses.pick_block(self._netns))
         self._machines = Machines(launcher, self._netns)
         self._drills = LocalDrills(
             self._account, self._machines, ctx.on_power, self._netns, ctx.logger
@@ -101,7 +86,7 @@ class LocalProvider:
             None,
             fence,
         )
-        await self._check_started(action, launch)
+        await self._machines.started(self._account, action, launch)
         self._log.info(
             "Droplet created. id=%s name=%s address=%s pgid=%s fence=%s",
             launch.state.id,
@@ -134,7 +119,7 @@ class LocalProvider:
             self._account.transact, self._power_on_locked, "power_on", droplet_id, fence
         )
         if launch is not None:
-            await self._check_started(f"power on droplet {droplet_id}", launch)
+            await self._machines.started(self._account, f"power on droplet {droplet_id}", launch)
             self._log.info(
                 "Droplet powered on. id=%s pgid=%s fence=%s", droplet_id, launch.state.pgid, fence
             )
@@ -172,7 +157,7 @@ class LocalProvider:
             droplet_id,
             fence,
         )
-        await self._check_started(action, launch)
+        await self._machines.started(self._account, action, launch)
         self._log.info(
             "Droplet rebuilt. old=%s id=%s name=%s fence=%s",
             droplet_id,
@@ -197,26 +182,7 @@ class LocalProvider:
 
     async def snapshot(self, droplet_id: str, name: str, *, fence: Fence | None) -> SnapshotRecord:
         """A copy of the droplet's directory as it is now (`snapshots`)."""
-        action = f"snapshot droplet {droplet_id}"
-        try:
-            subjects.token(name, "snapshot name")  # it becomes a directory name
-        except InvalidNameError as err:
-            raise ProviderError(action, str(err)) from err
-        state = await asyncio.to_thread(self._account.state, droplet_id, "snapshot")
-        staging = self._root / SNAPSHOTS_DIR / f".{name}-{os.getpid()}-{random.randrange(10**9)}"
-        try:
-            size = await asyncio.to_thread(snapshots.copy_live_tree, Path(state.dir), staging)
-            record = await asyncio.to_thread(
-                self._account.transact,
-                lambda account, current: snapshots.keep(
-                    self._root, account, _present(current), name, staging, size
-                ),
-                "snapshot",
-                droplet_id,
-                fence,
-            )
-        finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+        record = await snapshots.take(self._account, droplet_id, name, fence)
         self._log.info(
             "Droplet snapshotted. id=%s snapshot=%s fence=%s", droplet_id, record.id, fence
         )
@@ -300,30 +266,13 @@ class LocalProvider:
         address = account.free_address()
         if address is None:
             raise ProviderError(action, f"every address of block {account.block} is in use")
-        droplet_id = account.new_id()
-        directory = self._root / DROPLETS_DIR / f"{name}-{droplet_id}"
-        state = DropletState(
-            id=droplet_id,
-            name=name,
-            size=size,
-            address=address,
-            status=DropletStatus.NEW,
-            tags=list(tags),
-            created_at=time.time(),
-            dir=str(directory),
-        )
-        try:
+        state = self._new_state(account, name, size, address, tags, None)
+
+        def prepare(directory: Path) -> None:
             directory.mkdir(mode=0o700, parents=True)
-            write_spec(state, self._mesh)
             atomic_write(directory / USER_DATA_FILE, user_data.encode(), 0o600)
-            self._machines.attach(account, state)
-            launch = self._machines.spawn(action, state)
-        except BaseException:
-            self._detach(account, state)
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        account.droplets[droplet_id] = state
-        return launch
+
+        return self._launch_new(account, action, state, prepare)
 
     def _power_off_locked(self, account: Account, state: DropletState | None) -> None:
         state = _present(state)
@@ -346,36 +295,64 @@ class LocalProvider:
             raise SnapshotNotFound(action, snapshot_id)
         self._machines.kill(action, old)
         self._power(old, "kill")
-        droplet_id = account.new_id()
-        directory = self._root / DROPLETS_DIR / f"{old.name}-{droplet_id}"
-        state = DropletState(
-            id=droplet_id,
-            name=old.name,
-            size=old.size,
-            address=old.address,
-            status=DropletStatus.NEW,
-            tags=list(old.tags),
-            created_at=time.time(),
-            dir=str(directory),
-            fences=old.fences,
-        )
-        try:
+        state = self._new_state(account, old.name, old.size, old.address, old.tags, old.fences)
+
+        def prepare(directory: Path) -> None:
             if snapshot is not None:
                 shutil.copytree(snapshot["dir"], directory, symlinks=True)
             else:  # the base image: nothing but what the provider keeps, the user data
                 directory.mkdir(parents=True, mode=0o700)
                 shutil.copy2(Path(old.dir) / USER_DATA_FILE, directory / USER_DATA_FILE)
-            write_spec(state, self._mesh)
             # A new machine is a new network attachment: whatever cut the old one off is gone.
             self._detach(account, old)
+
+        launch = self._launch_new(account, action, state, prepare)
+        shutil.rmtree(old.dir, ignore_errors=True)
+        del account.droplets[old.id]
+        return launch
+
+    def _new_state(
+        self,
+        account: Account,
+        name: str,
+        size: str,
+        address: str,
+        tags: Sequence[str],
+        fences: dict[str, int] | None,
+    ) -> DropletState:
+        droplet_id = account.new_id()
+        return DropletState(
+            id=droplet_id,
+            name=name,
+            size=size,
+            address=address,
+            status=DropletStatus.NEW,
+            tags=list(tags),
+            created_at=time.time(),
+            dir=str(self._root / DROPLETS_DIR / f"{name}-{droplet_id}"),
+            fences=fences,
+        )
+
+    def _launch_new(
+        self,
+        account: Account,
+        action: str,
+        state: DropletState,
+        prepare: Callable[[Path], None],
+    ) -> Launch:
+        """Make the new droplet's directory (`prepare`), cable it and power it on; undone
+        whole if any of it fails."""
+        directory = Path(state.dir)
+        try:
+            prepare(directory)
+            write_spec(state, self._mesh)
             self._machines.attach(account, state)
             launch = self._machines.spawn(action, state)
         except BaseException:
+            self._detach(account, state)
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        shutil.rmtree(old.dir, ignore_errors=True)
-        del account.droplets[old.id]
-        account.droplets[droplet_id] = state
+        account.droplets[state.id] = state
         return launch
 
     def _destroy_locked(self, account: Account, state: DropletState | None) -> None:
@@ -398,33 +375,6 @@ class LocalProvider:
         for problem in self._machines.detach(account, state):
             self._log.warning("Namespace not removed. droplet=%s error=%s", state.id, problem)
 
-    def _pick_block(self) -> str:
-        if not self._netns:
-            return addresses.pick_block()
-        try:
-            return netns.pick_block()
-        except netns.NetnsError as err:
-            raise ProviderError("pick an address block", str(err)) from err
-
-    async def _check_started(self, action: str, launch: Launch) -> None:
-        """If the launcher's whole group is gone within moments, record the droplet as off and
-        raise DropletStartError with its console output."""
-        console = await self._machines.check_started(action, launch)
-        if console is None:
-            return
-        state = launch.state
-
-        def mark_off(account: Account, current: DropletState | None) -> None:
-            if current is not None and current.pgid == state.pgid:
-                current.status = DropletStatus.OFF
-
-        with contextlib.suppress(DropletNotFound):
-            await asyncio.to_thread(
-                self._account.transact, mark_off, "start_failed", state.id, None
-            )
-        self._log.warning("Droplet did not start. id=%s console=%r", state.id, console)
-        raise DropletStartError(action, state.id, console)
-
 
 def _present(state: DropletState | None) -> DropletState:
     """The droplet a change acts on, which `transact` has checked exists."""
@@ -432,58 +382,12 @@ def _present(state: DropletState | None) -> DropletState:
     return state
 
 
-def check_droplet_args(action: str, name: str, size: str, tags: Sequence[str]) -> None:
-    """Refuse a name that is not a DNS label (it becomes a directory name), an empty size and
-    tags DigitalOcean would refuse."""
-    try:
-        subjects.token(name, "droplet")
-    except InvalidNameError as err:
-        raise ProviderError(action, err.reason) from err
-    check_size(action, size)
-    if isinstance(tags, str):
-        raise ProviderError(action, "tags must be a list of tags, not one string")
-    for tag in tags:
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-            raise ProviderError(action, f"tag {tag!r} is not letters, digits, ':', '_' or '-'")
-
-
-def check_size(action: str, size: str) -> None:
-    if not isinstance(size, str) or not size:
-        raise ProviderError(action, "size must be a non-empty string")
-
-
 def create(ctx: ProviderContext) -> LocalProvider:
-    """The plugin factory. Config: `dir` (account directory), `launcher` (argv list), optional
-    `block` ("127.A.B", or "10.213.B" with `network: netns`) and `network`."""
-    unknown = sorted(set(ctx.config) - SETTINGS)
-    if unknown:
-        raise ProviderConfigError("local", f"unknown settings: {', '.join(unknown)}")
-    root = ctx.config.get("dir")
-    if not isinstance(root, str | os.PathLike) or not str(root):
-        raise ProviderConfigError("local", "dir must name the account directory")
-    launcher = ctx.config.get("launcher")
-    if not isinstance(launcher, list) or not launcher:
-        raise ProviderConfigError("local", "launcher must be a non-empty list of arguments")
-    if not all(isinstance(arg, str) and arg for arg in launcher):
-        raise ProviderConfigError("local", "launcher arguments must be non-empty strings")
-    network = ctx.config.get("network", "loopback")
-    if network not in NETWORKS:
-        raise ProviderConfigError(
-            "local", f"network {network!r} is not one of {', '.join(NETWORKS)}"
-        )
-    if network == "netns" and os.geteuid() != 0:
-        raise ProviderConfigError("local", "network namespaces need root")
-    block = ctx.config.get("block")
-    if block is not None:
-        pattern = _NETNS_BLOCK if network == "netns" else _BLOCK
-        form = "10.213.B" if network == "netns" else "127.A.B"
-        match = pattern.fullmatch(block) if isinstance(block, str) else None
-        if match is None or not all(int(part) <= 255 for part in match.groups()):
-            raise ProviderConfigError("local", f"block {block!r} is not of the form {form}")
-    if not Path("/proc/self/stat").is_file():
-        raise ProviderConfigError("local", "needs a Linux /proc to watch droplet processes")
-    path = Path(os.fspath(root)).expanduser().absolute()
-    return LocalProvider(ctx, root=path, launcher=list(launcher), block=block, network=network)
+    """The plugin factory; its settings are described in `settings`."""
+    found = parse_settings(ctx)
+    return LocalProvider(
+        ctx, root=found.root, launcher=found.launcher, block=found.block, network=found.network
+    )
 
 
 _typed_factory: Callable[[ProviderContext], Provider] = create  # mypy checks the Protocol

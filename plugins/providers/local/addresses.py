@@ -27,8 +27,14 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def pick_block() -> str:
-    """A random 127.A.B block whose first droplet addresses have no NATS or web port open."""
+def pick_block(use_netns: bool = False) -> str:
+    """A random 127.A.B block whose first droplet addresses have no NATS or web port open
+    (with network namespaces: a free 10.213.B)."""
+    if use_netns:
+        try:
+            return netns.pick_block()
+        except netns.NetnsError as err:
+            raise ProviderError("pick an address block", str(err)) from err
     for _ in range(BLOCK_ATTEMPTS):
         block = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
         hosts = (f"{block}.{host}" for host in PROBE_HOSTS)

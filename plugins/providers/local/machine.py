@@ -10,6 +10,8 @@ droplet's namespace, cabled to the mesh's bridge (`netns`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import subprocess
 import threading
 import time
@@ -18,10 +20,11 @@ from typing import NamedTuple
 
 from plugins.fs import tail_text
 from plugins.procfs import kill_group, proc_stat
-from plugins.providers import DropletStatus, ProviderError
+from plugins.providers import DropletNotFound, DropletStartError, DropletStatus, ProviderError
 from plugins.providers.local import netns
-from plugins.providers.local.account import CONSOLE_FILE, Account, DropletState
+from plugins.providers.local.account import CONSOLE_FILE, Account, AccountStore, DropletState
 
+log = logging.getLogger(__name__)
 START_CHECK = 0.3
 
 
@@ -80,6 +83,23 @@ class Machines:
             return None
         console_file = Path(launch.state.dir) / CONSOLE_FILE
         return await asyncio.to_thread(tail_text, console_file, launch.console_start)
+
+    async def started(self, store: AccountStore, action: str, launch: Launch) -> None:
+        """If the launcher's whole group is gone within moments, record the droplet as off and
+        raise DropletStartError with its console output."""
+        console = await self.check_started(action, launch)
+        if console is None:
+            return
+        state = launch.state
+
+        def mark_off(account: Account, current: DropletState | None) -> None:
+            if current is not None and current.pgid == state.pgid:
+                current.status = DropletStatus.OFF
+
+        with contextlib.suppress(DropletNotFound):
+            await asyncio.to_thread(store.transact, mark_off, "start_failed", state.id, None)
+        log.warning("Droplet did not start. id=%s console=%r", state.id, console)
+        raise DropletStartError(action, state.id, console)
 
     @staticmethod
     def kill(action: str, state: DropletState) -> None:

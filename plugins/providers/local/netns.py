@@ -1,7 +1,7 @@
 """Local droplets in network namespaces (root only), for partition and packet-loss drills.
 
 Loopback droplets cannot be cut off: their nats-server routes leave from 127.0.0.1, so no rule
-tells one droplet's traffic from another's (NOTES.md, "Cutting a local droplet off"). Here each
+tells one droplet's traffic from another's (nats-server's routes leave from 127.0.0.1). Here each
 droplet gets a namespace of its own, `meshd-<B>-<id>`, joined to a bridge `mdb<B>` of the
 machine by a veth pair (`mdv<B>x<id>` on the machine's side, `eth0` inside), with the address
 `10.213.<B>.<N>/24`; the machine itself is `10.213.<B>.1`, so `meshctl` and tests reach every

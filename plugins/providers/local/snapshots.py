@@ -5,15 +5,43 @@ files that vanish mid-copy (temporary files of nats-server or the runtime) are s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from plugins.providers import ProviderError, SnapshotNotFound, SnapshotRecord
-from plugins.providers.local.account import SNAPSHOTS_DIR, Account, DropletState
+from plugins.providers import Fence, ProviderError, SnapshotNotFound, SnapshotRecord
+from plugins.providers.local.account import SNAPSHOTS_DIR, Account, AccountStore, DropletState
+from protocol import subjects
+from protocol.errors import InvalidNameError
+
+
+async def take(
+    store: AccountStore, droplet_id: str, name: str, fence: Fence | None
+) -> SnapshotRecord:
+    """Copy the droplet's directory beside the account's snapshots, then record it (the copy
+    runs outside the account lock: the other droplets' agents keep using the account)."""
+    action = f"snapshot droplet {droplet_id}"
+    try:
+        subjects.token(name, "snapshot name")  # it becomes a directory name
+    except InvalidNameError as err:
+        raise ProviderError(action, str(err)) from err
+    state = await asyncio.to_thread(store.state, droplet_id, "snapshot")
+    staging = store.root / SNAPSHOTS_DIR / f".{name}-{os.getpid()}-{random.randrange(10**9)}"
+    try:
+        size = await asyncio.to_thread(copy_live_tree, Path(state.dir), staging)
+
+        def change(account: Account, current: DropletState | None) -> SnapshotRecord:
+            assert current is not None
+            return keep(store.root, account, current, name, staging, size)
+
+        return await asyncio.to_thread(store.transact, change, "snapshot", droplet_id, fence)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
 
 
 def copy_live_tree(source: Path, target: Path) -> int:
