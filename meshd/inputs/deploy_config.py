@@ -1,10 +1,9 @@
 """Reading `deployment_config.json`: per project the services to run and how.
 
-The format is the seed's (`deployment_platform`, per project `git_repo`, `versioning` and
-`services` with `type`, `dockerfile_path`, `build_context`, `env_template`, `command`,
-`secrets`) plus what the mesh needs (`image`, `memory_mb`, `health_path`, `enabled`,
-`domains`). A project's services are the four defaults merged with what it lists; a default
-is dropped with `"enabled": false`. Problems are reported all at once with their JSON path.
+The keys each level allows, their types and defaults are the table in `config_keys` (the
+seed's keys plus what the mesh needs). A project's services are the four defaults merged with
+what it lists; a default is dropped with `"enabled": false`. Problems are reported all at
+once with their JSON path.
 """
 
 from __future__ import annotations
@@ -26,26 +25,23 @@ from meshd.core.spec import (
     ServiceKind,
     ServiceSpec,
 )
+from meshd.inputs.config_keys import Level, names_at
 
 PLATFORMS = ("docker", "podman", "process")
 MEMORY_RANGE = (16, 65536)
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*\Z")
 SECRET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
-TOP_KEYS = ("deployment_platform", "projects")
-PROJECT_KEYS = ("git_repo", "versioning", "services", "domains")
-SERVICE_KEYS = (
-    "type",
+TOP_KEYS = names_at(Level.TOP)
+PROJECT_KEYS = names_at(Level.PROJECT)
+SERVICE_KEYS = names_at(Level.SERVICE)
+STRING_KEYS = (
     "image",
     "command",
-    "memory_mb",
-    "health_path",
-    "secrets",
+    "process_command",
     "dockerfile_path",
     "build_context",
     "env_template",
-    "enabled",
-    "process_command",
     "data_path",
 )
 
@@ -228,30 +224,41 @@ class _Checker:
         if not isinstance(enabled, bool):
             self.fail(f"{path}.enabled", f"expected true or false, got {_shown(enabled)}")
         kind = self.kind(name, body.get("type"), f"{path}.type")
-        memory = body.get("memory_mb", _default_memory(name))
-        if (
-            isinstance(memory, bool)
-            or not isinstance(memory, int)
-            or not (MEMORY_RANGE[0] <= memory <= MEMORY_RANGE[1])
-        ):
-            self.fail(
-                f"{path}.memory_mb",
-                f"expected a whole number of MB from {MEMORY_RANGE[0]} to {MEMORY_RANGE[1]}, "
-                f"got {_shown(memory)}",
-            )
-            memory = MEMORY_RANGE[0]
+        memory = self.memory(body.get("memory_mb", _default_memory(name)), f"{path}.memory_mb")
         health = self.health_path(kind, body, path)
+        strings = self.strings(body, path)
+        secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
+        if enabled is False:
+            return None
+        spec = ServiceSpec(
+            name=name,
+            kind=kind,
+            memory_mb=memory,
+            health_path=health,
+            image=strings.get("image"),
+            command=strings.get("command"),
+            dockerfile_path=strings.get("dockerfile_path"),
+            build_context=strings.get("build_context"),
+            secrets=secrets,
+            process_command=strings.get("process_command"),
+            data_path=strings.get("data_path"),
+        )
+        return spec if "secrets" in body else _with_template_secret(spec)
+
+    def memory(self, memory: Any, path: str) -> int:
+        low, high = MEMORY_RANGE
+        if isinstance(memory, bool) or not isinstance(memory, int) or not low <= memory <= high:
+            self.fail(
+                path, f"expected a whole number of MB from {low} to {high}, got {_shown(memory)}"
+            )
+            return low
+        return memory
+
+    def strings(self, body: dict[str, Any], path: str) -> dict[str, str]:
+        """The service's string settings, each checked, and the rules between them."""
         strings = {
             key: self.text(body[key], f"{path}.{key}", _no_space if key == "image" else None)
-            for key in (
-                "image",
-                "command",
-                "process_command",
-                "dockerfile_path",
-                "build_context",
-                "env_template",
-                "data_path",
-            )
+            for key in STRING_KEYS
             if key in body
         }
         if "dockerfile_path" in strings and "build_context" not in strings:
@@ -278,23 +285,7 @@ class _Checker:
                     f"{path}.{key}",
                     f"{_shown(relative)} must be a path inside the repository (relative, no '..')",
                 )
-        secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
-        if enabled is False:
-            return None
-        spec = ServiceSpec(
-            name=name,
-            kind=kind,
-            memory_mb=memory,
-            health_path=health,
-            image=strings.get("image"),
-            command=strings.get("command"),
-            dockerfile_path=strings.get("dockerfile_path"),
-            build_context=strings.get("build_context"),
-            secrets=secrets,
-            process_command=strings.get("process_command"),
-            data_path=strings.get("data_path"),
-        )
-        return spec if "secrets" in body else _with_template_secret(spec)
+        return strings
 
     def kind(self, name: str, declared: Any, path: str) -> ServiceKind:
         expected = _kind_for(name)

@@ -476,3 +476,10 @@ DOCUMENT = st.fixed_dictionaries(
 @given(DOCUMENT)
 def test_config_shaped_documents_give_a_valid_config_or_input_errors_only(document: Any) -> None:
     check(json.dumps(document).encode())
+
+
+def test_the_documented_keys_are_the_keys_the_validator_takes() -> None:
+    from meshd.inputs.config_keys import markdown_table
+
+    docs = (ROOT / "docs" / "inputs.md").read_text()
+    assert markdown_table() in docs, "run `python -m meshd.inputs.config_keys` into docs/inputs.md"

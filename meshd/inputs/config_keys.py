@@ -1,0 +1,91 @@
+"""Every key of `deployment_config.json`, once: its level, type, default, the version it came
+in and what it means. The validator (`deploy_config`) takes the keys each level allows from
+here, and the table in docs/inputs.md is this table (a test compares them; print it with
+`python -m meshd.inputs.config_keys`). A later feature adds its keys here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Level(StrEnum):
+    TOP = "top"
+    PROJECT = "project"  # under `projects.<name>`
+    SERVICE = "service"  # under `projects.<name>.services.<service>`
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    level: Level
+    type: str
+    default: str
+    since: str
+    meaning: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("deployment_platform", Level.TOP, "string", "`docker`", "0.1",
+        "`docker`, `podman` or `process`; accepted for the seed's sake: the runtime chosen by "
+        "`meshctl up` decides how services run, so one config serves both"),
+    Key("projects", Level.TOP, "object", "`{}`", "0.1",
+        "per project of the CSV (a name the CSV lacks is refused)"),
+    Key("git_repo", Level.PROJECT, "string", "none", "0.1",
+        "where deploys build from; a service with a `build_context` not on disk needs it"),
+    Key("versioning", Level.PROJECT, "object", "none", "0.1",
+        "the seed's; accepted and not used yet (deploys will)"),
+    Key("domains", Level.PROJECT, "object of lists", "none", "0.1",
+        "`<env>: [host names]` routed to that environment by nginx; each name used once"),
+    Key("services", Level.PROJECT, "object", "the four defaults", "0.1",
+        "the project's services, merged with the defaults (backend, frontend, database, redis)"),
+    Key("type", Level.SERVICE, "string", "from the name", "0.1",
+        "`web` (only `backend`, `frontend`), `database`, `redis`, or `worker` (all other names)"),
+    Key("image", Level.SERVICE, "string", "none", "0.1",
+        "the image to run (pulled if the engine lacks it); not with `build_context`"),
+    Key("build_context", Level.SERVICE, "string", "none", "0.1",
+        "build the image here instead: a path relative to the config; found on disk, the "
+        "service runs `<project>-<service>:<content digest>` and a changed file rolls it"),
+    Key("dockerfile_path", Level.SERVICE, "string", "`<build_context>/Dockerfile`", "0.1",
+        "the Dockerfile, relative to the config; needs a `build_context`"),
+    Key("command", Level.SERVICE, "string", "the image's", "0.1",
+        "the command in the container (split like a shell would)"),
+    Key("process_command", Level.SERVICE, "string", "`command`", "0.1",
+        "what the `process` runtime runs instead of the image (`${CONFIG_DIR}` is the config's "
+        "directory)"),
+    Key("data_path", Level.SERVICE, "string", "none", "0.1",
+        "absolute path in the container where the service's named volume is mounted (the "
+        "built-in database and redis templates have their own)"),
+    Key("memory_mb", Level.SERVICE, "integer", "64 (backend), 32 (frontend, redis, workers), "
+        "96 (database)", "0.1", "reservation used for placement, 16 to 65536"),
+    Key("health_path", Level.SERVICE, "string", "`/health` on web services", "0.1",
+        "HTTP path probed on web services; not for workers"),
+    Key("secrets", Level.SERVICE, "list of strings", "`[db_password]` / `[redis_password]` for "
+        "the built-in datastores", "0.1",
+        "names (`db_password`) mounted as files at `/run/secrets/<name>`"),
+    Key("enabled", Level.SERVICE, "boolean", "`true`", "0.1", "`false` drops a (default) service"),
+    Key("env_template", Level.SERVICE, "string", "none", "0.1",
+        "the seed's; a path inside the repository; accepted and not used yet (configuration "
+        "will)"),
+)  # fmt: skip
+
+
+def names_at(level: Level) -> tuple[str, ...]:
+    """The keys an object of `level` may have, in the table's order."""
+    return tuple(key.name for key in KEYS if key.level is level)
+
+
+def markdown_table() -> str:
+    rows = [
+        "| key | level | type | default | since | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    rows += [
+        f"| `{k.name}` | {k.level} | {k.type} | {k.default} | {k.since} | {k.meaning} |"
+        for k in KEYS
+    ]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
