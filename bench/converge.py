@@ -3,7 +3,9 @@
 A mesh of 3 local droplets (`--runtime process`, the default, or `docker`) is started in a
 private home; the seed CSV is published and timed until every instance is healthy; over the
 next `--idle` seconds (default 60) the RSS and CPU of every meshd agent and nats-server are
-read from /proc; then a generated 10-project CSV is published and timed. Run:
+read from /proc (CPU from `/proc/<pid>/schedstat`: nanoseconds on a CPU, not scheduler ticks),
+both the maxima over all agents and over the agents that hold no role (what a droplet that only
+runs projects pays); then a generated 10-project CSV is published and timed. Run:
 `.venv/bin/python bench/converge.py [--idle 60] [--runtime docker]` (docker needs
 examples/app/busybox, which `make demo` puts there).
 """
@@ -59,8 +61,9 @@ def ten_projects(directory: Path) -> Path:
     return csv
 
 
-def processes(state: Path) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {"meshd": [], "nats": []}
+def processes(state: Path) -> dict[str, dict[int, str]]:
+    """pid -> droplet directory name, of every agent and nats-server under `state`."""
+    found: dict[str, dict[int, str]] = {"meshd": {}, "nats": {}}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -69,18 +72,31 @@ def processes(state: Path) -> dict[str, list[int]]:
         except OSError:
             continue
         text = [a.decode(errors="replace") for a in argv]
-        if not any(str(state) in a for a in text):
+        where = next((a for a in text if str(state) in a), None)
+        if where is None:
             continue
+        droplet = Path(where.split("/droplets/", 1)[-1].split("/")[0]).name
         if "agent" in text and any(a in ("meshd.agent", "meshd.agent_cli") for a in text):
-            found["meshd"].append(int(proc.name))
+            found["meshd"][int(proc.name)] = droplet
         elif text and text[0].endswith("nats-server"):
-            found["nats"].append(int(proc.name))
+            found["nats"][int(proc.name)] = droplet
     return found
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds the process has run on a CPU (all its threads)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def role_holders(env: dict[str, str]) -> set[str]:
+    """Droplets (their directory's name prefix) that hold a role now."""
+    result = subprocess.run(
+        [MESHCTL, "status", "--json"], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return {d["name"] for d in json.loads(result.stdout)["droplets"] if d["roles"]}
 
 
 def rss_mb(pid: int) -> float:
@@ -109,17 +125,26 @@ def main() -> None:
         seed = meshctl(env, "publish", "examples/projects.csv", "--wait")
         result["converge_seed_s"] = round(seed, 2)
         # Idle cost with the seed's 49 instances running.
+        time.sleep(5)  # the first snapshots after the deployment are taken
         found = processes(home / "state")
-        before = {pid: cpu_ticks(pid) for pids in found.values() for pid in pids}
+        holders = role_holders(env)
+        started = time.monotonic()
+        before = {pid: cpu_ns(pid) for pids in found.values() for pid in pids}
         time.sleep(args.idle)
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = {pid: (cpu_ticks(pid) - t) / ticks / args.idle * 100 for pid, t in before.items()}
-        result["meshd_rss_mb_max"] = round(max(rss_mb(p) for p in found["meshd"]), 1)
-        result["meshd_cpu_pct_max"] = round(max(cpu[p] for p in found["meshd"]), 2)
+        took = time.monotonic() - started
+        cpu = {pid: (cpu_ns(pid) - ns) / 1e9 / took * 100 for pid, ns in before.items()}
+        agents = found["meshd"]
+        roleless = [p for p, d in agents.items() if d.rsplit("-", 1)[0] not in holders]
+        result["meshd_rss_mb_max"] = round(max(rss_mb(p) for p in agents), 1)
+        result["meshd_cpu_pct_max"] = round(max(cpu[p] for p in agents), 2)
+        result["meshd_rss_mb_roleless_max"] = round(max(rss_mb(p) for p in roleless), 1)
+        result["meshd_cpu_pct_roleless_max"] = round(max(cpu[p] for p in roleless), 2)
         result["nats_rss_mb_max"] = round(max(rss_mb(p) for p in found["nats"]), 1)
         result["nats_cpu_pct_max"] = round(max(cpu[p] for p in found["nats"]), 2)
-        result["agents"] = len(found["meshd"])
+        result["agents"] = len(agents)
+        result["roleless_agents"] = len(roleless)
         result["nats_servers"] = len(found["nats"])
+        result["idle_s"] = round(took, 1)
         csv = ten_projects(home)
         result["converge_10_projects_s"] = round(
             meshctl(env, "publish", str(csv), "--wait", "--force", "--timeout", "300"), 2

@@ -28,7 +28,7 @@ from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
-from meshd.roles import Together
+from meshd.roles import Leader, Together
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
 from meshd.roles.notifications import HeartbeatMails
@@ -50,7 +50,7 @@ RETRY_S = 1.0
 # The entry point moves within about 3 s of its holder's death: a short lease (NATS TTLs
 # are whole seconds), renewed four times a second.
 LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
-LB_HESITATE_S = 0.5
+LB_HESITATE_S = 0.5  # other droplets wait this long before each try: master wins the race
 M = TypeVar("M", bound=Message)
 
 
@@ -158,45 +158,38 @@ class Agent:
             name = self.identity.name
             view = MeshView()
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
-            keepers = [
-                LeaseKeeper(store, r.role, name, self.incarnation, r.lead, observer=self._observe)
-                for r in (
-                    Scheduler(store, name),
-                    Provisioner(store, provider, self.config, name),
-                    Recovery(store, provider, view, name, mesh_tag(self.config.mesh)),
-                    Snapshots(store, provider, view, name, mesh_tag(self.config.mesh)),
-                )
-            ]
             secrets = EnvSecrets()
-            channels = Channels(lambda: view.notify, secrets)
-            heartbeat = Together(
-                Role.HEARTBEAT,
-                HeartbeatMails(store, view, name, self.config.mesh),
-                Courier(store, channels, name),
-            )
-            keepers.append(
+            tag = mesh_tag(self.config.mesh)
+            preferred = name == MASTER  # master holds the entry point and mails when it can
+            leaders: list[tuple[Leader, LeaseTiming | None, bool]] = [
+                (Scheduler(store, name), None, False),
+                (Provisioner(store, provider, self.config, name), None, False),
+                (Recovery(store, provider, view, name, tag), None, False),
+                (Snapshots(store, provider, view, name, tag), None, False),
+                (
+                    Together(
+                        Role.HEARTBEAT,
+                        HeartbeatMails(store, view, name, self.config.mesh),
+                        Courier(store, Channels(lambda: view.notify, secrets), name),
+                    ),
+                    None,
+                    True,
+                ),
+                (entry, LB_TIMING, True),
+            ]
+            keepers = [
                 LeaseKeeper(
                     store,
-                    heartbeat.role,
+                    leader.role,
                     name,
                     self.incarnation,
-                    heartbeat.lead,
+                    leader.lead,
                     observer=self._observe,
-                    hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
+                    timing=timing,
+                    hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
                 )
-            )
-            keepers.append(
-                LeaseKeeper(
-                    store,
-                    entry.role,
-                    name,
-                    self.incarnation,
-                    entry.lead,
-                    observer=self._observe,
-                    timing=LB_TIMING,
-                    hesitate=0.0 if name == MASTER else LB_HESITATE_S,  # master is preferred
-                )
-            )
+                for leader, timing, prefers_master in leaders
+            ]
             detector = Detector(
                 store, self.identity, self.incarnation, view, provider, mesh_tag(self.config.mesh)
             )

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class MeshView:
-    """Replaced whole by `meshd.agent.loops.mirror_bucket` after each change; `changed` is set then."""
+    """Each part replaced whole by its mirror (`loops.mirror_bucket`); `changed` set then."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeStatus] = {}
