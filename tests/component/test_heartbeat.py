@@ -21,27 +21,15 @@ from protocol.messages import (
     Event,
     FailureRecord,
     FailureState,
-    NodeStatus,
     Notification,
     PublishedSpec,
 )
+from tests.support.factories import node
 
 SID = "AC" + "0123456789abcdef" * 2
 EMAIL = {"host": "127.0.0.1", "port": 2525, "security": "none",
          "from_address": "mesh@example.com", "recipients": ["you@example.com"]}  # fmt: skip
 SMS = {"account_sid": SID, "from_number": "+15005550006", "to_numbers": ["+15551234567"]}
-
-
-def node(name: str, age: float = 1.0) -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address="127.0.0.1",
-        incarnation=5,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=(),
-        updated_at=time.time() - age,
-    )
 
 
 async def view_with(failures: dict[str, FailureRecord] | None = None) -> MeshView:
@@ -55,7 +43,8 @@ async def view_with(failures: dict[str, FailureRecord] | None = None) -> MeshVie
             )
         }
     )
-    await view.set_nodes({n: node(n) for n in ("master", "web1", "web2")})
+    reported = {"address": "127.0.0.1", "incarnation": 5, "updated_at": time.time() - 1.0}
+    await view.set_nodes({n: node(n, **reported) for n in ("master", "web1", "web2")})
     await view.set_allocations({})
     await view.set_failures(failures or {})
     return view

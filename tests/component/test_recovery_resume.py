@@ -23,13 +23,9 @@ from plugins.providers import Fence, ProviderContext, StaleFence
 from plugins.providers.local import LocalProvider, create
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.messages import (
-    FailureRecord,
-    FailureState,
-    InstanceState,
-    InstanceStatus,
-    NodeStatus,
-)
+from protocol.messages import FailureRecord, FailureState, InstanceStatus, NodeStatus
+from tests.support import factories
+from tests.support.factories import instance
 from tests.support.reconciling import allocation
 
 TAG = "mesh:test"
@@ -46,26 +42,8 @@ async def provider(tmp_path: Path) -> AsyncIterator[LocalProvider]:
 
 
 def node(name: str, incarnation: int, *instances: InstanceStatus) -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address="127.0.0.1",
-        incarnation=incarnation,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=instances,
-        updated_at=time.time(),
-    )
-
-
-def backend(generation: int) -> InstanceStatus:
-    return InstanceStatus(
-        project="shop",
-        env="prod",
-        service="backend",
-        state=InstanceState.RUNNING,
-        healthy=True,
-        restarts=0,
-        generation=generation,
+    return factories.node(
+        name, *instances, address="127.0.0.1", incarnation=incarnation, updated_at=time.time()
     )
 
 
@@ -85,6 +63,7 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     web1 = await provider.create("web1", "s-1vcpu-1gb", tags=[TAG], user_data="{}", fence=None)
     await provider.create("web2", "s-1vcpu-1gb", tags=[TAG], user_data="{}", fence=None)
     shop = allocation(droplets=("web1", "web2"), service_kind="web")
+    serving = instance(generation=shop.generation)
     failed = FailureRecord(
         droplet="web1",
         confirmed_by=("master", "web2"),
@@ -99,8 +78,8 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     await view.set_nodes(
         {
             "master": node("master", 1),
-            "web1": node("web1", 3, backend(shop.generation)),
-            "web2": node("web2", 1, backend(shop.generation)),
+            "web1": node("web1", 3, serving),
+            "web2": node("web2", 1, serving),
         }
     )
     await view.set_failures({"web1": failed})
@@ -136,7 +115,7 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     # Not healthy yet: the record stays. Reported healthy with a newer incarnation: it goes.
     await second.recover(second_term)
     assert (await record_of(store)) == recovering
-    await view.set_nodes({**view.nodes, "web1": node("web1", 4, backend(shop.generation))})
+    await view.set_nodes({**view.nodes, "web1": node("web1", 4, serving)})
     await second.recover(second_term)
     assert await record_of(store) is None
 

@@ -50,13 +50,25 @@ def test_a_short_pause_is_survived_and_a_killed_droplet_is_confirmed_by_a_majori
         mesh.ok("chaos", "kill", "mesh-3")
         # The failure and its recovery may both pass while `status` cannot be read (mesh-3 ran
         # a JetStream server): the events tell the story.
-        events = wait_for(lambda: mesh.recovered("mesh-3", killed), timeout=90, what="recovery")
-        steps = [e["name"] for e in events if e["at"] > killed]
+        wait_for(lambda: mesh.recovered("mesh-3", killed), timeout=90, what="recovery")
+        # Each step's event is recorded in the background, through the events stream's own
+        # election: wait until every one is in, then look at them in the order they happened.
+        told = ("failure_confirmed", "droplet_fenced", "droplet_rebuilt", "droplet_recovered")
+        events = wait_for(
+            lambda: (
+                (found := mesh.recovered("mesh-3", killed))
+                and set(told) <= {e["name"] for e in found if e["at"] > killed}
+                and found
+            ),
+            timeout=60,
+            what="every recovery step told",
+        )
+        steps = [e["name"] for e in sorted(events, key=lambda e: e["at"]) if e["at"] > killed]
         (confirmed,) = [e for e in events if e["name"] == "failure_confirmed"]
         assert confirmed["detail"]["confirmed_by"] == ["master", "mesh-2"]  # 2 of 2 monitors
         assert confirmed["detail"]["incarnation"] == target["incarnation"]
         assert "droplet_suspected" in steps
-        for step in ("failure_confirmed", "droplet_fenced", "droplet_rebuilt", "droplet_recovered"):
+        for step in told:
             assert steps.count(step) == 1, steps  # recorded once each
         assert steps.index("droplet_fenced") < steps.index("droplet_rebuilt")
 
@@ -88,10 +100,11 @@ def test_with_two_droplets_the_provider_is_the_second_opinion(tmp_path: Path) ->
         assert confirmed["detail"]["confirmed_by"] == ["master"]
 
 
-def test_drills_refuse_what_they_cannot_do(tmp_path: Path) -> None:
-    with local_mesh(tmp_path / "mesh", droplets=1) as mesh:
-        unknown = mesh.meshctl("chaos", "kill", "nope")
-        assert unknown.returncode == 2 and "no droplet 'nope'" in unknown.stderr
-        cut = mesh.meshctl("chaos", "partition", "master")
-        assert cut.returncode == 1 and "meshctl up --netns" in cut.stderr
-        assert "Traceback" not in cut.stderr
+def test_drills_refuse_what_they_cannot_do(seed_mesh: LocalMesh) -> None:
+    unknown = seed_mesh.meshctl("chaos", "kill", "nope")
+    assert unknown.returncode == 2 and "no droplet 'nope'" in unknown.stderr
+    cut = seed_mesh.meshctl("chaos", "partition", "master")
+    assert cut.returncode == 1 and "meshctl up --netns" in cut.stderr
+    assert "Traceback" not in cut.stderr
+    stray = seed_mesh.meshctl("chaos", "lose", "master", "--from", "master")
+    assert stray.returncode == 2 and "--from goes with partition only" in stray.stderr

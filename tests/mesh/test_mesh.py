@@ -3,11 +3,14 @@ loopback addresses), publishing, healing of instances, leases across droplets.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.support.mesh import (
     WEB_ONLY,
@@ -256,3 +259,15 @@ def test_meshctl_says_in_one_line_when_the_mesh_is_unreachable(tmp_path: Path) -
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("meshctl: mesh 'test' is not reachable")
         assert elapsed < 15  # generous; the CLI's own budget is a few seconds
+
+
+def test_a_converged_mesh_reads_alike_in_status_events_and_compose(seed_mesh: LocalMesh) -> None:
+    status = seed_mesh.status()
+    assert status["services"] and all(s["healthy"] == s["desired"] for s in status["services"])
+    events = [json.loads(line) for line in seed_mesh.ok("events", "--json").splitlines()]
+    assert {"published", "scheduled", "lease_taken"} <= {e["name"] for e in events}
+    assert all(e["fence"] for e in events if e["name"] == "scheduled")  # leaders sign their acts
+    compose = seed_mesh.ok("compose", "shop", "prod")
+    # The services run as processes (no image): the file says so rather than inventing one.
+    assert "# not shown, backend:" in compose and "# not shown, frontend:" in compose
+    assert yaml.safe_load(compose)["name"] == f"meshd-{seed_mesh.name}-master-shop-prod"

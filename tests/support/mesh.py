@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,13 +190,15 @@ class LocalMesh:
 def local_mesh(
     home: Path,
     droplets: int = 1,
-    name: str = "test",
+    name: str | None = None,
     runtime: str = "process",
     env: dict[str, str] | None = None,
     netns: bool = False,
 ) -> Iterator[LocalMesh]:
     """`env` reaches every agent (the local droplets inherit `up`'s environment): secrets.
-    `netns` puts each droplet in a network namespace of its own (root only)."""
+    `netns` puts each droplet in a network namespace of its own (root only). Each mesh has a
+    name of its own (tests may run side by side, `pytest -n 3`, on one Docker engine)."""
+    name = name or f"t{uuid.uuid4().hex[:8]}"
     mesh = LocalMesh(home, name, dict(env or {}))
     options = ["--runtime", runtime] + (["--no-pull"] if runtime == "docker" else [])
     options += ["--netns"] if netns else []

@@ -9,43 +9,20 @@ from typing import Any
 
 from meshd.core.displacement import displace, hosted, not_displaced
 from protocol.messages import Allocation, FailureRecord, FailureState, NodeStatus
-from tests.support.reconciling import allocation
+from tests.support import factories
+from tests.support.factories import allocation, node
 
-NOW = 1_000_000.0
 BACKEND = "shop.prod.backend"
 
 
-def node(name: str, size: str = "s-1vcpu-1gb") -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address="10.0.0.1",
-        incarnation=1,
-        size=size,
-        roles=(),
-        instances=(),
-        updated_at=NOW,
-    )
-
-
 def failure(droplet: str, displaced: dict[str, str] | None = None) -> FailureRecord:
-    return FailureRecord(
-        droplet=droplet,
-        confirmed_by=("master",),
-        confirmed_at=NOW,
-        state=FailureState.DISPLACED,
-        fence=3,
-        displaced=displaced or {},
+    return factories.failure(
+        droplet, state=FailureState.DISPLACED, fence=3, displaced=displaced or {}
     )
 
 
 def service(name: str, droplets: tuple[str, ...], **more: Any) -> Allocation:
-    values: dict[str, Any] = {
-        "service": name,
-        "droplets": droplets,
-        "service_kind": "web",
-        "memory_mb": 64,
-    }
-    return allocation(**{**values, **more})
+    return allocation(service=name, droplets=droplets, **more)
 
 
 def mesh(*names: str) -> dict[str, NodeStatus]:

@@ -7,60 +7,25 @@ from typing import Any
 
 from meshd.core.routes import Upstream, sites, upstreams
 from meshd.core.spec import DesiredState, ProjectSpec, ServiceKind, ServiceSpec
-from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
-
-NOW = 1_000_000.0
+from protocol.messages import Allocation, InstanceStatus, NodeStatus
+from tests.support import factories
+from tests.support.factories import NOW, instance
 
 
 def allocation(service: str, kind: str = "web", **more: Any) -> Allocation:
-    values: dict[str, Any] = {
-        "project": "shop",
-        "env": "prod",
-        "service": service,
-        "generation": 2,
-        "droplets": ("web1", "web2", "web3"),
-        "port": 8100,
-        "image": "shop:1",
-        "command": None,
-        "memory_mb": 64,
-        "service_kind": kind,
-    }
-    return Allocation(**{**values, **more})
+    return factories.allocation(service=service, service_kind=kind, image="shop:1", **more)
 
 
 def node(name: str, address: str, *instances: InstanceStatus, age: float = 1.0) -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address=address,
-        incarnation=1,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=instances,
-        updated_at=NOW - age,
-    )
-
-
-def instance(
-    service: str, healthy: bool = True, generation: int = 2, **more: Any
-) -> InstanceStatus:
-    return InstanceStatus(
-        **more,
-        project="shop",
-        env="prod",
-        service=service,
-        state=InstanceState.RUNNING if healthy else InstanceState.UNHEALTHY,
-        healthy=healthy,
-        restarts=0,
-        generation=generation,
-    )
+    return factories.node(name, *instances, address=address, updated_at=NOW - age)
 
 
 def test_only_healthy_current_instances_on_live_droplets_are_upstream_servers() -> None:
     nodes = {
-        "web1": node("web1", "10.0.0.1", instance("backend")),
-        "web2": node("web2", "10.0.0.2", instance("backend", healthy=False)),
-        "web3": node("web3", "10.0.0.3", instance("backend"), age=60.0),  # stopped reporting
-        "web4": node("web4", "10.0.0.4", instance("backend")),  # not allocated there
+        "web1": node("web1", "10.0.0.1", instance()),
+        "web2": node("web2", "10.0.0.2", instance(healthy=False)),
+        "web3": node("web3", "10.0.0.3", instance(), age=60.0),  # stopped reporting
+        "web4": node("web4", "10.0.0.4", instance()),  # not allocated there
     }
     (backend,) = upstreams([allocation("backend")], nodes, NOW)
     assert backend == Upstream("shop", "prod", "backend", ("10.0.0.1:8100",))
@@ -72,12 +37,12 @@ def test_during_a_rollout_old_and_new_serve_until_the_old_drains_and_workers_nev
         "web1": node(
             "web1",
             "10.0.0.1",
-            instance("backend", generation=1, port=8100, draining=True),
-            instance("backend", generation=2, port=8600, slot=1),
-            instance("db"),
-            instance("w"),
+            instance(generation=1, port=8100, draining=True),
+            instance(generation=2, port=8600, slot=1),
+            instance(service="db"),
+            instance(service="w"),
         ),
-        "web2": node("web2", "10.0.0.2", instance("backend", generation=1, port=8100)),
+        "web2": node("web2", "10.0.0.2", instance(generation=1, port=8100)),
     }
     found = upstreams(
         [

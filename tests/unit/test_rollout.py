@@ -9,34 +9,18 @@ from typing import Any
 
 from meshd.core.rollout import replaced_beside, replaced_on, slot_port, waiting_for
 from protocol.messages import InstanceState, InstanceStatus, NodeStatus
+from tests.support import factories
+from tests.support.factories import NOW
 from tests.support.reconciling import allocation
-
-NOW = 1_000_000.0
 
 
 def instance(generation: int, healthy: bool = True, **more: Any) -> InstanceStatus:
-    return InstanceStatus(
-        project="shop",
-        env="prod",
-        service="backend",
-        state=InstanceState.RUNNING if healthy else InstanceState.STARTING,
-        healthy=healthy,
-        restarts=0,
-        generation=generation,
-        **more,
-    )
+    state = InstanceState.RUNNING if healthy else InstanceState.STARTING
+    return factories.instance(generation=generation, healthy=healthy, state=state, **more)
 
 
 def node(name: str, *instances: InstanceStatus, age: float = 1.0) -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address="10.0.0.1",
-        incarnation=1,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=instances,
-        updated_at=NOW - age,
-    )
+    return factories.node(name, *instances, updated_at=NOW - age)
 
 
 def test_web_services_and_workers_start_beside_the_old_instance_datastores_in_place() -> None:

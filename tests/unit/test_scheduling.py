@@ -10,7 +10,9 @@ from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
 from meshd.core.status import converged, mesh_status
 from meshd.roles.scheduler import allocations_for
-from protocol.messages import Allocation, InstanceState, InstanceStatus, Lease, NodeStatus
+from protocol.messages import InstanceState, InstanceStatus, Lease, NodeStatus
+from tests.support import factories
+from tests.support.factories import allocation, instance
 from tests.support.states import config_from_json, seed_state, state_from_csv
 
 SEED_VARIABLES = {
@@ -77,55 +79,21 @@ def test_rescheduling_keeps_generations_and_bumps_only_what_changed() -> None:
 
 
 def node(name: str, updated_at: float, *instances: InstanceStatus) -> NodeStatus:
-    return NodeStatus(
-        droplet=name,
-        address="127.0.0.2",
-        incarnation=1,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=instances,
-        updated_at=updated_at,
-    )
-
-
-def instance(
-    service: str, healthy: bool, generation: int, error: str | None = None
-) -> InstanceStatus:
-    return InstanceStatus(
-        project="shop",
-        env="prod",
-        service=service,
-        state=InstanceState.RUNNING if healthy else InstanceState.CRASHED,
-        healthy=healthy,
-        restarts=0,
-        last_error=error,
-        generation=generation,
-    )
-
-
-def allocation(service: str, droplets: tuple[str, ...], generation: int) -> Allocation:
-    return Allocation(
-        project="shop",
-        env="prod",
-        service=service,
-        generation=generation,
-        droplets=droplets,
-        port=8000,
-        image=None,
-        command="run",
-        memory_mb=64,
-    )
+    return factories.node(name, *instances, address="127.0.0.2", updated_at=updated_at)
 
 
 def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_droplets() -> None:
     now = 1000.0
+    crashed = instance(healthy=False, state=InstanceState.CRASHED, last_error="exit code 1")
     nodes = {
-        "master": node("master", now - 1, instance("backend", True, 2)),
-        "web1": node("web1", now - 1, instance("backend", True, 1)),  # old generation
-        "web2": node("web2", now - 60, instance("backend", True, 2)),  # silent for a minute
-        "web3": node("web3", now - 1, instance("backend", False, 2, "exit code 1")),
+        "master": node("master", now - 1, instance()),
+        "web1": node("web1", now - 1, instance(generation=1)),  # old generation
+        "web2": node("web2", now - 60, instance()),  # silent for a minute
+        "web3": node("web3", now - 1, crashed),
     }
-    allocations = {"a": allocation("backend", ("master", "web1", "web2", "web3"), 2)}
+    allocations = {
+        "a": allocation(droplets=("master", "web1", "web2", "web3"), port=8000, command="run")
+    }
     leases = {"scheduler": Lease(role="scheduler", holder="web1", incarnation=1, acquired_at=0)}
     view = mesh_status(nodes, allocations, leases, now)
     (backend,) = view["services"]
@@ -136,5 +104,5 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     assert not droplets["web2"]["healthy"]
     assert [d["name"] for d in view["droplets"]][0] == "master"
     assert not converged(view)
-    healed = dataclasses.replace(nodes["web3"], instances=(instance("backend", True, 2),))
+    healed = dataclasses.replace(nodes["web3"], instances=(instance(),))
     assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))

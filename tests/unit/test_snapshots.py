@@ -15,32 +15,18 @@ from protocol.messages import (
     Snapshot,
     SnapshotIndex,
 )
+from tests.support import factories
 from tests.support.reconciling import allocation
 
 
 def instance(service: str, generation: int, **more: Any) -> InstanceStatus:
-    values: dict[str, Any] = {
-        "project": "shop",
-        "env": "prod",
-        "service": service,
-        "state": InstanceState.RUNNING,
-        "healthy": True,
-        "restarts": 0,
-        "generation": generation,
-    }
-    return InstanceStatus(**{**values, **more})
+    return factories.instance(
+        service=service, generation=generation, state=InstanceState.RUNNING, **more
+    )
 
 
 def node(*instances: InstanceStatus) -> NodeStatus:
-    return NodeStatus(
-        droplet="web1",
-        address="10.0.0.1",
-        incarnation=1,
-        size="s-1vcpu-1gb",
-        roles=(),
-        instances=instances,
-        updated_at=0.0,
-    )
+    return factories.node("web1", *instances, updated_at=0.0)
 
 
 def snapshot(generations: dict[str, int], number: int = 1) -> Snapshot:
