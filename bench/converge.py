@@ -110,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--runtime", choices=["process", "docker"], default="process")
+    parser.add_argument("--idle-only", action="store_true", help="skip the 10-project publish")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     env = dict(
@@ -145,10 +146,13 @@ def main() -> None:
         result["roleless_agents"] = len(roleless)
         result["nats_servers"] = len(found["nats"])
         result["idle_s"] = round(took, 1)
-        csv = ten_projects(home)
-        result["converge_10_projects_s"] = round(
-            meshctl(env, "publish", str(csv), "--wait", "--force", "--timeout", "300"), 2
-        )
+        result["per_agent_cpu_pct"] = {d: round(cpu[p], 2) for p, d in sorted(agents.items())}
+        result["per_nats_cpu_pct"] = {d: round(cpu[p], 2) for p, d in sorted(found["nats"].items())}
+        if not args.idle_only:
+            csv = ten_projects(home)
+            result["converge_10_projects_s"] = round(
+                meshctl(env, "publish", str(csv), "--wait", "--force", "--timeout", "300"), 2
+            )
     finally:
         subprocess.run(
             [MESHCTL, "down", "--context", "bench"],

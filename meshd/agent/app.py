@@ -18,8 +18,10 @@ from typing import TypeVar
 from aiohttp import web
 
 from meshd.agent.api import create_app
+from meshd.agent.beats import BeatListener
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
@@ -177,6 +179,7 @@ class Agent:
                 ),
                 (entry, LB_TIMING, True),
             ]
+            board = LeaseBoard(store)
             keepers = [
                 LeaseKeeper(
                     store,
@@ -187,16 +190,18 @@ class Agent:
                     observer=self._observe,
                     timing=timing,
                     hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
+                    board=board,
                 )
                 for leader, timing, prefers_master in leaders
             ]
-            detector = Detector(
-                store, self.identity, self.incarnation, view, provider, mesh_tag(self.config.mesh)
-            )
+            beats = BeatListener(store)
+            detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(membership.run(), name="membership")
+                tasks.create_task(board.run(), name="lease-board")
                 tasks.create_task(detector.run(), name="detector")
-                quorum = QuorumWatch(store, view, name, self.config.mesh, secrets)
+                tasks.create_task(beats.run(), name="beats")
+                quorum = QuorumWatch(store, view, name, self.config.mesh, secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")

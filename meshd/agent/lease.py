@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.backoff import delay
 from plugins.providers import Fence, StaleFence
@@ -41,9 +42,11 @@ class TermEnded(MeshError):
 class LeaseTiming:
     # Whole seconds (NATS per-message TTLs have one-second resolution). A holder keeps its
     # role through a JetStream election (5-8 s after a nats-server dies or stalls): the
-    # deadline, TTL - margin after the last renewal, outlasts it.
+    # deadline, TTL - margin after the last renewal, outlasts it. A renewal that fails is
+    # tried again every `retry_every`; one that succeeds, after `renew_every` (every renewal
+    # is a replicated write, and every agent's lease board receives it).
     ttl: float = 12.0
-    renew_every: float = 2.0
+    renew_every: float = 4.0
     margin: float = 2.0
     retry_every: float = 1.0
 
@@ -108,6 +111,7 @@ class LeaseKeeper:
         timing: LeaseTiming | None = None,
         observer: Observer | None = None,
         hesitate: float = 0.0,
+        board: LeaseBoard | None = None,
     ) -> None:
         self.store = store
         self.role = role
@@ -117,6 +121,7 @@ class LeaseKeeper:
         self.timing = timing or LeaseTiming()
         self.observer = observer
         self.hesitate = hesitate  # wait before each attempt: lets a preferred holder win
+        self.board = board  # where a keeper that does not hold the lease waits for it
         self.term: Term | None = None
         self._key = subjects.lease_key(role)
         # The revision of this keeper's lease when its last term merely expired: if nobody
@@ -125,6 +130,8 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         while True:
+            if self.board is not None and self._resumable is None:
+                await self.board.wait_free(self.role, self.timing.ttl)
             if self.hesitate:
                 await asyncio.sleep(self.hesitate)
             term = await self._acquire()
@@ -185,9 +192,10 @@ class LeaseKeeper:
         release = False
         failure: BaseException | None = None
         try:
+            renewed = True
             while term.valid and not leading.done():
-                await asyncio.sleep(self.timing.renew_every)
-                await self._renew(term)
+                await asyncio.sleep(self.timing.renew_every if renewed else self.timing.retry_every)
+                renewed = await self._renew(term)
         except asyncio.CancelledError:
             release = term.valid  # shutting down while holding: hand over once the role stopped
             raise
@@ -242,10 +250,11 @@ class LeaseKeeper:
         elif term.ending is Ending.EXPIRED:
             self.store.record_soon("lease_expired", self.holder, self.role, {}, fence=term.fence)
 
-    async def _renew(self, term: Term) -> None:
+    async def _renew(self, term: Term) -> bool:
+        """Whether the lease was renewed (the term's deadline moved)."""
         started = time.monotonic()
         if started >= term.deadline:
-            return
+            return False
         try:
             term.revision = await asyncio.wait_for(
                 self.store.update(
@@ -260,10 +269,11 @@ class LeaseKeeper:
         except Conflict:
             term.ending = Ending.LOST
             term.ended = True
-            return
+            return False
         except (StoreUnavailable, TimeoutError):
-            return  # retried on the next tick until the deadline passes
+            return False  # tried again soon, until the deadline passes
         term.deadline = started + self.timing.ttl - self.timing.margin
+        return True
 
     async def _release(self, term: Term) -> None:
         """Hand the role over at once instead of after the TTL (the agent stops, or the role's

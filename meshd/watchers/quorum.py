@@ -16,17 +16,14 @@ import logging
 import time
 from datetime import datetime
 
+from meshd.agent.beats import BeatListener
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import notifiers
-from meshd.agent.store import Received, Store
+from meshd.agent.store import Store
 from meshd.core.monitors import ring
 from meshd.core.notices import critical_alert
 from plugins.notifiers import NotifierConfigError, NotifyError
 from plugins.secrets import Secrets
-from protocol import subjects
-from protocol.codec import decode
-from protocol.errors import ProtocolError
-from protocol.messages import LivenessBeat
 
 log = logging.getLogger(__name__)
 CHECK_S = 5.0
@@ -42,41 +39,38 @@ def teller(me: str, heard: dict[str, float], now: float) -> str:
 
 class QuorumWatch:
     def __init__(
-        self, store: Store, view: MeshView, droplet: str, mesh: str, secrets: Secrets
+        self,
+        store: Store,
+        view: MeshView,
+        droplet: str,
+        mesh: str,
+        secrets: Secrets,
+        beats: BeatListener,
     ) -> None:
         self.store = store
         self.view = view
         self.droplet = droplet
         self.mesh = mesh
         self.secrets = secrets
-        self.heard: dict[str, float] = {}  # droplet -> monotonic time of its last heartbeat
+        self.beats = beats  # every droplet's beats are heard only while JetStream is lost
 
     async def run(self) -> None:
-        subscription = await self.store.subscribe(subjects.BEATS_ALL, self._on_heartbeat)
         lost_since: float | None = None
         told = False
-        try:
-            while True:
-                if await self.store.jetstream_answers():
-                    if lost_since is not None:
-                        log.info("JetStream answers again.")
-                    lost_since, told = None, False
-                else:
-                    now = time.monotonic()
-                    lost_since = lost_since or now
-                    mine = teller(self.droplet, self.heard, now) == self.droplet
-                    if now - lost_since >= LOST_AFTER_S and not told and mine:
-                        told = await self._tell(now - lost_since)
-                await asyncio.sleep(CHECK_S)
-        finally:
-            await subscription.unsubscribe()
-
-    async def _on_heartbeat(self, msg: Received) -> None:
-        try:
-            beat = decode(msg.data, LivenessBeat)
-        except ProtocolError:
-            return
-        self.heard[beat.droplet] = time.monotonic()
+        while True:
+            if await self.store.jetstream_answers():
+                if lost_since is not None:
+                    log.info("JetStream answers again.")
+                lost_since, told = None, False
+                self.beats.want("quorum", ())
+            else:
+                now = time.monotonic()
+                lost_since = lost_since or now
+                self.beats.want("quorum", None)  # who is still heard decides who tells
+                mine = teller(self.droplet, dict(self.beats.heard), now) == self.droplet
+                if now - lost_since >= LOST_AFTER_S and not told and mine:
+                    told = await self._tell(now - lost_since)
+            await asyncio.sleep(CHECK_S)
 
     async def _tell(self, lost_for: float) -> bool:
         settings = self.view.notify
@@ -84,7 +78,8 @@ class QuorumWatch:
             log.error("JetStream lost its quorum; no notifier is configured to tell.")
             return True
         now = time.time()
-        heard = sorted(n for n, at in self.heard.items() if time.monotonic() - at < HEARD_WITHIN_S)
+        now_s = time.monotonic()
+        heard = sorted(n for n, at in self.beats.heard.items() if now_s - at < HEARD_WITHIN_S)
         details = {
             "unanswered for": f"{lost_for:.0f} s",
             "droplets still heard": heard or "none",

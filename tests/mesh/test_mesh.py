@@ -257,7 +257,7 @@ def test_meshctl_says_in_one_line_when_the_mesh_is_unreachable(tmp_path: Path) -
             os.kill(nats, signal.SIGCONT)
         assert result.returncode == 1
         (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("meshctl: mesh 'test' is not reachable")
+        assert line.startswith(f"meshctl: mesh '{mesh.name}' is not reachable")
         assert elapsed < 15  # generous; the CLI's own budget is a few seconds
 
 

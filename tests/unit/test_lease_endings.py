@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.agent.leaseboard import LeaseBoard
 from plugins.providers import ProviderError
 from protocol import subjects
 from tests.support.memstore import MemoryStore
@@ -103,3 +104,33 @@ async def test_a_programming_error_in_a_role_ends_the_keeper_with_its_traceback(
     with pytest.raises(ExceptionGroup) as caught:
         await asyncio.wait_for(keeper(store, buggy).run(), 5)
     assert caught.group_contains(KeyError)
+
+
+async def test_a_keeper_that_does_not_hold_the_lease_waits_on_the_board_and_not_the_store() -> None:
+    store = MemoryStore()
+    board = LeaseBoard(store)
+    watching = asyncio.create_task(board.run())
+    creates: list[str] = []
+    create = store.create
+
+    async def counted(bucket: str, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        creates.append(key)
+        return await create(bucket, key, value, ttl=ttl)
+
+    store.create = counted  # type: ignore[method-assign]
+    holder = keeper(store, forever)
+    follower = LeaseKeeper(store, "scheduler", "mesh-2", 1, forever, timing=FAST, board=board)
+    tasks = [asyncio.create_task(holder.run())]
+    try:
+        await until(lambda: holder.term is not None, "the holder's term")
+        tasks.append(asyncio.create_task(follower.run()))
+        await asyncio.sleep(0.5)  # ten renewals of the holder; the follower waits
+        assert follower.term is None
+        assert len(creates) <= 2  # the holder's take, and at most one try before the board knew
+        tasks[0].cancel()  # the holder stops and releases the lease
+        await until(lambda: follower.term is not None, "the follower's term", timeout=5)
+        assert len(creates) <= 3  # taken at once, not after a stream of tries
+    finally:
+        for task in [*tasks, watching]:
+            task.cancel()
+        await asyncio.gather(*tasks, watching, return_exceptions=True)

@@ -47,7 +47,6 @@ from protocol import subjects
 from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
 
 log = logging.getLogger(__name__)
-
 RESYNC_S = 2.0
 PARALLEL_STARTS = 8  # instances started at once: a droplet's 40 instances in a few batches
 UNWANTED_GRACE_S = 10.0  # an instance found that was never allocated here is stopped after
@@ -318,6 +317,7 @@ class Reconciler:
                 tracked.engine_restarts = info.restarts
             if info.restarts > tracked.engine_restarts:
                 tracked.restarted_by_engine(info, now)
+                self._health.wake()
                 self.observed.set()
                 log.warning("Instance restarted by the runtime. instance=%s", key)
             return
@@ -374,6 +374,7 @@ class Reconciler:
             log.warning("Instance not started. instance=%s reason=%s", key, tracked.last_error)
             return
         tracked.started_as(info, allocation.generation)
+        self._health.wake()
         self.observed.set()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 

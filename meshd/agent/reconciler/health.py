@@ -7,6 +7,7 @@ healthy while they run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,17 +45,26 @@ class HealthProber:
         self.allocations = allocations
         self.changed = changed  # what is reported, or may be done, changed
         self.restart = restart  # restarts an instance: its new info (None: not wanted now)
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """An instance started: probe it soon (it counts as healthy from its first good probe)."""
+        self._woken.set()
 
     async def run(self, http: aiohttp.ClientSession) -> None:
         last_full = 0.0
         while True:
-            await asyncio.sleep(HEALTH_STARTING_EVERY_S)
+            # While nothing starts, the next full round is all there is to do: sleep till then.
+            starting = any(t.state is InstanceState.STARTING for t in self.tracked.values())
+            due = last_full + HEALTH_EVERY_S - time.monotonic()
+            wait = HEALTH_STARTING_EVERY_S if starting else max(HEALTH_STARTING_EVERY_S, due)
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), wait)
+            if self._woken.is_set():
+                await asyncio.sleep(HEALTH_STARTING_EVERY_S)  # give it a moment to listen
             now = time.monotonic()
             full = now - last_full >= HEALTH_EVERY_S
-            if not full and not any(
-                t.state is InstanceState.STARTING for t in self.tracked.values()
-            ):
-                continue  # nothing starts: nothing to probe before the next full round
             if full:
                 last_full = now
             allocations = self.allocations()

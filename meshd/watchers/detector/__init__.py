@@ -24,6 +24,7 @@ from collections.abc import Coroutine
 import aiohttp
 
 from meshd.agent.backoff import retries
+from meshd.agent.beats import BeatListener
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Conflict, Received, Store, StoreUnavailable
@@ -52,6 +53,7 @@ class Detector:
         view: MeshView,
         provider: Provider,
         provider_tag: str,
+        beats: BeatListener,
     ) -> None:
         self.store = store
         self.me = identity.name
@@ -66,14 +68,22 @@ class Detector:
         self._last_refute = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
+        self._map: tuple[object, object, dict[str, tuple[str, ...]]] | None = None
+        self.beats = beats
+        beats.listen(self._on_beat)
 
     def monitors(self) -> dict[str, tuple[str, ...]]:
-        """The monitor map over the droplets that booted and have no confirmed failure."""
-        lives = {name: node.incarnation for name, node in self.view.nodes.items()}
-        return monitor_map(monitored(lives, self.view.failures))
+        """The monitor map over the droplets that booted and have no confirmed failure;
+        computed again only when the view's reports or failures were replaced."""
+        nodes, failures = self.view.nodes, self.view.failures
+        if self._map is None or self._map[0] is not nodes or self._map[1] is not failures:
+            lives = {name: node.incarnation for name, node in nodes.items()}
+            self._map = (nodes, failures, monitor_map(monitored(lives, failures)))
+        return self._map[2]
 
     def _refresh(self, monitors: dict[str, tuple[str, ...]]) -> None:
         mine = set(targets_of(self.me, monitors))
+        self.beats.want("detector", mine)
         for gone in set(self.watches) - mine:
             del self.watches[gone]
         for target in mine:
@@ -91,7 +101,6 @@ class Detector:
         async with aiohttp.ClientSession() as http:
             self._http = http
             subscriptions = [
-                await self.store.subscribe(subjects.BEATS_ALL, self._on_beat),
                 await self.store.subscribe(subjects.SUSPECTS_ALL, self._on_vote),
                 await self.store.subscribe(subjects.probe(self.me), self._on_probe_request),
             ]
@@ -156,11 +165,7 @@ class Detector:
             if voted:
                 self._vote(target, watch.incarnation, Verdict.REFUTE)
 
-    async def _on_beat(self, msg: Received) -> None:
-        try:
-            beat = decode(msg.data, LivenessBeat)
-        except ProtocolError:
-            return
+    def _on_beat(self, beat: LivenessBeat) -> None:
         watch = self.watches.get(beat.droplet)
         if watch is not None and beat.incarnation >= watch.incarnation:
             self._alive(beat.droplet, watch)
