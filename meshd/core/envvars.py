@@ -34,26 +34,26 @@ def instance_hosts(placed: Mapping[str, Sequence[str]]) -> dict[str, str]:
 
 
 def instance_environment(
-    alloc: EnvResources, service: str, kind: ServiceKind, droplets: Sequence[str]
+    resources: EnvResources, service: str, kind: ServiceKind, droplets: Sequence[str]
 ) -> dict[str, str]:
     """Every other variable of the seed's list."""
-    h = alloc.hash
+    h = resources.hash
     values = {
-        "DB_USER": alloc.db_user,
-        "DB_NAME": alloc.db_name,
-        "DB_PORT": str(alloc.ports["database"]),
-        "REDIS_PORT": str(alloc.ports["redis"]),
+        "DB_USER": resources.db_user,
+        "DB_NAME": resources.db_name,
+        "DB_PORT": str(resources.ports["database"]),
+        "REDIS_PORT": str(resources.ports["redis"]),
         "VAULT_PORT": str(VAULT_PORT),
         "OPENSEARCH_PORT": str(OPENSEARCH_PORT),
-        "OPENSEARCH_INDEX": f"{alloc.project}-{alloc.env}-logs-{h[:6]}",
-        "SERVICE_NAME": f"{alloc.project}-{alloc.env}-{service}",
-        "ENVIRONMENT": alloc.env,
-        "PROJECT": alloc.project,
+        "OPENSEARCH_INDEX": f"{resources.project}-{resources.env}-logs-{h[:6]}",
+        "SERVICE_NAME": f"{resources.project}-{resources.env}-{service}",
+        "ENVIRONMENT": resources.env,
+        "PROJECT": resources.project,
         "ASSIGNED_DROPLETS": ",".join(droplets),
         "RESOURCE_HASH": h,
     }
     if kind is ServiceKind.WEB:
-        values["SERVICE_PORT"] = str(alloc.ports[service])
+        values["SERVICE_PORT"] = str(resources.ports[service])
     return values
 
 

@@ -77,7 +77,7 @@ class Placement:
     def monthly_usd(self) -> float:
         return sum(SIZES[d.size].monthly_usd for d in self.droplets)
 
-    def allocation_map(self) -> dict[EnvKey, EnvResources]:
+    def resources_by_env(self) -> dict[EnvKey, EnvResources]:
         return {a.key: a for a in self.allocations}
 
     def to_data(self) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def desired_droplets(state: DesiredState) -> tuple[Droplet, ...]:
 def place(state: DesiredState, previous: Placement | None = None) -> Placement:
     """The placement of `state`; allocations of `previous` that are still wanted are kept."""
     wanted = [(p.name, env) for p in state.projects for env in ENVIRONMENTS]
-    allocations = allocate(wanted, previous.allocation_map() if previous else None)
+    allocations = allocate(wanted, previous.resources_by_env() if previous else None)
     droplets = desired_droplets(state)
     instances = tuple(
         instance

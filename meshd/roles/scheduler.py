@@ -44,12 +44,12 @@ def allocations_for(
     droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for instance in placement.instances:
         droplets[instance.service_key].append(instance.droplet)
-    allocations = placement.allocation_map()
+    env_resources = placement.resources_by_env()
     result: dict[str, Allocation] = {}
     for project in state.projects:
         for env in ("prod", "uat", "test"):
             placed = {s.name: droplets[(project.name, env, s.name)] for s in project.services}
-            alloc = allocations[(project.name, env)]
+            resources = env_resources[(project.name, env)]
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
                 fresh = Allocation(
@@ -58,14 +58,14 @@ def allocations_for(
                     service=service.name,
                     generation=1,
                     droplets=tuple(placed[service.name]),
-                    port=alloc.ports.get(service.name),
-                    spare_port=alloc.spare_ports.get(service.name),
+                    port=resources.ports.get(service.name),
+                    spare_port=resources.spare_ports.get(service.name),
                     restart=restarts.get(key, 0),
                     image=service.image,
                     command=service.command,
                     memory_mb=service.memory_mb,
                     env_vars=instance_environment(
-                        alloc, service.name, service.kind, placed[service.name]
+                        resources, service.name, service.kind, placed[service.name]
                     ),
                     hosts=instance_hosts(placed),
                     health_path=service.health_path,

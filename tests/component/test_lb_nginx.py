@@ -5,7 +5,6 @@ configuration that fails `nginx -t` never replaces a good one."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,10 @@ from aiohttp import web
 
 from plugins.lb import ConfigRejected, LbConfig, LbContext, Site, Upstream
 from plugins.lb.nginx import NginxLoadBalancer, render_config
-from tests.support import nginx_binary
+from tests.support import free_port, nginx_binary
 from tests.support.waiting import until
 
 ADDRESS = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(name="nginx_binary")
@@ -83,10 +75,10 @@ def config(
 async def test_the_seeds_routes_reach_every_healthy_instance(
     lb: NginxLoadBalancer, backends: Any
 ) -> None:
-    one, two = free_port(), free_port()
+    one, two = free_port(ADDRESS), free_port(ADDRESS)
     await backends("one", one)
     await backends("two", two)
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     backend = Upstream("shop", "prod", "backend", (f"{ADDRESS}:{one}", f"{ADDRESS}:{two}"))
 
     assert await lb.apply(config(lb, listen, backend)) is True
@@ -107,9 +99,9 @@ async def test_the_seeds_routes_reach_every_healthy_instance(
 async def test_a_dead_instance_is_retried_on_a_live_one(
     lb: NginxLoadBalancer, backends: Any
 ) -> None:
-    live, dead = free_port(), free_port()  # nothing listens on `dead`
+    live, dead = free_port(ADDRESS), free_port(ADDRESS)  # nothing listens on `dead`
     await backends("live", live)
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     await lb.apply(
         config(
             lb,
@@ -126,7 +118,7 @@ async def test_a_dead_instance_is_retried_on_a_live_one(
 async def test_a_service_without_healthy_instances_answers_503_saying_so(
     lb: NginxLoadBalancer,
 ) -> None:
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     await lb.apply(config(lb, listen, Upstream("shop", "uat", "frontend", ())))
 
     status, text = await get(f"http://{listen}/shop-uat/frontend/")
@@ -137,13 +129,13 @@ async def test_a_service_without_healthy_instances_answers_503_saying_so(
 async def test_domains_route_to_the_frontend_and_service_prefixes(
     lb: NginxLoadBalancer, backends: Any
 ) -> None:
-    front, back = free_port(), free_port()
+    front, back = free_port(ADDRESS), free_port(ADDRESS)
     await backends("front", front)
     await backends("back", back)
     frontend = Upstream("shop", "prod", "frontend", (f"{ADDRESS}:{front}",))
     backend = Upstream("shop", "prod", "backend", (f"{ADDRESS}:{back}",))
     site = Site("shop", "prod", ("shop.example.com",), frontend, (backend, frontend))
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     await lb.apply(config(lb, listen, backend, frontend, sites=(site,)))
 
     status, text = await get(f"http://{listen}/about", host="shop.example.com")
@@ -155,9 +147,9 @@ async def test_domains_route_to_the_frontend_and_service_prefixes(
 async def test_a_configuration_nginx_refuses_never_replaces_the_good_one(
     lb: NginxLoadBalancer, backends: Any
 ) -> None:
-    port = free_port()
+    port = free_port(ADDRESS)
     await backends("one", port)
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     good = config(lb, listen, Upstream("shop", "prod", "backend", (f"{ADDRESS}:{port}",)))
     await lb.apply(good)
 
@@ -173,9 +165,9 @@ async def test_a_configuration_nginx_refuses_never_replaces_the_good_one(
 async def test_nginx_that_died_is_started_again_with_the_last_good_configuration(
     lb: NginxLoadBalancer, backends: Any
 ) -> None:
-    port = free_port()
+    port = free_port(ADDRESS)
     await backends("one", port)
-    listen = f"{ADDRESS}:{free_port()}"
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
     await lb.apply(config(lb, listen, Upstream("shop", "prod", "backend", (f"{ADDRESS}:{port}",))))
     pid = int((lb.run_dir / "nginx.pid").read_text())
 

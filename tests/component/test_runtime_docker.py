@@ -36,10 +36,6 @@ DEADLINE = 30.0
 MakeRuntime = Callable[..., DockerRuntime]
 
 
-def free_port() -> int:
-    return support.free_port(ADDRESS)
-
-
 def web(image: str, port: int, *, generation: int = 1, **more: Any) -> InstanceSpec:
     values: dict[str, Any] = {
         "project": "shop",
@@ -102,7 +98,7 @@ async def test_an_instance_runs_as_a_labelled_container_on_the_droplet_address(
     make_runtime: MakeRuntime, docker_engine: Any, docker_mesh: str, test_image: str
 ) -> None:
     runtime = make_runtime()
-    port = free_port()
+    port = support.free_port(ADDRESS)
 
     info = await runtime.ensure(web(test_image, port, secrets={"db_password": SECRET}))
 
@@ -144,7 +140,9 @@ async def test_secrets_are_read_only_0400_files_under_run_secrets(
     make_runtime: MakeRuntime, docker_engine: Any, test_image: str
 ) -> None:
     runtime = make_runtime()
-    info = await runtime.ensure(web(test_image, free_port(), secrets={"db_password": SECRET}))
+    info = await runtime.ensure(
+        web(test_image, support.free_port(ADDRESS), secrets={"db_password": SECRET})
+    )
     container = docker_engine.containers.get(info.runtime_id)
 
     code, content = container.exec_run(["cat", "/run/secrets/db_password"])
@@ -160,7 +158,7 @@ async def test_secrets_are_read_only_0400_files_under_run_secrets(
 async def test_a_healthy_container_is_adopted_by_a_new_runtime_not_restarted(
     make_runtime: MakeRuntime, test_image: str
 ) -> None:
-    port = free_port()
+    port = support.free_port(ADDRESS)
     first = await make_runtime().ensure(web(test_image, port))
     await answers(f"http://{ADDRESS}:{port}/health")
 
@@ -176,7 +174,7 @@ async def test_a_new_generation_replaces_the_container(
     make_runtime: MakeRuntime, docker_engine: Any, test_image: str
 ) -> None:
     runtime = make_runtime()
-    port = free_port()
+    port = support.free_port(ADDRESS)
     first = await runtime.ensure(web(test_image, port))
 
     second = await runtime.ensure(web(test_image, port, generation=2))
@@ -192,7 +190,7 @@ async def test_a_second_slot_runs_beside_the_first_on_its_own_port(
     make_runtime: MakeRuntime, docker_engine: Any, docker_mesh: str, test_image: str
 ) -> None:
     runtime = make_runtime()
-    port, spare = free_port(), free_port()
+    port, spare = support.free_port(ADDRESS), support.free_port(ADDRESS)
     await runtime.ensure(web(test_image, port))
     inside = {"SERVICE_PORT": str(port), "SERVICE_NAME": "shop-test-backend"}
     second = await runtime.ensure(
@@ -220,7 +218,7 @@ async def test_a_killed_container_is_restarted_by_the_engine_and_counted(
     make_runtime: MakeRuntime, docker_engine: Any, test_image: str
 ) -> None:
     runtime = make_runtime()
-    port = free_port()
+    port = support.free_port(ADDRESS)
     info = await runtime.ensure(web(test_image, port))
     await runtime.list()  # follows the engine's events from here on
     await until(lambda: runtime.follows_events, "the engine's events followed")
@@ -244,7 +242,7 @@ async def test_a_stopped_container_is_listed_as_exited_with_its_output(
 ) -> None:
     runtime = make_runtime()
     info = await runtime.ensure(
-        web(test_image, free_port(), command="sh -c 'echo bad config; exit 3'")
+        web(test_image, support.free_port(ADDRESS), command="sh -c 'echo bad config; exit 3'")
     )
 
     async def exited() -> InstanceInfo | None:
@@ -261,7 +259,9 @@ async def test_stop_removes_the_container_and_its_secret_files(
     make_runtime: MakeRuntime, docker_engine: Any, test_image: str, tmp_path: Path
 ) -> None:
     runtime = make_runtime()
-    info = await runtime.ensure(web(test_image, free_port(), secrets={"db_password": SECRET}))
+    info = await runtime.ensure(
+        web(test_image, support.free_port(ADDRESS), secrets={"db_password": SECRET})
+    )
 
     await runtime.stop("shop.test.backend", grace=1)
 
@@ -279,8 +279,8 @@ async def test_runtimes_of_other_droplets_and_meshes_never_see_each_others_conta
     other_droplet = make_runtime("web2")
     other_mesh = make_runtime("web1", mesh=f"{docker_mesh}x")
     try:
-        await other_droplet.ensure(web(test_image, free_port()))
-        await other_mesh.ensure(web(test_image, free_port()))
+        await other_droplet.ensure(web(test_image, support.free_port(ADDRESS)))
+        await other_mesh.ensure(web(test_image, support.free_port(ADDRESS)))
 
         assert await mine.list() == []
         await mine.stop("shop.test.backend")
@@ -306,7 +306,7 @@ async def test_a_missing_image_is_a_start_error_that_names_it(
     with pytest.raises(
         InstanceStartError, match="image nosuch/image:1 not available.*pulling is off"
     ):
-        await runtime.ensure(web("nosuch/image:1", free_port()))
+        await runtime.ensure(web("nosuch/image:1", support.free_port(ADDRESS)))
     assert await runtime.list() == []
 
 
@@ -316,7 +316,7 @@ async def test_a_build_context_is_built_once_and_run(
     context = example_context(tmp_path)
     tag = f"{docker_mesh}-backend:abc"
     runtime = make_runtime()
-    port = free_port()
+    port = support.free_port(ADDRESS)
     spec = web(tag, port, build_context=str(context), dockerfile=str(context / "Dockerfile"))
     try:
         info = await runtime.ensure(spec)
@@ -332,7 +332,7 @@ async def test_a_build_context_that_is_not_on_this_droplet_is_a_start_error(
     make_runtime: MakeRuntime, tmp_path: Path
 ) -> None:
     gone = tmp_path / "elsewhere"
-    spec = web("shop-backend:elsewhere", free_port(), build_context=str(gone))
+    spec = web("shop-backend:elsewhere", support.free_port(ADDRESS), build_context=str(gone))
 
     with pytest.raises(InstanceStartError, match="build context .* is not on this droplet"):
         await make_runtime().ensure(spec)
@@ -346,7 +346,7 @@ async def test_a_broken_build_is_a_start_error_with_the_builds_words(
     (context / "Dockerfile").write_text("FROM scratch\nCOPY missing-file /x\n")
     spec = web(
         "shop-backend:broken",
-        free_port(),
+        support.free_port(ADDRESS),
         build_context=str(context),
         dockerfile=str(context / "Dockerfile"),
     )
@@ -359,7 +359,7 @@ async def test_a_stateful_service_gets_a_named_volume_that_outlives_its_containe
     make_runtime: MakeRuntime, docker_engine: Any, docker_mesh: str, test_image: str
 ) -> None:
     runtime = make_runtime()
-    port = free_port()
+    port = support.free_port(ADDRESS)
     spec = web(
         test_image,
         port,
@@ -418,7 +418,7 @@ async def test_an_engine_that_does_not_answer_is_every_instances_error(
         service="backend",
         generation=1,
         droplets=("master",),
-        port=free_port(),
+        port=support.free_port(ADDRESS),
         image="shop-backend:1",
         command=None,
         memory_mb=32,
@@ -460,10 +460,10 @@ async def test_a_removed_allocation_stops_at_once_an_unknown_container_after_a_g
     from plugins.secrets.env import EnvSecrets
 
     runtime = make_runtime()
-    found = web(test_image, free_port(), service="stray")
+    found = web(test_image, support.free_port(ADDRESS), service="stray")
     await runtime.ensure(found)  # on the droplet, never allocated to this agent
     reconciler = Reconciler(runtime, "master", ADDRESS, tmp_path, EnvSecrets())
-    wanted = web(test_image, free_port())
+    wanted = web(test_image, support.free_port(ADDRESS))
     await reconciler.apply({wanted.key: allocation_of(wanted)})
     await reconciler.reconcile()
     assert sorted(i.key for i in await runtime.list()) == ["shop.test.backend", "shop.test.stray"]

@@ -73,10 +73,6 @@ async def runtime(podman_host: str, tmp_path: Path) -> AsyncIterator[DockerRunti
     await asyncio.to_thread(remove_objects, mesh, None, docker_host=podman_host, volumes=True)
 
 
-def free_port() -> int:
-    return support.free_port(ADDRESS)
-
-
 async def answers(url: str) -> str:
     async with aiohttp.ClientSession() as http:
         for _ in range(100):
@@ -96,7 +92,7 @@ async def test_the_docker_runtime_runs_heals_and_removes_instances_on_podman(
     import docker
 
     context = example_context(tmp_path)
-    port = free_port()
+    port = support.free_port(ADDRESS)
     spec = InstanceSpec(
         project="shop",
         env="test",

@@ -38,10 +38,6 @@ DEADLINE = 10.0
 MakeRuntime = Callable[[], ProcessRuntime]
 
 
-def free_port() -> int:
-    return support.free_port(HOST)
-
-
 def app_command(*options: str) -> str:
     return shlex.join([sys.executable, str(HTTPAPP), *options])
 
@@ -140,7 +136,7 @@ def runtime(runtimes: MakeRuntime) -> ProcessRuntime:
 async def test_ensure_starts_an_instance_that_answers_http_with_its_environment(
     runtime: ProcessRuntime, data_dir: Path
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     info = await runtime.ensure(web_spec(port))
 
     assert (info.key, info.generation, info.phase) == (KEY, 1, InstancePhase.RUNNING)
@@ -166,7 +162,7 @@ async def test_a_worker_without_port_gets_no_service_port(runtime: ProcessRuntim
 async def test_ensure_twice_with_the_same_generation_keeps_the_same_process(
     runtime: ProcessRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     first = await runtime.ensure(web_spec(port))
     await http_get(port, "/health")
 
@@ -179,7 +175,7 @@ async def test_ensure_twice_with_the_same_generation_keeps_the_same_process(
 async def test_ensure_with_a_new_generation_replaces_the_process(
     runtime: ProcessRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     old = await runtime.ensure(web_spec(port, generation=1))
     await http_get(port, "/health")
 
@@ -195,7 +191,7 @@ async def test_ensure_with_a_new_generation_replaces_the_process(
 async def test_secrets_arrive_as_private_files_and_nowhere_else(
     runtime: ProcessRuntime, data_dir: Path
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     spec = web_spec(port, command=app_command("--print-secrets"), secrets={"db_password": SECRET})
     info = await runtime.ensure(spec)
     await http_get(port, "/health")
@@ -218,7 +214,7 @@ async def test_secrets_arrive_as_private_files_and_nowhere_else(
 async def test_a_killed_instance_is_listed_exited_and_ensure_brings_it_back(
     runtime: ProcessRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     first = await runtime.ensure(web_spec(port))
     os.kill(pid_of(first), signal.SIGKILL)
 
@@ -248,7 +244,7 @@ async def test_a_crashed_instance_reports_its_exit_code_and_last_output(
 async def test_a_new_runtime_readopts_a_running_instance_without_restarting_it(
     runtimes: MakeRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     first_agent = runtimes()
     started = await first_agent.ensure(web_spec(port))
     await first_agent.close()
@@ -265,7 +261,7 @@ async def test_a_new_runtime_readopts_a_running_instance_without_restarting_it(
 async def test_a_readopted_instance_that_dies_is_seen_exited_by_polling(
     runtimes: MakeRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     started = await runtimes().ensure(web_spec(port))
     second_agent = runtimes()
     assert (await listed(second_agent)) == started
@@ -310,7 +306,7 @@ async def test_a_reused_pid_is_never_taken_for_the_instance(
 async def test_stop_terminates_the_instance_keeps_its_log_and_is_idempotent(
     runtime: ProcessRuntime, data_dir: Path
 ) -> None:
-    info = await runtime.ensure(web_spec(free_port(), secrets={"token": SECRET}))
+    info = await runtime.ensure(web_spec(support.free_port(HOST), secrets={"token": SECRET}))
     instance_dir = data_dir / "instances" / KEY
 
     await runtime.stop(KEY)
@@ -325,7 +321,7 @@ async def test_stop_terminates_the_instance_keeps_its_log_and_is_idempotent(
 async def test_stop_kills_an_instance_that_ignores_sigterm_after_the_grace(
     runtime: ProcessRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     info = await runtime.ensure(web_spec(port, command=app_command("--ignore-term")))
     await http_get(port, "/health")
 
@@ -335,7 +331,7 @@ async def test_stop_kills_an_instance_that_ignores_sigterm_after_the_grace(
 
 
 async def test_stop_terminates_an_adopted_instance(runtimes: MakeRuntime) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     started = await runtimes().ensure(web_spec(port))
     await http_get(port, "/health")
     second_agent = runtimes()
@@ -349,7 +345,7 @@ async def test_stop_terminates_an_adopted_instance(runtimes: MakeRuntime) -> Non
 async def test_restart_replaces_a_hung_instance_of_the_same_generation(
     runtime: ProcessRuntime,
 ) -> None:
-    port = free_port()
+    port = support.free_port(HOST)
     hung = await runtime.ensure(web_spec(port, command=app_command("--hang")))
     assert await http_get(port, "/") == (200, "hello from backend\n")
 

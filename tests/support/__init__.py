@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 from typing import NoReturn
@@ -36,9 +37,21 @@ def namespaces_allowed() -> None:
         unavailable(f"{', '.join(missing)} not installed (Debian: iproute2 util-linux iptables)")
 
 
+PORTS_PER_WORKER = 2500  # below the kernel's ephemeral range (32768-60999)
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on at `address` right now."""
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port nothing listens on at `address` right now, from a range of this test
+    worker's own (`pytest -n`): two workers never pick the same port between the check and
+    the listen."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    low = 10000 + (worker % 8) * PORTS_PER_WORKER
+    for _ in range(500):
+        port = random.randrange(low, low + PORTS_PER_WORKER)
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER} at {address}")

@@ -14,12 +14,7 @@ from pathlib import Path
 
 from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
 from meshd.local.droplet import nats_server_binary
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from tests.support import free_port
 
 
 @dataclass

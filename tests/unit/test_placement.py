@@ -61,7 +61,7 @@ def test_seed_csv_puts_small_projects_and_hostomatic_uat_and_test_on_master() ->
 
 def test_web_services_and_datastores_get_their_family_port_and_workers_none() -> None:
     placement = place(seed_state())
-    allocations = placement.allocation_map()
+    allocations = placement.resources_by_env()
     for instance in placement.instances:
         ports = allocations[(instance.project, instance.env)].ports
         assert instance.port == ports.get(instance.service)
@@ -115,7 +115,7 @@ def test_previous_allocations_are_kept_when_a_project_is_added() -> None:
         + "newstartup,1,s-1vcpu-1gb,s-1vcpu-1gb\naaa-first,1,s-1vcpu-1gb,s-1vcpu-1gb\n"
     )
     after = place(grown, previous=before)
-    old = before.allocation_map()
-    new = after.allocation_map()
+    old = before.resources_by_env()
+    new = after.resources_by_env()
     for key, alloc in old.items():
         assert new[key] == alloc
