@@ -122,7 +122,11 @@ async def test_a_replacement_that_never_gets_healthy_leaves_the_old_instance_ser
     )
     await reconciler.apply({"shop.prod.backend": broken})
     await until(lambda: len(reconciler.statuses()) == 2, "the new instance beside the old")
-    await asyncio.sleep(3.0)
+    await until(
+        lambda: reconciler.tracked["shop.prod.backend.1"].failed_probes >= 1,
+        "the replacement judged by a failed health check",
+        timeout=30,
+    )
     assert served(reconciler) == [port]
     old = next(s for s in reconciler.statuses() if s.slot == 0)
     assert (old.generation, old.healthy, old.draining) == (1, True, False)
