@@ -131,6 +131,11 @@ def test_a_recovery_leader_killed_mid_recovery_is_followed_and_nothing_is_done_t
         before = mesh.status()
         leader = recovery_holder(before)
         victim = next(n for n in ("shop-web1", "shop-web2") if n != leader)
+        wait_for(
+            lambda: mesh.snapshotted(victim, leader),
+            timeout=60,
+            what=f"snapshots of {victim} and {leader}",
+        )
 
         # The victim dies; once its replacement is on the way, the recovery leader dies too.
         killed = time.time()

@@ -159,6 +159,15 @@ class LocalMesh:
         told = {e["name"] for e in events if e["at"] > after}
         return events if {"failure_confirmed", "droplet_recovered"} <= told else None
 
+    def snapshotted(self, *droplets: str) -> bool:
+        """Each of `droplets` has a snapshot of its deployment: a droplet killed before its
+        first snapshot is rebuilt from the bare image instead."""
+        status = self.status_if_readable()
+        if status is None:
+            return False
+        found = {d["name"]: d.get("snapshot") for d in status["droplets"]}
+        return all(found.get(name) for name in droplets)
+
     def converged(self) -> bool:
         """Every service has as many healthy instances as it wants (and there are services)."""
         services = self.status()["services"]
