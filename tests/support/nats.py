@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.agent.config import CoreServer, MeshConfig, nats_server_conf, new_passwords
+from meshd.agent.config import (
+    CLIENT_PORT,
+    CLUSTER_PORT,
+    CoreServer,
+    MeshConfig,
+    nats_server_conf,
+    new_passwords,
+)
 from meshd.local.droplet import nats_server_binary
 from tests.support import free_port
 
@@ -75,3 +84,82 @@ def running_nats(directory: Path, address: str = "127.0.0.1") -> Iterator[NatsSe
             process.kill()
         process.wait(timeout=10)
         log.close()
+
+
+def loopback_addresses(count: int) -> list[str]:
+    """`count` loopback addresses of a /24 no other test worker picks (each server of a
+    cluster needs its own, for the fixed client, route and monitor ports)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for _ in range(100):
+        prefix = f"127.{200 + worker % 8}.{random.randrange(1, 255)}"
+        addresses = [f"{prefix}.{i}" for i in range(1, count + 1)]
+        if all(_port_free(a, CLIENT_PORT) and _port_free(a, CLUSTER_PORT) for a in addresses):
+            return addresses
+    raise RuntimeError("no free loopback /24 for a cluster")
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+        return True
+
+
+class ServerSet:
+    """nats-servers of a mesh configuration, one per core server, each in `directory/<name>`;
+    started and stopped by name (a droplet's store survives a stop unless wiped)."""
+
+    def __init__(self, directory: Path, config: MeshConfig) -> None:
+        self.directory = directory
+        self.config = config
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def reconfigure(self, config: MeshConfig) -> None:
+        self.config = config
+
+    def url(self, name: str) -> str:
+        server = next(c for c in self.config.core if c.name == name)
+        return f"nats://{server.address}:{CLIENT_PORT}"
+
+    def urls(self) -> list[str]:
+        return [self.url(c.name) for c in self.config.core]
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(c.name for c in self.config.core):
+            server = next(c for c in self.config.core if c.name == name)
+            home = self.directory / name
+            home.mkdir(parents=True, exist_ok=True)
+            conf = home / "nats-server.conf"
+            conf.write_text(nats_server_conf(self.config, server, home / "jetstream"))
+            conf.chmod(0o600)
+            with (home / "nats-server.log").open("ab") as log:
+                self.processes[name] = subprocess.Popen(
+                    [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log
+                )
+            wait_for_port(server.address, CLIENT_PORT)
+
+    def stop(self, *names: str, wipe: bool = False) -> None:
+        for name in names or tuple(self.processes):
+            process = self.processes.pop(name, None)
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGCONT)
+                    process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            if wipe:
+                shutil.rmtree(self.directory / name / "jetstream", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_set(directory: Path, config: MeshConfig) -> Iterator[ServerSet]:
+    servers = ServerSet(directory, config)
+    try:
+        yield servers
+    finally:
+        servers.stop()

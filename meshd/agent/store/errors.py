@@ -35,6 +35,9 @@ ANY_NATS_ERROR: tuple[type[BaseException], ...] = (*UNAVAILABLE, nats.errors.Err
 WRONG_LAST_SEQUENCE = 10071  # a publish's expected last subject sequence did not match
 WRONG_LAST_MSG_ID = 10164  # ... the same, for a key whose last message is gone (TTL)
 CONFLICTS = frozenset({WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID})
+# A write to a sealed stream: the mesh's JetStream is moving to other servers (store/moves.py)
+# and takes writes again once it has; to a writer that is "try later".
+SEALED = 10109
 
 
 def reason(err: BaseException) -> str:
@@ -56,7 +59,7 @@ def translated(what: str) -> Iterator[None]:
     except nats.js.errors.APIError as err:
         if err.err_code in CONFLICTS:
             raise Conflict(f"{what}: changed meanwhile") from None
-        if isinstance(err, UNAVAILABLE) or (err.code or 0) >= 500:
+        if isinstance(err, UNAVAILABLE) or (err.code or 0) >= 500 or err.err_code == SEALED:
             raise StoreUnavailable(f"{what}: {reason(err)}") from None
         raise StoreRefused(f"{what}: {reason(err)}") from err
     except UNAVAILABLE as err:

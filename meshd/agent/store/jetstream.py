@@ -38,6 +38,7 @@ from meshd.agent.store import (
 from meshd.agent.store import WorkQueue as WorkQueueProtocol
 from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
 from meshd.agent.store.events import Events
+from meshd.agent.store.moves import StoreMoves
 from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
 from meshd.agent.store.workqueue import NatsWorkQueue
 from protocol.messages import Event
@@ -308,6 +309,9 @@ class NatsStore:
         if not answer.get("success"):
             raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
         return peers[0]
+
+    def moves(self) -> StoreMoves:
+        return StoreMoves(self._nc, self._timeout)
 
     async def jetstream_answers(self, wait: float = READY_TIMEOUT_S) -> bool:
         try:

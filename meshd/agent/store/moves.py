@@ -1,0 +1,198 @@
+"""Moving the mesh's JetStream state from one set of servers to another (one standalone server
+to a cluster of three and back) without losing a key, an event or a revision.
+
+A standalone nats-server restarted into a cluster orphans its streams (the new meta group does
+not know them; measured on nats-server 2.15, docs/decisions.md), and a lone server cannot run
+clustered JetStream. So a move is: seal every stream (writes are refused from then on, so the
+backup is the final state), back each one up with JetStream's own snapshot API, keep the
+backups on disk, start the new servers with empty stores, and restore each stream at the new
+replica count. The snapshot carries the stream's messages with their sequence numbers, so every
+KV revision (the fences and compare-and-set tokens of the mesh) is the same afterwards.
+
+The files are those of `nats stream backup`: `<dir>/<stream>/backup.json` (configuration and
+state) and `stream.tar.s2` (the server's snapshot), so an operator can restore one by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from meshd.agent.store import StoreRefused, StoreUnavailable
+from meshd.agent.store.errors import translated
+from meshd.agent.store.schema import BUCKETS, STREAMS
+
+CHUNK_BYTES = 128 * 1024  # well under the servers' max_payload
+RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
+BACKUP_FILE = "backup.json"
+DATA_FILE = "stream.tar.s2"
+
+
+def schema_streams() -> list[str]:
+    """Every stream of the mesh's schema: the KV buckets' and the plain streams."""
+    return [f"KV_{b.name}" for b in BUCKETS] + [s.name for s in STREAMS]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBackup:
+    """One stream as JetStream's snapshot API hands it out."""
+
+    config: dict[str, Any]
+    state: dict[str, Any]
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def messages(self) -> int:
+        return int(self.state.get("messages", 0))
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.state.get("last_seq", 0))
+
+    def save(self, directory: Path) -> None:
+        """Write the backup under `directory/<stream>/`, each file synced before it counts."""
+        target = directory / self.name
+        target.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps({"config": self.config, "state": self.state}, indent=2).encode()
+        for name, content in ((DATA_FILE, self.data), (BACKUP_FILE, meta)):
+            temporary = target / f".{name}.{os.getpid()}"
+            with temporary.open("wb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            temporary.replace(target / name)
+        descriptor = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    @classmethod
+    def load(cls, directory: Path) -> StreamBackup:
+        meta = json.loads((directory / BACKUP_FILE).read_text())
+        return cls(dict(meta["config"]), dict(meta["state"]), (directory / DATA_FILE).read_bytes())
+
+
+def load_backups(directory: Path) -> list[StreamBackup]:
+    """Every complete backup under `directory` (a stream whose metadata is missing was not
+    finished and is left out)."""
+    if not directory.is_dir():
+        return []
+    return [
+        StreamBackup.load(d)
+        for d in sorted(directory.iterdir())
+        if (d / BACKUP_FILE).is_file() and (d / DATA_FILE).is_file()
+    ]
+
+
+class StoreMoves:
+    """The JetStream API calls of a move, on one connection."""
+
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self._nc = nc
+        self._timeout = timeout
+
+    async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        with translated(subject):
+            reply = await self._nc.request(subject, payload, timeout=self._timeout)
+        answer: dict[str, Any] = json.loads(reply.data)
+        error = answer.get("error")
+        if error:
+            text = f"{subject}: {error.get('description', error)}"
+            if int(error.get("code", 0)) >= 500 or error.get("err_code") == 10008:
+                raise StoreUnavailable(text)
+            raise StoreRefused(text)
+        return answer
+
+    async def existing(self) -> list[str]:
+        """The schema's streams this JetStream has."""
+        answer = await self._api("$JS.API.STREAM.NAMES", {})
+        present = set(answer.get("streams") or ())
+        return [name for name in schema_streams() if name in present]
+
+    async def info(self, stream: str) -> dict[str, Any]:
+        return await self._api(f"$JS.API.STREAM.INFO.{stream}")
+
+    async def seal(self, stream: str) -> None:
+        """Refuse every write to `stream` from now on (JetStream cannot unseal; a restore can)."""
+        config = (await self.info(stream))["config"]
+        if not config.get("sealed"):
+            await self._api(f"$JS.API.STREAM.UPDATE.{stream}", {**config, "sealed": True})
+
+    async def back_up(self, stream: str) -> StreamBackup:
+        inbox = self._nc.new_inbox()
+        chunks: list[bytes] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def receive(msg: Msg) -> None:
+            if not msg.data:  # the end (with a header when the server failed)
+                if not done.done():
+                    failure = (msg.headers or {}).get("Status")
+                    if failure:
+                        done.set_exception(StoreUnavailable(f"back up {stream}: {failure}"))
+                    else:
+                        done.set_result(None)
+                return
+            chunks.append(msg.data)
+            if msg.reply:  # the server waits for this before it sends more
+                await self._nc.publish(msg.reply, b"")
+
+        with translated(f"back up {stream}"):
+            subscription = await self._nc.subscribe(inbox, cb=receive, pending_msgs_limit=-1)
+        try:
+            answer = await self._api(
+                f"$JS.API.STREAM.SNAPSHOT.{stream}",
+                {"deliver_subject": inbox, "chunk_size": CHUNK_BYTES, "no_consumers": True},
+            )
+            try:
+                await asyncio.wait_for(done, RESTORE_FINISH_TIMEOUT_S)
+            except TimeoutError:
+                raise StoreUnavailable(f"back up {stream}: no end of the snapshot") from None
+        finally:
+            with translated(f"back up {stream}"):
+                await subscription.unsubscribe()
+        return StreamBackup(dict(answer["config"]), dict(answer["state"]), b"".join(chunks))
+
+    async def restore(self, backup: StreamBackup, replicas: int) -> dict[str, Any]:
+        """Create the stream from `backup` with `replicas` replicas, unsealed; the answer's
+        state. Refused when a stream of the name exists (delete it first, knowingly)."""
+        config = {**backup.config, "num_replicas": replicas, "sealed": False}
+        config.pop("placement", None)
+        answer = await self._api(
+            f"$JS.API.STREAM.RESTORE.{backup.name}", {"config": config, "state": backup.state}
+        )
+        deliver = answer["deliver_subject"]
+        for start in range(0, len(backup.data), CHUNK_BYTES):
+            await self._chunk(deliver, backup.data[start : start + CHUNK_BYTES], self._timeout)
+        final = await self._chunk(deliver, b"", RESTORE_FINISH_TIMEOUT_S)
+        return dict(final.get("state") or {})
+
+    async def _chunk(self, subject: str, data: bytes, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        with translated(f"restore through {subject}"):
+            reply = await self._nc.request(subject, data, timeout=timeout)
+        if not reply.data:
+            return {}
+        answer: dict[str, Any] = json.loads(reply.data)
+        if answer.get("error"):
+            raise StoreRefused(f"restore: {answer['error'].get('description', answer['error'])}")
+        return answer
+
+    async def delete(self, stream: str) -> None:
+        await self._api(f"$JS.API.STREAM.DELETE.{stream}")
+
+    async def set_replicas(self, stream: str, replicas: int) -> None:
+        config = (await self.info(stream))["config"]
+        if config.get("num_replicas", 1) != replicas:
+            await self._api(f"$JS.API.STREAM.UPDATE.{stream}", {**config, "num_replicas": replicas})
