@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from plugins.fs import atomic_write
 from plugins.templating import render
 
 CLIENT_PORT = 4222
@@ -80,6 +81,10 @@ class MeshConfig:
     def is_core(self, droplet: str) -> bool:
         return any(c.name == droplet for c in self.core)
 
+    def with_servers(self, servers: tuple[CoreServer, ...]) -> MeshConfig:
+        """The same mesh with JetStream on `servers` (they change as the mesh grows)."""
+        return replace(self, core=servers)
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -139,3 +144,46 @@ def nats_server_conf(config: MeshConfig, droplet: CoreServer, store_dir: Path) -
         route_password=config.passwords["route"],
         passwords=config.passwords,
     )
+
+
+JETSTREAM_FILE = "jetstream.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPlacement:
+    """`jetstream.json` in a droplet's directory: the JetStream servers this droplet knows of,
+    written by its agent when they change, read by the droplet's supervisor (which runs
+    nats-server when the droplet is one of them) and by the agent when it starts. Without the
+    file the servers are user_data's `core`. `fresh_store`: this epoch's servers start with
+    empty stores (the state moves over by backup and restore, agent/store/moves.py); the old
+    store is set aside, never deleted here."""
+
+    epoch: int
+    servers: tuple[CoreServer, ...]
+    fresh_store: bool = False
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.servers)
+
+    def save(self, directory: Path) -> None:
+        text = json.dumps(
+            {
+                "epoch": self.epoch,
+                "servers": [{"name": s.name, "address": s.address} for s in self.servers],
+                "fresh_store": self.fresh_store,
+            }
+        )
+        atomic_write(directory / JETSTREAM_FILE, text.encode(), mode=0o600)
+
+    @classmethod
+    def load(cls, directory: Path, config: MeshConfig) -> ServerPlacement:
+        """The file's placement, or user_data's core servers at epoch 0."""
+        try:
+            data = json.loads((directory / JETSTREAM_FILE).read_text())
+        except FileNotFoundError:
+            return cls(0, config.core)
+        return cls(
+            int(data["epoch"]),
+            tuple(CoreServer(s["name"], s["address"]) for s in data["servers"]),
+            bool(data.get("fresh_store", False)),
+        )

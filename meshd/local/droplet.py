@@ -1,8 +1,8 @@
 """`meshd droplet DIR`: what systemd is on a real droplet, for a local one.
 
-Runs the droplet's nats-server (core droplets only) and its agent as children, restarts
-either when it exits (with a short backoff, like `Restart=always`), and reaps orphans: it is
-the process group leader, so powering the droplet off is one `killpg`.
+Runs the droplet's nats-server (on JetStream servers only, `NatsUnit`) and its agent as
+children, restarts either when it exits (with a short backoff, like `Restart=always`), and
+reaps orphans: it is the process group leader, so powering the droplet off is one `killpg`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.agent.config import DropletIdentity, MeshConfig, nats_server_conf
+from meshd.agent.config import (
+    JETSTREAM_FILE,
+    DropletIdentity,
+    MeshConfig,
+    ServerPlacement,
+    nats_server_conf,
+)
 from meshd.core.backoff import delay
+from plugins.fs import atomic_write
 
 log = logging.getLogger(__name__)
 PR_SET_CHILD_SUBREAPER = 36
@@ -57,19 +64,92 @@ def nats_server_binary() -> str:
 
 
 def children(droplet_dir: Path) -> list[Child]:
-    identity = DropletIdentity.load(droplet_dir)
-    config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
-    result = []
-    for server in config.core:
-        if server.name == identity.name:
-            conf = droplet_dir / "nats-server.conf"
-            conf.write_text(nats_server_conf(config, server, droplet_dir / "jetstream"))
-            conf.chmod(0o600)
-            argv = [nats_server_binary(), "-c", str(conf)]
-            result.append(Child("nats-server", argv, droplet_dir / "nats-server.log"))
     agent = [sys.executable, "-m", "meshd.agent", "agent", str(droplet_dir)]
-    result.append(Child("agent", agent, droplet_dir / "agent.log"))
-    return result
+    return [Child("agent", agent, droplet_dir / "agent.log")]
+
+
+class NatsUnit:
+    """The droplet's nats-server, following `jetstream.json` (or user_data's core servers): it
+    runs while this droplet is one of the JetStream servers, restarts with a new configuration
+    when the servers change, and starts on an empty store when the placement says so (the old
+    store is moved aside to `jetstream.<epoch>`, never deleted here). A systemd path unit plays
+    this part on a real droplet."""
+
+    def __init__(self, droplet_dir: Path) -> None:
+        self.dir = droplet_dir
+        self.identity = DropletIdentity.load(droplet_dir)
+        self.config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
+        self.child = Child("nats-server", [], droplet_dir / "nats-server.log")
+        self.conf = droplet_dir / "nats-server.conf"
+        self.running_text: str | None = None
+        self.seen: tuple[int, int] | None = None  # the placement file's (mtime, size)
+
+    def placement_changed(self) -> bool:
+        try:
+            stat = (self.dir / JETSTREAM_FILE).stat()
+            seen = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            seen = (0, 0)
+        changed = seen != self.seen
+        self.seen = seen
+        return changed
+
+    def wanted(self) -> tuple[ServerPlacement, str | None]:
+        placement = ServerPlacement.load(self.dir, self.config)
+        me = next((s for s in placement.servers if s.name == self.identity.name), None)
+        if me is None:
+            return placement, None
+        config = self.config.with_servers(placement.servers)
+        return placement, nats_server_conf(config, me, self.dir / "jetstream")
+
+    def tick(self, now: float) -> None:
+        if self.placement_changed():
+            placement, text = self.wanted()
+            if text != self.running_text or self.wants_fresh_store(placement, text):
+                self.apply(placement, text)
+        if self.running_text is not None:
+            _keep_running(self.child, now)
+
+    def wants_fresh_store(self, placement: ServerPlacement, text: str | None) -> bool:
+        """A fresh store this epoch, not yet made (the old one is set aside once per epoch)."""
+        aside = self.dir / f"jetstream.{placement.epoch}"
+        return text is not None and placement.fresh_store and not aside.exists()
+
+    def apply(self, placement: ServerPlacement, text: str | None) -> None:
+        self.stop()
+        if text is None:
+            log.info("Not a JetStream server any more. epoch=%d", placement.epoch)
+            self.running_text = None
+            return
+        store = self.dir / "jetstream"
+        aside = self.dir / f"jetstream.{placement.epoch}"
+        if self.wants_fresh_store(placement, text):
+            if store.exists():
+                store.rename(aside)
+            else:
+                aside.mkdir()
+            log.info("JetStream store set aside for a fresh one. aside=%s", aside.name)
+        atomic_write(self.conf, text.encode(), mode=0o600)
+        self.child.argv = [nats_server_binary(), "-c", str(self.conf)]
+        self.running_text = text
+        log.info(
+            "nats-server (re)configured. epoch=%d servers=%s",
+            placement.epoch,
+            ",".join(placement.names()),
+        )
+
+    def stop(self) -> None:
+        process = self.child.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.child.process = None
+        self.child.failures = 0
+        self.child.next_start = 0.0
 
 
 def supervise(droplet_dir: Path) -> None:
@@ -78,6 +158,7 @@ def supervise(droplet_dir: Path) -> None:
     user_data = droplet_dir / "user_data"
     while not user_data.exists() or not user_data.stat().st_size:
         time.sleep(0.1)  # `meshctl up` writes it once every core droplet has an address
+    nats = NatsUnit(droplet_dir)
     procs = children(droplet_dir)
     stopping = False
 
@@ -89,6 +170,7 @@ def supervise(droplet_dir: Path) -> None:
     signal.signal(signal.SIGINT, stop)
     while not stopping:
         now = time.monotonic()
+        nats.tick(now)  # before the agent, which needs it at the first start
         for child in procs:
             _keep_running(child, now)
         _reap_orphans()
@@ -96,6 +178,7 @@ def supervise(droplet_dir: Path) -> None:
     for child in reversed(procs):
         if child.process is not None and child.process.poll() is None:
             child.process.terminate()
+    nats.stop()
     for child in procs:
         if child.process is not None:
             try:

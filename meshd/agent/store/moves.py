@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from nats.aio.msg import Msg
 from meshd.agent.store import StoreRefused, StoreUnavailable
 from meshd.agent.store.errors import translated
 from meshd.agent.store.schema import BUCKETS, STREAMS
+from plugins.fs import atomic_write
 
 CHUNK_BYTES = 128 * 1024  # well under the servers' max_payload
 RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
@@ -65,18 +65,10 @@ class StreamBackup:
         target = directory / self.name
         target.mkdir(parents=True, exist_ok=True)
         meta = json.dumps({"config": self.config, "state": self.state}, indent=2).encode()
-        for name, content in ((DATA_FILE, self.data), (BACKUP_FILE, meta)):
-            temporary = target / f".{name}.{os.getpid()}"
-            with temporary.open("wb") as out:
-                out.write(content)
-                out.flush()
-                os.fsync(out.fileno())
-            temporary.replace(target / name)
-        descriptor = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        # The metadata last: a backup without it is unfinished (`load_backups` skips it).
+        (target / BACKUP_FILE).unlink(missing_ok=True)
+        atomic_write(target / DATA_FILE, self.data, mode=0o600)
+        atomic_write(target / BACKUP_FILE, meta, mode=0o600)
 
     @classmethod
     def load(cls, directory: Path) -> StreamBackup:
