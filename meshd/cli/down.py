@@ -83,7 +83,9 @@ async def _teardown(provider: Provider, context: Context) -> None:
 
 async def _freeze(provider: Provider, droplet_ids: list[str]) -> None:
     """Stop every droplet from acting before any is destroyed: frozen where the provider can
-    freeze (local droplets), else powered off; all at once."""
+    freeze (local droplets), else powered off; all at once. A frozen local droplet is then
+    killed: one of its processes may hold the provider's account lock (a leader's rebuild in
+    flight), which only its death releases, and destroying needs that lock."""
 
     async def freeze(droplet_id: str) -> None:
         with contextlib.suppress(ProviderError):  # not running already: nothing to stop
@@ -92,4 +94,10 @@ async def _freeze(provider: Provider, droplet_ids: list[str]) -> None:
             else:
                 await provider.power_off(droplet_id, fence=None)
 
+    async def kill(drills: Drills, droplet_id: str) -> None:
+        with contextlib.suppress(ProviderError):
+            await drills.crash(droplet_id)
+
     await asyncio.gather(*(freeze(droplet_id) for droplet_id in droplet_ids))
+    if isinstance(provider, Drills):
+        await asyncio.gather(*(kill(provider, droplet_id) for droplet_id in droplet_ids))
