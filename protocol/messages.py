@@ -139,6 +139,28 @@ class PlacementRecord(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerAddress:
+    """One JetStream server: the droplet that runs it and the droplet's address."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JetStreamServers(Message):
+    """Which droplets run the mesh's JetStream servers, `master` first (KV
+    `mesh_desired/jetstream`, chosen by the scheduler with lease revision `fence`; also sent to
+    each droplet's agent during a move). `epoch` grows with every change of the servers; the
+    streams have three replicas with three servers, else one."""
+
+    KIND: ClassVar[str] = "jetstream_servers"
+
+    epoch: int
+    servers: tuple[ServerAddress, ...]
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceStatus:
     """One instance's observed state, nested in `NodeStatus` (versioned with it).
 
@@ -337,6 +359,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Allocation,
             RestartRequest,
             PlacementRecord,
+            JetStreamServers,
             NodeStatus,
             LivenessBeat,
             Lease,

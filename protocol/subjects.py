@@ -37,6 +37,7 @@ BUCKETS = (
 # Keys of the desired-state bucket (restart requests: `restart_key`).
 DESIRED_KEY = "spec"
 PLACEMENT_KEY = "placement"
+JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStreamServers)
 RESTARTS = "restart.>"
 
 # Streams and the subjects they capture.
@@ -54,6 +55,7 @@ ALERTED = "notify.alerted"  # in mesh_desired: `notify.alerted.<droplet>.<incarn
 _BEATS = "mesh.hb"
 _SUSPECT = "mesh.suspect"
 _PROBE = "mesh.probe"
+_JETSTREAM = "mesh.jetstream"
 BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
 PROBES_ALL = f"{_PROBE}.*"
@@ -105,6 +107,12 @@ def suspect(droplet: str) -> str:
 def probe(droplet: str) -> str:
     """Request/reply subject of indirect probes of `droplet`: `mesh.probe.<droplet>`."""
     return f"{_PROBE}.{token(droplet, 'droplet')}"
+
+
+def jetstream_servers(droplet: str) -> str:
+    """Request/reply subject on which `droplet`'s agent is told the JetStream servers of a
+    move: `mesh.jetstream.<droplet>`."""
+    return f"{_JETSTREAM}.{token(droplet, 'droplet')}"
 
 
 def droplet_of(subject: str) -> str:

@@ -9,11 +9,18 @@ rarely and have memory to spare, and never keeps a droplet that is about to be d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from meshd.core.health import STALE_AFTER_S
+from meshd.core.placement import Placement
+from meshd.core.sizes import SIZES
+from protocol.messages import NodeStatus
 
 MASTER = "master"
 CLUSTER_SIZE = 3
+DRILL_PREFIX = "mesh-"  # droplets `meshctl up --droplets N` adds beside master; never destroyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +62,31 @@ def choose(candidates: Iterable[Candidate], current: Sequence[str] = ()) -> Topo
     )
     chosen = [*kept, *(c.name for c in others)][: CLUSTER_SIZE - 1]
     return Topology((MASTER, *sorted(chosen)))
+
+
+def candidates(
+    nodes: Mapping[str, NodeStatus],
+    placement: Placement | None,
+    current: Collection[str],
+    failed: Collection[str],
+    now: float,
+) -> list[Candidate]:
+    """The droplets that may run JetStream, from what they report and the last placement:
+    live ones, and the current servers even while they are down (a failure is not a reason to
+    move: the server is rebuilt and rejoins). A droplet the placement no longer has is
+    leaving (a publish destroys it)."""
+    wanted = {d.name for d in placement.droplets} if placement else None
+    reserved: Counter[str] = Counter()
+    for instance in placement.instances if placement else ():
+        reserved[instance.droplet] += instance.memory_mb
+    found = []
+    for name, node in nodes.items():
+        live = name not in failed and now - node.updated_at < STALE_AFTER_S
+        if not live and name not in current:
+            continue
+        size = SIZES.get(node.size)
+        free = size.allocatable_mb - reserved[name] if size else 0
+        kept = name == MASTER or name.startswith(DRILL_PREFIX)
+        leaving = wanted is not None and name not in wanted and not kept
+        found.append(Candidate(name, free, max(0, node.incarnation - 1), leaving))
+    return found

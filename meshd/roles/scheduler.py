@@ -7,11 +7,13 @@ few seconds), writing only what changed and bumping the generation of what did.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
@@ -19,15 +21,25 @@ from meshd.agent.records import last_placement, restart_counts, write_over
 from meshd.agent.store import Conflict, Entry, Store
 from meshd.core.envvars import instance_environment, instance_hosts
 from meshd.core.errors import CapacityError
+from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
 from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation, PlacementRecord, PublishedSpec
+from protocol.messages import (
+    Allocation,
+    JetStreamServers,
+    Message,
+    NodeStatus,
+    PlacementRecord,
+    PublishedSpec,
+    ServerAddress,
+)
 
 log = logging.getLogger(__name__)
 RESYNC_S = 10.0
+M = TypeVar("M", bound=Message)
 
 
 def allocations_for(
@@ -86,6 +98,16 @@ def allocations_for(
     return result
 
 
+def _decoded(entry: Entry | None, kind: type[M]) -> M | None:
+    if entry is None or entry.value is None:
+        return None
+    try:
+        return decode(entry.value, kind)
+    except ProtocolError as err:
+        log.warning("Unreadable %s skipped. key=%s error=%s", kind.KIND, entry.key, err)
+        return None
+
+
 def _same(a: Allocation, b: Allocation) -> bool:
     return dataclasses.replace(a, generation=0, fence=0) == dataclasses.replace(
         b, generation=0, fence=0
@@ -100,14 +122,75 @@ class Scheduler:
         self.droplet = droplet
 
     async def lead(self, term: Term) -> None:
-        await run_on_changes(
+        await asyncio.gather(
+            run_on_changes(
+                self.store,
+                [
+                    (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
+                    (subjects.DESIRED_BUCKET, subjects.RESTARTS),
+                ],
+                lambda: self._schedule_or_abandon(term),
+                RESYNC_S,
+            ),
+            run_on_changes(
+                self.store,
+                [
+                    (subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY),
+                    (subjects.NODES_BUCKET, ">"),
+                    (subjects.FAILURES_BUCKET, ">"),
+                ],
+                lambda: self._choose_servers_or_abandon(term),
+                RESYNC_S,
+            ),
+        )
+
+    async def _choose_servers_or_abandon(self, term: Term) -> None:
+        try:
+            await self.choose_servers(term)
+        except Conflict as err:
+            log.warning("JetStream servers changed meanwhile; choice abandoned. error=%s", err)
+
+    async def choose_servers(self, term: Term) -> None:
+        """Which droplets run JetStream (`meshd.core.jetstream`), written to
+        `mesh_desired/jetstream` with the next epoch when it changes; master's agent then
+        moves the state (`meshd.agent.servers`)."""
+        nodes = {
+            name: node
+            for name, entry in (await self.store.entries(subjects.NODES_BUCKET)).items()
+            if (node := _decoded(entry, NodeStatus))
+        }
+        failed = set(await self.store.entries(subjects.FAILURES_BUCKET))
+        last = await last_placement(self.store)
+        entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
+        current = _decoded(entry, JetStreamServers) if entry else None
+        names = tuple(s.name for s in current.servers) if current else (MASTER,)
+        found = candidates(nodes, last.placement if last else None, names, failed, time.time())
+        topology = choose(found, names)
+        if topology.servers == names or any(n not in nodes for n in topology.servers):
+            return
+        record = JetStreamServers(
+            epoch=(current.epoch if current else 0) + 1,
+            servers=tuple(
+                ServerAddress(name=n, address=nodes[n].address) for n in topology.servers
+            ),
+            fence=term.fence,
+        )
+        term.ensure_held()
+        await write_over(
             self.store,
-            [
-                (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
-                (subjects.DESIRED_BUCKET, subjects.RESTARTS),
-            ],
-            lambda: self._schedule_or_abandon(term),
-            RESYNC_S,
+            subjects.DESIRED_BUCKET,
+            subjects.JETSTREAM_KEY,
+            encode(record),
+            entry.revision if entry else None,
+        )
+        detail = {"servers": list(topology.servers), "replicas": topology.replicas}
+        log.info("JetStream servers chosen. epoch=%d servers=%s", record.epoch, detail["servers"])
+        await self.store.record(
+            "jetstream_chosen",
+            self.droplet,
+            "jetstream",
+            {**detail, "epoch": record.epoch},
+            term.fence,
         )
 
     async def _schedule_or_abandon(self, term: Term) -> None:

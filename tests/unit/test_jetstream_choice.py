@@ -3,7 +3,9 @@ more from three on; sticky; rebuilt-rarely and roomy droplets first; never one t
 
 from __future__ import annotations
 
-from meshd.core.jetstream import Candidate, Topology, choose
+from meshd.core.jetstream import Candidate, Topology, candidates, choose
+from meshd.core.placement import Droplet, Placement
+from tests.support.factories import NOW, node
 
 
 def mesh(*names: str) -> list[Candidate]:
@@ -54,3 +56,31 @@ def test_shrinking_below_three_droplets_goes_back_to_master_alone() -> None:
 def test_without_master_the_servers_that_run_stay() -> None:
     current = ("master", "web1", "web2")
     assert choose([Candidate("web1"), Candidate("web2")], current).servers == current
+
+
+def placed(*names: str) -> Placement:
+    return Placement(
+        droplets=tuple(Droplet(n, "s-1vcpu-2gb") for n in ("master", *names)),
+        instances=(),
+        allocations=(),
+    )
+
+
+def test_candidates_are_the_live_droplets_and_the_servers_even_while_down() -> None:
+    nodes = {
+        "master": node("master"),
+        "web1": node("web1", incarnation=4),
+        "web2": node("web2", updated_at=NOW - 60),  # silent: not a candidate
+        "web3": node("web3", updated_at=NOW - 60),  # silent, but a server: it stays one
+        "web4": node("web4"),
+    }
+    found = candidates(nodes, None, current=("master", "web3"), failed={"web4"}, now=NOW)
+    assert sorted(c.name for c in found) == ["master", "web1", "web3"]
+    web1 = next(c for c in found if c.name == "web1")
+    assert web1.replaced == 3 and web1.memory_free_mb > 0 and not web1.leaving
+
+
+def test_a_droplet_the_placement_no_longer_has_is_leaving_but_master_and_drills_stay() -> None:
+    nodes = {n: node(n) for n in ("master", "mesh-2", "web1", "old")}
+    found = {c.name: c.leaving for c in candidates(nodes, placed("web1"), (), (), NOW)}
+    assert found == {"master": False, "mesh-2": False, "web1": False, "old": True}

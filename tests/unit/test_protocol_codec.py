@@ -29,6 +29,7 @@ from protocol.messages import (
     HeartbeatMark,
     InstanceState,
     InstanceStatus,
+    JetStreamServers,
     Lease,
     LivenessBeat,
     Message,
@@ -37,6 +38,7 @@ from protocol.messages import (
     PlacementRecord,
     PublishedSpec,
     RestartRequest,
+    ServerAddress,
     Snapshot,
     SnapshotIndex,
     Suspicion,
@@ -126,6 +128,15 @@ SAMPLES: list[Message] = [
         spec_revision=3,
         fence=12,
         written_at=1_700_000_006.0,
+    ),
+    JetStreamServers(
+        epoch=2,
+        servers=(
+            ServerAddress(name="master", address="10.0.0.2"),
+            ServerAddress(name="web1", address="10.0.0.3"),
+            ServerAddress(name="web2", address="10.0.0.4"),
+        ),
+        fence=13,
     ),
     Notification(
         channel="email",
