@@ -38,6 +38,7 @@ BUCKETS = (
 DESIRED_KEY = "spec"
 PLACEMENT_KEY = "placement"
 JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStreamServers)
+JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state has moved
 RESTARTS = "restart.>"
 
 # Streams and the subjects they capture.
@@ -56,6 +57,7 @@ _BEATS = "mesh.hb"
 _SUSPECT = "mesh.suspect"
 _PROBE = "mesh.probe"
 _JETSTREAM = "mesh.jetstream"
+JETSTREAM_MOVED = "mesh.jetstream-moved"  # master, once the state has moved: watch anew
 BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
 PROBES_ALL = f"{_PROBE}.*"

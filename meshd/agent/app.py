@@ -19,7 +19,13 @@ from aiohttp import web
 
 from meshd.agent.api import create_app
 from meshd.agent.beats import BeatListener
-from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig, mesh_tag
+from meshd.agent.config import (
+    AGENT_HTTP_PORT,
+    DropletIdentity,
+    MeshConfig,
+    ServerPlacement,
+    mesh_tag,
+)
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
@@ -27,7 +33,9 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
+from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls, replicas
 from meshd.agent.store import Store, StoreUnavailable, open_store
+from meshd.agent.store.jetstream import NatsStore
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
@@ -127,8 +135,9 @@ class Agent:
                 tasks.create_task(self._control_plane(reconciler), name="control-plane")
 
     async def _control_plane(self, reconciler: Reconciler) -> None:
+        placement = ServerPlacement.load(self.dir, self.config)
         store = await open_store(
-            self.config.nats_urls(),
+            nats_urls(placement, self.config),
             "agent",
             self.config.passwords["agent"],
             name=f"meshd-{self.identity.name}",
@@ -136,14 +145,12 @@ class Agent:
         )
         self.store = store
         entry: EntryPoint | None = None
+        mover: ServerMover | None = None
         try:
-            while True:
-                try:
-                    await store.ensure(self.config.replicas)
-                    break
-                except StoreUnavailable as err:
-                    log.info("Waiting for JetStream. error=%s", err)
-                    await asyncio.sleep(RETRY_S)
+            if self.identity.name == MASTER:  # master creates the schema and moves the state
+                assert isinstance(store, NatsStore)
+                mover = ServerMover(store, self.dir, self.data_dir, self.config)
+                await self._prepare_store(store, mover)
             provider_config = self.config.provider
             provider = load_provider(
                 provider_config.get("name", "local"),
@@ -196,7 +203,11 @@ class Agent:
             ]
             beats = BeatListener(store)
             detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)
+            listener = ServersListener(store, name, self.dir, self.config)
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(listener.run(), name="jetstream-servers")
+                if mover is not None:
+                    tasks.create_task(mover.run(), name="jetstream-mover")
                 tasks.create_task(membership.run(), name="membership")
                 tasks.create_task(board.run(), name="lease-board")
                 tasks.create_task(detector.run(), name="detector")
@@ -222,6 +233,22 @@ class Agent:
                 await entry.close()
             self.store = None
             await store.close()
+
+    async def _prepare_store(self, store: NatsStore, mover: ServerMover) -> None:
+        """Finish a move of the JetStream state that an earlier life left midway, then create
+        what the schema lacks (only master does: an agent that started mid-move must not
+        create an empty bucket where a restore is due)."""
+        while True:
+            try:
+                journal = Journal.load(self.data_dir)
+                if journal is not None:
+                    await mover.resume(journal)
+                placement = ServerPlacement.load(self.dir, self.config)
+                await store.ensure(replicas(placement))
+                return
+            except StoreUnavailable as err:
+                log.info("Waiting for JetStream. error=%s", err)
+                await asyncio.sleep(RETRY_S)
 
     async def _feed(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
         """Allocations and failure records from KV to the mesh view, and what they give this

@@ -126,12 +126,16 @@ class DropletIdentity:
         return cls(str(data["id"]), data["name"], data["size"], data["address"])
 
 
-def nats_server_conf(config: MeshConfig, droplet: CoreServer, store_dir: Path) -> str:
-    """The nats-server configuration of one core droplet."""
+def nats_server_conf(
+    config: MeshConfig, droplet: CoreServer, store_dir: Path, epoch: int = 0
+) -> str:
+    """The nats-server configuration of one JetStream server. The cluster's name carries the
+    placement's epoch: the servers of one placement never route to those of another (a server
+    started for a move must not join the cluster the state is moving away from)."""
     routes = [c.address for c in config.core] if len(config.core) > 1 else []
     return render(
         "nats-server.conf.j2",
-        mesh=config.mesh,
+        mesh=config.mesh if epoch == 0 else f"{config.mesh}-{epoch}",
         name=droplet.name,
         address=droplet.address,
         client_port=CLIENT_PORT,
@@ -164,6 +168,10 @@ class ServerPlacement:
 
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.servers)
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.servers) > 1
 
     def save(self, directory: Path) -> None:
         text = json.dumps(

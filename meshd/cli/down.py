@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
+from pathlib import Path
 
 import click
 
@@ -18,6 +21,7 @@ from meshd.agent.config import mesh_tag
 from meshd.cli.context import Context, load_context, remove_context
 from meshd.cli.tables import console
 from meshd.cli.up import open_provider
+from plugins.procfs import command_line
 from plugins.providers import Drills, DropletNotFound, Provider, ProviderError
 from protocol.errors import MeshError
 
@@ -50,6 +54,8 @@ async def _down(name: str | None, keep_data: bool) -> None:
         await _teardown(provider, context)
     finally:
         await provider.close()
+    if context.local:
+        await asyncio.to_thread(_sweep, context.state_dir)
     if context.runtime.get("name") == "docker":
         from plugins.runtimes.docker.admin import remove_objects
 
@@ -101,3 +107,15 @@ async def _freeze(provider: Provider, droplet_ids: list[str]) -> None:
     await asyncio.gather(*(freeze(droplet_id) for droplet_id in droplet_ids))
     if isinstance(provider, Drills):
         await asyncio.gather(*(kill(provider, droplet_id) for droplet_id in droplet_ids))
+
+
+def _sweep(state_dir: Path) -> None:
+    """Kill what is left of the mesh's local droplets on this machine: a droplet a leader
+    launched just before `down` froze it is running, but its leader died before the
+    provider's account said so, so no listing shows it."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if str(state_dir) in command_line(int(entry.name)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)

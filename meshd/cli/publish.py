@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 
 from meshd.agent.records import last_placement
-from meshd.agent.store import Store
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
 from meshd.cli.publishing import StalePublish, write_desired
-from meshd.cli.session import connect, read_mesh
+from meshd.cli.session import connect, jetstream_settled, read_mesh
 from meshd.cli.tables import console, render_plan
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, Plan, make_plan
@@ -26,9 +26,8 @@ from meshd.core.status import converged
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from protocol import subjects
-from protocol.codec import decode
 from protocol.errors import MeshError
-from protocol.messages import PlacementRecord, PublishedSpec
+from protocol.messages import PublishedSpec
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
@@ -165,20 +164,29 @@ async def _publish(
 
 
 async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None:
+    """Until every service is healthy at this revision and JetStream runs on the servers the
+    mesh's droplets call for (a growth or shrink pauses the control plane for seconds: a read
+    that is not answered meanwhile is tried again)."""
     deadline = time.monotonic() + wait_s
     with console.status("Waiting for the mesh to converge ...") as progress:
         while time.monotonic() < deadline:
-            placed = await store.get(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)
-            scheduled = (
-                placed is not None
-                and placed.value is not None
-                and (decode(placed.value, PlacementRecord).spec_revision >= revision)
-            )
-            view = (await read_mesh(store)).status()
+            try:
+                placed = await last_placement(store)
+                scheduled = placed is not None and placed.spec_revision >= revision
+                reading = await read_mesh(store)
+                settled = await jetstream_settled(store, reading, placed)
+            except StoreUnavailable:
+                progress.update("Waiting for the mesh to converge ... (JetStream busy)")
+                await asyncio.sleep(0.5)
+                continue
+            view = reading.status()
             healthy = sum(s["healthy"] for s in view["services"])
             desired = sum(s["desired"] for s in view["services"])
-            progress.update(f"Waiting for the mesh to converge ... {healthy}/{desired} healthy")
-            if scheduled and converged(view):
+            more = "" if settled else ", JetStream moving"
+            progress.update(
+                f"Waiting for the mesh to converge ... {healthy}/{desired} healthy{more}"
+            )
+            if scheduled and converged(view) and settled:
                 if not quiet:
                     console.print(f"Converged: {healthy}/{desired} instances healthy.")
                 return

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from meshd.agent.config import CLIENT_PORT
+from meshd.agent.records import LastPlacement
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.cli.context import Context
+from meshd.core.jetstream import candidates, choose
 from meshd.core.status import mesh_status
 from protocol import subjects
 from protocol.codec import decode
-from protocol.messages import Allocation, FailureRecord, Lease, NodeStatus, SnapshotIndex
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Allocation,
+    FailureRecord,
+    JetStreamServers,
+    Lease,
+    NodeStatus,
+    SnapshotIndex,
+)
 
 CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
 
 async def connect(context: Context) -> Store:
     try:
-        return await open_store(
+        store = await open_store(
             context.servers,
             context.user,
             context.password,
@@ -27,6 +40,24 @@ async def connect(context: Context) -> Store:
         )
     except StoreUnavailable as err:
         raise StoreUnavailable(f"mesh {context.name!r} is not reachable") from err
+    await _follow_servers(store, context)
+    return store
+
+
+async def _follow_servers(store: Store, context: Context) -> None:
+    """Remember the mesh's JetStream servers in the context as they move (a new server may
+    be a droplet the context has never heard of, and master may be the one that is down)."""
+    try:
+        entry = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
+        if entry is None or entry.value is None:
+            return
+        servers = decode(entry.value, JetStreamServers).servers
+    except (StoreUnavailable, ProtocolError):
+        return
+    urls = [f"nats://{s.address}:{CLIENT_PORT}" for s in servers]
+    known = urls + [u for u in context.servers if u not in urls]
+    if known != context.servers:
+        dataclasses.replace(context, servers=known).save()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +89,49 @@ async def read_mesh(store: Store) -> MeshReading:
         failures=await read(subjects.FAILURES_BUCKET, FailureRecord),
         snapshots=await read(subjects.SNAPSHOTS_BUCKET, SnapshotIndex),
     )
+
+
+async def jetstream_view(store: Store) -> dict[str, Any]:
+    """Which droplets run JetStream, the replicas of the streams and each stream's leader."""
+    from meshd.agent.store.jetstream import NatsStore
+
+    servers: list[str] = ["master"]
+    epoch = 0
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
+    if entry is not None and entry.value is not None:
+        with contextlib.suppress(ProtocolError):
+            applied = decode(entry.value, JetStreamServers)
+            servers, epoch = [s.name for s in applied.servers], applied.epoch
+    streams: dict[str, dict[str, Any]] = {}
+    if isinstance(store, NatsStore):
+        moves = store.moves()
+        for name in await moves.existing():
+            info = await moves.info(name)
+            streams[name] = {
+                "leader": (info.get("cluster") or {}).get("leader"),
+                "replicas": int(info["config"].get("num_replicas", 1)),
+            }
+    replicas = min((s["replicas"] for s in streams.values()), default=1)
+    return {"servers": servers, "epoch": epoch, "replicas": replicas, "streams": streams}
+
+
+async def jetstream_settled(
+    store: Store, reading: MeshReading, placed: LastPlacement | None
+) -> bool:
+    """JetStream runs where the scheduler's choice over these droplets puts it, and no move
+    is pending."""
+    chosen = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
+    applied = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
+    target = decode(chosen.value, JetStreamServers) if chosen and chosen.value else None
+    done = decode(applied.value, JetStreamServers) if applied and applied.value else None
+    if target is not None and (done is None or done.epoch < target.epoch):
+        return False
+    names = tuple(s.name for s in done.servers) if done else ("master",)
+    found = candidates(
+        reading.nodes,
+        placed.placement if placed else None,
+        names,
+        set(reading.failures),
+        time.time(),
+    )
+    return choose(found, names).servers == names

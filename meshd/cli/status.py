@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
-from meshd.cli.session import connect, read_mesh
+from meshd.cli.session import connect, jetstream_view, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
@@ -41,6 +41,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
     try:
         if as_json and not watch:
             view = {"entry_url": context.entry_url, **(await read_mesh(store)).status()}
+            view["jetstream"] = await jetstream_view(store)
             recent = await store.recent_events(SUSPICION_EVENTS)
             view["suspicions"] = open_suspicions(recent, time.time())
             view["notifications"] = notifications(recent, await _waiting(store))
@@ -65,7 +66,12 @@ async def _render(store: Store, entry: str | None) -> Group:
     events = recent[-RECENT_EVENTS:]
     where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"
     header = f"Entry: [bold]{entry or 'none'}[/] (load balancer {where})"
-    lines = [header]
+    jetstream = await jetstream_view(store)
+    lines = [
+        header,
+        f"JetStream: [bold]{', '.join(jetstream['servers'])}[/] "
+        f"({jetstream['replicas']} replica{'s' if jetstream['replicas'] > 1 else ''})",
+    ]
     told = notifications(recent, await _waiting(store))
     for channel, failure in told["failing"].items():
         lines.append(f"[red]Notifications by {channel} failing:[/] {escape(str(failure['error']))}")

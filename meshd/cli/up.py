@@ -14,17 +14,18 @@ from typing import Any
 import click
 
 from meshd.agent.config import (
+    CLIENT_PORT,
     CORE_TAG,
     DEFAULT_ENTRY_PORT,
     CoreServer,
     MeshConfig,
-    core_count,
     mesh_tag,
     new_passwords,
 )
+from meshd.agent.records import last_placement
 from meshd.agent.store import StoreUnavailable
 from meshd.cli.context import Context, NoMeshError, load_context, state_home
-from meshd.cli.session import connect, read_mesh
+from meshd.cli.session import connect, jetstream_settled, read_mesh
 from meshd.cli.tables import console
 from meshd.local.power import follow_power
 from plugins.providers import (
@@ -38,7 +39,7 @@ from plugins.providers import (
 )
 from protocol.errors import MeshError
 
-JOIN_TIMEOUT_S = 60.0
+JOIN_TIMEOUT_S = 120.0  # with three droplets, JetStream grows to three servers first
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
 ENTRY_PORT_UNPRIVILEGED = 8000  # the entry point's port when `up` cannot bind port 80
@@ -84,11 +85,12 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
 @click.option("--local", "local", is_flag=True, hidden=True, help="The same as --provider local.")
 @click.option(
     "--droplets",
-    default=3,
+    default=1,
     show_default=True,
     type=click.IntRange(1, 9),
-    help="Droplets to start: master, then mesh-2, ... (JetStream runs on the first three, "
-    "or on master alone when fewer than three).",
+    help="Droplets to start: master, then mesh-2, ... for drills and tests; `publish` adds "
+    "the CSV's. JetStream starts on master alone and grows to three servers (three replicas) "
+    "once the mesh has three droplets.",
 )
 @click.option(
     "--context",
@@ -240,7 +242,7 @@ async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -
                     droplet, CORE_SIZE, tags=[mesh_tag(name), CORE_TAG], user_data="", fence=None
                 )
             )
-        cores = records[: core_count(count)]
+        cores = records[:1]  # JetStream starts on master alone; it grows with the mesh
         entry: dict[str, Any] = {
             "port": DEFAULT_ENTRY_PORT if os.geteuid() == 0 else ENTRY_PORT_UNPRIVILEGED
         }
@@ -269,7 +271,8 @@ async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -
     context = Context(
         name=name,
         mesh=name,
-        servers=config.nats_urls(),
+        # Every droplet: JetStream moves to others as the mesh grows (`connect` follows it).
+        servers=[f"nats://{r.address}:{CLIENT_PORT}" for r in records],
         user="operator",
         password=config.passwords["operator"],
         provider=provider_config,
@@ -305,14 +308,19 @@ async def _wait_joined(context: Context) -> None:
             try:
                 store = await connect(context)
                 try:
-                    view = (await read_mesh(store)).status()
+                    reading = await read_mesh(store)
+                    # With three droplets JetStream grows to three servers: a mesh is up once
+                    # it has (the control plane pauses for the move).
+                    settled = await jetstream_settled(store, reading, await last_placement(store))
                 finally:
                     await store.close()
-                joined = {d["name"] for d in view["droplets"] if d["healthy"]}
+                joined = {d["name"] for d in reading.status()["droplets"] if d["healthy"]}
+                more = "" if settled else ", JetStream growing"
                 progress.update(
                     f"Waiting for the agents to join ... {len(joined & expected)}/{len(expected)}"
+                    + more
                 )
-                if expected <= joined:
+                if expected <= joined and settled:
                     break
             except StoreUnavailable:
                 pass

@@ -72,21 +72,30 @@ def candidates(
     now: float,
 ) -> list[Candidate]:
     """The droplets that may run JetStream, from what they report and the last placement:
-    live ones, and the current servers even while they are down (a failure is not a reason to
-    move: the server is rebuilt and rejoins). A droplet the placement no longer has is
-    leaving (a publish destroys it)."""
+    live ones whose agent has joined, and the current servers even while they are down (a
+    failure is not a reason to move: the server is rebuilt and rejoins). A droplet the
+    placement no longer has is leaving (a publish destroys it)."""
     wanted = {d.name for d in placement.droplets} if placement else None
     reserved: Counter[str] = Counter()
     for instance in placement.instances if placement else ():
         reserved[instance.droplet] += instance.memory_mb
-    found = []
+    found = [  # a server whose report is not read stays one, unless it is leaving
+        Candidate(name, leaving=wanted is not None and name not in wanted and not _kept(name))
+        for name in current
+        if name not in nodes
+    ]
     for name, node in nodes.items():
-        live = name not in failed and now - node.updated_at < STALE_AFTER_S
+        joined = node.incarnation > 0  # not the provisioner's "booting" report
+        live = joined and name not in failed and now - node.updated_at < STALE_AFTER_S
         if not live and name not in current:
             continue
         size = SIZES.get(node.size)
         free = size.allocatable_mb - reserved[name] if size else 0
-        kept = name == MASTER or name.startswith(DRILL_PREFIX)
-        leaving = wanted is not None and name not in wanted and not kept
+        leaving = wanted is not None and name not in wanted and not _kept(name)
         found.append(Candidate(name, free, max(0, node.incarnation - 1), leaving))
     return found
+
+
+def _kept(name: str) -> bool:
+    """master and the drill droplets of `up`: no publish destroys them."""
+    return name == MASTER or name.startswith(DRILL_PREFIX)

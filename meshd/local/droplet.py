@@ -100,7 +100,7 @@ class NatsUnit:
         if me is None:
             return placement, None
         config = self.config.with_servers(placement.servers)
-        return placement, nats_server_conf(config, me, self.dir / "jetstream")
+        return placement, nats_server_conf(config, me, self.dir / "jetstream", placement.epoch)
 
     def tick(self, now: float) -> None:
         if self.placement_changed():
@@ -129,6 +129,7 @@ class NatsUnit:
             else:
                 aside.mkdir()
             log.info("JetStream store set aside for a fresh one. aside=%s", aside.name)
+        self.leave_a_rolled_back_store(placement)
         atomic_write(self.conf, text.encode(), mode=0o600)
         self.child.argv = [nats_server_binary(), "-c", str(self.conf)]
         self.running_text = text
@@ -137,6 +138,21 @@ class NatsUnit:
             placement.epoch,
             ",".join(placement.names()),
         )
+
+    def leave_a_rolled_back_store(self, placement: ServerPlacement) -> None:
+        """A droplet rebuilt from a snapshot has the store of the day of the snapshot. A
+        clustered server must not rejoin with that rolled-back log: it starts empty and
+        catches up from the others (its raft peer is its name, so it rejoins as itself).
+        A lone server keeps it: there is no other copy (R1)."""
+        store = self.dir / "jetstream"
+        owner = self.dir / "jetstream.owner"
+        made_by = owner.read_text().strip() if owner.exists() else self.identity.id
+        if placement.clustered and store.exists() and made_by != self.identity.id:
+            aside = self.dir / f"jetstream.rebuilt-{made_by}"
+            shutil.rmtree(aside, ignore_errors=True)
+            store.rename(aside)
+            log.info("Store of a rebuilt server set aside; it catches up. aside=%s", aside.name)
+        atomic_write(owner, self.identity.id.encode(), mode=0o600)
 
     def stop(self) -> None:
         process = self.child.process

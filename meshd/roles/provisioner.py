@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from meshd.agent.config import WEB_TAG, MeshConfig, mesh_tag
+from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import last_placement
@@ -21,7 +21,7 @@ from meshd.agent.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.messages import Allocation, NodeStatus
+from protocol.messages import Allocation, JetStreamServers, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
@@ -39,7 +39,10 @@ class Provisioner:
     async def lead(self, term: Term) -> None:
         await run_on_changes(
             self.store,
-            [(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY)],
+            [
+                (subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY),
+                (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
+            ],
             lambda: self._provision_or_report(term),
             RESYNC_S,
         )
@@ -91,8 +94,14 @@ class Provisioner:
     async def _create(self, term: Term, name: str, size: str) -> None:
         term.ensure_held()
         tags = [mesh_tag(self.config.mesh), WEB_TAG]
+        # The new agent's first NATS servers: those that run JetStream now, not only master.
+        config = self.config
+        if running := await self._jetstream_servers(subjects.JETSTREAM_APPLIED_KEY):
+            config = config.with_servers(
+                tuple(CoreServer(s.name, s.address) for s in running.servers)
+            )
         record = await self.provider.create(
-            name, size, tags=tags, user_data=self.config.to_json(), fence=term.token
+            name, size, tags=tags, user_data=config.to_json(), fence=term.token
         )
         log.info("Droplet created. droplet=%s address=%s", name, record.address)
         await self._event(term, "droplet_created", name, {"size": size, "id": record.id})
@@ -126,11 +135,23 @@ class Provisioner:
         await self._event(term, "droplet_destroyed", record.name, {"id": record.id})
 
     async def _droplets_in_use(self) -> set[str]:
+        """Droplets that run instances, or a JetStream server (chosen, or still running one
+        until the state has moved off it: destroying it first could take the quorum)."""
         used: set[str] = set()
         for entry in (await self.store.entries(subjects.ALLOC_BUCKET)).values():
             if entry.value is not None:
                 used.update(decode(entry.value, Allocation).droplets)
+        for key in (subjects.JETSTREAM_KEY, subjects.JETSTREAM_APPLIED_KEY):
+            if servers := await self._jetstream_servers(key):
+                used.update(s.name for s in servers.servers)
         return used
+
+    async def _jetstream_servers(self, key: str) -> JetStreamServers | None:
+        """The chosen JetStream servers (`JETSTREAM_KEY`) or those that run now."""
+        entry = await self.store.get(subjects.DESIRED_BUCKET, key)
+        if entry is None or entry.value is None:
+            return None
+        return decode(entry.value, JetStreamServers)
 
     async def _event(self, term: Term, name: str, droplet: str, detail: dict[str, object]) -> None:
         await self.store.record(name, self.droplet, droplet, dict(detail), term.fence)

@@ -162,14 +162,21 @@ class Scheduler:
         failed = set(await self.store.entries(subjects.FAILURES_BUCKET))
         last = await last_placement(self.store)
         entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
-        current = _decoded(entry, JetStreamServers) if entry else None
+        chosen = _decoded(entry, JetStreamServers) if entry else None
+        applied = _decoded(
+            await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
+            JetStreamServers,
+        )
+        # A move that failed fell back to other servers (master alone) at the same epoch:
+        # what runs then is the place to choose from, not the choice that did not happen.
+        current = applied if applied and (not chosen or applied.epoch >= chosen.epoch) else chosen
         names = tuple(s.name for s in current.servers) if current else (MASTER,)
         found = candidates(nodes, last.placement if last else None, names, failed, time.time())
         topology = choose(found, names)
         if topology.servers == names or any(n not in nodes for n in topology.servers):
             return
         record = JetStreamServers(
-            epoch=(current.epoch if current else 0) + 1,
+            epoch=max(chosen.epoch if chosen else 0, current.epoch if current else 0) + 1,
             servers=tuple(
                 ServerAddress(name=n, address=nodes[n].address) for n in topology.servers
             ),

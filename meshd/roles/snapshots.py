@@ -29,6 +29,7 @@ from plugins.providers import (
     Provider,
     ProviderError,
     SnapshotNotFound,
+    SnapshotRecord,
     Snapshotter,
 )
 from protocol import subjects
@@ -112,8 +113,10 @@ class Snapshots:
         assert isinstance(self.provider, Snapshotter)
         term.ensure_held()
         started = time.monotonic()
-        name = snapshot_name(droplet.name, time.time())
-        record = await self.provider.snapshot(droplet.id, name, fence=term.token)
+        record = await self._unrecorded(term, droplet)
+        if record is None:
+            name = snapshot_name(droplet.name, time.time())
+            record = await self.provider.snapshot(droplet.id, name, fence=term.token)
         taken = Snapshot(
             id=record.id,
             name=record.name,
@@ -142,6 +145,32 @@ class Snapshots:
             term.fence,
         )
         await self._prune(term, index)
+
+    async def _unrecorded(self, term: Term, droplet: DropletRecord) -> SnapshotRecord | None:
+        """A snapshot of the droplet that a pass took but could not write down (the store did
+        not answer then): recorded now instead of taking another. Older ones of that kind are
+        deleted, so that no snapshot is left that the index does not know (each is billed)."""
+        assert isinstance(self.provider, Snapshotter)
+        index = self._indexes.get(droplet.name)
+        listed = index.index.snapshots if index and index.index else ()
+        newest = listed[0].created_at if listed else 0.0
+        prefix = snapshot_name(droplet.name, 0).rsplit("-", 2)[0] + "-"  # "<droplet>-deploy-"
+        orphans = sorted(
+            (
+                r
+                for r in await self.provider.list_snapshots()
+                if r.droplet_id == droplet.id
+                and r.name.startswith(prefix)
+                and r.id not in {s.id for s in listed}
+                and r.created_at >= newest
+            ),
+            key=lambda r: r.created_at,
+        )
+        for stale in orphans[:-1]:
+            term.ensure_held()
+            with contextlib.suppress(SnapshotNotFound):
+                await self.provider.delete_snapshot(stale.id, fence=term.token)
+        return orphans[-1] if orphans else None
 
     async def _prune(self, term: Term, index: SnapshotIndex) -> None:
         assert isinstance(self.provider, Snapshotter)

@@ -67,3 +67,30 @@ def test_nats_server_follows_the_placement_file(tmp_path: Path) -> None:
         assert unit.child.process is None and unit.running_text is None
     finally:
         unit.stop()
+
+
+def test_a_rebuilt_clustered_server_starts_empty_and_a_lone_one_keeps_its_store(
+    tmp_path: Path,
+) -> None:
+    addresses = loopback_addresses(3)
+    for clustered in (False, True):
+        home = tmp_path / f"master-{clustered}"
+        config = droplet(home, addresses[0])
+        servers = (
+            CoreServer("master", addresses[0]),
+            CoreServer("web1", addresses[1]),
+            CoreServer("web2", addresses[2]),
+        )
+        ServerPlacement(3, servers if clustered else config.core).save(home)
+        (home / "jetstream").mkdir()  # as the snapshot of an earlier droplet left it
+        (home / "jetstream" / "old-log").write_text("rolled back")
+        (home / "jetstream.owner").write_text("earlier-droplet")
+        unit = NatsUnit(home)
+        try:
+            ticked(unit)
+            set_aside = home / "jetstream.rebuilt-earlier-droplet" / "old-log"
+            assert set_aside.exists() == clustered
+            assert (home / "jetstream" / "old-log").exists() == (not clustered)
+            assert (home / "jetstream.owner").read_text() == "1"
+        finally:
+            unit.stop()

@@ -30,7 +30,10 @@ def processes_under(directory: Path) -> list[str]:
 def test_down_during_a_recovery_leaves_nothing_of_the_mesh(tmp_path: Path) -> None:
     home = tmp_path / "mesh"
     with local_mesh(home, droplets=3) as mesh:
-        wait_for(lambda: len(mesh.status()["droplets"]) == 3, what="three droplets")
+        wait_for(
+            lambda: (s := mesh.status_if_readable()) and len(s["droplets"]) == 3,
+            what="three droplets",
+        )
         killed = time.time()
         mesh.ok("chaos", "kill", "master")
         wait_for(

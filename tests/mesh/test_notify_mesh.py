@@ -152,7 +152,9 @@ def test_a_wrong_smtp_password_is_shown_in_status_and_the_mail_waits(tmp_path: P
         with local_mesh(tmp_path / "mesh", droplets=1, env=wrong) as mesh:
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=180)
             told = wait_for(
-                lambda: (n := mesh.status()["notifications"])["failing"] and n,
+                lambda: (
+                    (s := mesh.status_if_readable()) and (n := s["notifications"])["failing"] and n
+                ),
                 timeout=60,
                 what="the failing channel in status",
             )

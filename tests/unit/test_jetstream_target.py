@@ -11,10 +11,11 @@ import pytest
 
 from meshd.agent.lease import Term
 from meshd.agent.store import Conflict
+from meshd.core.placement import Droplet, Placement
 from meshd.roles.scheduler import Scheduler
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.messages import JetStreamServers
+from protocol.messages import JetStreamServers, PlacementRecord
 from tests.support.factories import node
 from tests.support.memstore import MemoryStore
 
@@ -30,6 +31,14 @@ async def join(store: MemoryStore, *names: str) -> None:
     for name in names:
         report = node(name, address=ADDRESSES[name], updated_at=time.time())
         await store.put(subjects.NODES_BUCKET, name, encode(report))
+
+
+async def place(store: MemoryStore, *names: str) -> None:
+    placement = Placement(tuple(Droplet(n, "s-1vcpu-1gb") for n in names), (), ())
+    record = PlacementRecord(
+        placement=placement.to_data(), spec_revision=1, fence=1, written_at=time.time()
+    )
+    await store.put(subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY, encode(record))
 
 
 def target(store: MemoryStore) -> JetStreamServers | None:
@@ -61,7 +70,10 @@ async def test_the_servers_follow_the_droplets_with_a_new_epoch_each_time() -> N
     await scheduler.choose_servers(term(4))
     assert target(store) == grown  # silent or failed servers stay servers: they are rebuilt
 
-    await store.delete(subjects.NODES_BUCKET, "web2")  # destroyed: two droplets are left
+    await store.delete(subjects.NODES_BUCKET, "web2")  # unread: still a server
+    await scheduler.choose_servers(term(4))
+    assert target(store) == grown
+    await place(store, "master", "web1")  # a publish drops web2: it leaves
     await scheduler.choose_servers(term(4))
     shrunk = target(store)
     assert shrunk is not None and shrunk.epoch == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -57,6 +56,7 @@ class NatsStore:
         self._timeout = timeout
         self._buckets: dict[str, KeyValue] = {}
         self._events = Events(self._js)
+        self._watchers: set[Any] = set()
 
     @classmethod
     async def connect(
@@ -232,6 +232,7 @@ class NatsStore:
             if keys == ">":
                 stored = (await self._js.stream_info(f"KV_{bucket}")).state.messages
             watcher = await kv.watch(keys)  # the consumer needs a JetStream meta leader
+        self._watchers.add(watcher)
         initial_done = False
         try:
             with translated(f"watch {bucket}"):
@@ -246,7 +247,16 @@ class NatsStore:
                     if not initial_done and keys == ">" and not item.delta:
                         initial_done = True
                         yield None
+            raise StoreUnavailable(f"watch {bucket}: ended (the JetStream state moved)")
         finally:
+            self._watchers.discard(watcher)
+            with contextlib.suppress(*ANY_NATS_ERROR):
+                await watcher.stop()
+
+    async def end_watches(self) -> None:
+        """End every watch with `StoreUnavailable`, so that each is watched anew: a watch's
+        consumer lived on the servers the JetStream state has moved away from."""
+        for watcher in list(self._watchers):
             with contextlib.suppress(*ANY_NATS_ERROR):
                 await watcher.stop()
 
@@ -285,30 +295,10 @@ class NatsStore:
     # --- the JetStream cluster -------------------------------------------------------------
 
     async def bucket_leader(self, bucket: str) -> str | None:
-        with translated(f"stream info of KV_{bucket}"):
-            info = await self._js.stream_info(f"KV_{bucket}")
-        return info.cluster.leader if info.cluster else None
+        return await self.moves().leader(f"KV_{bucket}")
 
     async def lead_elsewhere(self, bucket: str, server: str) -> str | None:
-        stream = f"KV_{bucket}"
-        with translated(f"move the leader of {stream}"):
-            info = await self._js.stream_info(stream)
-            cluster = info.cluster
-            if cluster is None or cluster.leader != server:
-                return None
-            peers = sorted(
-                p.name for p in cluster.replicas or () if p.name and p.current and not p.offline
-            )
-            if not peers:
-                return None
-            request = json.dumps({"placement": {"preferred": peers[0]}}).encode()
-            reply = await self._nc.request(
-                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=self._timeout
-            )
-        answer = json.loads(reply.data)
-        if not answer.get("success"):
-            raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
-        return peers[0]
+        return await self.moves().lead_elsewhere(f"KV_{bucket}", server)
 
     def moves(self) -> StoreMoves:
         return StoreMoves(self._nc, self._timeout)

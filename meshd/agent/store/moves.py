@@ -28,7 +28,13 @@ from meshd.agent.store import StoreRefused, StoreUnavailable
 from meshd.agent.store.errors import translated
 from meshd.agent.store.schema import BUCKETS, STREAMS
 from plugins.fs import atomic_write
+from protocol import subjects
 
+# Streams made anew, empty, after a move: the leases (every term has ended by the time the
+# state has moved; their revisions go on, so every fence stays higher than the last). Restored,
+# their replicas failed to catch up (nats-server 2.15: "catchup failed, too many retries",
+# keys with a TTL that expire while the stream is restored).
+EPHEMERAL = frozenset({f"KV_{subjects.LEASES_BUCKET}"})
 CHUNK_BYTES = 128 * 1024  # well under the servers' max_payload
 RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
 BACKUP_FILE = "backup.json"
@@ -124,6 +130,9 @@ class StoreMoves:
             await self._api(f"$JS.API.STREAM.UPDATE.{stream}", {**config, "sealed": True})
 
     async def back_up(self, stream: str) -> StreamBackup:
+        if stream in EPHEMERAL:  # its configuration and state only
+            info = await self.info(stream)
+            return StreamBackup(dict(info["config"]), dict(info["state"]), b"")
         inbox = self._nc.new_inbox()
         chunks: list[bytes] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -146,6 +155,9 @@ class StoreMoves:
         try:
             answer = await self._api(
                 f"$JS.API.STREAM.SNAPSHOT.{stream}",
+                # Without consumers: a watch's ephemeral consumer on another server fails the
+                # snapshot ("failed to get consumer state"); the courier's durable one is made
+                # again when it is missing.
                 {"deliver_subject": inbox, "chunk_size": CHUNK_BYTES, "no_consumers": True},
             )
             try:
@@ -162,6 +174,10 @@ class StoreMoves:
         state. Refused when a stream of the name exists (delete it first, knowingly)."""
         config = {**backup.config, "num_replicas": replicas, "sealed": False}
         config.pop("placement", None)
+        if backup.name in EPHEMERAL:  # made empty, its sequence going on from the old one
+            config["first_seq"] = backup.last_seq + 1
+            answer = await self._api(f"$JS.API.STREAM.CREATE.{backup.name}", config)
+            return dict(answer.get("state") or {})
         answer = await self._api(
             f"$JS.API.STREAM.RESTORE.{backup.name}", {"config": config, "state": backup.state}
         )
@@ -188,3 +204,28 @@ class StoreMoves:
         config = (await self.info(stream))["config"]
         if config.get("num_replicas", 1) != replicas:
             await self._api(f"$JS.API.STREAM.UPDATE.{stream}", {**config, "num_replicas": replicas})
+
+    async def leader(self, stream: str) -> str | None:
+        """The server leading `stream` (None when standalone or electing)."""
+        cluster = (await self.info(stream)).get("cluster") or {}
+        leader = cluster.get("leader")
+        return str(leader) if leader else None
+
+    async def lead_elsewhere(self, stream: str, server: str) -> str | None:
+        """If `server` leads `stream`, hand the lead to a current peer; the new leader."""
+        cluster = (await self.info(stream)).get("cluster") or {}
+        if cluster.get("leader") != server:
+            return None
+        peers = sorted(
+            str(p["name"])
+            for p in cluster.get("replicas") or ()
+            if p.get("name") and p.get("current") and not p.get("offline")
+        )
+        if not peers:
+            return None
+        answer = await self._api(
+            f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", {"placement": {"preferred": peers[0]}}
+        )
+        if not answer.get("success"):
+            raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
+        return peers[0]

@@ -1,0 +1,77 @@
+"""JetStream follows the mesh's droplets on a real local mesh: publishing a CSV of three
+droplets grows it from master alone (one replica) to three servers (three replicas), and a CSV
+of one shrinks it back; every event written before is still there, and no instance restarts."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from meshd.agent.config import AGENT_HTTP_PORT
+from tests.support.mesh import BACKEND_ONLY, LocalMesh, local_mesh, write_project
+from tests.support.waiting import wait_for
+
+
+def events(mesh: LocalMesh) -> list[tuple[float, str, str]]:
+    lines = mesh.ok("events", "-n", "2000", "--json").splitlines()
+    return [(e["at"], e["name"], e["subject"]) for e in map(json.loads, lines)]
+
+
+def instances_on(mesh: LocalMesh, droplet: str) -> dict[tuple[str, int], str]:
+    """The process of each instance on `droplet` (its runtime id), by service and generation,
+    as its agent tells them."""
+    address = next(d["address"] for d in mesh.status()["droplets"] if d["name"] == droplet)
+    with urllib.request.urlopen(f"http://{address}:{AGENT_HTTP_PORT}/health", timeout=5) as r:
+        found = json.load(r)["instances"]
+    return {
+        (f"{i['project']}.{i['env']}.{i['service']}", i["generation"]): i["runtime_id"]
+        for i in found
+    }
+
+
+def jetstream(mesh: LocalMesh) -> dict[str, Any]:
+    return dict(mesh.status()["jetstream"])
+
+
+def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    for directory in ("one", "three"):
+        (tmp_path / directory).mkdir()
+    one = write_project(tmp_path / "one", ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    three = write_project(tmp_path / "three", ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", timeout=180)
+        alone = jetstream(mesh)
+        assert alone["servers"] == ["master"] and alone["replicas"] == 1
+        before = events(mesh)
+        running = instances_on(mesh, "master")
+
+        mesh.ok("publish", three[0], "--deploy-config", three[1], "--wait", "--timeout", "200",
+                timeout=240)  # fmt: skip
+        grown = jetstream(mesh)
+        assert grown["servers"][0] == "master" and len(grown["servers"]) == 3
+        assert grown["replicas"] == 3
+        assert {s["replicas"] for s in grown["streams"].values()} == {3}
+        assert {s["leader"] for s in grown["streams"].values()} <= set(grown["servers"])
+        after = events(mesh)
+        assert set(before) <= set(after)  # every event from before the move
+        moved = [e for e in after if e[1] == "jetstream_grown"]
+        assert len(moved) == 1
+        # The instances master ran before and still runs are the same processes.
+        kept = {k: v for k, v in instances_on(mesh, "master").items() if k in running}
+        assert kept and kept.items() <= running.items()
+
+        mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", "--force",
+                "--timeout", "200", timeout=240)  # fmt: skip
+        wait_for(
+            lambda: jetstream(mesh)["servers"] == ["master"],
+            timeout=60,
+            what="JetStream back on master alone",
+        )
+        shrunk = jetstream(mesh)
+        assert shrunk["replicas"] == 1
+        assert set(after) <= set(events(mesh))
+        assert [e[1] for e in events(mesh)].count("jetstream_shrunk") == 1
