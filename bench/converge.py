@@ -1,7 +1,9 @@
 """Time to converge and idle cost of a local mesh. Prints one JSON object.
 
-A mesh of 3 local droplets (`--runtime process`, the default, or `docker`) is started in a
-private home; the seed CSV is published and timed until every instance is healthy; over the
+A local mesh (`--runtime process`, the default, or `docker`) is started with master alone in a
+private home; the seed CSV is published and timed until every instance is healthy and
+JetStream has grown to three servers (`jetstream_grow_s`: the move alone, from the
+`jetstream_grown` event); over the
 next `--idle` seconds (default 60) the RSS and CPU of every meshd agent and nats-server are
 read from /proc (CPU from `/proc/<pid>/schedstat`: nanoseconds on a CPU, not scheduler ticks),
 both the maxima over all agents and over the agents that hold no role (what a droplet that only
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
@@ -99,6 +102,16 @@ def role_holders(env: dict[str, str]) -> set[str]:
     return {d["name"] for d in json.loads(result.stdout)["droplets"] if d["roles"]}
 
 
+def jetstream_moves(env: dict[str, str], name: str) -> list[dict[str, Any]]:
+    """The mesh's events of JetStream moves called `name`, oldest first."""
+    result = subprocess.run(
+        [MESHCTL, "events", "-n", "500", "--json", "--context", "bench"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    events = [json.loads(line) for line in result.stdout.splitlines() if line]
+    return [e for e in events if e["name"] == name]
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -125,6 +138,9 @@ def main() -> None:
         result["up_s"] = round(meshctl(env, *up), 2)
         seed = meshctl(env, "publish", "examples/projects.csv", "--wait")
         result["converge_seed_s"] = round(seed, 2)
+        # JetStream grows from master alone to three servers meanwhile (part of the above).
+        grown = jetstream_moves(env, "jetstream_grown")
+        result["jetstream_grow_s"] = grown[0]["detail"]["seconds"] if grown else -1.0
         # Idle cost with the seed's 49 instances running.
         time.sleep(5)  # the first snapshots after the deployment are taken
         found = processes(home / "state")
