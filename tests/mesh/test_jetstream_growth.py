@@ -5,6 +5,8 @@ of one shrinks it back; every event written before is still there, and no instan
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,37 @@ def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
         assert shrunk["replicas"] == 1
         assert set(after) <= set(events(mesh))
         assert [e[1] for e in events(mesh)].count("jetstream_shrunk") == 1
+
+
+def test_a_growth_whose_mover_is_killed_midway_is_resumed_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    for directory in ("one", "three"):
+        (tmp_path / directory).mkdir()
+    one = write_project(tmp_path / "one", ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    three = write_project(tmp_path / "three", ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", timeout=180)
+        before = events(mesh)
+        mesh.ok("publish", three[0], "--deploy-config", three[1])  # no --wait: kill midway
+
+        # The move's journal on master's disk: killed while it exists, the agent is killed
+        # midway through the move (which takes a second or two).
+        journal = mesh.droplet_dir("master") / "agent" / "jetstream-move.json"
+        wait_for(journal.exists, timeout=120, every=0.01, what="the move under way")
+        os.kill(mesh.pid_of("master", "agent"), signal.SIGKILL)  # its supervisor restarts it
+        assert journal.exists()
+
+        wait_for(
+            lambda: (
+                (s := mesh.status_if_readable())
+                and len(s["jetstream"]["servers"]) == 3
+                and s["jetstream"]["replicas"] == 3
+            ),
+            timeout=120,
+            what="JetStream on three servers after the restart",
+        )
+        after = events(mesh)
+        assert set(before) <= set(after)
+        assert [e[1] for e in after].count("jetstream_grown") == 1
+        assert not journal.exists()  # resumed and finished
