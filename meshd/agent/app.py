@@ -146,6 +146,12 @@ class Agent:
         self.store = store
         entry: EntryPoint | None = None
         mover: ServerMover | None = None
+        # Beats and reports from the start: a master that finishes a move after a restart
+        # must not look dead meanwhile (its monitors would have it rebuilt).
+        membership = Membership(
+            store, self.identity, self.status, reconciler.observed, reconciler.published
+        )
+        beating = asyncio.create_task(membership.run(), name="membership")
         try:
             if self.identity.name == MASTER:  # master creates the schema and moves the state
                 assert isinstance(store, NatsStore)
@@ -160,9 +166,6 @@ class Agent:
                     logger=logging.getLogger("plugins.providers"),
                     on_power=follow_power(self.config.mesh),
                 ),
-            )
-            membership = Membership(
-                store, self.identity, self.status, reconciler.observed, reconciler.published
             )
             name = self.identity.name
             view = MeshView()
@@ -208,7 +211,7 @@ class Agent:
                 tasks.create_task(listener.run(), name="jetstream-servers")
                 if mover is not None:
                     tasks.create_task(mover.run(), name="jetstream-mover")
-                tasks.create_task(membership.run(), name="membership")
+                tasks.create_task(_joined(beating), name="membership")
                 tasks.create_task(board.run(), name="lease-board")
                 tasks.create_task(detector.run(), name="detector")
                 tasks.create_task(beats.run(), name="beats")
@@ -229,6 +232,9 @@ class Agent:
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             if entry is not None:
                 await entry.close()
             self.store = None
@@ -278,6 +284,11 @@ class Agent:
             await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 
         await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)
+
+
+async def _joined(task: asyncio.Task[None]) -> None:
+    """A task started before a task group, awaited in it: its failure fails the group."""
+    await task
 
 
 async def run_agent(droplet_dir: Path) -> None:

@@ -1,6 +1,8 @@
 """JetStream follows the mesh's droplets on a real local mesh: publishing a CSV of three
 droplets grows it from master alone (one replica) to three servers (three replicas), and a CSV
-of one shrinks it back; every event written before is still there, and no instance restarts."""
+of one shrinks it back; every event written before is still there, and no instance restarts.
+A move whose mover is killed midway is resumed; the seed CSV makes exactly its droplets, billed
+as its plan says."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.agent.config import AGENT_HTTP_PORT
+from meshd.core.sizes import SIZES
 from tests.support.mesh import BACKEND_ONLY, LocalMesh, local_mesh, write_project
 from tests.support.waiting import wait_for
 
@@ -111,3 +114,17 @@ def test_a_growth_whose_mover_is_killed_midway_is_resumed_and_loses_nothing(
         assert set(before) <= set(after)
         assert [e[1] for e in after].count("jetstream_grown") == 1
         assert not journal.exists()  # resumed and finished
+
+
+def test_the_seed_csv_makes_exactly_its_droplets_at_the_cost_its_plan_says(
+    tmp_path: Path,
+) -> None:
+    with local_mesh(tmp_path / "mesh") as mesh:
+        plan = json.loads(mesh.ok("publish", "examples/projects.csv", "--dry-run", "--json"))
+        mesh.ok("publish", "examples/projects.csv", "--wait", "--timeout", "240", timeout=300)
+        droplets = {d["name"]: d["size"] for d in mesh.account["droplets"].values()}
+        assert set(droplets) == {"master", "hostomatic-web1", "hostomatic-web2", "hostomatic-web3"}
+        bill = sum(SIZES[size].monthly_usd for size in droplets.values())
+        assert bill == plan["cost"]["monthly_usd"] == 168.0  # no droplet the plan does not show
+        grown = jetstream(mesh)
+        assert grown["replicas"] == 3 and set(grown["servers"]) <= set(droplets)
