@@ -12,7 +12,7 @@ from meshd.core.placement import Placement
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import PlacementRecord, RestartRequest, SnapshotIndex
+from protocol.messages import JetStreamServers, PlacementRecord, RestartRequest, SnapshotIndex
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +80,21 @@ async def write_over(store: Store, bucket: str, key: str, value: bytes, last: in
     if last is None or last == 0:
         return await store.create(bucket, key, value)
     return await store.update(bucket, key, value, last=last)
+
+
+def decode_servers(data: bytes | None) -> JetStreamServers | None:
+    """JetStream servers from their wire form; None (logged) when absent or unreadable."""
+    if data is None:
+        return None
+    try:
+        return decode(data, JetStreamServers)
+    except ProtocolError as err:
+        log.warning("Unreadable JetStream servers ignored. error=%s", err)
+        return None
+
+
+async def jetstream_servers(store: Store, key: str) -> JetStreamServers | None:
+    """The chosen JetStream servers (`subjects.JETSTREAM_KEY`) or those that run since the
+    last move (`subjects.JETSTREAM_APPLIED_KEY`), or None."""
+    entry = await store.get(subjects.DESIRED_BUCKET, key)
+    return decode_servers(entry.value if entry else None)

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from meshd.agent.config import CoreServer, MeshConfig, ServerPlacement
 from meshd.agent.loops import run_on_changes
+from meshd.agent.records import decode_servers, jetstream_servers
 from meshd.agent.store import Received, Store, StoreUnavailable
 from meshd.agent.store.jetstream import NatsStore
 from meshd.agent.store.moves import load_backups
 from meshd.core.jetstream import CLUSTER_SIZE, MASTER
 from plugins.fs import atomic_write
 from protocol import subjects
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.codec import encode
 from protocol.messages import JetStreamServers, ServerAddress
 
 log = logging.getLogger(__name__)
@@ -86,31 +86,18 @@ class ServersListener:
 
     async def _moved(self, message: Received) -> None:
         """The state has moved: every watch's consumer was on the old servers."""
-        try:
-            record = decode(message.data, JetStreamServers)
-        except ProtocolError as err:
-            log.warning("Unreadable JetStream servers ignored. error=%s", err)
-            return
-        await asyncio.to_thread(self.adopt, record)
-        await end_watches(self.store)
+        if record := decode_servers(message.data):
+            await asyncio.to_thread(self.adopt, record)
+            await end_watches(self.store)
 
     async def _told(self, message: Received) -> None:
-        try:
-            record = decode(message.data, JetStreamServers)
-        except ProtocolError as err:
-            log.warning("Unreadable JetStream servers ignored. error=%s", err)
-            return
-        await asyncio.to_thread(self.adopt, record)
-        await message.respond(b"ok")
+        if record := decode_servers(message.data):
+            await asyncio.to_thread(self.adopt, record)
+            await message.respond(b"ok")
 
     async def _catch_up(self) -> None:
-        entry = await self.store.get(subjects.DESIRED_BUCKET, APPLIED_KEY)
-        if entry is None or entry.value is None:
-            return
-        try:
-            record = decode(entry.value, JetStreamServers)
-        except ProtocolError as err:
-            log.warning("Unreadable JetStream servers ignored. error=%s", err)
+        record = await jetstream_servers(self.store, APPLIED_KEY)
+        if record is None:
             return
         if await asyncio.to_thread(self.adopt, record):
             await end_watches(self.store)  # a move this agent missed the end of
@@ -193,13 +180,12 @@ class ServerMover:
 
     async def follow(self) -> None:
         """Finish a move under way, or start one when the chosen servers differ."""
-        journal = Journal.load(self.data_dir)
+        journal = await asyncio.to_thread(Journal.load, self.data_dir)
         if journal is None:
-            entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
-            if entry is None or entry.value is None:
+            target = await jetstream_servers(self.store, subjects.JETSTREAM_KEY)
+            if target is None:
                 return
-            target = decode(entry.value, JetStreamServers)
-            current = ServerPlacement.load(self.dir, self.config)
+            current = await asyncio.to_thread(ServerPlacement.load, self.dir, self.config)
             if target.epoch <= current.epoch:
                 return
             if tuple(s.name for s in target.servers) == current.names():
@@ -208,7 +194,7 @@ class ServerMover:
             previous = tuple(ServerAddress(name=s.name, address=s.address) for s in current.servers)
             journal = Journal(target, previous, "started", time.time())
             await self._record("jetstream_move_started", journal)
-            journal.save(self.data_dir)
+            await asyncio.to_thread(journal.save, self.data_dir)
         await self.resume(journal)
 
     async def resume(self, journal: Journal) -> None:
@@ -223,7 +209,7 @@ class ServerMover:
                 await self._record("jetstream_move_postponed", journal)
                 return
             journal = journal.at("prepared")
-            journal.save(self.data_dir)
+            await asyncio.to_thread(journal.save, self.data_dir)
         backups = self.data_dir / BACKUPS / str(journal.target.epoch)
         if journal.step == "prepared":
             moves = self.store.moves()
@@ -233,14 +219,15 @@ class ServerMover:
                 backup = await moves.back_up(stream)
                 await asyncio.to_thread(backup.save, backups)
             journal = journal.at("backed_up")
-            journal.save(self.data_dir)
+            await asyncio.to_thread(journal.save, self.data_dir)
             log.info("JetStream sealed and backed up. epoch=%d", journal.target.epoch)
         if journal.step == "backed_up":
             others = _names(journal.target.servers) | _names(journal.previous)
             await self._tell(journal.target, others - {MASTER}, must=False)
-            placement_of(journal.target, MASTER).save(self.dir)  # the supervisor restarts it
+            placed = placement_of(journal.target, MASTER)
+            await asyncio.to_thread(placed.save, self.dir)  # the supervisor restarts it
             journal = journal.at("placed")
-            journal.save(self.data_dir)
+            await asyncio.to_thread(journal.save, self.data_dir)
         try:
             await self._restore(journal, backups)
         except NewServersSilent:
@@ -260,7 +247,7 @@ class ServerMover:
         await asyncio.to_thread(backups.rename, moved)
         previous = tuple({s.name: s for s in (*journal.previous, *journal.target.servers)}.values())
         fallback = Journal(alone, previous, "backed_up", journal.started_at)
-        fallback.save(self.data_dir)
+        await asyncio.to_thread(fallback.save, self.data_dir)
         await self.resume(fallback)
 
     async def _tell(self, record: JetStreamServers, names: set[str], *, must: bool) -> bool:

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from meshd.agent.config import CLIENT_PORT
-from meshd.agent.records import LastPlacement
+from meshd.agent.records import LastPlacement, jetstream_servers
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.cli.context import Context
 from meshd.core.jetstream import candidates, choose
 from meshd.core.status import mesh_status
 from protocol import subjects
 from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import (
     Allocation,
     FailureRecord,
-    JetStreamServers,
     Lease,
     NodeStatus,
     SnapshotIndex,
@@ -48,13 +45,12 @@ async def _follow_servers(store: Store, context: Context) -> None:
     """Remember the mesh's JetStream servers in the context as they move (a new server may
     be a droplet the context has never heard of, and master may be the one that is down)."""
     try:
-        entry = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
-        if entry is None or entry.value is None:
-            return
-        servers = decode(entry.value, JetStreamServers).servers
-    except (StoreUnavailable, ProtocolError):
+        applied = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
+    except StoreUnavailable:
         return
-    urls = [f"nats://{s.address}:{CLIENT_PORT}" for s in servers]
+    if applied is None:
+        return
+    urls = [f"nats://{s.address}:{CLIENT_PORT}" for s in applied.servers]
     known = urls + [u for u in context.servers if u not in urls]
     if known != context.servers:
         dataclasses.replace(context, servers=known).save()
@@ -95,13 +91,9 @@ async def jetstream_view(store: Store) -> dict[str, Any]:
     """Which droplets run JetStream, the replicas of the streams and each stream's leader."""
     from meshd.agent.store.jetstream import NatsStore
 
-    servers: list[str] = ["master"]
-    epoch = 0
-    entry = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
-    if entry is not None and entry.value is not None:
-        with contextlib.suppress(ProtocolError):
-            applied = decode(entry.value, JetStreamServers)
-            servers, epoch = [s.name for s in applied.servers], applied.epoch
+    applied = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
+    servers = [s.name for s in applied.servers] if applied else ["master"]
+    epoch = applied.epoch if applied else 0
     streams: dict[str, dict[str, Any]] = {}
     if isinstance(store, NatsStore):
         moves = store.moves()
@@ -120,10 +112,8 @@ async def jetstream_settled(
 ) -> bool:
     """JetStream runs where the scheduler's choice over these droplets puts it, and no move
     is pending."""
-    chosen = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
-    applied = await store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY)
-    target = decode(chosen.value, JetStreamServers) if chosen and chosen.value else None
-    done = decode(applied.value, JetStreamServers) if applied and applied.value else None
+    target = await jetstream_servers(store, subjects.JETSTREAM_KEY)
+    done = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
     if target is not None and (done is None or done.epoch < target.epoch):
         return False
     names = tuple(s.name for s in done.servers) if done else ("master",)

@@ -16,12 +16,12 @@ import time
 from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
-from meshd.agent.records import last_placement
+from meshd.agent.records import jetstream_servers, last_placement
 from meshd.agent.store import Conflict, Store
 from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.messages import Allocation, JetStreamServers, NodeStatus
+from protocol.messages import Allocation, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
@@ -96,7 +96,7 @@ class Provisioner:
         tags = [mesh_tag(self.config.mesh), WEB_TAG]
         # The new agent's first NATS servers: those that run JetStream now, not only master.
         config = self.config
-        if running := await self._jetstream_servers(subjects.JETSTREAM_APPLIED_KEY):
+        if running := await jetstream_servers(self.store, subjects.JETSTREAM_APPLIED_KEY):
             config = config.with_servers(
                 tuple(CoreServer(s.name, s.address) for s in running.servers)
             )
@@ -142,16 +142,9 @@ class Provisioner:
             if entry.value is not None:
                 used.update(decode(entry.value, Allocation).droplets)
         for key in (subjects.JETSTREAM_KEY, subjects.JETSTREAM_APPLIED_KEY):
-            if servers := await self._jetstream_servers(key):
+            if servers := await jetstream_servers(self.store, key):
                 used.update(s.name for s in servers.servers)
         return used
-
-    async def _jetstream_servers(self, key: str) -> JetStreamServers | None:
-        """The chosen JetStream servers (`JETSTREAM_KEY`) or those that run now."""
-        entry = await self.store.get(subjects.DESIRED_BUCKET, key)
-        if entry is None or entry.value is None:
-            return None
-        return decode(entry.value, JetStreamServers)
 
     async def _event(self, term: Term, name: str, droplet: str, detail: dict[str, object]) -> None:
         await self.store.record(name, self.droplet, droplet, dict(detail), term.fence)

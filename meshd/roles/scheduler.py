@@ -17,7 +17,13 @@ from typing import TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
-from meshd.agent.records import last_placement, restart_counts, write_over
+from meshd.agent.records import (
+    decode_servers,
+    jetstream_servers,
+    last_placement,
+    restart_counts,
+    write_over,
+)
 from meshd.agent.store import Conflict, Entry, Store
 from meshd.core.envvars import instance_environment, instance_hosts
 from meshd.core.errors import CapacityError
@@ -162,11 +168,8 @@ class Scheduler:
         failed = set(await self.store.entries(subjects.FAILURES_BUCKET))
         last = await last_placement(self.store)
         entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_KEY)
-        chosen = _decoded(entry, JetStreamServers) if entry else None
-        applied = _decoded(
-            await self.store.get(subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
-            JetStreamServers,
-        )
+        chosen = decode_servers(entry.value if entry else None)
+        applied = await jetstream_servers(self.store, subjects.JETSTREAM_APPLIED_KEY)
         # A move that failed fell back to other servers (master alone) at the same epoch:
         # what runs then is the place to choose from, not the choice that did not happen.
         current = applied if applied and (not chosen or applied.epoch >= chosen.epoch) else chosen

@@ -63,6 +63,15 @@ async def fill(store: NatsStore) -> None:
     await store.enqueue("mesh.notify.mail", b"a mail waiting")
 
 
+async def filled_alone(servers: ServerSet) -> NatsStore:
+    """master's server alone, its store made and filled."""
+    servers.start("master")
+    store = await connect(servers)
+    await store.ensure(replicas=1)
+    await fill(store)
+    return store
+
+
 async def everything(store: NatsStore) -> dict[str, Any]:
     """Every key with its value and revision, every event, every stream's sequence range."""
     moves = store.moves()
@@ -105,10 +114,7 @@ async def test_the_state_moves_from_one_server_to_three_and_back_with_every_revi
 ) -> None:
     alone, three = configs()
     with server_set(tmp_path / "servers", alone) as servers:
-        servers.start("master")
-        store = await connect(servers)
-        await store.ensure(replicas=1)
-        await fill(store)
+        store = await filled_alone(servers)
         before = await everything(store)
         assert set(schema_streams()) - EPHEMERAL <= set(before)
         leases_last = (await store.moves().info(f"KV_{subjects.LEASES_BUCKET}"))["state"][
@@ -154,10 +160,7 @@ async def test_a_standalone_server_restarted_into_a_cluster_loses_its_streams(
     """Why moves.py exists: nats-server issue 5467, still so on 2.15."""
     alone, three = configs()
     with server_set(tmp_path / "servers", alone) as servers:
-        servers.start("master")
-        store = await connect(servers)
-        await store.ensure(replicas=1)
-        await fill(store)
+        store = await filled_alone(servers)
         await store.close()
         servers.stop("master")  # the store stays on disk
         servers.reconfigure(three)

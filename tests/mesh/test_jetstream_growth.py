@@ -36,6 +36,16 @@ def instances_on(mesh: LocalMesh, droplet: str) -> dict[tuple[str, int], str]:
     }
 
 
+def projects(tmp_path: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """A CSV of one droplet (master) and one of three, each with its deployment config."""
+    found = []
+    for name, servers in (("one", 1), ("three", 3)):
+        (tmp_path / name).mkdir()
+        row = f"shop,{servers},s-1vcpu-2gb,s-1vcpu-1gb"
+        found.append(write_project(tmp_path / name, [row], BACKEND_ONLY))
+    return found[0], found[1]
+
+
 def jetstream(mesh: LocalMesh) -> dict[str, Any]:
     return dict(mesh.status()["jetstream"])
 
@@ -43,10 +53,7 @@ def jetstream(mesh: LocalMesh) -> dict[str, Any]:
 def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
     tmp_path: Path,
 ) -> None:
-    for directory in ("one", "three"):
-        (tmp_path / directory).mkdir()
-    one = write_project(tmp_path / "one", ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-    three = write_project(tmp_path / "three", ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    one, three = projects(tmp_path)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", timeout=180)
         alone = jetstream(mesh)
@@ -85,10 +92,7 @@ def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
 def test_a_growth_whose_mover_is_killed_midway_is_resumed_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    for directory in ("one", "three"):
-        (tmp_path / directory).mkdir()
-    one = write_project(tmp_path / "one", ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-    three = write_project(tmp_path / "three", ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    one, three = projects(tmp_path)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", timeout=180)
         before = events(mesh)
