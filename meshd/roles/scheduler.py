@@ -45,6 +45,7 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 RESYNC_S = 10.0
+SERVERS_RESYNC_S = 5.0  # a third droplet grows JetStream within this and the move
 M = TypeVar("M", bound=Message)
 
 
@@ -138,15 +139,16 @@ class Scheduler:
                 lambda: self._schedule_or_abandon(term),
                 RESYNC_S,
             ),
+            # Not on every node report (each droplet rewrites its own every few seconds, and a
+            # pass reads them all): a droplet that joins is seen at the next resync.
             run_on_changes(
                 self.store,
                 [
                     (subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY),
-                    (subjects.NODES_BUCKET, ">"),
                     (subjects.FAILURES_BUCKET, ">"),
                 ],
                 lambda: self._choose_servers_or_abandon(term),
-                RESYNC_S,
+                SERVERS_RESYNC_S,
             ),
         )
 
