@@ -88,7 +88,9 @@ async def read_mesh(store: Store) -> MeshReading:
 
 
 async def jetstream_view(store: Store) -> dict[str, Any]:
-    """Which droplets run JetStream, the replicas of the streams and each stream's leader."""
+    """Which droplets run JetStream, the replicas of the streams, each stream's leader and the
+    servers whose copy of it is current (a rebuilt server is missing there until it has
+    caught up)."""
     from meshd.agent.store.jetstream import NatsStore
 
     applied = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
@@ -99,12 +101,24 @@ async def jetstream_view(store: Store) -> dict[str, Any]:
         moves = store.moves()
         for name in await moves.existing():
             info = await moves.info(name)
+            cluster = info.get("cluster") or {}
             streams[name] = {
-                "leader": (info.get("cluster") or {}).get("leader"),
+                "leader": cluster.get("leader"),
                 "replicas": int(info["config"].get("num_replicas", 1)),
+                "current": current_copies(cluster, servers),
             }
     replicas = min((s["replicas"] for s in streams.values()), default=1)
     return {"servers": servers, "epoch": epoch, "replicas": replicas, "streams": streams}
+
+
+def current_copies(cluster: dict[str, Any], servers: list[str]) -> list[str]:
+    """The servers holding a current copy of a stream, from its info's `cluster`: the leader
+    and each replica the leader sees as current (standalone: the one server)."""
+    leader = cluster.get("leader")
+    if leader is None and not cluster.get("replicas"):
+        return servers[:1]
+    peers = [r["name"] for r in cluster.get("replicas") or () if r.get("current")]
+    return sorted(([leader] if leader else []) + peers)
 
 
 async def jetstream_settled(

@@ -60,6 +60,18 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
         await store.close()
 
 
+def catching_up(jetstream: dict[str, Any]) -> str:
+    """The servers that lack a current copy of some stream (a rebuilt one catching up)."""
+    behind = {
+        server
+        for stream in jetstream["streams"].values()
+        if len(stream["current"]) < stream["replicas"]
+        for server in jetstream["servers"]
+        if server not in stream["current"]
+    }
+    return f"; [yellow]catching up: {', '.join(sorted(behind))}[/]" if behind else ""
+
+
 async def _render(store: Store, entry: str | None) -> Group:
     view = (await read_mesh(store)).status()
     recent = await store.recent_events(SUSPICION_EVENTS)
@@ -70,7 +82,8 @@ async def _render(store: Store, entry: str | None) -> Group:
     lines = [
         header,
         f"JetStream: [bold]{', '.join(jetstream['servers'])}[/] "
-        f"({jetstream['replicas']} replica{'s' if jetstream['replicas'] > 1 else ''})",
+        f"({jetstream['replicas']} replica{'s' if jetstream['replicas'] > 1 else ''})"
+        + catching_up(jetstream),
     ]
     told = notifications(recent, await _waiting(store))
     for channel, failure in told["failing"].items():

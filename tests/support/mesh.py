@@ -4,6 +4,7 @@ process group that the account still records."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,13 +17,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from meshd.agent.store.jetstream import NatsStore
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "app" / "hello.py"
+T = TypeVar("T")
 
 
 def meshctl_path() -> str:
@@ -122,24 +126,24 @@ class LocalMesh:
                 return int(proc.name)
         raise LookupError(f"no {role} running for {name}")
 
-    def bucket_leader(self, bucket: str) -> str | None:
-        """The nats-server leading a KV bucket's stream (asked with the operator's context)."""
-        import asyncio
-
-        from meshd.agent.store.jetstream import NatsStore
-
+    def in_store(self, work: Callable[[NatsStore], Awaitable[T]]) -> T:
+        """`work` done with a store connected as the operator (`meshctl`'s context)."""
         context = json.loads(next((self.home / "config" / "contexts").glob("*.json")).read_text())
 
-        async def ask() -> str | None:
+        async def run() -> T:
             store = await NatsStore.connect(
                 context["servers"], context["user"], context["password"], name="test"
             )
             try:
-                return await store.bucket_leader(bucket)
+                return await work(store)
             finally:
                 await store.close()
 
-        return asyncio.run(ask())
+        return asyncio.run(run())
+
+    def bucket_leader(self, bucket: str) -> str | None:
+        """The nats-server leading a KV bucket's stream."""
+        return self.in_store(lambda store: store.bucket_leader(bucket))
 
     def events_about(self, subject: str, count: int = 200) -> list[dict[str, Any]] | None:
         """The recent events about `subject`, oldest first (None while unreadable)."""
