@@ -48,7 +48,8 @@ from meshd.roles.scheduler import Scheduler
 from meshd.roles.snapshots import Snapshots
 from meshd.watchers.detector import Detector
 from meshd.watchers.quorum import QuorumWatch
-from plugins.providers import ProviderContext, load_provider
+from meshd.watchers.rescue import MasterRescue
+from plugins.providers import Provider, ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
@@ -75,6 +76,7 @@ class Agent:
         self.incarnation = next_incarnation(self.data_dir)
         self.terms: dict[str, Term] = {}
         self.store: Store | None = None
+        self.view = MeshView()
         self.reconciler: Reconciler
 
     def status(self) -> NodeStatus:
@@ -133,6 +135,20 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
                 tasks.create_task(self._control_plane(reconciler), name="control-plane")
+                if self.identity.name != MASTER:
+                    tasks.create_task(self._rescue().run(), name="master-rescue")
+
+    def _rescue(self) -> MasterRescue:
+        """Rebuilds master when JetStream ran on it alone and it died (watchers/rescue.py)."""
+        return MasterRescue(
+            self.dir,
+            self.config,
+            self.identity.name,
+            lambda: self.store,
+            lambda: self.view.nodes,
+            self._provider,
+            mesh_tag(self.config.mesh),
+        )
 
     async def _control_plane(self, reconciler: Reconciler) -> None:
         placement = ServerPlacement.load(self.dir, self.config)
@@ -157,18 +173,9 @@ class Agent:
                 assert isinstance(store, NatsStore)
                 mover = ServerMover(store, self.dir, self.data_dir, self.config)
                 await self._prepare_store(store, mover)
-            provider_config = self.config.provider
-            provider = load_provider(
-                provider_config.get("name", "local"),
-                ProviderContext(
-                    mesh=self.config.mesh,
-                    config=dict(provider_config.get("config", {})),
-                    logger=logging.getLogger("plugins.providers"),
-                    on_power=follow_power(self.config.mesh),
-                ),
-            )
+            provider = self._provider()
             name = self.identity.name
-            view = MeshView()
+            view = self.view
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
             secrets = EnvSecrets()
             tag = mesh_tag(self.config.mesh)
@@ -239,6 +246,18 @@ class Agent:
                 await entry.close()
             self.store = None
             await store.close()
+
+    def _provider(self) -> Provider:
+        provider_config = self.config.provider
+        return load_provider(
+            provider_config.get("name", "local"),
+            ProviderContext(
+                mesh=self.config.mesh,
+                config=dict(provider_config.get("config", {})),
+                logger=logging.getLogger("plugins.providers"),
+                on_power=follow_power(self.config.mesh),
+            ),
+        )
 
     async def _prepare_store(self, store: NatsStore, mover: ServerMover) -> None:
         """Finish a move of the JetStream state that an earlier life left midway, then create
