@@ -1,7 +1,9 @@
 """Failure detection under real faults. Prints one JSON object.
 
-A local mesh of 5 droplets (`meshctl up --droplets 5`, process runtime) runs one
-project (`shop,3`: its backend on two more droplets) behind the entry address. Then:
+A local mesh of 5 droplets runs two projects (`shop,3` and `blog,3`: master and two droplets
+of each, process runtime) behind the entry address; `meshctl up` makes master alone and the
+publish the rest, so JetStream runs on master and two project droplets (`jetstream_servers`),
+as on any mesh of three droplets or more. Then:
 
 - `--kills` times (default 20): a random droplet (master included) is SIGKILLed with its
   instances (`LocalProvider.crash`, what `meshctl chaos kill` does). Measured from the kill:
@@ -137,8 +139,9 @@ def served_as_before(env: dict[str, str], before: dict[tuple[str, str, str], int
 
 async def kills(
     store: Store, provider: Any, tag: str, env: dict[str, str], url: str, count: int
-) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {
+) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {
+        "victims": [],
         "detect": [],
         "replace": [],
         "restore": [],
@@ -184,6 +187,7 @@ async def kills(
         confirmed = record.confirmed_at if record else await confirmed_at(store, victim, killed_at)
         if confirmed is None:
             raise RuntimeError(f"{victim} was replaced, yet no failure_confirmed event tells when")
+        found["victims"].append(victim)
         found["detect"].append(confirmed - killed_at)
         found["replace"].append(replaced)
         found["restore"].append(restored if restored is not None else replaced)
@@ -248,7 +252,7 @@ async def soak(store: Store, provider: Any, tag: str, seconds: float) -> dict[st
 
 
 async def measure(
-    home: Path, env: dict[str, str], url: str, kill_count: int, soak_s: float
+    home: Path, env: dict[str, str], url: str, kill_count: int, soak_s: float, servers: list[str]
 ) -> dict[str, Any]:
     from meshd.agent.config import mesh_tag
     from meshd.cli.context import load_context
@@ -262,6 +266,8 @@ async def measure(
         found = await kills(store, provider, tag, env, url, kill_count)
         result: dict[str, Any] = {
             "kills": len(found["detect"]),
+            "jetstream_servers": servers,
+            "jetstream_server_kills": sum(1 for v in found["victims"] if v in servers),
             "detect_p50_s": round(statistics.median(found["detect"]), 2),
             "detect_p99_s": round(percentile(found["detect"], 0.99), 2),
             "restore_p50_s": round(statistics.median(found["restore"]), 2),
@@ -308,16 +314,17 @@ def main() -> None:
         MESHD_STATE_HOME=str(home / "state"),
         NO_COLOR="1",
     )
-    write_inputs(home)
+    write_inputs(home, ("shop", "blog"))
     try:
         network = ["--netns"] if netns else ["--runtime", "process"]
-        meshctl(env, "up", "--droplets", "5", "--context", "detect", *network)
+        meshctl(env, "up", "--context", "detect", *network)
         meshctl(env, "publish", str(home / "projects.csv"), "--wait")
         status = json.loads(meshctl(env, "status", "--json"))
+        servers = status["jetstream"]["servers"]
         url = f"{status['entry_url']}/shop-prod/backend/"
         time.sleep(3)
         try:
-            result = asyncio.run(measure(home, env, url, args.kills, args.soak))
+            result = asyncio.run(measure(home, env, url, args.kills, args.soak, servers))
         except BaseException:
             kept = keep_logs(home)
             print(f"detect: failed; the droplets' logs are kept in {kept}", file=sys.stderr)

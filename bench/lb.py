@@ -197,17 +197,18 @@ def holder_kill(url: str, pgid: int) -> dict[str, Any]:
     }
 
 
-def write_inputs(home: Path) -> None:
-    (home / "projects.csv").write_text(
-        "Project,Servers,MasterSpec,WebSpec\nshop,3,s-1vcpu-2gb,s-1vcpu-1gb\n"
-    )
+def write_inputs(home: Path, projects: tuple[str, ...] = ("shop",)) -> None:
+    """A CSV of `projects` (each on master and two droplets of its own) that run only a
+    backend."""
+    rows = "".join(f"{name},3,s-1vcpu-2gb,s-1vcpu-1gb\n" for name in projects)
+    (home / "projects.csv").write_text(f"Project,Servers,MasterSpec,WebSpec\n{rows}")
     services = {
         "backend": {"command": f"python3 {HELLO}"},
         "frontend": {"enabled": False},
         "database": {"enabled": False},
         "redis": {"enabled": False},
     }
-    config = {"projects": {"shop": {"services": services}}}
+    config = {"projects": {name: {"services": services} for name in projects}}
     (home / "deployment_config.json").write_text(json.dumps(config))
 
 
