@@ -142,8 +142,9 @@ class NatsUnit:
     def leave_a_rolled_back_store(self, placement: ServerPlacement) -> None:
         """A droplet rebuilt from a snapshot has the store of the day of the snapshot. A
         clustered server must not rejoin with that rolled-back log: it starts empty and
-        catches up from the others (its raft peer is its name, so it rejoins as itself).
-        A lone server keeps it: there is no other copy (R1)."""
+        catches up from the others (its raft peer is its name, so it rejoins as itself; a
+        peer-remove first would bar the name for five minutes, docs/decisions.md). A lone
+        server keeps it: there is no other copy (R1)."""
         store = self.dir / "jetstream"
         owner = self.dir / "jetstream.owner"
         made_by = owner.read_text().strip() if owner.exists() else self.identity.id
