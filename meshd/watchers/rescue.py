@@ -2,14 +2,14 @@
 dies with it, and no failure record, lease or majority is left to recover it. The droplet after
 master in ring order rebuilds it without the store, with the provider as the second opinion.
 
-When JetStream has not answered for `RESCUE_AFTER_S` and the provider says master is *off*
-(a master that is only cut off or paused is still *active*: nothing is done), master is rebuilt
-from its newest snapshot, which holds its lone store as it was then (writes since are lost; the
-quorum alert of `watchers/quorum.py` has told the operator by then). Without a snapshot there is
-nothing to rebuild the mesh's state from, and a master the provider no longer has was destroyed
-on purpose: both are logged and left to the operator. Once JetStream answers again the rebuild is
-recorded as `droplet_rebuilt` (`without_store`). A one-droplet mesh has nobody left to do this:
-its heartbeat mails stop, which is the operator's alarm.
+When no NATS server has been reachable for `RESCUE_AFTER_S` and the provider says master
+is *off* (a master that is only cut off or paused is still *active*: nothing is done), master
+is rebuilt from its newest snapshot, which holds its lone store as it was then (writes since
+are lost; the quorum alert of `watchers/quorum.py` tells the operator meanwhile). Without a
+snapshot there is nothing to rebuild the mesh's state from, and a master the provider no
+longer has was destroyed on purpose: both are logged and left to the operator. Once the store
+takes writes again the rebuild is recorded as `droplet_rebuilt` (`without_store`). A
+one-droplet mesh has nobody left to do this: its heartbeat mails stop, the operator's alarm.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from protocol.messages import Snapshot
 
 log = logging.getLogger(__name__)
 CHECK_S = 5.0
-ANSWER_WAIT_S = 2.0
 RESCUE_AFTER_S = 20.0
 INDEX_EVERY_S = 30.0
 
@@ -100,10 +99,12 @@ class MasterRescue:
         while True:
             store = self.store()
             now = time.monotonic()
-            if store is not None and await store.jetstream_answers(ANSWER_WAIT_S):
+            # The connection is enough: with JetStream on master alone, master's death leaves
+            # no server to connect to (and asking JetStream would cost every agent a request).
+            if store is not None and store.connected:
                 lost_since, self._told = None, ""
                 if self.rebuilt is not None:
-                    self._record(store, self.rebuilt)
+                    await self._record(store, self.rebuilt)
                 if now >= next_index:
                     next_index = now + INDEX_EVERY_S
                     await self._remember(store)
@@ -156,14 +157,18 @@ class MasterRescue:
         finally:
             await provider.close()
 
-    def _record(self, store: Store, rebuilt: Rebuilt) -> None:
+    async def _record(self, store: Store, rebuilt: Rebuilt) -> None:
+        """Record the rebuild once the store takes it (JetStream may still be starting)."""
         detail = {
             "from": rebuilt.snapshot,
             "without_store": True,
-            "took_s": round(time.time() - rebuilt.at, 1),
+            "back_after_s": round(time.time() - rebuilt.at, 1),
         }
-        store.record_soon("droplet_rebuilt", self.me, MASTER, detail)
-        log.info("master rebuilt without the store answers again. snapshot=%s", rebuilt.snapshot)
+        try:
+            await store.record("droplet_rebuilt", self.me, MASTER, detail)
+        except (StoreUnavailable, TimeoutError):
+            return
+        log.info("master rebuilt without the store is back. snapshot=%s", rebuilt.snapshot)
         self.rebuilt = None
 
     def _tell(self, what: str) -> None:
