@@ -1,10 +1,12 @@
 """Time to converge and idle cost of a local mesh. Prints one JSON object.
 
 A local mesh (`--runtime process`, the default, or `docker`) is started with master alone in a
-private home; the seed CSV is published and timed until every instance is healthy and
-JetStream has grown to three servers (`jetstream_grow_s`: the move alone, from the
-`jetstream_grown` event; `converge_seed_after_droplets_s`: from the last `droplet_created`
-event, i.e. once the provider has made every droplet, to converged); over the
+private home; the seed CSV is published and timed until the publish returns (every instance
+healthy and JetStream grown to three servers: `converge_seed_s`). From the provider's last
+`droplet_created` event: `instances_seed_after_droplets_s` until every droplet's agent tells
+(on `/health`) as many healthy instances as the plan puts there, and
+`converge_seed_after_droplets_s` until the publish returns; `jetstream_grow_s` is the move
+alone (from the `jetstream_grown` event). Over the
 next `--idle` seconds (default 60) the RSS and CPU of every meshd agent and nats-server are
 read from /proc (CPU from `/proc/<pid>/schedstat`: nanoseconds on a CPU, not scheduler ticks),
 both the maxima over all agents and over the agents that hold no role (what a droplet that only
@@ -22,8 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from meshd.agent.config import AGENT_HTTP_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
@@ -63,6 +69,37 @@ def ten_projects(directory: Path) -> Path:
     }
     (directory / "deployment_config.json").write_text(json.dumps(config))
     return csv
+
+
+def planned_instances(env: dict[str, str], csv: str) -> Counter[str]:
+    """How many instances the plan puts on each droplet."""
+    result = subprocess.run(
+        [MESHCTL, "publish", csv, "--dry-run", "--json", "--context", "bench"],
+        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return Counter(i["droplet"] for i in json.loads(result.stdout)["instances"])
+
+
+def every_instance_healthy(account: Path, wanted: Counter[str]) -> bool:
+    """Every droplet's agent tells (on `/health`, not through the store, which a JetStream
+    move pauses) as many healthy instances as the plan puts there."""
+    try:
+        droplets = json.loads(account.read_text())["droplets"].values()
+    except (OSError, ValueError):
+        return False
+    addresses = {d["name"]: d["address"] for d in droplets}
+    for name, count in wanted.items():
+        if name not in addresses:
+            return False
+        url = f"http://{addresses[name]}:{AGENT_HTTP_PORT}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                found = json.load(response)["instances"]
+        except (OSError, ValueError):
+            return False
+        if sum(1 for i in found if i["healthy"] and not i["draining"]) < count:
+            return False
+    return True
 
 
 def processes(state: Path) -> dict[str, dict[int, str]]:
@@ -120,6 +157,37 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def time_seed(env: dict[str, str], home: Path) -> dict[str, float]:
+    """The seed CSV published on master alone, timed (see the module's docstring)."""
+    found: dict[str, float] = {}
+    wanted = planned_instances(env, "examples/projects.csv")
+    started = time.time()
+    publish = subprocess.Popen(
+        [MESHCTL, "publish", "examples/projects.csv", "--wait"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    account = home / "state" / "bench" / "provider" / "account.json"
+    healthy_at: float | None = None
+    converged_at: float | None = None
+    while converged_at is None or healthy_at is None:
+        if healthy_at is None and every_instance_healthy(account, wanted):
+            healthy_at = time.time()
+        if converged_at is None and publish.poll() is not None:
+            if publish.returncode:
+                raise SystemExit(f"converge: publish failed ({publish.returncode})")
+            converged_at = time.time()
+        if time.time() - started > 600:
+            raise SystemExit("converge: the agents never told every instance healthy")
+        time.sleep(0.2)
+    found["converge_seed_s"] = round(converged_at - started, 2)
+    # From the provider's last droplet (its boot included locally): every instance healthy
+    # as the agents tell, and the publish done (JetStream's growth included).
+    created = max([e["at"] for e in events_named(env, "droplet_created")], default=started)
+    found["instances_seed_after_droplets_s"] = round(healthy_at - created, 2)
+    found["converge_seed_after_droplets_s"] = round(converged_at - created, 2)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60.0)
@@ -137,14 +205,7 @@ def main() -> None:
     try:
         up = ["up", "--context", "bench", "--runtime", args.runtime, "--no-pull"]
         result["up_s"] = round(meshctl(env, *up), 2)
-        seed = meshctl(env, "publish", "examples/projects.csv", "--wait")
-        converged_at = time.time()
-        result["converge_seed_s"] = round(seed, 2)
-        # The part after the provider has made the last droplet (its boot included locally).
-        created = [e["at"] for e in events_named(env, "droplet_created")]
-        result["converge_seed_after_droplets_s"] = (
-            round(converged_at - max(created), 2) if created else -1.0
-        )
+        result.update(time_seed(env, home))
         # JetStream grows from master alone to three servers meanwhile (part of the above).
         grown = events_named(env, "jetstream_grown")
         result["jetstream_grow_s"] = grown[0]["detail"]["seconds"] if grown else -1.0

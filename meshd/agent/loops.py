@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TypeVar
 
 from meshd.agent.backoff import retries
@@ -22,6 +22,7 @@ SETTLE_S = 0.2  # let a burst of changes land before acting on it
 RETRY_S = 0.5  # a broken watch is watched again after this, growing up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
 M = TypeVar("M", bound=Message)
+_UNSEEN = object()
 
 
 async def run_on_changes(
@@ -29,20 +30,31 @@ async def run_on_changes(
     watched: Sequence[tuple[str, str]],
     action: Callable[[], Awaitable[None]],
     resync_s: float,
+    *,
+    when: Sequence[tuple[str, str, Callable[[bytes], Hashable]]] = (),
 ) -> None:
     """Run `action` now, after any change of the watched (bucket, keys) (">": every key),
-    and at least every `resync_s`. An action the store does not answer is tried again next
-    round."""
+    after a key of the `when` (bucket, keys, what) appears, goes, or changes its `what` (a
+    droplet's incarnation, not each of its reports), and at least every `resync_s`. An action
+    the store does not answer is tried again next round."""
     changed = asyncio.Event()
 
-    async def watch(bucket: str, keys: str) -> None:
+    async def watch(bucket: str, keys: str, what: Callable[[bytes], Hashable] | None) -> None:
+        seen: dict[str, Hashable] = {}
         async for attempt in retries(RETRY_S, RETRY_MAX_S):
             try:
                 async for entry in store.watch(bucket, keys):
-                    if entry is not None:
+                    if entry is None:
+                        if attempt:
+                            changed.set()  # watching again: act on what changed meanwhile
+                    elif what is None:
                         changed.set()
-                    elif attempt:
-                        changed.set()  # watching again: act on what changed meanwhile
+                    elif entry.value is None:
+                        seen.pop(entry.key, None)
+                        changed.set()
+                    elif seen.get(entry.key, _UNSEEN) != (now := what(entry.value)):
+                        seen[entry.key] = now
+                        changed.set()
             except StoreUnavailable as err:
                 log.info("Watch broken; watching again. bucket=%s error=%s", bucket, err)
 
@@ -59,8 +71,8 @@ async def run_on_changes(
 
     # One group: a watcher that fails on a bug stops the action too, and the other way round.
     async with asyncio.TaskGroup() as tasks:
-        for bucket, keys in watched:
-            tasks.create_task(watch(bucket, keys), name=f"watch-{bucket}-{keys}")
+        for bucket, keys, what in [(b, k, None) for b, k in watched] + list(when):
+            tasks.create_task(watch(bucket, keys, what), name=f"watch-{bucket}-{keys}")
         tasks.create_task(act(), name="act-on-changes")
 
 

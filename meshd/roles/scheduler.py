@@ -45,7 +45,7 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 RESYNC_S = 10.0
-SERVERS_RESYNC_S = 5.0  # a third droplet grows JetStream within this and the move
+SERVERS_RESYNC_S = 5.0  # the choice is also made as droplets join; this is the safety net
 M = TypeVar("M", bound=Message)
 
 
@@ -115,6 +115,14 @@ def _decoded(entry: Entry | None, kind: type[M]) -> M | None:
         return None
 
 
+def _incarnation(value: bytes) -> int:
+    """A droplet's life as its report tells it (0: the provisioner's "booting" or unreadable)."""
+    try:
+        return decode(value, NodeStatus).incarnation
+    except ProtocolError:
+        return 0
+
+
 def _same(a: Allocation, b: Allocation) -> bool:
     return dataclasses.replace(a, generation=0, fence=0) == dataclasses.replace(
         b, generation=0, fence=0
@@ -139,8 +147,8 @@ class Scheduler:
                 lambda: self._schedule_or_abandon(term),
                 RESYNC_S,
             ),
-            # Not on every node report (each droplet rewrites its own every few seconds, and a
-            # pass reads them all): a droplet that joins is seen at the next resync.
+            # When a droplet joins, leaves or starts a new life, not on every node report
+            # (each droplet rewrites its own every few seconds, and a pass reads them all).
             run_on_changes(
                 self.store,
                 [
@@ -149,6 +157,7 @@ class Scheduler:
                 ],
                 lambda: self._choose_servers_or_abandon(term),
                 SERVERS_RESYNC_S,
+                when=[(subjects.NODES_BUCKET, ">", _incarnation)],
             ),
         )
 

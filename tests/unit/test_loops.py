@@ -43,6 +43,39 @@ async def test_a_change_made_while_the_watch_was_broken_is_acted_on_at_once(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_when_acts_on_a_key_that_appears_goes_or_changes_what_counts_only() -> None:
+    store = MemoryStore()
+    await store.put("nodes", "master", b"1")
+    runs = 0
+
+    async def action() -> None:
+        nonlocal runs
+        runs += 1
+
+    task = asyncio.create_task(
+        run_on_changes(store, [], action, NEVER, when=[("nodes", ">", lambda v: v[:1])])
+    )
+    try:
+        await until(lambda: runs >= 1, "the first run")
+        await asyncio.sleep(0.5)  # the initial values have been seen
+        before = runs
+        for report in range(5):  # what counts is the first byte: these change nothing
+            await store.put("nodes", "master", f"1 report {report}".encode())
+        await asyncio.sleep(0.5)
+        assert runs == before
+        await store.put("nodes", "master", b"2 a new life")
+        await until(lambda: runs > before, "a run for the new life", timeout=5)
+        renewed = runs
+        await store.put("nodes", "web1", b"1")
+        await until(lambda: runs > renewed, "a run for the droplet that joined", timeout=5)
+        joined = runs
+        await store.delete("nodes", "web1")
+        await until(lambda: runs > joined, "a run for the droplet that left", timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_bug_in_the_action_ends_the_loop_with_its_error() -> None:
     store = MemoryStore()
 
