@@ -38,6 +38,10 @@ CONFLICTS = frozenset({WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID})
 # A write to a sealed stream: the mesh's JetStream is moving to other servers (store/moves.py)
 # and takes writes again once it has; to a writer that is "try later".
 SEALED = 10109
+# A stream the servers do not have (yet): during a move, before its restore; on a server that
+# is catching up. A missing stream of the schema is never a lasting state: "try later".
+STREAM_NOT_FOUND = 10059
+TRY_LATER = frozenset({SEALED, STREAM_NOT_FOUND})
 
 
 def reason(err: BaseException) -> str:
@@ -59,7 +63,7 @@ def translated(what: str) -> Iterator[None]:
     except nats.js.errors.APIError as err:
         if err.err_code in CONFLICTS:
             raise Conflict(f"{what}: changed meanwhile") from None
-        if isinstance(err, UNAVAILABLE) or (err.code or 0) >= 500 or err.err_code == SEALED:
+        if isinstance(err, UNAVAILABLE) or (err.code or 0) >= 500 or err.err_code in TRY_LATER:
             raise StoreUnavailable(f"{what}: {reason(err)}") from None
         raise StoreRefused(f"{what}: {reason(err)}") from err
     except UNAVAILABLE as err:

@@ -23,9 +23,10 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from meshd.agent.store import StoreRefused, StoreUnavailable
-from meshd.agent.store.errors import translated
+from meshd.agent.store.errors import STREAM_NOT_FOUND, translated
 from meshd.agent.store.schema import BUCKETS, STREAMS
 from plugins.fs import atomic_write
 from protocol import subjects
@@ -36,6 +37,11 @@ from protocol import subjects
 # keys with a TTL that expire while the stream is restored).
 EPHEMERAL = frozenset({f"KV_{subjects.LEASES_BUCKET}"})
 CHUNK_BYTES = 128 * 1024  # well under the servers' max_payload
+# No meta leader yet (10008), or a stream listed but not there yet (a restore under way).
+MOVING = frozenset({10008, STREAM_NOT_FOUND})
+# A restore's subscription lives on the meta leader: the first chunk may reach the server
+# this client is connected to before the subscription's interest has ("no responders").
+INTEREST_WAIT_S = 5.0
 RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
 BACKUP_FILE = "backup.json"
 DATA_FILE = "stream.tar.s2"
@@ -109,7 +115,7 @@ class StoreMoves:
         error = answer.get("error")
         if error:
             text = f"{subject}: {error.get('description', error)}"
-            if int(error.get("code", 0)) >= 500 or error.get("err_code") == 10008:
+            if int(error.get("code", 0)) >= 500 or error.get("err_code") in MOVING:
                 raise StoreUnavailable(text)
             raise StoreRefused(text)
         return answer
@@ -188,8 +194,16 @@ class StoreMoves:
         return dict(final.get("state") or {})
 
     async def _chunk(self, subject: str, data: bytes, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        deadline = asyncio.get_running_loop().time() + INTEREST_WAIT_S
         with translated(f"restore through {subject}"):
-            reply = await self._nc.request(subject, data, timeout=timeout)
+            while True:
+                try:
+                    reply = await self._nc.request(subject, data, timeout=timeout)
+                    break
+                except NoRespondersError:  # not delivered: sending it again is safe
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
         if not reply.data:
             return {}
         answer: dict[str, Any] = json.loads(reply.data)
