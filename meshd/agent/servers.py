@@ -7,8 +7,9 @@ leaves and arrives there: master is a server in every placement, and its disk ke
 backups. Each step is journalled on that disk before it is taken, so an agent killed midway
 resumes where it stopped: seal and back up every stream; tell the droplets of the old and the
 new placement (over core NATS, which does not need JetStream); restart master's own server on
-a fresh store; restore every stream at the new replica count. Instances never notice: only the
-control plane waits (a writer meets a sealed stream or no JetStream and tries later).
+a fresh store; restore every stream at one replica, then raise it to the new count. Instances
+never notice: only the control plane waits (a writer meets a sealed stream or no JetStream
+and tries later).
 """
 
 from __future__ import annotations
