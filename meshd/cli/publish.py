@@ -133,7 +133,8 @@ async def _publish(
         current = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
         last = await last_placement(store)
         previous = last.placement if last else None
-        plan = make_plan(previous, place(state, previous))
+        running = {name: node.size for name, node in (await read_mesh(store)).nodes.items()}
+        plan = make_plan(previous, place(state, previous), running)
         _show(plan, as_json, str(csv_file), config)
         if dry_run:
             if not as_json:

@@ -7,11 +7,12 @@ JSON form (`Plan.to_json`) is a documented interface (docs/plan-json.md).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from meshd.core.placement import Droplet, Instance, Placement
+from meshd.core.placement import Instance, Placement
 from meshd.core.resources import EnvResources
 
 
@@ -100,10 +101,16 @@ class Plan:
         }
 
 
-def make_plan(previous: Placement | None, new: Placement) -> Plan:
+def make_plan(
+    previous: Placement | None, new: Placement, existing: Mapping[str, str] | None = None
+) -> Plan:
+    """What changes from `previous` to `new`. `existing` (name -> size) names droplets that
+    run without a placement of theirs (master, made by `meshctl up`): kept or resized, not
+    created, and never destroyed here."""
     old_droplets = {d.name: d for d in previous.droplets} if previous else {}
+    sizes = dict(existing or {}) | {name: d.size for name, d in old_droplets.items()}
     new_names = {d.name for d in new.droplets}
-    droplets = [_droplet_change(d.name, d.size, old_droplets.get(d.name)) for d in new.droplets]
+    droplets = [_droplet_change(d.name, d.size, sizes.get(d.name)) for d in new.droplets]
     droplets += [
         DropletChange(d.name, d.size, DropletAction.DESTROY)
         for d in old_droplets.values()
@@ -118,11 +125,11 @@ def make_plan(previous: Placement | None, new: Placement) -> Plan:
     )
 
 
-def _droplet_change(name: str, size: str, old: Droplet | None) -> DropletChange:
-    if old is None:
+def _droplet_change(name: str, size: str, old_size: str | None) -> DropletChange:
+    if old_size is None:
         return DropletChange(name, size, DropletAction.CREATE)
-    if old.size != size:
-        return DropletChange(name, size, DropletAction.RESIZE, previous_size=old.size)
+    if old_size != size:
+        return DropletChange(name, size, DropletAction.RESIZE, previous_size=old_size)
     return DropletChange(name, size, DropletAction.KEEP)
 
 

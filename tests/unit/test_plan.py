@@ -123,3 +123,15 @@ def test_plan_json_has_the_documented_shape() -> None:
     assert document["cost"]["monthly_usd"] == 168.0
     workers = [i for i in document["instances"] if i["service"] == "worker_email"]
     assert workers and all(i["port"] is None for i in workers)
+
+
+def test_the_first_publish_resizes_the_master_that_up_made_and_creates_the_rest() -> None:
+    new = place(seed_state())
+    plan = make_plan(None, new, {"master": "s-1vcpu-1gb", "mesh-2": "s-1vcpu-1gb"})
+    actions = {d.name: d.action for d in plan.droplets}
+    assert actions["master"] is DropletAction.RESIZE
+    assert {a for n, a in actions.items() if n != "master"} == {DropletAction.CREATE}
+    assert "mesh-2" not in actions  # a drill droplet is neither planned nor destroyed
+    master = next(d for d in new.droplets if d.name == "master")
+    same = make_plan(None, new, {"master": master.size})
+    assert {d.name: d.action for d in same.droplets}["master"] is DropletAction.KEEP
