@@ -1,8 +1,8 @@
-"""JetStream follows the mesh's droplets on a real local mesh: publishing a CSV of three
-droplets grows it from master alone (one replica) to three servers (three replicas), and a CSV
-of one shrinks it back; every event written before is still there, and no instance restarts.
-A move whose mover is killed midway is resumed; the seed CSV makes exactly its droplets, billed
-as its plan says."""
+"""JetStream follows the mesh's droplets on a real local mesh: a CSV of two droplets keeps it
+on master alone (one replica), one of three grows it to three servers (three replicas), one of
+one shrinks it back, and three again grow it again; every event written before is still there,
+and no instance restarts. A move whose mover is killed midway is resumed; the seed CSV makes
+exactly its droplets, billed as its plan says."""
 
 from __future__ import annotations
 
@@ -38,12 +38,15 @@ def instances_on(mesh: LocalMesh, droplet: str) -> dict[tuple[str, int], str]:
 
 def projects(tmp_path: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
     """A CSV of one droplet (master) and one of three, each with its deployment config."""
-    found = []
-    for name, servers in (("one", 1), ("three", 3)):
-        (tmp_path / name).mkdir()
-        row = f"shop,{servers},s-1vcpu-2gb,s-1vcpu-1gb"
-        found.append(write_project(tmp_path / name, [row], BACKEND_ONLY))
-    return found[0], found[1]
+    return project(tmp_path, 1), project(tmp_path, 3)
+
+
+def project(tmp_path: Path, servers: int) -> tuple[Path, Path]:
+    """A CSV of `servers` droplets (master included) and its deployment config."""
+    directory = tmp_path / f"servers-{servers}"
+    directory.mkdir(exist_ok=True)
+    row = f"shop,{servers},s-1vcpu-2gb,s-1vcpu-1gb"
+    return write_project(directory, [row], BACKEND_ONLY)
 
 
 def jetstream(mesh: LocalMesh) -> dict[str, Any]:
@@ -54,10 +57,14 @@ def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
     tmp_path: Path,
 ) -> None:
     one, three = projects(tmp_path)
+    two = project(tmp_path, 2)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", one[0], "--deploy-config", one[1], "--wait", timeout=180)
         alone = jetstream(mesh)
         assert alone["servers"] == ["master"] and alone["replicas"] == 1
+        # Two droplets: two servers would stop at either's death; master stays alone.
+        mesh.ok("publish", two[0], "--deploy-config", two[1], "--wait", timeout=180)
+        assert jetstream(mesh) | {"streams": None} == alone | {"streams": None}
         before = events(mesh)
         running = instances_on(mesh, "master")
 
@@ -87,6 +94,15 @@ def test_jetstream_grows_to_three_servers_and_shrinks_back_losing_nothing(
         assert shrunk["replicas"] == 1
         assert set(after) <= set(events(mesh))
         assert [e[1] for e in events(mesh)].count("jetstream_shrunk") == 1
+
+        # And back: three droplets again, three servers again, nothing lost on the way.
+        before_again = events(mesh)
+        mesh.ok("publish", three[0], "--deploy-config", three[1], "--wait", "--timeout", "200",
+                timeout=240)  # fmt: skip
+        again = jetstream(mesh)
+        assert again["replicas"] == 3 and len(again["servers"]) == 3
+        assert set(before_again) <= set(events(mesh))
+        assert [e[1] for e in events(mesh)].count("jetstream_grown") == 2
 
 
 def test_a_growth_whose_mover_is_killed_midway_is_resumed_and_loses_nothing(
