@@ -117,8 +117,21 @@ def current_copies(cluster: dict[str, Any], servers: list[str]) -> list[str]:
     leader = cluster.get("leader")
     if leader is None and not cluster.get("replicas"):
         return servers[:1]
-    peers = [r["name"] for r in cluster.get("replicas") or () if r.get("current")]
+    peers = [r["name"] for r in cluster.get("replicas") or () if _current(r)]
     return sorted(([leader] if leader else []) + peers)
+
+
+LAG_OK = 16  # entries: a busy stream's followers are a few writes behind at any instant
+ACTIVE_WITHIN_NS = 2_000_000_000
+
+
+def _current(replica: dict[str, Any]) -> bool:
+    """Current as the leader says, or only the few writes in flight behind and heard from
+    lately (the leader's flag drops for a moment on every burst of writes)."""
+    if replica.get("current"):
+        return True
+    recent = int(replica.get("active", ACTIVE_WITHIN_NS)) < ACTIVE_WITHIN_NS
+    return not replica.get("offline") and recent and int(replica.get("lag", LAG_OK + 1)) <= LAG_OK
 
 
 async def jetstream_settled(
