@@ -27,7 +27,7 @@ from meshd.agent.loops import run_on_changes
 from meshd.agent.records import decode_servers, jetstream_servers
 from meshd.agent.store import Received, Store, StoreUnavailable
 from meshd.agent.store.jetstream import NatsStore
-from meshd.agent.store.moves import load_backups
+from meshd.agent.store.moves import current_copies, load_backups
 from meshd.core.jetstream import CLUSTER_SIZE, MASTER
 from plugins.fs import atomic_write
 from protocol import subjects
@@ -329,8 +329,8 @@ class ServerMover:
             behind = []
             for name in await moves.existing():
                 cluster = (await moves.info(name)).get("cluster") or {}
-                current = [p for p in cluster.get("replicas") or [] if p.get("current")]
-                if count > 1 and (not cluster.get("leader") or len(current) < count - 1):
+                current = current_copies(cluster, [MASTER])
+                if count > 1 and (not cluster.get("leader") or len(current) < count):
                     behind.append(name)
             if not behind:
                 return

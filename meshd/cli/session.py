@@ -92,6 +92,7 @@ async def jetstream_view(store: Store) -> dict[str, Any]:
     servers whose copy of it is current (a rebuilt server is missing there until it has
     caught up)."""
     from meshd.agent.store.jetstream import NatsStore
+    from meshd.agent.store.moves import current_copies
 
     applied = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
     servers = [s.name for s in applied.servers] if applied else ["master"]
@@ -109,29 +110,6 @@ async def jetstream_view(store: Store) -> dict[str, Any]:
             }
     replicas = min((s["replicas"] for s in streams.values()), default=1)
     return {"servers": servers, "epoch": epoch, "replicas": replicas, "streams": streams}
-
-
-def current_copies(cluster: dict[str, Any], servers: list[str]) -> list[str]:
-    """The servers holding a current copy of a stream, from its info's `cluster`: the leader
-    and each replica the leader sees as current (standalone: the one server)."""
-    leader = cluster.get("leader")
-    if leader is None and not cluster.get("replicas"):
-        return servers[:1]
-    peers = [r["name"] for r in cluster.get("replicas") or () if _current(r)]
-    return sorted(([leader] if leader else []) + peers)
-
-
-LAG_OK = 16  # entries: a busy stream's followers are a few writes behind at any instant
-ACTIVE_WITHIN_NS = 2_000_000_000
-
-
-def _current(replica: dict[str, Any]) -> bool:
-    """Current as the leader says, or only the few writes in flight behind and heard from
-    lately (the leader's flag drops for a moment on every burst of writes)."""
-    if replica.get("current"):
-        return True
-    recent = int(replica.get("active", ACTIVE_WITHIN_NS)) < ACTIVE_WITHIN_NS
-    return not replica.get("offline") and recent and int(replica.get("lag", LAG_OK + 1)) <= LAG_OK
 
 
 async def jetstream_settled(

@@ -3,7 +3,7 @@ server that is still catching up is named, one that has caught up is not."""
 
 from __future__ import annotations
 
-from meshd.cli.session import current_copies
+from meshd.agent.store.moves import current_copies
 from meshd.cli.status import catching_up
 
 SERVERS = ["master", "web1", "web2"]

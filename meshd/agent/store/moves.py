@@ -42,6 +42,10 @@ MOVING = frozenset({10008, STREAM_NOT_FOUND})
 # A restore's subscription lives on the meta leader: the first chunk may reach the server
 # this client is connected to before the subscription's interest has ("no responders").
 INTEREST_WAIT_S = 5.0
+# A replica this few entries behind, heard from this lately, is current: a busy stream's
+# followers are a few writes behind at any instant.
+LAG_OK = 16
+ACTIVE_WITHIN_NS = 2_000_000_000
 RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
 BACKUP_FILE = "backup.json"
 DATA_FILE = "stream.tar.s2"
@@ -243,3 +247,23 @@ class StoreMoves:
         if not answer.get("success"):
             raise StoreUnavailable(f"move the leader of {stream}: {answer.get('error')}")
         return peers[0]
+
+
+def current_copies(cluster: dict[str, Any], servers: list[str]) -> list[str]:
+    """The servers holding a current copy of a stream, from its info's `cluster`: the leader
+    and each replica that is current or only the writes in flight behind (standalone: the
+    one server, the first of `servers`)."""
+    leader = cluster.get("leader")
+    if leader is None and not cluster.get("replicas"):
+        return servers[:1]
+    peers = [r["name"] for r in cluster.get("replicas") or () if _current(r)]
+    return sorted(([leader] if leader else []) + peers)
+
+
+def _current(replica: dict[str, Any]) -> bool:
+    """Current as the leader says, or only the few writes in flight behind and heard from
+    lately (the leader's flag drops for a moment on every burst of writes)."""
+    if replica.get("current"):
+        return True
+    recent = int(replica.get("active", ACTIVE_WITHIN_NS)) < ACTIVE_WITHIN_NS
+    return not replica.get("offline") and recent and int(replica.get("lag", LAG_OK + 1)) <= LAG_OK
