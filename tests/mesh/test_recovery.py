@@ -145,8 +145,8 @@ def test_a_recovery_leader_killed_mid_recovery_is_followed_and_nothing_is_done_t
             timeout=60,
             what=f"{victim}'s recovery under way",
         )
-        leader_killed = time.time()
         mesh.ok("chaos", "kill", leader)
+        leader_killed = time.time()  # dead by now; it may have finished a step just before
 
         # Another leader finishes the victim's recovery, and the dead leader's.
         events = wait_for(lambda: mesh.recovered(victim, killed), timeout=120, what=victim)
