@@ -134,11 +134,12 @@ class Agent:
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
-                tasks.create_task(self._control_plane(reconciler), name="control-plane")
+                provider = self._provider()
+                tasks.create_task(self._control_plane(reconciler, provider), name="control-plane")
                 if self.identity.name != MASTER:
-                    tasks.create_task(self._rescue().run(), name="master-rescue")
+                    tasks.create_task(self._rescue(provider).run(), name="master-rescue")
 
-    def _rescue(self) -> MasterRescue:
+    def _rescue(self, provider: Provider) -> MasterRescue:
         """Rebuilds master when JetStream ran on it alone and it died (watchers/rescue.py)."""
         return MasterRescue(
             self.dir,
@@ -146,11 +147,11 @@ class Agent:
             self.identity.name,
             lambda: self.store,
             lambda: self.view.nodes,
-            self._provider,
+            provider,
             mesh_tag(self.config.mesh),
         )
 
-    async def _control_plane(self, reconciler: Reconciler) -> None:
+    async def _control_plane(self, reconciler: Reconciler, provider: Provider) -> None:
         placement = ServerPlacement.load(self.dir, self.config)
         store = await open_store(
             nats_urls(placement, self.config),
@@ -173,7 +174,6 @@ class Agent:
                 assert isinstance(store, NatsStore)
                 mover = ServerMover(store, self.dir, self.data_dir, self.config)
                 await self._prepare_store(store, mover)
-            provider = self._provider()
             name = self.identity.name
             view = self.view
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")

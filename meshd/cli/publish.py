@@ -17,7 +17,7 @@ from meshd.agent.records import last_placement
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
 from meshd.cli.publishing import StalePublish, write_desired
-from meshd.cli.session import connect, jetstream_settled, read_mesh
+from meshd.cli.session import connect, jetstream_settled, read_mesh, read_nodes
 from meshd.cli.tables import console, render_plan
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, Plan, make_plan
@@ -133,7 +133,7 @@ async def _publish(
         current = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
         last = await last_placement(store)
         previous = last.placement if last else None
-        running = {name: node.size for name, node in (await read_mesh(store)).nodes.items()}
+        running = {name: node.size for name, node in (await read_nodes(store)).items()}
         plan = make_plan(previous, place(state, previous), running)
         _show(plan, as_json, str(csv_file), config)
         if dry_run:

@@ -70,20 +70,26 @@ class MeshReading:
         )
 
 
-async def read_mesh(store: Store) -> MeshReading:
-    async def read(bucket: str, cls: Any) -> dict[str, Any]:
-        return {
-            key: decode(entry.value, cls)
-            for key, entry in (await store.entries(bucket)).items()
-            if entry.value is not None
-        }
+async def _read(store: Store, bucket: str, cls: Any) -> dict[str, Any]:
+    return {
+        key: decode(entry.value, cls)
+        for key, entry in (await store.entries(bucket)).items()
+        if entry.value is not None
+    }
 
+
+async def read_nodes(store: Store) -> dict[str, NodeStatus]:
+    """What every droplet reports, by name."""
+    return await _read(store, subjects.NODES_BUCKET, NodeStatus)
+
+
+async def read_mesh(store: Store) -> MeshReading:
     return MeshReading(
-        nodes=await read(subjects.NODES_BUCKET, NodeStatus),
-        allocations=await read(subjects.ALLOC_BUCKET, Allocation),
-        leases=await read(subjects.LEASES_BUCKET, Lease),
-        failures=await read(subjects.FAILURES_BUCKET, FailureRecord),
-        snapshots=await read(subjects.SNAPSHOTS_BUCKET, SnapshotIndex),
+        nodes=await read_nodes(store),
+        allocations=await _read(store, subjects.ALLOC_BUCKET, Allocation),
+        leases=await _read(store, subjects.LEASES_BUCKET, Lease),
+        failures=await _read(store, subjects.FAILURES_BUCKET, FailureRecord),
+        snapshots=await _read(store, subjects.SNAPSHOTS_BUCKET, SnapshotIndex),
     )
 
 

@@ -79,7 +79,7 @@ class MasterRescue:
         me: str,
         store: Callable[[], Store | None],
         known: Callable[[], Iterable[str]],
-        provider: Callable[[], Provider],
+        provider: Provider,
         tag: str,
     ) -> None:
         self.dir = droplet_dir
@@ -110,15 +110,13 @@ class MasterRescue:
                     await self._remember(store)
             else:
                 lost_since = lost_since or now
-                placement = ServerPlacement.load(self.dir, self.config)
-                due = now - lost_since >= RESCUE_AFTER_S and self.rebuilt is None
-                if due and rescues(placement.names(), self.me, self.known()):
-                    await self._rescue()
+                if now - lost_since >= RESCUE_AFTER_S and self.rebuilt is None:
+                    placement = await asyncio.to_thread(ServerPlacement.load, self.dir, self.config)
+                    if rescues(placement.names(), self.me, self.known()):
+                        await self._rescue()
             await asyncio.sleep(CHECK_S)
 
     async def _remember(self, store: Store) -> None:
-        if self.me == MASTER:
-            return
         try:
             index = (await snapshot_index(store, MASTER)).index
         except StoreUnavailable:
@@ -126,7 +124,7 @@ class MasterRescue:
         self.remembered = index.snapshots if index else ()
 
     async def _rescue(self) -> None:
-        provider = self.provider()
+        provider = self.provider
         try:
             master = next((d for d in await provider.list(self.tag) if d.name == MASTER), None)
             if master is None:
@@ -154,8 +152,6 @@ class MasterRescue:
             self._tell("master was replaced meanwhile")
         except ProviderError as err:
             self._tell(f"the provider failed: {err}")
-        finally:
-            await provider.close()
 
     async def _record(self, store: Store, rebuilt: Rebuilt) -> None:
         """Record the rebuild once the store takes it (JetStream may still be starting)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.mesh.test_recovery import incarnation, recovered
+from tests.mesh.test_recovery import whole_in_new_life
 from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project
 from tests.support.waiting import wait_for
 
@@ -35,13 +35,5 @@ def test_a_dead_lone_master_is_rebuilt_from_its_snapshot_by_the_other_droplet(
         assert rebuilt[0]["actor"] == "shop-web1"
         assert rebuilt[0]["detail"]["without_store"] is True
         assert rebuilt[0]["detail"]["from"].startswith("master-deploy-")
-        after = wait_for(
-            lambda: (
-                (found := recovered(mesh))
-                and incarnation(found, "master") > incarnation(before, "master")
-                and found
-            ),
-            timeout=90,
-            what="every service whole and master's new life reported",
-        )
+        after = whole_in_new_life(mesh, "master", before, timeout=90)
         assert after["jetstream"]["servers"] == ["master"]

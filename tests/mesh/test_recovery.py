@@ -39,6 +39,24 @@ def recovered(mesh: LocalMesh) -> dict[str, Any] | None:
     return status if whole else None
 
 
+def whole_in_new_life(
+    mesh: LocalMesh, name: str, before: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """The status once every service is whole and `name` reports a newer life than in
+    `before` (a droplet rebuilt from a snapshot may first be read in its former life)."""
+    return dict(
+        wait_for(
+            lambda: (
+                (found := recovered(mesh))
+                and incarnation(found, name) > incarnation(before, name)
+                and found
+            ),
+            timeout=timeout,
+            what=f"every service whole, and {name}'s new life reported",
+        )
+    )
+
+
 def incarnation(status: dict[str, Any], name: str) -> int:
     return int(next(d["incarnation"] for d in status["droplets"] if d["name"] == name))
 
@@ -100,15 +118,7 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         )
         wait_for(lambda: http_get(url), timeout=30, what="the entry address answering")
         wait_for(lambda: mesh.recovered("master", killed), timeout=120, what="master rebuilt")
-        wait_for(  # master, a core droplet, may first be read in its former life
-            lambda: (
-                (found := recovered(mesh))
-                and incarnation(found, "master") > incarnation(before, "master")
-                and found
-            ),
-            timeout=60,
-            what="every service whole, and master's new life reported",
-        )
+        whole_in_new_life(mesh, "master", before, timeout=60)
         assert holders <= {"lb", "heartbeat", "scheduler", "provisioner", "recovery", "snapshots"}
 
 
@@ -151,17 +161,7 @@ def test_a_recovery_leader_killed_mid_recovery_is_followed_and_nothing_is_done_t
         # Another leader finishes the victim's recovery, and the dead leader's.
         events = wait_for(lambda: mesh.recovered(victim, killed), timeout=120, what=victim)
         wait_for(lambda: mesh.recovered(leader, killed), timeout=120, what=leader)
-        # A core droplet rebuilt from a snapshot rejoins JetStream with an older store and
-        # catches up; until it has, a read may still show a report of its former life.
-        final = wait_for(
-            lambda: (
-                (found := recovered(mesh))
-                and incarnation(found, leader) > incarnation(before, leader)
-                and found
-            ),
-            timeout=90,
-            what="every service whole, and the leader's new life reported",
-        )
+        final = whole_in_new_life(mesh, leader, before, timeout=90)
         rebuilt = [e for e in events if e["name"] == "droplet_rebuilt" and e["at"] > killed]
         assert len(rebuilt) == 1, rebuilt
         finished = [e for e in events if e["name"] == "droplet_recovered" and e["at"] > killed]
