@@ -264,6 +264,25 @@ class FailureRecord(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionHold(Message):
+    """The operator holds off failure detection of a droplet until `until` (KV
+    `mesh_desired/hold.<droplet>`, written by `meshctl hold`): its monitors still suspect it
+    when it is silent, but none confirms, so it is not rebuilt (an agent upgrade, a reboot,
+    a drill that must not turn into a recovery). Past `until` the hold is void."""
+
+    KIND: ClassVar[str] = "detection_hold"
+
+    droplet: str
+    until: float
+    reason: str
+    held_by: str
+    held_at: float
+
+    def holds(self, now: float) -> bool:
+        return now < self.until
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """One post-deployment snapshot of a droplet: the provider's `id` and `name`, the
     droplet it was taken of, and the generation of every allocation the droplet ran healthy
@@ -365,6 +384,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Lease,
             Suspicion,
             FailureRecord,
+            DetectionHold,
             SnapshotIndex,
             Notification,
             HeartbeatMark,

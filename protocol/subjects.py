@@ -40,6 +40,7 @@ PLACEMENT_KEY = "placement"
 JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStreamServers)
 JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state has moved
 RESTARTS = "restart.>"
+HOLDS = "hold.*"  # `meshctl hold`: failure detection held off (DetectionHold)
 
 # Streams and the subjects they capture.
 EVENTS_STREAM = "MESH_EVENTS"
@@ -174,6 +175,11 @@ def parse_instance_key(key: str) -> tuple[str, str, str, int]:
 def restart_key(project: str, env: str, service: str) -> str:
     """Key of a service's restart requests in `mesh_desired`: `restart.<alloc key>`."""
     return f"restart.{alloc_key(project, env, service)}"
+
+
+def hold_key(droplet: str) -> str:
+    """Key of a droplet's detection hold in `mesh_desired`: `hold.<droplet>`."""
+    return f"hold.{token(droplet, 'droplet')}"
 
 
 def node_key(droplet: str) -> str:

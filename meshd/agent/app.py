@@ -25,6 +25,7 @@ from meshd.agent.config import (
     MeshConfig,
     ServerPlacement,
     mesh_tag,
+    user_data_now,
 )
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
@@ -33,7 +34,13 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls, replicas
+from meshd.agent.servers import (
+    Journal,
+    ServerMover,
+    ServersListener,
+    nats_urls,
+    replicas,
+)
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
 from meshd.core.spec import MASTER
@@ -53,7 +60,14 @@ from plugins.providers import Provider, ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
-from protocol.messages import Allocation, FailureRecord, Message, NodeStatus, PublishedSpec
+from protocol.messages import (
+    Allocation,
+    DetectionHold,
+    FailureRecord,
+    Message,
+    NodeStatus,
+    PublishedSpec,
+)
 from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
@@ -183,7 +197,18 @@ class Agent:
             leaders: list[tuple[Leader, LeaseTiming | None, bool]] = [
                 (Scheduler(store, name), None, False),
                 (Provisioner(store, provider, self.config, name), None, False),
-                (Recovery(store, provider, view, name, tag), None, False),
+                (
+                    Recovery(
+                        store,
+                        provider,
+                        view,
+                        name,
+                        tag,
+                        user_data=lambda: user_data_now(self.dir, self.config),
+                    ),
+                    None,
+                    False,
+                ),
                 (Snapshots(store, provider, view, name, tag), None, False),
                 (
                     Together(
@@ -235,6 +260,16 @@ class Agent:
                         keys=subjects.DESIRED_KEY,
                     ),
                     name="desired",
+                )
+                tasks.create_task(
+                    mirror_bucket(
+                        store,
+                        subjects.DESIRED_BUCKET,
+                        DetectionHold,
+                        view.set_holds,
+                        keys=subjects.HOLDS,
+                    ),
+                    name="holds",
                 )
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")

@@ -1,11 +1,12 @@
 """What every droplet of a mesh is told at creation (its `user_data`) and the pure functions
 over it: which droplets run nats-server with JetStream, and their server configuration.
 
-Topology (docs/decisions.md): JetStream runs on the *core* droplets created by `meshctl up`:
-`master` alone, or `master` and the next two when the mesh starts with three or more. Core
-droplets run nats-server (three of them clustered by routes); every other droplet's agent is a
-client of the core servers. A lone JetStream server cannot run in clustered mode (nats-server
-refuses a cluster without routes), and two would halt on either's death.
+Topology (docs/decisions.md, "JetStream follows membership"): JetStream runs on `master` alone
+below three droplets and on `master` and two more from three on (the scheduler chooses them,
+`meshd.core.jetstream`). user_data's `core` are the servers when the droplet was made, at
+epoch `servers_epoch`; `jetstream.json` follows them as they move. A lone JetStream server
+cannot run in clustered mode (nats-server refuses a cluster without routes), and two would
+halt on either's death.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class MeshConfig:
     provider: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)  # {"address", "port"}: the lb's
+    servers_epoch: int = 0  # the JetStream epoch of `core`
 
     def entry_listen(self, fallback_address: str) -> str:
         """`address:port` of the mesh's entry point; the reserved address, else `fallback`."""
@@ -81,9 +83,12 @@ class MeshConfig:
     def is_core(self, droplet: str) -> bool:
         return any(c.name == droplet for c in self.core)
 
-    def with_servers(self, servers: tuple[CoreServer, ...]) -> MeshConfig:
-        """The same mesh with JetStream on `servers` (they change as the mesh grows)."""
-        return replace(self, core=servers)
+    def with_servers(self, servers: tuple[CoreServer, ...], epoch: int | None = None) -> MeshConfig:
+        """The same mesh with JetStream on `servers` (they change as the mesh grows), as of
+        `epoch` when given."""
+        return replace(
+            self, core=servers, servers_epoch=self.servers_epoch if epoch is None else epoch
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -94,6 +99,7 @@ class MeshConfig:
                 "provider": self.provider,
                 "runtime": self.runtime,
                 "entry": self.entry,
+                "servers_epoch": self.servers_epoch,
             },
             indent=2,
         )
@@ -108,6 +114,7 @@ class MeshConfig:
             provider=dict(data.get("provider", {})),
             runtime=dict(data.get("runtime", {})),
             entry=dict(data.get("entry", {})),
+            servers_epoch=int(data.get("servers_epoch", 0)),
         )
 
 
@@ -185,13 +192,25 @@ class ServerPlacement:
 
     @classmethod
     def load(cls, directory: Path, config: MeshConfig) -> ServerPlacement:
-        """The file's placement, or user_data's core servers at epoch 0."""
+        """The file's placement, or user_data's servers where they are newer: a droplet
+        rebuilt from a snapshot has the file of the snapshot's day, and its user_data the
+        servers of the day it was rebuilt (a rolled-back placement would split the mesh)."""
+        given = cls(config.servers_epoch, config.core)
         try:
             data = json.loads((directory / JETSTREAM_FILE).read_text())
         except FileNotFoundError:
-            return cls(0, config.core)
-        return cls(
+            return given
+        found = cls(
             int(data["epoch"]),
             tuple(CoreServer(s["name"], s["address"]) for s in data["servers"]),
             bool(data.get("fresh_store", False)),
         )
+        return given if given.epoch > found.epoch else found
+
+
+def user_data_now(droplet_dir: Path, config: MeshConfig) -> str:
+    """user_data for a droplet made now: the JetStream servers this droplet uses, at their
+    epoch. A droplet rebuilt from a snapshot then joins them, not the servers of the day of
+    its snapshot (ServerPlacement.load takes the newer)."""
+    placement = ServerPlacement.load(droplet_dir, config)
+    return config.with_servers(placement.servers, placement.epoch).to_json()

@@ -1,7 +1,7 @@
 """What an agent knows of the whole mesh, kept current by its watches: every droplet's report,
-every allocation, the desired state and the confirmed failures. The reconciler, the load
-balancer and the failure detector read it; nothing here reads the store, so a new lb holder
-can render at once, even while JetStream elects."""
+every allocation, the desired state, the confirmed failures and the operator's detection
+holds. The reconciler, the load balancer and the failure detector read it; nothing here reads
+the store, so a new lb holder can render at once, even while JetStream elects."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from meshd.core.displacement import hosted
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
 from protocol import subjects
-from protocol.messages import Allocation, FailureRecord, NodeStatus, PublishedSpec
+from protocol.messages import (
+    Allocation,
+    DetectionHold,
+    FailureRecord,
+    NodeStatus,
+    PublishedSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,7 @@ class MeshView:
         self.allocations: dict[str, Allocation] = {}
         self.state: DesiredState | None = None
         self.failures: dict[str, FailureRecord] = {}
+        self.holds: dict[str, DetectionHold] = {}  # by droplet
         self.changed = asyncio.Event()
         self._seen: set[str] = set()
 
@@ -41,6 +48,11 @@ class MeshView:
     def notify(self) -> NotifySettings:
         """How the operator is told, from the desired state (nothing configured without one)."""
         return NotifySettings.from_data(self.state.notify if self.state else None)
+
+    def held(self, droplet: str, now: float) -> bool:
+        """The operator holds off the failure detection of `droplet` (`meshctl hold`)."""
+        hold = self.holds.get(droplet)
+        return hold is not None and hold.holds(now)
 
     def hosted(self) -> dict[str, Allocation]:
         """The allocations with the survivors that run displaced instances added."""
@@ -65,6 +77,10 @@ class MeshView:
     async def set_failures(self, values: dict[str, FailureRecord]) -> None:
         self.failures = dict(values)
         self._arrived("failures")
+
+    async def set_holds(self, values: dict[str, DetectionHold]) -> None:
+        self.holds = {hold.droplet: hold for hold in values.values()}
+        self._arrived("holds")
 
     def _arrived(self, what: str) -> None:
         self._seen.add(what)

@@ -28,6 +28,7 @@ COMMANDS = {
     "status": "meshd.cli.status:status",
     "events": "meshd.cli.status:events",
     "chaos": "meshd.cli.chaos:chaos",
+    "hold": "meshd.cli.hold:hold",
     "notify": "meshd.cli.notify:notify",
     "compose": "meshd.cli.compose:compose",
     "down": "meshd.cli.down:down",

@@ -17,6 +17,7 @@ from protocol import subjects
 from protocol.codec import decode
 from protocol.messages import (
     Allocation,
+    DetectionHold,
     FailureRecord,
     Lease,
     NodeStatus,
@@ -70,10 +71,10 @@ class MeshReading:
         )
 
 
-async def _read(store: Store, bucket: str, cls: Any) -> dict[str, Any]:
+async def _read(store: Store, bucket: str, cls: Any, keys: str = ">") -> dict[str, Any]:
     return {
         key: decode(entry.value, cls)
-        for key, entry in (await store.entries(bucket)).items()
+        for key, entry in (await store.entries(bucket, keys)).items()
         if entry.value is not None
     }
 
@@ -81,6 +82,13 @@ async def _read(store: Store, bucket: str, cls: Any) -> dict[str, Any]:
 async def read_nodes(store: Store) -> dict[str, NodeStatus]:
     """What every droplet reports, by name."""
     return await _read(store, subjects.NODES_BUCKET, NodeStatus)
+
+
+async def read_holds(store: Store) -> dict[str, DetectionHold]:
+    """The operator's detection holds that have not ended, by droplet (`meshctl hold`)."""
+    now = time.time()
+    found = await _read(store, subjects.DESIRED_BUCKET, DetectionHold, subjects.HOLDS)
+    return {h.droplet: h for h in found.values() if h.holds(now)}
 
 
 async def read_mesh(store: Store) -> MeshReading:

@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
-from meshd.cli.session import connect, jetstream_view, read_mesh
+from meshd.cli.hold import hold_data
+from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
@@ -42,6 +43,8 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
         if as_json and not watch:
             view = {"entry_url": context.entry_url, **(await read_mesh(store)).status()}
             view["jetstream"] = await jetstream_view(store)
+            now = time.time()
+            view["holds"] = [hold_data(h, now) for h in (await read_holds(store)).values()]
             recent = await store.recent_events(SUSPICION_EVENTS)
             view["suspicions"] = open_suspicions(recent, time.time())
             view["notifications"] = notifications(recent, await _waiting(store))
@@ -90,6 +93,13 @@ async def _render(store: Store, entry: str | None) -> Group:
         lines.append(f"[red]Notifications by {channel} failing:[/] {escape(str(failure['error']))}")
     if told["waiting"]:
         lines.append(f"Notifications waiting for delivery: {told['waiting']}")
+    for held in (await read_holds(store)).values():
+        until = time.strftime("%H:%M:%S", time.localtime(held.until))
+        why = f": {escape(held.reason)}" if held.reason else ""
+        lines.append(
+            f"[yellow]Held: {escape(held.droplet)}[/] is not declared dead before {until}"
+            f" (by {escape(held.held_by)}{why})"
+        )
     for suspicion in open_suspicions(recent, time.time()):
         lines.append(
             f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "

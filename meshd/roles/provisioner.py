@@ -98,7 +98,7 @@ class Provisioner:
         config = self.config
         if running := await jetstream_servers(self.store, subjects.JETSTREAM_APPLIED_KEY):
             config = config.with_servers(
-                tuple(CoreServer(s.name, s.address) for s in running.servers)
+                tuple(CoreServer(s.name, s.address) for s in running.servers), running.epoch
             )
         record = await self.provider.create(
             name, size, tags=tags, user_data=config.to_json(), fence=term.token

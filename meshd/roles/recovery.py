@@ -20,9 +20,11 @@ The load balancer drops the droplet's instances as soon as the record exists.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from meshd.agent.lease import Term
@@ -52,13 +54,23 @@ class Recovery:
     role = subjects.Role.RECOVERY
 
     def __init__(
-        self, store: Store, provider: Provider, view: MeshView, droplet: str, tag: str
+        self,
+        store: Store,
+        provider: Provider,
+        view: MeshView,
+        droplet: str,
+        tag: str,
+        user_data: Callable[[], str] | None = None,
     ) -> None:
+        """`user_data` makes a replacement's user data when it is rebuilt: the JetStream
+        servers this agent uses now, which a snapshot's own may predate (None: the old
+        droplet's)."""
         self.store = store
         self.provider = provider
         self.view = view
         self.droplet = droplet
         self.tag = tag
+        self.user_data = user_data
         self._reported: dict[str, str] = {}  # droplet -> last problem recorded
 
     async def lead(self, term: Term) -> None:
@@ -150,18 +162,20 @@ class Recovery:
         (the mesh deploys everything onto it). The replacement and what it was built from."""
         assert isinstance(self.provider, Rebuilder)
         index = (await snapshot_index(self.store, record.droplet)).index
+        user_data = await asyncio.to_thread(self.user_data) if self.user_data else None
         for snapshot in index.snapshots if index else ():
             term.ensure_held()
             try:
                 built = await self.provider.rebuild(
-                    droplet_id, fence=term.token, snapshot_id=snapshot.id
+                    droplet_id, fence=term.token, snapshot_id=snapshot.id, user_data=user_data
                 )
             except SnapshotNotFound:
                 log.warning("Snapshot gone. droplet=%s snapshot=%s", record.droplet, snapshot.name)
                 continue
             return built, snapshot.name
         term.ensure_held()
-        return await self.provider.rebuild(droplet_id, fence=term.token), "base image"
+        built = await self.provider.rebuild(droplet_id, fence=term.token, user_data=user_data)
+        return built, "base image"
 
     async def _check_back(self, term: Term, record: FailureRecord, revision: int) -> None:
         node = self.view.nodes.get(record.droplet)

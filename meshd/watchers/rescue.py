@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.agent.config import MeshConfig, ServerPlacement
+from meshd.agent.config import MeshConfig, ServerPlacement, user_data_now
 from meshd.agent.records import snapshot_index
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.monitors import ring
@@ -136,13 +136,17 @@ class MasterRescue:
             if not isinstance(provider, Rebuilder) or not isinstance(provider, Snapshotter):
                 self._tell("the provider cannot rebuild droplets from snapshots")
                 return
+            # The servers as this droplet last knew them: the snapshot's may be older.
+            user_data = await asyncio.to_thread(user_data_now, self.dir, self.config)
             for snapshot in newest_snapshots(self.remembered, await provider.list_snapshots()):
                 log.warning(
                     "master is off and JetStream was on it alone: rebuilding it. snapshot=%s",
                     snapshot.name,
                 )
                 try:
-                    await provider.rebuild(master.id, fence=None, snapshot_id=snapshot.id)
+                    await provider.rebuild(
+                        master.id, fence=None, snapshot_id=snapshot.id, user_data=user_data
+                    )
                 except SnapshotNotFound:
                     continue
                 self.rebuilt = Rebuilt(snapshot.name, time.time())

@@ -217,13 +217,18 @@ class UserDataWriter(Protocol):
 @runtime_checkable
 class Rebuilder(Protocol):
     """Optional ability: replace a dead droplet by a new one with the same name, size, tags,
-    address and user_data, started from `snapshot_id` (DigitalOcean: a droplet created from
-    the snapshot image; local: a copy of the snapshot's directory) or, without one, from the
-    base image (the mesh then deploys everything onto it). The old one is powered off first
-    and destroyed."""
+    address and user_data (or `user_data` when given), started from `snapshot_id`
+    (DigitalOcean: a droplet created from the snapshot image; local: a copy of the snapshot's
+    directory) or, without one, from the base image (the mesh then deploys everything onto
+    it). The old one is powered off first and destroyed."""
 
     async def rebuild(
-        self, droplet_id: str, *, fence: Fence | None, snapshot_id: str | None = None
+        self,
+        droplet_id: str,
+        *,
+        fence: Fence | None,
+        snapshot_id: str | None = None,
+        user_data: str | None = None,
     ) -> DropletRecord:
         """The new droplet's record; refuse (StaleFence) a fence older than the droplet's and
         raise SnapshotNotFound for a snapshot that is gone."""

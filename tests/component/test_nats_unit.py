@@ -94,3 +94,41 @@ def test_a_rebuilt_clustered_server_starts_empty_and_a_lone_one_keeps_its_store(
             assert (home / "jetstream.owner").read_text() == "1"
         finally:
             unit.stop()
+
+
+def test_a_droplet_rebuilt_from_an_older_snapshot_joins_the_servers_of_its_user_data(
+    tmp_path: Path,
+) -> None:
+    """The snapshot was taken when master ran JetStream alone (epoch 0); JetStream has moved
+    to three servers since (epoch 2), and the recovery leader made the replacement's
+    user_data then. Following the snapshot's file would start a lone server on the stale
+    store beside the cluster: two meshes."""
+    addresses = loopback_addresses(3)
+    home = tmp_path / "master-1"
+    config = droplet(home, addresses[0])
+    servers = (
+        CoreServer("master", addresses[0]),
+        CoreServer("web1", addresses[1]),
+        CoreServer("web2", addresses[2]),
+    )
+    ServerPlacement(0, config.core).save(home)  # the snapshot's day
+    (home / "user_data").write_text(config.with_servers(servers, 2).to_json())
+    (home / "jetstream").mkdir()
+    (home / "jetstream" / "old-log").write_text("rolled back")
+    (home / "jetstream.owner").write_text("earlier-droplet")
+    unit = NatsUnit(home)
+    try:
+        ticked(unit)
+        placement = ServerPlacement.load(
+            home, MeshConfig.from_json((home / "user_data").read_text())
+        )
+        assert (placement.epoch, placement.servers) == (2, servers)
+        conf = (home / "nats-server.conf").read_text()
+        assert addresses[1] in conf and addresses[2] in conf  # routes to the other two
+        assert (home / "jetstream.rebuilt-earlier-droplet" / "old-log").exists()
+
+        # A later move (epoch 3) written to the file wins over user_data again.
+        ServerPlacement(3, config.core).save(home)
+        assert ServerPlacement.load(home, config.with_servers(servers, 2)).epoch == 3
+    finally:
+        unit.stop()

@@ -30,6 +30,7 @@ from tests.support.reconciling import allocation
 
 TAG = "mesh:test"
 SLEEPER = "import sys, time; time.sleep(600)"
+NEW_USER_DATA = '{"servers_epoch": 2}'
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     )
     await view.set_failures({"web1": failed})
 
-    first = Recovery(store, provider, view, "master", TAG)
+    first = Recovery(store, provider, view, "master", TAG, user_data=lambda: NEW_USER_DATA)
     first_term = Term("recovery", fence=10, deadline=time.monotonic() + 60)
     await first.recover(first_term)  # confirmed -> fenced
     await first.recover(first_term)  # fenced -> displaced
@@ -110,6 +111,11 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     assert recovering is not None and recovering.state is FailureState.RECOVERING
     (replacement,) = [d for d in await provider.list(TAG) if d.name == "web1"]
     assert recovering.replacement_id == replacement.id != web1.id
+    # Its user_data is the one the first leader made when it rebuilt (the JetStream servers
+    # its agent used then), not the old droplet's.
+    account = json.loads((tmp_path / "account" / "account.json").read_text())
+    made = Path(account["droplets"][replacement.id]["dir"]) / "user_data"
+    assert made.read_text() == NEW_USER_DATA
     assert recovering.fence == 12
 
     # Not healthy yet: the record stays. Reported healthy with a newer incarnation: it goes.

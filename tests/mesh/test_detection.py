@@ -1,6 +1,7 @@
 """Failure detection on real local meshes with real faults (`meshctl chaos`): a droplet
-paused for less than the suspicion window is never declared dead, a killed one is confirmed
-by a majority of its monitors, recorded once, and rebuilt; with two droplets the provider is
+paused for less than the suspicion window is never declared dead, nor is one the operator
+holds (`meshctl hold`) however long it is silent; a killed one is confirmed by a majority of
+its monitors, recorded once, and rebuilt; with two droplets the provider is
 the second opinion, so a long pause is not a failure there either."""
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def all_reporting(mesh: LocalMesh, count: int) -> bool:
     return len(droplets) == count and all(d["healthy"] and d["incarnation"] for d in droplets)
 
 
+def names_since(mesh: LocalMesh, subject: str, since: float) -> set[str]:
+    """The names of the events about `subject` since `since` (none while unreadable)."""
+    return {e["name"] for e in mesh.events_about(subject) or [] if e["at"] > since}
+
+
 def event_names(mesh: LocalMesh) -> list[str]:
     return [line.split()[1] for line in mesh.ok("events", "-n", "50").splitlines() if line]
 
@@ -52,6 +58,24 @@ def test_a_short_pause_is_survived_and_a_killed_droplet_is_confirmed_by_a_majori
         about = wait_for(lambda: mesh.events_about("mesh-3"), what="the events about mesh-3")
         assert [e for e in about if e["name"] == "failure_confirmed" and e["at"] > paused_at] == []
         assert droplet(mesh, "mesh-3")["incarnation"] == target["incarnation"]  # not rebuilt
+
+        # Held (an agent upgrade, say), it may be silent far longer than the window: it is
+        # suspected, never confirmed. Released, it is watched again (the kill below).
+        mesh.ok("hold", "mesh-3", "--for", "2m", "--reason", "drill")
+        assert [h["droplet"] for h in mesh.status()["holds"]] == ["mesh-3"]
+        held_at = time.time()
+        with mesh.paused("mesh-3"):
+            time.sleep(7.0)
+        wait_for(
+            lambda: "droplet_suspected" in names_since(mesh, "mesh-3", held_at),
+            timeout=30,
+            what="mesh-3 suspected while held",
+        )
+        time.sleep(3.0)  # a confirmation would be recorded by now
+        assert "failure_confirmed" not in names_since(mesh, "mesh-3", held_at)
+        assert droplet(mesh, "mesh-3")["incarnation"] == target["incarnation"]
+        mesh.ok("hold", "mesh-3", "--off")
+        assert mesh.status()["holds"] == []
 
         killed = time.time()
         mesh.ok("chaos", "kill", "mesh-3")
@@ -114,6 +138,10 @@ def test_with_two_droplets_the_provider_is_the_second_opinion(tmp_path: Path) ->
 def test_drills_refuse_what_they_cannot_do(seed_mesh: LocalMesh) -> None:
     unknown = seed_mesh.meshctl("chaos", "kill", "nope")
     assert unknown.returncode == 2 and "no droplet 'nope'" in unknown.stderr
+    unheld = seed_mesh.meshctl("hold", "nope")
+    assert unheld.returncode == 2 and "no droplet 'nope'; known: " in unheld.stderr
+    too_long = seed_mesh.meshctl("hold", "master", "--for", "3d")
+    assert too_long.returncode == 2 and "write 90s, 10m or 2h" in too_long.stderr
     cut = seed_mesh.meshctl("chaos", "partition", "master")
     assert cut.returncode == 1 and "meshctl up --netns" in cut.stderr
     assert "Traceback" not in cut.stderr

@@ -23,6 +23,7 @@ from protocol.messages import (
     MESSAGE_TYPES,
     Allocation,
     DeployRequest,
+    DetectionHold,
     Event,
     FailureRecord,
     FailureState,
@@ -160,6 +161,13 @@ SAMPLES: list[Message] = [
                 fence=119,
             ),
         ),
+    ),
+    DetectionHold(
+        droplet="master",
+        until=1_700_000_603.0,
+        reason="agent upgrade",
+        held_by="operator@laptop",
+        held_at=1_700_000_003.0,
     ),
 ]
 

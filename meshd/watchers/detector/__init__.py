@@ -11,7 +11,8 @@ the vote back. A live target that hears it is suspected refutes, which voids eve
 it. When a majority of the target's monitors confirm, whoever sees it records the failure
 once (KV create on `mesh_failures/<target>`); the vote itself runs over core NATS, so it does
 not wait for a JetStream election. A target with one monitor (two droplets) is confirmed
-only when the provider says it is not running either.
+only when the provider says it is not running either; a target the operator holds
+(`meshctl hold`) is suspected but never confirmed until the hold ends.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Detector:
         self.starved = False
         self.probes = 0  # HTTP probes sent, direct and for others (the bench counts them)
         self._last_refute = 0.0
+        self._held_silent: set[str] = set()  # held targets whose silence was logged
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._map: tuple[object, object, dict[str, tuple[str, ...]]] | None = None
@@ -159,6 +161,7 @@ class Detector:
         return await probe(http, address)
 
     def _alive(self, target: str, watch: Watch) -> None:
+        self._held_silent.discard(target)
         voted = watch.voted is not None
         if watch.alive(time.monotonic()):
             log.info("Suspected droplet answers again. droplet=%s", target)
@@ -195,8 +198,12 @@ class Detector:
     # --- votes -------------------------------------------------------------------------------
 
     async def _confirm(self, target: str, watch: Watch, monitor_count: int) -> None:
-        if monitor_count == 1 and not await self._provider_agrees(target):
-            watch.voted = Verdict.SUSPECT  # alive for the provider: ask again next tick
+        held = self.view.held(target, time.time())
+        if held or (monitor_count == 1 and not await self._provider_agrees(target)):
+            if held and target not in self._held_silent:
+                self._held_silent.add(target)
+                log.warning("Droplet silent but held; not confirming. droplet=%s", target)
+            watch.voted = Verdict.SUSPECT  # held, or alive for the provider: ask again
             watch.indirect_failed = None
             self._spawn(self._indirect(target, watch))
             return
@@ -258,6 +265,8 @@ class Detector:
             self._decided(decision)
 
     def _decided(self, decision: Decision) -> None:
+        if self.view.held(decision.target, time.time()):
+            return  # its monitors saw the hold late: no record while it holds
         by = ",".join(decision.confirmed_by)
         log.warning("Droplet failure confirmed. droplet=%s by=%s", decision.target, by)
         record = FailureRecord(

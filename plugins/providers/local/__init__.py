@@ -143,29 +143,31 @@ class LocalProvider:
         await asyncio.to_thread(self._account.transact, change, "set_user_data", droplet_id, None)
 
     async def rebuild(
-        self, droplet_id: str, *, fence: Fence | None, snapshot_id: str | None = None
+        self,
+        droplet_id: str,
+        *,
+        fence: Fence | None,
+        snapshot_id: str | None = None,
+        user_data: str | None = None,
     ) -> DropletRecord:
-        """A new droplet in the old one's place: same name, size, tags, address and user data;
-        its directory a copy of the snapshot's (allocations and the JetStream store come back
-        at boot) or, without one, only its user data (the base image); the old one killed and
-        destroyed."""
+        """A new droplet in the old one's place: same name, size, tags, address and user data
+        (`user_data` instead, when given); its directory a copy of the snapshot's (allocations
+        and the JetStream store come back at boot) or, without one, only its user data (the
+        base image); the old one killed and destroyed."""
         action = f"rebuild droplet {droplet_id}"
+
+        def locked(account: Account, state: DropletState | None) -> Launch:
+            return self._rebuild_locked(account, action, state, snapshot_id, user_data)
+
         launch = await asyncio.to_thread(
-            self._account.transact,
-            lambda account, state: self._rebuild_locked(account, action, state, snapshot_id),
-            "rebuild",
-            droplet_id,
-            fence,
+            self._account.transact, locked, "rebuild", droplet_id, fence
         )
         await self._machines.started(self._account, action, launch)
+        new = launch.state
         self._log.info(
-            "Droplet rebuilt. old=%s id=%s name=%s fence=%s",
-            droplet_id,
-            launch.state.id,
-            launch.state.name,
-            fence,
+            "Droplet rebuilt. old=%s id=%s name=%s fence=%s", droplet_id, new.id, new.name, fence
         )
-        return await asyncio.to_thread(launch.state.record)
+        return await asyncio.to_thread(new.record)
 
     async def destroy(self, droplet_id: str, *, fence: Fence | None) -> None:
         await asyncio.to_thread(
@@ -287,7 +289,12 @@ class LocalProvider:
         return self._machines.spawn(f"power on droplet {state.id}", state)
 
     def _rebuild_locked(
-        self, account: Account, action: str, old: DropletState | None, snapshot_id: str | None
+        self,
+        account: Account,
+        action: str,
+        old: DropletState | None,
+        snapshot_id: str | None,
+        user_data: str | None,
     ) -> Launch:
         old = _present(old)
         snapshot = account.snapshots.get(snapshot_id) if snapshot_id is not None else None
@@ -298,11 +305,8 @@ class LocalProvider:
         state = self._new_state(account, old.name, old.size, old.address, old.tags, old.fences)
 
         def prepare(directory: Path) -> None:
-            if snapshot is not None:
-                shutil.copytree(snapshot["dir"], directory, symlinks=True)
-            else:  # the base image: nothing but what the provider keeps, the user data
-                directory.mkdir(parents=True, mode=0o700)
-                shutil.copy2(Path(old.dir) / USER_DATA_FILE, directory / USER_DATA_FILE)
+            image = Path(snapshot["dir"]) if snapshot is not None else None
+            snapshots.disk_from(image, directory, Path(old.dir) / USER_DATA_FILE, user_data)
             # A new machine is a new network attachment: whatever cut the old one off is gone.
             self._detach(account, old)
 

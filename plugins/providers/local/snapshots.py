@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plugins.fs import atomic_write
 from plugins.providers import Fence, ProviderError, SnapshotNotFound, SnapshotRecord
 from plugins.providers.local.account import SNAPSHOTS_DIR, Account, AccountStore, DropletState
 from protocol import subjects
@@ -62,6 +63,21 @@ def copy_live_tree(source: Path, target: Path) -> int:
         if problems:
             raise ProviderError(f"snapshot {source.name}", f"copy failed: {problems[:3]}") from err
     return copied
+
+
+def disk_from(
+    image: Path | None, directory: Path, user_data_file: Path, user_data: str | None
+) -> None:
+    """A rebuilt droplet's disk: a copy of the snapshot `image`, or without one the base
+    image (nothing but what the provider keeps, the user data of `user_data_file`); its user
+    data `user_data` when given."""
+    if image is not None:
+        shutil.copytree(image, directory, symlinks=True)
+    else:
+        directory.mkdir(parents=True, mode=0o700)
+        shutil.copy2(user_data_file, directory / user_data_file.name)
+    if user_data is not None:
+        atomic_write(directory / user_data_file.name, user_data.encode(), 0o600)
 
 
 def keep(
