@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from protocol.base import Message
 from protocol.errors import MalformedMessageError, ProtocolError, UnknownVersionError
-from protocol.messages import Message
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_DEPTH = 32

@@ -21,13 +21,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-
-class Message:
-    """Base of every top-level message; subclasses are frozen slotted dataclasses."""
-
-    __slots__ = ()
-    KIND: ClassVar[str]
-    VERSION: ClassVar[int] = 1
+from protocol.base import Message
+from protocol.secrets import MeshKey, SealedSecret, SecretValue
 
 
 class InstanceState(StrEnum):
@@ -196,6 +191,8 @@ class NodeStatus(Message):
     roles: tuple[str, ...]
     instances: tuple[InstanceStatus, ...]
     updated_at: float
+    seal_key: str = ""  # the droplet's public X25519 key (base64): secrets are sealed to it
+    env_secrets: tuple[str, ...] = ()  # secrets found only in the agent's environment
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,6 +382,9 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Suspicion,
             FailureRecord,
             DetectionHold,
+            SecretValue,
+            SealedSecret,
+            MeshKey,
             SnapshotIndex,
             Notification,
             HeartbeatMark,

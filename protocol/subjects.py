@@ -74,6 +74,7 @@ class Role(StrEnum):
     RECOVERY = "recovery"
     SNAPSHOTS = "snapshots"
     BUILDER = "builder"
+    SECRETS = "secrets"
 
 
 def token(value: object, what: str = "name") -> str:
@@ -180,6 +181,43 @@ def restart_key(project: str, env: str, service: str) -> str:
 def hold_key(droplet: str) -> str:
     """Key of a droplet's detection hold in `mesh_desired`: `hold.<droplet>`."""
     return f"hold.{token(droplet, 'droplet')}"
+
+
+MESH_KEY = "mesh-key"  # in mesh_secrets: the mesh key's public half (MeshKey)
+SECRET_VALUES = "value.>"
+SECRETS_SEALED = "sealed.>"
+SECRET_HOLDERS = "holder.*"
+
+
+def secret_value_key(name: str, project: str | None = None, env: str | None = None) -> str:
+    """Key of a secret's value in `mesh_secrets`: `value.mesh.<name>`,
+    `value.project.<project>.<name>` or `value.env.<project>.<env>.<name>`."""
+    name = token(name, "secret")
+    if project is None:
+        return f"value.mesh.{name}"
+    if env is None:
+        return f"value.project.{token(project, 'project')}.{name}"
+    return f"value.env.{token(project, 'project')}.{token(env, 'environment')}.{name}"
+
+
+def sealed_key(droplet: str, name: str, project: str | None = None, env: str | None = None) -> str:
+    """Key of a secret sealed to a droplet: `sealed.<droplet>.<project>.<env>.<name>`, or
+    `sealed.<droplet>.mesh.<name>` for the mesh's own (four parts, never five)."""
+    if project is None:
+        where = "mesh"
+    else:
+        where = f"{token(project, 'project')}.{token(env, 'environment')}"
+    return f"sealed.{token(droplet, 'droplet')}.{where}.{token(name, 'secret')}"
+
+
+def sealed_of(droplet: str) -> str:
+    """The keys sealed to `droplet` (a watch filter)."""
+    return f"sealed.{token(droplet, 'droplet')}.>"
+
+
+def holder_key(droplet: str) -> str:
+    """Key of the mesh key's private half sealed to a trusted droplet: `holder.<droplet>`."""
+    return f"holder.{token(droplet, 'droplet')}"
 
 
 def node_key(droplet: str) -> str:

@@ -34,6 +34,8 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
+from meshd.agent.sealed import SealedSecrets
+from meshd.agent.sealkey import droplet_keys
 from meshd.agent.servers import (
     Journal,
     ServerMover,
@@ -43,6 +45,7 @@ from meshd.agent.servers import (
 )
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
+from meshd.core.secret_plan import trusted
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
@@ -52,6 +55,7 @@ from meshd.roles.notifications import HeartbeatMails
 from meshd.roles.provisioner import Provisioner
 from meshd.roles.recovery import Recovery
 from meshd.roles.scheduler import Scheduler
+from meshd.roles.secrets import SecretKeeper
 from meshd.roles.snapshots import Snapshots
 from meshd.watchers.detector import Detector
 from meshd.watchers.quorum import QuorumWatch
@@ -60,14 +64,9 @@ from plugins.providers import Provider, ProviderContext, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
-from protocol.messages import (
-    Allocation,
-    DetectionHold,
-    FailureRecord,
-    Message,
-    NodeStatus,
-    PublishedSpec,
-)
+from protocol.base import Message
+from protocol.messages import Allocation, DetectionHold, FailureRecord, NodeStatus, PublishedSpec
+from protocol.secrets import SealedSecret
 from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,7 @@ RETRY_S = 1.0
 # are whole seconds), renewed four times a second.
 LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
 LB_HESITATE_S = 0.5  # other droplets wait this long before each try: master wins the race
+TRUSTED_ONLY = {Role.SECRETS}  # roles held only by trusted droplets (docs/secrets.md)
 M = TypeVar("M", bound=Message)
 
 
@@ -88,6 +88,9 @@ class Agent:
         self.data_dir = droplet_dir / "agent"
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self.incarnation = next_incarnation(self.data_dir)
+        self.keys = droplet_keys(self.data_dir, self.identity.id)
+        self.secrets = SealedSecrets(self.keys, EnvSecrets())
+        self.servers: tuple[str, ...] = ServerPlacement.load(self.dir, self.config).names()
         self.terms: dict[str, Term] = {}
         self.store: Store | None = None
         self.view = MeshView()
@@ -96,8 +99,20 @@ class Agent:
     def status(self) -> NodeStatus:
         self._refresh_identity()
         return node_status(
-            self.identity, self.incarnation, self.roles(), self.reconciler.statuses()
+            self.identity,
+            self.incarnation,
+            self.roles(),
+            self.reconciler.statuses(),
+            seal_key=self.keys.current.public_text,
+            env_secrets=tuple(sorted(self.secrets.from_environment)),
         )
+
+    def trusted(self) -> bool:
+        """This droplet may hold the roles that need mesh-wide secrets (docs/secrets.md)."""
+        return self.identity.name in trusted(self.view.nodes, self.servers)
+
+    def _servers_changed(self, servers: tuple[str, ...]) -> None:
+        self.servers = servers
 
     def _refresh_identity(self) -> None:
         """The provider rewrites droplet.json when it resizes the droplet; a stat is cheap."""
@@ -128,7 +143,7 @@ class Agent:
             ),
         )
         reconciler = Reconciler(
-            runtime, self.identity.name, self.identity.address, self.data_dir, EnvSecrets()
+            runtime, self.identity.name, self.identity.address, self.data_dir, self.secrets
         )
         self.reconciler = reconciler
         async with AsyncExitStack() as stack:
@@ -191,7 +206,7 @@ class Agent:
             name = self.identity.name
             view = self.view
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
-            secrets = EnvSecrets()
+            secrets = self.secrets
             tag = mesh_tag(self.config.mesh)
             preferred = name == MASTER  # master holds the entry point and mails when it can
             leaders: list[tuple[Leader, LeaseTiming | None, bool]] = [
@@ -220,6 +235,11 @@ class Agent:
                     True,
                 ),
                 (entry, LB_TIMING, True),
+                (
+                    SecretKeeper(store, view, name, self.keys),
+                    None,
+                    True,
+                ),
             ]
             board = LeaseBoard(store)
             keepers = [
@@ -233,12 +253,15 @@ class Agent:
                     timing=timing,
                     hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
                     board=board,
+                    eligible=self.trusted if leader.role in TRUSTED_ONLY else None,
                 )
                 for leader, timing, prefers_master in leaders
             ]
             beats = BeatListener(store)
             detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)
-            listener = ServersListener(store, name, self.dir, self.config)
+            listener = ServersListener(
+                store, name, self.dir, self.config, on_change=self._servers_changed
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(listener.run(), name="jetstream-servers")
                 if mover is not None:
@@ -260,6 +283,16 @@ class Agent:
                         keys=subjects.DESIRED_KEY,
                     ),
                     name="desired",
+                )
+                tasks.create_task(
+                    mirror_bucket(
+                        store,
+                        subjects.SECRETS_BUCKET,
+                        SealedSecret,
+                        self.secrets.set_sealed,
+                        keys=subjects.sealed_of(name),
+                    ),
+                    name="sealed-secrets",
                 )
                 tasks.create_task(
                     mirror_bucket(

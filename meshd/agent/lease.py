@@ -112,6 +112,7 @@ class LeaseKeeper:
         observer: Observer | None = None,
         hesitate: float = 0.0,
         board: LeaseBoard | None = None,
+        eligible: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.role = role
@@ -122,6 +123,9 @@ class LeaseKeeper:
         self.observer = observer
         self.hesitate = hesitate  # wait before each attempt: lets a preferred holder win
         self.board = board  # where a keeper that does not hold the lease waits for it
+        # Whether this droplet may hold the role now (sensitive roles: trusted droplets only);
+        # a holder that stops being eligible hands the role over.
+        self.eligible = eligible or (lambda: True)
         self.term: Term | None = None
         self._key = subjects.lease_key(role)
         # The revision of this keeper's lease when its last term merely expired: if nobody
@@ -134,6 +138,9 @@ class LeaseKeeper:
                 await self.board.wait_free(self.role, self.timing.ttl)
             if self.hesitate:
                 await asyncio.sleep(self.hesitate)
+            if not self.eligible():
+                await asyncio.sleep(self.timing.retry_every)
+                continue
             term = await self._acquire()
             if term is None:
                 # Jittered, so that contenders who failed together do not come back together.
@@ -193,7 +200,7 @@ class LeaseKeeper:
         failure: BaseException | None = None
         try:
             renewed = True
-            while term.valid and not leading.done():
+            while term.valid and not leading.done() and self.eligible():
                 await asyncio.sleep(self.timing.renew_every if renewed else self.timing.retry_every)
                 renewed = await self._renew(term)
         except asyncio.CancelledError:

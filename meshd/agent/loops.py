@@ -13,9 +13,9 @@ from typing import TypeVar
 
 from meshd.agent.backoff import retries
 from meshd.agent.store import Store, StoreUnavailable
+from protocol.base import Message
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import Message
 
 log = logging.getLogger(__name__)
 SETTLE_S = 0.2  # let a burst of changes land before acting on it

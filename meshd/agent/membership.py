@@ -41,6 +41,9 @@ def node_status(
     incarnation: int,
     roles: tuple[str, ...],
     instances: tuple[InstanceStatus, ...],
+    *,
+    seal_key: str = "",
+    env_secrets: tuple[str, ...] = (),
 ) -> NodeStatus:
     return NodeStatus(
         droplet=identity.name,
@@ -50,6 +53,8 @@ def node_status(
         roles=roles,
         instances=instances,
         updated_at=time.time(),
+        seal_key=seal_key,
+        env_secrets=env_secrets,
     )
 
 

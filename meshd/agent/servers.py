@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +69,19 @@ class ServersListener:
     """Every agent: keeps `jetstream.json` at the newest placement it hears of, from master
     during a move, or from `mesh_desired/jetstream.applied` (a droplet that was down then)."""
 
-    def __init__(self, store: Store, droplet: str, droplet_dir: Path, config: MeshConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        droplet: str,
+        droplet_dir: Path,
+        config: MeshConfig,
+        on_change: Callable[[tuple[str, ...]], None] | None = None,
+    ) -> None:
         self.store = store
         self.droplet = droplet
         self.dir = droplet_dir
         self.config = config
+        self.on_change = on_change  # told the names of the servers adopted
 
     async def run(self) -> None:
         told = await self.store.subscribe(subjects.jetstream_servers(self.droplet), self._told)
@@ -100,6 +109,8 @@ class ServersListener:
         record = await jetstream_servers(self.store, APPLIED_KEY)
         if record is None:
             return
+        if self.on_change is not None:  # master moves its own file: it hears it here
+            self.on_change(tuple(s.name for s in record.servers))
         if await asyncio.to_thread(self.adopt, record):
             await end_watches(self.store)  # a move this agent missed the end of
 
@@ -109,6 +120,8 @@ class ServersListener:
         if record.epoch <= current.epoch:
             return False
         placement_of(record, self.droplet).save(self.dir)
+        if self.on_change is not None:
+            self.on_change(tuple(s.name for s in record.servers))
         log.info(
             "JetStream servers changed. epoch=%d servers=%s",
             record.epoch,

@@ -29,6 +29,7 @@ COMMANDS = {
     "events": "meshd.cli.status:events",
     "chaos": "meshd.cli.chaos:chaos",
     "hold": "meshd.cli.hold:hold",
+    "secret": "meshd.cli.secret:secret",
     "notify": "meshd.cli.notify:notify",
     "compose": "meshd.cli.compose:compose",
     "down": "meshd.cli.down:down",

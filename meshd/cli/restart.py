@@ -104,7 +104,7 @@ async def _restart(
         who = f"{getpass.getuser()}@{socket.gethostname()}"
         restarting = []
         for allocation in chosen:
-            count = await _request(store, allocation, who)
+            count = await request_restart(store, allocation, who)
             key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
             await store.record("restart_requested", who, key, {"count": count})
             restarting.append(Restarting(key, count, desired=len(allocation.droplets)))
@@ -141,7 +141,7 @@ def _choose(
     return [a for a in mine if a.service_kind not in DATASTORES]
 
 
-async def _request(store: Store, allocation: Allocation, who: str) -> int:
+async def request_restart(store: Store, allocation: Allocation, who: str) -> int:
     """One more restart request for the allocation's service (compare-and-set); its count."""
     key = subjects.restart_key(allocation.project, allocation.env, allocation.service)
     async for _ in retries(0.05, 0.5, attempts=WRITE_ATTEMPTS):  # another operator wrote

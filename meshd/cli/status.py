@@ -20,7 +20,7 @@ from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
-from protocol.messages import Event
+from protocol.messages import Event, NodeStatus
 
 RECENT_EVENTS = 8
 SUSPICION_EVENTS = 60  # enough to see the suspicions of the last minute
@@ -41,7 +41,9 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
     store = await connect(context)
     try:
         if as_json and not watch:
-            view = {"entry_url": context.entry_url, **(await read_mesh(store)).status()}
+            reading = await read_mesh(store)
+            view = {"entry_url": context.entry_url, **reading.status()}
+            view["env_secrets"] = env_secrets(reading.nodes)
             view["jetstream"] = await jetstream_view(store)
             now = time.time()
             view["holds"] = [hold_data(h, now) for h in (await read_holds(store)).values()]
@@ -75,8 +77,16 @@ def catching_up(jetstream: dict[str, Any]) -> str:
     return f"; [yellow]catching up: {', '.join(sorted(behind))}[/]" if behind else ""
 
 
+def env_secrets(nodes: dict[str, NodeStatus]) -> dict[str, list[str]]:
+    """The secrets each droplet found only in its agent's environment (the deprecated way)."""
+    return {
+        name: list(node.env_secrets) for name, node in sorted(nodes.items()) if node.env_secrets
+    }
+
+
 async def _render(store: Store, entry: str | None) -> Group:
-    view = (await read_mesh(store)).status()
+    reading = await read_mesh(store)
+    view = reading.status()
     recent = await store.recent_events(SUSPICION_EVENTS)
     events = recent[-RECENT_EVENTS:]
     where = f"on [bold]{view['lb']}[/]" if view["lb"] else "[red]no lb holder[/]"
@@ -93,6 +103,11 @@ async def _render(store: Store, entry: str | None) -> Group:
         lines.append(f"[red]Notifications by {channel} failing:[/] {escape(str(failure['error']))}")
     if told["waiting"]:
         lines.append(f"Notifications waiting for delivery: {told['waiting']}")
+    for droplet, names in env_secrets(reading.nodes).items():
+        lines.append(
+            f"[yellow]Deprecated:[/] {escape(droplet)} takes {escape(', '.join(names))} from its "
+            "agent's environment; set them with `meshctl secret set`"
+        )
     for held in (await read_holds(store)).values():
         until = time.strftime("%H:%M:%S", time.localtime(held.until))
         why = f": {escape(held.reason)}" if held.reason else ""

@@ -219,3 +219,17 @@ def events_table(events: list[Event]) -> Table:
             "-" if e.fence is None else str(e.fence),
         )
     return table
+
+
+def secrets_table(rows: list[dict[str, Any]]) -> Table:
+    """`meshctl secret list`: names, scopes and versions, never values."""
+    table = _table("Secrets")
+    for column in ("Name", "Scope", "Version", "Set by", "Set at", "Used by"):
+        table.add_column(column)
+    for row in rows:
+        where = " ".join(p for p in (row["project"], row["env"]) if p) or "mesh"
+        by = "generated" if row["generated"] else escape(row["set_by"])
+        at = datetime.fromtimestamp(row["set_at"]).strftime("%Y-%m-%d %H:%M")
+        used = escape(", ".join(row["used_by"])) or "[dim]nothing[/]"
+        table.add_row(escape(row["name"]), where, str(row["version"]), by, at, used)
+    return table

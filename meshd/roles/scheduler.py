@@ -31,12 +31,12 @@ from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
 from meshd.core.spec import DesiredState
 from protocol import subjects
+from protocol.base import Message
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
     Allocation,
     JetStreamServers,
-    Message,
     NodeStatus,
     PlacementRecord,
     PublishedSpec,

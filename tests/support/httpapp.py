@@ -1,7 +1,8 @@
 """A tiny service for runtime tests, run as a script: `python httpapp.py [options]`.
 
 It binds `SERVICE_HOST:SERVICE_PORT` and answers `GET /health` (200, JSON), `GET /` (text
-naming `SERVICE_NAME`) and `GET /env` (its environment as JSON). Without `SERVICE_PORT` it is a
+naming `SERVICE_NAME`), `GET /env` (its environment as JSON) and `GET /secret/<name>` (the
+SHA-256 of the secret file, never its content). Without `SERVICE_PORT` it is a
 worker that only sleeps. Options: `--hang` makes `/health` never answer; `--print-secrets`
 prints the names (never the contents) of the files in `SECRETS_DIR`; `--ignore-term` ignores
 SIGTERM so that only SIGKILL stops it. Standard library only.
@@ -10,6 +11,7 @@ SIGTERM so that only SIGKILL stops it. Standard library only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +31,13 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, "text/plain", f"hello from {os.environ.get('SERVICE_NAME', '?')}\n")
         elif self.path == "/env":
             self.reply(200, "application/json", json.dumps(dict(os.environ)))
+        elif self.path.startswith("/secret/"):
+            name = os.path.basename(self.path)
+            try:
+                with open(os.path.join(os.environ["SECRETS_DIR"], name), "rb") as file:
+                    self.reply(200, "text/plain", hashlib.sha256(file.read()).hexdigest())
+            except OSError:
+                self.reply(404, "text/plain", "no such secret\n")
         else:
             self.reply(404, "text/plain", "not found\n")
 

@@ -52,19 +52,23 @@ class LocalMesh:
         )
         return env
 
-    def meshctl(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def meshctl(
+        self, *args: str | Path, timeout: float = 120, input: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """`input` is its standard input (a secret's value, never an argument)."""
         return subprocess.run(
             [meshctl_path(), *map(str, args)],
             cwd=ROOT,
             env=self.env,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
 
-    def ok(self, *args: str | Path, timeout: float = 120) -> str:
-        result = self.meshctl(*args, timeout=timeout)
+    def ok(self, *args: str | Path, timeout: float = 120, input: str = "") -> str:
+        result = self.meshctl(*args, timeout=timeout, input=input)
         assert result.returncode == 0, f"meshctl {args} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 

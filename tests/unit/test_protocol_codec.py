@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.base import Message
 from protocol.codec import MAX_DEPTH, MAX_MESSAGE_BYTES, decode, encode
 from protocol.errors import (
     MalformedMessageError,
@@ -33,7 +34,6 @@ from protocol.messages import (
     JetStreamServers,
     Lease,
     LivenessBeat,
-    Message,
     NodeStatus,
     Notification,
     PlacementRecord,
@@ -45,6 +45,7 @@ from protocol.messages import (
     Suspicion,
     Verdict,
 )
+from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 
 SAMPLES: list[Message] = [
     PublishedSpec(
@@ -169,6 +170,29 @@ SAMPLES: list[Message] = [
         held_by="operator@laptop",
         held_at=1_700_000_003.0,
     ),
+    SecretValue(
+        name="api_key",
+        scope=SecretScope.ENV,
+        project="shop",
+        env="prod",
+        version=2,
+        sealed="AQID",
+        mesh_key="0123456789abcdef",
+        set_by="operator@laptop",
+        set_at=1_700_000_009.0,
+    ),
+    SealedSecret(
+        droplet="shop-web1",
+        name="api_key",
+        project="shop",
+        env="prod",
+        source="value.env.shop.prod.api_key",
+        version=2,
+        sealed="AQID",
+        key="fedcba9876543210",
+        fence=31,
+    ),
+    MeshKey(public="AAAA", fingerprint="0123456789abcdef", created_by="master", created_at=1.5),
 ]
 
 

@@ -54,7 +54,7 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.deploy("p", "prod").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
-def test_roles_are_the_seven_leased_tasks() -> None:
+def test_roles_are_the_eight_leased_tasks() -> None:
     assert [r.value for r in Role] == [
         "scheduler",
         "provisioner",
@@ -63,6 +63,7 @@ def test_roles_are_the_seven_leased_tasks() -> None:
         "recovery",
         "snapshots",
         "builder",
+        "secrets",
     ]
     assert Role("lb") is Role.LB
     assert f"{Role.LB}" == "lb"

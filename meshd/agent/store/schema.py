@@ -37,6 +37,7 @@ BUCKETS = (
     Bucket(subjects.LEASES_BUCKET),
     Bucket(subjects.FAILURES_BUCKET),
     Bucket(subjects.SNAPSHOTS_BUCKET),
+    Bucket(subjects.SECRETS_BUCKET),
 )
 STREAMS = (
     Stream(

@@ -116,4 +116,7 @@ def record(data: dict[str, Any]) -> SnapshotRecord:
 
 
 def _not_in_snapshot(_: str, names: list[str]) -> set[str]:
-    return {n for n in names if n == "lb" or n.endswith((".pid", ".log"))}
+    """What a disk image would not hold: the lb's runtime files, pids, logs, and the secret
+    files of instances (on a real droplet they live on tmpfs, `/run`; the droplet gets them
+    again from the sealed entries)."""
+    return {n for n in names if n in ("lb", "secrets") or n.endswith((".pid", ".log"))}

@@ -1,0 +1,369 @@
+"""`meshctl secret`: set, list, remove and rotate the mesh's secrets (docs/secrets.md). A value
+is sealed here to the mesh key before it leaves this machine; the `secrets` role seals it on
+to the droplets whose services use it. Values never come from an argument and are never
+printed."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshd.agent.backoff import retries
+from meshd.agent.store import Conflict, Store
+from meshd.cli.context import load_context
+from meshd.cli.restart import request_restart
+from meshd.cli.session import connect, read_mesh
+from meshd.cli.tables import console, secrets_table
+from meshd.core.sealing import from_text, random_secret, seal_value
+from meshd.core.secret_plan import used_by
+from meshd.core.spec import ENVIRONMENTS, DesiredState, ServiceKind
+from protocol import subjects
+from protocol.codec import decode, encode
+from protocol.errors import MeshError
+from protocol.messages import Allocation, PublishedSpec
+from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
+
+NAME = re.compile(r"^[a-z0-9_]{1,64}$")
+MAX_VALUE_BYTES = 64 * 1024
+SEALED_WAIT_S = 60.0
+DATASTORES = (ServiceKind.DATABASE.value, ServiceKind.REDIS.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    name: str
+    project: str | None = None
+    env: str | None = None
+
+    @property
+    def key(self) -> str:
+        return subjects.secret_value_key(self.name, self.project, self.env)
+
+    @property
+    def kind(self) -> SecretScope:
+        if self.project is None:
+            return SecretScope.MESH
+        return SecretScope.PROJECT if self.env is None else SecretScope.ENV
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.project, self.env) if p) or "the mesh"
+        return f"{self.name} ({where})"
+
+
+def scope_of(args: tuple[str, ...], mesh: bool) -> Scope:
+    """`--mesh NAME`, `PROJECT NAME` or `PROJECT ENV NAME`; UsageError otherwise."""
+    if mesh and len(args) != 1:
+        raise click.UsageError("with --mesh give only NAME")
+    if not mesh and len(args) not in (2, 3):
+        raise click.UsageError("give --mesh NAME, PROJECT NAME or PROJECT ENV NAME")
+    *where, name = args
+    if not NAME.match(name):
+        raise click.UsageError(
+            f"secret name {name!r} is not valid: use 1-64 of a-z, 0-9 and _ (e.g. db_password)"
+        )
+    if len(where) == 2 and where[1] not in ENVIRONMENTS:
+        raise click.UsageError(f"environment {where[1]!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return Scope(name, *where)
+
+
+@click.group()
+def secret() -> None:
+    """The mesh's secrets: sealed to the droplets that need them, never stored in clear.
+
+    \b
+    A scope is --mesh (the mesh itself and every project), PROJECT or PROJECT ENV; a service
+    gets the narrowest value there is, as the file /run/secrets/<name>.
+    """
+
+
+where_arguments = click.argument("where", nargs=-1, metavar="[--mesh | PROJECT [ENV]] NAME")
+mesh_option = click.option("--mesh", is_flag=True, help="A secret of the whole mesh.")
+context_option = click.option("--context", "context_name", metavar="NAME", help="Mesh to talk to.")
+restart_option = click.option(
+    "--no-restart", is_flag=True, help="Do not roll the services that use it (they get it later)."
+)
+
+
+@secret.command("set", no_args_is_help=True)
+@where_arguments
+@mesh_option
+@click.option(
+    "--from-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the value from this file (as it is). Default: stdin, or a prompt.",
+)
+@restart_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@context_option
+def set_secret(
+    where: tuple[str, ...],
+    mesh: bool,
+    from_file: Path | None,
+    no_restart: bool,
+    as_json: bool,
+    context_name: str | None,
+) -> None:
+    """Set a secret: its value from a prompt (not echoed), stdin, or --from-file; never from
+    an argument. The services that use it are rolled with no request lost (--no-restart:
+    not now)."""
+    scope = scope_of(where, mesh)
+    value = read_value(from_file, scope)
+    asyncio.run(_store_value(scope, value, not no_restart, as_json, context_name, rotate=False))
+
+
+@secret.command("rotate", no_args_is_help=True)
+@where_arguments
+@mesh_option
+@restart_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@context_option
+def rotate_secret(
+    where: tuple[str, ...], mesh: bool, no_restart: bool, as_json: bool, context_name: str | None
+) -> None:
+    """Give an existing secret a new random value (32 bytes, URL-safe text) and roll the
+    services that use it."""
+    scope = scope_of(where, mesh)
+    value = random_secret().encode()
+    asyncio.run(_store_value(scope, value, not no_restart, as_json, context_name, rotate=True))
+
+
+@secret.command("rm", no_args_is_help=True)
+@where_arguments
+@mesh_option
+@context_option
+def remove_secret(where: tuple[str, ...], mesh: bool, context_name: str | None) -> None:
+    """Remove a secret. Instances that have it keep their file until they are replaced; new
+    ones of a service that still uses it wait for a value."""
+    asyncio.run(_remove(scope_of(where, mesh), context_name))
+
+
+@secret.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per secret.")
+@context_option
+def list_secrets(as_json: bool, context_name: str | None) -> None:
+    """Names, scopes, versions, who set them and when, and which services use them; never
+    values."""
+    asyncio.run(_list(as_json, context_name))
+
+
+def read_value(from_file: Path | None, scope: Scope) -> bytes:
+    if from_file is not None:
+        value = from_file.read_bytes()
+    elif not sys.stdin.isatty():
+        value = sys.stdin.buffer.read(MAX_VALUE_BYTES + 1).removesuffix(b"\n")
+    else:
+        value = getpass.getpass(f"Value of {scope}: ").encode()
+        if getpass.getpass("Again: ").encode() != value:
+            raise click.UsageError("the two values differ; nothing was set")
+    if not value:
+        raise click.UsageError(f"the value of {scope} is empty; nothing was set")
+    if len(value) > MAX_VALUE_BYTES:
+        raise click.UsageError(f"the value is over {MAX_VALUE_BYTES // 1024} KiB; nothing was set")
+    return value
+
+
+def _who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+async def _published(store: Store) -> DesiredState | None:
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
+    if entry is None or entry.value is None:
+        return None
+    return DesiredState.from_data(decode(entry.value, PublishedSpec).spec)
+
+
+async def _check_project(store: Store, scope: Scope) -> None:
+    if scope.project is None:
+        return
+    state = await _published(store)
+    known = sorted(p.name for p in state.projects) if state else []
+    if scope.project not in known:
+        raise click.UsageError(
+            f"no project {scope.project!r} is published; known: {', '.join(known) or 'none'}"
+        )
+
+
+async def _store_value(
+    scope: Scope, value: bytes, roll: bool, as_json: bool, context_name: str | None, rotate: bool
+) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        await _check_project(store, scope)
+        mesh_key = await store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
+        if mesh_key is None or mesh_key.value is None:
+            raise MeshError(
+                "the mesh has no secret key yet (its `secrets` role makes it within seconds of "
+                "start); try again, and see `meshctl status`"
+            )
+        public = decode(mesh_key.value, MeshKey)
+        stored = await _write(store, scope, value, public, rotate)
+        detail: dict[str, Any] = {"name": scope.name, "scope": scope.kind.value}
+        detail |= {"project": scope.project, "env": scope.env, "version": stored.version}
+        await store.record("secret_rotated" if rotate else "secret_set", _who(), scope.key, detail)
+        rolled: list[str] = []
+        kept: list[str] = []
+        if roll:
+            rolled, kept = await _roll(store, scope, stored.version)
+    finally:
+        await store.close()
+    result = {**detail, "rolled": rolled, "not_restarted": kept}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    console.print(f"{'Rotated' if rotate else 'Set'} {scope}: version {stored.version}.")
+    for key in rolled:
+        console.print(f"Rolling {key} (follow with `meshctl status`).")
+    for key in kept:
+        console.print(f"{key} is a datastore: restart it yourself when it can take the new value.")
+
+
+async def _write(
+    store: Store, scope: Scope, value: bytes, mesh: MeshKey, rotate: bool
+) -> SecretValue:
+    async for _ in retries(0.05, 0.5, attempts=5):  # another operator wrote meanwhile
+        entry = await store.get(subjects.SECRETS_BUCKET, scope.key)
+        previous = decode(entry.value, SecretValue) if entry and entry.value else None
+        if rotate and previous is None:
+            raise click.UsageError(f"no secret {scope} to rotate; set it first")
+        version = previous.version + 1 if previous else 1
+        stored = SecretValue(
+            name=scope.name,
+            scope=scope.kind,
+            project=scope.project,
+            env=scope.env,
+            version=version,
+            sealed=seal_value(from_text(mesh.public, "mesh key"), scope.key, version, value),
+            mesh_key=mesh.fingerprint,
+            set_by=_who(),
+            set_at=time.time(),
+        )
+        try:
+            if entry is None or entry.value is None:
+                await store.create(subjects.SECRETS_BUCKET, scope.key, encode(stored))
+            else:
+                await store.update(
+                    subjects.SECRETS_BUCKET, scope.key, encode(stored), last=entry.revision
+                )
+        except Conflict:
+            continue
+        return stored
+    raise MeshError(f"secret {scope}: others kept writing it at the same time; try again")
+
+
+async def _values(store: Store) -> dict[str, SecretValue]:
+    entries = await store.entries(subjects.SECRETS_BUCKET, subjects.SECRET_VALUES)
+    return {key: decode(e.value, SecretValue) for key, e in entries.items() if e.value}
+
+
+async def _roll(store: Store, scope: Scope, version: int) -> tuple[list[str], list[str]]:
+    """Roll the services that now get this value, once every droplet that runs them holds the
+    new version (else a new instance could start with the old one); datastores are left."""
+    allocations = (await read_mesh(store)).allocations
+    users = set(used_by(scope.key, allocations.values(), await _values(store)))
+    chosen = [a for key, a in sorted(allocations.items()) if key in users]
+    await _wait_sealed(store, scope, version, chosen)
+    rolled, kept = [], []
+    for allocation in chosen:
+        key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
+        if allocation.service_kind in DATASTORES:
+            kept.append(key)
+            continue
+        count = await request_restart(store, allocation, _who())
+        await store.record("restart_requested", _who(), key, {"count": count, "secret": scope.name})
+        rolled.append(key)
+    return rolled, kept
+
+
+async def _wait_sealed(
+    store: Store, scope: Scope, version: int, allocations: list[Allocation]
+) -> None:
+    wanted = {
+        subjects.sealed_key(d, scope.name, a.project, a.env)
+        for a in allocations
+        for d in a.droplets
+    }
+    deadline = time.monotonic() + SEALED_WAIT_S
+    with console.status(f"Sealing {scope} to the droplets that use it ..."):
+        while True:
+            entries = await store.entries(subjects.SECRETS_BUCKET, subjects.SECRETS_SEALED)
+            have = {
+                key
+                for key, entry in entries.items()
+                if key in wanted
+                and entry.value
+                and decode(entry.value, SealedSecret).version >= version
+                and decode(entry.value, SealedSecret).source == scope.key
+            }
+            if have == wanted:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(k.split(".")[1] for k in wanted - have))
+                raise MeshError(
+                    f"secret {scope}: stored, but not sealed to {missing} within "
+                    f"{SEALED_WAIT_S:.0f} s; nothing was rolled (`meshctl status`)"
+                )
+            await asyncio.sleep(0.3)
+
+
+async def _remove(scope: Scope, context_name: str | None) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        entry = await store.get(subjects.SECRETS_BUCKET, scope.key)
+        if entry is None or entry.value is None:
+            raise click.UsageError(f"no secret {scope}")
+        allocations = (await read_mesh(store)).allocations
+        users = used_by(scope.key, allocations.values(), await _values(store))
+        await store.delete(subjects.SECRETS_BUCKET, scope.key)
+        detail = {"name": scope.name, "scope": scope.kind.value}
+        await store.record("secret_removed", _who(), scope.key, detail)
+    finally:
+        await store.close()
+    console.print(f"Removed {scope}.")
+    if users:
+        console.print(f"Still used by {', '.join(users)}: set it again, or a narrower one.")
+
+
+def secret_rows(
+    values: dict[str, SecretValue], allocations: dict[str, Allocation]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": value.name,
+            "scope": value.scope.value,
+            "project": value.project,
+            "env": value.env,
+            "version": value.version,
+            "set_by": value.set_by,
+            "set_at": value.set_at,
+            "generated": value.generated,
+            "used_by": used_by(key, allocations.values(), values),
+        }
+        for key, value in sorted(values.items())
+    ]
+
+
+async def _list(as_json: bool, context_name: str | None) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        rows = secret_rows(await _values(store), (await read_mesh(store)).allocations)
+    finally:
+        await store.close()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        console.print("No secrets yet: `meshctl secret set --help`.")
+        return
+    console.print(secrets_table(rows))

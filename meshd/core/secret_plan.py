@@ -1,0 +1,124 @@
+"""Which droplet gets which secret (docs/secrets.md): pure functions over the allocations, the
+stored values and the droplets' keys, for the `secrets` role.
+
+A droplet gets a service's secret when it runs (or stands in for) one of the service's
+instances: sealed as `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there
+is (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
+servers, and below three droplets every droplet, since the other one rescues master) also get
+every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token). Nothing else
+is sealed to anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from meshd.core.spec import MASTER, TEMPLATE_SECRETS
+from protocol import subjects
+from protocol.messages import Allocation
+from protocol.secrets import SecretValue
+
+GENERATED = tuple(sorted(TEMPLATE_SECRETS.values()))  # db_password, redis_password
+TRUST_ALL_BELOW = 3  # droplets: the other of two rescues master and alerts for it
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Need:
+    """`droplet` needs secret `name` for `project`/`env` (both None: for the mesh itself)."""
+
+    droplet: str
+    name: str
+    project: str | None = None
+    env: str | None = None
+
+    @property
+    def key(self) -> str:
+        return subjects.sealed_key(self.droplet, self.name, self.project, self.env)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealing:
+    """What `need.key` must hold: the value at `source`, version `version`, sealed to the
+    droplet's key `key` (a fingerprint)."""
+
+    need: Need
+    source: str
+    version: int
+    key: str
+
+
+def trusted(droplets: Iterable[str], servers: Iterable[str]) -> set[str]:
+    """The droplets that may hold mesh-wide secrets and the roles that use them."""
+    present = set(droplets)
+    if len(present) < TRUST_ALL_BELOW:
+        return present
+    return present & ({MASTER} | set(servers))
+
+
+def needs(
+    allocations: Iterable[Allocation], mesh_names: Iterable[str], trust: set[str]
+) -> set[Need]:
+    """Every (droplet, secret) pair: the services' secrets where their instances run, and
+    the mesh's own secrets on the trusted droplets."""
+    found = {
+        Need(droplet, name, a.project, a.env)
+        for a in allocations
+        for droplet in a.droplets
+        for name in a.secrets
+    }
+    found |= {Need(droplet, name) for droplet in trust for name in mesh_names}
+    return found
+
+
+def source(need: Need, values: Mapping[str, SecretValue]) -> str | None:
+    """The key of the value `need` gets: the narrowest scope that has one."""
+    if need.project is None:
+        candidates = [subjects.secret_value_key(need.name)]
+    else:
+        candidates = [
+            subjects.secret_value_key(need.name, need.project, need.env),
+            subjects.secret_value_key(need.name, need.project),
+            subjects.secret_value_key(need.name),
+        ]
+    return next((key for key in candidates if key in values), None)
+
+
+def sealings(
+    wanted: Iterable[Need], values: Mapping[str, SecretValue], keys: Mapping[str, str]
+) -> dict[str, Sealing]:
+    """By sealed key: what each need gets, for droplets that have a key and needs that have
+    a value (a missing value is the operator's to set; the service waits for it)."""
+    result: dict[str, Sealing] = {}
+    for need in sorted(wanted):
+        found = source(need, values)
+        key = keys.get(need.droplet)
+        if found is not None and key:
+            result[need.key] = Sealing(need, found, values[found].version, key)
+    return result
+
+
+def missing_generated(
+    allocations: Iterable[Allocation], values: Mapping[str, SecretValue]
+) -> list[tuple[str, str, str]]:
+    """(name, project, env) of every generated secret a service uses that has no value at any
+    scope: made by the mesh at the project-environment scope."""
+    found = {
+        (name, a.project, a.env)
+        for a in allocations
+        for name in a.secrets
+        if name in GENERATED and source(Need("-", name, a.project, a.env), values) is None
+    }
+    return sorted(found)
+
+
+def used_by(
+    value_key: str, allocations: Iterable[Allocation], values: Mapping[str, SecretValue]
+) -> list[str]:
+    """The services (allocation keys) that get their secret from `value_key`."""
+    return sorted(
+        subjects.alloc_key(a.project, a.env, a.service)
+        for a in allocations
+        for name in a.secrets
+        if source(Need("-", name, a.project, a.env), values) == value_key
+    )

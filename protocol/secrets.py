@@ -1,0 +1,70 @@
+"""The messages of sealed secrets (docs/secrets.md), written as protocol.messages says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+from protocol.base import Message
+
+
+class SecretScope(StrEnum):
+    """Where a secret applies; for a service the narrowest that has it wins."""
+
+    MESH = "mesh"
+    PROJECT = "project"
+    ENV = "env"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretValue(Message):
+    """A secret as the operator set it or the mesh generated it (KV `mesh_secrets/value.<scope
+    path>.<name>`, `subjects.secret_value_key`): sealed to the mesh key (`mesh_key`, its
+    fingerprint), context `<key>@<version>` (meshd.core.sealing). Never in clear."""
+
+    KIND: ClassVar[str] = "secret_value"
+
+    name: str
+    scope: SecretScope
+    project: str | None
+    env: str | None
+    version: int
+    sealed: str
+    mesh_key: str
+    set_by: str
+    set_at: float
+    generated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealedSecret(Message):
+    """A secret sealed to one droplet's key (`key`, its fingerprint) by the `secrets` role
+    (lease revision `fence`), for the services of `project`/`env` it runs, or for the mesh
+    itself (`project` and `env` None): KV `mesh_secrets/sealed.<droplet>...`, context
+    `<key>@<version>`. `source` is the key of the value it was sealed from."""
+
+    KIND: ClassVar[str] = "sealed_secret"
+
+    droplet: str
+    name: str
+    project: str | None
+    env: str | None
+    source: str
+    version: int
+    sealed: str
+    key: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshKey(Message):
+    """The public half of the mesh's secret key (KV `mesh_secrets/mesh-key`): what `meshctl`
+    seals values to. Its private half is sealed to each trusted droplet (`holder`)."""
+
+    KIND: ClassVar[str] = "mesh_key"
+
+    public: str
+    fingerprint: str
+    created_by: str
+    created_at: float
