@@ -13,6 +13,7 @@ event or the store in clear.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Hashable
@@ -43,13 +44,20 @@ from meshd.core.spec import MASTER
 from protocol import subjects
 from protocol.base import Message
 from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
+from protocol.errors import MeshError, ProtocolError
 from protocol.messages import Allocation, NodeStatus
 from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 RESYNC_S = 10.0
+HANDOVER_S = 1.0  # a holder that cannot open the mesh key waits this long, then lets go
+
+
+class MeshKeyUnavailable(MeshError):
+    """This droplet holds the role but the mesh key is not sealed to its key."""
+
+
 HOLDER_SECRET = "mesh_key"
 
 
@@ -103,7 +111,10 @@ class SecretKeeper:
             self._opened.clear()
 
     async def pass_over(self, term: Term) -> None:
-        await self.keep(term)
+        if await self.keep(term) is None and self._problem:
+            # Another trusted droplet (master first) may hold the key: hand the role over.
+            await asyncio.sleep(HANDOVER_S)
+            raise MeshKeyUnavailable(f"secrets role on {self.droplet}: {self._problem}")
 
     async def keep(self, term: Term) -> Pass | None:
         mesh = await self.mesh_key(term)

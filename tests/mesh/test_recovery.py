@@ -119,7 +119,15 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         wait_for(lambda: http_get(url), timeout=30, what="the entry address answering")
         wait_for(lambda: mesh.recovered("master", killed), timeout=120, what="master rebuilt")
         whole_in_new_life(mesh, "master", before, timeout=60)
-        assert holders <= {"lb", "heartbeat", "scheduler", "provisioner", "recovery", "snapshots"}
+        assert holders <= {
+            "lb",
+            "heartbeat",
+            "scheduler",
+            "provisioner",
+            "recovery",
+            "snapshots",
+            "secrets",
+        }
 
 
 def recovery_holder(status: dict[str, Any]) -> str:

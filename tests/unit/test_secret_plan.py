@@ -1,0 +1,87 @@
+"""Who gets which secret: the services' secrets where their instances run, from the narrowest
+scope that has a value; the mesh's own on the trusted droplets; generated passwords only where
+nothing is set."""
+
+from __future__ import annotations
+
+from meshd.core.secret_plan import (
+    Need,
+    missing_generated,
+    needs,
+    sealings,
+    source,
+    trusted,
+    used_by,
+)
+from protocol import subjects
+from protocol.secrets import SecretScope, SecretValue
+from tests.support.reconciling import allocation
+
+
+def value(
+    name: str, project: str | None = None, env: str | None = None, version: int = 1
+) -> SecretValue:
+    scope = SecretScope.MESH if project is None else SecretScope.ENV if env else SecretScope.PROJECT
+    return SecretValue(
+        name=name,
+        scope=scope,
+        project=project,
+        env=env,
+        version=version,
+        sealed="AQID",
+        mesh_key="f",
+        set_by="op",
+        set_at=1.0,
+    )
+
+
+def stored(*values: SecretValue) -> dict[str, SecretValue]:
+    return {subjects.secret_value_key(v.name, v.project, v.env): v for v in values}
+
+
+def test_the_narrowest_scope_wins() -> None:
+    values = stored(value("api_key"), value("api_key", "shop"), value("api_key", "shop", "prod"))
+    prod, uat = Need("web1", "api_key", "shop", "prod"), Need("master", "api_key", "shop", "uat")
+    assert source(prod, values) == "value.env.shop.prod.api_key"
+    assert source(uat, values) == "value.project.shop.api_key"
+    assert source(Need("master", "api_key", "blog", "prod"), values) == "value.mesh.api_key"
+    assert source(Need("master", "other", "shop", "prod"), values) is None
+
+
+def test_services_secrets_go_where_they_run_and_the_meshs_to_trusted_droplets() -> None:
+    shop = allocation(droplets=("web1", "web2"), secrets=("api_key",))
+    found = needs([shop], ["smtp_password"], {"master"})
+    assert found == {
+        Need("web1", "api_key", "shop", "prod"),
+        Need("web2", "api_key", "shop", "prod"),
+        Need("master", "smtp_password"),
+    }
+    values = stored(value("api_key", "shop", version=3), value("smtp_password"))
+    plan = sealings(found, values, {"web1": "k1", "master": "km"})  # web2 has no key yet
+    assert set(plan) == {"sealed.web1.shop.prod.api_key", "sealed.master.mesh.smtp_password"}
+    assert plan["sealed.web1.shop.prod.api_key"].version == 3
+    assert plan["sealed.web1.shop.prod.api_key"].key == "k1"
+
+
+def test_trusted_droplets_are_master_and_the_servers_or_all_below_three() -> None:
+    assert trusted(["master", "web1"], ["master"]) == {"master", "web1"}
+    assert trusted(["master", "a", "b", "c"], ["master", "a", "b"]) == {"master", "a", "b"}
+    assert trusted(["master", "a", "b", "c"], ["master"]) == {"master"}
+
+
+def test_generated_secrets_are_made_only_where_nothing_is_set() -> None:
+    database = allocation(env="prod", secrets=("db_password", "api_key"))
+    uat = allocation(env="uat", secrets=("db_password",))
+    assert missing_generated([database, uat], {}) == [
+        ("db_password", "shop", "prod"),
+        ("db_password", "shop", "uat"),
+    ]
+    assert missing_generated([database, uat], stored(value("db_password", "shop"))) == []
+
+
+def test_used_by_names_the_services_a_value_reaches() -> None:
+    prod = allocation(env="prod", secrets=("api_key",))
+    uat = allocation(env="uat", secrets=("api_key",))
+    values = stored(value("api_key", "shop"), value("api_key", "shop", "prod"))
+    assert used_by("value.project.shop.api_key", [prod, uat], values) == ["shop.uat.backend"]
+    assert used_by("value.env.shop.prod.api_key", [prod, uat], values) == ["shop.prod.backend"]
