@@ -75,7 +75,6 @@ RETRY_S = 1.0
 # are whole seconds), renewed four times a second.
 LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
 LB_HESITATE_S = 0.5  # other droplets wait this long before each try: master wins the race
-TRUSTED_ONLY = {Role.SECRETS}  # roles held only by trusted droplets (docs/secrets.md)
 M = TypeVar("M", bound=Message)
 
 
@@ -110,6 +109,16 @@ class Agent:
     def trusted(self) -> bool:
         """This droplet may hold the roles that need mesh-wide secrets (docs/secrets.md)."""
         return self.identity.name in trusted(self.view.nodes, self.servers)
+
+    def may_keep_secrets(self) -> bool:
+        """Trusted, and able to open the mesh key: it is sealed to this droplet, or there is
+        none yet and this is master (which makes it)."""
+        if not self.trusted():
+            return False
+        if self.secrets.holds_mesh_key:
+            return True
+        first = self.secrets.holder_known and self.secrets.holder is None
+        return first and self.identity.name == MASTER
 
     def _servers_changed(self, servers: tuple[str, ...]) -> None:
         self.servers = servers
@@ -253,7 +262,7 @@ class Agent:
                     timing=timing,
                     hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
                     board=board,
-                    eligible=self.trusted if leader.role in TRUSTED_ONLY else None,
+                    eligible=self.may_keep_secrets if leader.role is Role.SECRETS else None,
                 )
                 for leader, timing, prefers_master in leaders
             ]
@@ -274,36 +283,31 @@ class Agent:
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
-                tasks.create_task(
-                    mirror_bucket(
-                        store,
-                        subjects.DESIRED_BUCKET,
-                        PublishedSpec,
-                        view.set_desired,
-                        keys=subjects.DESIRED_KEY,
+                desired, secrets_bucket = subjects.DESIRED_BUCKET, subjects.SECRETS_BUCKET
+                mirrors = {
+                    "desired": mirror_bucket(
+                        store, desired, PublishedSpec, view.set_desired, subjects.DESIRED_KEY
                     ),
-                    name="desired",
-                )
-                tasks.create_task(
-                    mirror_bucket(
+                    "holds": mirror_bucket(
+                        store, desired, DetectionHold, view.set_holds, subjects.HOLDS
+                    ),
+                    "sealed-secrets": mirror_bucket(
                         store,
-                        subjects.SECRETS_BUCKET,
+                        secrets_bucket,
                         SealedSecret,
                         self.secrets.set_sealed,
-                        keys=subjects.sealed_of(name),
+                        subjects.sealed_of(name),
                     ),
-                    name="sealed-secrets",
-                )
-                tasks.create_task(
-                    mirror_bucket(
+                    "mesh-key-holder": mirror_bucket(
                         store,
-                        subjects.DESIRED_BUCKET,
-                        DetectionHold,
-                        view.set_holds,
-                        keys=subjects.HOLDS,
+                        secrets_bucket,
+                        SealedSecret,
+                        self.secrets.set_holder,
+                        subjects.holder_key(name),
                     ),
-                    name="holds",
-                )
+                }
+                for label, mirror in mirrors.items():
+                    tasks.create_task(mirror, name=label)
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")
         finally:

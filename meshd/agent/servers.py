@@ -109,8 +109,6 @@ class ServersListener:
         record = await jetstream_servers(self.store, APPLIED_KEY)
         if record is None:
             return
-        if self.on_change is not None:  # master moves its own file: it hears it here
-            self.on_change(tuple(s.name for s in record.servers))
         if await asyncio.to_thread(self.adopt, record):
             await end_watches(self.store)  # a move this agent missed the end of
 

@@ -22,7 +22,7 @@ from meshd.agent.backoff import retries
 from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context
 from meshd.cli.restart import request_restart
-from meshd.cli.session import connect, read_mesh
+from meshd.cli.session import connect, read_allocations
 from meshd.cli.tables import console, secrets_table
 from meshd.core.sealing import from_text, random_secret, seal_value
 from meshd.core.secret_plan import used_by
@@ -269,7 +269,7 @@ async def _values(store: Store) -> dict[str, SecretValue]:
 async def _roll(store: Store, scope: Scope, version: int) -> tuple[list[str], list[str]]:
     """Roll the services that now get this value, once every droplet that runs them holds the
     new version (else a new instance could start with the old one); datastores are left."""
-    allocations = (await read_mesh(store)).allocations
+    allocations = await read_allocations(store)
     users = set(used_by(scope.key, allocations.values(), await _values(store)))
     chosen = [a for key, a in sorted(allocations.items()) if key in users]
     await _wait_sealed(store, scope, version, chosen)
@@ -297,14 +297,12 @@ async def _wait_sealed(
     with console.status(f"Sealing {scope} to the droplets that use it ..."):
         while True:
             entries = await store.entries(subjects.SECRETS_BUCKET, subjects.SECRETS_SEALED)
-            have = {
-                key
-                for key, entry in entries.items()
-                if key in wanted
-                and entry.value
-                and decode(entry.value, SealedSecret).version >= version
-                and decode(entry.value, SealedSecret).source == scope.key
+            sealed = {
+                k: decode(e.value, SealedSecret)
+                for k, e in entries.items()
+                if k in wanted and e.value
             }
+            have = {k for k, s in sealed.items() if s.version >= version and s.source == scope.key}
             if have == wanted:
                 return
             if time.monotonic() > deadline:
@@ -322,7 +320,7 @@ async def _remove(scope: Scope, context_name: str | None) -> None:
         entry = await store.get(subjects.SECRETS_BUCKET, scope.key)
         if entry is None or entry.value is None:
             raise click.UsageError(f"no secret {scope}")
-        allocations = (await read_mesh(store)).allocations
+        allocations = await read_allocations(store)
         users = used_by(scope.key, allocations.values(), await _values(store))
         await store.delete(subjects.SECRETS_BUCKET, scope.key)
         detail = {"name": scope.name, "scope": scope.kind.value}
@@ -356,7 +354,7 @@ def secret_rows(
 async def _list(as_json: bool, context_name: str | None) -> None:
     store = await connect(load_context(context_name))
     try:
-        rows = secret_rows(await _values(store), (await read_mesh(store)).allocations)
+        rows = secret_rows(await _values(store), await read_allocations(store))
     finally:
         await store.close()
     if as_json:

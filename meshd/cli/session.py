@@ -84,6 +84,11 @@ async def read_nodes(store: Store) -> dict[str, NodeStatus]:
     return await _read(store, subjects.NODES_BUCKET, NodeStatus)
 
 
+async def read_allocations(store: Store) -> dict[str, Allocation]:
+    """Every allocation, by key."""
+    return await _read(store, subjects.ALLOC_BUCKET, Allocation)
+
+
 async def read_holds(store: Store) -> dict[str, DetectionHold]:
     """The operator's detection holds that have not ended, by droplet (`meshctl hold`)."""
     now = time.time()
@@ -94,7 +99,7 @@ async def read_holds(store: Store) -> dict[str, DetectionHold]:
 async def read_mesh(store: Store) -> MeshReading:
     return MeshReading(
         nodes=await read_nodes(store),
-        allocations=await _read(store, subjects.ALLOC_BUCKET, Allocation),
+        allocations=await read_allocations(store),
         leases=await _read(store, subjects.LEASES_BUCKET, Lease),
         failures=await _read(store, subjects.FAILURES_BUCKET, FailureRecord),
         snapshots=await _read(store, subjects.SNAPSHOTS_BUCKET, SnapshotIndex),

@@ -48,7 +48,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
             now = time.time()
             view["holds"] = [hold_data(h, now) for h in (await read_holds(store)).values()]
             recent = await store.recent_events(SUSPICION_EVENTS)
-            view["suspicions"] = open_suspicions(recent, time.time())
+            view["suspicions"] = open_suspicions(recent, now)
             view["notifications"] = notifications(recent, await _waiting(store))
             view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))

@@ -13,11 +13,9 @@ event or the store in clear.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from meshd.agent.lease import Term
@@ -44,20 +42,13 @@ from meshd.core.spec import MASTER
 from protocol import subjects
 from protocol.base import Message
 from protocol.codec import decode, encode
-from protocol.errors import MeshError, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.messages import Allocation, NodeStatus
 from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 RESYNC_S = 10.0
-HANDOVER_S = 1.0  # a holder that cannot open the mesh key waits this long, then lets go
-
-
-class MeshKeyUnavailable(MeshError):
-    """This droplet holds the role but the mesh key is not sealed to its key."""
-
-
 HOLDER_SECRET = "mesh_key"
 
 
@@ -67,12 +58,6 @@ def seal_key_of(data: bytes) -> Hashable:
         return decode(data, NodeStatus).seal_key
     except ProtocolError:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class Pass:
-    sealed: int
-    removed: int
 
 
 class SecretKeeper:
@@ -89,11 +74,13 @@ class SecretKeeper:
         self.view = view
         self.droplet = droplet
         self.keys = keys
+        self._mesh: KeyPair | None = None  # the mesh key, once opened this term
         self._opened: dict[tuple[str, int], bytes] = {}  # values opened this term
         self._problem = ""
 
     async def lead(self, term: Term) -> None:
-        self._opened.clear()
+        """Only a droplet that can open the mesh key competes for the role (the agent's
+        `may_keep_secrets`); one that still cannot says so once and waits for it."""
         try:
             await run_on_changes(
                 self.store,
@@ -103,23 +90,18 @@ class SecretKeeper:
                     (subjects.FAILURES_BUCKET, ">"),
                     (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
                 ],
-                lambda: self.pass_over(term),
+                lambda: self.keep(term),
                 RESYNC_S,
                 when=[(subjects.NODES_BUCKET, ">", seal_key_of)],
             )
         finally:
+            self._mesh = None
             self._opened.clear()
 
-    async def pass_over(self, term: Term) -> None:
-        if await self.keep(term) is None and self._problem:
-            # Another trusted droplet (master first) may hold the key: hand the role over.
-            await asyncio.sleep(HANDOVER_S)
-            raise MeshKeyUnavailable(f"secrets role on {self.droplet}: {self._problem}")
-
-    async def keep(self, term: Term) -> Pass | None:
-        mesh = await self.mesh_key(term)
+    async def keep(self, term: Term) -> None:
+        mesh = self._mesh = self._mesh or await self.mesh_key(term)
         if mesh is None:
-            return None
+            return
         values = await self._values()
         allocations = list(self.view.hosted().values())
         if await self._generate(term, mesh, allocations, values):
@@ -157,7 +139,6 @@ class SecretKeeper:
             droplets = sorted({plan[k].need.droplet for k in plan})
             detail = {"sealed": sealed, "removed": removed, "holders": held, "droplets": droplets}
             await self.store.record("secrets_sealed", self.droplet, "secrets", detail, term.fence)
-        return Pass(sealed, removed)
 
     # --- the mesh key --------------------------------------------------------------------
 

@@ -63,3 +63,17 @@ async def test_an_agent_opens_only_what_is_sealed_to_it(tmp_path: Path) -> None:
     assert secrets.from_environment == set()
     assert secrets.get("smtp_password", "mesh", "mesh") == b"from-env"
     assert secrets.from_environment == {"smtp_password"}
+
+
+async def test_the_mesh_key_holder_is_known_by_its_key(tmp_path: Path) -> None:
+    keys = droplet_keys(tmp_path, "1")
+    secrets = SealedSecrets(keys, EnvSecrets({}))
+    assert not secrets.holder_known and not secrets.holds_mesh_key
+    await secrets.set_holder({})
+    assert secrets.holder_known and secrets.holder is None
+    holder = sealed_to(keys.current, subjects.sealed_key("web1", "mesh_key"), b"k")
+    await secrets.set_holder({subjects.holder_key("web1"): holder})
+    assert secrets.holds_mesh_key
+    stale = sealed_to(KeyPair.new(), subjects.sealed_key("web1", "mesh_key"), b"k")
+    await secrets.set_holder({subjects.holder_key("web1"): stale})
+    assert not secrets.holds_mesh_key  # sealed to a key this droplet does not have
