@@ -130,3 +130,24 @@ async def test_a_replacement_that_never_gets_healthy_leaves_the_old_instance_ser
     assert served(reconciler) == [port]
     old = next(s for s in reconciler.statuses() if s.slot == 0)
     assert (old.generation, old.healthy, old.draining) == (1, True, False)
+
+
+async def test_a_rollout_that_overtakes_the_one_before_serves_from_the_drained_slot(
+    reconciler: Reconciler,
+) -> None:
+    """Generation 3 arrives while generation 1 still drains beside a healthy 2 (two quick
+    changes in a row): 3 starts in the drained slot and serves, nothing stays draining."""
+    port, spare = free_port(), free_port()
+    for generation in (1, 2):
+        wanted = allocation(generation=generation, droplets=("web1",), port=port, spare_port=spare)
+        await reconciler.apply({"shop.prod.backend": wanted})
+    await until(lambda: served(reconciler) == [spare], "generation 2 serving, 1 draining")
+    assert next(s for s in reconciler.statuses() if s.slot == 0).draining
+
+    third = allocation(generation=3, droplets=("web1",), port=port, spare_port=spare)
+    await reconciler.apply({"shop.prod.backend": third})
+    await until(lambda: served(reconciler) == [port], "generation 3 serving", timeout=30)
+    publish_status(reconciler)
+    await until(lambda: len(reconciler.statuses()) == 1, "generation 2 stopped", timeout=30)
+    (new,) = reconciler.statuses()
+    assert (new.slot, new.generation, new.healthy, new.draining) == (0, 3, True, False)

@@ -1,12 +1,12 @@
 """Every agent's reconciler: makes the runtime run exactly this droplet's allocations.
 
-It starts what is missing, stops what no allocation wants, restarts crashed instances and
-instances whose health check failed several times in a row (`health`), with exponential
-backoff, and reports what it observes. A new generation of a web service or worker starts
-beside the old instance, which serves until the new one is healthy and is then drained and
-stopped (`meshd.core.rollout`). The last applied allocations are kept on local disk
-(`local_copy`), so instances are brought back after an agent restart even while no NATS
-server answers; while that copy is unknown and the mesh has not answered, nothing is stopped.
+It starts what is missing, stops what no allocation wants, restarts crashed and unhealthy
+instances (`health`) with exponential backoff, and reports what it observes. A new generation
+of a web service or worker starts beside the old instance, which serves until the new one is
+healthy and is then drained and stopped (`meshd.core.rollout`). The last applied allocations
+are kept on local disk (`local_copy`), so instances come back after an agent restart even
+while no NATS server answers; while that copy is unknown and the mesh has not answered,
+nothing is stopped.
 """
 
 from __future__ import annotations
@@ -374,14 +374,13 @@ class Reconciler:
             log.warning("Instance not started. instance=%s reason=%s", key, tracked.last_error)
             return
         tracked.started_as(info, allocation.generation)
+        tracked.draining, tracked.drain_reported = False, None  # in a drained one's slot
         self._health.wake()
         self.observed.set()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
     def _spec(self, allocation: Allocation, slot: int) -> InstanceSpec:
         return spec_for(allocation, slot, self.address, self.addresses, self.secrets)
-
-    # --- health ------------------------------------------------------------------------------
 
     def _health_changed(self) -> None:
         self.observed.set()
