@@ -68,6 +68,23 @@ async def test_a_watch_gives_current_values_then_its_marker_then_changes(any_sto
     assert keys == [("a", b"1"), ("b", b"2"), None, ("a", b"3"), ("b", None)]
 
 
+async def test_a_filtered_listing_holds_every_matching_key_many_times_over(
+    any_store: Store,
+) -> None:
+    """A listing by key filter waits for its keys (nats-py's own "done" marker can come
+    before them), and one with no match is empty at once."""
+    bucket = subjects.DESIRED_BUCKET
+    for n in range(20):
+        await any_store.put(bucket, f"restart.shop.prod.s{n}", b"x")
+        if n % 5 == 0:
+            await any_store.delete(bucket, f"restart.shop.prod.s{n}")
+    await any_store.put(bucket, "spec", b"not matched")
+    wanted = {f"restart.shop.prod.s{n}" for n in range(20) if n % 5}
+    for _ in range(30):
+        assert set(await any_store.entries(bucket, subjects.RESTARTS)) == wanted
+        assert await any_store.entries(bucket, "config.>") == {}
+
+
 async def test_core_subscribers_get_the_stores_own_values_and_answer_requests(
     any_store: Store,
 ) -> None:

@@ -223,14 +223,13 @@ class NatsStore:
 
     async def watch(self, bucket: str, keys: str = ">") -> AsyncIterator[Entry | None]:
         # nats-py can report "initial values done" before delivering them (its marker races
-        # the first messages: nats-io/nats.py#842, a deeper fix in nats-io/nats.py#995), so for
-        # whole-bucket watches the marker is ours: it comes with the first entry delivered
-        # with nothing pending behind it, or at once for an empty bucket.
+        # the first messages: nats-io/nats.py#842, a deeper fix in nats-io/nats.py#995), so the
+        # marker is ours: it comes with the first entry delivered with nothing pending behind
+        # it, or at once when no key matches (a filtered read that trusted nats-py's marker
+        # could see no `restart.>` or `config.>` under load, and roll every service).
         with translated(f"watch {bucket}"):
             kv = await self._kv(bucket)
-            stored = 0
-            if keys == ">":
-                stored = (await self._js.stream_info(f"KV_{bucket}")).state.messages
+            stored = await self._matching(bucket, keys)
             watcher = await kv.watch(keys)  # the consumer needs a JetStream meta leader
         self._watchers.add(watcher)
         initial_done = False
@@ -238,13 +237,13 @@ class NatsStore:
             with translated(f"watch {bucket}"):
                 async for item in watcher:
                     if item is None:
-                        if not initial_done and (keys != ">" or stored == 0):
+                        if not initial_done and stored == 0:
                             initial_done = True
                             yield None
                         continue
                     deleted = item.operation in ("DEL", "PURGE")
                     yield Entry(item.key, None if deleted else item.value, item.revision or 0)
-                    if not initial_done and keys == ">" and not item.delta:
+                    if not initial_done and not item.delta:
                         initial_done = True
                         yield None
             raise StoreUnavailable(f"watch {bucket}: ended (the JetStream state moved)")
@@ -252,6 +251,14 @@ class NatsStore:
             self._watchers.discard(watcher)
             with contextlib.suppress(*ANY_NATS_ERROR):
                 await watcher.stop()
+
+    async def _matching(self, bucket: str, keys: str) -> int:
+        """How many messages (a whole bucket) or keys (a filter) a watch of `keys` starts
+        with: each key's last message is delivered, a deletion's too."""
+        if keys == ">":
+            return int((await self._js.stream_info(f"KV_{bucket}")).state.messages)
+        found = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
+        return len(found.state.subjects or {})
 
     async def end_watches(self) -> None:
         """End every watch with `StoreUnavailable`, so that each is watched anew: a watch's
