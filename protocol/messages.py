@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol.base import Message
+from protocol.envconfig import ConfigVars
 from protocol.secrets import MeshKey, SealedSecret, SecretValue
 
 
@@ -102,6 +103,7 @@ class Allocation(Message):
     data_path: str | None = None
     spare_port: int | None = None
     restart: int = 0
+    build_secrets: tuple[str, ...] = ()  # sealed like `secrets`, read by the build only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -390,6 +392,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             HeartbeatMark,
             Event,
             DeployRequest,
+            ConfigVars,
         )
     }
 )

@@ -21,7 +21,9 @@ class SecretScope(StrEnum):
 class SecretValue(Message):
     """A secret as the operator set it or the mesh generated it (KV `mesh_secrets/value.<scope
     path>.<name>`, `subjects.secret_value_key`): sealed to the mesh key (`mesh_key`, its
-    fingerprint), context `<key>@<version>` (meshd.core.sealing). Never in clear."""
+    fingerprint), context `<key>@<version>` (meshd.core.sealing). Never in clear.
+    `vault_version` is the KV v2 version of the Vault path it was mirrored from (None: set
+    with `meshctl` or generated)."""
 
     KIND: ClassVar[str] = "secret_value"
 
@@ -35,6 +37,7 @@ class SecretValue(Message):
     set_by: str
     set_at: float
     generated: bool = False
+    vault_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

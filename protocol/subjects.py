@@ -41,6 +41,7 @@ JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStre
 JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state has moved
 RESTARTS = "restart.>"
 HOLDS = "hold.*"  # `meshctl hold`: failure detection held off (DetectionHold)
+CONFIG_VARS = "config.>"  # `meshctl config`: plain environment variables (ConfigVars)
 
 # Streams and the subjects they capture.
 EVENTS_STREAM = "MESH_EVENTS"
@@ -183,10 +184,19 @@ def hold_key(droplet: str) -> str:
     return f"hold.{token(droplet, 'droplet')}"
 
 
+def config_key(project: str, env: str | None = None) -> str:
+    """Key of a project's or environment's variables in `mesh_desired`: `config.<project>`
+    or `config.<project>.<env>`."""
+    base = f"config.{token(project, 'project')}"
+    return base if env is None else f"{base}.{token(env, 'environment')}"
+
+
 MESH_KEY = "mesh-key"  # in mesh_secrets: the mesh key's public half (MeshKey)
 SECRET_VALUES = "value.>"
 SECRETS_SEALED = "sealed.>"
 SECRET_HOLDERS = "holder.*"
+ESCROW_KEY = "escrow-key"  # the operator's escrow key, public half (`secret export-key`)
+ESCROWED_MESH_KEY = "escrowed-mesh-key"  # the mesh key sealed to it (SealedSecret)
 
 
 def secret_value_key(name: str, project: str | None = None, env: str | None = None) -> str:

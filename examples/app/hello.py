@@ -10,6 +10,7 @@ never answer (to show an unhealthy instance being restarted).
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import time
@@ -23,6 +24,22 @@ def identity() -> dict[str, str]:
         "environment": os.environ.get("ENVIRONMENT", ""),
         "host": os.environ.get("SERVICE_HOST", "127.0.0.1"),
     }
+
+
+def settings() -> str:
+    """The page's lines about configuration: GREETING (`meshctl config` or the env_template)
+    and which secrets this instance was given as files (names only, never values)."""
+    lines = []
+    if os.environ.get("GREETING"):
+        lines.append(f"<p>{html.escape(os.environ['GREETING'])}</p>")
+    names = sorted(
+        name[: -len("_FILE")].lower()
+        for name, path in os.environ.items()
+        if name.endswith("_FILE") and os.access(path, os.R_OK)
+    )
+    if names:
+        lines.append(f"<p>secrets given: {', '.join(names)}</p>")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,6 +56,7 @@ class Handler(BaseHTTPRequestHandler):
             f"<!doctype html><title>{me['service']}</title>"
             f"<h1>{me['service']}</h1><p>project {me['project']}, environment "
             f"{me['environment']}, served from {me['host']} by meshd.</p>\n"
+            f"{settings()}"
         )
         self._send(200, "text/html; charset=utf-8", page)
 

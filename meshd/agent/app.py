@@ -45,7 +45,7 @@ from meshd.agent.servers import (
 )
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
-from meshd.core.secret_plan import trusted
+from meshd.agent.trust import Trust
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
@@ -57,6 +57,7 @@ from meshd.roles.recovery import Recovery
 from meshd.roles.scheduler import Scheduler
 from meshd.roles.secrets import SecretKeeper
 from meshd.roles.snapshots import Snapshots
+from meshd.roles.vault_mirror import VaultMirror
 from meshd.watchers.detector import Detector
 from meshd.watchers.quorum import QuorumWatch
 from meshd.watchers.rescue import MasterRescue
@@ -89,10 +90,11 @@ class Agent:
         self.incarnation = next_incarnation(self.data_dir)
         self.keys = droplet_keys(self.data_dir, self.identity.id)
         self.secrets = SealedSecrets(self.keys, EnvSecrets())
-        self.servers: tuple[str, ...] = ServerPlacement.load(self.dir, self.config).names()
         self.terms: dict[str, Term] = {}
         self.store: Store | None = None
         self.view = MeshView()
+        self.trust = Trust(self.identity.name, self.view, self.secrets)
+        self.trust.servers = ServerPlacement.load(self.dir, self.config).names()
         self.reconciler: Reconciler
 
     def status(self) -> NodeStatus:
@@ -106,22 +108,8 @@ class Agent:
             env_secrets=tuple(sorted(self.secrets.from_environment)),
         )
 
-    def trusted(self) -> bool:
-        """This droplet may hold the roles that need mesh-wide secrets (docs/secrets.md)."""
-        return self.identity.name in trusted(self.view.nodes, self.servers)
-
-    def may_keep_secrets(self) -> bool:
-        """Trusted, and able to open the mesh key: it is sealed to this droplet, or there is
-        none yet and this is master (which makes it)."""
-        if not self.trusted():
-            return False
-        if self.secrets.holds_mesh_key:
-            return True
-        first = self.secrets.holder_known and self.secrets.holder is None
-        return first and self.identity.name == MASTER
-
     def _servers_changed(self, servers: tuple[str, ...]) -> None:
-        self.servers = servers
+        self.trust.servers = servers
 
     def _refresh_identity(self) -> None:
         """The provider rewrites droplet.json when it resizes the droplet; a stat is cheap."""
@@ -245,7 +233,7 @@ class Agent:
                 ),
                 (entry, LB_TIMING, True),
                 (
-                    SecretKeeper(store, view, name, self.keys),
+                    SecretKeeper(store, view, name, self.keys, VaultMirror(store, name)),
                     None,
                     True,
                 ),
@@ -262,7 +250,7 @@ class Agent:
                     timing=timing,
                     hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
                     board=board,
-                    eligible=self.may_keep_secrets if leader.role is Role.SECRETS else None,
+                    eligible=self.trust.eligibility(leader.role),
                 )
                 for leader, timing, prefers_master in leaders
             ]

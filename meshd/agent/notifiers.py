@@ -31,7 +31,8 @@ def notifiers(
 
 
 class Channels:
-    """Channel -> its notifier, or why it cannot work; rebuilt when the settings change.
+    """Channel -> its notifier, or why it cannot work; rebuilt when the settings or their
+    secrets change.
     Callable, so that a courier asks for the current ones before each delivery."""
 
     def __init__(self, settings: Callable[[], NotifySettings], secrets: Secrets) -> None:
@@ -41,7 +42,12 @@ class Channels:
 
     def __call__(self) -> Mapping[str, Notifier | NotifierConfigError]:
         settings = self._settings()
-        key = (settings.email, settings.sms)
+        # A secret set or rotated (`meshctl secret set --mesh smtp_password`) rebuilds too.
+        values = tuple(
+            self._secrets.get(CHANNELS[name].secret_name(config), *SECRET_SCOPE)
+            for name, config in settings.configured().items()
+        )
+        key = (settings.email, settings.sms, values)
         if self._built is None or self._built[0] != key:
             built = notifiers(settings, self._secrets)
             for name, problem in built.items():

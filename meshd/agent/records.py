@@ -1,6 +1,6 @@
 """Records several roles and `meshctl` read from the store: the scheduler's last placement,
-the restart requests per service and a droplet's snapshot index. Reading them lives here, not
-in the role that writes them, so that no role imports another."""
+the restart requests per service, the operator's variables and a droplet's snapshot index.
+Reading them lives here, not in the role that writes them, so that no role imports another."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from meshd.agent.store import Store
 from meshd.core.placement import Placement
 from protocol import subjects
 from protocol.codec import decode
+from protocol.envconfig import ConfigVars
 from protocol.errors import ProtocolError
 from protocol.messages import JetStreamServers, PlacementRecord, RestartRequest, SnapshotIndex
 
@@ -59,6 +60,25 @@ async def restart_counts(store: Store) -> dict[str, int]:
             continue
         counts[subjects.alloc_key(request.project, request.env, request.service)] = request.count
     return counts
+
+
+ConfigLayers = dict[tuple[str, str | None], ConfigVars]
+
+
+async def config_layers(store: Store) -> ConfigLayers:
+    """The operator's variables (`meshctl config`) by project and environment (None: the
+    whole project); unreadable ones are skipped."""
+    layers: ConfigLayers = {}
+    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.CONFIG_VARS)).items():
+        if entry.value is None:
+            continue
+        try:
+            found = decode(entry.value, ConfigVars)
+        except ProtocolError as err:
+            log.warning("Variables unreadable; ignored. key=%s error=%s", key, err)
+            continue
+        layers[(found.project, found.env)] = found
+    return layers
 
 
 async def snapshot_index(store: Store, droplet: str) -> IndexRead:

@@ -65,6 +65,7 @@ class SealedSecrets:
         where = (None, None, key) if (project, env) == SECRET_SCOPE else (project, env, key)
         found = self._values.get(where)
         if found is not None:
+            self.from_environment.discard(key)  # replaced: `meshctl status` stops saying so
             return found
         found = self.fallback.get(key, project, env)
         if found is not None:

@@ -30,6 +30,7 @@ COMMANDS = {
     "chaos": "meshd.cli.chaos:chaos",
     "hold": "meshd.cli.hold:hold",
     "secret": "meshd.cli.secret:secret",
+    "config": "meshd.cli.config:config",
     "notify": "meshd.cli.notify:notify",
     "compose": "meshd.cli.compose:compose",
     "down": "meshd.cli.down:down",

@@ -13,19 +13,17 @@ from typing import Any
 
 import click
 
-from meshd.agent.backoff import retries
-from meshd.agent.store import Conflict, Store
+from meshd.agent.restarts import request_restart
+from meshd.agent.store import Store
 from meshd.cli.context import load_context
 from meshd.cli.session import connect, read_mesh
 from meshd.cli.tables import console
 from meshd.core.rollout import replaced_beside, replaced_on
 from meshd.core.spec import ENVIRONMENTS, ServiceKind
 from protocol import subjects
-from protocol.codec import decode, encode
 from protocol.errors import MeshError
-from protocol.messages import Allocation, RestartRequest
+from protocol.messages import Allocation
 
-WRITE_ATTEMPTS = 5
 POLL_S = 0.5
 DATASTORES = (ServiceKind.DATABASE.value, ServiceKind.REDIS.value)
 
@@ -139,33 +137,6 @@ def _choose(
             raise click.UsageError(f"{project} {env} has no service {service!r}; it has {names}")
         return found
     return [a for a in mine if a.service_kind not in DATASTORES]
-
-
-async def request_restart(store: Store, allocation: Allocation, who: str) -> int:
-    """One more restart request for the allocation's service (compare-and-set); its count."""
-    key = subjects.restart_key(allocation.project, allocation.env, allocation.service)
-    async for _ in retries(0.05, 0.5, attempts=WRITE_ATTEMPTS):  # another operator wrote
-        entry = await store.get(subjects.DESIRED_BUCKET, key)
-        previous = decode(entry.value, RestartRequest).count if entry and entry.value else 0
-        request = RestartRequest(
-            project=allocation.project,
-            env=allocation.env,
-            service=allocation.service,
-            count=max(previous, allocation.restart) + 1,
-            requested_by=who,
-            requested_at=time.time(),
-        )
-        try:
-            if entry is None:
-                await store.create(subjects.DESIRED_BUCKET, key, encode(request))
-            else:
-                await store.update(
-                    subjects.DESIRED_BUCKET, key, encode(request), last=entry.revision
-                )
-        except Conflict:
-            continue
-        return request.count
-    raise MeshError(f"restart {key}: others kept restarting it at the same time; try again")
 
 
 async def _wait(store: Store, restarting: list[Restarting], wait_s: float, quiet: bool) -> None:

@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,20 @@ from typing import Any
 import click
 
 from meshd.agent.backoff import retries
+from meshd.agent.restarts import request_restart
 from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context
-from meshd.cli.restart import request_restart
-from meshd.cli.session import connect, read_allocations
+from meshd.cli.escrow import export_key
+from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import console, secrets_table
+from meshd.core.notify_settings import CHANNELS, NotifySettings
 from meshd.core.sealing import from_text, random_secret, seal_value
 from meshd.core.secret_plan import used_by
 from meshd.core.spec import ENVIRONMENTS, DesiredState, ServiceKind
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
-from protocol.messages import Allocation, PublishedSpec
+from protocol.messages import Allocation
 from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 
 NAME = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -86,6 +89,7 @@ def secret() -> None:
     """
 
 
+secret.add_command(export_key)
 where_arguments = click.argument("where", nargs=-1, metavar="[--mesh | PROJECT [ENV]] NAME")
 mesh_option = click.option("--mesh", is_flag=True, help="A secret of the whole mesh.")
 context_option = click.option("--context", "context_name", metavar="NAME", help="Mesh to talk to.")
@@ -176,22 +180,9 @@ def _who() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-async def _published(store: Store) -> DesiredState | None:
-    entry = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
-    if entry is None or entry.value is None:
-        return None
-    return DesiredState.from_data(decode(entry.value, PublishedSpec).spec)
-
-
 async def _check_project(store: Store, scope: Scope) -> None:
-    if scope.project is None:
-        return
-    state = await _published(store)
-    known = sorted(p.name for p in state.projects) if state else []
-    if scope.project not in known:
-        raise click.UsageError(
-            f"no project {scope.project!r} is published; known: {', '.join(known) or 'none'}"
-        )
+    if scope.project is not None:
+        await check_project(store, scope.project)
 
 
 async def _store_value(
@@ -332,9 +323,29 @@ async def _remove(scope: Scope, context_name: str | None) -> None:
         console.print(f"Still used by {', '.join(users)}: set it again, or a narrower one.")
 
 
+# The mesh secrets that hold the vault login, by `vault.auth` (plugins.secrets.vault).
+VAULT_LOGINS = {"token": ("vault_token",), "approle": ("vault_role_id", "vault_secret_id")}
+
+
+def mesh_users(state: DesiredState | None) -> dict[str, list[str]]:
+    """The mesh-scoped secrets the mesh itself uses, and what for."""
+    users: dict[str, list[str]] = defaultdict(list)
+    if state is None:
+        return {}
+    for channel, config in NotifySettings.from_data(state.notify).configured().items():
+        users[CHANNELS[channel].secret_name(config)].append(f"mesh ({channel})")
+    if state.vault:
+        for name in VAULT_LOGINS.get(str(state.vault.get("auth", "token")), ()):
+            users[name].append("mesh (vault login)")
+    return dict(users)
+
+
 def secret_rows(
-    values: dict[str, SecretValue], allocations: dict[str, Allocation]
+    values: dict[str, SecretValue],
+    allocations: dict[str, Allocation],
+    state: DesiredState | None = None,
 ) -> list[dict[str, Any]]:
+    mesh = mesh_users(state)
     return [
         {
             "name": value.name,
@@ -345,7 +356,10 @@ def secret_rows(
             "set_by": value.set_by,
             "set_at": value.set_at,
             "generated": value.generated,
-            "used_by": used_by(key, allocations.values(), values),
+            "used_by": [
+                *(mesh.get(value.name, []) if value.scope is SecretScope.MESH else []),
+                *used_by(key, allocations.values(), values),
+            ],
         }
         for key, value in sorted(values.items())
     ]
@@ -354,7 +368,8 @@ def secret_rows(
 async def _list(as_json: bool, context_name: str | None) -> None:
     store = await connect(load_context(context_name))
     try:
-        rows = secret_rows(await _values(store), await read_allocations(store))
+        state = await read_published(store)
+        rows = secret_rows(await _values(store), await read_allocations(store), state)
     finally:
         await store.close()
     if as_json:

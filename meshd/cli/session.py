@@ -7,11 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import click
+
 from meshd.agent.config import CLIENT_PORT
 from meshd.agent.records import LastPlacement, jetstream_servers
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.cli.context import Context
 from meshd.core.jetstream import candidates, choose
+from meshd.core.spec import DesiredState
 from meshd.core.status import mesh_status
 from protocol import subjects
 from protocol.codec import decode
@@ -21,6 +24,7 @@ from protocol.messages import (
     FailureRecord,
     Lease,
     NodeStatus,
+    PublishedSpec,
     SnapshotIndex,
 )
 
@@ -87,6 +91,25 @@ async def read_nodes(store: Store) -> dict[str, NodeStatus]:
 async def read_allocations(store: Store) -> dict[str, Allocation]:
     """Every allocation, by key."""
     return await _read(store, subjects.ALLOC_BUCKET, Allocation)
+
+
+async def read_published(store: Store) -> DesiredState | None:
+    """The desired state as last published, or None before the first publish."""
+    entry = await store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
+    if entry is None or entry.value is None:
+        return None
+    return DesiredState.from_data(decode(entry.value, PublishedSpec).spec)
+
+
+async def check_project(store: Store, project: str) -> DesiredState:
+    """The published state, if it has `project`; a UsageError naming the known ones if not."""
+    state = await read_published(store)
+    known = sorted(p.name for p in state.projects) if state else []
+    if state is None or project not in known:
+        raise click.UsageError(
+            f"no project {project!r} is published; known: {', '.join(known) or 'none'}"
+        )
+    return state
 
 
 async def read_holds(store: Store) -> dict[str, DetectionHold]:

@@ -233,3 +233,26 @@ def secrets_table(rows: list[dict[str, Any]]) -> Table:
         used = escape(", ".join(row["used_by"])) or "[dim]nothing[/]"
         table.add_row(escape(row["name"]), where, str(row["version"]), by, at, used)
     return table
+
+
+def config_table(rows: list[dict[str, Any]]) -> Table:
+    """`meshctl config list`: the operator's variables and where each is set."""
+    table = _table("Variables")
+    for column in ("Project", "Env", "Name", "Value", "From", "Set by", "Set at"):
+        table.add_column(column)
+    for row in rows:
+        at = (
+            datetime.fromtimestamp(row["set_at"]).strftime("%Y-%m-%d %H:%M")
+            if row["set_at"]
+            else ""
+        )
+        table.add_row(
+            escape(row["project"]),
+            row["env"] or "all",
+            escape(row["name"]),
+            escape(row["value"]),
+            escape(row["source"]),
+            escape(row["set_by"] or ""),
+            at,
+        )
+    return table

@@ -8,6 +8,7 @@ scheduling) never changes an allocation and never restarts an instance.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from meshd.core.resources import EnvResources
@@ -15,6 +16,19 @@ from meshd.core.spec import MASTER, ServiceKind
 
 VAULT_PORT = 8200
 OPENSEARCH_PORT = 9200
+# What the runtimes add themselves (`<NAME>_FILE` for each secret file, too).
+RUNTIME_VARIABLES = ("SERVICE_HOST", "SERVICE_PORT", "SECRETS_DIR")
+SEED_VARIABLES = frozenset(
+    {
+        *("DB_HOST", "REDIS_HOST", "VAULT_HOST", "OPENSEARCH_HOST"),
+        *("DB_USER", "DB_NAME", "DB_PORT", "REDIS_PORT", "VAULT_PORT", "OPENSEARCH_PORT"),
+        *("OPENSEARCH_INDEX", "SERVICE_NAME", "ENVIRONMENT", "PROJECT", "ASSIGNED_DROPLETS"),
+        "RESOURCE_HASH",
+        *RUNTIME_VARIABLES,
+    }
+)
+CONFIG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_CONFIG_VALUE = 4096
 
 
 def instance_hosts(placed: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -55,6 +69,30 @@ def instance_environment(
     if kind is ServiceKind.WEB:
         values["SERVICE_PORT"] = str(resources.ports[service])
     return values
+
+
+def config_problem(name: str, value: str) -> str | None:
+    """Why `name=value` cannot be one of the operator's variables, or None if it can."""
+    if not CONFIG_NAME.match(name):
+        return f"{name!r} is not a variable name; use letters, digits and _ (API_RATE_LIMIT)"
+    if name in SEED_VARIABLES:
+        return f"{name} is set by the mesh itself and cannot be overridden"
+    if name.endswith("_FILE"):
+        return f"{name}: names ending in _FILE point at secret files; the mesh sets them"
+    if "\0" in value:
+        return f"the value of {name} contains a NUL byte"
+    if len(value.encode()) > MAX_CONFIG_VALUE:
+        return f"the value of {name} is longer than {MAX_CONFIG_VALUE} bytes"
+    return None
+
+
+def with_config(mesh: Mapping[str, str], *layers: Mapping[str, str]) -> dict[str, str]:
+    """The operator's variables, wider layers first (template, project, environment), under
+    the mesh's own: a later layer overrides an earlier one, none overrides the mesh's."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    return {**merged, **mesh}
 
 
 def resolve_hosts(hosts: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, str] | None:

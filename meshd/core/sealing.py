@@ -116,6 +116,18 @@ def open_value(mesh: KeyPair, key: str, version: int, sealed: str) -> bytes:
     return open_sealed(mesh, from_text(sealed), entry_context(key, version))
 
 
+def holder_context(droplet: str, key: str) -> bytes:
+    """The mesh key's private half sealed to `droplet`'s key `key` (a fingerprint); the
+    operator's escrow key is the droplet `escrow`."""
+    return entry_context(f"holder.{droplet}", key)
+
+
+def open_mesh_key(keys: KeyPair, droplet: str, key: str, sealed: str) -> KeyPair:
+    """The mesh key pair from its private half sealed to `keys` (SealError if it does not
+    open with them)."""
+    return KeyPair.from_private(open_sealed(keys, from_text(sealed), holder_context(droplet, key)))
+
+
 def random_secret() -> str:
     """A generated secret: 32 random bytes as URL-safe text (43 characters)."""
     return secrets.token_urlsafe(32)

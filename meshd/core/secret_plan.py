@@ -2,8 +2,9 @@
 stored values and the droplets' keys, for the `secrets` role.
 
 A droplet gets a service's secret when it runs (or stands in for) one of the service's
-instances: sealed as `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there
-is (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
+instances, and its build secrets too (the droplet builds the image): sealed as
+`sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
+(project-environment, then project, then mesh). The trusted droplets (master, the JetStream
 servers, and below three droplets every droplet, since the other one rescues master) also get
 every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token). Nothing else
 is sealed to anyone.
@@ -56,16 +57,21 @@ def trusted(droplets: Iterable[str], servers: Iterable[str]) -> set[str]:
     return present & ({MASTER} | set(servers))
 
 
+def used(allocation: Allocation) -> tuple[str, ...]:
+    """The secrets `allocation`'s droplets need: those of its instances and of its build."""
+    return (*allocation.secrets, *allocation.build_secrets)
+
+
 def needs(
     allocations: Iterable[Allocation], mesh_names: Iterable[str], trust: set[str]
 ) -> set[Need]:
-    """Every (droplet, secret) pair: the services' secrets where their instances run, and
-    the mesh's own secrets on the trusted droplets."""
+    """Every (droplet, secret) pair: the services' secrets (and build secrets) where their
+    instances run, and the mesh's own secrets on the trusted droplets."""
     found = {
         Need(droplet, name, a.project, a.env)
         for a in allocations
         for droplet in a.droplets
-        for name in a.secrets
+        for name in used(a)
     }
     found |= {Need(droplet, name) for droplet in trust for name in mesh_names}
     return found
@@ -106,7 +112,7 @@ def missing_generated(
     found = {
         (name, a.project, a.env)
         for a in allocations
-        for name in a.secrets
+        for name in used(a)
         if name in GENERATED and source(Need("-", name, a.project, a.env), values) is None
     }
     return sorted(found)
@@ -117,8 +123,10 @@ def used_by(
 ) -> list[str]:
     """The services (allocation keys) that get their secret from `value_key`."""
     return sorted(
-        subjects.alloc_key(a.project, a.env, a.service)
-        for a in allocations
-        for name in a.secrets
-        if source(Need("-", name, a.project, a.env), values) == value_key
+        {
+            subjects.alloc_key(a.project, a.env, a.service)
+            for a in allocations
+            for name in used(a)
+            if source(Need("-", name, a.project, a.env), values) == value_key
+        }
     )

@@ -20,6 +20,11 @@ class ServiceKind(StrEnum):
     REDIS = "redis"
     WORKER = "worker"  # no port, not load balanced
 
+    @property
+    def is_datastore(self) -> bool:
+        """Stateful, one instance: never rolled for a setting the operator changes."""
+        return self in (ServiceKind.DATABASE, ServiceKind.REDIS)
+
 
 # The seed's default services of every project, with memory reservations small enough that
 # all three environments of one project fit on a $6 droplet (1024 MB minus 256 MB system).
@@ -51,6 +56,9 @@ class ServiceSpec:
     secrets: tuple[str, ...] = ()
     process_command: str | None = None  # what the process runtime runs instead of the image
     data_path: str | None = None  # where a named volume is mounted in the container
+    build_secrets: tuple[str, ...] = ()  # read by the image's build only (docs/secrets.md)
+    env_template: str | None = None  # the seed's `.env` file, as the config names it
+    env: dict[str, str] = field(default_factory=dict)  # ... its variables, read at publish
 
     @property
     def uses_template(self) -> bool:
@@ -72,6 +80,9 @@ class ServiceSpec:
             "secrets": list(self.secrets),
             "process_command": self.process_command,
             "data_path": self.data_path,
+            "build_secrets": list(self.build_secrets),
+            "env_template": self.env_template,
+            "env": dict(self.env),
         }
 
     @classmethod
@@ -88,6 +99,9 @@ class ServiceSpec:
             secrets=tuple(data.get("secrets", ())),
             process_command=data.get("process_command"),
             data_path=data.get("data_path"),
+            build_secrets=tuple(data.get("build_secrets", ())),
+            env_template=data.get("env_template"),
+            env=dict(data.get("env") or {}),
         )
 
 
@@ -137,6 +151,7 @@ class DesiredState:
     notify: dict[str, Any] = field(
         default_factory=dict
     )  # meshd.core.notify_settings.NotifySettings
+    vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
 
     def project(self, name: str) -> ProjectSpec:
         for project in self.projects:
@@ -149,6 +164,7 @@ class DesiredState:
             "platform": self.platform,
             "projects": [p.to_data() for p in self.projects],
             "notify": dict(self.notify),
+            "vault": dict(self.vault),
         }
 
     @classmethod
@@ -157,4 +173,5 @@ class DesiredState:
             projects=tuple(ProjectSpec.from_data(p) for p in data["projects"]),
             platform=data.get("platform", "docker"),
             notify=dict(data.get("notify") or {}),
+            vault=dict(data.get("vault") or {}),
         )

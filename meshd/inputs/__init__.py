@@ -17,6 +17,7 @@ from meshd.core.spec import DesiredState, ServiceSpec
 from meshd.inputs.buildcontext import BuildContextError, context_digest, image_tag
 from meshd.inputs.csvfile import ProjectRow, parse_projects_csv
 from meshd.inputs.deploy_config import DeployConfig, parse_deploy_config
+from meshd.inputs.envfile import parse_env_file
 from meshd.inputs.merge import build_desired_state
 
 DEFAULT_CONFIG_NAME = "deployment_config.json"
@@ -44,6 +45,7 @@ def load_desired_state(csv_path: Path, config_path: Path | None) -> DesiredState
             directory = config_path.resolve().parent
             config = expand_config_dir(config, directory)
             config = resolve_builds(config, directory, str(config_path))
+            config = read_env_templates(config, directory, str(config_path))
         except InputErrors as err:
             issues += err.issues
     if issues:
@@ -100,6 +102,48 @@ def resolve_builds(config: DeployConfig, directory: Path, config_name: str) -> D
             build_context=str(context.resolve()),
             dockerfile_path=str(dockerfile.resolve()),
         )
+
+    resolved = _each_service(config, service)
+    if issues:
+        raise InputErrors(issues)
+    return resolved
+
+
+def read_env_templates(config: DeployConfig, directory: Path, config_name: str) -> DeployConfig:
+    """Each service's `env_template`, read from beside the deployment config (the repository
+    root) into its variables. One that is not there is left to the deploy from `git_repo`, or
+    refused without one."""
+    issues: list[InputIssue] = []
+
+    def service(project: str, spec: ServiceSpec) -> ServiceSpec:
+        if spec.env_template is None:
+            return spec
+        path = directory / spec.env_template
+        if not path.is_file():
+            if config.projects[project].git_repo is None:
+                where = f"$.projects.{project}.services.{spec.name}.env_template"
+                issues.append(
+                    InputIssue(
+                        config_name,
+                        where,
+                        f"no file at {path} and the project has no git_repo to read it from; "
+                        "paths are relative to the deployment config",
+                    )
+                )
+            return spec
+        try:
+            text = _read(path).decode()
+        except UnicodeDecodeError:
+            issues.append(InputIssue(str(path), "", "not UTF-8 text"))
+            return spec
+        except InputErrors as err:
+            issues.extend(err.issues)
+            return spec
+        try:
+            return replace(spec, env=parse_env_file(text, str(path)))
+        except InputErrors as err:
+            issues.extend(err.issues)
+            return spec
 
     resolved = _each_service(config, service)
     if issues:

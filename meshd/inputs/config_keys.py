@@ -13,6 +13,7 @@ class Level(StrEnum):
     TOP = "top"
     PROJECT = "project"  # under `projects.<name>`
     SERVICE = "service"  # under `projects.<name>.services.<service>`
+    VAULT = "vault"  # under `vault`
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,18 @@ KEYS: tuple[Key, ...] = (
         "`meshctl up` decides how services run, so one config serves both"),
     Key("projects", Level.TOP, "object", "`{}`", "0.1",
         "per project of the CSV (a name the CSV lacks is refused)"),
+    Key("vault", Level.TOP, "object", "none", "0.1",
+        "read secrets from a Vault or OpenBao KV v2 mount too (docs/secrets.md, Vault / "
+        "OpenBao); the mesh mirrors them and rolls the services when one changes"),
+    Key("address", Level.VAULT, "string", "required", "0.1",
+        "the server's `http://` or `https://` URL (`https://vault.example.com:8200`)"),
+    Key("mount", Level.VAULT, "string", "`secret`", "0.1", "the KV v2 mount's path"),
+    Key("auth", Level.VAULT, "string", "`token`", "0.1",
+        "`token` (mesh secret `vault_token`) or `approle` (mesh secrets `vault_role_id` and "
+        "`vault_secret_id`)"),
+    Key("prefix", Level.VAULT, "string", "`meshd`", "0.1",
+        "the secrets are at `<prefix>/mesh`, `<prefix>/<project>` and "
+        "`<prefix>/<project>/<env>` in the mount"),
     Key("git_repo", Level.PROJECT, "string", "none", "0.1",
         "where deploys build from; a service with a `build_context` not on disk needs it"),
     Key("versioning", Level.PROJECT, "object", "none", "0.1",
@@ -63,10 +76,15 @@ KEYS: tuple[Key, ...] = (
     Key("secrets", Level.SERVICE, "list of strings", "`[db_password]` / `[redis_password]` for "
         "the built-in datastores", "0.1",
         "names (`db_password`) mounted as files at `/run/secrets/<name>`"),
+    Key("build_secrets", Level.SERVICE, "list of strings", "none", "0.1",
+        "secret names the image's build reads (`RUN --mount=type=secret,id=<name>`), given to "
+        "`docker build --secret` and never to the running container; needs a `build_context` "
+        "(docs/secrets.md)"),
     Key("enabled", Level.SERVICE, "boolean", "`true`", "0.1", "`false` drops a (default) service"),
     Key("env_template", Level.SERVICE, "string", "none", "0.1",
-        "the seed's; a path inside the repository; accepted and not used yet (configuration "
-        "will)"),
+        "a `KEY=VALUE` file relative to the config (the seed's `templates/backend.env`), read "
+        "by `meshctl publish` into the service's environment under `meshctl config`'s values "
+        "(docs/configuration.md)"),
 )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from meshd.core.spec import (
     ServiceSpec,
 )
 from meshd.inputs.config_keys import Level, names_at
+from meshd.inputs.vault_config import vault_settings
 
 PLATFORMS = ("docker", "podman", "process")
 MEMORY_RANGE = (16, 65536)
@@ -57,6 +58,7 @@ class ProjectConfig:
 class DeployConfig:
     platform: str = "docker"
     projects: dict[str, ProjectConfig] = field(default_factory=dict)
+    vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
 
 
 def default_services() -> tuple[ServiceSpec, ...]:
@@ -182,7 +184,8 @@ class _Checker:
             for name, value in (projects or {}).items()
         }
         self.unique_domains(parsed)
-        return DeployConfig(platform=str(platform), projects=parsed)
+        vault = vault_settings(self, top["vault"], "$.vault") if "vault" in top else {}
+        return DeployConfig(platform=str(platform), projects=parsed, vault=vault)
 
     def project(self, value: Any, path: str) -> ProjectConfig:
         project = self.obj(value, path, PROJECT_KEYS)
@@ -228,6 +231,7 @@ class _Checker:
         health = self.health_path(kind, body, path)
         strings = self.strings(body, path)
         secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
+        build_secrets = self.build_secrets(body, strings, path)
         if enabled is False:
             return None
         spec = ServiceSpec(
@@ -240,8 +244,10 @@ class _Checker:
             dockerfile_path=strings.get("dockerfile_path"),
             build_context=strings.get("build_context"),
             secrets=secrets,
+            build_secrets=build_secrets,
             process_command=strings.get("process_command"),
             data_path=strings.get("data_path"),
+            env_template=strings.get("env_template"),
         )
         return spec if "secrets" in body else _with_template_secret(spec)
 
@@ -328,6 +334,19 @@ class _Checker:
             else:
                 names.append(item)
         return tuple(names)
+
+    def build_secrets(
+        self, body: dict[str, Any], strings: dict[str, str], path: str
+    ) -> tuple[str, ...]:
+        if "build_secrets" not in body:
+            return ()
+        names = self.secrets(body["build_secrets"], f"{path}.build_secrets")
+        if names and "build_context" not in strings:
+            self.fail(
+                f"{path}.build_secrets",
+                "build secrets are for building an image; give the service a build_context",
+            )
+        return names
 
     def domains(self, value: Any, path: str) -> dict[str, tuple[str, ...]]:
         envs = self.obj(value, path, ENVIRONMENTS)

@@ -18,6 +18,8 @@ from typing import TypeVar
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import (
+    ConfigLayers,
+    config_layers,
     decode_servers,
     jetstream_servers,
     last_placement,
@@ -25,7 +27,7 @@ from meshd.agent.records import (
     write_over,
 )
 from meshd.agent.store import Conflict, Entry, Store
-from meshd.core.envvars import instance_environment, instance_hosts
+from meshd.core.envvars import instance_environment, instance_hosts, with_config
 from meshd.core.errors import CapacityError
 from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
@@ -55,11 +57,14 @@ def allocations_for(
     previous: Mapping[str, Allocation],
     fence: int,
     restarts: Mapping[str, int] | None = None,
+    config: ConfigLayers | None = None,
 ) -> dict[str, Allocation]:
     """One allocation per service; unchanged ones are returned as they were (same generation),
     changed ones with the next generation. `restarts` counts the restart requests of each
-    allocation key: one more request is one more generation."""
+    allocation key: one more request is one more generation. `config` holds the operator's
+    variables (`meshctl config`) of projects and environments, for all but datastores."""
     restarts = restarts or {}
+    config = config or {}
     droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for instance in placement.instances:
         droplets[instance.service_key].append(instance.droplet)
@@ -69,6 +74,12 @@ def allocations_for(
         for env in ("prod", "uat", "test"):
             placed = {s.name: droplets[(project.name, env, s.name)] for s in project.services}
             resources = env_resources[(project.name, env)]
+            project_vars = config.get((project.name, None))
+            env_config = config.get((project.name, env))
+            operator = (
+                project_vars.values if project_vars else {},
+                env_config.values if env_config else {},
+            )
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
                 fresh = Allocation(
@@ -83,8 +94,12 @@ def allocations_for(
                     image=service.image,
                     command=service.command,
                     memory_mb=service.memory_mb,
-                    env_vars=instance_environment(
-                        resources, service.name, service.kind, placed[service.name]
+                    env_vars=with_config(
+                        instance_environment(
+                            resources, service.name, service.kind, placed[service.name]
+                        ),
+                        service.env,
+                        *(() if service.kind.is_datastore else operator),
                     ),
                     hosts=instance_hosts(placed),
                     health_path=service.health_path,
@@ -95,6 +110,7 @@ def allocations_for(
                     build_context=service.build_context,
                     dockerfile=service.dockerfile_path,
                     data_path=service.data_path,
+                    build_secrets=service.build_secrets,
                 )
                 old = previous.get(key)
                 if old is not None and _same(old, fresh):
@@ -143,6 +159,7 @@ class Scheduler:
                 [
                     (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
                     (subjects.DESIRED_BUCKET, subjects.RESTARTS),
+                    (subjects.DESIRED_BUCKET, subjects.CONFIG_VARS),
                 ],
                 lambda: self._schedule_or_abandon(term),
                 RESYNC_S,
@@ -248,7 +265,8 @@ class Scheduler:
         revisions = {key: entry.revision for key, entry in current.items()}
         existing = {key: found for key, e in current.items() if (found := _allocation(key, e))}
         restarts = await restart_counts(self.store)
-        wanted = allocations_for(state, placement, existing, term.fence, restarts)
+        config = await config_layers(self.store)
+        wanted = allocations_for(state, placement, existing, term.fence, restarts, config)
         written = await self._write(term, wanted, existing, revisions)
         removed = await self._remove(term, set(revisions) - set(wanted), revisions)
         # Written also when only the spec revision moved: `publish --wait` waits for it.

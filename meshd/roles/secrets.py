@@ -8,15 +8,17 @@ the values. Each pass: make the generated secrets that do not exist yet (`db_pas
 `redis_password` of every project environment that uses them), seal each value a droplet
 needs to that droplet's current key, delete what nobody needs any more, and seal the mesh
 key to the trusted droplets. Values are opened in memory only; no value reaches a log, an
-event or the store in clear.
+event or the store in clear. With a vault configured, each pass starts by mirroring its
+secrets into the values and ends by rolling the services whose secret changed there
+(`meshd.roles.vault_mirror`, joined in by the agent).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
-from typing import TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol, TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
@@ -30,6 +32,7 @@ from meshd.core.sealing import (
     entry_context,
     fingerprint,
     from_text,
+    holder_context,
     open_sealed,
     open_value,
     random_secret,
@@ -38,7 +41,7 @@ from meshd.core.sealing import (
     to_text,
 )
 from meshd.core.secret_plan import Need, Sealing, missing_generated, needs, sealings, trusted
-from meshd.core.spec import MASTER
+from meshd.core.spec import MASTER, DesiredState
 from protocol import subjects
 from protocol.base import Message
 from protocol.codec import decode, encode
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 RESYNC_S = 10.0
 HOLDER_SECRET = "mesh_key"
+ESCROW = "escrow"  # the droplet name the escrowed mesh key is sealed for (its context)
 
 
 def seal_key_of(data: bytes) -> Hashable:
@@ -58,6 +62,25 @@ def seal_key_of(data: bytes) -> Hashable:
         return decode(data, NodeStatus).seal_key
     except ProtocolError:
         return None
+
+
+class VaultLink(Protocol):
+    """The role's mirror of a vault (`meshd.roles.vault_mirror.VaultMirror`)."""
+
+    async def pull(
+        self,
+        term: Term,
+        mesh: KeyPair,
+        state: DesiredState | None,
+        values: dict[str, SecretValue],
+        opened: Callable[[str, SecretValue], bytes],
+    ) -> bool: ...
+
+    async def roll(
+        self, term: Term, allocations: Sequence[Allocation], values: dict[str, SecretValue]
+    ) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SecretKeeper:
@@ -69,11 +92,13 @@ class SecretKeeper:
         view: MeshView,
         droplet: str,
         keys: DropletKeys,
+        vault: VaultLink | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.droplet = droplet
         self.keys = keys
+        self.vault = vault
         self._mesh: KeyPair | None = None  # the mesh key, once opened this term
         self._opened: dict[tuple[str, int], bytes] = {}  # values opened this term
         self._problem = ""
@@ -86,9 +111,11 @@ class SecretKeeper:
                 self.store,
                 [
                     (subjects.SECRETS_BUCKET, subjects.SECRET_VALUES),
+                    (subjects.SECRETS_BUCKET, subjects.ESCROW_KEY),
                     (subjects.ALLOC_BUCKET, ">"),
                     (subjects.FAILURES_BUCKET, ">"),
                     (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
+                    (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),  # the vault settings
                 ],
                 lambda: self.keep(term),
                 RESYNC_S,
@@ -97,12 +124,18 @@ class SecretKeeper:
         finally:
             self._mesh = None
             self._opened.clear()
+            if self.vault is not None:
+                self.vault.close()
 
     async def keep(self, term: Term) -> None:
         mesh = self._mesh = self._mesh or await self.mesh_key(term)
         if mesh is None:
             return
         values = await self._values()
+        if self.vault is not None and await self.vault.pull(
+            term, mesh, self.view.state, values, lambda key, v: self._open(mesh, key, v)
+        ):
+            values = await self._values()
         allocations = list(self.view.hosted().values())
         if await self._generate(term, mesh, allocations, values):
             values = await self._values()
@@ -139,6 +172,8 @@ class SecretKeeper:
             droplets = sorted({plan[k].need.droplet for k in plan})
             detail = {"sealed": sealed, "removed": removed, "holders": held, "droplets": droplets}
             await self.store.record("secrets_sealed", self.droplet, "secrets", detail, term.fence)
+        if self.vault is not None:
+            await self.vault.roll(term, allocations, values)
 
     # --- the mesh key --------------------------------------------------------------------
 
@@ -203,12 +238,32 @@ class SecretKeeper:
                 term.ensure_held()
                 await self.store.delete(subjects.SECRETS_BUCKET, key)
                 changed += 1
-        return changed
+        return changed + await self._escrow(term, mesh)
+
+    async def _escrow(self, term: Term, mesh: KeyPair) -> int:
+        """Seal the mesh key to the operator's escrow key (`meshctl secret export-key`), whose
+        private half only the operator has: the values open after the whole mesh is lost."""
+        entry = await self.store.get(subjects.SECRETS_BUCKET, subjects.ESCROW_KEY)
+        if entry is None or entry.value is None:
+            return 0
+        escrow = decode(entry.value, MeshKey)
+        found = await self.store.get(subjects.SECRETS_BUCKET, subjects.ESCROWED_MESH_KEY)
+        if found and found.value and decode(found.value, SealedSecret).key == escrow.fingerprint:
+            return 0
+        escrowed = self._holder_entry(term, mesh, ESCROW, from_text(escrow.public, "key"))
+        await self.store.put(subjects.SECRETS_BUCKET, subjects.ESCROWED_MESH_KEY, encode(escrowed))
+        detail = {"fingerprint": escrow.fingerprint}
+        await self.store.record("mesh_key_escrowed", self.droplet, "secrets", detail, term.fence)
+        return 1
 
     async def _seal_holder(self, term: Term, mesh: KeyPair, droplet: str, public: bytes) -> None:
+        holder = self._holder_entry(term, mesh, droplet, public)
+        await self.store.put(subjects.SECRETS_BUCKET, subjects.holder_key(droplet), encode(holder))
+
+    def _holder_entry(self, term: Term, mesh: KeyPair, droplet: str, public: bytes) -> SealedSecret:
         term.ensure_held()
         key = fingerprint(public)
-        holder = SealedSecret(
+        return SealedSecret(
             droplet=droplet,
             name=HOLDER_SECRET,
             project=None,
@@ -219,7 +274,6 @@ class SecretKeeper:
             key=key,
             fence=term.fence,
         )
-        await self.store.put(subjects.SECRETS_BUCKET, subjects.holder_key(droplet), encode(holder))
 
     # --- values --------------------------------------------------------------------------
 
@@ -304,8 +358,3 @@ def _sealed(sealing: Sealing, box: str, fence: int) -> SealedSecret:
         key=sealing.key,
         fence=fence,
     )
-
-
-def holder_context(droplet: str, key: str) -> bytes:
-    """The mesh key sealed to `droplet`'s key `key` (a fingerprint)."""
-    return entry_context(subjects.holder_key(droplet), key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,7 +31,8 @@ class InstanceSpec:
     """What one instance of a service should run on this droplet.
 
     `generation` grows whenever what runs changes; `env_vars` never holds secrets: `secrets`
-    (name -> value) are delivered as files and never shown in `repr`. `kind` is the service's
+    (name -> value) are delivered as files and never shown in `repr`; `build_secrets` (likewise)
+    reach only the build of `image`, never the running instance. `kind` is the service's
     kind (web, database, redis, worker); `command` runs in the image, `process_command` instead
     of it where there are no images; `build_context` and `dockerfile` build `image` when it is
     missing; `data_path` is where the instance's named volume is mounted.
@@ -60,6 +61,7 @@ class InstanceSpec:
     data_path: str | None = None
     slot: int = 0
     service_port: int | None = None
+    build_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:
@@ -202,3 +204,9 @@ def load_runtime(name: str, ctx: RuntimeContext) -> Runtime:
         getattr(importlib.import_module(module_name), attribute),
     )
     return factory(ctx)
+
+
+def secret_file_variables(names: Iterable[str], directory: str) -> dict[str, str]:
+    """`DB_PASSWORD_FILE=<directory>/db_password` for each secret file an instance gets (what
+    the seed's `DB_PASSWORD_FILE` style expects; the values stay in the files)."""
+    return {f"{name.upper()}_FILE": f"{directory}/{name}" for name in sorted(names)}

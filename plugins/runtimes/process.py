@@ -42,6 +42,7 @@ from plugins.runtimes import (
     InstanceStopError,
     RuntimeConfigError,
     RuntimeContext,
+    secret_file_variables,
 )
 from protocol import subjects
 
@@ -303,13 +304,11 @@ class ProcessRuntime:
     def _environment(self, spec: InstanceSpec, secrets_dir: Path) -> dict[str, str]:
         env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
         env.update(spec.env_vars)
-        env["SERVICE_HOST"] = spec.host
+        env.pop("SERVICE_PORT", None)
         if spec.port is not None:
             env["SERVICE_PORT"] = str(spec.port)
-        else:
-            env.pop("SERVICE_PORT", None)
-        env["SECRETS_DIR"] = str(secrets_dir)
-        return env
+        env |= {"SERVICE_HOST": spec.host, "SECRETS_DIR": str(secrets_dir)}
+        return env | secret_file_variables(spec.secrets, str(secrets_dir))
 
     async def _terminate(self, state: ProcessRecord, grace: float) -> None:
         """SIGTERM, then SIGKILL after `grace`; raise InstanceStopError if it still lives."""

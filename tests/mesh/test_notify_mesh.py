@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project
+from tests.support.mesh import BACKEND_ONLY, LocalMesh, local_mesh, write_project
 from tests.support.smtp import PASSWORD, USER, Mailbox, Received, smtp_in_thread
 from tests.support.twilio import SID, TOKEN, twilio_in_thread
 from tests.support.waiting import wait_for
@@ -136,7 +136,11 @@ def test_losing_the_jetstream_quorum_is_told_by_the_droplet_that_is_left(tmp_pat
         assert "• droplets still heard: master" in lost[0].part("plain")  # itself
 
 
-def test_a_wrong_smtp_password_is_shown_in_status_and_the_mail_waits(tmp_path: Path) -> None:
+def env_secrets(mesh: LocalMesh) -> dict[str, list[str]]:
+    return dict(json.loads(mesh.ok("status", "--json"))["env_secrets"])
+
+
+def test_a_wrong_smtp_password_is_shown_and_the_mesh_secret_replaces_it(tmp_path: Path) -> None:
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
     with smtp_in_thread(tmp_path) as box:  # STARTTLS and AUTH required
         assert box.cert is not None
@@ -164,4 +168,11 @@ def test_a_wrong_smtp_password_is_shown_in_status_and_the_mail_waits(tmp_path: P
             assert told["waiting"] >= 1  # kept for when the password is fixed
             shown = mesh.ok("status")
             assert "Notifications by email failing" in shown
-        assert box.received == []
+            assert box.received == []
+            assert wait_for(lambda: env_secrets(mesh), what="the deprecation") == {
+                "master": ["smtp_password"]
+            }
+            # The mesh's own secret replaces the environment variable: the mail goes out.
+            mesh.ok("secret", "set", "--mesh", "smtp_password", input=PASSWORD)
+            wait_for(lambda: box.received, timeout=120, what="the mail sent with the secret")
+            wait_for(lambda: env_secrets(mesh) == {}, what="no secret from the environment")

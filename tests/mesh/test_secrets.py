@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +25,25 @@ import pytest
 
 from meshd.agent.sealkey import KEY_FILE
 from meshd.agent.store.jetstream import NatsStore
-from meshd.core.sealing import KeyPair, SealError, entry_context, from_text, open_sealed
+from meshd.core.sealing import (
+    KeyPair,
+    SealError,
+    entry_context,
+    from_text,
+    open_mesh_key,
+    open_sealed,
+    open_value,
+)
 from protocol import subjects
 from protocol.codec import decode
 from protocol.errors import MeshError
-from protocol.secrets import SealedSecret
+from protocol.secrets import SealedSecret, SecretValue
 from tests.support.mesh import ROOT, LocalMesh, local_mesh, write_project
 from tests.support.waiting import wait_for
 
 APP = {"command": f"{sys.executable} {ROOT / 'tests' / 'support' / 'httpapp.py'}"}
 SERVICES: dict[str, Any] = {
-    "backend": APP | {"secrets": ["api_key", "db_password"]},
+    "backend": APP | {"secrets": ["api_key", "db_password"], "env_template": "backend.env"},
     "frontend": {"enabled": False},
     "database": {"enabled": False},
     "redis": {"enabled": False},
@@ -126,7 +136,102 @@ def refuses_bad_input(mesh: LocalMesh) -> None:
     assert "api_key" not in listed.stdout
 
 
+def environments(mesh: LocalMesh, env: str) -> list[dict[str, str]]:
+    """The environment of every instance of shop's `env` backend."""
+    service = next(s for s in mesh.status()["services"] if s["env"] == env)
+    found = []
+    for upstream in service["upstream"] or []:
+        with urllib.request.urlopen(f"http://{upstream}/env", timeout=5) as reply:
+            found.append(json.loads(reply.read()))
+    return found
+
+
+def levels(mesh: LocalMesh, env: str) -> set[str] | None:
+    """LEVEL in each instance of shop's `env` backend; None while one does not answer."""
+    try:
+        return {i["LEVEL"] for i in environments(mesh, env)}
+    except OSError:
+        return None
+
+
+def settings_reach_the_instances(mesh: LocalMesh) -> None:
+    """The env_template's variables, then the project's and prod's own (`meshctl config`),
+    each narrower one winning, none over the mesh's; secret files named by variables."""
+    for instance in environments(mesh, "prod"):
+        assert instance["LEVEL"] == "template" and instance["TEMPLATE_ONLY"] == "t"
+        assert instance["DB_PASSWORD_FILE"] == instance["SECRETS_DIR"] + "/db_password"
+    for args, said in (
+        (("nope", "A=1"), "no project 'nope' is published"),
+        (("shop", "DB_HOST=x"), "set by the mesh itself"),
+        (("shop", "prod", "lower-case=1"), "not a variable name"),
+        (("shop", "prod"), "at least one KEY=VALUE"),
+    ):
+        refused = mesh.meshctl("config", "set", *args)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    changed = json.loads(mesh.ok("config", "set", "shop", "LEVEL=project", "--json"))
+    assert sorted(changed["rolled"]) == [
+        "shop.prod.backend",
+        "shop.test.backend",
+        "shop.uat.backend",
+    ]
+
+    def set_prod() -> None:
+        mesh.ok("config", "set", "shop", "prod", "LEVEL=prod")
+        wait_for(
+            lambda: levels(mesh, "prod") == {"prod"} and all_healthy(mesh),
+            timeout=120,
+            what="prod rolled onto its own LEVEL",
+        )
+
+    loses_no_request(mesh, set_prod)
+    wait_for(lambda: levels(mesh, "uat") == {"project"}, timeout=120, what="uat rolled")
+    listed = [json.loads(line) for line in mesh.ok("config", "list", "shop", "--json").splitlines()]
+    assert {(r["source"], r["name"], r["value"]) for r in listed} == {
+        ("template:backend", "LEVEL", "template"),
+        ("template:backend", "TEMPLATE_ONLY", "t"),
+        ("project", "LEVEL", "project"),
+        ("env", "LEVEL", "prod"),
+    }
+
+
+def escrow_opens_the_values(mesh: LocalMesh, out: Path) -> None:
+    """The escrow key is handed out once; with it and the bucket, a value opens."""
+    exported = json.loads(mesh.ok("secret", "export-key", "--out", out, "--json"))
+    assert exported["escrowed"] and stat.S_IMODE(out.stat().st_mode) == 0o600
+    again = mesh.meshctl("secret", "export-key", "--json")
+    assert again.returncode == 2 and "it is given once" in again.stderr, again.stderr
+    document = json.loads(out.read_text())
+    assert document["fingerprint"] == exported["fingerprint"]
+    escrow = KeyPair.from_private(from_text(document["private"]))
+    value_key = subjects.secret_value_key("api_key", "shop")
+
+    async def read(store: NatsStore) -> tuple[SealedSecret, SecretValue]:
+        escrowed = await store.get(subjects.SECRETS_BUCKET, subjects.ESCROWED_MESH_KEY)
+        value = await store.get(subjects.SECRETS_BUCKET, value_key)
+        assert escrowed and escrowed.value and value and value.value
+        return decode(escrowed.value, SealedSecret), decode(value.value, SecretValue)
+
+    escrowed, value = mesh.in_store(read)
+    mesh_key = open_mesh_key(escrow, "escrow", escrowed.key, escrowed.sealed)
+    assert open_value(mesh_key, value_key, value.version, value.sealed) == CANARY.encode()
+
+
 def rotation_loses_no_request(mesh: LocalMesh) -> None:
+    before = secret_digests(mesh, "prod")
+
+    def rotate() -> None:
+        rotated = json.loads(mesh.ok("secret", "rotate", "shop", "prod", "api_key", "--json"))
+        assert rotated["version"] == 2 and rotated["rolled"] == ["shop.prod.backend"]
+        wait_for(
+            lambda: (d := secret_digests(mesh, "prod")) and len(d) == 1 and d != before,
+            timeout=120,
+            what="prod rolled onto the rotated value",
+        )
+
+    loses_no_request(mesh, rotate)
+
+
+def loses_no_request(mesh: LocalMesh, change: Callable[[], object]) -> None:
     url = mesh.status()["entry_url"] + "/shop-prod/backend/"
     counts, done = {"ok": 0, "failed": 0}, threading.Event()
 
@@ -142,15 +247,10 @@ def rotation_loses_no_request(mesh: LocalMesh) -> None:
 
     thread = threading.Thread(target=hammer, daemon=True)
     thread.start()
-    before = secret_digests(mesh, "prod")
-    rotated = json.loads(mesh.ok("secret", "rotate", "shop", "prod", "api_key", "--json"))
-    assert rotated["version"] == 2 and rotated["rolled"] == ["shop.prod.backend"]
-    wait_for(
-        lambda: (d := secret_digests(mesh, "prod")) and len(d) == 1 and d != before,
-        timeout=120,
-        what="prod rolled onto the rotated value",
-    )
-    done.set()
+    try:
+        change()
+    finally:
+        done.set()
     thread.join()
     assert counts["ok"] > 50 and counts["failed"] == 0, counts
 
@@ -188,6 +288,7 @@ def test_a_canary_reaches_only_its_service_and_survives_rotation_and_rebuild(
     tmp_path: Path,
 ) -> None:
     csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    (tmp_path / "backend.env").write_text("# plain settings\nLEVEL=template\nTEMPLATE_ONLY=t\n")
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", csv, "--deploy-config", config)  # no --wait: api_key is not set
         refuses_bad_input(mesh)
@@ -217,6 +318,8 @@ def test_a_canary_reaches_only_its_service_and_survives_rotation_and_rebuild(
         with pytest.raises(SealError):
             open_sealed(droplet_key(mesh, "master"), box, bound)
 
+        escrow_opens_the_values(mesh, tmp_path / "escrow.key")
+        settings_reach_the_instances(mesh)
         rotation_loses_no_request(mesh)
         for canary in (CANARY, PROD_CANARY):
             found_nowhere_else(mesh, canary)

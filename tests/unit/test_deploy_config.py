@@ -99,7 +99,8 @@ def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     assert all(
         s.process_command and "${CONFIG_DIR}/app/hello.py" in s.process_command for s in services
     )
-    assert all(s.secrets == () for s in services)  # nothing to set up before the demo runs
+    # Only the secrets the mesh generates: nothing to set up before the demo runs.
+    assert {name for s in services for name in s.secrets} == {"db_password", "redis_password"}
 
 
 def test_seed_deployment_config_parses() -> None:

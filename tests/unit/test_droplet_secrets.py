@@ -8,12 +8,16 @@ import json
 import stat
 from pathlib import Path
 
+from meshd.agent.meshview import MeshView
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.sealkey import KEY_FILE, droplet_keys
+from meshd.agent.trust import SENSITIVE_ROLES, Trust
 from meshd.core.sealing import KeyPair, entry_context, seal, to_text
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.secrets import SealedSecret
+from protocol.subjects import Role
+from tests.support import factories
 
 
 def sealed_to(keys: KeyPair, key: str, value: bytes, version: int = 1) -> SealedSecret:
@@ -77,3 +81,19 @@ async def test_the_mesh_key_holder_is_known_by_its_key(tmp_path: Path) -> None:
     stale = sealed_to(KeyPair.new(), subjects.sealed_key("web1", "mesh_key"), b"k")
     await secrets.set_holder({subjects.holder_key("web1"): stale})
     assert not secrets.holds_mesh_key  # sealed to a key this droplet does not have
+
+
+def test_only_trusted_droplets_may_hold_the_roles_that_use_mesh_secrets(tmp_path: Path) -> None:
+    view = MeshView()
+    view.nodes = {name: factories.node(name) for name in ("master", "a", "b", "c")}
+    secrets = SealedSecrets(droplet_keys(tmp_path, "1"), EnvSecrets({}))
+    trust = {name: Trust(name, view, secrets) for name in view.nodes}
+    for droplet in trust.values():
+        droplet.servers = ("master", "a", "b")
+    for role in SENSITIVE_ROLES:
+        allowed = {n for n, t in trust.items() if (check := t.eligibility(role)) and check()}
+        assert allowed == {"master", "a", "b"}, role
+    assert trust["c"].eligibility(Role.SCHEDULER) is None  # anybody
+    assert not trust["c"].may_keep_secrets()
+    view.nodes = {name: factories.node(name) for name in ("master", "c")}  # below three
+    assert trust["c"].trusted()

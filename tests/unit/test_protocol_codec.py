@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from protocol.base import Message
 from protocol.codec import MAX_DEPTH, MAX_MESSAGE_BYTES, decode, encode
+from protocol.envconfig import ConfigVars
 from protocol.errors import (
     MalformedMessageError,
     MeshError,
@@ -162,6 +163,13 @@ SAMPLES: list[Message] = [
                 fence=119,
             ),
         ),
+    ),
+    ConfigVars(
+        project="hostomatic",
+        env="prod",
+        values={"FEATURE_FLAG_X": "enabled", "API_RATE_LIMIT": "1000"},
+        set_by="operator@laptop",
+        set_at=1_700_000_004.0,
     ),
     DetectionHold(
         droplet="master",

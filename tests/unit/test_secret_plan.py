@@ -4,6 +4,7 @@ nothing is set."""
 
 from __future__ import annotations
 
+from meshd.cli.secret import VAULT_LOGINS, secret_rows
 from meshd.core.secret_plan import (
     Need,
     missing_generated,
@@ -13,6 +14,8 @@ from meshd.core.secret_plan import (
     trusted,
     used_by,
 )
+from meshd.core.spec import DesiredState
+from plugins.secrets.vault import CREDENTIALS
 from protocol import subjects
 from protocol.secrets import SecretScope, SecretValue
 from tests.support.reconciling import allocation
@@ -85,3 +88,19 @@ def test_used_by_names_the_services_a_value_reaches() -> None:
     values = stored(value("api_key", "shop"), value("api_key", "shop", "prod"))
     assert used_by("value.project.shop.api_key", [prod, uat], values) == ["shop.uat.backend"]
     assert used_by("value.env.shop.prod.api_key", [prod, uat], values) == ["shop.prod.backend"]
+
+
+def test_the_list_says_which_mesh_secrets_the_mesh_itself_uses() -> None:
+    state = DesiredState(
+        projects=(),
+        notify={"email": {"password_secret": "mail_pw"}, "sms": {}},
+        vault={"address": "http://127.0.0.1:8200", "auth": "approle"},
+    )
+    values = stored(value("mail_pw"), value("twilio_auth_token"), value("vault_role_id"))
+    used = {row["name"]: row["used_by"] for row in secret_rows(values, {}, state)}
+    assert used == {
+        "mail_pw": ["mesh (email)"],
+        "twilio_auth_token": ["mesh (sms)"],
+        "vault_role_id": ["mesh (vault login)"],
+    }
+    assert {k.value: v for k, v in CREDENTIALS.items()} == VAULT_LOGINS

@@ -3,7 +3,7 @@ with the host variables resolved to addresses and the secret values looked up.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from meshd.core.envvars import resolve_hosts
 from meshd.core.rollout import slot_port
@@ -19,9 +19,10 @@ def instance_spec(
     hosts: Mapping[str, str],
     secrets: dict[str, bytes],
     slot: int = 0,
+    build_secrets: dict[str, bytes] | None = None,
 ) -> InstanceSpec:
     """What the runtime of the droplet at `address` runs for `allocation` in `slot`; `hosts`
-    are the resolved host variables."""
+    are the resolved host variables, `secrets` and `build_secrets` the values by name."""
     return InstanceSpec(
         project=allocation.project,
         env=allocation.env,
@@ -42,6 +43,7 @@ def instance_spec(
         build_context=allocation.build_context,
         dockerfile=allocation.dockerfile,
         data_path=allocation.data_path,
+        build_secrets=build_secrets or {},
     )
 
 
@@ -62,11 +64,17 @@ def spec_for(
     if hosts is None:
         missing = sorted(set(allocation.hosts.values()) - set(addresses))
         raise NotReady(f"waiting for the address of {', '.join(missing)}")
+    values = _values(allocation, allocation.secrets, secrets)
+    build = _values(allocation, allocation.build_secrets, secrets)
+    return instance_spec(allocation, address, hosts, values, slot, build)
+
+
+def _values(allocation: Allocation, names: Iterable[str], secrets: Secrets) -> dict[str, bytes]:
     values: dict[str, bytes] = {}
-    for name in allocation.secrets:
+    for name in names:
         value = secrets.get(name, allocation.project, allocation.env)
         if value is None:
             tried = ", ".join(lookup_names(name, allocation.project, allocation.env))
             raise LookupError(f"secret {name!r} not found (looked up {tried})")
         values[name] = value
-    return instance_spec(allocation, address, hosts, values, slot)
+    return values

@@ -5,8 +5,9 @@ running ones untouched, and objects of other meshes or droplets on the same engi
 listed, changed or removed. Secrets are files under `<data_dir>/secrets/<container>/`, mode
 0400, owned by the image's user, bind-mounted read-only at `/run/secrets/<name>`; they never
 reach the container's environment. Images come from the engine, from a build of the
-instance's build context (once per tag) or, where allowed, a pull (`images`). The SDK blocks:
-every call runs in the runtime's own threads (`engine`).
+instance's build context (once per tag) or, where allowed, a pull (`images`); a build with
+build secrets runs `docker build --secret` (`buildkit`). The SDK blocks: every call runs in the
+runtime's own threads (`engine`).
 
 Modules: `engine` (threads, die events), `images`, `networks`, `containers` (pure container
 specs), `compose` (the compose file of what runs) and `admin` (what the command line may ask
@@ -16,6 +17,7 @@ Config (`RuntimeContext.config`):
 - `docker_host`: default `DOCKER_HOST` or the local socket; podman's Docker-compatible
   socket works too.
 - `pull`: fetch missing images from a registry (default true).
+- `docker_cli`: the docker command that builds images with build secrets (default `docker`).
 - `init`: a tiny init as PID 1 that passes signals on, so that a program which ignores
   SIGTERM as PID 1 still stops at once (default true; podman needs `catatonit` for it).
 - `timeout`: seconds per engine request (default 120).
@@ -47,6 +49,7 @@ from plugins.runtimes import (
     RuntimeContext,
     RuntimeUnavailable,
 )
+from plugins.runtimes.docker.buildkit import SecretBuilds
 from plugins.runtimes.docker.containers import (
     LABEL_DROPLET,
     LABEL_ENV,
@@ -74,7 +77,7 @@ Raws = list[Raw]  # spelled once: `list` is also a method of the runtime
 Mounts = list[Mount]
 RUNNING_STATES = frozenset({"running", "restarting", "paused"})
 LOG_TAIL_LINES = 5
-SETTINGS = frozenset({"docker_host", "pull", "init", "timeout", "ulimits"})
+SETTINGS = frozenset({"docker_host", "docker_cli", "pull", "init", "timeout", "ulimits"})
 
 
 class DockerRuntime:
@@ -93,9 +96,10 @@ class DockerRuntime:
         host = ctx.config.get("docker_host") or None
         timeout = int(ctx.config.get("timeout", 120))
         self._engine = Engine(host, timeout, ctx.mesh, ctx.droplet, ctx.logger)
-        self._images = Images(
-            self._engine, ctx.mesh, bool(ctx.config.get("pull", True)), ctx.logger
-        )
+        cli = str(ctx.config.get("docker_cli") or "docker")
+        builds = SecretBuilds(cli, host, self._secrets_root, ctx.logger)
+        pull = bool(ctx.config.get("pull", True))
+        self._images = Images(self._engine, ctx.mesh, pull, ctx.logger, builds)
         self._networks = Networks(self._engine, ctx.mesh, ctx.droplet)
         self._exits: dict[str, tuple[int | None, str | None]] = {}  # exited container -> why
 
@@ -119,7 +123,7 @@ class DockerRuntime:
                 await self._remove([c for c in current if c is not raw], grace=5.0)
                 return info
         await self._remove(current, grace=5.0)
-        user = await self._images.ensure(spec.key, wanted)
+        user = await self._images.ensure(spec.key, wanted, spec.build_secrets)
         async with self._networks.joined(wanted):
             return await self._engine.call(self._create, spec, wanted, user)
 
@@ -363,6 +367,8 @@ def create(ctx: RuntimeContext) -> DockerRuntime:
     timeout = ctx.config.get("timeout", 120)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise RuntimeConfigError("docker", "timeout must be a number of seconds above 0")
+    if not isinstance(ctx.config.get("docker_cli", ""), str):
+        raise RuntimeConfigError("docker", "docker_cli must be a command name or path")
     ulimits = ctx.config.get("ulimits") or {}
     if not isinstance(ulimits, dict) or not all(isinstance(v, int) for v in ulimits.values()):
         raise RuntimeConfigError("docker", "ulimits must map limit names to integers")

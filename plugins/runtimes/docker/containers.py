@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from plugins.runtimes import InstanceSpec
+from plugins.runtimes import InstanceSpec, secret_file_variables
 from protocol import subjects
 
 LABEL_MESH = "meshd.mesh"
@@ -87,8 +87,12 @@ TEMPLATES: dict[str, Template] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Build:
+    """Where the image is built from; `secrets` names what the build alone reads (`docker
+    build --secret`), never mounted into the container."""
+
     context: str
     dockerfile: str
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +175,7 @@ def container_spec(spec: InstanceSpec, mesh: str, droplet: str) -> ContainerSpec
         secrets = tuple(sorted({*secrets, *derived}))
         data_path = data_path or template.data_path
         secret_uid = template.secret_uid
+    environment.update(secret_file_variables(spec.secrets, SECRETS_TARGET))
     if spec.port is not None:
         ports[f"{_inside_port(spec, template)}/tcp"] = (spec.host, spec.port)
     labels = {
@@ -230,7 +235,11 @@ def _image(spec: InstanceSpec, template: Template | None) -> tuple[str, Build | 
                 f"waiting for a deploy: the build context {spec.build_context!r} comes from "
                 "the project's git repository"
             )
-        return spec.image, Build(context=spec.build_context, dockerfile=spec.dockerfile or "")
+        return spec.image, Build(
+            context=spec.build_context,
+            dockerfile=spec.dockerfile or "",
+            secrets=tuple(sorted(spec.build_secrets)),
+        )
     if spec.image is None:
         raise ContainerSpecError("no image to run; give the service an image or a build_context")
     return spec.image, None

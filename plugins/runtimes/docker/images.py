@@ -1,40 +1,72 @@
 """Images of the docker runtime: taken from the engine, built from the instance's build context
 (once per tag) or, where allowed, pulled. Builds and pulls run one at a time on the engine's
-slow worker."""
+slow worker; a build with build secrets runs the docker CLI instead (`buildkit`), in turn with
+the others."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import docker
 import docker.errors
 
 from plugins.runtimes import InstanceStartError
+from plugins.runtimes.docker.buildkit import CliBuildError, SecretBuilds
 from plugins.runtimes.docker.containers import Build, ContainerSpec, owner_labels
 from plugins.runtimes.docker.engine import Engine, short
 
 
 class Images:
-    def __init__(self, engine: Engine, mesh: str, pull: bool, log: logging.Logger) -> None:
+    def __init__(
+        self, engine: Engine, mesh: str, pull: bool, log: logging.Logger, builds: SecretBuilds
+    ) -> None:
         self._engine = engine
         self._mesh = mesh
         self._pull = pull
         self._log = log
+        self._builds = builds
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._slow = asyncio.Lock()  # one build or pull at a time, whichever way it runs
 
-    async def ensure(self, key: str, wanted: ContainerSpec) -> str:
-        """The image's user (for the owner of secret files), building or pulling it first."""
+    async def ensure(
+        self, key: str, wanted: ContainerSpec, build_secrets: Mapping[str, bytes] | None = None
+    ) -> str:
+        """The image's user (for the owner of secret files), building or pulling it first;
+        `build_secrets` are the values of `wanted.build.secrets`."""
         async with self._locks[wanted.image]:
             try:
                 found = await self._engine.call(_user_of, wanted.image)
                 if found is not None:
                     return found
-                return await self._engine.call_slow(self._fetch, wanted)
+                async with self._slow:
+                    if wanted.build is not None and wanted.build.secrets:
+                        return await self._build_with_secrets(wanted, build_secrets or {})
+                    return await self._engine.call_slow(self._fetch, wanted)
             except (docker.errors.BuildError, docker.errors.APIError, ValueError) as err:
                 raise InstanceStartError(key, image_problem(wanted, err)) from None
+            except CliBuildError as err:
+                raise InstanceStartError(key, f"cannot build image {wanted.image}: {err}") from None
+
+    async def _build_with_secrets(self, wanted: ContainerSpec, values: Mapping[str, bytes]) -> str:
+        assert wanted.build is not None
+        self._log.info(
+            "Building image with build secrets. image=%s context=%s secrets=%s",
+            wanted.image,
+            wanted.build.context,
+            ",".join(wanted.build.secrets),
+        )
+        await self._builds.build(wanted.image, wanted.build, values, owner_labels(self._mesh))
+        found = await self._engine.call(_user_of, wanted.image)
+        if found is None:
+            raise CliBuildError(
+                "docker build succeeded, but the engine has no such image: does the docker "
+                "command reach another engine?"
+            )
+        return found
 
     def _fetch(self, client: docker.DockerClient, wanted: ContainerSpec) -> str:
         if wanted.build is not None:

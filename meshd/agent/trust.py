@@ -1,0 +1,45 @@
+"""Which roles this droplet may hold (docs/secrets.md "Who holds what"): those that use
+mesh-wide secrets (the cloud token, the SMTP password, the entry's TLS keys) only a trusted
+droplet, master or a JetStream server, so that a droplet that only runs projects holds none
+of them; the `secrets` role only one that can open the mesh key; the others anybody."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshd.agent.meshview import MeshView
+from meshd.agent.sealed import SealedSecrets
+from meshd.core.secret_plan import trusted
+from meshd.core.spec import MASTER
+from protocol.subjects import Role
+
+SENSITIVE_ROLES = frozenset(
+    {Role.PROVISIONER, Role.RECOVERY, Role.SNAPSHOTS, Role.LB, Role.HEARTBEAT}
+)
+
+
+class Trust:
+    def __init__(self, name: str, view: MeshView, secrets: SealedSecrets) -> None:
+        self.name = name
+        self.view = view
+        self.secrets = secrets
+        self.servers: tuple[str, ...] = ()  # the JetStream servers as this agent knows them
+
+    def trusted(self) -> bool:
+        return self.name in trusted(self.view.nodes, self.servers)
+
+    def may_keep_secrets(self) -> bool:
+        """Trusted, and able to open the mesh key: it is sealed to this droplet, or there is
+        none yet and this is master (which makes it)."""
+        if not self.trusted():
+            return False
+        if self.secrets.holds_mesh_key:
+            return True
+        first = self.secrets.holder_known and self.secrets.holder is None
+        return first and self.name == MASTER
+
+    def eligibility(self, role: Role) -> Callable[[], bool] | None:
+        """When this droplet may hold `role`; None: always."""
+        if role is Role.SECRETS:
+            return self.may_keep_secrets
+        return self.trusted if role in SENSITIVE_ROLES else None
