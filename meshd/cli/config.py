@@ -23,7 +23,7 @@ from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context
 from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import config_table, console
-from meshd.core.envvars import config_problem
+from meshd.core.envvars import config_problem, with_config
 from meshd.core.spec import ENVIRONMENTS, DesiredState
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -157,7 +157,7 @@ async def _change(
         detail = {"project": target.project, "env": target.env, "changed": changed}
         if changed:
             await store.record("config_changed", _who(), target.key, detail)
-            rolled = await _wait_applied(store, target, new, before)
+            rolled = await _wait_applied(store, target, changed, before)
         else:
             rolled = []
     finally:
@@ -171,10 +171,11 @@ async def _change(
     console.print(f"Changed {', '.join(changed)} for {target}.")
     for key in rolled:
         console.print(f"Rolling {key} (follow with `meshctl status`).")
+    where = " ".join(p for p in (target.project, target.env) if p)
     for name in hints:
         console.print(
             f"[yellow]{name} looks like a secret[/]: config values are stored and shown in "
-            f"clear; `meshctl secret set {target.project} {name.lower()}` keeps it sealed."
+            f"clear; `meshctl secret set {where} {name.lower()}` keeps it sealed."
         )
 
 
@@ -224,21 +225,25 @@ def _affected(target: Target, allocations: dict[str, Allocation]) -> dict[str, A
 
 
 async def _wait_applied(
-    store: Store, target: Target, new: dict[str, str], before: dict[str, Allocation]
+    store: Store, target: Target, changed: list[str], before: dict[str, Allocation]
 ) -> list[str]:
-    """The services the scheduler rolls for the change, once it has; a variable an
-    environment overrides leaves that environment as it was."""
+    """The services the scheduler rolls for the change, once it has applied it."""
+    state = await read_published(store)
+    layers = await config_layers(store)
     deadline = time.monotonic() + APPLIED_WAIT_S
     with console.status(f"Applying the variables of {target} ..."):
         while True:
             now = _affected(target, await read_allocations(store))
-            rolled = sorted(
-                key
-                for key, a in now.items()
-                if key in before and a.generation != before[key].generation
-            )
-            if _applied(target, new, now, await config_layers(store)):
-                return rolled
+            if all(
+                a.env_vars.get(k) == operator_values(a, layers, state).get(k)
+                for a in now.values()
+                for k in changed
+            ):
+                return sorted(
+                    key
+                    for key, a in now.items()
+                    if key in before and a.generation != before[key].generation
+                )
             if time.monotonic() > deadline:
                 raise MeshError(
                     f"variables of {target}: stored, but the scheduler has not applied them "
@@ -247,18 +252,26 @@ async def _wait_applied(
             await asyncio.sleep(0.3)
 
 
-def _applied(
-    target: Target,
-    new: dict[str, str],
-    allocations: dict[str, Allocation],
+def operator_values(
+    allocation: Allocation,
     layers: dict[tuple[str, str | None], ConfigVars],
-) -> bool:
-    for a in allocations.values():
-        narrower = layers.get((a.project, a.env)) if target.env is None else None
-        overridden = set(narrower.values) if narrower else set()
-        if any(a.env_vars.get(k) != v for k, v in new.items() if k not in overridden):
-            return False
-    return True
+    state: DesiredState | None,
+) -> dict[str, str]:
+    """What the scheduler gives `allocation` of the operator's variables (its service's
+    env_template under the project's and the environment's values)."""
+    template: dict[str, str] = {}
+    for project in state.projects if state else ():
+        for service in project.services if project.name == allocation.project else ():
+            if service.name == allocation.service:
+                template = service.env
+    project_vars = layers.get((allocation.project, None))
+    env_vars = layers.get((allocation.project, allocation.env))
+    return with_config(
+        {},
+        template,
+        project_vars.values if project_vars else {},
+        env_vars.values if env_vars else {},
+    )
 
 
 def config_rows(

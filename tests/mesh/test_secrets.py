@@ -192,6 +192,9 @@ def settings_reach_the_instances(mesh: LocalMesh) -> None:
         ("project", "LEVEL", "project"),
         ("env", "LEVEL", "prod"),
     }
+    unset = json.loads(mesh.ok("config", "unset", "shop", "prod", "LEVEL", "--json"))
+    assert unset["rolled"] == ["shop.prod.backend"]  # back to the project's value
+    wait_for(lambda: levels(mesh, "prod") == {"project"}, timeout=120, what="prod unset")
 
 
 def escrow_opens_the_values(mesh: LocalMesh, out: Path) -> None:

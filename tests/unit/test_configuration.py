@@ -8,7 +8,7 @@ import dataclasses
 import click
 import pytest
 
-from meshd.cli.config import assignments, config_rows, target_of
+from meshd.cli.config import assignments, config_rows, operator_values, target_of
 from meshd.core.envvars import (
     SEED_VARIABLES,
     config_problem,
@@ -132,3 +132,33 @@ def test_template_variables_reach_their_service_and_survive_the_wire() -> None:
         ("template:backend", "X", None),
         ("env", "Y", "uat"),
     ]
+
+
+def test_meshctl_expects_exactly_what_the_scheduler_gives() -> None:
+    """`config set`/`unset` wait until the allocations hold what `operator_values` predicts:
+    the same merge as the scheduler's, an unset variable falling back to a wider layer."""
+    state = seed_state()
+    project = state.projects[0]
+    services = tuple(
+        dataclasses.replace(s, env={"A": "template", "B": "template"}) if s.name == "backend" else s
+        for s in project.services
+    )
+    state = dataclasses.replace(
+        state, projects=(dataclasses.replace(project, services=services), *state.projects[1:])
+    )
+    layers = {
+        (project.name, None): layer(project.name, None, A="project", C="project"),
+        (project.name, "prod"): layer(project.name, "prod", C="prod"),
+    }
+    allocations = allocations_for(state, place(state), {}, fence=1, config=layers)
+    for allocation in allocations.values():
+        if allocation.project != project.name or allocation.service_kind in ("database", "redis"):
+            continue
+        expected = operator_values(allocation, layers, state)
+        assert expected.items() <= allocation.env_vars.items()
+    prod_backend = allocations[f"{project.name}.prod.backend"]
+    assert operator_values(prod_backend, layers, state) == {
+        "A": "project",
+        "B": "template",
+        "C": "prod",
+    }
