@@ -224,12 +224,19 @@ class LeaseKeeper:
 
     async def _stop(self, leading: asyncio.Task[None], term: Term) -> BaseException | None:
         """Stop the role's work; a programming error it raised, to be raised again (the agent
-        exits and its supervisor restarts it), or None. A term that ended, a fence found stale
-        and a failure of the outside world (a provider, a notifier) end only the term."""
+        exits and its supervisor restarts it), a CancelledError when the keeper itself was
+        cancelled meanwhile, or None. A term that ended, a fence found stale and a failure of
+        the outside world (a provider, a notifier) end only the term."""
+        keeper = asyncio.current_task()
+        cancels = keeper.cancelling() if keeper else 0
         leading.cancel()
         try:
             await leading
         except asyncio.CancelledError:
+            if keeper is not None and keeper.cancelling() > cancels:
+                # The keeper itself was cancelled meanwhile (the agent stops): it ends once
+                # the term is told, instead of taking this for its role's end and competing on.
+                return asyncio.CancelledError()
             return None
         except Exception as err:  # sorted below: only a bug is raised again
             group = err if isinstance(err, ExceptionGroup) else ExceptionGroup("role", [err])

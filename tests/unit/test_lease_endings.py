@@ -134,3 +134,30 @@ async def test_a_keeper_that_does_not_hold_the_lease_waits_on_the_board_and_not_
         for task in [*tasks, watching]:
             task.cancel()
         await asyncio.gather(*tasks, watching, return_exceptions=True)
+
+
+async def test_a_keeper_cancelled_while_its_role_winds_down_stops() -> None:
+    """The keeper is cancelled (the agent shuts down) just as a lost term stops its role, and
+    the role takes a moment to stop: the keeper's own cancellation is not taken for the
+    role's, so it ends instead of competing again for ever."""
+    store = MemoryStore()
+    stopping = asyncio.Event()
+
+    async def slow_to_stop(term: Term) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopping.set()
+            await asyncio.sleep(0.2)
+            raise
+
+    holder = keeper(store, slow_to_stop)
+    task = asyncio.create_task(holder.run())
+    await until(lambda: holder.term is not None, "a term")
+    entry = await store.get(subjects.LEASES_BUCKET, "scheduler")
+    assert entry is not None
+    await store.update(subjects.LEASES_BUCKET, "scheduler", b"another", last=entry.revision)
+    await until(stopping.is_set, "the role told to stop")
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert task.cancelled()
