@@ -96,7 +96,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 @json_option
 @context_option
 def set_config(args: tuple[str, ...], as_json: bool, context_name: str | None) -> None:
-    """Set variables, e.g. `meshctl config set hostomatic prod FEATURE_FLAG_X=enabled`."""
+    """Set variables and roll the services they reach.
+
+    Example: `meshctl config set hostomatic prod FEATURE_FLAG_X=enabled API_RATE_LIMIT=1000`
+    (without ENV: every environment of the project).
+    """
     target, words = target_of(args)
     values = assignments(words)
     hints = [n for n in values if LOOKS_SECRET.search(n)]
