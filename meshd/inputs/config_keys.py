@@ -48,6 +48,11 @@ KEYS: tuple[Key, ...] = (
         "where deploys build from; a service with a `build_context` not on disk needs it"),
     Key("versioning", Level.PROJECT, "object", "none", "0.1",
         "the seed's; accepted and not used yet (deploys will)"),
+    Key("deploy", Level.PROJECT, "object", '`{"uat": "main", "test": "*"}`', "0.1",
+        "`<env>: <branch pattern>`: a push to a matching branch deploys to that environment "
+        "(`fnmatch` patterns: `*`, `?`, `[...]`; a branch named exactly wins over a pattern, "
+        "then the pattern with more literal characters); `uat` and `test` only, since prod is "
+        "deployed only by promotion; a given object replaces the default"),
     Key("domains", Level.PROJECT, "object of lists", "none", "0.1",
         "`<env>: [host names]` routed to that environment by nginx; each name used once"),
     Key("services", Level.PROJECT, "object", "the four defaults", "0.1",

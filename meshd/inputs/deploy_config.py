@@ -26,6 +26,7 @@ from meshd.core.spec import (
     ServiceSpec,
 )
 from meshd.inputs.config_keys import Level, names_at
+from meshd.inputs.deploy_branches import default_deploy, deploy_branches
 from meshd.inputs.vault_config import vault_settings
 
 PLATFORMS = ("docker", "podman", "process")
@@ -52,6 +53,7 @@ class ProjectConfig:
     services: tuple[ServiceSpec, ...]
     git_repo: str | None = None
     domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    deploy: dict[str, str] = field(default_factory=default_deploy)  # env -> branch pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,8 @@ class _Checker:
             self.obj(project["versioning"], f"{path}.versioning")
         services = self.services(project.get("services", {}), f"{path}.services")
         domains = self.domains(project.get("domains", {}), f"{path}.domains")
-        return ProjectConfig(services=services, git_repo=git_repo, domains=domains)
+        deploy = deploy_branches(self, project, path)
+        return ProjectConfig(services=services, git_repo=git_repo, domains=domains, deploy=deploy)
 
     def services(self, value: Any, path: str) -> tuple[ServiceSpec, ...]:
         listed = self.obj(value, path)
