@@ -26,8 +26,8 @@ from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.backoff import delay
 from plugins.providers import Fence, StaleFence
 from protocol import subjects
-from protocol.codec import encode
-from protocol.errors import MeshError
+from protocol.codec import decode, encode
+from protocol.errors import MeshError, ProtocolError
 from protocol.messages import Lease
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,11 @@ class LeaseKeeper:
         # The revision of this keeper's lease when its last term merely expired: if nobody
         # wrote the lease since, renewing it takes it back (the next term's fence is newer).
         self._resumable: int | None = None
+        self._unsure = False  # the last create's answer was lost: it may have landed
 
     async def run(self) -> None:
         while True:
-            if self.board is not None and self._resumable is None:
+            if self.board is not None and self._resumable is None and not self._unsure:
                 await self.board.wait_free(self.role, self.timing.ttl)
             if self.hesitate:
                 await asyncio.sleep(self.hesitate)
@@ -161,9 +162,7 @@ class LeaseKeeper:
     async def _acquire(self) -> Term | None:
         started = time.monotonic()
         try:
-            revision = await self._resume() or await self.store.create(
-                subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
-            )
+            revision = await self._resume() or await self._create()
         except Conflict:
             return None  # another agent holds it
         except StoreUnavailable as err:
@@ -177,6 +176,41 @@ class LeaseKeeper:
         log.info("Lease taken. role=%s fence=%d", self.role, revision)
         self.store.record_soon("lease_taken", self.holder, self.role, {}, fence=revision)
         return term
+
+    async def _create(self) -> int:
+        """Create the lease. A create whose answer was lost (the store stalled) may have
+        landed: the lease it finds next in this keeper's name (holder and incarnation) is
+        taken back by renewing it over that revision, not left to expire while nobody acts
+        on it (its last holder would stop serving the entry for a holder that is not)."""
+        unsure, self._unsure = self._unsure, False
+        try:
+            try:
+                return await self.store.create(
+                    subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
+                )
+            except Conflict:
+                if not unsure:
+                    raise
+                found = await self.store.get(subjects.LEASES_BUCKET, self._key)
+                if found is None or found.value is None or not self._mine(found.value):
+                    raise
+                return await self.store.update(
+                    subjects.LEASES_BUCKET,
+                    self._key,
+                    self._value(),
+                    last=found.revision,
+                    ttl=self.timing.ttl,
+                )
+        except StoreUnavailable:
+            self._unsure = True
+            raise
+
+    def _mine(self, value: bytes) -> bool:
+        try:
+            lease = decode(value, Lease)
+        except ProtocolError:
+            return False
+        return (lease.holder, lease.incarnation) == (self.holder, self.incarnation)
 
     async def _resume(self) -> int | None:
         """Renew the lease of an expired term if it is still this keeper's, unwritten since

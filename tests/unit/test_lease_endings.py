@@ -12,6 +12,7 @@ import pytest
 
 from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
+from meshd.agent.store import StoreUnavailable
 from plugins.providers import ProviderError
 from protocol import subjects
 from tests.support.memstore import MemoryStore
@@ -161,3 +162,59 @@ async def test_a_keeper_cancelled_while_its_role_winds_down_stops() -> None:
     task.cancel()
     await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
     assert task.cancelled()
+
+
+async def test_a_create_whose_answer_was_lost_is_taken_back_not_left_to_expire() -> None:
+    """The store stalls as the lease is created: it landed, the answer did not. The keeper
+    finds the lease in its own name and renews it at once, well before it would expire (a
+    lease nobody acts on would stop the entry's last holder for nothing)."""
+    store = MemoryStore()
+    created = store.create
+    lost: list[int] = []
+
+    async def landed_but_lost(bucket: str, key: str, value: bytes, *, ttl: float | None = None):
+        revision = await created(bucket, key, value, ttl=ttl)
+        if not lost:
+            lost.append(revision)
+            raise StoreUnavailable("the answer was lost")
+        return revision
+
+    store.create = landed_but_lost  # type: ignore[method-assign]
+    holder = LeaseKeeper(
+        store,
+        "lb",
+        "master",
+        1,
+        forever,
+        timing=LeaseTiming(ttl=10.0, renew_every=0.05, margin=0.2, retry_every=0.05),
+    )
+    task = asyncio.create_task(holder.run())
+    try:
+        await until(lambda: holder.term is not None, "the term taken back", timeout=2)
+        assert holder.term is not None and holder.term.fence > lost[0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_another_holders_lease_is_not_taken_after_a_lost_answer() -> None:
+    store = MemoryStore()
+    other = keeper(store, forever)
+    other_task = asyncio.create_task(other.run())
+    await until(lambda: other.term is not None, "the other's term")
+    created = store.create
+
+    async def unavailable_once(bucket: str, key: str, value: bytes, *, ttl: float | None = None):
+        store.create = created  # type: ignore[method-assign]
+        raise StoreUnavailable("the answer was lost")
+
+    store.create = unavailable_once  # type: ignore[method-assign]
+    mine = LeaseKeeper(store, "scheduler", "web1", 1, forever, timing=FAST)
+    task = asyncio.create_task(mine.run())
+    try:
+        await asyncio.sleep(0.5)
+        assert mine.term is None and other.term is not None
+    finally:
+        for running in (task, other_task):
+            running.cancel()
+        await asyncio.gather(task, other_task, return_exceptions=True)
