@@ -134,7 +134,12 @@ class LeaseKeeper:
         self._unsure = False  # the last create's answer was lost: it may have landed
 
     async def run(self) -> None:
+        keeper = asyncio.current_task()
         while True:
+            # A cancellation that came while a term's role wound down was taken in for the
+            # role's (a keeper never uncancels): the keeper ends instead of competing again.
+            if keeper is not None and keeper.cancelling():
+                raise asyncio.CancelledError
             if self.board is not None and self._resumable is None and not self._unsure:
                 await self.board.wait_free(self.role, self.timing.ttl)
             if self.hesitate:
@@ -179,9 +184,9 @@ class LeaseKeeper:
 
     async def _create(self) -> int:
         """Create the lease. A create whose answer was lost (the store stalled) may have
-        landed: the lease it finds next in this keeper's name (holder and incarnation) is
-        taken back by renewing it over that revision, not left to expire while nobody acts
-        on it (its last holder would stop serving the entry for a holder that is not)."""
+        landed: the lease it finds next in this keeper's name is taken back (`_reclaim`), not
+        left to expire while nobody acts on it (its last holder would stop serving the entry
+        for a holder that is not)."""
         unsure, self._unsure = self._unsure, False
         try:
             try:
@@ -189,21 +194,27 @@ class LeaseKeeper:
                     subjects.LEASES_BUCKET, self._key, self._value(), ttl=self.timing.ttl
                 )
             except Conflict:
-                if not unsure:
+                if not unsure or (revision := await self._reclaim()) is None:
                     raise
-                found = await self.store.get(subjects.LEASES_BUCKET, self._key)
-                if found is None or found.value is None or not self._mine(found.value):
-                    raise
-                return await self.store.update(
-                    subjects.LEASES_BUCKET,
-                    self._key,
-                    self._value(),
-                    last=found.revision,
-                    ttl=self.timing.ttl,
-                )
+                return revision
         except StoreUnavailable:
             self._unsure = True
             raise
+
+    async def _reclaim(self) -> int | None:
+        """The lease renewed over the revision found, when it is in this keeper's name
+        (holder and incarnation: nobody else writes that) although this keeper did not know
+        that revision, its answer lost; None when it is another's or gone."""
+        found = await self.store.get(subjects.LEASES_BUCKET, self._key)
+        if found is None or found.value is None or not self._mine(found.value):
+            return None
+        return await self.store.update(
+            subjects.LEASES_BUCKET,
+            self._key,
+            self._value(),
+            last=found.revision,
+            ttl=self.timing.ttl,
+        )
 
     def _mine(self, value: bytes) -> bool:
         try:
@@ -258,19 +269,12 @@ class LeaseKeeper:
 
     async def _stop(self, leading: asyncio.Task[None], term: Term) -> BaseException | None:
         """Stop the role's work; a programming error it raised, to be raised again (the agent
-        exits and its supervisor restarts it), a CancelledError when the keeper itself was
-        cancelled meanwhile, or None. A term that ended, a fence found stale and a failure of
-        the outside world (a provider, a notifier) end only the term."""
-        keeper = asyncio.current_task()
-        cancels = keeper.cancelling() if keeper else 0
+        exits and its supervisor restarts it), or None. A term that ended, a fence found stale
+        and a failure of the outside world (a provider, a notifier) end only the term."""
         leading.cancel()
         try:
             await leading
         except asyncio.CancelledError:
-            if keeper is not None and keeper.cancelling() > cancels:
-                # The keeper itself was cancelled meanwhile (the agent stops): it ends once
-                # the term is told, instead of taking this for its role's end and competing on.
-                return asyncio.CancelledError()
             return None
         except Exception as err:  # sorted below: only a bug is raised again
             group = err if isinstance(err, ExceptionGroup) else ExceptionGroup("role", [err])
@@ -315,13 +319,24 @@ class LeaseKeeper:
                 timeout=max(0.1, term.deadline - started),
             )
         except Conflict:
-            term.ending = Ending.LOST
-            term.ended = True
-            return False
+            reclaimed = await self._reclaim_in_time(term)
+            if reclaimed is None:
+                term.ending = Ending.LOST
+                term.ended = True
+                return False
+            term.revision = reclaimed  # an earlier renewal had landed, its answer lost
         except (StoreUnavailable, TimeoutError):
             return False  # tried again soon, until the deadline passes
         term.deadline = started + self.timing.ttl - self.timing.margin
         return True
+
+    async def _reclaim_in_time(self, term: Term) -> int | None:
+        try:
+            return await asyncio.wait_for(
+                self._reclaim(), timeout=max(0.1, term.deadline - time.monotonic())
+            )
+        except (Conflict, StoreUnavailable, TimeoutError):
+            return None
 
     async def _release(self, term: Term) -> None:
         """Hand the role over at once instead of after the TTL (the agent stops, or the role's

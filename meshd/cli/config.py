@@ -6,10 +6,8 @@ after the mesh's own (docs/configuration.md). Stored and shown in clear: secrets
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +18,11 @@ import click
 from meshd.agent.backoff import retries
 from meshd.agent.records import config_layers
 from meshd.agent.store import Conflict, Store
-from meshd.cli.context import load_context
+from meshd.cli.context import load_context, who
 from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import config_table, console
-from meshd.core.envvars import config_problem, with_config
-from meshd.core.spec import ENVIRONMENTS, DesiredState
+from meshd.core.envvars import config_problem, operator_environment
+from meshd.core.spec import ENVIRONMENTS, DesiredState, ServiceKind
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.envconfig import ConfigVars
@@ -141,10 +139,6 @@ def list_config(args: tuple[str, ...], as_json: bool, context_name: str | None) 
     asyncio.run(_list(target, as_json, context_name))
 
 
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def _change(
     target: Target,
     change: Callable[[dict[str, str]], dict[str, str]],
@@ -154,14 +148,14 @@ async def _change(
 ) -> None:
     store = await connect(load_context(context_name))
     try:
-        await check_project(store, target.project)
+        state = await check_project(store, target.project)
         before = await read_allocations(store)
         old, new = await _write(store, target, change)
         changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
         detail = {"project": target.project, "env": target.env, "changed": changed}
         if changed:
-            await store.record("config_changed", _who(), target.key, detail)
-            rolled = await _wait_applied(store, target, changed, before)
+            await store.record("config_changed", who(), target.key, detail)
+            rolled = await _wait_applied(store, target, changed, before, state)
         else:
             rolled = []
     finally:
@@ -196,7 +190,8 @@ async def _write(
             return old, new
         try:
             if not new:
-                await store.delete(subjects.DESIRED_BUCKET, target.key)
+                assert entry is not None  # `old` had values
+                await store.delete(subjects.DESIRED_BUCKET, target.key, last=entry.revision)
             elif entry is None or entry.value is None:
                 await store.create(subjects.DESIRED_BUCKET, target.key, encode(_vars(target, new)))
             else:
@@ -214,7 +209,7 @@ async def _write(
 
 def _vars(target: Target, values: dict[str, str]) -> ConfigVars:
     return ConfigVars(
-        project=target.project, env=target.env, values=values, set_by=_who(), set_at=time.time()
+        project=target.project, env=target.env, values=values, set_by=who(), set_at=time.time()
     )
 
 
@@ -224,24 +219,31 @@ def _affected(target: Target, allocations: dict[str, Allocation]) -> dict[str, A
         for key, a in allocations.items()
         if a.project == target.project
         and (target.env is None or a.env == target.env)
-        and a.service_kind not in ("database", "redis")
+        and not ServiceKind(a.service_kind).is_datastore
     }
 
 
 async def _wait_applied(
-    store: Store, target: Target, changed: list[str], before: dict[str, Allocation]
+    store: Store,
+    target: Target,
+    changed: list[str],
+    before: dict[str, Allocation],
+    state: DesiredState,
 ) -> list[str]:
     """The services the scheduler rolls for the change, once it has applied it."""
-    state = await read_published(store)
     layers = await config_layers(store)
+    wanted = {
+        key: {k: operator_values(a, layers, state).get(k) for k in changed}
+        for key, a in _affected(target, before).items()
+    }
     deadline = time.monotonic() + APPLIED_WAIT_S
     with console.status(f"Applying the variables of {target} ..."):
         while True:
             now = _affected(target, await read_allocations(store))
             if all(
-                a.env_vars.get(k) == operator_values(a, layers, state).get(k)
-                for a in now.values()
-                for k in changed
+                {k: now[key].env_vars.get(k) for k in changed} == values
+                for key, values in wanted.items()
+                if key in now
             ):
                 return sorted(
                     key
@@ -261,21 +263,12 @@ def operator_values(
     layers: dict[tuple[str, str | None], ConfigVars],
     state: DesiredState | None,
 ) -> dict[str, str]:
-    """What the scheduler gives `allocation` of the operator's variables (its service's
-    env_template under the project's and the environment's values)."""
+    """What the scheduler gives `allocation` of the operator's variables."""
     template: dict[str, str] = {}
-    for project in state.projects if state else ():
-        for service in project.services if project.name == allocation.project else ():
-            if service.name == allocation.service:
-                template = service.env
-    project_vars = layers.get((allocation.project, None))
-    env_vars = layers.get((allocation.project, allocation.env))
-    return with_config(
-        {},
-        template,
-        project_vars.values if project_vars else {},
-        env_vars.values if env_vars else {},
-    )
+    if state is not None:
+        project = state.project(allocation.project)
+        template = next(s.env for s in project.services if s.name == allocation.service)
+    return operator_environment(template, layers, allocation.project, allocation.env)
 
 
 def config_rows(
@@ -324,8 +317,10 @@ async def _list(target: Target | None, as_json: bool, context_name: str | None) 
     store = await connect(load_context(context_name))
     try:
         if target is not None:
-            await check_project(store, target.project)
-        rows = config_rows(await read_published(store), await config_layers(store), target)
+            state: DesiredState | None = await check_project(store, target.project)
+        else:
+            state = await read_published(store)
+        rows = config_rows(state, await config_layers(store), target)
     finally:
         await store.close()
     if as_json:

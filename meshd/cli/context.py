@@ -4,8 +4,10 @@ XDG defaults (tests use them)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,3 +85,8 @@ def remove_context(name: str) -> None:
 def _current() -> str:
     path = config_home() / CURRENT
     return path.read_text().strip() if path.exists() else "local"
+
+
+def who() -> str:
+    """The operator as events and records name them: `user@host`."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"

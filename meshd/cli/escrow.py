@@ -7,10 +7,8 @@ it and a copy of `mesh_secrets`, every value opens after the whole mesh is lost
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import click
 
 from meshd.agent.store import Conflict, Store
-from meshd.cli.context import load_context
+from meshd.cli.context import load_context, who
 from meshd.cli.session import connect
 from meshd.cli.tables import console
 from meshd.core.sealing import KeyPair, to_text
@@ -55,10 +53,6 @@ def export_key(out: Path | None, replace: bool, as_json: bool, context_name: str
     asyncio.run(_export(out, replace, as_json, context_name))
 
 
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def _export(out: Path | None, replace: bool, as_json: bool, context_name: str | None) -> None:
     context = load_context(context_name)
     pair = KeyPair.new()
@@ -89,7 +83,7 @@ async def _export(out: Path | None, replace: bool, as_json: bool, context_name: 
         if out is None and not as_json:
             click.echo(json.dumps(document))  # at once: the key is in use from now on
         detail = {"fingerprint": pair.fingerprint}
-        await store.record("escrow_key_exported", _who(), "secrets", detail)
+        await store.record("escrow_key_exported", who(), "secrets", detail)
         escrowed = await _wait_escrowed(store, pair.fingerprint)
     finally:
         await store.close()
@@ -124,7 +118,7 @@ async def _publish(store: Store, pair: KeyPair, last: int | None) -> None:
     escrow = MeshKey(
         public=pair.public_text,
         fingerprint=pair.fingerprint,
-        created_by=_who(),
+        created_by=who(),
         created_at=time.time(),
     )
     try:

@@ -6,21 +6,19 @@ that otherwise mean death (docs/failure-detection.md)."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import re
-import socket
 import time
 from typing import Any
 
 import click
 
 from meshd.agent.store import Store
-from meshd.cli.context import load_context
-from meshd.cli.session import connect, read_holds, read_nodes
+from meshd.cli.context import load_context, who
+from meshd.cli.session import connect, read_nodes
 from meshd.cli.tables import console
 from protocol import subjects
-from protocol.codec import encode
+from protocol.codec import decode, encode
 from protocol.messages import DetectionHold
 
 LONGEST_S = 24 * 3600.0
@@ -112,14 +110,10 @@ async def _hold(
         )
 
 
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def _take(store: Store, droplet: str, duration_s: float, reason: str) -> dict[str, Any]:
     now = time.time()
     held = DetectionHold(
-        droplet=droplet, until=now + duration_s, reason=reason, held_by=_who(), held_at=now
+        droplet=droplet, until=now + duration_s, reason=reason, held_by=who(), held_at=now
     )
     await store.put(subjects.DESIRED_BUCKET, subjects.hold_key(droplet), encode(held))
     detail = {"until": held.until, "reason": reason}
@@ -128,11 +122,14 @@ async def _take(store: Store, droplet: str, duration_s: float, reason: str) -> d
 
 
 async def _release(store: Store, droplet: str) -> dict[str, Any]:
-    holds = await read_holds(store)
-    if droplet not in holds:
+    key = subjects.hold_key(droplet)
+    found = await store.get(subjects.DESIRED_BUCKET, key)
+    if found is None or found.value is None:
         return {"droplet": droplet, "held": False, "ended": False}
-    await store.delete(subjects.DESIRED_BUCKET, subjects.hold_key(droplet))
-    await store.record("droplet_hold_ended", _who(), droplet, {})
+    await store.delete(subjects.DESIRED_BUCKET, key)  # an expired one too: nothing left over
+    if not decode(found.value, DetectionHold).holds(time.time()):
+        return {"droplet": droplet, "held": False, "ended": False}
+    await store.record("droplet_hold_ended", who(), droplet, {})
     return {"droplet": droplet, "held": False, "ended": True}
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import getpass
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import click
 
 from meshd.agent.records import last_placement
 from meshd.agent.store import Store, StoreUnavailable
-from meshd.cli.context import load_context
+from meshd.cli.context import load_context, who
 from meshd.cli.publishing import StalePublish, write_desired
 from meshd.cli.session import connect, jetstream_settled, read_mesh, read_nodes
 from meshd.cli.tables import console, render_plan
@@ -148,7 +146,7 @@ async def _publish(
             )
         message = PublishedSpec(
             spec=state.to_data(),
-            published_by=f"{getpass.getuser()}@{socket.gethostname()}",
+            published_by=who(),
             published_at=time.time(),
         )
         try:

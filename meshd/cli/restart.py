@@ -4,9 +4,7 @@ new instance beside the old one, so that no request is lost (meshd.core.rollout)
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +13,8 @@ import click
 
 from meshd.agent.restarts import request_restart
 from meshd.agent.store import Store
-from meshd.cli.context import load_context
-from meshd.cli.session import connect, read_mesh
+from meshd.cli.context import load_context, who
+from meshd.cli.session import connect, read_allocations, read_mesh
 from meshd.cli.tables import console
 from meshd.core.rollout import replaced_beside, replaced_on
 from meshd.core.spec import ENVIRONMENTS, ServiceKind
@@ -25,7 +23,6 @@ from protocol.errors import MeshError
 from protocol.messages import Allocation
 
 POLL_S = 0.5
-DATASTORES = (ServiceKind.DATABASE.value, ServiceKind.REDIS.value)
 
 
 @dataclass(slots=True)
@@ -97,14 +94,13 @@ async def _restart(
     context = load_context(context_name)
     store = await connect(context)
     try:
-        allocations = (await read_mesh(store)).allocations
-        chosen = _choose(allocations, project, env, service)
-        who = f"{getpass.getuser()}@{socket.gethostname()}"
+        chosen = _choose(await read_allocations(store), project, env, service)
+        operator = who()
         restarting = []
         for allocation in chosen:
-            count = await request_restart(store, allocation, who)
+            count = await request_restart(store, allocation, operator)
             key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
-            await store.record("restart_requested", who, key, {"count": count})
+            await store.record("restart_requested", operator, key, {"count": count})
             restarting.append(Restarting(key, count, desired=len(allocation.droplets)))
             if not as_json:
                 how = "beside the old instances" if replaced_beside(allocation) else "in place"
@@ -136,7 +132,7 @@ def _choose(
             names = ", ".join(a.service for a in mine)
             raise click.UsageError(f"{project} {env} has no service {service!r}; it has {names}")
         return found
-    return [a for a in mine if a.service_kind not in DATASTORES]
+    return [a for a in mine if not ServiceKind(a.service_kind).is_datastore]
 
 
 async def _wait(store: Store, restarting: list[Restarting], wait_s: float, quiet: bool) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import getpass
 import json
 import re
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -22,7 +21,7 @@ import click
 from meshd.agent.backoff import retries
 from meshd.agent.restarts import request_restart
 from meshd.agent.store import Conflict, Store
-from meshd.cli.context import load_context
+from meshd.cli.context import load_context, who
 from meshd.cli.escrow import export_key
 from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import console, secrets_table
@@ -39,7 +38,6 @@ from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 MAX_VALUE_BYTES = 64 * 1024
 SEALED_WAIT_S = 60.0
-DATASTORES = (ServiceKind.DATABASE.value, ServiceKind.REDIS.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +174,6 @@ def read_value(from_file: Path | None, scope: Scope) -> bytes:
     return value
 
 
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def _check_project(store: Store, scope: Scope) -> None:
     if scope.project is not None:
         await check_project(store, scope.project)
@@ -201,7 +195,7 @@ async def _store_value(
         stored = await _write(store, scope, value, public, rotate)
         detail: dict[str, Any] = {"name": scope.name, "scope": scope.kind.value}
         detail |= {"project": scope.project, "env": scope.env, "version": stored.version}
-        await store.record("secret_rotated" if rotate else "secret_set", _who(), scope.key, detail)
+        await store.record("secret_rotated" if rotate else "secret_set", who(), scope.key, detail)
         rolled: list[str] = []
         kept: list[str] = []
         if roll:
@@ -236,7 +230,7 @@ async def _write(
             version=version,
             sealed=seal_value(from_text(mesh.public, "mesh key"), scope.key, version, value),
             mesh_key=mesh.fingerprint,
-            set_by=_who(),
+            set_by=who(),
             set_at=time.time(),
         )
         try:
@@ -265,13 +259,16 @@ async def _roll(store: Store, scope: Scope, version: int) -> tuple[list[str], li
     chosen = [a for key, a in sorted(allocations.items()) if key in users]
     await _wait_sealed(store, scope, version, chosen)
     rolled, kept = [], []
+    operator = who()
     for allocation in chosen:
         key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
-        if allocation.service_kind in DATASTORES:
+        if ServiceKind(allocation.service_kind).is_datastore:
             kept.append(key)
             continue
-        count = await request_restart(store, allocation, _who())
-        await store.record("restart_requested", _who(), key, {"count": count, "secret": scope.name})
+        count = await request_restart(store, allocation, operator)
+        await store.record(
+            "restart_requested", operator, key, {"count": count, "secret": scope.name}
+        )
         rolled.append(key)
     return rolled, kept
 
@@ -315,7 +312,7 @@ async def _remove(scope: Scope, context_name: str | None) -> None:
         users = used_by(scope.key, allocations.values(), await _values(store))
         await store.delete(subjects.SECRETS_BUCKET, scope.key)
         detail = {"name": scope.name, "scope": scope.kind.value}
-        await store.record("secret_removed", _who(), scope.key, detail)
+        await store.record("secret_removed", who(), scope.key, detail)
     finally:
         await store.close()
     console.print(f"Removed {scope}.")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from meshd.core.resources import EnvResources
 from meshd.core.spec import MASTER, ServiceKind
+from protocol.envconfig import ConfigVars
 
 VAULT_PORT = 8200
 OPENSEARCH_PORT = 9200
@@ -84,6 +85,18 @@ def config_problem(name: str, value: str) -> str | None:
     if len(value.encode()) > MAX_CONFIG_VALUE:
         return f"the value of {name} is longer than {MAX_CONFIG_VALUE} bytes"
     return None
+
+
+def operator_environment(
+    template: Mapping[str, str],
+    layers: Mapping[tuple[str, str | None], ConfigVars],
+    project: str,
+    env: str,
+) -> dict[str, str]:
+    """The operator's variables of one service in `project`/`env`: its env_template under
+    the project's `meshctl config` values under the environment's."""
+    wide, narrow = layers.get((project, None)), layers.get((project, env))
+    return {**template, **(wide.values if wide else {}), **(narrow.values if narrow else {})}
 
 
 def with_config(mesh: Mapping[str, str], *layers: Mapping[str, str]) -> dict[str, str]:

@@ -27,7 +27,12 @@ from meshd.agent.records import (
     write_over,
 )
 from meshd.agent.store import Conflict, Entry, Store
-from meshd.core.envvars import instance_environment, instance_hosts, with_config
+from meshd.core.envvars import (
+    instance_environment,
+    instance_hosts,
+    operator_environment,
+    with_config,
+)
 from meshd.core.errors import CapacityError
 from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
@@ -74,12 +79,6 @@ def allocations_for(
         for env in ("prod", "uat", "test"):
             placed = {s.name: droplets[(project.name, env, s.name)] for s in project.services}
             resources = env_resources[(project.name, env)]
-            project_vars = config.get((project.name, None))
-            env_config = config.get((project.name, env))
-            operator = (
-                project_vars.values if project_vars else {},
-                env_config.values if env_config else {},
-            )
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
                 fresh = Allocation(
@@ -98,8 +97,12 @@ def allocations_for(
                         instance_environment(
                             resources, service.name, service.kind, placed[service.name]
                         ),
-                        service.env,
-                        *(() if service.kind.is_datastore else operator),
+                        operator_environment(
+                            service.env,
+                            {} if service.kind.is_datastore else config,
+                            project.name,
+                            env,
+                        ),
                     ),
                     hosts=instance_hosts(placed),
                     health_path=service.health_path,

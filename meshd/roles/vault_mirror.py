@@ -44,7 +44,6 @@ from protocol.secrets import SecretValue
 
 log = logging.getLogger(__name__)
 ACTOR = "vault"  # who set a mirrored value, and who asks for the restarts it causes
-DATASTORES = (ServiceKind.DATABASE.value, ServiceKind.REDIS.value)
 RETRY_BASE_S = 5.0  # after a failed read, Vault is read again within this, doubling ...
 RETRY_CAP_S = 120.0  # ... up to this
 Opener = Callable[[str, SecretValue], bytes]
@@ -156,7 +155,7 @@ async def roll(
     rolled = []
     for service, names in sorted(secrets.items()):
         allocation = by_key[service]
-        if allocation.service_kind in DATASTORES:
+        if ServiceKind(allocation.service_kind).is_datastore:
             continue
         term.ensure_held()
         count = await request_restart(store, allocation, ACTOR)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,51 @@ async def test_another_holders_lease_is_not_taken_after_a_lost_answer() -> None:
         for running in (task, other_task):
             running.cancel()
         await asyncio.gather(task, other_task, return_exceptions=True)
+
+
+async def test_a_renewal_whose_answer_was_lost_is_not_taken_for_a_lost_lease() -> None:
+    store = MemoryStore()
+    holder = keeper(store, forever)
+    task = asyncio.create_task(holder.run())
+    try:
+        await until(lambda: holder.term is not None, "a term")
+        term = holder.term
+        assert term is not None
+        updated = store.update
+
+        async def landed_but_lost(*args: Any, **kwargs: Any) -> int:
+            store.update = updated  # type: ignore[method-assign]
+            await updated(*args, **kwargs)
+            raise StoreUnavailable("the answer was lost")
+
+        store.update = landed_but_lost  # type: ignore[method-assign]
+        await until(lambda: store.update is updated, "the renewal whose answer is lost")
+        await asyncio.sleep(0.3)  # several renewals later
+        assert holder.term is term and term.valid and "lease_lost" not in endings(store)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_keeper_cancelled_while_its_role_fails_on_the_way_out_stops() -> None:
+    store = MemoryStore()
+    stopping = asyncio.Event()
+
+    async def fails_when_stopped(term: Term) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopping.set()
+            await asyncio.sleep(0.2)
+            raise ProviderError("gone while stopping") from None
+
+    holder = keeper(store, fails_when_stopped)
+    task = asyncio.create_task(holder.run())
+    await until(lambda: holder.term is not None, "a term")
+    entry = await store.get(subjects.LEASES_BUCKET, "scheduler")
+    assert entry is not None
+    await store.update(subjects.LEASES_BUCKET, "scheduler", b"another", last=entry.revision)
+    await until(stopping.is_set, "the role told to stop")
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert task.cancelled()

@@ -374,7 +374,6 @@ class Reconciler:
             log.warning("Instance not started. instance=%s reason=%s", key, tracked.last_error)
             return
         tracked.started_as(info, allocation.generation)
-        tracked.draining, tracked.drain_reported = False, None  # in a drained one's slot
         self._health.wake()
         self.observed.set()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)

@@ -38,7 +38,9 @@ class Tracked:
     waiting: bool = False  # its replacement waits for an earlier droplet's (meshd.core.rollout)
 
     def started_as(self, info: InstanceInfo, generation: int) -> None:
-        """The runtime (re)started it: healthy only from its own first good probe."""
+        """The runtime (re)started it: healthy only from its own first good probe, and not
+        draining (a rollout that overtakes the one before starts in a draining one's slot)."""
+        self.draining, self.drain_reported = False, None
         self.generation = generation
         self.runtime_id = info.runtime_id
         self.engine_restarts = info.restarts

@@ -229,7 +229,7 @@ class NatsStore:
         # could see no `restart.>` or `config.>` under load, and roll every service).
         with translated(f"watch {bucket}"):
             kv = await self._kv(bucket)
-            stored = await self._matching(bucket, keys)
+            stored = await self._any_stored(bucket, keys)
             watcher = await kv.watch(keys)  # the consumer needs a JetStream meta leader
         self._watchers.add(watcher)
         initial_done = False
@@ -237,7 +237,7 @@ class NatsStore:
             with translated(f"watch {bucket}"):
                 async for item in watcher:
                     if item is None:
-                        if not initial_done and stored == 0:
+                        if not initial_done and not stored:
                             initial_done = True
                             yield None
                         continue
@@ -252,13 +252,13 @@ class NatsStore:
             with contextlib.suppress(*ANY_NATS_ERROR):
                 await watcher.stop()
 
-    async def _matching(self, bucket: str, keys: str) -> int:
-        """How many messages (a whole bucket) or keys (a filter) a watch of `keys` starts
-        with: each key's last message is delivered, a deletion's too."""
+    async def _any_stored(self, bucket: str, keys: str) -> bool:
+        """Whether a watch of `keys` starts with anything: each matching key's last message
+        is delivered, a deletion's too."""
         if keys == ">":
-            return int((await self._js.stream_info(f"KV_{bucket}")).state.messages)
+            return bool((await self._js.stream_info(f"KV_{bucket}")).state.messages)
         found = await self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
-        return len(found.state.subjects or {})
+        return bool(found.state.subjects)
 
     async def end_watches(self) -> None:
         """End every watch with `StoreUnavailable`, so that each is watched anew: a watch's

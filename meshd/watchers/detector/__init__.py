@@ -198,12 +198,15 @@ class Detector:
     # --- votes -------------------------------------------------------------------------------
 
     async def _confirm(self, target: str, watch: Watch, monitor_count: int) -> None:
-        held = self.view.held(target, time.time())
-        if held or (monitor_count == 1 and not await self._provider_agrees(target)):
-            if held and target not in self._held_silent:
+        if self.view.held(target, time.time()):
+            if target not in self._held_silent:
                 self._held_silent.add(target)
                 log.warning("Droplet silent but held; not confirming. droplet=%s", target)
-            watch.voted = Verdict.SUSPECT  # held, or alive for the provider: ask again
+            # Asked again each tick, without probing anew: confirmed once the hold ends.
+            watch.voted = Verdict.SUSPECT
+            return
+        if monitor_count == 1 and not await self._provider_agrees(target):
+            watch.voted = Verdict.SUSPECT  # alive for the provider: ask again
             watch.indirect_failed = None
             self._spawn(self._indirect(target, watch))
             return
