@@ -128,6 +128,12 @@ def test_agent_restart_keeps_instances_running_with_the_same_pids(tmp_path: Path
         os.kill(agent, signal.SIGKILL)
         wait_for(lambda: mesh.agent_replaced("master", agent), what="the agent to be restarted")
         wait_for(mesh.converged, what="convergence after agent restart")
+        # Convergence can be read from the old agent's last report: ask the new one itself
+        # until it lists every instance, then compare what runs.
+        wait_for(
+            lambda: (found := _try_instances(mesh)) is not None and found.keys() == before.keys(),
+            what="the new agent to list every instance",
+        )
         after = {k: v["runtime_id"] for k, v in instances(mesh, "master").items()}
         assert after == before
 
