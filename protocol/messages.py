@@ -104,6 +104,8 @@ class Allocation(Message):
     spare_port: int | None = None
     restart: int = 0
     build_secrets: tuple[str, ...] = ()  # sealed like `secrets`, read by the build only
+    artifact: str | None = None  # digest in the artifact store of what `release` runs
+    release: int = 0  # the release of its environment (0: what `publish` says)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -356,19 +358,6 @@ class Event(Message):
     at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeployRequest(Message):
-    """A request to deploy `git_ref` (stream `MESH_DEPLOY`, `mesh.deploy.<project>.<env>`)."""
-
-    KIND: ClassVar[str] = "deploy_request"
-
-    project: str
-    env: str
-    git_ref: str
-    requested_by: str
-    requested_at: float
-
-
 MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
     {
         cls.KIND: cls
@@ -391,7 +380,6 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             Notification,
             HeartbeatMark,
             Event,
-            DeployRequest,
             ConfigVars,
         )
     }

@@ -24,6 +24,8 @@ LEASES_BUCKET = "mesh_leases"
 FAILURES_BUCKET = "mesh_failures"
 SNAPSHOTS_BUCKET = "mesh_snapshots"
 SECRETS_BUCKET = "mesh_secrets"
+RELEASES_BUCKET = "mesh_releases"  # release records (protocol.releases.Release)
+ARTIFACTS_STORE = "mesh_artifacts"  # object store: built artifacts by digest, build logs
 BUCKETS = (
     DESIRED_BUCKET,
     ALLOC_BUCKET,
@@ -32,6 +34,7 @@ BUCKETS = (
     FAILURES_BUCKET,
     SNAPSHOTS_BUCKET,
     SECRETS_BUCKET,
+    RELEASES_BUCKET,
 )
 
 # Keys of the desired-state bucket (restart requests: `restart_key`).
@@ -42,6 +45,7 @@ JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state h
 RESTARTS = "restart.>"
 HOLDS = "hold.*"  # `meshctl hold`: failure detection held off (DetectionHold)
 CONFIG_VARS = "config.>"  # `meshctl config`: plain environment variables (ConfigVars)
+RELEASE_TARGETS = "release.>"  # the release each environment runs (ReleaseTarget)
 
 # Streams and the subjects they capture.
 EVENTS_STREAM = "MESH_EVENTS"
@@ -51,6 +55,11 @@ DEPLOY_SUBJECTS = "mesh.deploy.>"
 NOTIFY_STREAM = "MESH_NOTIFY"  # notifications waiting for delivery (work queue)
 NOTIFY_SUBJECTS = "mesh.notify.>"
 NOTIFY_CONSUMER = "notifier"
+DEPLOY_CONSUMER = "builder"
+# Deploy progress inboxes (`DeployRequest.progress`) and the `deployer` user's reply inboxes
+# (its JetStream publish acknowledgements) live under this prefix: the `deployer` may listen
+# here and nowhere else, and the builder answers progress only on subjects under it.
+DEPLOY_INBOX = "_INBOX_deployer"
 HEARTBEAT_MARK_KEY = "notify.heartbeat"  # in mesh_desired: the last heartbeat queued
 ALERTED = "notify.alerted"  # in mesh_desired: `notify.alerted.<droplet>.<incarnation>`
 
@@ -135,9 +144,36 @@ def event(kind: str) -> str:
     return f"mesh.events.{token(kind, 'event kind')}"
 
 
-def deploy(project: str, env: str) -> str:
-    """Subject of deploy requests for one project environment: `mesh.deploy.<project>.<env>`."""
-    return f"mesh.deploy.{token(project, 'project')}.{token(env, 'environment')}"
+def deploy(project: str) -> str:
+    """Subject of a project's deploy requests: `mesh.deploy.<project>` (its environment is
+    in the request, or decided by the builder for a push)."""
+    return f"mesh.deploy.{token(project, 'project')}"
+
+
+def deploy_inbox(name: str) -> str:
+    """A deploy progress inbox: `_INBOX_deployer.<name>` (`name` a fresh random token)."""
+    return f"{DEPLOY_INBOX}.{token(name, 'inbox name')}"
+
+
+def is_deploy_inbox(subject: str) -> bool:
+    """Whether `subject` is a deploy progress inbox: the only subjects the builder answers on
+    (a request names its `progress` subject, and the `deployer` user may send requests)."""
+    name = subject.removeprefix(DEPLOY_INBOX + ".")
+    if name == subject or len(name) > MAX_TOKEN_LENGTH:
+        return False
+    return _TOKEN.fullmatch(name) is not None
+
+
+def release_target_key(project: str, env: str) -> str:
+    """Key in `mesh_desired` of the release an environment runs: `release.<project>.<env>`."""
+    return f"release.{token(project, 'project')}.{token(env, 'environment')}"
+
+
+def release_key(project: str, env: str, number: int) -> str:
+    """Key of a release record in `mesh_releases`: `<project>.<env>.<number>`."""
+    if number < 1:
+        raise InvalidNameError("release number", number, "must be 1 or more")
+    return f"{token(project, 'project')}.{token(env, 'environment')}.{number}"
 
 
 def alloc_key(project: str, env: str, service: str) -> str:

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def identity() -> dict[str, str]:
@@ -27,9 +28,13 @@ def identity() -> dict[str, str]:
 
 
 def settings() -> str:
-    """The page's lines about configuration: GREETING (`meshctl config` or the env_template)
-    and which secrets this instance was given as files (names only, never values)."""
+    """The page's lines about what runs and its configuration: the release note beside this
+    file (`release.txt`: edit it, push, see it change), GREETING (`meshctl config` or the
+    env_template) and which secrets this instance was given as files (names only)."""
     lines = []
+    note = Path(__file__).with_name("release.txt")
+    if note.is_file():
+        lines.append(f"<p>release: {html.escape(note.read_text().strip())}</p>")
     if os.environ.get("GREETING"):
         lines.append(f"<p>{html.escape(os.environ['GREETING'])}</p>")
     names = sorted(

@@ -49,6 +49,7 @@ from meshd.agent.trust import Trust
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
+from meshd.roles.builder import Builder
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
 from meshd.roles.notifications import HeartbeatMails
@@ -186,7 +187,7 @@ class Agent:
             name=f"meshd-{self.identity.name}",
             forever=True,
         )
-        self.store = store
+        self.store = reconciler.artifacts.store = store  # artifacts are fetched from now on
         entry: EntryPoint | None = None
         mover: ServerMover | None = None
         # Beats and reports from the start: a master that finishes a move after a restart
@@ -222,6 +223,18 @@ class Agent:
                     False,
                 ),
                 (Snapshots(store, provider, view, name, tag), None, False),
+                (
+                    Builder(
+                        store,
+                        view,
+                        reconciler.runtime,
+                        name,
+                        self.data_dir / "builder",
+                        self.config.mesh,
+                    ),
+                    None,
+                    False,
+                ),
                 (
                     Together(
                         Role.HEARTBEAT,
@@ -304,7 +317,7 @@ class Agent:
                 await beating
             if entry is not None:
                 await entry.close()
-            self.store = None
+            self.store = reconciler.artifacts.store = None
             await store.close()
 
     def _provider(self) -> Provider:

@@ -19,6 +19,7 @@ from typing import Any
 
 from plugins.fs import atomic_write
 from plugins.templating import render
+from protocol import subjects
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
@@ -154,6 +155,7 @@ def nats_server_conf(
         routes=routes,
         route_password=config.passwords["route"],
         passwords=config.passwords,
+        deploy_inbox=subjects.DEPLOY_INBOX,
     )
 
 

@@ -1,5 +1,6 @@
 """Records several roles and `meshctl` read from the store: the scheduler's last placement,
-the restart requests per service, the operator's variables and a droplet's snapshot index.
+the restart requests per service, the operator's variables, the releases and the release
+each environment runs, and a droplet's snapshot index.
 Reading them lives here, not in the role that writes them, so that no role imports another."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from protocol.codec import decode
 from protocol.envconfig import ConfigVars
 from protocol.errors import ProtocolError
 from protocol.messages import JetStreamServers, PlacementRecord, RestartRequest, SnapshotIndex
+from protocol.releases import Release, ReleaseTarget
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,40 @@ async def config_layers(store: Store) -> ConfigLayers:
             continue
         layers[(found.project, found.env)] = found
     return layers
+
+
+ReleaseTargets = dict[tuple[str, str], ReleaseTarget]
+
+
+async def release_targets(store: Store) -> ReleaseTargets:
+    """The release each project environment runs, by (project, env); unreadable ones are
+    skipped (the environment runs what `publish` says, logged)."""
+    targets: ReleaseTargets = {}
+    found = await store.entries(subjects.DESIRED_BUCKET, subjects.RELEASE_TARGETS)
+    for key, entry in found.items():
+        if entry.value is None:
+            continue
+        try:
+            target = decode(entry.value, ReleaseTarget)
+        except ProtocolError as err:
+            log.error("Release target unreadable; ignored. key=%s error=%s", key, err)
+            continue
+        targets[(target.project, target.env)] = target
+    return targets
+
+
+async def releases_of(store: Store, project: str, env: str | None = None) -> list[Release]:
+    """The release records of a project (of one environment), unreadable ones skipped."""
+    pattern = f"{project}.{env}.*" if env else f"{project}.*.*"
+    found = []
+    for key, entry in (await store.entries(subjects.RELEASES_BUCKET, pattern)).items():
+        if entry.value is None:
+            continue
+        try:
+            found.append(decode(entry.value, Release))
+        except ProtocolError as err:
+            log.error("Release record unreadable; skipped. key=%s error=%s", key, err)
+    return found
 
 
 async def snapshot_index(store: Store, droplet: str) -> IndexRead:

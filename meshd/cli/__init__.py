@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
-from meshd.core.errors import CapacityError, InputErrors
+from meshd.core.errors import CapacityError, InputError, InputErrors
 from protocol.errors import MeshError
 
 EXIT_FAILURE = 1
@@ -34,6 +34,11 @@ COMMANDS = {
     "notify": "meshd.cli.notify:notify",
     "compose": "meshd.cli.compose:compose",
     "down": "meshd.cli.down:down",
+    "deploy": "meshd.cli.deploy:deploy",
+    "promote": "meshd.cli.deploy:promote",
+    "rollback": "meshd.cli.deploy:rollback",
+    "releases": "meshd.cli.releases:releases",
+    "hook": "meshd.cli.hook:hook",
 }
 
 
@@ -89,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_FAILURE)
     except InputErrors as err:
         _report_input_errors(err)
+        sys.exit(EXIT_BAD_INPUT)
+    except InputError as err:
+        print(f"meshctl: {cause_chain(err)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except CapacityError as err:
         for line in str(err).splitlines():

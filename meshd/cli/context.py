@@ -46,6 +46,9 @@ class Context:
     local: bool = False
     runtime: dict[str, Any] = field(default_factory=dict)  # the droplets' runtime section
     entry_url: str | None = None  # the mesh's entry point (the lb holder's nginx)
+    # The NATS user `deployer`'s password, for git hooks (`meshctl hook install`); None in
+    # contexts made before git deploys.
+    deployer_password: str | None = None
 
     @property
     def state_dir(self) -> Path:

@@ -13,14 +13,19 @@ from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 
+from meshd.agent.records import release_targets
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
 from meshd.cli.hold import hold_data
 from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
+from meshd.core.releases import release_summary
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
+from protocol.codec import decode
+from protocol.errors import ProtocolError
 from protocol.messages import Event, NodeStatus
+from protocol.releases import Release
 
 RECENT_EVENTS = 8
 SUSPICION_EVENTS = 60  # enough to see the suspicions of the last minute
@@ -50,6 +55,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
             recent = await store.recent_events(SUSPICION_EVENTS)
             view["suspicions"] = open_suspicions(recent, now)
             view["notifications"] = notifications(recent, await _waiting(store))
+            view["releases"] = await releases_view(store)
             view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))
             return
@@ -84,6 +90,37 @@ def env_secrets(nodes: dict[str, NodeStatus]) -> dict[str, list[str]]:
     }
 
 
+async def releases_view(store: Store) -> list[dict[str, Any]]:
+    """What each project environment with releases runs, and its newest release if other."""
+    found = []
+    for entry in (await store.entries(subjects.RELEASES_BUCKET)).values():
+        if entry.value is None:
+            continue
+        try:
+            found.append(decode(entry.value, Release))
+        except ProtocolError:
+            continue  # the builder logs it; status shows what it can read
+    return release_summary(await release_targets(store), found)
+
+
+def release_line(summary: dict[str, Any]) -> str:
+    where = f"{summary['project']} {summary['env']}"
+    live = summary["live"]
+    text = f"Release: [bold]{escape(where)}[/] "
+    text += (
+        f"runs v{live['number']} ({live['sha']}{', ' + live['tag'] if live['tag'] else ''})"
+        if live
+        else "runs no release yet"
+    )
+    newest = summary["newest"]
+    if newest:
+        colour = "red" if newest["status"] == "failed" else "yellow"
+        text += f"; [{colour}]v{newest['number']} {newest['status']}[/]"
+        if newest["detail"]:
+            text += f": {escape(newest['detail'])}"
+    return text
+
+
 async def _render(store: Store, entry: str | None) -> Group:
     reading = await read_mesh(store)
     view = reading.status()
@@ -115,6 +152,7 @@ async def _render(store: Store, entry: str | None) -> Group:
             f"[yellow]Held: {escape(held.droplet)}[/] is not declared dead before {until}"
             f" (by {escape(held.held_by)}{why})"
         )
+    lines += [release_line(r) for r in await releases_view(store)]
     for suspicion in open_suspicions(recent, time.time()):
         lines.append(
             f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "

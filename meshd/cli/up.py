@@ -279,6 +279,7 @@ async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -
         local=True,
         runtime=runtime,
         entry_url=config.entry_url(records[0].address),
+        deployer_password=config.passwords["deployer"],
     )
     context.save()
     return context

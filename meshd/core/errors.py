@@ -38,6 +38,11 @@ class InputErrors(MeshError, ValueError):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
+class InputError(MeshError, ValueError):
+    """One thing wrong with what the operator asked for, said in one line; nothing was
+    changed (exit code 2)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Overcommit:
     """A droplet whose reservations exceed the memory it can give to services."""

@@ -41,6 +41,8 @@ TEMPLATE_SECRETS: dict[ServiceKind, str] = {
     ServiceKind.REDIS: "redis_password",
 }
 DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_RELEASE_HEALTH_TIMEOUT_S = 60  # a release not healthy by then fails (the old serves)
+DEFAULT_DEPLOY = {"uat": "main", "test": "*"}  # branch -> environment (meshd.core.deploy_refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,20 @@ class ServiceSpec:
     build_secrets: tuple[str, ...] = ()  # read by the image's build only (docs/secrets.md)
     env_template: str | None = None  # the seed's `.env` file, as the config names it
     env: dict[str, str] = field(default_factory=dict)  # ... its variables, read at publish
+    # `build_context` and `dockerfile_path` as the config writes them (relative to the
+    # repository root): where a deploy builds from git when the paths above point at a disk.
+    source_context: str | None = None
+    source_dockerfile: str | None = None
+
+    @property
+    def repository_context(self) -> str | None:
+        """Where a deploy finds this service's build context in the project's repository."""
+        return self.source_context or self.build_context
+
+    @property
+    def repository_dockerfile(self) -> str | None:
+        """... and its Dockerfile (None: `Dockerfile` in the context), if it has one."""
+        return self.source_dockerfile if self.source_context else self.dockerfile_path
 
     @property
     def uses_template(self) -> bool:
@@ -83,6 +99,8 @@ class ServiceSpec:
             "build_secrets": list(self.build_secrets),
             "env_template": self.env_template,
             "env": dict(self.env),
+            "source_context": self.source_context,
+            "source_dockerfile": self.source_dockerfile,
         }
 
     @classmethod
@@ -102,6 +120,8 @@ class ServiceSpec:
             build_secrets=tuple(data.get("build_secrets", ())),
             env_template=data.get("env_template"),
             env=dict(data.get("env") or {}),
+            source_context=data.get("source_context"),
+            source_dockerfile=data.get("source_dockerfile"),
         )
 
 
@@ -114,6 +134,9 @@ class ProjectSpec:
     services: tuple[ServiceSpec, ...]
     git_repo: str | None = None
     domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    deploy: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DEPLOY))
+    versioning: dict[str, Any] = field(default_factory=dict)
+    health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
 
     @property
     def dedicated_droplets(self) -> tuple[str, ...]:
@@ -129,6 +152,9 @@ class ProjectSpec:
             "services": [s.to_data() for s in self.services],
             "git_repo": self.git_repo,
             "domains": {env: list(names) for env, names in self.domains.items()},
+            "deploy": dict(self.deploy),
+            "versioning": dict(self.versioning),
+            "health_timeout_s": self.health_timeout_s,
         }
 
     @classmethod
@@ -141,6 +167,9 @@ class ProjectSpec:
             services=tuple(ServiceSpec.from_data(s) for s in data["services"]),
             git_repo=data.get("git_repo"),
             domains={env: tuple(names) for env, names in data.get("domains", {}).items()},
+            deploy=dict(data.get("deploy", DEFAULT_DEPLOY)),
+            versioning=dict(data.get("versioning") or {}),
+            health_timeout_s=int(data.get("health_timeout_s", DEFAULT_RELEASE_HEALTH_TIMEOUT_S)),
         )
 
 

@@ -98,6 +98,8 @@ def resolve_builds(config: DeployConfig, directory: Path, config_name: str) -> D
             return spec
         return replace(
             spec,
+            source_context=spec.build_context,
+            source_dockerfile=spec.dockerfile_path,
             image=image_tag(project, spec.name, digest),
             build_context=str(context.resolve()),
             dockerfile_path=str(dockerfile.resolve()),

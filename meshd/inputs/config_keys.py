@@ -47,7 +47,12 @@ KEYS: tuple[Key, ...] = (
     Key("git_repo", Level.PROJECT, "string", "none", "0.1",
         "where deploys build from; a service with a `build_context` not on disk needs it"),
     Key("versioning", Level.PROJECT, "object", "none", "0.1",
-        "the seed's; accepted and not used yet (deploys will)"),
+        "UAT version tags: `auto_tag_uat` (true), `tag_format` "
+        "(`v{version}-uat-{timestamp}`), `major` and `minor` to pin a version line; "
+        "`prod_uses_uat_tags` may only be true"),
+    Key("health_timeout", Level.PROJECT, "integer", "60", "0.1",
+        "seconds a release has to be healthy everywhere; a release that is not fails and the "
+        "old one keeps serving"),
     Key("deploy", Level.PROJECT, "object", '`{"uat": "main", "test": "*"}`', "0.1",
         "`<env>: <branch pattern>`: a push to a matching branch deploys to that environment "
         "(`fnmatch` patterns: `*`, `?`, `[...]`; a branch named exactly wins over a pattern, "

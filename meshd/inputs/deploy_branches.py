@@ -26,11 +26,11 @@ def deploy_branches(checker: Checks, project: dict[str, Any], path: str) -> dict
     for problem in problems:
         where = f"{path}.deploy"
         if problem.environment is not None:
-            where = _json_path(where, problem.environment)
+            where = key_path(where, problem.environment)
         checker.fail(where, problem.message)
     return default_deploy() if problems else dict(value)
 
 
-def _json_path(parent: str, key: str) -> str:
-    # deploy_config.json_path, which cannot be imported here: deploy_config imports this.
+def key_path(parent: str, key: str) -> str:
+    """deploy_config.json_path, which cannot be imported here: deploy_config imports this."""
     return f"{parent}.{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f"{parent}[{key!r}]"

@@ -18,6 +18,7 @@ from typing import Any
 from meshd.core.errors import InputErrors, InputIssue
 from meshd.core.spec import (
     DEFAULT_HEALTH_PATH,
+    DEFAULT_RELEASE_HEALTH_TIMEOUT_S,
     DEFAULT_SERVICES,
     DEFAULT_WORKER_MEMORY_MB,
     ENVIRONMENTS,
@@ -27,6 +28,7 @@ from meshd.core.spec import (
 )
 from meshd.inputs.config_keys import Level, names_at
 from meshd.inputs.deploy_branches import default_deploy, deploy_branches
+from meshd.inputs.release_settings import health_timeout, release_versioning
 from meshd.inputs.vault_config import vault_settings
 
 PLATFORMS = ("docker", "podman", "process")
@@ -54,6 +56,8 @@ class ProjectConfig:
     git_repo: str | None = None
     domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     deploy: dict[str, str] = field(default_factory=default_deploy)  # env -> branch pattern
+    versioning: dict[str, Any] = field(default_factory=dict)  # meshd.core.versions
+    health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +200,12 @@ class _Checker:
         git_repo = project.get("git_repo")
         if git_repo is not None:
             self.text(git_repo, f"{path}.git_repo")
-        if "versioning" in project:
-            self.obj(project["versioning"], f"{path}.versioning")
+        versioning = release_versioning(self, project, path)
         services = self.services(project.get("services", {}), f"{path}.services")
         domains = self.domains(project.get("domains", {}), f"{path}.domains")
         deploy = deploy_branches(self, project, path)
-        return ProjectConfig(services=services, git_repo=git_repo, domains=domains, deploy=deploy)
+        timeout = health_timeout(self, project, path)
+        return ProjectConfig(services, git_repo, domains, deploy, versioning, timeout)
 
     def services(self, value: Any, path: str) -> tuple[ServiceSpec, ...]:
         listed = self.obj(value, path)

@@ -45,4 +45,7 @@ def _project(row: ProjectRow, config: ProjectConfig) -> ProjectSpec:
         services=config.services,
         git_repo=config.git_repo,
         domains=dict(config.domains),
+        deploy=dict(config.deploy),
+        versioning=dict(config.versioning),
+        health_timeout_s=config.health_timeout_s,
     )

@@ -19,10 +19,12 @@ from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import (
     ConfigLayers,
+    ReleaseTargets,
     config_layers,
     decode_servers,
     jetstream_servers,
     last_placement,
+    release_targets,
     restart_counts,
     write_over,
 )
@@ -36,6 +38,7 @@ from meshd.core.envvars import (
 from meshd.core.errors import CapacityError
 from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
+from meshd.core.releases import with_release
 from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.base import Message
@@ -63,13 +66,16 @@ def allocations_for(
     fence: int,
     restarts: Mapping[str, int] | None = None,
     config: ConfigLayers | None = None,
+    targets: ReleaseTargets | None = None,
 ) -> dict[str, Allocation]:
     """One allocation per service; unchanged ones are returned as they were (same generation),
     changed ones with the next generation. `restarts` counts the restart requests of each
     allocation key: one more request is one more generation. `config` holds the operator's
-    variables (`meshctl config`) of projects and environments, for all but datastores."""
+    variables (`meshctl config`) of projects and environments, for all but datastores;
+    `targets` the release each environment runs (its services' artifacts win)."""
     restarts = restarts or {}
     config = config or {}
+    targets = targets or {}
     droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for instance in placement.instances:
         droplets[instance.service_key].append(instance.droplet)
@@ -81,39 +87,42 @@ def allocations_for(
             resources = env_resources[(project.name, env)]
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
-                fresh = Allocation(
-                    project=project.name,
-                    env=env,
-                    service=service.name,
-                    generation=1,
-                    droplets=tuple(placed[service.name]),
-                    port=resources.ports.get(service.name),
-                    spare_port=resources.spare_ports.get(service.name),
-                    restart=restarts.get(key, 0),
-                    image=service.image,
-                    command=service.command,
-                    memory_mb=service.memory_mb,
-                    env_vars=with_config(
-                        instance_environment(
-                            resources, service.name, service.kind, placed[service.name]
+                fresh = with_release(
+                    Allocation(
+                        project=project.name,
+                        env=env,
+                        service=service.name,
+                        generation=1,
+                        droplets=tuple(placed[service.name]),
+                        port=resources.ports.get(service.name),
+                        spare_port=resources.spare_ports.get(service.name),
+                        restart=restarts.get(key, 0),
+                        image=service.image,
+                        command=service.command,
+                        memory_mb=service.memory_mb,
+                        env_vars=with_config(
+                            instance_environment(
+                                resources, service.name, service.kind, placed[service.name]
+                            ),
+                            operator_environment(
+                                service.env,
+                                {} if service.kind.is_datastore else config,
+                                project.name,
+                                env,
+                            ),
                         ),
-                        operator_environment(
-                            service.env,
-                            {} if service.kind.is_datastore else config,
-                            project.name,
-                            env,
-                        ),
+                        hosts=instance_hosts(placed),
+                        health_path=service.health_path,
+                        secrets=service.secrets,
+                        fence=fence,
+                        service_kind=service.kind.value,
+                        process_command=service.process_command,
+                        build_context=service.build_context,
+                        dockerfile=service.dockerfile_path,
+                        data_path=service.data_path,
+                        build_secrets=service.build_secrets,
                     ),
-                    hosts=instance_hosts(placed),
-                    health_path=service.health_path,
-                    secrets=service.secrets,
-                    fence=fence,
-                    service_kind=service.kind.value,
-                    process_command=service.process_command,
-                    build_context=service.build_context,
-                    dockerfile=service.dockerfile_path,
-                    data_path=service.data_path,
-                    build_secrets=service.build_secrets,
+                    targets.get((project.name, env)),
                 )
                 old = previous.get(key)
                 if old is not None and _same(old, fresh):
@@ -163,6 +172,7 @@ class Scheduler:
                     (subjects.DESIRED_BUCKET, subjects.DESIRED_KEY),
                     (subjects.DESIRED_BUCKET, subjects.RESTARTS),
                     (subjects.DESIRED_BUCKET, subjects.CONFIG_VARS),
+                    (subjects.DESIRED_BUCKET, subjects.RELEASE_TARGETS),
                 ],
                 lambda: self._schedule_or_abandon(term),
                 RESYNC_S,
@@ -269,7 +279,8 @@ class Scheduler:
         existing = {key: found for key, e in current.items() if (found := _allocation(key, e))}
         restarts = await restart_counts(self.store)
         config = await config_layers(self.store)
-        wanted = allocations_for(state, placement, existing, term.fence, restarts, config)
+        targets = await release_targets(self.store)
+        wanted = allocations_for(state, placement, existing, term.fence, restarts, config, targets)
         written = await self._write(term, wanted, existing, revisions)
         removed = await self._remove(term, set(revisions) - set(wanted), revisions)
         # Written also when only the spec revision moved: `publish --wait` waits for it.

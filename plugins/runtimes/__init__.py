@@ -35,7 +35,9 @@ class InstanceSpec:
     reach only the build of `image`, never the running instance. `kind` is the service's
     kind (web, database, redis, worker); `command` runs in the image, `process_command` instead
     of it where there are no images; `build_context` and `dockerfile` build `image` when it is
-    missing; `data_path` is where the instance's named volume is mounted.
+    missing; `data_path` is where the instance's named volume is mounted. `artifact` is the
+    digest of the built artifact it runs (loaded with `Runtime.load_artifact` first): docker
+    runs `image` from it and never builds; process runs in the artifact's directory.
 
     `slot` (0 or 1) lets a replacement run beside the instance it replaces; `port` is where
     this slot listens on the droplet, `service_port` where the service listens inside its
@@ -62,6 +64,7 @@ class InstanceSpec:
     slot: int = 0
     service_port: int | None = None
     build_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+    artifact: str | None = None
 
     @property
     def key(self) -> str:
@@ -128,6 +131,17 @@ class RuntimeUnavailable(MeshError):
         super().__init__(reason)
 
 
+class ArtifactError(MeshError):
+    """An artifact could not be built or loaded: `what` was being done, `reason` says why,
+    `log` holds the build's output (a failed build)."""
+
+    def __init__(self, what: str, reason: str, log: str = "") -> None:
+        self.what = what
+        self.reason = reason
+        self.log = log
+        super().__init__(f"{what}: {reason}")
+
+
 class RuntimeConfigError(MeshError, ValueError):
     """A runtime's configuration is wrong: `runtime` names it, `reason` says what is wrong."""
 
@@ -190,6 +204,25 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release resources. Instances keep running. Idempotent."""
+        ...
+
+    # --- artifacts: what a deploy builds once and every droplet loads --------------------
+
+    async def build_artifact(
+        self, context: Path, dockerfile: Path | None, image: str, out: Path
+    ) -> str:
+        """Build what this runtime runs from the build context `context` (docker: the image
+        `image` from `dockerfile`) and write it as one file to `out`; the build's output.
+        Raises `ArtifactError` (with the output) when the build fails."""
+        ...
+
+    async def has_artifact(self, digest: str, image: str | None) -> bool:
+        """Whether the artifact `digest` (docker: its image `image`) is loaded here."""
+        ...
+
+    async def load_artifact(self, digest: str, image: str | None, path: Path) -> None:
+        """Load the artifact file at `path` (its SHA-256 is `digest`, already checked), so
+        that instances whose spec names it can run. Raises `ArtifactError`."""
         ...
 
 

@@ -6,6 +6,8 @@ cluster of three and back with every key, revision and event as it was."""
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ BUCKETS = (
     subjects.NODES_BUCKET,
     subjects.FAILURES_BUCKET,
 )
+ARTIFACT = os.urandom(3 * 1024 * 1024 + 5)  # an object of several chunks
 
 
 def configs() -> tuple[MeshConfig, MeshConfig]:
@@ -61,6 +64,10 @@ async def fill(store: NatsStore) -> None:
     for number in range(25):
         await store.record("test_event", "test", f"subject-{number}", {"n": number})
     await store.enqueue("mesh.notify.mail", b"a mail waiting")
+    with tempfile.TemporaryDirectory() as directory:
+        artifact = Path(directory) / "artifact"
+        artifact.write_bytes(ARTIFACT)
+        await store.put_object(subjects.ARTIFACTS_STORE, "artifact", artifact)
 
 
 async def filled_alone(servers: ServerSet) -> NatsStore:
@@ -80,6 +87,11 @@ async def everything(store: NatsStore) -> dict[str, Any]:
         entries = await store.entries(bucket)
         found[bucket] = {k: (e.value, e.revision) for k, e in entries.items()}
     found["events"] = [(e.subject, e.detail, e.at) for e in await store.recent_events(100)]
+    found["objects"] = await store.object_names(subjects.ARTIFACTS_STORE)
+    with tempfile.TemporaryDirectory() as directory:
+        fetched = Path(directory) / "artifact"
+        if await store.get_object(subjects.ARTIFACTS_STORE, "artifact", fetched):
+            found["artifact"] = fetched.read_bytes() == ARTIFACT
     for stream in await moves.existing():
         state = (await moves.info(stream))["state"]
         first = state["first_seq"] if state["messages"] else None  # 0 or 1 when empty
@@ -117,6 +129,7 @@ async def test_the_state_moves_from_one_server_to_three_and_back_with_every_revi
         store = await filled_alone(servers)
         before = await everything(store)
         assert set(schema_streams()) - EPHEMERAL <= set(before)
+        assert before["artifact"] and before["objects"] == {"artifact": len(ARTIFACT)}
         leases_last = (await store.moves().info(f"KV_{subjects.LEASES_BUCKET}"))["state"][
             "last_seq"
         ]

@@ -1,7 +1,7 @@
 """An in-memory `Store` with JetStream's semantics, for unit tests of roles, leases and loops
 that run in milliseconds: per-bucket revisions, create and compare-and-set, per-key TTL on a
 clock the test moves, watches that deliver current values then a `None` marker then changes,
-an event log, work queues and core pub/sub.
+an event log, work queues, core pub/sub and object stores (`memobjects`).
 
 What a test can do to it: `clock.advance(s)` (TTLs), `unavailable = True` (every call raises
 `StoreUnavailable`, as during an election), `break_watches()` (every open watch ends with
@@ -30,6 +30,7 @@ from meshd.agent.store import (
 from protocol import subjects as names
 from protocol.codec import decode, encode
 from protocol.messages import Event
+from tests.support.memobjects import MemoryObjects
 
 
 @dataclass
@@ -74,8 +75,9 @@ def _matches(pattern: str, key: str) -> bool:
     return len(pattern_parts) == len(key_parts)
 
 
-class MemoryStore:
+class MemoryStore(MemoryObjects):
     def __init__(self, clock: Clock | None = None) -> None:
+        super().__init__()
         self.clock = clock or Clock()
         self.unavailable = False
         self.events: list[Event] = []

@@ -484,3 +484,17 @@ def test_the_documented_keys_are_the_keys_the_validator_takes() -> None:
 
     docs = (ROOT / "docs" / "inputs.md").read_text()
     assert markdown_table() in docs, "run `python -m meshd.inputs.config_keys` into docs/inputs.md"
+
+
+def test_release_settings_are_checked_and_kept() -> None:
+    found = issues_of(b'{"projects": {"web": {"health_timeout": 2, "versioning": {"major": 1}}}}')
+    assert {(i.where, i.message.split(";")[0]) for i in found} == {
+        (
+            "$.projects.web.health_timeout",
+            "expected a whole number of seconds from 5 to 3600, got 2",
+        ),
+        ("$.projects.web.versioning.minor", "major and minor are set together, like 1 and 4"),
+    }
+    good = {"health_timeout": 30, "versioning": {"major": 2, "minor": 1}}
+    project = parse({"projects": {"web": good}}).projects["web"]
+    assert (project.health_timeout_s, project.versioning) == (30, {"major": 2, "minor": 1})

@@ -24,7 +24,6 @@ from protocol.errors import (
 from protocol.messages import (
     MESSAGE_TYPES,
     Allocation,
-    DeployRequest,
     DetectionHold,
     Event,
     FailureRecord,
@@ -110,13 +109,6 @@ SAMPLES: list[Message] = [
         detail={"monitors": ["master", "hostomatic-web1"], "misses": 3, "raw": b"\x00"},
         fence=118,
         at=1_700_000_004.0,
-    ),
-    DeployRequest(
-        project="hostomatic",
-        env="prod",
-        git_ref="refs/heads/main",
-        requested_by="git-hook",
-        requested_at=1_700_000_005.0,
     ),
     RestartRequest(
         project="hostomatic",

@@ -18,7 +18,9 @@ from protocol.subjects import Role
         (subjects.suspect("hostomatic-web1"), "mesh.suspect.hostomatic-web1"),
         (subjects.probe("web_2"), "mesh.probe.web_2"),
         (subjects.event("lease_taken"), "mesh.events.lease_taken"),
-        (subjects.deploy("hostomatic", "prod"), "mesh.deploy.hostomatic.prod"),
+        (subjects.deploy("hostomatic"), "mesh.deploy.hostomatic"),
+        (subjects.release_key("hostomatic", "uat", 12), "hostomatic.uat.12"),
+        (subjects.release_target_key("hostomatic", "uat"), "release.hostomatic.uat"),
         (subjects.alloc_key("hostomatic", "uat", "backend"), "hostomatic.uat.backend"),
         (subjects.node_key("master"), "master"),
         (subjects.lease_key(Role.LB), "lb"),
@@ -40,6 +42,7 @@ def test_bucket_stream_and_key_names_match_the_design() -> None:
         "mesh_failures",
         "mesh_snapshots",
         "mesh_secrets",
+        "mesh_releases",
     )
     assert subjects.DESIRED_KEY == "spec"
     assert (subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS) == ("MESH_EVENTS", "mesh.events.>")
@@ -51,7 +54,7 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.SUSPECTS_ALL == "mesh.suspect.*"
     assert subjects.PROBES_ALL == "mesh.probe.*"
     assert subjects.event("x").startswith(subjects.EVENTS_SUBJECTS.removesuffix(">"))
-    assert subjects.deploy("p", "prod").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
+    assert subjects.deploy("p").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
 def test_roles_are_the_eight_leased_tasks() -> None:
@@ -91,8 +94,8 @@ BUILDERS: dict[str, Callable[[str], str]] = {
     "suspect": subjects.suspect,
     "probe": subjects.probe,
     "event": subjects.event,
-    "deploy project": lambda t: subjects.deploy(t, "prod"),
-    "deploy env": lambda t: subjects.deploy("hostomatic", t),
+    "deploy project": subjects.deploy,
+    "release env": lambda t: subjects.release_key("hostomatic", t, 1),
     "alloc project": lambda t: subjects.alloc_key(t, "prod", "backend"),
     "alloc env": lambda t: subjects.alloc_key("hostomatic", t, "backend"),
     "alloc service": lambda t: subjects.alloc_key("hostomatic", "prod", t),

@@ -6,7 +6,8 @@ of a web service or worker starts beside the old instance, which serves until th
 healthy and is then drained and stopped (`meshd.core.rollout`). The last applied allocations
 are kept on local disk (`local_copy`), so instances come back after an agent restart even
 while no NATS server answers; while that copy is unknown and the mesh has not answered,
-nothing is stopped.
+nothing is stopped. An instance's artifact (a deploy's build) is fetched and loaded before it
+starts (`artifacts`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from meshd.agent.reconciler.artifacts import ArtifactDelivery
 from meshd.agent.reconciler.health import HealthProber
 from meshd.agent.reconciler.instances import NotReady, spec_for
 from meshd.agent.reconciler.local_copy import LocalCopy
@@ -28,6 +30,7 @@ from meshd.agent.reconciler.slots import current_slot, statuses, waits_for
 from meshd.agent.reconciler.tracked import (
     START_GRACE_S,
     Tracked,
+    drains_reported,
     exit_reason,
     instance_key,
     service_slot,
@@ -43,7 +46,6 @@ from plugins.runtimes import (
     RuntimeUnavailable,
 )
 from plugins.secrets import Secrets
-from protocol import subjects
 from protocol.messages import Allocation, InstanceState, InstanceStatus, NodeStatus
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Reconciler:
         self._changed = asyncio.Event()
         self.observed = asyncio.Event()  # set whenever what `statuses()` reports may differ
         self._copy = LocalCopy(data_dir)
+        self.artifacts = ArtifactDelivery(runtime, droplet, data_dir)  # what instances run
         self._health = HealthProber(
             address, self.tracked, lambda: self.allocations, self._health_changed, self._restart
         )
@@ -111,16 +114,7 @@ class Reconciler:
 
     def published(self, status: NodeStatus) -> None:
         """`status` was written to KV: the load balancer learns of draining instances now."""
-        now = time.monotonic()
-        for instance in status.instances:
-            if not instance.draining:
-                continue
-            key = subjects.instance_key(
-                instance.project, instance.env, instance.service, instance.slot
-            )
-            tracked = self.tracked.get(key)
-            if tracked is not None and tracked.draining and tracked.drain_reported is None:
-                tracked.drain_reported = now
+        drains_reported(self.tracked, status, time.monotonic())
 
     async def _save(self) -> None:
         await self._copy.save(self.allocations, self.addresses)
@@ -360,6 +354,7 @@ class Reconciler:
     ) -> None:
         try:
             spec = self._spec(allocation, slot)
+            await self.artifacts.ensure(key, allocation)
             info = await self.runtime.ensure(spec)
         except NotReady as err:
             tracked.state = InstanceState.STARTING

@@ -44,6 +44,7 @@ def instance_spec(
         dockerfile=allocation.dockerfile,
         data_path=allocation.data_path,
         build_secrets=build_secrets or {},
+        artifact=allocation.artifact,
     )
 
 

@@ -9,7 +9,7 @@ from meshd.core.backoff import delay
 from plugins.runtimes import InstanceInfo
 from protocol import subjects
 from protocol.errors import ProtocolError
-from protocol.messages import InstanceState
+from protocol.messages import InstanceState, NodeStatus
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -84,3 +84,14 @@ def instance_key(service: str, slot: int) -> str:
 def exit_reason(info: InstanceInfo) -> str:
     code = f"exit code {info.exit_code}" if info.exit_code is not None else "exited"
     return f"{code}: {info.detail}" if info.detail else code
+
+
+def drains_reported(tracked: dict[str, Tracked], status: NodeStatus, now: float) -> None:
+    """`status` was written to KV: the load balancer learns of its draining instances now."""
+    for instance in status.instances:
+        if not instance.draining:
+            continue
+        key = subjects.instance_key(instance.project, instance.env, instance.service, instance.slot)
+        found = tracked.get(key)
+        if found is not None and found.draining and found.drain_reported is None:
+            found.drain_reported = now

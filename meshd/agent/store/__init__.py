@@ -1,5 +1,5 @@
-"""The mesh's shared state, as the rest of meshd sees it: KV buckets, the audit log of events,
-work queues and core subjects, behind the `Store` protocol.
+"""The mesh's shared state, as the rest of meshd sees it: KV buckets, object stores, the audit
+log of events, work queues and core subjects, behind the `Store` protocol.
 
 The error contract: every failure of the store is a `StoreError`. `Conflict` means a
 compare-and-set lost (somebody else wrote first: re-read and decide again); `StoreUnavailable`
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from protocol.errors import MeshError
@@ -139,6 +140,28 @@ class Store(Protocol):
         the watch breaks."""
         ...
 
+    # --- object stores: named files of any size, in chunks (`schema.OBJECT_STORES`) ------
+
+    async def put_object(
+        self, store: str, name: str, path: Path, meta: dict[str, str] | None = None
+    ) -> int:
+        """Store the file at `path` as object `name` (replacing one of the name), streamed in
+        chunks; `meta` travels as its headers. The number of bytes stored."""
+        ...
+
+    async def get_object(self, store: str, name: str, path: Path) -> bool:
+        """Write object `name` to the file `path` (created or truncated), streamed; False
+        (and no file left at `path`) when there is no such object."""
+        ...
+
+    async def object_names(self, store: str) -> dict[str, int]:
+        """Every object of `store` (deleted ones left out): name -> size in bytes."""
+        ...
+
+    async def delete_object(self, store: str, name: str) -> None:
+        """Delete object `name`; nothing happens when there is none."""
+        ...
+
     # --- the audit log -------------------------------------------------------------------
 
     async def record(
@@ -223,11 +246,19 @@ async def open_store(
     name: str,
     forever: bool = False,
     timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
+    inbox_prefix: str | None = None,
 ) -> Store:
     """Connect to the mesh's NATS servers; `forever` keeps trying (agents), otherwise fail
-    within about `timeout` with `StoreUnavailable`."""
+    within about `timeout` with `StoreUnavailable`. `inbox_prefix` replaces `_INBOX` in the
+    connection's reply subjects (a user allowed to listen on its own inboxes only)."""
     from meshd.agent.store.jetstream import NatsStore
 
     return await NatsStore.connect(
-        servers, user, password, name=name, forever=forever, timeout=timeout
+        servers,
+        user,
+        password,
+        name=name,
+        forever=forever,
+        timeout=timeout,
+        inbox_prefix=inbox_prefix,
     )

@@ -38,6 +38,7 @@ from meshd.agent.store import WorkQueue as WorkQueueProtocol
 from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
 from meshd.agent.store.events import Events
 from meshd.agent.store.moves import StoreMoves
+from meshd.agent.store.objects import NatsObjects
 from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
 from meshd.agent.store.workqueue import NatsWorkQueue
 from protocol.messages import Event
@@ -47,7 +48,7 @@ READY_TIMEOUT_S = 1.0
 WORK_ACK_WAIT_S = 60.0
 
 
-class NatsStore:
+class NatsStore(NatsObjects):
     """A connection to the mesh. Open with `NatsStore.connect`, close with `close()`."""
 
     def __init__(self, nc: Client, timeout: float) -> None:
@@ -68,6 +69,7 @@ class NatsStore:
         name: str,
         forever: bool = False,
         timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
+        inbox_prefix: str | None = None,
     ) -> NatsStore:
         async def on_error(err: Exception) -> None:
             log.debug("NATS connection error. error=%s", err)
@@ -93,6 +95,8 @@ class NatsStore:
             "disconnected_cb": on_disconnect,
             "reconnected_cb": on_reconnect,
         }
+        if inbox_prefix is not None:
+            options["inbox_prefix"] = inbox_prefix
         where = ", ".join(servers)
         try:
             if forever:
@@ -141,6 +145,7 @@ class NatsStore:
                     self._buckets[bucket.name] = await self._js.key_value(bucket.name)
             for stream in STREAMS:
                 await self._ensure_stream(_stream_config(stream, replicas))
+            await self._ensure_object_stores(replicas)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert config.name is not None

@@ -27,7 +27,7 @@ from nats.errors import NoRespondersError
 
 from meshd.agent.store import StoreRefused, StoreUnavailable
 from meshd.agent.store.errors import STREAM_NOT_FOUND, translated
-from meshd.agent.store.schema import BUCKETS, STREAMS
+from meshd.agent.store.schema import BUCKETS, OBJECT_STORES, STREAMS
 from plugins.fs import atomic_write
 from protocol import subjects
 
@@ -47,13 +47,17 @@ INTEREST_WAIT_S = 5.0
 LAG_OK = 16
 ACTIVE_WITHIN_NS = 2_000_000_000
 RESTORE_FINISH_TIMEOUT_S = 60.0  # the server rebuilds the stream before it answers
+# A long snapshot (one the server sent in several windows) ends with this status: all sent.
+END_OF_DATA = "204"
 BACKUP_FILE = "backup.json"
 DATA_FILE = "stream.tar.s2"
 
 
 def schema_streams() -> list[str]:
-    """Every stream of the mesh's schema: the KV buckets' and the plain streams."""
-    return [f"KV_{b.name}" for b in BUCKETS] + [s.name for s in STREAMS]
+    """Every stream of the mesh's schema: the KV buckets', the plain streams and the object
+    stores'."""
+    buckets = [f"KV_{b.name}" for b in BUCKETS]
+    return buckets + [s.name for s in STREAMS] + [o.stream for o in OBJECT_STORES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +152,10 @@ class StoreMoves:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def receive(msg: Msg) -> None:
-            if not msg.data:  # the end (with a header when the server failed)
+            if not msg.data:  # the end (with a status when the server failed)
                 if not done.done():
                     failure = (msg.headers or {}).get("Status")
-                    if failure:
+                    if failure and failure != END_OF_DATA:
                         done.set_exception(StoreUnavailable(f"back up {stream}: {failure}"))
                     else:
                         done.set_result(None)

@@ -1,5 +1,5 @@
-"""The buckets and streams a mesh has, as data: `NatsStore.ensure` creates what is missing and
-raises replicas as the mesh grows. A bucket or stream is added here when the feature that uses
+"""The buckets, streams and object stores a mesh has, as data: `NatsStore.ensure` creates what
+is missing and raises replicas as the mesh grows. One is added here when the feature that uses
 it lands, not before: each is a Raft group on droplets that keep 256 MB for the system."""
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ class Stream:
     max_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectStore:
+    """An object store (JetStream keeps it in the stream `OBJ_<name>`)."""
+
+    name: str
+
+    @property
+    def stream(self) -> str:
+        return f"OBJ_{self.name}"
+
+
 BUCKETS = (
     Bucket(subjects.DESIRED_BUCKET, history=20),
     Bucket(subjects.ALLOC_BUCKET),
@@ -38,6 +49,7 @@ BUCKETS = (
     Bucket(subjects.FAILURES_BUCKET),
     Bucket(subjects.SNAPSHOTS_BUCKET),
     Bucket(subjects.SECRETS_BUCKET),
+    Bucket(subjects.RELEASES_BUCKET),
 )
 STREAMS = (
     Stream(
@@ -48,4 +60,6 @@ STREAMS = (
         max_bytes=64 * 2**20,
     ),
     Stream(subjects.NOTIFY_STREAM, subjects.NOTIFY_SUBJECTS, Retention.WORK_QUEUE),
+    Stream(subjects.DEPLOY_STREAM, subjects.DEPLOY_SUBJECTS, Retention.WORK_QUEUE),
 )
+OBJECT_STORES = (ObjectStore(subjects.ARTIFACTS_STORE),)

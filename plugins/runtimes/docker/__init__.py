@@ -9,9 +9,10 @@ instance's build context (once per tag) or, where allowed, a pull (`images`); a 
 build secrets runs `docker build --secret` (`buildkit`). The SDK blocks: every call runs in the
 runtime's own threads (`engine`).
 
-Modules: `engine` (threads, die events), `images`, `networks`, `containers` (pure container
-specs), `compose` (the compose file of what runs) and `admin` (what the command line may ask
-of an engine without a runtime).
+Modules: `engine` (threads, die events), `images`, `artifacts` (images saved to and loaded
+from files, for deploys), `networks`, `containers` (pure container specs), `compose` (the
+compose file of what runs) and `admin` (what the command line may ask of an engine without a
+runtime). An instance whose spec names an artifact runs its loaded image, never pulled.
 
 Config (`RuntimeContext.config`):
 - `docker_host`: default `DOCKER_HOST` or the local socket; podman's Docker-compatible
@@ -31,6 +32,7 @@ import builtins
 import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -49,6 +51,7 @@ from plugins.runtimes import (
     RuntimeContext,
     RuntimeUnavailable,
 )
+from plugins.runtimes.docker.artifacts import DockerArtifacts
 from plugins.runtimes.docker.buildkit import SecretBuilds
 from plugins.runtimes.docker.containers import (
     LABEL_DROPLET,
@@ -101,6 +104,7 @@ class DockerRuntime:
         pull = bool(ctx.config.get("pull", True))
         self._images = Images(self._engine, ctx.mesh, pull, ctx.logger, builds)
         self._networks = Networks(self._engine, ctx.mesh, ctx.droplet)
+        self._artifacts = DockerArtifacts(self._engine, ctx.mesh, ctx.logger)
         self._exits: dict[str, tuple[int | None, str | None]] = {}  # exited container -> why
 
     # --- the Runtime interface ----------------------------------------------------------------
@@ -123,7 +127,8 @@ class DockerRuntime:
                 await self._remove([c for c in current if c is not raw], grace=5.0)
                 return info
         await self._remove(current, grace=5.0)
-        user = await self._images.ensure(spec.key, wanted, spec.build_secrets)
+        pull = spec.artifact is None  # an artifact's image is loaded, never pulled
+        user = await self._images.ensure(spec.key, wanted, spec.build_secrets, pull=pull)
         async with self._networks.joined(wanted):
             return await self._engine.call(self._create, spec, wanted, user)
 
@@ -163,6 +168,17 @@ class DockerRuntime:
 
     async def close(self) -> None:
         await self._engine.close()
+
+    async def build_artifact(
+        self, context: Path, dockerfile: Path | None, image: str, out: Path
+    ) -> str:
+        return await self._artifacts.build(context, dockerfile, image, out)
+
+    async def has_artifact(self, digest: str, image: str | None) -> bool:
+        return await self._artifacts.has(digest, image)
+
+    async def load_artifact(self, digest: str, image: str | None, path: Path) -> None:
+        await self._artifacts.load(digest, image, path)
 
     @property
     def follows_events(self) -> bool:

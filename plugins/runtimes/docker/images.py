@@ -33,15 +33,23 @@ class Images:
         self._slow = asyncio.Lock()  # one build or pull at a time, whichever way it runs
 
     async def ensure(
-        self, key: str, wanted: ContainerSpec, build_secrets: Mapping[str, bytes] | None = None
+        self,
+        key: str,
+        wanted: ContainerSpec,
+        build_secrets: Mapping[str, bytes] | None = None,
+        *,
+        pull: bool = True,
     ) -> str:
-        """The image's user (for the owner of secret files), building or pulling it first;
-        `build_secrets` are the values of `wanted.build.secrets`."""
+        """The image's user (for the owner of secret files), building or pulling it first
+        (not pulling it if `pull` is false); `build_secrets` are the values of
+        `wanted.build.secrets`."""
         async with self._locks[wanted.image]:
             try:
                 found = await self._engine.call(_user_of, wanted.image)
                 if found is not None:
                     return found
+                if wanted.build is None and not pull:
+                    raise InstanceStartError(key, f"image {wanted.image} is not loaded here")
                 async with self._slow:
                     if wanted.build is not None and wanted.build.secrets:
                         return await self._build_with_secrets(wanted, build_secrets or {})

@@ -5,6 +5,8 @@ For machines without Docker and for the local demo. Each instance owns a directo
 `/proc/<pid>/stat` so that a reused pid is never taken for ours), `output.log` (stdout and
 stderr, capped on start) and `secrets/` (0700, one 0400 file per secret). Secrets reach the
 process only as files named by `SECRETS_DIR`, never through the environment, logs or state.
+An instance runs in its artifact's directory `<data_dir>/artifacts/<digest>/` (`artifacts`),
+else in its build context when that is a directory here, else in its own directory.
 
 Instances stay in the agent's process group, so killing a local droplet's group kills them
 too. A new runtime over the same directory (the agent restarted) re-adopts running instances
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ from plugins.runtimes import (
     RuntimeContext,
     secret_file_variables,
 )
+from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
+from plugins.runtimes.process.records import ProcessRecord, signal_adopted
 from protocol import subjects
 
 if TYPE_CHECKING:
@@ -63,50 +66,6 @@ PASSED_THROUGH = ("PATH", "HOME", "LANG")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessRecord:
-    """What `state.json` records of one started instance (never a secret)."""
-
-    key: str
-    generation: int
-    pid: int
-    start_ticks: int
-    started_at: float
-    command: str
-    exit_code: int | None = None
-
-    def info(self, phase: InstancePhase, detail: str | None = None) -> InstanceInfo:
-        return InstanceInfo(
-            key=self.key,
-            generation=self.generation,
-            runtime_id=str(self.pid),
-            phase=phase,
-            started_at=self.started_at,
-            exit_code=None if phase is InstancePhase.RUNNING else self.exit_code,
-            detail=detail,
-        )
-
-
-def signal_adopted(state: ProcessRecord, sig: signal.Signals) -> None:
-    """Send `sig` to an instance this runtime did not spawn, unless its pid was reused."""
-    try:
-        pidfd = os.pidfd_open(state.pid)
-    except ProcessLookupError:
-        return
-    except OSError:  # no pidfd on this kernel: check, then signal by pid
-        if is_alive(state.pid, state.start_ticks):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, sig)
-        return
-    try:
-        if is_alive(state.pid, state.start_ticks):
-            signal.pidfd_send_signal(pidfd, sig)  # a pidfd cannot hit a reused pid
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(pidfd)
-
-
 def process_command(spec: InstanceSpec) -> str:
     """`process_command`, else `command` unless that is meant to run inside an image."""
     if spec.process_command:
@@ -122,6 +81,7 @@ class ProcessRuntime:
 
     def __init__(self, ctx: RuntimeContext, *, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES):
         self._root = ctx.data_dir / "instances"
+        self._artifacts = ctx.data_dir / "artifacts"  # <digest>/: an unpacked build context
         self._log = ctx.logger
         self._log_max_bytes = log_max_bytes
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -185,6 +145,18 @@ class ProcessRuntime:
         for key, child in builtins.list(self._children.items()):
             if child.poll() is not None:
                 del self._children[key]
+
+    async def build_artifact(
+        self, context: Path, dockerfile: Path | None, image: str, out: Path
+    ) -> str:
+        return await asyncio.to_thread(pack, context, out)  # a Dockerfile means nothing here
+
+    async def has_artifact(self, digest: str, image: str | None) -> bool:
+        return await asyncio.to_thread(unpacked, self._artifacts, digest)
+
+    async def load_artifact(self, digest: str, image: str | None, path: Path) -> None:
+        await asyncio.to_thread(unpack, self._artifacts, digest, path)
+        self._log.info("Artifact unpacked. digest=%s", digest[:12])
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -267,6 +239,7 @@ class ProcessRuntime:
             if not _SECRET_NAME.fullmatch(name):
                 raise InstanceStartError(key, f"secret name {name!r} is not a plain file name")
         directory = self._root / key
+        cwd = working_directory(spec, self._artifacts, directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._forget_state(key)
         write_secret_files(directory / SECRETS_DIR, spec.secrets)
@@ -277,7 +250,7 @@ class ProcessRuntime:
             try:
                 child = subprocess.Popen(
                     argv,
-                    cwd=directory,
+                    cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

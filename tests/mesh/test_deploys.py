@@ -1,0 +1,135 @@
+"""Git deploys on a real local mesh (process runtime) behind real nginx: a push to a bare
+repository with the hook builds and rolls UAT and tags the commit; a promotion copies UAT's
+artifact to prod without building; a rollback brings the earlier content back; a broken
+commit fails its release while the old one keeps serving, without a failed request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.support import nginx_binary
+from tests.support.mesh import ROOT, LocalMesh, http_get, local_mesh, requests_to
+from tests.support.waiting import wait_for
+
+APP = ROOT / "examples" / "app"
+SERVICES = {
+    "backend": {"build_context": "app", "process_command": "python3 hello.py"},
+    "frontend": {"enabled": False},
+    "database": {"enabled": False},
+    "redis": {"enabled": False},
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=Ana", "-c", "user.email=ana@example.com", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"git {args}: {done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def make_repository(root: Path) -> tuple[Path, Path]:
+    """A bare repository holding the example app and its deployment config, and a clone."""
+    bare, work = root / "shop.git", root / "shop"
+    git(root, "init", "--quiet", "--bare", "-b", "main", str(bare))
+    work.mkdir()
+    (work / "app").mkdir()
+    for name in ("hello.py", "Dockerfile", "serve", "work"):
+        shutil.copy(APP / name, work / "app" / name)
+    (work / "app" / "release.txt").write_text("first\n")
+    config = {"deployment_platform": "process", "projects": {"shop": {
+        "git_repo": str(bare), "health_timeout": 15, "services": SERVICES}}}  # fmt: skip
+    (work / "deployment_config.json").write_text(json.dumps(config))
+    (work / "projects.csv").write_text(
+        "Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n"
+    )
+    git(work, "init", "--quiet", "-b", "main")
+    git(work, "add", ".")
+    git(work, "commit", "--quiet", "-m", "first")
+    git(work, "remote", "add", "origin", str(bare))
+    git(work, "push", "--quiet", "origin", "main")
+    return bare, work
+
+
+def change(work: Path, note: str, *, broken: bool = False) -> str:
+    (work / "app" / "release.txt").write_text(note + "\n")
+    if broken:
+        hello = work / "app" / "hello.py"
+        hello.write_text("raise SystemExit('this release is broken')\n" + hello.read_text())
+    git(work, "commit", "--quiet", "-am", note)
+    return git(work, "push", "origin", "main")
+
+
+def page(mesh: LocalMesh, env: str) -> str:
+    return http_get(f"{mesh.status()['entry_url']}/shop-{env}/backend/", timeout=5)
+
+
+def serves(mesh: LocalMesh, env: str, note: str) -> bool:
+    try:
+        found = page(mesh, env)
+    except OSError:
+        return False
+    return f"release: {note}" in found
+
+
+def releases(mesh: LocalMesh, env: str) -> list[dict[str, Any]]:
+    return list(json.loads(mesh.ok("releases", "shop", env, "--json"))["releases"])
+
+
+def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
+    nginx_binary()  # the entry address needs nginx (it says how to get it)
+    bare, work = make_repository(tmp_path)
+    # The operator publishes from a checkout of their own: a process runs its disk build in
+    # place, so the developer's edits below must not reach it.
+    published = tmp_path / "published"
+    git(tmp_path, "clone", "--quiet", str(bare), str(published))
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", published / "projects.csv", "--deploy-config",
+                published / "deployment_config.json", "--wait")  # fmt: skip
+        # Built from the disk beside the config, until the first deploy.
+        wait_for(lambda: serves(mesh, "uat", "first"), what="UAT serving the disk build")
+        mesh.ok("hook", "install", bare, "--context", mesh.name)
+
+        pushed = change(work, "second")
+        assert "remote:" in pushed and "live" in pushed, pushed
+        wait_for(lambda: serves(mesh, "uat", "second"), what="UAT serving the push")
+        uat = releases(mesh, "uat")[0]
+        assert (uat["status"], uat["number"], uat["tag_pushed"]) == ("live", 1, True)
+        assert git(bare, "tag", "--list").split() == [uat["tag"]]
+        assert uat["tag"].startswith("v0.1.0-uat-")
+        assert serves(mesh, "prod", "first")  # a push never reaches prod
+        assert f"Release: shop uat runs v1 ({uat['sha'][:12]}, {uat['tag']})" in mesh.ok("status")
+
+        out = mesh.ok("promote", "shop", "--follow", timeout=180)
+        assert "no build" in out, out
+        wait_for(lambda: serves(mesh, "prod", "second"), what="prod serving the promotion")
+        prod = releases(mesh, "prod")[0]
+        assert prod["from_release"] == 1 and prod["tag"] == uat["tag"]
+        assert prod["artifacts"] == uat["artifacts"]  # the same digest: nothing rebuilt
+
+        change(work, "third")
+        wait_for(lambda: serves(mesh, "uat", "third"), what="UAT serving the second push")
+        mesh.ok("rollback", "shop", "uat", "--follow", timeout=180)
+        assert serves(mesh, "uat", "second")
+        back = releases(mesh, "uat")[0]
+        assert (back["action"], back["from_release"], back["status"]) == ("rollback", 1, "live")
+
+        with requests_to(f"{mesh.status()['entry_url']}/shop-uat/backend/") as load:
+            pushed = change(work, "broken", broken=True)
+            assert "failed" in pushed, pushed
+        assert load.failed == [], load.failed
+        assert load.sent > 0
+        assert serves(mesh, "uat", "second")
+        failed = releases(mesh, "uat")[0]
+        assert failed["status"] == "failed" and "not healthy" in failed["detail"]
+        shown = next(r for r in mesh.status()["releases"] if r["env"] == "uat")
+        assert (shown["live"]["number"], shown["newest"]["status"]) == (back["number"], "failed")
