@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import nginx_binary
+from tests.support.docker import static_busybox
 from tests.support.mesh import ROOT, LocalMesh, http_get, local_mesh, requests_to
 from tests.support.waiting import wait_for
 
@@ -37,7 +38,9 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def make_repository(root: Path) -> tuple[Path, Path]:
+def make_repository(
+    root: Path, services: dict[str, Any] = SERVICES, platform: str = "process"
+) -> tuple[Path, Path]:
     """A bare repository holding the example app and its deployment config, and a clone."""
     bare, work = root / "shop.git", root / "shop"
     git(root, "init", "--quiet", "--bare", "-b", "main", str(bare))
@@ -45,9 +48,11 @@ def make_repository(root: Path) -> tuple[Path, Path]:
     (work / "app").mkdir()
     for name in ("hello.py", "Dockerfile", "serve", "work"):
         shutil.copy(APP / name, work / "app" / name)
+    if platform == "docker":
+        shutil.copy(static_busybox(), work / "app" / "busybox")
     (work / "app" / "release.txt").write_text("first\n")
-    config = {"deployment_platform": "process", "projects": {"shop": {
-        "git_repo": str(bare), "health_timeout": 15, "services": SERVICES}}}  # fmt: skip
+    config = {"deployment_platform": platform, "projects": {"shop": {
+        "git_repo": str(bare), "health_timeout": 15, "services": services}}}  # fmt: skip
     (work / "deployment_config.json").write_text(json.dumps(config))
     (work / "projects.csv").write_text(
         "Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n"
@@ -107,6 +112,8 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         assert git(bare, "tag", "--list").split() == [uat["tag"]]
         assert uat["tag"].startswith("v0.1.0-uat-")
         assert serves(mesh, "prod", "first")  # a push never reaches prod
+        fetched = mesh.events_about("shop.uat.backend") or []
+        assert any(e["name"] == "artifact_fetched" for e in fetched), fetched
         assert f"Release: shop uat runs v1 ({uat['sha'][:12]}, {uat['tag']})" in mesh.ok("status")
 
         out = mesh.ok("promote", "shop", "--follow", timeout=180)
@@ -133,3 +140,52 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         assert failed["status"] == "failed" and "not healthy" in failed["detail"]
         shown = next(r for r in mesh.status()["releases"] if r["env"] == "uat")
         assert (shown["live"]["number"], shown["newest"]["status"]) == (back["number"], "failed")
+
+
+DOCKER_SERVICES = {**SERVICES, "backend": {"build_context": "app"}}
+
+
+def test_docker_push_promote_a_failing_build_and_a_superseded_push(tmp_path: Path) -> None:
+    nginx_binary()
+    bare, work = make_repository(tmp_path, DOCKER_SERVICES, "docker")
+    published = tmp_path / "published"
+    git(tmp_path, "clone", "--quiet", str(bare), str(published))
+    with local_mesh(tmp_path / "mesh", runtime="docker") as mesh:
+        mesh.ok("publish", published / "projects.csv", "--deploy-config",
+                published / "deployment_config.json", "--wait", timeout=300)  # fmt: skip
+        wait_for(lambda: serves(mesh, "uat", "first"), what="UAT serving the disk build")
+        mesh.ok("hook", "install", bare, "--context", mesh.name)
+
+        pushed = change(work, "second")
+        assert "live" in pushed, pushed
+        wait_for(lambda: serves(mesh, "uat", "second"), what="UAT serving the image built")
+        uat = releases(mesh, "uat")[0]
+        image = uat["artifacts"]["backend"]["image"]
+        assert image == f"shop-backend:{uat['sha'][:12]}", uat
+        mesh.ok("promote", "shop", "--follow", timeout=180)
+        wait_for(lambda: serves(mesh, "prod", "second"), what="prod serving the promotion")
+        assert releases(mesh, "prod")[0]["artifacts"] == uat["artifacts"]
+
+        dockerfile = work / "app" / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text() + 'RUN ["/bin/false"]\n')
+        pushed = change(work, "unbuildable")
+        assert "build failed" in pushed, pushed
+        failed = releases(mesh, "uat")[0]
+        assert failed["status"] == "failed" and "build" in failed["detail"], failed
+        assert serves(mesh, "uat", "second")
+
+        git(work, "revert", "--no-edit", "HEAD")
+        shas = []
+        plain = dockerfile.read_text()
+        for note in ("third", "fourth", "fifth"):  # quickly: the fourth waits, then yields
+            # The third builds slowly, so that the next two pushes wait behind it.
+            slow = 'RUN ["/bin/sleep", "6"]\n' if note == "third" else ""
+            dockerfile.write_text(plain + slow)
+            (work / "app" / "release.txt").write_text(note + "\n")
+            git(work, "commit", "--quiet", "-am", note)
+            shas.append(git(work, "rev-parse", "HEAD").strip())
+            git(work, "push", "--quiet", "-o", "nowait", "origin", "main")
+        wait_for(lambda: serves(mesh, "uat", "fifth"), timeout=120, what="UAT serving the last")
+        built = {r["sha"]: r["status"] for r in releases(mesh, "uat")}
+        assert (built.get(shas[0]), built.get(shas[2])) == ("live", "live"), built
+        assert shas[1] not in built, "the waiting push was superseded by the newer one"
