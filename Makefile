@@ -12,14 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# A local mesh of three droplets running the example projects; `meshctl down` ends it.
+# A local mesh running the example projects, deployed from git repositories under .demo/
+# (made here, with meshd's hook); `meshctl down` ends it.
 # On Docker the examples run from an image built FROM scratch with a static busybox.
 demo: $(STAMP) examples/app/busybox nginx
 	$(BIN)/meshctl up --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
+	$(BIN)/python examples/demo_repos.py
 	$(BIN)/meshctl publish examples/projects.csv --wait
+	$(BIN)/meshctl hook install .demo/hostomatic.git
+	$(BIN)/meshctl hook install .demo/digitalpixo.git
 	$(BIN)/meshctl status
 	$(BIN)/python examples/request.py
 	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
+	@echo "Deploy a change: README.md, section 'Deploy a change'"
 	@echo "Stop it and remove everything: .venv/bin/meshctl down"
 
 # Debian's busybox-static, installed when missing and run as root; without it the demo runs

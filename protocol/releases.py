@@ -145,7 +145,8 @@ class ReleaseTarget(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeployProgress(Message):
-    """One line of a request's progress, on its inbox; `final` ends it (`ok` says how)."""
+    """One line of a request's progress, on its inbox; `final` ends it (`ok` says how;
+    `refused`: the request itself was wrong, nothing was changed)."""
 
     KIND: ClassVar[str] = "deploy_progress"
 
@@ -154,3 +155,4 @@ class DeployProgress(Message):
     final: bool = False
     ok: bool = True
     release: int = 0
+    refused: bool = False

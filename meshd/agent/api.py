@@ -1,5 +1,6 @@
-"""The agent's HTTP endpoints on its droplet's address: `/health` for peers' probes and
-`/status` for operators."""
+"""The agent's HTTP endpoints on its droplet's address: `/health` for peers' probes,
+`/status` for operators and `POST /_mesh/hooks/git/<project>` for push webhooks, which the
+entry point's nginx passes on (`meshd.agent.hooks`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from meshd.agent.hooks import ROUTE, GitHooks
 from protocol.messages import NodeStatus
+
+__all__ = ["GitHooks", "create_app"]  # the composition root builds both
 
 
 def _instance(status: Any) -> dict[str, Any]:
@@ -28,7 +32,11 @@ def _instance(status: Any) -> dict[str, Any]:
     }
 
 
-def create_app(status: Callable[[], NodeStatus], connected: Callable[[], bool]) -> web.Application:
+def create_app(
+    status: Callable[[], NodeStatus],
+    connected: Callable[[], bool],
+    hooks: GitHooks | None = None,
+) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         node = status()
         return web.json_response(
@@ -55,4 +63,6 @@ def create_app(status: Callable[[], NodeStatus], connected: Callable[[], bool]) 
 
     app = web.Application()
     app.add_routes([web.get("/health", health), web.get("/status", full_status)])
+    if hooks is not None:
+        app.add_routes([web.post(ROUTE, hooks.handle)])
     return app

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from meshd.agent.api import create_app
+from meshd.agent.api import GitHooks, create_app
 from meshd.agent.beats import BeatListener
 from meshd.agent.config import (
     AGENT_HTTP_PORT,
@@ -146,8 +146,9 @@ class Agent:
         self.reconciler = reconciler
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
+            hooks = GitHooks(self.identity.name, lambda: self.store, self.view, self.secrets)
             runner = web.AppRunner(
-                create_app(self.status, lambda: bool(self.store and self.store.connected)),
+                create_app(self.status, lambda: bool(self.store and self.store.connected), hooks),
                 access_log=None,
             )
             await runner.setup()

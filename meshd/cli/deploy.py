@@ -273,5 +273,7 @@ def _finish(
             f"{_what(request)}: no final word within {wait_s:.0f} s; it goes on: "
             f"meshctl releases {request.project} {request.env}"
         )
+    if final.refused:
+        raise DeployInputError(f"{_what(request)}: {final.line}")
     if not final.ok:
         raise DeployFailed(f"{_what(request)}: {final.line}")

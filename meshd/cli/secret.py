@@ -27,7 +27,7 @@ from meshd.cli.session import check_project, connect, read_allocations, read_pub
 from meshd.cli.tables import console, secrets_table
 from meshd.core.notify_settings import CHANNELS, NotifySettings
 from meshd.core.sealing import from_text, random_secret, seal_value
-from meshd.core.secret_plan import used_by
+from meshd.core.secret_plan import WEBHOOK_SECRET, used_by, webhook_projects
 from meshd.core.spec import ENVIRONMENTS, DesiredState, ServiceKind
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -343,6 +343,7 @@ def secret_rows(
     state: DesiredState | None = None,
 ) -> list[dict[str, Any]]:
     mesh = mesh_users(state)
+    webhook_keys = {subjects.secret_value_key(WEBHOOK_SECRET, p) for p in webhook_projects(values)}
     return [
         {
             "name": value.name,
@@ -355,6 +356,7 @@ def secret_rows(
             "generated": value.generated,
             "used_by": [
                 *(mesh.get(value.name, []) if value.scope is SecretScope.MESH else []),
+                *([f"{value.project} (webhooks)"] if key in webhook_keys else []),
                 *used_by(key, allocations.values(), values),
             ],
         }

@@ -6,8 +6,10 @@ instances, and its build secrets too (the droplet builds the image): sealed as
 `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
 (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
 servers, and below three droplets every droplet, since the other one rescues master) also get
-every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token). Nothing else
-is sealed to anyone.
+every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token), and each
+project's `webhook_secret` (project scope only), with which the entry point verifies the
+project's push webhooks: sealed as `sealed.<droplet>.<project>.project.<name>` (`PROJECT_WIDE`
+stands where an environment would). Nothing else is sealed to anyone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from dataclasses import dataclass
 from meshd.core.spec import MASTER, TEMPLATE_SECRETS
 from protocol import subjects
 from protocol.messages import Allocation
-from protocol.secrets import SecretValue
+from protocol.secrets import SecretScope, SecretValue
 
 GENERATED = tuple(sorted(TEMPLATE_SECRETS.values()))  # db_password, redis_password
 TRUST_ALL_BELOW = 3  # droplets: the other of two rescues master and alerts for it
+WEBHOOK_SECRET = "webhook_secret"  # a project's key for its push webhooks' signatures
+# The environment part of a secret sealed for a whole project, not one environment: no
+# environment has this name (meshd.core.spec.ENVIRONMENTS), so no service's secret collides.
+PROJECT_WIDE = "project"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -62,11 +68,24 @@ def used(allocation: Allocation) -> tuple[str, ...]:
     return (*allocation.secrets, *allocation.build_secrets)
 
 
+def webhook_projects(values: Mapping[str, SecretValue]) -> set[str]:
+    """The projects that have a `webhook_secret` of their own (project scope) stored."""
+    return {
+        v.project
+        for v in values.values()
+        if v.name == WEBHOOK_SECRET and v.scope is SecretScope.PROJECT and v.project
+    }
+
+
 def needs(
-    allocations: Iterable[Allocation], mesh_names: Iterable[str], trust: set[str]
+    allocations: Iterable[Allocation],
+    mesh_names: Iterable[str],
+    trust: set[str],
+    hook_projects: Iterable[str] = (),
 ) -> set[Need]:
     """Every (droplet, secret) pair: the services' secrets (and build secrets) where their
-    instances run, and the mesh's own secrets on the trusted droplets."""
+    instances run, and on the trusted droplets the mesh's own secrets and the webhook secret
+    of each of `hook_projects` (the entry point, a trusted droplet's role, verifies hooks)."""
     found = {
         Need(droplet, name, a.project, a.env)
         for a in allocations
@@ -74,6 +93,11 @@ def needs(
         for name in used(a)
     }
     found |= {Need(droplet, name) for droplet in trust for name in mesh_names}
+    found |= {
+        Need(droplet, WEBHOOK_SECRET, project, PROJECT_WIDE)
+        for droplet in trust
+        for project in hook_projects
+    }
     return found
 
 
@@ -81,6 +105,8 @@ def source(need: Need, values: Mapping[str, SecretValue]) -> str | None:
     """The key of the value `need` gets: the narrowest scope that has one."""
     if need.project is None:
         candidates = [subjects.secret_value_key(need.name)]
+    elif need.env == PROJECT_WIDE:  # the project's own value: no environment, no mesh fallback
+        candidates = [subjects.secret_value_key(need.name, need.project)]
     else:
         candidates = [
             subjects.secret_value_key(need.name, need.project, need.env),

@@ -12,7 +12,9 @@ sends it too) or `X-Gitea-Event`; only `push` deploys: a `ping` on creating the 
 answered with nothing to do. In a push payload `ref` is the full ref, `after` the new commit
 (all zeros and `deleted: true` when the ref was deleted), and who pushed is `pusher.name` on
 GitHub, `pusher.login` on Gitea, and `sender.login` on both (docs.github.com, "Webhook events
-and payloads", push; the Gitea page above).
+and payloads", push; the Gitea page above). GitHub also offers the content type
+`application/x-www-form-urlencoded` (its form's default), where the JSON is the `payload`
+field of a form; the signature is of the body as sent, either way.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs
 
 from meshd.core.pushes import PushedBranch, branch_of, is_sha, is_zero
 from protocol.errors import MeshError
@@ -31,6 +34,7 @@ GITEA_SIGNATURE_HEADER = "X-Gitea-Signature"  # bare hex: Gitea (and Gogs) only
 EVENT_HEADERS = ("X-GitHub-Event", "X-Gitea-Event", "X-Gogs-Event")
 SIGNATURE_PREFIX = "sha256="
 PUSH_EVENT = "push"
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 class WebhookError(MeshError, ValueError):
@@ -87,6 +91,22 @@ def event_of(headers: Mapping[str, str]) -> str | None:
     return next((v for n in EVENT_HEADERS if (v := header(headers, n)) is not None), None)
 
 
+def payload_of(headers: Mapping[str, str], body: bytes) -> bytes:
+    """The JSON of a delivery: the body, or its form's `payload` field when `Content-Type`
+    says it is a form. Raises `PayloadError` for a form without one."""
+    content_type = (header(headers, "Content-Type") or "").partition(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        return body
+    try:
+        fields = parse_qs(body.decode(), strict_parsing=True, max_num_fields=16)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise PayloadError(f"the body is not a form: {err}") from err
+    payload = fields.get("payload")
+    if not payload or len(payload) != 1:
+        raise PayloadError("the form has no single 'payload' field")
+    return payload[0].encode()
+
+
 def parse_push_payload(body: bytes) -> PushedBranch | None:
     """The branch a push payload moved; None for a tag, a deletion or another kind of ref.
     Raises `PayloadError` when `body` is not a JSON push payload."""
@@ -126,7 +146,7 @@ def pushed_branch(headers: Mapping[str, str], body: bytes, secret: bytes) -> Pus
     event = event_of(headers)
     if event is not None and event != PUSH_EVENT:
         return None
-    return parse_push_payload(body)
+    return parse_push_payload(payload_of(headers, body))
 
 
 def _shown(value: object) -> str:

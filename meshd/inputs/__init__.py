@@ -44,6 +44,7 @@ def load_desired_state(csv_path: Path, config_path: Path | None) -> DesiredState
             config = parse_deploy_config(_read(config_path), str(config_path))
             directory = config_path.resolve().parent
             config = expand_config_dir(config, directory)
+            config = resolve_git_repos(config, directory)
             config = resolve_builds(config, directory, str(config_path))
             config = read_env_templates(config, directory, str(config_path))
         except InputErrors as err:
@@ -51,6 +52,22 @@ def load_desired_state(csv_path: Path, config_path: Path | None) -> DesiredState
     if issues:
         raise InputErrors(issues)
     return build_desired_state(rows, config, str(config_path))
+
+
+def resolve_git_repos(config: DeployConfig, directory: Path) -> DeployConfig:
+    """A `git_repo` that is a relative path (not a URL, not `host:path`) is a repository on
+    this disk, relative to the deployment config like every other path in it."""
+
+    def resolved(url: str | None) -> str | None:
+        if url is None or "://" in url or ":" in url.split("/")[0] or Path(url).is_absolute():
+            return url
+        return str((directory / url).resolve())
+
+    projects = {
+        name: replace(project, git_repo=resolved(project.git_repo))
+        for name, project in config.projects.items()
+    }
+    return replace(config, projects=projects)
 
 
 def expand_config_dir(config: DeployConfig, directory: Path) -> DeployConfig:

@@ -45,7 +45,8 @@ KEYS: tuple[Key, ...] = (
         "the secrets are at `<prefix>/mesh`, `<prefix>/<project>` and "
         "`<prefix>/<project>/<env>` in the mount"),
     Key("git_repo", Level.PROJECT, "string", "none", "0.1",
-        "where deploys build from; a service with a `build_context` not on disk needs it"),
+        "where deploys build from (a URL, `host:path`, or a path on this disk, relative to the "
+        "config); a service with a `build_context` not on disk needs it (docs/deploys.md)"),
     Key("versioning", Level.PROJECT, "object", "none", "0.1",
         "UAT version tags: `auto_tag_uat` (true), `tag_format` "
         "(`v{version}-uat-{timestamp}`), `major` and `minor` to pin a version line; "
@@ -74,8 +75,9 @@ KEYS: tuple[Key, ...] = (
     Key("command", Level.SERVICE, "string", "the image's", "0.1",
         "the command in the container (split like a shell would)"),
     Key("process_command", Level.SERVICE, "string", "`command`", "0.1",
-        "what the `process` runtime runs instead of the image (`${CONFIG_DIR}` is the config's "
-        "directory)"),
+        "what the `process` runtime runs instead of the image, in the build context (a deploy's: "
+        "its unpacked build) when the service has one; `${CONFIG_DIR}` is the config's "
+        "directory"),
     Key("data_path", Level.SERVICE, "string", "none", "0.1",
         "absolute path in the container where the service's named volume is mounted (the "
         "built-in database and redis templates have their own)"),

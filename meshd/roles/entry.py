@@ -5,7 +5,7 @@ renders the configuration from the observed state on every change of node status
 allocations or the desired state, and applies it: `nginx -t`, then a graceful reload, and
 nothing when the text is what already runs. A configuration the server refuses never replaces
 the running one and is recorded as an event. Losing the lease stops the server, so only the
-holder listens on the entry address.
+holder listens on the entry address. Push webhooks go to the holder's own agent.
 
 A term that merely *expired* (no renewal got through: JetStream elects a new stream leader
 for a few seconds after a nats-server dies) keeps the server serving its last configuration
@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from meshd.agent.config import DropletIdentity, MeshConfig
+from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.agent.lease import Term
 from meshd.agent.loops import SETTLE_S
 from meshd.agent.meshview import MeshView
@@ -181,6 +181,7 @@ class EntryPoint:
             listen=self.listen,
             upstreams=found,
             sites=sites(view.state, found) if view.state else (),
+            agent=f"{self.identity.address}:{AGENT_HTTP_PORT}",  # it takes the push webhooks
         )
         term.ensure_held()
         try:

@@ -40,7 +40,15 @@ from meshd.core.sealing import (
     seal_value,
     to_text,
 )
-from meshd.core.secret_plan import Need, Sealing, missing_generated, needs, sealings, trusted
+from meshd.core.secret_plan import (
+    Need,
+    Sealing,
+    missing_generated,
+    needs,
+    sealings,
+    trusted,
+    webhook_projects,
+)
 from meshd.core.spec import MASTER, DesiredState
 from protocol import subjects
 from protocol.base import Message
@@ -145,7 +153,7 @@ class SecretKeeper:
         trust = trusted(nodes, [s.name for s in running.servers] if running else [MASTER])
         mesh_names = {v.name for v in values.values() if v.scope is SecretScope.MESH}
         plan = sealings(
-            needs(allocations, mesh_names, trust),
+            needs(allocations, mesh_names, trust, webhook_projects(values)),
             values,
             {d: fingerprint(p) for d, p in publics.items()},
         )

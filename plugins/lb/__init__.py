@@ -54,11 +54,13 @@ class Site:
 @dataclass(frozen=True, slots=True)
 class LbConfig:
     """What the entry point serves: where it listens, the seed's routes to every web service
-    (`upstreams`) and the sites of domains."""
+    (`upstreams`), the sites of domains, and where push webhooks (`/_mesh/hooks/git/...`, on
+    every host name) go: the holder's own agent API (`agent`; empty: nowhere, no route)."""
 
     listen: str  # "address:port" of the entry point
     upstreams: tuple[Upstream, ...]
     sites: tuple[Site, ...] = field(default=())
+    agent: str = ""  # "address:port" of the holder's agent API
 
 
 class LbError(MeshError):

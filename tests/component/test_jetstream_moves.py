@@ -153,6 +153,11 @@ async def test_the_state_moves_from_one_server_to_three_and_back_with_every_revi
         assert fence > leases_last
         revision = await store.put(subjects.NODES_BUCKET, "after", b"grown")
         assert revision > max(r for _, r in before[subjects.NODES_BUCKET].values())
+        # Writable as before the seal: an object written again purges its old chunks.
+        source = tmp_path / "again"
+        source.write_bytes(ARTIFACT)
+        await store.put_object(subjects.ARTIFACTS_STORE, "artifact", source)
+        await store.delete_object(subjects.ARTIFACTS_STORE, "gone-anyway")
         grown = await everything(store)
 
         await move(store, tmp_path / "to-one")

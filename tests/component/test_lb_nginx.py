@@ -176,3 +176,63 @@ async def test_nginx_that_died_is_started_again_with_the_last_good_configuration
 
     assert await lb.ensure_running() is True
     assert (await get(f"http://{listen}/shop-prod/backend/"))[0] == 200
+
+
+async def post(url: str, body: bytes, host: str | None = None) -> tuple[int, str]:
+    headers = {"X-Hub-Signature-256": "sha256=abc", **({"Host": host} if host else {})}
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=body, headers=headers, timeout=timeout) as r,
+    ):
+        return r.status, await r.text()
+
+
+async def test_push_webhooks_go_to_the_holders_agent_on_every_host_name(
+    lb: NginxLoadBalancer, backends: Any
+) -> None:
+    seen: list[tuple[str, bytes, str | None, str | None]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        signature = request.headers.get("X-Hub-Signature-256")
+        seen.append((request.path, body, signature, request.headers.get("X-Real-IP")))
+        return web.json_response({"queued": []}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/_mesh/hooks/git/{project}", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    agent = f"{ADDRESS}:{free_port(ADDRESS)}"
+    await web.TCPSite(runner, ADDRESS, int(agent.split(":")[1])).start()
+    try:
+        front = free_port(ADDRESS)
+        await backends("front", front)
+        frontend = Upstream("shop", "prod", "frontend", (f"{ADDRESS}:{front}",))
+        site = Site("shop", "prod", ("shop.example.com",), frontend, (frontend,))
+        listen = f"{ADDRESS}:{free_port(ADDRESS)}"
+        await lb.apply(LbConfig(listen=listen, upstreams=(frontend,), sites=(site,), agent=agent))
+        url = f"http://{listen}/_mesh/hooks/git/shop"
+
+        assert (await post(url, b'{"ref": 1}'))[0] == 202
+        assert (await post(url, b"{}", host="shop.example.com"))[0] == 202
+        assert seen == [
+            ("/_mesh/hooks/git/shop", b'{"ref": 1}', "sha256=abc", ADDRESS),
+            ("/_mesh/hooks/git/shop", b"{}", "sha256=abc", ADDRESS),
+        ]
+        assert (await get(url))[0] == 403  # only POST
+        assert (await get(url, host="shop.example.com"))[0] == 403
+        assert (await post(url, b"x" * (1024 * 1024 + 1)))[0] == 413
+        assert len(seen) == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_without_an_agent_address_there_is_no_webhook_route(lb: NginxLoadBalancer) -> None:
+    listen = f"{ADDRESS}:{free_port(ADDRESS)}"
+    await lb.apply(LbConfig(listen=listen, upstreams=()))
+
+    status, _ = await post(f"http://{listen}/_mesh/hooks/git/shop", b"{}")
+
+    assert status == 404
+    assert "_mesh" not in (lb.run_dir / "nginx.conf").read_text()

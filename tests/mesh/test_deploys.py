@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,10 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         assert prod["from_release"] == 1 and prod["tag"] == uat["tag"]
         assert prod["artifacts"] == uat["artifacts"]  # the same digest: nothing rebuilt
 
+        refused = mesh.meshctl("deploy", "shop", "uat", "--ref", "no-such-branch", "--follow")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "no-such-branch" in refused.stderr and len(releases(mesh, "uat")) == 1
+
         change(work, "third")
         wait_for(lambda: serves(mesh, "uat", "third"), what="UAT serving the second push")
         mesh.ok("rollback", "shop", "uat", "--follow", timeout=180)
@@ -181,7 +186,8 @@ def test_docker_push_promote_a_failing_build_and_a_superseded_push(tmp_path: Pat
             # The third builds slowly, so that the next two pushes wait behind it.
             slow = 'RUN ["/bin/sleep", "6"]\n' if note == "third" else ""
             dockerfile.write_text(plain + slow)
-            (work / "app" / "release.txt").write_text(note + "\n")
+            # Unique content: the engine's build cache outlives the test.
+            (work / "app" / "release.txt").write_text(f"{note} {uuid.uuid4().hex}\n")
             git(work, "commit", "--quiet", "-am", note)
             shas.append(git(work, "rev-parse", "HEAD").strip())
             git(work, "push", "--quiet", "-o", "nowait", "origin", "main")
@@ -189,3 +195,12 @@ def test_docker_push_promote_a_failing_build_and_a_superseded_push(tmp_path: Pat
         built = {r["sha"]: r["status"] for r in releases(mesh, "uat")}
         assert (built.get(shas[0]), built.get(shas[2])) == ("live", "live"), built
         assert shas[1] not in built, "the waiting push was superseded by the newer one"
+
+        dockerfile.write_text(plain + 'RUN ["/bin/sleep", "30"]\n')
+        (work / "app" / "release.txt").write_text(f"never {uuid.uuid4().hex}\n")
+        git(work, "commit", "--quiet", "-am", "slow")
+        git(work, "push", "--quiet", "-o", "nowait", "origin", "main")
+        wait_for(lambda: releases(mesh, "uat")[0]["status"] == "building", what="the build")
+        mesh.ok("deploy", "--cancel", "shop", "uat")
+        wait_for(lambda: releases(mesh, "uat")[0]["status"] == "cancelled", what="the cancel")
+        assert serves(mesh, "uat", "fifth")

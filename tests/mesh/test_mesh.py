@@ -34,7 +34,6 @@ def service(status: dict[str, Any], project: str, env: str, name: str) -> dict[s
 def instances(mesh: LocalMesh, droplet: str) -> dict[str, Any]:
     """The droplet agent's own view (/health): instance key -> details with pid."""
     body = http_get(f"http://{mesh.address(droplet)}:8080/health")
-    import json
 
     return {f"{i['project']}.{i['env']}.{i['service']}": i for i in json.loads(body)["instances"]}
 
@@ -51,7 +50,7 @@ def test_publish_starts_every_instance_and_each_answers_on_its_droplet(tmp_path:
         assert {d["name"]: d["size"] for d in status["droplets"]}["master"] == "s-1vcpu-2gb"
         page = http_get(f"http://{mesh.address('master')}:{backend['port']}/")
         assert "shop-prod-backend" in page
-        names = [e["name"] for e in status["events"]]
+        names = [e["name"] for e in _events(mesh)]
         assert "published" in names and "scheduled" in names
         again = mesh.ok("publish", csv, "--deploy-config", config, "--wait", "--timeout", "30")
         assert "Converged: 6/6" in again  # an unchanged republish is scheduled, not ignored
@@ -249,8 +248,6 @@ def _holder(mesh: LocalMesh, role: str) -> str | None:
 
 
 def _events(mesh: LocalMesh) -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(line) for line in mesh.ok("events", "--json", "-n", "100").splitlines()]
 
 

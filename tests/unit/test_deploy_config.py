@@ -96,9 +96,12 @@ def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     assert config.platform == "docker"
     services = [s for p in config.projects.values() for s in p.services]
     assert all(s.build_context == "app" for s in services)
-    assert all(
-        s.process_command and "${CONFIG_DIR}/app/hello.py" in s.process_command for s in services
-    )
+    # The process runtime runs each in its build context: examples/app, or a deploy's build.
+    assert all(s.process_command and s.process_command.startswith("python3 hello.py")
+               for s in services)  # fmt: skip
+    # Their repositories are on this disk (make demo makes them), never outside.
+    assert {p.git_repo for p in config.projects.values()} == {
+        "../.demo/hostomatic.git", "../.demo/digitalpixo.git", None}  # fmt: skip
     # Only the secrets the mesh generates: nothing to set up before the demo runs.
     assert {name for s in services for name in s.secrets} == {"db_password", "redis_password"}
 
@@ -498,3 +501,16 @@ def test_release_settings_are_checked_and_kept() -> None:
     good = {"health_timeout": 30, "versioning": {"major": 2, "minor": 1}}
     project = parse({"projects": {"web": good}}).projects["web"]
     assert (project.health_timeout_s, project.versioning) == (30, {"major": 2, "minor": 1})
+
+
+def test_a_relative_git_repo_is_a_repository_beside_the_config(tmp_path: Path) -> None:
+    csv = tmp_path / "projects.csv"
+    csv.write_text("Project,Servers,MasterSpec,WebSpec\na,1,s-1vcpu-1gb,s-1vcpu-1gb\n"
+                   "b,1,s-1vcpu-1gb,s-1vcpu-1gb\nc,1,s-1vcpu-1gb,s-1vcpu-1gb\n")  # fmt: skip
+    repos = {"a": "../repos/a.git", "b": "git@example.com:me/b.git", "c": "https://x.org/c.git"}
+    config = tmp_path / "conf" / "deployment_config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"projects": {p: {"git_repo": r} for p, r in repos.items()}}))
+    state = load_desired_state(csv, config)
+    found = {p.name: p.git_repo for p in state.projects}
+    assert found == {**repos, "a": str(tmp_path / "repos" / "a.git")}

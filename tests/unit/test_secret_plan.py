@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from meshd.cli.secret import VAULT_LOGINS, secret_rows
 from meshd.core.secret_plan import (
+    PROJECT_WIDE,
+    WEBHOOK_SECRET,
     Need,
     missing_generated,
     needs,
@@ -13,6 +15,7 @@ from meshd.core.secret_plan import (
     source,
     trusted,
     used_by,
+    webhook_projects,
 )
 from meshd.core.spec import DesiredState
 from plugins.secrets.vault import CREDENTIALS
@@ -72,6 +75,35 @@ def test_trusted_droplets_are_master_and_the_servers_or_all_below_three() -> Non
     assert trusted(["master", "a", "b", "c"], ["master"]) == {"master"}
 
 
+def test_each_projects_webhook_secret_goes_to_every_trusted_droplet_only() -> None:
+    shop = allocation(droplets=("web1",), secrets=("api_key",))
+    values = stored(
+        value(WEBHOOK_SECRET, "shop", version=2),
+        value(WEBHOOK_SECRET, "blog", "prod"),  # an environment's: not a project's hook key
+        value(WEBHOOK_SECRET),  # the mesh's: no project falls back to it
+        value("api_key", "shop"),
+    )
+    assert webhook_projects(values) == {"shop"}
+
+    found = needs([shop], [], {"master", "a"}, webhook_projects(values))
+
+    hooks = {n for n in found if n.name == WEBHOOK_SECRET}
+    assert hooks == {
+        Need("master", WEBHOOK_SECRET, "shop", PROJECT_WIDE),
+        Need("a", WEBHOOK_SECRET, "shop", PROJECT_WIDE),
+    }
+    plan = sealings(found, values, {"master": "km", "a": "ka", "web1": "k1"})
+    sealed = plan["sealed.master.shop.project.webhook_secret"]
+    assert (sealed.source, sealed.version) == ("value.project.shop.webhook_secret", 2)
+    assert "sealed.web1.shop.project.webhook_secret" not in plan
+
+
+def test_a_project_wide_need_takes_only_the_projects_own_value() -> None:
+    need = Need("master", WEBHOOK_SECRET, "shop", PROJECT_WIDE)
+    assert source(need, stored(value(WEBHOOK_SECRET), value(WEBHOOK_SECRET, "blog"))) is None
+    assert needs([], [], {"master"}, webhook_projects({})) == set()
+
+
 def test_generated_secrets_are_made_only_where_nothing_is_set() -> None:
     database = allocation(env="prod", secrets=("db_password", "api_key"))
     uat = allocation(env="uat", secrets=("db_password",))
@@ -104,3 +136,9 @@ def test_the_list_says_which_mesh_secrets_the_mesh_itself_uses() -> None:
         "vault_role_id": ["mesh (vault login)"],
     }
     assert {k.value: v for k, v in CREDENTIALS.items()} == VAULT_LOGINS
+
+
+def test_the_list_says_a_projects_webhook_secret_is_for_its_webhooks() -> None:
+    values = stored(value(WEBHOOK_SECRET, "shop"), value(WEBHOOK_SECRET, "shop", "prod"))
+    used = {(row["env"], tuple(row["used_by"])) for row in secret_rows(values, {})}
+    assert used == {(None, ("shop (webhooks)",)), ("prod", ())}

@@ -8,16 +8,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshd.agent.hooks import Refusals
 from meshd.core.pushes import PushedBranch
 from meshd.core.webhooks import (
     PayloadError,
     SignatureError,
     parse_push_payload,
+    payload_of,
     pushed_branch,
     signature_of,
     verify_signature,
@@ -146,6 +149,36 @@ def test_a_delivery_without_an_event_header_is_read_as_a_push() -> None:
     assert pushed is not None and pushed.branch == "develop"
 
 
+def test_a_form_encoded_delivery_is_read_from_its_payload_field() -> None:
+    payload = json.dumps(TABLE["deliveries"]["gitea_push"]["payload"])
+    body = urlencode({"payload": payload}).encode()  # GitHub's form content type
+    headers = github_headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+    pushed = pushed_branch(headers, body, SECRET)
+    assert pushed is not None and pushed.branch == "develop"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "gives"),
+    [
+        ("application/json", b'{"a": 1}', b'{"a": 1}'),
+        (None, b"payload=x", b"payload=x"),  # no content type: the body is the JSON
+        ("Application/X-WWW-Form-Urlencoded; charset=utf-8", b"payload=%7B%7D", b"{}"),
+        ("application/x-www-form-urlencoded", b"other=1", PayloadError),
+        ("application/x-www-form-urlencoded", b"payload=1&payload=2", PayloadError),
+        ("application/x-www-form-urlencoded", b"\xff=\xfe", PayloadError),
+    ],
+)
+def test_the_payload_is_the_body_or_its_forms_field(
+    content_type: str | None, body: bytes, gives: bytes | type[Exception]
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    if isinstance(gives, bytes):
+        assert payload_of(headers, body) == gives
+    else:
+        with pytest.raises(gives):
+            payload_of(headers, body)
+
+
 def test_an_unreadable_before_reads_as_a_new_branch() -> None:
     after = "b" * 40
     pushed = parse_push_payload(json.dumps({"ref": "refs/heads/x", "after": after}).encode())
@@ -161,3 +194,12 @@ def test_any_change_to_a_signed_body_is_caught(body: bytes, secret: bytes, at: i
         changed[at % len(body)] ^= 0x01
         with pytest.raises(SignatureError):
             verify_signature(headers, bytes(changed), secret)
+
+
+def test_refusals_become_events_once_a_minute_per_project_counting_those_left_out() -> None:
+    refusals = Refusals(every=60.0)
+    assert refusals.admit("shop", 0.0) == 0
+    assert [refusals.admit("shop", t) for t in (1.0, 30.0, 59.9)] == [None, None, None]
+    assert refusals.admit("blog", 30.0) == 0  # another project's own minute
+    assert refusals.admit("shop", 60.0) == 3
+    assert refusals.admit("shop", 200.0) == 0

@@ -96,6 +96,20 @@ class StreamBackup:
         return cls(dict(meta["config"]), dict(meta["state"]), (directory / DATA_FILE).read_bytes())
 
 
+def writable(stream: str) -> dict[str, bool]:
+    """The settings sealing changed, as the stream had them before: the server sets
+    `deny_delete` and `deny_purge` and clears `allow_rollup_hdrs` on a sealed stream, which
+    would refuse the purge of a rewritten key or object for ever after a move. KV buckets and
+    object stores are made by nats-py with rollups (and KV without deletes); ours without."""
+    bucket = stream.startswith(("KV_", "OBJ_"))
+    return {
+        "sealed": False,
+        "deny_purge": False,
+        "deny_delete": stream.startswith("KV_"),
+        "allow_rollup_hdrs": bucket,
+    }
+
+
 def load_backups(directory: Path) -> list[StreamBackup]:
     """Every complete backup under `directory` (a stream whose metadata is missing was not
     finished and is left out)."""
@@ -186,7 +200,7 @@ class StoreMoves:
     async def restore(self, backup: StreamBackup, replicas: int) -> dict[str, Any]:
         """Create the stream from `backup` with `replicas` replicas, unsealed; the answer's
         state. Refused when a stream of the name exists (delete it first, knowingly)."""
-        config = {**backup.config, "num_replicas": replicas, "sealed": False}
+        config = {**backup.config, "num_replicas": replicas, **writable(backup.name)}
         config.pop("placement", None)
         if backup.name in EPHEMERAL:  # made empty, its sequence going on from the old one
             config["first_seq"] = backup.last_seq + 1

@@ -80,12 +80,12 @@ class Job:
 
     async def run(self, taken: Callable[[], Awaitable[None]]) -> None:
         """Carry the request out; `taken` acknowledges it once its release record exists."""
-        project = self.ctx.view.state.project(self.request.project) if self.ctx.view.state else None
-        if project is None:
-            await self._refuse(f"no project {self.request.project!r}")
+        try:
+            project = self.ctx.view.state.project(self.request.project)  # type: ignore[union-attr]
+        except (AttributeError, KeyError):
+            await self._refuse(f"no project {self.request.project!r} in the published state")
             return
         found = await releases_of(self.ctx.store, project.name, self.env)
-        release: Release | None = None
         try:
             if self.request.action in (DeployAction.PUSH, DeployAction.DEPLOY):
                 release = await self._build(project, found, taken)
@@ -109,12 +109,17 @@ class Job:
                 final=True, ok=ok, number=release.number,
             )  # fmt: skip
         except asyncio.CancelledError:
-            if release is not None:
-                await self._cancelled(release)
+            last = self.records.last
+            if last is not None and not last.status.finished:
+                await self._cancelled(last)
+            raise
+        except Exception as err:  # noqa: BLE001 - told, then raised for the log
+            await self._crashed(err)
             raise
 
     async def _refuse(self, why: str) -> None:
-        await self.progress.say(why, final=True, ok=False)
+        """The request cannot be carried out as asked (no release is made)."""
+        await self.progress.say(why, final=True, ok=False, refused=True)
 
     async def _build(
         self, project: ProjectSpec, found: list[Release], taken: Callable[[], Awaitable[None]]
@@ -245,6 +250,19 @@ class Job:
         except StoreUnavailable as err:
             log.info("Artifact retention postponed. error=%s", err)
 
+    async def _crashed(self, err: Exception) -> None:
+        """The release cannot go on (the store refused, a bug): failed, and said so."""
+        last = self.records.last
+        with contextlib.suppress(Exception):
+            if last is not None and not last.status.finished:
+                if last.status is ReleaseStatus.ROLLING:
+                    await self._restore_target(last)
+                failed = dataclasses.replace(last, status=ReleaseStatus.FAILED, detail=str(err))
+                await self.records.save(failed)
+        with contextlib.suppress(Exception):
+            number = last.number if last else 0
+            await self.progress.say(f"failed: {err}", final=True, ok=False, number=number)
+
     async def _cancelled(self, release: Release) -> None:
         with contextlib.suppress(Exception):
             if release.status is ReleaseStatus.ROLLING:
@@ -290,6 +308,13 @@ class Job:
     @staticmethod
     async def resume_unfinished(ctx: JobContext) -> None:
         """Releases a previous builder left building or rolling: failed, their target undone."""
+        try:
+            await Job._fail_unfinished(ctx)
+        except StoreUnavailable as err:  # the next term tries again
+            log.warning("Unfinished releases not checked. error=%s", err)
+
+    @staticmethod
+    async def _fail_unfinished(ctx: JobContext) -> None:
         for project in ctx.view.state.projects if ctx.view.state else ():
             for release in await releases_of(ctx.store, project.name):
                 if release.status.finished or release.fence == ctx.term.fence:

@@ -40,7 +40,13 @@ class Progress:
         self.request = request
 
     async def say(
-        self, line: str, *, final: bool = False, ok: bool = True, number: int = 0
+        self,
+        line: str,
+        *,
+        final: bool = False,
+        ok: bool = True,
+        number: int = 0,
+        refused: bool = False,
     ) -> None:
         log.info("Deploy %s: %s", self.request.request_id, line)
         # Only to a deploy inbox: the sender chose the subject, and the agent may publish
@@ -48,7 +54,12 @@ class Progress:
         if self.request.progress is None or not subjects.is_deploy_inbox(self.request.progress):
             return
         message = DeployProgress(
-            request_id=self.request.request_id, line=line, final=final, ok=ok, release=number
+            request_id=self.request.request_id,
+            line=line,
+            final=final,
+            ok=ok and not refused,
+            release=number,
+            refused=refused,
         )
         await self.store.publish(self.request.progress, encode(message))
 
@@ -59,6 +70,7 @@ class Records:
     def __init__(self, store: Store, term: Term) -> None:
         self.store = store
         self.term = term
+        self.last: Release | None = None  # the record saved last
         self._revisions: dict[str, int] = {}
 
     async def save(self, release: Release) -> Release:
@@ -68,6 +80,7 @@ class Records:
         self._revisions[key] = await write_over(
             self.store, subjects.RELEASES_BUCKET, key, encode(release), self._revisions.get(key)
         )
+        self.last = release
         return release
 
     def adopt(self, release: Release, revision: int) -> None:
