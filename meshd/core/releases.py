@@ -52,9 +52,10 @@ def promotion_source(uat: Iterable[Release], number: int = 0) -> Release:
     return live
 
 
-def rollback_source(releases: Iterable[Release], current: int, number: int = 0) -> Release:
+def rollback_source(releases: Iterable[Release], current: int, number: int = 0) -> Release | None:
     """The release a rollback reuses: `number`, or the newest live one before `current` (the
-    release the environment runs now)."""
+    release the environment runs now); None: none went live before it, so back to what
+    `publish` runs (the build of the operator's disk, or nothing until a deploy)."""
     found = newest_first(releases)
     if number:
         chosen = next((r for r in found if r.number == number), None)
@@ -63,10 +64,10 @@ def rollback_source(releases: Iterable[Release], current: int, number: int = 0) 
         if not chosen.artifacts:
             raise ReleaseChoiceError(f"release {number} has no artifacts (it never built)")
         return chosen
+    if not current:
+        raise ReleaseChoiceError("it runs no release: nothing to roll back")
     earlier = [r for r in found if r.number < current and r.status is ReleaseStatus.LIVE]
-    if not earlier:
-        raise ReleaseChoiceError("there is no earlier live release to roll back to")
-    return earlier[0]
+    return earlier[0] if earlier else None
 
 
 def kept_digests(

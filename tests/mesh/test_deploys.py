@@ -146,6 +146,11 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         shown = next(r for r in mesh.status()["releases"] if r["env"] == "uat")
         assert (shown["live"]["number"], shown["newest"]["status"]) == (back["number"], "failed")
 
+        # Before its first release, prod ran what publish built: a rollback goes back there.
+        mesh.ok("rollback", "shop", "prod", "--follow", timeout=180)
+        assert serves(mesh, "prod", "first")
+        assert releases(mesh, "prod")[0]["artifacts"] == {}
+
 
 DOCKER_SERVICES = {**SERVICES, "backend": {"build_context": "app"}}
 

@@ -168,6 +168,7 @@ class Job:
     async def _reuse(
         self, project: ProjectSpec, found: list[Release], taken: Callable[[], Awaitable[None]]
     ) -> Release | None:
+        source: Release | None
         try:
             if self.request.action is DeployAction.PROMOTE:
                 uat = await releases_of(self.ctx.store, project.name, "uat")
@@ -180,6 +181,14 @@ class Job:
         except ReleaseChoiceError as err:
             await self._refuse(str(err))
             return None
+        if source is None:  # back to what publish runs: a release without artifacts
+            release = await self._new(project, found, sha="", ref="",
+                                      status=ReleaseStatus.ROLLING)  # fmt: skip
+            await taken()
+            await self.progress.say(f"release {release.number} of {project.name} {self.env}: "
+                                    "back to what publish runs (no release went live before)",
+                                    number=release.number)  # fmt: skip
+            return release
         stored = await self.ctx.store.object_names(subjects.ARTIFACTS_STORE)
         gone = sorted({a.service for a in source.artifacts if a.digest not in stored})
         if gone:

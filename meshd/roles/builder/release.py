@@ -113,16 +113,22 @@ async def roll_out(
         fence=term.fence,
     )
     term.ensure_held()
-    written = await write_over(
-        store, subjects.DESIRED_BUCKET, key, encode(target), before.revision if before else None
-    )
+    if release.artifacts:
+        written = await write_over(
+            store, subjects.DESIRED_BUCKET, key, encode(target), before.revision if before else None
+        )
+    else:  # back to what publish runs
+        if before is not None and before.value is not None:
+            await store.delete(subjects.DESIRED_BUCKET, key, last=before.revision)
+        written = 0
     release = await records.save(dataclasses.replace(release, status=ReleaseStatus.ROLLING))
     await say(f"release {release.number}: rolling out to {release.env}")
     await store.record("release_rolling", actor, _subject(release), release_data(release),
                        term.fence)  # fmt: skip
+    built = {a.service for a in release.artifacts} or _services_of(before)
     deadline = time.monotonic() + timeout_s
     while True:
-        problems = await unhealthy(store, view, release)
+        problems = await unhealthy(store, view, release, built)
         if not problems:
             break
         if time.monotonic() > deadline:
@@ -138,16 +144,17 @@ async def roll_out(
     return release
 
 
-async def unhealthy(store: Store, view: MeshView, release: Release) -> list[str]:
+async def unhealthy(store: Store, view: MeshView, release: Release, built: set[str]) -> list[str]:
     """What still keeps `release` from serving everywhere (nothing: it is live): each service
-    it built must be allocated with it and healthy on every droplet it is placed on."""
-    built = {a.service for a in release.artifacts}
+    it runs (`built`) must be allocated with it and healthy on every droplet it is placed on."""
     pattern = f"{release.project}.{release.env}.*"
     allocations = {
         key: found
         for key, entry in (await store.entries(subjects.ALLOC_BUCKET, pattern)).items()
         if (found := _allocation(entry)) is not None
     }
+    # A release without artifacts returns the environment to what publish runs (release 0).
+    number = release.number if release.artifacts else 0
     problems = []
     now = time.time()
     for service in sorted(built):
@@ -155,7 +162,7 @@ async def unhealthy(store: Store, view: MeshView, release: Release) -> list[str]
         if allocation is None:
             problems.append(f"{service}: not allocated")
             continue
-        if allocation.release != release.number:
+        if allocation.release != number:
             problems.append(f"{service}: not scheduled yet")
             continue
         status = service_status(allocation, view.nodes, now)
@@ -208,6 +215,16 @@ def _allocation(entry: Entry) -> Allocation | None:
         return decode(entry.value, Allocation)
     except ProtocolError:
         return None
+
+
+def _services_of(target: Entry | None) -> set[str]:
+    """The services an environment's target gave artifacts to."""
+    if target is None or target.value is None:
+        return set()
+    try:
+        return {a.service for a in decode(target.value, ReleaseTarget).artifacts}
+    except ProtocolError:
+        return set()
 
 
 def _subject(release: Release) -> str:
