@@ -287,7 +287,8 @@ class DetectionHold(Message):
 class Snapshot:
     """One post-deployment snapshot of a droplet: the provider's `id` and `name`, the
     droplet it was taken of, and the generation of every allocation the droplet ran healthy
-    then (allocation key -> generation), taken by the leader with lease revision `fence`."""
+    then (allocation key -> generation) and the release of those a deploy gave an artifact
+    (`releases`), taken by the leader with lease revision `fence`."""
 
     id: str
     name: str
@@ -295,6 +296,7 @@ class Snapshot:
     created_at: float
     generations: dict[str, int]
     fence: int
+    releases: dict[str, int] = field(default_factory=dict)  # allocation key -> its release
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

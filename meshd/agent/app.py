@@ -27,7 +27,7 @@ from meshd.agent.config import (
     mesh_tag,
     user_data_now,
 )
-from meshd.agent.lease import LeaseKeeper, LeaseTiming, Term
+from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
@@ -207,10 +207,11 @@ class Agent:
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
             secrets = self.secrets
             tag = mesh_tag(self.config.mesh)
-            preferred = name == MASTER  # master holds the entry point and mails when it can
-            leaders: list[tuple[Leader, LeaseTiming | None, bool]] = [
-                (Scheduler(store, name), None, False),
-                (Provisioner(store, provider, self.config, name), None, False),
+            # Master holds the entry point and mails when it can; the roomiest droplet builds.
+            away = 0.0 if name == MASTER else LB_HESITATE_S
+            leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
+                (Scheduler(store, name), None, 0.0),
+                (Provisioner(store, provider, self.config, name), None, 0.0),
                 (
                     Recovery(
                         store,
@@ -221,9 +222,9 @@ class Agent:
                         user_data=lambda: user_data_now(self.dir, self.config),
                     ),
                     None,
-                    False,
+                    0.0,
                 ),
-                (Snapshots(store, provider, view, name, tag), None, False),
+                (Snapshots(store, provider, view, name, tag), None, 0.0),
                 (
                     Builder(
                         store,
@@ -234,7 +235,7 @@ class Agent:
                         self.config.mesh,
                     ),
                     None,
-                    False,
+                    self.trust.builder_hesitation,
                 ),
                 (
                     Together(
@@ -243,13 +244,13 @@ class Agent:
                         Courier(store, Channels(lambda: view.notify, secrets), name),
                     ),
                     None,
-                    True,
+                    away,
                 ),
-                (entry, LB_TIMING, True),
+                (entry, LB_TIMING, away),
                 (
                     SecretKeeper(store, view, name, self.keys, VaultMirror(store, name)),
                     None,
-                    True,
+                    away,
                 ),
             ]
             board = LeaseBoard(store)
@@ -262,11 +263,11 @@ class Agent:
                     leader.lead,
                     observer=self._observe,
                     timing=timing,
-                    hesitate=LB_HESITATE_S if prefers_master and not preferred else 0.0,
+                    hesitate=hesitation,
                     board=board,
                     eligible=self.trust.eligibility(leader.role),
                 )
-                for leader, timing, prefers_master in leaders
+                for leader, timing, hesitation in leaders
             ]
             beats = BeatListener(store)
             detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)

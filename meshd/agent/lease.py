@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,7 @@ from protocol.codec import decode, encode
 from protocol.errors import MeshError, ProtocolError
 from protocol.messages import Lease
 
+Hesitation = float | Callable[[], float]  # seconds to wait before competing (or how to tell)
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +112,7 @@ class LeaseKeeper:
         *,
         timing: LeaseTiming | None = None,
         observer: Observer | None = None,
-        hesitate: float = 0.0,
+        hesitate: Hesitation = 0.0,
         board: LeaseBoard | None = None,
         eligible: Callable[[], bool] | None = None,
     ) -> None:
@@ -121,7 +123,8 @@ class LeaseKeeper:
         self.lead = lead
         self.timing = timing or LeaseTiming()
         self.observer = observer
-        self.hesitate = hesitate  # wait before each attempt: lets a preferred holder win
+        # Wait before each attempt (now, if a function): lets a preferred holder win.
+        self.hesitate = hesitate if callable(hesitate) else functools.partial(float, hesitate)
         self.board = board  # where a keeper that does not hold the lease waits for it
         # Whether this droplet may hold the role now (sensitive roles: trusted droplets only);
         # a holder that stops being eligible hands the role over.
@@ -142,8 +145,8 @@ class LeaseKeeper:
                 raise asyncio.CancelledError
             if self.board is not None and self._resumable is None and not self._unsure:
                 await self.board.wait_free(self.role, self.timing.ttl)
-            if self.hesitate:
-                await asyncio.sleep(self.hesitate)
+            if wait := self.hesitate():
+                await asyncio.sleep(wait)
             if not self.eligible():
                 await asyncio.sleep(self.timing.retry_every)
                 continue

@@ -1,7 +1,8 @@
 """Which roles this droplet may hold (docs/secrets.md "Who holds what"): those that use
 mesh-wide secrets (the cloud token, the SMTP password, the entry's TLS keys) only a trusted
 droplet, master or a JetStream server, so that a droplet that only runs projects holds none
-of them; the `secrets` role only one that can open the mesh key; the others anybody."""
+of them; the `secrets` role only one that can open the mesh key; the others anybody. The
+`builder` prefers the droplet with the most memory to spare."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from collections.abc import Callable
 from meshd.agent.meshview import MeshView
 from meshd.agent.sealed import SealedSecrets
 from meshd.core.secret_plan import trusted
+from meshd.core.sizes import roomiest
 from meshd.core.spec import MASTER
 from protocol.subjects import Role
+
+BUILDER_HESITATE_S = 2.0  # a droplet with less room than another lets it build
 
 SENSITIVE_ROLES = frozenset(
     {Role.PROVISIONER, Role.RECOVERY, Role.SNAPSHOTS, Role.LB, Role.HEARTBEAT}
@@ -43,3 +47,15 @@ class Trust:
         if role is Role.SECRETS:
             return self.may_keep_secrets
         return self.trusted if role in SENSITIVE_ROLES else None
+
+    def builder_hesitation(self) -> float:
+        """How long to wait before competing for `builder`: none on the droplet with the
+        most memory left by its services' reservations (builds need room), a little on the
+        others; a holder keeps the role wherever it is."""
+        reserved: dict[str, int] = {}
+        for allocation in self.view.allocations.values():
+            for droplet in allocation.droplets:
+                reserved[droplet] = reserved.get(droplet, 0) + allocation.memory_mb
+        sizes = {name: node.size for name, node in self.view.nodes.items()}
+        best = roomiest(sizes, reserved)
+        return 0.0 if best in (None, self.name) else BUILDER_HESITATE_S

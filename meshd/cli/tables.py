@@ -175,12 +175,18 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
     for s in view["services"]:
         ok = s["healthy"] == s["desired"]
         count = f"{s['healthy']}/{s['desired']}"
+        if s.get("awaiting_deploy") and not ok:
+            count = f"[yellow]{count} awaiting first deploy[/]"
         services.add_row(
             s["project"],
             s["env"],
             s["service"],
             "-" if s["port"] is None else str(s["port"]),
-            f"[green]{count}[/]" if ok else f"[red]{count}[/]",
+            f"[green]{count}[/]"
+            if ok
+            else count
+            if s.get("awaiting_deploy")
+            else f"[red]{count}[/]",
             str(s.get("restarts", 0)),
             ", ".join(s["droplets"]),
             "-" if s.get("upstream") is None else ", ".join(s["upstream"]) or "[red]none[/]",

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from protocol.messages import Allocation
+from protocol.messages import Allocation, SnapshotIndex
 from protocol.releases import Release, ReleaseStatus, ReleaseTarget
 
 KEEP_RELEASES = 5  # per project environment, with their artifacts (and anything running)
@@ -174,3 +174,15 @@ def _brief(release: Release) -> dict[str, Any]:
         "action": release.action.value,
         "detail": release.detail.splitlines()[0] if release.detail else None,
     }
+
+
+def with_snapshots(release: Release, indexes: Iterable[SnapshotIndex]) -> Release:
+    """`release` with the post-deployment snapshots taken while a droplet ran it."""
+    prefix = f"{release.project}.{release.env}."
+    names = [
+        snapshot.name
+        for index in indexes
+        for snapshot in index.snapshots
+        if any(k.startswith(prefix) and n == release.number for k, n in snapshot.releases.items())
+    ]
+    return dataclasses.replace(release, snapshots=tuple(sorted(set(names))))

@@ -8,6 +8,7 @@ Prices are DigitalOcean's list prices in USD per month.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Memory that every droplet keeps for the OS, nats-server and meshd.
@@ -87,3 +88,14 @@ def suggest_sizes(slug: str, limit: int = 3) -> list[str]:
 def largest(slugs: list[str]) -> DropletSize:
     """The largest of known sizes by memory, then vCPUs (ties broken by price, then slug)."""
     return max((SIZES[s] for s in slugs), key=lambda size: size.rank)
+
+
+def roomiest(sizes: Mapping[str, str], reserved_mb: Mapping[str, int]) -> str | None:
+    """The droplet with the most memory left once its services' reservations are taken
+    (ties: by name), from each droplet's size slug; None when none is known."""
+    free = {
+        name: SIZES[slug].allocatable_mb - reserved_mb.get(name, 0)
+        for name, slug in sizes.items()
+        if slug in SIZES
+    }
+    return max(sorted(free), key=lambda name: free[name], default=None)

@@ -126,6 +126,23 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryLogin:
+    """The private registry a project's images come from (its `registry` key): `server`
+    (`host[:port]`) and `username`; the password is the project's secret `registry_password`
+    (docs/secrets.md, "Private registries"), never part of the spec."""
+
+    server: str
+    username: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"server": self.server, "username": self.username}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> RegistryLogin | None:
+        return cls(server=data["server"], username=data["username"]) if data else None
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectSpec:
     name: str
     servers: int
@@ -137,6 +154,7 @@ class ProjectSpec:
     deploy: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DEPLOY))
     versioning: dict[str, Any] = field(default_factory=dict)
     health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
+    registry: RegistryLogin | None = None
 
     @property
     def dedicated_droplets(self) -> tuple[str, ...]:
@@ -155,6 +173,7 @@ class ProjectSpec:
             "deploy": dict(self.deploy),
             "versioning": dict(self.versioning),
             "health_timeout_s": self.health_timeout_s,
+            "registry": self.registry.to_data() if self.registry else None,
         }
 
     @classmethod
@@ -170,6 +189,7 @@ class ProjectSpec:
             deploy=dict(data.get("deploy", DEFAULT_DEPLOY)),
             versioning=dict(data.get("versioning") or {}),
             health_timeout_s=int(data.get("health_timeout_s", DEFAULT_RELEASE_HEALTH_TIMEOUT_S)),
+            registry=RegistryLogin.from_data(data.get("registry")),
         )
 
 

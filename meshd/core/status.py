@@ -116,7 +116,15 @@ def service_status(
         ),
         "restarts": restarts,
         "errors": errors,
+        "awaiting_deploy": awaiting_deploy(allocation),
     }
+
+
+def awaiting_deploy(allocation: Allocation) -> bool:
+    """Built from the project's repository and no release has given it an artifact yet: not
+    started, and not waited for (docs/deploys.md)."""
+    context = allocation.build_context
+    return context is not None and not context.startswith("/") and allocation.artifact is None
 
 
 SUSPICION_WINDOW_S = 60.0
@@ -142,7 +150,8 @@ def open_suspicions(events: Iterable[Event], now: float) -> list[dict[str, Any]]
 
 
 def converged(status: Mapping[str, Any]) -> bool:
-    return all(s["healthy"] == s["desired"] for s in status["services"])
+    """Every service as healthy as it wants, but those awaiting their first deploy."""
+    return all(s["healthy"] == s["desired"] or s.get("awaiting_deploy") for s in status["services"])
 
 
 _ENV_ORDER = {"prod": 0, "uat": 1, "test": 2}

@@ -124,6 +124,11 @@ class Snapshots:
             created_at=record.created_at,
             generations=generations,
             fence=term.fence,
+            releases={
+                key: found.release
+                for key in generations
+                if (found := self.view.allocations.get(key)) is not None and found.release
+            },
         )
         previous = self._indexes.get(droplet.name) or IndexRead(None, 0)
         index = SnapshotIndex(

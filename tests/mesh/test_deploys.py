@@ -113,6 +113,8 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         assert git(bare, "tag", "--list").split() == [uat["tag"]]
         assert uat["tag"].startswith("v0.1.0-uat-")
         assert serves(mesh, "prod", "first")  # a push never reaches prod
+        # Commit -> release -> the post-deployment snapshot of the droplet that runs it.
+        wait_for(lambda: releases(mesh, "uat")[-1]["snapshots"], what="a snapshot of release 1")
         fetched = mesh.events_about("shop.uat.backend") or []
         assert any(e["name"] == "artifact_fetched" for e in fetched), fetched
         assert f"Release: shop uat runs v1 ({uat['sha'][:12]}, {uat['tag']})" in mesh.ok("status")
@@ -183,6 +185,8 @@ def test_docker_push_promote_a_failing_build_and_a_superseded_push(tmp_path: Pat
         failed = releases(mesh, "uat")[0]
         assert failed["status"] == "failed" and "build" in failed["detail"], failed
         assert serves(mesh, "uat", "second")
+        log = mesh.ok("releases", "shop", "uat", "--log", str(failed["number"]))
+        assert "/bin/false" in log, log
 
         git(work, "revert", "--no-edit", "HEAD")
         shas = []

@@ -32,18 +32,21 @@ async def test_only_recent_releases_and_running_artifacts_are_kept(tmp_path: Pat
             project="shop", env="uat", number=n, action=DeployAction.DEPLOY,
             status=ReleaseStatus.LIVE, ref="main", sha="a" * 40, requested_by="ana",
             created_at=n, updated_at=n, request_id=str(n), artifacts=(artifact,),
+            log=f"log-shop.uat.{n}",
         )  # fmt: skip
         await store.create(subjects.RELEASES_BUCKET, subjects.release_key("shop", "uat", n),
                            encode(release))  # fmt: skip
         await store.put_object(subjects.ARTIFACTS_STORE, digest(n), blob)
+        await store.put_object(subjects.ARTIFACTS_STORE, f"log-shop.uat.{n}", blob)
     await store.put_object(subjects.ARTIFACTS_STORE, "log-shop-uat-1", blob)
     term = Term("builder", 3, time.monotonic() + 600)
 
     deleted = await delete_unkept(store, ["shop"], {digest(2)}, term, "master", keep=5)
 
-    assert deleted == [digest(1), digest(3)]
+    logs = {f"log-shop.uat.{n}" for n in range(4, 9)}
+    assert deleted == [digest(1), digest(3), "log-shop.uat.1", "log-shop.uat.2", "log-shop.uat.3"]
     left = await store.object_names(subjects.ARTIFACTS_STORE)
-    assert set(left) == {digest(n) for n in (2, 4, 5, 6, 7, 8)} | {"log-shop-uat-1"}
+    assert set(left) == {digest(n) for n in (2, 4, 5, 6, 7, 8)} | logs | {"log-shop-uat-1"}
     events = [e for e in await store.recent_events(50) if e.name == "artifact_deleted"]
-    assert sorted(e.detail["digest"] for e in events) == deleted
+    assert sorted(e.detail["digest"] for e in events) == sorted(deleted)
     assert all(e.fence == 3 for e in events)

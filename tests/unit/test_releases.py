@@ -16,6 +16,7 @@ from meshd.core.releases import (
     release_summary,
     rollback_source,
     with_release,
+    with_snapshots,
 )
 from protocol.messages import Allocation
 from protocol.releases import Artifact, DeployAction, Release, ReleaseStatus, ReleaseTarget
@@ -117,3 +118,26 @@ def test_the_summary_tells_what_runs_and_a_newer_release_that_does_not() -> None
     assert (prod["env"], prod["live"], prod["newest"]["status"]) == ("prod", None, "live")
     assert uat["live"]["number"] == 1
     assert uat["newest"]["number"] == 2 and uat["newest"]["detail"].startswith("not healthy")
+
+
+def test_a_release_links_the_snapshots_taken_while_it_ran() -> None:
+    from protocol.messages import Snapshot, SnapshotIndex
+
+    def snap(name: str, releases: dict[str, int]) -> Snapshot:
+        generations = dict.fromkeys(releases, 1)
+        return Snapshot(id=name, name=name, droplet_id="1", created_at=1.0,
+                        generations=generations, fence=1, releases=releases)  # fmt: skip
+
+    indexes = [
+        SnapshotIndex(
+            droplet="master",
+            snapshots=(
+                snap("master-2", {"shop.uat.backend": 2, "shop.prod.backend": 1}),
+                snap("master-1", {"shop.uat.backend": 1}),
+            ),
+        ),  # fmt: skip
+        SnapshotIndex(droplet="web1", snapshots=(snap("web1-1", {"shop.uat.worker": 2}),)),
+    ]
+    linked = with_snapshots(release(2, LIVE, "b"), indexes)
+    assert linked.snapshots == ("master-2", "web1-1")
+    assert with_snapshots(release(3, LIVE, "c"), indexes).snapshots == ()

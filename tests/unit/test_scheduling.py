@@ -106,3 +106,19 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     assert not converged(view)
     healed = dataclasses.replace(nodes["web3"], instances=(instance(),))
     assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))
+
+
+def test_a_service_awaiting_its_first_deploy_is_shown_so_and_not_waited_for() -> None:
+    now = 1000.0
+    waiting = allocation(droplets=("master",), port=8000, command=None)
+    waiting = dataclasses.replace(waiting, build_context="app")  # in the repository only
+    nodes = {"master": node("master", now - 1)}
+    view = mesh_status(nodes, {"a": waiting}, {}, now)
+    (backend,) = view["services"]
+    assert backend["awaiting_deploy"] and backend["healthy"] == 0
+    assert converged(view)
+    released = dataclasses.replace(waiting, artifact="d" * 64, release=1)
+    view = mesh_status(nodes, {"a": released}, {}, now)
+    assert not view["services"][0]["awaiting_deploy"] and not converged(view)
+    on_disk = dataclasses.replace(waiting, build_context="/home/ana/shop/app")
+    assert not converged(mesh_status(nodes, {"a": on_disk}, {}, now))

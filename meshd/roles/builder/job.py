@@ -37,7 +37,7 @@ from meshd.core.versions import next_uat_tag, versioning_from_config
 from meshd.roles.builder.artifacts import ArtifactBuilder, BuildFailed, build_release
 from meshd.roles.builder.git import GitCache, GitError
 from meshd.roles.builder.release import Progress, Records, roll_out
-from meshd.roles.builder.retention import delete_unkept
+from meshd.roles.builder.retention import delete_unkept, keep_log
 from protocol import subjects
 from protocol.codec import encode
 from protocol.messages import Notification
@@ -149,9 +149,13 @@ class Job:
                 self.progress.say,
             )  # fmt: skip
         except (BuildFailed, GitError) as err:
-            tail = "\n".join(getattr(err, "log", "").strip().splitlines()[-LOG_TAIL_LINES:])
+            output = getattr(err, "log", "")
+            tail = "\n".join(output.strip().splitlines()[-LOG_TAIL_LINES:])
             failed = dataclasses.replace(
-                release, status=ReleaseStatus.FAILED, detail=f"{err}\n{tail}".strip()
+                release,
+                status=ReleaseStatus.FAILED,
+                detail=f"{err}\n{tail}".strip(),
+                log=await keep_log(self.ctx.store, release, f"{output}\n{err}", work),
             )
             failed = await self.records.save(failed)
             await self.ctx.store.record("release_failed", self.ctx.droplet,
@@ -162,8 +166,10 @@ class Job:
             await self._alert(f"Build of {project.name} {self.env} failed",
                               {"release": str(release.number), "why": str(err)})  # fmt: skip
             return None
-        del output  # kept in the log object once logs land (#20)
-        return await self.records.save(dataclasses.replace(release, artifacts=artifacts))
+        log_name = await keep_log(self.ctx.store, release, output, work)
+        return await self.records.save(
+            dataclasses.replace(release, artifacts=artifacts, log=log_name)
+        )
 
     async def _reuse(
         self, project: ProjectSpec, found: list[Release], taken: Callable[[], Awaitable[None]]

@@ -1,0 +1,32 @@
+"""The builder prefers the droplet with the most memory its services leave free."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshd.agent.meshview import MeshView
+from meshd.agent.trust import BUILDER_HESITATE_S, Trust
+from meshd.core.sizes import roomiest
+from tests.support import factories
+from tests.support.factories import allocation
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_roomiest_droplet_is_the_one_with_most_memory_left() -> None:
+    sizes = {"master": "s-2vcpu-4gb", "web1": "s-1vcpu-2gb", "web2": "s-1vcpu-2gb"}
+    assert roomiest(sizes, {}) == "master"
+    assert roomiest(sizes, {"master": 3000}) == "web1"  # ties by name
+    assert roomiest(sizes, {"master": 3000, "web1": 100}) == "web2"
+    assert roomiest({"odd": "no-such-size"}, {}) is None
+
+
+def test_only_the_roomiest_droplet_competes_for_the_builder_at_once() -> None:
+    view = MeshView()
+    view.nodes = {
+        "master": factories.node("master", size="s-1vcpu-2gb"),
+        "web1": factories.node("web1", size="s-1vcpu-2gb"),
+    }
+    view.allocations = {"a": allocation(droplets=("master",), memory_mb=512)}
+    hesitation = {name: Trust(name, view, None).builder_hesitation() for name in view.nodes}  # type: ignore[arg-type]
+    assert hesitation == {"master": BUILDER_HESITATE_S, "web1": 0.0}
