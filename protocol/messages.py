@@ -106,6 +106,10 @@ class Allocation(Message):
     build_secrets: tuple[str, ...] = ()  # sealed like `secrets`, read by the build only
     artifact: str | None = None  # digest in the artifact store of what `release` runs
     release: int = 0  # the release of its environment (0: what `publish` says)
+    # The private registry `image` is pulled from with a login (its password: the secret
+    # `registry_password`, sealed like `secrets`), and the user; None for other images.
+    registry: str | None = None
+    registry_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

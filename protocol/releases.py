@@ -4,6 +4,9 @@ A `DeployRequest` asks the builder for a release (stream `MESH_DEPLOY`); each re
 project environment is a numbered `Release` record (KV `mesh_releases`); the release an
 environment is to run is its `ReleaseTarget` (KV `mesh_desired/release.<project>.<env>`), which
 the scheduler copies into the allocations; `DeployProgress` lines answer on the request's inbox.
+A project's release command runs before a release rolls out: the builder sends a
+`ReleaseCommandRequest` to one droplet (`mesh.release.<droplet>`), which answers with a
+`ReleaseCommandAnswer`.
 """
 
 from __future__ import annotations
@@ -156,3 +159,41 @@ class DeployProgress(Message):
     ok: bool = True
     release: int = 0
     refused: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseCommandRequest(Message):
+    """Run `command` once with `artifact` (of `service`, release `release` of the project
+    environment), as an instance of that service runs on the droplet asked: its environment,
+    its secret files, its network; killed after `timeout` seconds. Sent by the builder (its
+    term's `fence`) as a core NATS request on `mesh.release.<droplet>`."""
+
+    KIND: ClassVar[str] = "release_command_request"
+
+    project: str
+    env: str
+    service: str
+    release: int
+    artifact: Artifact
+    command: str
+    timeout: float
+    fence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseCommandAnswer(Message):
+    """How a release command went: its `exit_code` (None: it did not run, or ran out of time)
+    and the last lines of its `output` (stdout and stderr), `error` saying what went wrong
+    around it (no allocation here, an artifact that cannot be loaded, the timeout), `seconds`
+    how long it ran."""
+
+    KIND: ClassVar[str] = "release_command_answer"
+
+    exit_code: int | None = None
+    output: str = ""
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.error is None

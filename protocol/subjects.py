@@ -68,6 +68,7 @@ _BEATS = "mesh.hb"
 _SUSPECT = "mesh.suspect"
 _PROBE = "mesh.probe"
 _JETSTREAM = "mesh.jetstream"
+_RELEASE = "mesh.release"
 JETSTREAM_MOVED = "mesh.jetstream-moved"  # master, once the state has moved: watch anew
 BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
@@ -127,6 +128,12 @@ def jetstream_servers(droplet: str) -> str:
     """Request/reply subject on which `droplet`'s agent is told the JetStream servers of a
     move: `mesh.jetstream.<droplet>`."""
     return f"{_JETSTREAM}.{token(droplet, 'droplet')}"
+
+
+def release_command(droplet: str) -> str:
+    """Request/reply subject on which the builder asks `droplet`'s agent to run a project's
+    release command before a release rolls out: `mesh.release.<droplet>`."""
+    return f"{_RELEASE}.{token(droplet, 'droplet')}"
 
 
 def droplet_of(subject: str) -> str:

@@ -34,15 +34,10 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
+from meshd.agent.release_commands import ReleaseCommands
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.sealkey import droplet_keys
-from meshd.agent.servers import (
-    Journal,
-    ServerMover,
-    ServersListener,
-    nats_urls,
-    replicas,
-)
+from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls, replicas
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
 from meshd.agent.trust import Trust
@@ -286,6 +281,9 @@ class Agent:
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
+                tasks.create_task(  # the builder's release commands, run here
+                    ReleaseCommands(store, reconciler, name).run(), name="release-commands"
+                )
                 desired, secrets_bucket = subjects.DESIRED_BUCKET, subjects.SECRETS_BUCKET
                 mirrors = {
                     "desired": mirror_bucket(

@@ -2,8 +2,9 @@
 stored values and the droplets' keys, for the `secrets` role.
 
 A droplet gets a service's secret when it runs (or stands in for) one of the service's
-instances, and its build secrets too (the droplet builds the image): sealed as
-`sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
+instances, its build secrets too (the droplet builds the image), and `registry_password` when
+the service's image is pulled from the project's private registry (the droplet pulls it):
+sealed as `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
 (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
 servers, and below three droplets every droplet, since the other one rescues master) also get
 every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token), and each
@@ -25,6 +26,7 @@ from protocol.secrets import SecretScope, SecretValue
 GENERATED = tuple(sorted(TEMPLATE_SECRETS.values()))  # db_password, redis_password
 TRUST_ALL_BELOW = 3  # droplets: the other of two rescues master and alerts for it
 WEBHOOK_SECRET = "webhook_secret"  # a project's key for its push webhooks' signatures
+REGISTRY_PASSWORD = "registry_password"  # the login to a project's private registry
 # The environment part of a secret sealed for a whole project, not one environment: no
 # environment has this name (meshd.core.spec.ENVIRONMENTS), so no service's secret collides.
 PROJECT_WIDE = "project"
@@ -64,8 +66,10 @@ def trusted(droplets: Iterable[str], servers: Iterable[str]) -> set[str]:
 
 
 def used(allocation: Allocation) -> tuple[str, ...]:
-    """The secrets `allocation`'s droplets need: those of its instances and of its build."""
-    return (*allocation.secrets, *allocation.build_secrets)
+    """The secrets `allocation`'s droplets need: those of its instances, of its build and
+    the registry login its image is pulled with."""
+    login = (REGISTRY_PASSWORD,) if allocation.registry else ()
+    return (*allocation.secrets, *allocation.build_secrets, *login)
 
 
 def webhook_projects(values: Mapping[str, SecretValue]) -> set[str]:

@@ -43,6 +43,8 @@ TEMPLATE_SECRETS: dict[ServiceKind, str] = {
 DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_RELEASE_HEALTH_TIMEOUT_S = 60  # a release not healthy by then fails (the old serves)
 DEFAULT_DEPLOY = {"uat": "main", "test": "*"}  # branch -> environment (meshd.core.deploy_refs)
+DEFAULT_RELEASE_SERVICE = "backend"  # whose artifact, environment and secrets it runs with
+DEFAULT_RELEASE_COMMAND_TIMEOUT_S = 300  # a release command still running then is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,27 @@ class RegistryLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseCommand:
+    """What runs once before each release of a project rolls out (its `release_command`:
+    migrations): `command`, with the release's artifact and the environment and secrets of
+    `service` (`release_service`), killed after `timeout_s` seconds; a failure fails the
+    release (docs/deploys.md, "Release command")."""
+
+    command: str
+    service: str = DEFAULT_RELEASE_SERVICE
+    timeout_s: int = DEFAULT_RELEASE_COMMAND_TIMEOUT_S
+
+    def to_data(self) -> dict[str, Any]:
+        return {"command": self.command, "service": self.service, "timeout_s": self.timeout_s}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> ReleaseCommand | None:
+        if not data:
+            return None
+        return cls(data["command"], data["service"], int(data["timeout_s"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectSpec:
     name: str
     servers: int
@@ -155,6 +178,7 @@ class ProjectSpec:
     versioning: dict[str, Any] = field(default_factory=dict)
     health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
     registry: RegistryLogin | None = None
+    release_command: ReleaseCommand | None = None
 
     @property
     def dedicated_droplets(self) -> tuple[str, ...]:
@@ -174,6 +198,7 @@ class ProjectSpec:
             "versioning": dict(self.versioning),
             "health_timeout_s": self.health_timeout_s,
             "registry": self.registry.to_data() if self.registry else None,
+            "release_command": self.release_command.to_data() if self.release_command else None,
         }
 
     @classmethod
@@ -190,6 +215,7 @@ class ProjectSpec:
             versioning=dict(data.get("versioning") or {}),
             health_timeout_s=int(data.get("health_timeout_s", DEFAULT_RELEASE_HEALTH_TIMEOUT_S)),
             registry=RegistryLogin.from_data(data.get("registry")),
+            release_command=ReleaseCommand.from_data(data.get("release_command")),
         )
 
 

@@ -14,6 +14,7 @@ class Level(StrEnum):
     PROJECT = "project"  # under `projects.<name>`
     SERVICE = "service"  # under `projects.<name>.services.<service>`
     VAULT = "vault"  # under `vault`
+    REGISTRY = "registry"  # under `projects.<name>.registry`
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,27 @@ KEYS: tuple[Key, ...] = (
     Key("health_timeout", Level.PROJECT, "integer", "60", "0.1",
         "seconds a release has to be healthy everywhere; a release that is not fails and the "
         "old one keeps serving"),
+    Key("release_command", Level.PROJECT, "string", "none", "0.1",
+        "run once before each release rolls out (migrations), split like a shell would, with "
+        "the release's artifact and `release_service`'s environment and secrets; a non-zero "
+        "exit fails the release and the old one keeps serving (docs/deploys.md)"),
+    Key("release_service", Level.PROJECT, "string", "`backend`", "0.1",
+        "the service built from the repository whose artifact, environment and secrets the "
+        "`release_command` runs with, on a droplet that runs it"),
+    Key("release_command_timeout", Level.PROJECT, "integer", "300", "0.1",
+        "seconds the `release_command` may run; it is killed then and the release fails"),
     Key("deploy", Level.PROJECT, "object", '`{"uat": "main", "test": "*"}`', "0.1",
         "`<env>: <branch pattern>`: a push to a matching branch deploys to that environment "
         "(`fnmatch` patterns: `*`, `?`, `[...]`; a branch named exactly wins over a pattern, "
         "then the pattern with more literal characters); `uat` and `test` only, since prod is "
         "deployed only by promotion; a given object replaces the default"),
+    Key("registry", Level.PROJECT, "object", "none", "0.1",
+        "the private registry the project's `image`s come from; pulled with the project "
+        "secret `registry_password` (docs/secrets.md, Private registries)"),
+    Key("server", Level.REGISTRY, "string", "required", "0.1",
+        "its `host[:port]` as the images name it (`registry.example.com`, `127.0.0.1:5000`; "
+        "`docker.io` for Docker Hub); only images from it get the login"),
+    Key("username", Level.REGISTRY, "string", "required", "0.1", "the user to log in as"),
     Key("domains", Level.PROJECT, "object of lists", "none", "0.1",
         "`<env>: [host names]` routed to that environment by nginx; each name used once"),
     Key("services", Level.PROJECT, "object", "the four defaults", "0.1",

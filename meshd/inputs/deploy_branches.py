@@ -32,5 +32,6 @@ def deploy_branches(checker: Checks, project: dict[str, Any], path: str) -> dict
 
 
 def key_path(parent: str, key: str) -> str:
-    """deploy_config.json_path, which cannot be imported here: deploy_config imports this."""
+    """`parent.key`, or `parent['key']` for a key that is not a plain name (deploy_config's
+    `json_path`)."""
     return f"{parent}.{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f"{parent}[{key!r}]"

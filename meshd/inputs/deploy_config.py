@@ -23,12 +23,15 @@ from meshd.core.spec import (
     DEFAULT_WORKER_MEMORY_MB,
     ENVIRONMENTS,
     TEMPLATE_SECRETS,
+    RegistryLogin,
+    ReleaseCommand,
     ServiceKind,
     ServiceSpec,
 )
 from meshd.inputs.config_keys import Level, names_at
-from meshd.inputs.deploy_branches import default_deploy, deploy_branches
-from meshd.inputs.release_settings import health_timeout, release_versioning
+from meshd.inputs.deploy_branches import default_deploy, deploy_branches, key_path
+from meshd.inputs.registry_login import registry_login
+from meshd.inputs.release_settings import health_timeout, release_command, release_versioning
 from meshd.inputs.vault_config import vault_settings
 
 PLATFORMS = ("docker", "podman", "process")
@@ -39,6 +42,7 @@ HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-
 TOP_KEYS = names_at(Level.TOP)
 PROJECT_KEYS = names_at(Level.PROJECT)
 SERVICE_KEYS = names_at(Level.SERVICE)
+json_path = key_path  # `$.projects.web` or `$.projects['my app']`
 STRING_KEYS = (
     "image",
     "command",
@@ -58,6 +62,8 @@ class ProjectConfig:
     deploy: dict[str, str] = field(default_factory=default_deploy)  # env -> branch pattern
     versioning: dict[str, Any] = field(default_factory=dict)  # meshd.core.versions
     health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
+    registry: RegistryLogin | None = None  # where its images are pulled with a login
+    release_command: ReleaseCommand | None = None  # runs once before each release rolls out
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +103,8 @@ def _with_template_secret(service: ServiceSpec) -> ServiceSpec:
     return replace(service, secrets=(TEMPLATE_SECRETS[service.kind],))
 
 
-def _default_memory(name: str) -> int:
-    return DEFAULT_SERVICES[name][1] if name in DEFAULT_SERVICES else DEFAULT_WORKER_MEMORY_MB
-
-
-def _kind_for(name: str) -> ServiceKind:
-    return DEFAULT_SERVICES[name][0] if name in DEFAULT_SERVICES else ServiceKind.WORKER
-
-
-def json_path(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f"{parent}[{key!r}]"
+def _defaults(name: str) -> tuple[ServiceKind, int]:
+    return DEFAULT_SERVICES.get(name, (ServiceKind.WORKER, DEFAULT_WORKER_MEMORY_MB))
 
 
 def _shown(value: Any) -> str:
@@ -205,7 +203,9 @@ class _Checker:
         domains = self.domains(project.get("domains", {}), f"{path}.domains")
         deploy = deploy_branches(self, project, path)
         timeout = health_timeout(self, project, path)
-        return ProjectConfig(services, git_repo, domains, deploy, versioning, timeout)
+        registry = registry_login(self, project, path)
+        found = ProjectConfig(services, git_repo, domains, deploy, versioning, timeout, registry)
+        return replace(found, release_command=release_command(self, project, path, services))
 
     def services(self, value: Any, path: str) -> tuple[ServiceSpec, ...]:
         listed = self.obj(value, path)
@@ -234,7 +234,7 @@ class _Checker:
         if not isinstance(enabled, bool):
             self.fail(f"{path}.enabled", f"expected true or false, got {_shown(enabled)}")
         kind = self.kind(name, body.get("type"), f"{path}.type")
-        memory = self.memory(body.get("memory_mb", _default_memory(name)), f"{path}.memory_mb")
+        memory = self.memory(body.get("memory_mb", _defaults(name)[1]), f"{path}.memory_mb")
         health = self.health_path(kind, body, path)
         strings = self.strings(body, path)
         secrets = self.secrets(body.get("secrets", []), f"{path}.secrets")
@@ -301,7 +301,7 @@ class _Checker:
         return strings
 
     def kind(self, name: str, declared: Any, path: str) -> ServiceKind:
-        expected = _kind_for(name)
+        expected = _defaults(name)[0]
         if declared is None or declared == expected.value:
             return expected
         if name in DEFAULT_SERVICES:

@@ -48,4 +48,6 @@ def _project(row: ProjectRow, config: ProjectConfig) -> ProjectSpec:
         deploy=dict(config.deploy),
         versioning=dict(config.versioning),
         health_timeout_s=config.health_timeout_s,
+        registry=config.registry,
+        release_command=config.release_command,
     )

@@ -38,6 +38,7 @@ from meshd.core.envvars import (
 from meshd.core.errors import CapacityError
 from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
+from meshd.core.registries import login_for
 from meshd.core.releases import with_release
 from meshd.core.spec import DesiredState
 from protocol import subjects
@@ -87,6 +88,7 @@ def allocations_for(
             resources = env_resources[(project.name, env)]
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
+                login = login_for(project.registry, service.image)
                 fresh = with_release(
                     Allocation(
                         project=project.name,
@@ -121,6 +123,8 @@ def allocations_for(
                         dockerfile=service.dockerfile_path,
                         data_path=service.data_path,
                         build_secrets=service.build_secrets,
+                        registry=login.server if login else None,
+                        registry_user=login.username if login else None,
                     ),
                     targets.get((project.name, env)),
                 )

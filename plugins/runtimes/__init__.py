@@ -24,6 +24,17 @@ RUNTIMES: dict[str, str] = {
     "process": "plugins.runtimes.process:create",
 }
 """Built-in runtimes: name -> `module:factory`; the factory takes a `RuntimeContext`."""
+ONE_OFF_OUTPUT_CHARS = 4000  # the tail of a one-off command's output that `run_once` returns
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryAuth:
+    """The login with which a missing image is pulled from a private registry: `server`
+    (`host[:port]`), `username`, and `password` (never shown in `repr`)."""
+
+    server: str
+    username: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +49,8 @@ class InstanceSpec:
     missing; `data_path` is where the instance's named volume is mounted. `artifact` is the
     digest of the built artifact it runs (loaded with `Runtime.load_artifact` first): docker
     runs `image` from it and never builds; process runs in the artifact's directory.
+    `registry_auth` (not in `repr`) is the login docker pulls a missing `image` with; other
+    runtimes ignore it.
 
     `slot` (0 or 1) lets a replacement run beside the instance it replaces; `port` is where
     this slot listens on the droplet, `service_port` where the service listens inside its
@@ -65,6 +78,7 @@ class InstanceSpec:
     service_port: int | None = None
     build_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     artifact: str | None = None
+    registry_auth: RegistryAuth | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -121,6 +135,18 @@ class InstanceStopError(RuntimeFailure):
     """An instance did not go away, even after SIGKILL."""
 
     action = "stop instance"
+
+
+class OneOffTimeout(RuntimeFailure):
+    """A one-off command (`Runtime.run_once`) ran longer than `timeout` seconds and was
+    killed; `output` is the tail of what it wrote until then."""
+
+    action = "run once with"
+
+    def __init__(self, key: str, timeout: float, output: str) -> None:
+        self.timeout = timeout
+        self.output = output
+        super().__init__(key, f"killed after {timeout:g} s")
 
 
 class RuntimeUnavailable(MeshError):
@@ -204,6 +230,15 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release resources. Instances keep running. Idempotent."""
+        ...
+
+    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
+        """Run `command` (split like a shell would, in place of the instance's command) once
+        as `spec`'s instance would run: its artifact, environment and secret files (docker:
+        its network too), but no port and no restarts; beside the instance, which it leaves
+        alone. Its exit code and the last `ONE_OFF_OUTPUT_CHARS` of its output (stdout and
+        stderr). Killed after `timeout` seconds (`OneOffTimeout`); `InstanceStartError` when
+        it cannot start. Nothing of it is left behind."""
         ...
 
     # --- artifacts: what a deploy builds once and every droplet loads --------------------

@@ -148,10 +148,24 @@ def test_push_promote_rollback_and_a_broken_push(tmp_path: Path) -> None:
         shown = next(r for r in mesh.status()["releases"] if r["env"] == "uat")
         assert (shown["live"]["number"], shown["newest"]["status"]) == (back["number"], "failed")
 
-        # Before its first release, prod ran what publish built: a rollback goes back there.
-        mesh.ok("rollback", "shop", "prod", "--follow", timeout=180)
-        assert serves(mesh, "prod", "first")
-        assert releases(mesh, "prod")[0]["artifacts"] == {}
+        retention_and_back_to_what_publish_runs(mesh, work)
+
+
+def retention_and_back_to_what_publish_runs(mesh: LocalMesh, work: Path) -> None:
+    # Retention: the newest five releases of each environment keep their artifacts.
+    third = next(r for r in releases(mesh, "uat") if r["number"] == 2)
+    digest = third["artifacts"]["backend"]["digest"]
+    git(work, "revert", "--no-edit", "HEAD")
+    for note in ("fifth", "sixth", "seventh"):
+        change(work, note)
+    wait_for(lambda: serves(mesh, "uat", "seventh"), what="UAT serving the seventh")
+    deleted = [e for e in mesh.events_about(digest[:12]) or [] if e["name"] == "artifact_deleted"]
+    assert deleted, "the third push's artifact outlived five newer releases"
+
+    # Before its first release, prod ran what publish built: a rollback goes back there.
+    mesh.ok("rollback", "shop", "prod", "--follow", timeout=180)
+    assert serves(mesh, "prod", "first")
+    assert releases(mesh, "prod")[0]["artifacts"] == {}
 
 
 DOCKER_SERVICES = {**SERVICES, "backend": {"build_context": "app"}}

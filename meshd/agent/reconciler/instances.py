@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 
 from meshd.core.envvars import resolve_hosts
 from meshd.core.rollout import slot_port
-from plugins.runtimes import InstanceSpec
+from meshd.core.secret_plan import REGISTRY_PASSWORD
+from plugins.runtimes import InstanceSpec, RegistryAuth
 from plugins.secrets import Secrets, lookup_names
 from protocol.errors import MeshError
 from protocol.messages import Allocation
@@ -20,9 +21,11 @@ def instance_spec(
     secrets: dict[str, bytes],
     slot: int = 0,
     build_secrets: dict[str, bytes] | None = None,
+    registry_auth: RegistryAuth | None = None,
 ) -> InstanceSpec:
     """What the runtime of the droplet at `address` runs for `allocation` in `slot`; `hosts`
-    are the resolved host variables, `secrets` and `build_secrets` the values by name."""
+    are the resolved host variables, `secrets` and `build_secrets` the values by name,
+    `registry_auth` the login its image is pulled with."""
     return InstanceSpec(
         project=allocation.project,
         env=allocation.env,
@@ -45,6 +48,7 @@ def instance_spec(
         data_path=allocation.data_path,
         build_secrets=build_secrets or {},
         artifact=allocation.artifact,
+        registry_auth=registry_auth,
     )
 
 
@@ -67,7 +71,18 @@ def spec_for(
         raise NotReady(f"waiting for the address of {', '.join(missing)}")
     values = _values(allocation, allocation.secrets, secrets)
     build = _values(allocation, allocation.build_secrets, secrets)
-    return instance_spec(allocation, address, hosts, values, slot, build)
+    auth = _registry_auth(allocation, secrets)
+    return instance_spec(allocation, address, hosts, values, slot, build, auth)
+
+
+def _registry_auth(allocation: Allocation, secrets: Secrets) -> RegistryAuth | None:
+    """The login to the allocation's private registry, if its image comes from one."""
+    if not allocation.registry or not allocation.registry_user:
+        return None
+    password = _values(allocation, [REGISTRY_PASSWORD], secrets)[REGISTRY_PASSWORD]
+    return RegistryAuth(
+        allocation.registry, allocation.registry_user, password.decode(errors="replace")
+    )
 
 
 def _values(allocation: Allocation, names: Iterable[str], secrets: Secrets) -> dict[str, bytes]:

@@ -150,8 +150,13 @@ class Builder:
             try:
                 await task
             except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():  # the term ends: the release with it
+                    task.cancel()
+                    raise
                 if not task.cancelled():
                     raise
+                # `deploy --cancel` stopped the release: the next request goes on.
             except TermEnded:
                 raise
             except Exception as err:  # one release's bug must not stop the others

@@ -1,6 +1,6 @@
 """One deploy request carried out: a build from git (push, deploy), or the artifacts of an
-earlier release to a new one (promote, rollback); then the rollout, the UAT tag, and the
-deletion of artifacts no release keeps."""
+earlier release to a new one (promote, rollback); then the project's release command, the
+rollout, the UAT tag, and the deletion of artifacts no release keeps."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from meshd.core.versions import next_uat_tag, versioning_from_config
 from meshd.roles.builder.artifacts import ArtifactBuilder, BuildFailed, build_release
 from meshd.roles.builder.git import GitCache, GitError
 from meshd.roles.builder.release import Progress, Records, roll_out
+from meshd.roles.builder.release_command import ReleaseCommandFailed, run_release_command
 from meshd.roles.builder.retention import delete_unkept, keep_log
 from protocol import subjects
 from protocol.codec import encode
@@ -91,7 +92,7 @@ class Job:
                 release = await self._build(project, found, taken)
             else:
                 release = await self._reuse(project, found, taken)
-            if release is None:
+            if release is None or not await self._release_command(project, release):
                 return
             release = await roll_out(
                 self.ctx.store, self.ctx.view, self.ctx.term, self.records, release,
@@ -170,6 +171,39 @@ class Job:
         return await self.records.save(
             dataclasses.replace(release, artifacts=artifacts, log=log_name)
         )
+
+    async def _release_command(self, project: ProjectSpec, release: Release) -> bool:
+        """Run the project's release command before the cut-over; False: it failed, and so
+        did the release (the environment's target is untouched: the old release serves)."""
+        ctx = self.ctx
+        try:
+            await run_release_command(
+                ctx.store, ctx.view, ctx.term, project, release, self.progress.say
+            )
+        except ReleaseCommandFailed as err:
+            await self._release_command_failed(project, release, err)
+            return False
+        return True
+
+    async def _release_command_failed(
+        self, project: ProjectSpec, release: Release, err: ReleaseCommandFailed
+    ) -> None:
+        """Failed like a failed build: recorded with the output's tail, told, alerted."""
+        ctx = self.ctx
+        failed = await self.records.save(
+            dataclasses.replace(release, status=ReleaseStatus.FAILED, detail=err.detail)
+        )
+        # Its output stays in the release's detail (it may show secrets): not in the event,
+        # the progress lines (the builder's log repeats them) or the alert.
+        data = {**release_data(failed), "detail": err.reason}
+        await ctx.store.record("release_failed", ctx.droplet, f"{project.name}.{self.env}",
+                               data, ctx.term.fence)  # fmt: skip
+        await self.progress.say(f"release {release.number} failed: {err.reason}; the previous "
+                                "release keeps serving (its output: meshctl releases "
+                                f"{project.name} {self.env})", final=True, ok=False,
+                                number=release.number)  # fmt: skip
+        await self._alert(f"Release command of {project.name} {self.env} failed",
+                          {"release": str(release.number), "why": err.reason})  # fmt: skip
 
     async def _reuse(
         self, project: ProjectSpec, found: list[Release], taken: Callable[[], Awaitable[None]]

@@ -72,6 +72,7 @@ from plugins.runtimes.docker.containers import (
 from plugins.runtimes.docker.engine import DETAIL_CHARS, Engine, short
 from plugins.runtimes.docker.images import Images
 from plugins.runtimes.docker.networks import Networks
+from plugins.runtimes.docker.once import OneOffs
 from protocol import subjects
 from protocol.errors import ProtocolError
 
@@ -83,7 +84,7 @@ LOG_TAIL_LINES = 5
 SETTINGS = frozenset({"docker_host", "docker_cli", "pull", "init", "timeout", "ulimits"})
 
 
-class DockerRuntime:
+class DockerRuntime(OneOffs):  # `run_once`: one-off containers (`once`)
     name = "docker"
 
     def __init__(self, ctx: RuntimeContext) -> None:
@@ -128,7 +129,9 @@ class DockerRuntime:
                 return info
         await self._remove(current, grace=5.0)
         pull = spec.artifact is None  # an artifact's image is loaded, never pulled
-        user = await self._images.ensure(spec.key, wanted, spec.build_secrets, pull=pull)
+        user = await self._images.ensure(
+            spec.key, wanted, spec.build_secrets, pull=pull, auth=spec.registry_auth
+        )
         async with self._networks.joined(wanted):
             return await self._engine.call(self._create, spec, wanted, user)
 

@@ -1,7 +1,8 @@
 """Images of the docker runtime: taken from the engine, built from the instance's build context
 (once per tag) or, where allowed, pulled. Builds and pulls run one at a time on the engine's
 slow worker; a build with build secrets runs the docker CLI instead (`buildkit`), in turn with
-the others."""
+the others. An image from a private registry is pulled with the instance's login, given to the
+engine with that pull only (no `docker login`, nothing written to ~/.docker/config.json)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from plugins.runtimes import InstanceStartError
+from plugins.runtimes import InstanceStartError, RegistryAuth
 from plugins.runtimes.docker.buildkit import CliBuildError, SecretBuilds
 from plugins.runtimes.docker.containers import Build, ContainerSpec, owner_labels
 from plugins.runtimes.docker.engine import Engine, short
+
+# What registries answer to a login they refuse (registry 2.x, Docker Hub, ...), as the engine
+# passes it on (a 500 with the registry's words).
+REFUSALS = ("unauthorized", "authentication required", "incorrect username or password")
 
 
 class Images:
@@ -39,10 +44,11 @@ class Images:
         build_secrets: Mapping[str, bytes] | None = None,
         *,
         pull: bool = True,
+        auth: RegistryAuth | None = None,
     ) -> str:
         """The image's user (for the owner of secret files), building or pulling it first
-        (not pulling it if `pull` is false); `build_secrets` are the values of
-        `wanted.build.secrets`."""
+        (not pulling it if `pull` is false, with the login `auth` if given); `build_secrets`
+        are the values of `wanted.build.secrets`."""
         async with self._locks[wanted.image]:
             try:
                 found = await self._engine.call(_user_of, wanted.image)
@@ -53,9 +59,9 @@ class Images:
                 async with self._slow:
                     if wanted.build is not None and wanted.build.secrets:
                         return await self._build_with_secrets(wanted, build_secrets or {})
-                    return await self._engine.call_slow(self._fetch, wanted)
+                    return await self._engine.call_slow(self._fetch, wanted, auth)
             except (docker.errors.BuildError, docker.errors.APIError, ValueError) as err:
-                raise InstanceStartError(key, image_problem(wanted, err)) from None
+                raise InstanceStartError(key, image_problem(wanted, err, auth)) from None
             except CliBuildError as err:
                 raise InstanceStartError(key, f"cannot build image {wanted.image}: {err}") from None
 
@@ -76,7 +82,9 @@ class Images:
             )
         return found
 
-    def _fetch(self, client: docker.DockerClient, wanted: ContainerSpec) -> str:
+    def _fetch(
+        self, client: docker.DockerClient, wanted: ContainerSpec, auth: RegistryAuth | None
+    ) -> str:
         if wanted.build is not None:
             if not Path(wanted.build.context).is_dir():
                 raise ValueError(
@@ -92,6 +100,16 @@ class Images:
                 forcerm=True,
                 labels=owner_labels(self._mesh),
             )
+        elif self._pull and auth is not None:
+            self._log.info(
+                "Pulling image with a registry login. image=%s registry=%s user=%s",
+                wanted.image,
+                auth.server,
+                auth.username,
+            )
+            login = {"username": auth.username, "password": auth.password}
+            repository, tag = docker.utils.parse_repository_tag(wanted.image)
+            image = client.images.pull(repository, tag, auth_config=login)
         elif self._pull:
             self._log.info("Pulling image. image=%s", wanted.image)
             image = client.images.pull(wanted.image)
@@ -121,9 +139,19 @@ def dockerfile_argument(build: Build) -> str | None:
     return str(path.relative_to(context)) if path.is_relative_to(context) else build.dockerfile
 
 
-def image_problem(wanted: ContainerSpec, err: Exception) -> str:
+def image_problem(wanted: ContainerSpec, err: Exception, auth: RegistryAuth | None = None) -> str:
+    if auth is not None and refused_login(err):
+        return f"registry {auth.server} refused the login for {auth.username} ({short(err)})"
     if isinstance(err, docker.errors.BuildError):
         lines = [str(step.get("stream", "")).strip() for step in err.build_log if "stream" in step]
         tail = " | ".join(line for line in lines[-3:] if line)
         return f"cannot build image {wanted.image}: {err.msg}{f' ({tail})' if tail else ''}"
     return f"image {wanted.image} not available: {short(err)}"
+
+
+def refused_login(err: Exception) -> bool:
+    """Whether the engine's error says the registry refused the pull's credentials."""
+    if not isinstance(err, docker.errors.APIError):
+        return False
+    said = short(err).lower()
+    return err.status_code == 401 or any(sign in said for sign in REFUSALS)

@@ -46,6 +46,7 @@ from plugins.runtimes import (
     secret_file_variables,
 )
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
+from plugins.runtimes.process.once import ONCE_DIR, arguments, run_command
 from plugins.runtimes.process.records import ProcessRecord, signal_adopted
 from protocol import subjects
 
@@ -82,6 +83,7 @@ class ProcessRuntime:
     def __init__(self, ctx: RuntimeContext, *, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES):
         self._root = ctx.data_dir / "instances"
         self._artifacts = ctx.data_dir / "artifacts"  # <digest>/: an unpacked build context
+        self._once = ctx.data_dir / ONCE_DIR  # <key>/: a one-off command's files (`once`)
         self._log = ctx.logger
         self._log_max_bytes = log_max_bytes
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -145,6 +147,16 @@ class ProcessRuntime:
         for key, child in builtins.list(self._children.items()):
             if child.poll() is not None:
                 del self._children[key]
+
+    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
+        if self._closed:
+            raise InstanceStartError(spec.key, "the process runtime is closed")
+        directory = self._once / spec.key
+        argv = arguments(spec.key, command)
+        cwd = working_directory(spec, self._artifacts, directory)
+        env = self._environment(spec, directory / SECRETS_DIR)
+        self._log.info("Running once. key=%s command=%s", spec.key, argv[0])
+        return await run_command(spec.key, argv, cwd, env, spec.secrets, directory, limit_s=timeout)
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
