@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
+from meshd.agent.store import StoreUnavailable
 from meshd.core.errors import CapacityError, InputError, InputErrors
 from protocol.errors import MeshError
 
@@ -125,4 +126,11 @@ def _fail(err: BaseException, debug: bool, prefix: str = "") -> None:
     if debug:
         traceback.print_exception(err)
     print(f"meshctl: {prefix}{cause_chain(err)}", file=sys.stderr)
+    if isinstance(err, StoreUnavailable) and "not reachable" not in str(err):
+        # Connected, but JetStream did not answer in time: seconds, mostly.
+        print(
+            "meshctl: JetStream did not answer: it elects a leader or moves to other droplets "
+            "(the mesh grew or shrank) for a few seconds; try again (`meshctl status` shows it)",
+            file=sys.stderr,
+        )
     sys.exit(EXIT_FAILURE)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.mesh.test_deploys import change, git, make_repository, releases, serves
 from tests.support import nginx_binary
+from tests.support.git_repos import change, git, make_repository, releases, serves
 from tests.support.mesh import local_mesh
 from tests.support.waiting import wait_for
 

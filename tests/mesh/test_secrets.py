@@ -294,6 +294,12 @@ def test_a_canary_reaches_only_its_service_and_survives_rotation_and_rebuild(
     (tmp_path / "backend.env").write_text("# plain settings\nLEVEL=template\nTEMPLATE_ONLY=t\n")
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", csv, "--deploy-config", config)  # no --wait: api_key is not set
+        # Three droplets: JetStream moves to three servers first (reads wait meanwhile).
+        wait_for(
+            lambda: (s := mesh.status_if_readable()) and s["jetstream"]["replicas"] == 3,
+            timeout=180,
+            what="JetStream on three droplets",
+        )
         refuses_bad_input(mesh)
 
         mesh.ok("secret", "set", "shop", "api_key", input=CANARY)

@@ -6,8 +6,6 @@ is 401, recorded, and builds nothing."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,51 +13,11 @@ from typing import Any
 
 from meshd.core.webhooks import signature_of
 from tests.support import nginx_binary
-from tests.support.mesh import ROOT, LocalMesh, http_get, local_mesh
+from tests.support.git_repos import git, make_repository, releases, serves
+from tests.support.mesh import LocalMesh, local_mesh
 from tests.support.waiting import wait_for
 
 SECRET = "a webhook secret shared with the host"
-SERVICES = {
-    "backend": {"build_context": "app", "process_command": "python3 hello.py"},
-    "frontend": {"enabled": False},
-    "database": {"enabled": False},
-    "redis": {"enabled": False},
-}
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=Ana", "-c", "user.email=ana@example.com", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"git {args}: {done.stdout}\n{done.stderr}"
-    return done.stdout.strip()
-
-
-def repository(root: Path) -> tuple[Path, Path]:
-    """A bare repository (the hosted one's stand-in) with the example app and its deployment
-    config, and a working clone of it."""
-    bare, work = root / "shop.git", root / "shop"
-    git(root, "init", "--quiet", "--bare", "-b", "main", str(bare))
-    (work / "app").mkdir(parents=True)
-    for name in ("hello.py", "Dockerfile", "serve", "work"):  # the Dockerfile: a disk build
-        shutil.copy(ROOT / "examples" / "app" / name, work / "app" / name)
-    (work / "app" / "release.txt").write_text("first\n")
-    config = {"deployment_platform": "process", "projects": {"shop": {
-        "git_repo": str(bare), "health_timeout": 15, "services": SERVICES}}}  # fmt: skip
-    (work / "deployment_config.json").write_text(json.dumps(config))
-    (work / "projects.csv").write_text(
-        "Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n"
-    )
-    git(work, "init", "--quiet", "-b", "main")
-    git(work, "add", ".")
-    git(work, "commit", "--quiet", "-m", "first")
-    git(work, "push", "--quiet", str(bare), "main")
-    return bare, work
 
 
 def deliver(mesh: LocalMesh, payload: dict[str, Any], secret: str) -> tuple[int, str]:
@@ -82,30 +40,21 @@ def deliver(mesh: LocalMesh, payload: dict[str, Any], secret: str) -> tuple[int,
         return err.code, err.read().decode()
 
 
-def releases(mesh: LocalMesh) -> list[dict[str, Any]]:
-    return list(json.loads(mesh.ok("releases", "shop", "uat", "--json"))["releases"])
-
-
-def serves(mesh: LocalMesh, note: str) -> bool:
-    try:
-        page = http_get(f"{mesh.status()['entry_url']}/shop-uat/backend/", timeout=5)
-    except OSError:
-        return False
-    return f"release: {note}" in page
-
-
 def test_a_signed_webhook_deploys_and_a_bad_signature_is_refused(tmp_path: Path) -> None:
     nginx_binary()  # the entry address needs nginx (it says how to get it)
-    bare, work = repository(tmp_path)
+    bare, work = make_repository(tmp_path)
     published = tmp_path / "published"
     git(tmp_path, "clone", "--quiet", str(bare), str(published))
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", published / "projects.csv", "--deploy-config",
                 published / "deployment_config.json", "--wait")  # fmt: skip
-        wait_for(lambda: serves(mesh, "first"), what="UAT serving the disk build")
+        wait_for(lambda: serves(mesh, "uat", "first"), what="UAT serving the disk build")
         (work / "app" / "release.txt").write_text("second\n")
         git(work, "commit", "--quiet", "-am", "second")
-        before, sha = git(work, "rev-parse", "HEAD~1"), git(work, "rev-parse", "HEAD")
+        before, sha = (
+            git(work, "rev-parse", "HEAD~1").strip(),
+            git(work, "rev-parse", "HEAD").strip(),
+        )
         git(work, "push", "--quiet", str(bare), "main")  # no hook: the host's webhook tells
         payload = {"ref": "refs/heads/main", "before": before, "after": sha,
                    "pusher": {"name": "ana"}}  # fmt: skip
@@ -124,8 +73,8 @@ def test_a_signed_webhook_deploys_and_a_bad_signature_is_refused(tmp_path: Path)
         assert status == 202, text
         (queued,) = json.loads(text)["queued"]
         assert (queued["ref"], queued["sha"]) == ("refs/heads/main", sha)
-        wait_for(lambda: serves(mesh, "second"), timeout=120, what="UAT serving the push")
-        (release,) = releases(mesh)
+        wait_for(lambda: serves(mesh, "uat", "second"), timeout=120, what="UAT serving the push")
+        (release,) = releases(mesh, "uat")
         assert (release["sha"], release["status"]) == (sha, "live"), release
         assert release["requested_by"] == "ana"  # the pusher the payload names
 
@@ -137,5 +86,5 @@ def test_a_signed_webhook_deploys_and_a_bad_signature_is_refused(tmp_path: Path)
         )
         assert "does not match" in refused[0]["detail"]["reason"]
         assert SECRET not in json.dumps(refused)
-        assert [r["number"] for r in releases(mesh)] == [release["number"]]  # nothing built
-        assert serves(mesh, "second")
+        assert [r["number"] for r in releases(mesh, "uat")] == [release["number"]]  # nothing built
+        assert serves(mesh, "uat", "second")
