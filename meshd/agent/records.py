@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TypeVar
 
 from meshd.agent.store import Store
 from meshd.core.placement import Placement
 from protocol import subjects
+from protocol.base import Message
 from protocol.codec import decode
 from protocol.envconfig import ConfigVars
 from protocol.errors import ProtocolError
@@ -18,6 +20,7 @@ from protocol.messages import JetStreamServers, PlacementRecord, RestartRequest,
 from protocol.releases import Release, ReleaseTarget
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +54,8 @@ async def last_placement(store: Store) -> LastPlacement | None:
 
 async def restart_counts(store: Store) -> dict[str, int]:
     """Restart requests per allocation key (`meshctl restart`); unreadable ones are skipped."""
-    counts = {}
-    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.RESTARTS)).items():
-        if entry.value is None:
-            continue
-        try:
-            request = decode(entry.value, RestartRequest)
-        except ProtocolError as err:
-            log.warning("Restart request unreadable; ignored. key=%s error=%s", key, err)
-            continue
-        counts[subjects.alloc_key(request.project, request.env, request.service)] = request.count
-    return counts
+    found = await decoded(store, subjects.DESIRED_BUCKET, subjects.RESTARTS, RestartRequest)
+    return {subjects.alloc_key(r.project, r.env, r.service): r.count for r in found}
 
 
 ConfigLayers = dict[tuple[str, str | None], ConfigVars]
@@ -70,17 +64,8 @@ ConfigLayers = dict[tuple[str, str | None], ConfigVars]
 async def config_layers(store: Store) -> ConfigLayers:
     """The operator's variables (`meshctl config`) by project and environment (None: the
     whole project); unreadable ones are skipped."""
-    layers: ConfigLayers = {}
-    for key, entry in (await store.entries(subjects.DESIRED_BUCKET, subjects.CONFIG_VARS)).items():
-        if entry.value is None:
-            continue
-        try:
-            found = decode(entry.value, ConfigVars)
-        except ProtocolError as err:
-            log.warning("Variables unreadable; ignored. key=%s error=%s", key, err)
-            continue
-        layers[(found.project, found.env)] = found
-    return layers
+    found = await decoded(store, subjects.DESIRED_BUCKET, subjects.CONFIG_VARS, ConfigVars)
+    return {(layer.project, layer.env): layer for layer in found}
 
 
 ReleaseTargets = dict[tuple[str, str], ReleaseTarget]
@@ -89,32 +74,14 @@ ReleaseTargets = dict[tuple[str, str], ReleaseTarget]
 async def release_targets(store: Store) -> ReleaseTargets:
     """The release each project environment runs, by (project, env); unreadable ones are
     skipped (the environment runs what `publish` says, logged)."""
-    targets: ReleaseTargets = {}
-    found = await store.entries(subjects.DESIRED_BUCKET, subjects.RELEASE_TARGETS)
-    for key, entry in found.items():
-        if entry.value is None:
-            continue
-        try:
-            target = decode(entry.value, ReleaseTarget)
-        except ProtocolError as err:
-            log.error("Release target unreadable; ignored. key=%s error=%s", key, err)
-            continue
-        targets[(target.project, target.env)] = target
-    return targets
+    found = await decoded(store, subjects.DESIRED_BUCKET, subjects.RELEASE_TARGETS, ReleaseTarget)
+    return {(target.project, target.env): target for target in found}
 
 
 async def releases_of(store: Store, project: str, env: str | None = None) -> list[Release]:
     """The release records of a project (of one environment), unreadable ones skipped."""
     pattern = f"{project}.{env}.*" if env else f"{project}.*.*"
-    found = []
-    for key, entry in (await store.entries(subjects.RELEASES_BUCKET, pattern)).items():
-        if entry.value is None:
-            continue
-        try:
-            found.append(decode(entry.value, Release))
-        except ProtocolError as err:
-            log.error("Release record unreadable; skipped. key=%s error=%s", key, err)
-    return found
+    return await decoded(store, subjects.RELEASES_BUCKET, pattern, Release)
 
 
 async def snapshot_index(store: Store, droplet: str) -> IndexRead:
@@ -154,3 +121,17 @@ async def jetstream_servers(store: Store, key: str) -> JetStreamServers | None:
     last move (`subjects.JETSTREAM_APPLIED_KEY`), or None."""
     entry = await store.get(subjects.DESIRED_BUCKET, key)
     return decode_servers(entry.value if entry else None)
+
+
+async def decoded(store: Store, bucket: str, keys: str, kind: type[M]) -> list[M]:
+    """The readable values of `bucket`'s `keys` as `kind`; unreadable ones are logged and
+    skipped (a newer writer's, or damaged): readers act on what they can read."""
+    found = []
+    for key, entry in (await store.entries(bucket, keys)).items():
+        if entry.value is None:
+            continue
+        try:
+            found.append(decode(entry.value, kind))
+        except ProtocolError as err:
+            log.warning("Unreadable %s skipped. key=%s error=%s", kind.KIND, key, err)
+    return found

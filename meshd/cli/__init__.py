@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import click
 
 from meshd import __version__
-from meshd.agent.store import StoreUnavailable
+from meshd.agent.store import StoreUnavailable, Unreachable
 from meshd.core.errors import CapacityError, InputError, InputErrors
 from protocol.errors import MeshError
 
@@ -126,7 +126,7 @@ def _fail(err: BaseException, debug: bool, prefix: str = "") -> None:
     if debug:
         traceback.print_exception(err)
     print(f"meshctl: {prefix}{cause_chain(err)}", file=sys.stderr)
-    if isinstance(err, StoreUnavailable) and "not reachable" not in str(err):
+    if isinstance(err, StoreUnavailable) and not isinstance(err, Unreachable):
         # Connected, but JetStream did not answer in time: seconds, mostly.
         print(
             "meshctl: JetStream did not answer: it elects a leader or moves to other droplets "

@@ -11,7 +11,7 @@ import click
 
 from meshd.agent.config import CLIENT_PORT
 from meshd.agent.records import LastPlacement, jetstream_servers
-from meshd.agent.store import Store, StoreUnavailable, open_store
+from meshd.agent.store import Store, StoreUnavailable, Unreachable, open_store
 from meshd.cli.context import Context
 from meshd.core.jetstream import candidates, choose
 from meshd.core.spec import DesiredState
@@ -41,7 +41,7 @@ async def connect(context: Context) -> Store:
             timeout=CONNECT_TIMEOUT_S,
         )
     except StoreUnavailable as err:
-        raise StoreUnavailable(f"mesh {context.name!r} is not reachable") from err
+        raise Unreachable(f"mesh {context.name!r} is not reachable") from err
     await _follow_servers(store, context)
     return store
 

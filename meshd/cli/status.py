@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 
-from meshd.agent.records import release_targets
+from meshd.agent.records import decoded, release_targets
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
 from meshd.cli.hold import hold_data
@@ -22,8 +22,6 @@ from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.releases import release_summary
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
-from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import Event, NodeStatus
 from protocol.releases import Release
 
@@ -92,14 +90,7 @@ def env_secrets(nodes: dict[str, NodeStatus]) -> dict[str, list[str]]:
 
 async def releases_view(store: Store) -> list[dict[str, Any]]:
     """What each project environment with releases runs, and its newest release if other."""
-    found = []
-    for entry in (await store.entries(subjects.RELEASES_BUCKET)).values():
-        if entry.value is None:
-            continue
-        try:
-            found.append(decode(entry.value, Release))
-        except ProtocolError:
-            continue  # the builder logs it; status shows what it can read
+    found = await decoded(store, subjects.RELEASES_BUCKET, ">", Release)
     return release_summary(await release_targets(store), found)
 
 

@@ -33,6 +33,10 @@ class StoreUnavailable(StoreError):
     """The mesh's NATS servers could not be reached or JetStream did not answer: try later."""
 
 
+class Unreachable(StoreUnavailable):
+    """No NATS server of the mesh could be reached at all (not: JetStream did not answer)."""
+
+
 class Conflict(StoreError):
     """A compare-and-set write lost: somebody else wrote first."""
 

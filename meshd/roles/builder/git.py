@@ -61,8 +61,7 @@ class GitCache:
     async def export(self, sha: str, path: str, into: Path) -> Path:
         """The directory `path` of commit `sha` written under `into`; returns where."""
         data = await self._git_bytes("archive", "--format=tar", sha, "--", path)
-        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-            archive.extractall(into, filter="data")
+        await asyncio.to_thread(_extract, data, into)  # a big context: not on the event loop
         return into / path
 
     async def tags(self) -> list[str]:
@@ -82,6 +81,11 @@ class GitCache:
 
     async def _git_bytes(self, *args: str) -> bytes:
         return await _git(self.path, *args)
+
+
+def _extract(data: bytes, into: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        archive.extractall(into, filter="data")
 
 
 async def _git(repository: Path | None, *args: str) -> bytes:

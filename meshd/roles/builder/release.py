@@ -24,7 +24,6 @@ from meshd.core.status import service_status
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Allocation
 from protocol.releases import DeployProgress, DeployRequest, Release, ReleaseStatus, ReleaseTarget
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ async def roll_out(
     built = {a.service for a in release.artifacts} or _services_of(before)
     deadline = time.monotonic() + timeout_s
     while True:
-        problems = await unhealthy(store, view, release, built)
+        problems = unhealthy(view, release, built)
         if not problems:
             break
         if time.monotonic() > deadline:
@@ -144,15 +143,10 @@ async def roll_out(
     return release
 
 
-async def unhealthy(store: Store, view: MeshView, release: Release, built: set[str]) -> list[str]:
+def unhealthy(view: MeshView, release: Release, built: set[str]) -> list[str]:
     """What still keeps `release` from serving everywhere (nothing: it is live): each service
     it runs (`built`) must be allocated with it and healthy on every droplet it is placed on."""
-    pattern = f"{release.project}.{release.env}.*"
-    allocations = {
-        key: found
-        for key, entry in (await store.entries(subjects.ALLOC_BUCKET, pattern)).items()
-        if (found := _allocation(entry)) is not None
-    }
+    allocations = view.allocations  # mirrored by the agent: no listing every half second
     # A release without artifacts returns the environment to what publish runs (release 0).
     number = release.number if release.artifacts else 0
     problems = []
@@ -206,15 +200,6 @@ async def _fail_rollout(
         {"release": str(release.number), "sha": release.sha[:12], "why": detail},
     )
     return release
-
-
-def _allocation(entry: Entry) -> Allocation | None:
-    if entry.value is None:
-        return None
-    try:
-        return decode(entry.value, Allocation)
-    except ProtocolError:
-        return None
 
 
 def _services_of(target: Entry | None) -> set[str]:
