@@ -38,7 +38,11 @@ HELLO = ROOT / "examples" / "app" / "hello.py"
 
 def meshctl(env: dict[str, str], *args: str) -> float:
     started = time.monotonic()
-    subprocess.run([MESHCTL, *args], env=env, check=True, capture_output=True, cwd=ROOT)
+    done = subprocess.run(
+        [MESHCTL, *args], env=env, capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    if done.returncode != 0:
+        sys.exit(f"meshctl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return time.monotonic() - started
 
 
@@ -222,8 +226,13 @@ def main() -> None:
         roleless = [p for p, d in agents.items() if d.rsplit("-", 1)[0] not in holders]
         result["meshd_rss_mb_max"] = round(max(rss_mb(p) for p in agents), 1)
         result["meshd_cpu_pct_max"] = round(max(cpu[p] for p in agents), 2)
-        result["meshd_rss_mb_roleless_max"] = round(max(rss_mb(p) for p in roleless), 1)
-        result["meshd_cpu_pct_roleless_max"] = round(max(cpu[p] for p in roleless), 2)
+        # None when every agent holds a role (the builder goes to the roomiest droplet).
+        result["meshd_rss_mb_roleless_max"] = (
+            round(max(rss_mb(p) for p in roleless), 1) if roleless else None
+        )
+        result["meshd_cpu_pct_roleless_max"] = (
+            round(max(cpu[p] for p in roleless), 2) if roleless else None
+        )
         result["nats_rss_mb_max"] = round(max(rss_mb(p) for p in found["nats"]), 1)
         result["nats_cpu_pct_max"] = round(max(cpu[p] for p in found["nats"]), 2)
         result["agents"] = len(agents)
