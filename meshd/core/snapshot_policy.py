@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from protocol.messages import Allocation, NodeStatus, Snapshot, SnapshotIndex
 
 KEEP = 3
+RETRY_FIRST_S = 5.0  # after a snapshot failed: a copy that met a moving file, a busy API...
+RETRY_CAP_S = 60.0  # ...doubling up to this while it keeps failing
 
 
 def settled(
@@ -53,3 +55,9 @@ def snapshot_name(droplet: str, at: float) -> str:
     """The seed's `<droplet>-deploy-<YYYYmmdd-HHMM>`, with seconds: two deploys a minute
     would collide."""
     return f"{droplet}-deploy-{datetime.fromtimestamp(at, UTC):%Y%m%d-%H%M%S}"
+
+
+def retry_after(failures: int) -> float:
+    """Seconds before a droplet whose last `failures` snapshots in a row failed is tried again:
+    soon after one (most failures pass), less often while they go on (an API that refuses)."""
+    return min(RETRY_FIRST_S * 2.0 ** max(failures - 1, 0), RETRY_CAP_S)

@@ -85,6 +85,7 @@ def _newest(index: SnapshotIndex | None, now: float) -> dict[str, Any] | None:
         "name": newest.name,
         "age_s": round(max(0.0, now - newest.created_at), 1),
         "kept": len(index.snapshots),
+        "generations": dict(newest.generations),
     }
 
 

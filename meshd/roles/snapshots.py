@@ -23,7 +23,7 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.records import IndexRead, snapshot_index, write_over
 from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.health import STALE_AFTER_S
-from meshd.core.snapshot_policy import KEEP, due, pruned, settled, snapshot_name
+from meshd.core.snapshot_policy import KEEP, due, pruned, retry_after, settled, snapshot_name
 from plugins.providers import (
     DropletRecord,
     Provider,
@@ -39,7 +39,6 @@ from protocol.messages import Snapshot, SnapshotIndex
 log = logging.getLogger(__name__)
 SETTLE_S = 3.0  # a droplet's generations must hold this long before it is snapshotted
 CHECK_S = 1.0
-RETRY_S = 60.0  # after a snapshot failed
 
 
 class Snapshots:
@@ -54,7 +53,8 @@ class Snapshots:
         self.droplet = droplet
         self.tag = tag
         self._seen: dict[str, tuple[dict[str, int], float]] = {}  # generations, since (monotonic)
-        self._failed: dict[str, float] = {}  # droplet -> when a snapshot last failed (monotonic)
+        # droplet -> when a snapshot may be tried again (monotonic), and how many failed in a row
+        self._failed: dict[str, tuple[float, int]] = {}
         self._indexes: dict[str, IndexRead] = {}  # as last read or written, with its revision
 
     async def lead(self, term: Term) -> None:
@@ -89,7 +89,7 @@ class Snapshots:
             if seen is None or seen[0] != generations:
                 self._seen[name] = (generations, now)
                 continue
-            if now - seen[1] < SETTLE_S or now - self._failed.get(name, -RETRY_S) < RETRY_S:
+            if now - seen[1] < SETTLE_S or now < self._failed.get(name, (0.0, 0))[0]:
                 continue
             if name not in self._indexes:
                 self._indexes[name] = await snapshot_index(self.store, name)
@@ -102,8 +102,10 @@ class Snapshots:
                 continue
             try:
                 await self._take(term, found, generations)
+                self._failed.pop(name, None)
             except ProviderError as err:
-                self._failed[name] = now
+                failures = self._failed.get(name, (0.0, 0))[1] + 1
+                self._failed[name] = (now + retry_after(failures), failures)
                 log.error("Snapshot failed. droplet=%s error=%s", name, err)
                 self.store.record_soon(
                     "snapshot_failed", self.droplet, name, {"error": str(err)}, term.fence

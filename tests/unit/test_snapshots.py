@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshd.core.snapshot_policy import due, pruned, settled, snapshot_name
+from meshd.core.snapshot_policy import RETRY_CAP_S, due, pruned, retry_after, settled, snapshot_name
 from protocol.messages import (
     Allocation,
     InstanceState,
@@ -79,3 +79,10 @@ def test_all_but_the_newest_three_are_pruned_and_names_follow_the_seed() -> None
 
 
 # --- on a real local mesh ---------------------------------------------------------------------
+
+
+def test_a_failed_snapshot_is_tried_again_soon_then_less_often() -> None:
+    waits = [retry_after(n) for n in range(1, 8)]
+    assert waits[0] <= 5.0  # one failure (a file moved mid-copy) costs seconds, not a minute
+    assert waits == sorted(waits)
+    assert waits[-1] == RETRY_CAP_S

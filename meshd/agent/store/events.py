@@ -29,6 +29,7 @@ RETRY_BASE_S = 0.5
 RETRY_CAP_S = 8.0
 RECORDING_GRACE_S = 2.0  # on close, events on their way get this long
 READ_TIMEOUT_S = 2.0
+READ_ATTEMPTS = 3  # `recent`: a stream election lasts a few seconds
 
 
 class Events:
@@ -95,7 +96,20 @@ class Events:
                 task.cancel()
 
     async def recent(self, count: int) -> list[Event]:
-        """The last `count` events, oldest first, read in one flow (not a request each)."""
+        """The last `count` events, oldest first, read in one flow (not a request each); a read
+        that JetStream did not answer (the stream elects a leader, often just after a droplet
+        died, which is when the log is read most) is tried again, briefly."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self._recent(count)
+            except StoreUnavailable as err:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                log.info("Events not read; trying again. error=%s", err)
+                await asyncio.sleep(RETRY_BASE_S * attempt)
+        raise AssertionError("unreachable")
+
+    async def _recent(self, count: int) -> list[Event]:
         try:
             info = await self._js.stream_info(subjects.EVENTS_STREAM)
             first, last = info.state.first_seq, info.state.last_seq
