@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-component test-mesh lint typecheck bench clean nginx
+.PHONY: demo test test-unit test-component test-mesh lint typecheck bench clean nginx datastores
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # A local mesh running the example projects, deployed from git repositories under .demo/
 # (made here, with meshd's hook); `meshctl down` ends it.
 # On Docker the examples run from an image built FROM scratch with a static busybox.
-demo: $(STAMP) examples/app/busybox nginx
+demo: $(STAMP) examples/app/busybox nginx datastores
 	$(BIN)/meshctl up --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
 	$(BIN)/python examples/demo_repos.py
 	$(BIN)/meshctl publish examples/projects.csv --wait
@@ -49,6 +49,11 @@ nginx:
 			echo "No nginx (Debian/Ubuntu: apt-get install nginx-light): no entry point."; \
 		fi; \
 	fi
+
+# Debian's PostgreSQL and Redis, which the process runtime runs for the built-in datastores;
+# their packages' own default servers are stopped (they would hold ports the mesh hands out).
+datastores:
+	@deploy/host-datastores
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

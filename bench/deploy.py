@@ -239,7 +239,7 @@ def make_repository(home: Path, runtime: str) -> tuple[Path, Path, Path]:
     bare, work, published = home / "shop.git", home / "shop", home / "published"
     git(home, "init", "--quiet", "--bare", "-b", "main", bare)
     (work / "app").mkdir(parents=True)
-    for name in ("hello.py", "Dockerfile", "serve", "work"):
+    for name in ("hello.py", "visits.py", "Dockerfile", "serve", "work"):
         shutil.copy(ROOT / "examples" / "app" / name, work / "app" / name)
     backend: dict[str, str] = {"build_context": "app", "process_command": "python3 hello.py"}
     if runtime == "docker":

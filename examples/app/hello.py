@@ -1,8 +1,11 @@
 """A tiny service for the demo, standard library only.
 
-Web mode (default): serves `GET /health` (JSON) and `GET /` (a page naming its project,
-environment and service) on SERVICE_HOST:SERVICE_PORT. `--port-from VAR` listens on the port
-in another variable (the demo's stand-in database and redis use DB_PORT and REDIS_PORT).
+Web mode (default): serves `GET /health` (JSON, touching nothing else) and `GET /` (a page
+naming its project, environment and service) on SERVICE_HOST:SERVICE_PORT. Each `GET /`
+counts a visit in the instance's PostgreSQL and redis when it was given their passwords
+(visits.py beside this file) and shows both totals, or why a store is unavailable.
+`--port-from VAR` listens on the port in another variable (the demo's stand-in database and
+redis use DB_PORT and REDIS_PORT; they count nothing).
 Worker mode (`--worker`): no port; logs a line every 30 seconds. `--hang` makes `/health`
 never answer (to show an unhealthy instance being restarted).
 """
@@ -47,11 +50,23 @@ def settings() -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def visit_lines() -> str:
+    """The page's lines about this visit, counted in the datastores. Imported here, not at the
+    top: `/health` and a start never depend on visits.py, which some copies of the app lack."""
+    try:
+        from visits import count_visit
+    except ImportError:
+        return "<p>visits: not counted (no visits.py beside hello.py)</p>\n"
+    return "".join(f"<p>{html.escape(line)}</p>\n" for line in count_visit().lines())
+
+
 class Handler(BaseHTTPRequestHandler):
     hang = False
+    count_visits = False
 
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-        if self.path.rstrip("/").endswith("/health"):
+        path = self.path.split("?", 1)[0]
+        if path.rstrip("/").endswith("/health"):
             if self.hang:
                 time.sleep(3600)
             self._send(200, "application/json", json.dumps({"status": "ok", **identity()}))
@@ -62,6 +77,7 @@ class Handler(BaseHTTPRequestHandler):
             f"<h1>{me['service']}</h1><p>project {me['project']}, environment "
             f"{me['environment']}, served from {me['host']} by meshd.</p>\n"
             f"{settings()}"
+            f"{visit_lines() if self.count_visits and path == '/' else ''}"
         )
         self._send(200, "text/html; charset=utf-8", page)
 
@@ -90,6 +106,8 @@ def main() -> None:
     host = os.environ.get("SERVICE_HOST", "127.0.0.1")
     port = int(os.environ[args.port_from])
     Handler.hang = args.hang
+    # A stand-in datastore has the store's password too, but its DB_PORT is its own.
+    Handler.count_visits = args.port_from == "SERVICE_PORT"
     ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 

@@ -23,6 +23,7 @@ from meshd.cli.tables import console
 from meshd.cli.up import open_provider
 from plugins.procfs import command_line
 from plugins.providers import Drills, DropletNotFound, Provider, ProviderError
+from plugins.runtimes import mesh_data_root
 from protocol.errors import MeshError
 
 ROUNDS = 5  # times the provider is asked again for what is left
@@ -38,12 +39,13 @@ SETTLE_S = 0.5  # between rounds: something started meanwhile shows up
 @click.option(
     "--keep-data",
     is_flag=True,
-    help="Keep the mesh's Docker volumes (its databases' data); a mesh of the same name "
-    "started later uses them again.",
+    help="Keep the data of the mesh's databases (Docker volumes, or the process runtime's "
+    "data directories); a mesh of the same name started later uses them again.",
 )
 def down(context_name: str | None, local: bool, keep_data: bool) -> None:
     """Stop every droplet of a mesh at once, destroy them (their processes and containers go
-    with them) and remove its state, context and Docker networks and volumes."""
+    with them) and remove its state, context, Docker networks and volumes, and its databases'
+    data."""
     asyncio.run(_down(context_name, keep_data))
 
 
@@ -65,6 +67,10 @@ async def _down(name: str | None, keep_data: bool) -> None:
         )
         if keep_data:
             console.print("Docker volumes of the mesh are kept (--keep-data).")
+    if context.local and not keep_data:
+        shutil.rmtree(mesh_data_root(context.mesh), ignore_errors=True)
+    elif context.local and mesh_data_root(context.mesh).is_dir():
+        console.print(f"Data of the mesh's datastores is kept in {mesh_data_root(context.mesh)}.")
     shutil.rmtree(context.state_dir, ignore_errors=True)
     remove_context(context.name)
     console.print(f"Mesh [bold]{context.name}[/] is down; nothing of it is left running.")

@@ -274,6 +274,41 @@ def load_runtime(name: str, ctx: RuntimeContext) -> Runtime:
     return factory(ctx)
 
 
+SYSTEM_DATA_ROOT = Path("/var/lib/meshd")  # run as root: data the servers' own users reach
+
+
+def mesh_data_root(mesh: str) -> Path:
+    """Where the process runtime, run as root, keeps the built-in datastores of `mesh`'s
+    droplets on this machine (`meshctl down` removes it unless told to keep data)."""
+    return SYSTEM_DATA_ROOT / mesh
+
+
+BUILTIN_DATASTORES = ("database", "redis")  # the kinds a runtime can run from its own template
+
+
+def builtin_datastore(
+    runtime: str,
+    kind: str,
+    *,
+    image: str | None,
+    build_context: str | None,
+    command: str | None,
+    process_command: str | None,
+) -> str | None:
+    """The kind of built-in datastore (PostgreSQL, Redis) `runtime` runs for a service that
+    names nothing of its own to run there, else None. Docker runs its template unless an
+    image or build is named; the process runtime unless a `process_command` is (or a
+    `command` that is not meant to run inside an image). The agent probes those by protocol."""
+    if kind not in BUILTIN_DATASTORES:
+        return None
+    if runtime == "docker":
+        own = image is not None or build_context is not None
+    else:
+        in_image = image is not None or build_context is not None
+        own = bool(process_command) or (command is not None and not in_image)
+    return None if own else kind
+
+
 def secret_file_variables(names: Iterable[str], directory: str) -> dict[str, str]:
     """`DB_PASSWORD_FILE=<directory>/db_password` for each secret file an instance gets (what
     the seed's `DB_PASSWORD_FILE` style expects; the values stay in the files)."""

@@ -43,7 +43,7 @@ def make_repository(
     git(root, "init", "--quiet", "--bare", "-b", "main", str(bare))
     work.mkdir()
     (work / "app").mkdir()
-    for name in ("hello.py", "Dockerfile", "serve", "work"):
+    for name in ("hello.py", "visits.py", "Dockerfile", "serve", "work"):
         shutil.copy(APP / name, work / "app" / name)
     if platform == "docker":
         shutil.copy(static_busybox(), work / "app" / "busybox")

@@ -28,6 +28,7 @@ from meshd.inputs.deploy_config import (
     parse_deploy_config,
 )
 from meshd.inputs.merge import build_desired_state
+from plugins.runtimes import builtin_datastore
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "seed" / "deployment_config.json"
@@ -96,9 +97,23 @@ def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     assert config.platform == "docker"
     services = [s for p in config.projects.values() for s in p.services]
     assert all(s.build_context == "app" for s in services)
-    # The process runtime runs each in its build context: examples/app, or a deploy's build.
-    assert all(s.process_command and s.process_command.startswith("python3 hello.py")
-               for s in services)  # fmt: skip
+    # The process runtime runs each in its build context (examples/app, or a deploy's
+    # build), but for the datastores: the host's own PostgreSQL and Redis.
+    for service in services:
+        builtin = builtin_datastore(
+            "process",
+            service.kind,
+            image=service.image,
+            build_context=service.build_context,
+            command=service.command,
+            process_command=service.process_command,
+        )
+        if service.kind.is_datastore:
+            assert builtin == service.kind
+        else:
+            assert service.process_command and service.process_command.startswith(
+                "python3 hello.py"
+            )
     # Their repositories are on this disk (make demo makes them), never outside.
     assert {p.git_repo for p in config.projects.values()} == {
         "../.demo/hostomatic.git", "../.demo/digitalpixo.git", None}  # fmt: skip

@@ -26,6 +26,7 @@ from meshd.agent.reconciler.artifacts import ArtifactDelivery
 from meshd.agent.reconciler.health import HealthProber
 from meshd.agent.reconciler.instances import NotReady, spec_for
 from meshd.agent.reconciler.local_copy import LocalCopy
+from meshd.agent.reconciler.probes import DatastoreProbes
 from meshd.agent.reconciler.slots import current_slot, statuses, waits_for
 from meshd.agent.reconciler.tracked import (
     START_GRACE_S,
@@ -78,7 +79,12 @@ class Reconciler:
         self._copy = LocalCopy(data_dir)
         self.artifacts = ArtifactDelivery(runtime, droplet, data_dir)  # what instances run
         self._health = HealthProber(
-            address, self.tracked, lambda: self.allocations, self._health_changed, self._restart
+            address,
+            self.tracked,
+            lambda: self.allocations,
+            self._health_changed,
+            self._restart,
+            DatastoreProbes(runtime.name, secrets),
         )
 
     # --- input -------------------------------------------------------------------------------

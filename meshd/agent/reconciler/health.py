@@ -1,8 +1,9 @@
 """Health of this droplet's instances: starting instances are probed often (they count as
 healthy on their first good probe), running ones every `HEALTH_EVERY_S`; `UNHEALTHY_AFTER`
 failed probes in a row make one unhealthy, and the reconciler restarts it (plain Docker never
-restarts a running-but-unhealthy container). Workers and datastores without a health path are
-healthy while they run."""
+restarts a running-but-unhealthy container). The built-in datastores are probed by their own
+protocol (`probes`); workers and other datastores without a health path are healthy while they
+run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import aiohttp
 
 from meshd.agent.reconciler.instances import NotReady
+from meshd.agent.reconciler.probes import DatastoreProbes
 from meshd.agent.reconciler.tracked import BACKOFF_MAX_S, START_GRACE_S, Tracked, service_slot
 from meshd.core.rollout import slot_port
 from plugins.runtimes import InstanceInfo, RuntimeFailure, RuntimeUnavailable
@@ -39,12 +41,14 @@ class HealthProber:
         allocations: Callable[[], Mapping[str, Allocation]],
         changed: Callable[[], None],
         restart: Callable[[str], Awaitable[InstanceInfo | None]],
+        datastores: DatastoreProbes | None = None,
     ) -> None:
         self.address = address
         self.tracked = tracked  # shared with the reconciler, which owns it
         self.allocations = allocations
         self.changed = changed  # what is reported, or may be done, changed
         self.restart = restart  # restarts an instance: its new info (None: not wanted now)
+        self.datastores = datastores
         self._woken = asyncio.Event()
 
     def wake(self) -> None:
@@ -88,6 +92,8 @@ class HealthProber:
         if allocation is None:
             return False
         port = slot_port(allocation, slot)
+        if port is not None and self.datastores and self.datastores.kind(allocation):
+            return await self.datastores.probe(allocation, self.address, port, HEALTH_TIMEOUT_S)
         if port is None or not allocation.health_path:
             return True  # workers and datastores without a health path: alive is healthy
         url = f"http://{self.address}:{port}{allocation.health_path}"

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from plugins.runtimes import InstanceSpec, secret_file_variables
+from plugins.runtimes import InstanceSpec, builtin_datastore, secret_file_variables
 from protocol import subjects
 
 LABEL_MESH = "meshd.mesh"
@@ -223,7 +223,17 @@ def _inside_port(spec: InstanceSpec, template: Template | None) -> int | None:
 
 
 def _wants_template(spec: InstanceSpec) -> bool:
-    return spec.image is None and spec.build_context is None
+    return (
+        builtin_datastore(
+            "docker",
+            spec.service_kind,
+            image=spec.image,
+            build_context=spec.build_context,
+            command=spec.command,
+            process_command=spec.process_command,
+        )
+        is not None
+    )
 
 
 def _image(spec: InstanceSpec, template: Template | None) -> tuple[str, Build | None]:

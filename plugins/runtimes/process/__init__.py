@@ -23,6 +23,7 @@ import asyncio
 import builtins
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -46,6 +47,8 @@ from plugins.runtimes import (
     secret_file_variables,
 )
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
+from plugins.runtimes.process.commands import command_launch
+from plugins.runtimes.process.datastores import Launch, Places, builtin_kind, launch
 from plugins.runtimes.process.once import ONCE_DIR, arguments, run_command
 from plugins.runtimes.process.records import ProcessRecord, signal_adopted
 from protocol import subjects
@@ -67,14 +70,6 @@ PASSED_THROUGH = ("PATH", "HOME", "LANG")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
-def process_command(spec: InstanceSpec) -> str:
-    """`process_command`, else `command` unless that is meant to run inside an image."""
-    if spec.process_command:
-        return spec.process_command
-    in_image = spec.image is not None or spec.build_context is not None
-    return "" if in_image or spec.command is None else spec.command
-
-
 class ProcessRuntime:
     """Runs each instance's command as a child process; see the module docstring."""
 
@@ -84,6 +79,9 @@ class ProcessRuntime:
         self._root = ctx.data_dir / "instances"
         self._artifacts = ctx.data_dir / "artifacts"  # <digest>/: an unpacked build context
         self._once = ctx.data_dir / ONCE_DIR  # <key>/: a one-off command's files (`once`)
+        configured = ctx.config.get("datastore_root")
+        root = Path(configured) if configured else None
+        self._places = Places.default(ctx.mesh, ctx.droplet, ctx.data_dir, root)
         self._log = ctx.logger
         self._log_max_bytes = log_max_bytes
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -235,23 +233,22 @@ class ProcessRuntime:
         )
         return state.info(InstancePhase.RUNNING)
 
+    def _launch(self, spec: InstanceSpec, directory: Path) -> Launch:
+        """How the instance starts: a built-in datastore, else its command."""
+        kind = builtin_kind(spec)
+        if kind is not None:
+            return launch(kind, spec, self._places)
+        return command_launch(spec, lambda: working_directory(spec, self._artifacts, directory))
+
     def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
         """Prepare the instance directory and start the process (runs in a worker thread)."""
-        key, command = spec.key, process_command(spec)
-        try:
-            argv = shlex.split(command)
-        except ValueError as err:
-            raise InstanceStartError(key, f"cannot parse command {command!r}: {err}") from err
-        if not argv:
-            what = f"runs the image {spec.image}" if spec.image else "has no command"
-            raise InstanceStartError(
-                key, f"{what}; the process runtime needs a process_command to run it without Docker"
-            )
+        key = spec.key
         for name in spec.secrets:
             if not _SECRET_NAME.fullmatch(name):
                 raise InstanceStartError(key, f"secret name {name!r} is not a plain file name")
         directory = self._root / key
-        cwd = working_directory(spec, self._artifacts, directory)
+        start = self._launch(spec, directory)
+        argv, command = start.argv, shlex.join(start.argv)
         directory.mkdir(parents=True, exist_ok=True)
         self._forget_state(key)
         write_secret_files(directory / SECRETS_DIR, spec.secrets)
@@ -262,13 +259,19 @@ class ProcessRuntime:
             try:
                 child = subprocess.Popen(
                     argv,
-                    cwd=cwd,
-                    stdin=subprocess.DEVNULL,
+                    cwd=start.cwd,
+                    stdin=subprocess.DEVNULL if start.stdin is None else subprocess.PIPE,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=self._environment(spec, directory / SECRETS_DIR),
                     start_new_session=False,  # die with the droplet's process group
+                    user=start.user,
+                    group=pwd.getpwnam(start.user).pw_gid if start.user else None,
+                    extra_groups=[] if start.user else None,  # none of root's groups
                 )
+                if child.stdin is not None:
+                    with child.stdin:  # what it reads at start (a configuration with a password)
+                        child.stdin.write(start.stdin or b"")
             except (OSError, ValueError) as err:
                 shutil.rmtree(directory / SECRETS_DIR, ignore_errors=True)
                 reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
@@ -282,6 +285,7 @@ class ProcessRuntime:
             start_ticks=stat.start_ticks if stat else -1,
             started_at=time.time(),
             command=command,
+            stop_signal=start.stop_signal,
         )
         self._write_state(state)
         return child, state
@@ -298,11 +302,12 @@ class ProcessRuntime:
     async def _terminate(self, state: ProcessRecord, grace: float) -> None:
         """SIGTERM, then SIGKILL after `grace`; raise InstanceStopError if it still lives."""
         child = self._child(state)
-        self._signal(state, child, signal.SIGTERM)
+        self._signal(state, child, signal.Signals(state.stop_signal))
         if await self._wait_exit(state, child, grace):
             return
         self._log.warning(
-            "Instance ignored SIGTERM, killing it. key=%s pid=%d grace=%.1f",
+            "Instance ignored %s, killing it. key=%s pid=%d grace=%.1f",
+            signal.Signals(state.stop_signal).name,
             state.key,
             state.pid,
             grace,
@@ -368,8 +373,9 @@ class ProcessRuntime:
 
 
 def create(ctx: RuntimeContext) -> ProcessRuntime:
-    """The plugin factory. Config: `log_max_bytes` (output.log cap, default 5 MB)."""
-    unknown = sorted(set(ctx.config) - {"log_max_bytes"})
+    """The plugin factory. Config: `log_max_bytes` (output.log cap, default 5 MB) and
+    `datastore_root` (where built-in datastores keep their data; `datastores.Places`)."""
+    unknown = sorted(set(ctx.config) - {"log_max_bytes", "datastore_root"})
     if unknown:
         raise RuntimeConfigError("process", f"unknown settings: {', '.join(unknown)}")
     log_max_bytes = ctx.config.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES)

@@ -23,6 +23,7 @@ class ProcessRecord:
     started_at: float
     command: str
     exit_code: int | None = None
+    stop_signal: int = signal.SIGTERM  # what asks it to stop cleanly (PostgreSQL: SIGINT)
 
     def info(self, phase: InstancePhase, detail: str | None = None) -> InstanceInfo:
         return InstanceInfo(

@@ -1,0 +1,74 @@
+"""Real datastores on a real local mesh (process runtime): the example backend counts its
+visits in its environment's PostgreSQL and Redis (the built-in ones, with the passwords the
+mesh generated), both are healthy by their own protocol, and what they hold survives their
+server being SIGKILLed: the agent starts it again on the same data."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.support.mesh import LocalMesh, hello, http_get, local_mesh, write_project
+from tests.support.waiting import wait_for
+
+SERVICES: dict[str, Any] = {
+    "backend": hello() | {"secrets": ["db_password", "redis_password"]},
+    "frontend": {"enabled": False},
+    # database and redis: the seed's defaults, nothing to run of their own
+}
+COUNTS = re.compile(r"visits: database (\d+), redis (\d+)")
+
+
+def visits(url: str) -> tuple[int, int] | None:
+    """One visit of the backend's page: the counts it shows, None when it counted nothing."""
+    try:
+        found = COUNTS.search(html.unescape(http_get(url, timeout=10)))
+    except OSError:
+        return None
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def instance(mesh: LocalMesh, key: str) -> dict[str, Any] | None:
+    """The agent's view of the instance `key` on master, once it runs healthy."""
+    try:
+        body = json.loads(http_get(f"http://{mesh.address('master')}:8080/health"))
+    except OSError:
+        return None
+    for found in body["instances"]:
+        if f"{found['project']}.{found['env']}.{found['service']}" == key and found["healthy"]:
+            return dict(found)
+    return None
+
+
+def test_the_backend_counts_in_real_datastores_that_keep_their_data_when_killed(
+    tmp_path: Path,
+) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        status = mesh.status()
+        ports = {(s["env"], s["service"]): s["port"] for s in status["services"]}
+        url = f"http://{mesh.address('master')}:{ports['prod', 'backend']}/"
+        first = wait_for(lambda: visits(url), timeout=60, what="a page that counted")
+        assert visits(url) == (first[0] + 1, first[1] + 1)
+        # Each environment has its own database: uat's counts start afresh.
+        uat = f"http://{mesh.address('master')}:{ports['uat', 'backend']}/"
+        assert wait_for(lambda: visits(uat), timeout=60, what="uat's page") == (1, 1)
+
+        for key in ("shop.prod.database", "shop.prod.redis"):
+            killed = wait_for(lambda k=key: instance(mesh, k), what=f"{key} healthy")
+            os.kill(int(killed["runtime_id"]), signal.SIGKILL)
+            wait_for(
+                lambda k=key, pid=killed["runtime_id"]: (
+                    (found := instance(mesh, k)) and found["runtime_id"] != pid
+                ),
+                timeout=60,
+                what=f"{key} started again",
+            )
+        counted = wait_for(lambda: visits(url), timeout=60, what="a page that counted again")
+        assert counted == (first[0] + 2, first[1] + 2)  # nothing written before was lost
