@@ -71,3 +71,31 @@ class MeshKey(Message):
     fingerprint: str
     created_by: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordChange(Message):
+    """Give the built-in datastore `service` of a project environment, running on the droplet
+    asked, the new value of its password secret `secret` without a restart, once that droplet
+    holds `version` of it sealed from `source` (the scope's entry key). Sent by `meshctl
+    secret set|rotate` before the datastore's clients roll, as a core NATS request on
+    `mesh.datastore.<droplet>`; answered with a `PasswordChangeAnswer`."""
+
+    KIND: ClassVar[str] = "password_change"
+
+    project: str
+    env: str
+    service: str
+    secret: str
+    version: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordChangeAnswer(Message):
+    """How a `PasswordChange` went: `error` None when the datastore takes the new password."""
+
+    KIND: ClassVar[str] = "password_change_answer"
+
+    error: str | None = None
+    seconds: float = 0.0

@@ -26,6 +26,7 @@ SNAPSHOTS_BUCKET = "mesh_snapshots"
 SECRETS_BUCKET = "mesh_secrets"
 RELEASES_BUCKET = "mesh_releases"  # release records (protocol.releases.Release)
 ARTIFACTS_STORE = "mesh_artifacts"  # object store: built artifacts by digest, build logs
+BACKUPS_STORE = "mesh_backups"  # object store: encrypted backups (plugins/backups/objects.py)
 BUCKETS = (
     DESIRED_BUCKET,
     ALLOC_BUCKET,
@@ -69,6 +70,7 @@ _SUSPECT = "mesh.suspect"
 _PROBE = "mesh.probe"
 _JETSTREAM = "mesh.jetstream"
 _RELEASE = "mesh.release"
+_DATASTORE = "mesh.datastore"
 JETSTREAM_MOVED = "mesh.jetstream-moved"  # master, once the state has moved: watch anew
 BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
@@ -134,6 +136,12 @@ def release_command(droplet: str) -> str:
     """Request/reply subject on which the builder asks `droplet`'s agent to run a project's
     release command before a release rolls out: `mesh.release.<droplet>`."""
     return f"{_RELEASE}.{token(droplet, 'droplet')}"
+
+
+def datastore_password(droplet: str) -> str:
+    """Request/reply subject on which `meshctl secret` asks `droplet`'s agent to give a
+    datastore running there its new password without a restart: `mesh.datastore.<droplet>`."""
+    return f"{_DATASTORE}.{token(droplet, 'droplet')}"
 
 
 def droplet_of(subject: str) -> str:

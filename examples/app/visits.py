@@ -20,9 +20,11 @@ import os
 import secrets
 import socket
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TIMEOUT_S = 2.0
 PROTOCOL_V3 = 196608
@@ -126,18 +128,71 @@ def _postgres_visit(env: Mapping[str, str], prefix: str) -> int:
     user, database = env.get(f"{prefix}_USER", ""), env.get(f"{prefix}_NAME", "")
     if not user or not database:
         raise StoreError(f"{prefix}_USER and {prefix}_NAME must both be set")
-    with _connected(host, port) as sock:
+    key = ("postgres", host, port, user, database)
+
+    def session() -> _Wire:
+        wire = _Wire(_connected(host, port))
         try:
-            wire = _Wire(sock)
             wire.send_raw(startup_message(user, database))
             _authenticate(wire, user, password)
-            rows = _query(wire, COUNT_SQL)
-            wire.send(b"X", b"")
         except OSError as err:
+            wire.sock.close()
             raise StoreError(f"{host}:{port}: {_why(err)}") from err
-    if not rows or not rows[-1] or rows[-1][0] is None:
-        raise StoreError("the count query returned no row")
-    return int(rows[-1][0])
+        except BaseException:
+            wire.sock.close()
+            raise
+        return wire
+
+    def count(wire: _Wire) -> int:
+        rows = _query(wire, COUNT_SQL)
+        if not rows or not rows[-1] or rows[-1][0] is None:
+            raise StoreError("the count query returned no row")
+        return int(rows[-1][0])
+
+    return _POOL.use(key, session, count, f"{host}:{port}")
+
+
+class _Pool:
+    """Sessions kept between visits, as an application's connection pool keeps them: one
+    opened before a password change keeps working after it (the server checks a password
+    only when a session starts). A kept session that fails is dropped and a new one tried."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[object, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def use(
+        self,
+        key: tuple[object, ...],
+        opened: Callable[[], Any],
+        work: Callable[[Any], int],
+        where: str,
+    ) -> int:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            kept = idle.pop() if idle else None
+        if kept is not None:
+            try:
+                return self._done(key, kept, work(kept))
+            except (OSError, StoreError, ValueError, struct.error):
+                kept.sock.close()  # gone meanwhile (a restart, an idle timeout): open anew
+        session = opened()
+        try:
+            return self._done(key, session, work(session))
+        except OSError as err:
+            session.sock.close()
+            raise StoreError(f"{where}: {_why(err)}") from err
+        except BaseException:
+            session.sock.close()
+            raise
+
+    def _done(self, key: tuple[object, ...], session: Any, result: int) -> int:
+        with self._lock:
+            self._idle[key].append(session)
+        return result
+
+
+_POOL = _Pool()
 
 
 class _Wire:
@@ -303,21 +358,38 @@ def _query(wire: _Wire, sql: str) -> list[list[str | None]]:
 # Redis ---------------------------------------------------------------------------------------
 
 
+class _RedisSession:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.replies = sock.makefile("rb")
+
+
 def _redis_visit(env: Mapping[str, str], prefix: str) -> int:
     host, port, password = _address(env, prefix)
-    with _connected(host, port) as sock, sock.makefile("rb") as replies:
+
+    def session() -> _RedisSession:
+        opened = _RedisSession(_connected(host, port))
         try:
             if password:
-                sock.sendall(resp_command("AUTH", password))
-                if redis_reply(replies.readline()) != "OK":
+                opened.sock.sendall(resp_command("AUTH", password))
+                if redis_reply(opened.replies.readline()) != "OK":
                     raise StoreError("AUTH was not answered with OK")
-            sock.sendall(resp_command("INCR", "visits"))
-            count = redis_reply(replies.readline())
         except OSError as err:
+            opened.sock.close()
             raise StoreError(f"{host}:{port}: {_why(err)}") from err
-    if not isinstance(count, int):
-        raise StoreError(f"INCR answered {count!r}")
-    return count
+        except BaseException:
+            opened.sock.close()
+            raise
+        return opened
+
+    def count(opened: _RedisSession) -> int:
+        opened.sock.sendall(resp_command("INCR", "visits"))
+        found = redis_reply(opened.replies.readline())
+        if not isinstance(found, int):
+            raise StoreError(f"INCR answered {found!r}")
+        return found
+
+    return _POOL.use(("redis", host, port), session, count, f"{host}:{port}")
 
 
 def resp_command(*args: str) -> bytes:

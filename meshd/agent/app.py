@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from meshd.agent.answering import answer_requests
 from meshd.agent.api import GitHooks, create_app
 from meshd.agent.beats import BeatListener
 from meshd.agent.config import (
@@ -34,7 +35,6 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.release_commands import ReleaseCommands
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.sealkey import droplet_keys
 from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls, replicas
@@ -281,8 +281,8 @@ class Agent:
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(self._feed(store, reconciler, view), name="allocations")
                 tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
-                tasks.create_task(  # the builder's release commands, run here
-                    ReleaseCommands(store, reconciler, name).run(), name="release-commands"
+                tasks.create_task(  # release commands, datastore passwords: run here
+                    answer_requests(store, reconciler, name, self.secrets), name="answering"
                 )
                 desired, secrets_bucket = subjects.DESIRED_BUCKET, subjects.SECRETS_BUCKET
                 mirrors = {

@@ -61,6 +61,14 @@ class SealedSecrets:
         self._opened = opened
         self._values = {(s.project, s.env, s.name): value for s, value in opened.values()}
 
+    def sealed_version(self, name: str, project: str, env: str) -> tuple[int, str] | None:
+        """The version of secret `name` this droplet holds for a project environment, and the
+        scope it came from (`meshctl secret` waits for the one it wrote); None: none sealed."""
+        for sealed, _ in self._opened.values():
+            if (sealed.project, sealed.env, sealed.name) == (project, env, name):
+                return sealed.version, sealed.source
+        return None
+
     def get(self, key: str, project: str, env: str) -> bytes | None:
         where = (None, None, key) if (project, env) == SECRET_SCOPE else (project, env, key)
         found = self._values.get(where)

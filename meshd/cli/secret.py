@@ -12,53 +12,31 @@ import re
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from meshd.agent.backoff import retries
-from meshd.agent.restarts import request_restart
 from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context, who
 from meshd.cli.escrow import export_key
+from meshd.cli.secret_rollout import Rollout, Scope, secret_values
+from meshd.cli.secret_rollout import roll as _roll
 from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import console, secrets_table
 from meshd.core.notify_settings import CHANNELS, NotifySettings
 from meshd.core.sealing import from_text, random_secret, seal_value
 from meshd.core.secret_plan import WEBHOOK_SECRET, used_by, webhook_projects
-from meshd.core.spec import ENVIRONMENTS, DesiredState, ServiceKind
+from meshd.core.spec import ENVIRONMENTS, DesiredState
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
 from protocol.messages import Allocation
-from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
+from protocol.secrets import MeshKey, SecretScope, SecretValue
 
 NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 MAX_VALUE_BYTES = 64 * 1024
-SEALED_WAIT_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    name: str
-    project: str | None = None
-    env: str | None = None
-
-    @property
-    def key(self) -> str:
-        return subjects.secret_value_key(self.name, self.project, self.env)
-
-    @property
-    def kind(self) -> SecretScope:
-        if self.project is None:
-            return SecretScope.MESH
-        return SecretScope.PROJECT if self.env is None else SecretScope.ENV
-
-    def __str__(self) -> str:
-        where = " ".join(p for p in (self.project, self.env) if p) or "the mesh"
-        return f"{self.name} ({where})"
 
 
 def scope_of(args: tuple[str, ...], mesh: bool) -> Scope:
@@ -182,7 +160,9 @@ async def _check_project(store: Store, scope: Scope) -> None:
 async def _store_value(
     scope: Scope, value: bytes, roll: bool, as_json: bool, context_name: str | None, rotate: bool
 ) -> None:
-    store = await connect(load_context(context_name))
+    context = load_context(context_name)
+    runtime = str(context.runtime.get("name", "process"))
+    store = await connect(context)
     try:
         await _check_project(store, scope)
         mesh_key = await store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
@@ -196,20 +176,22 @@ async def _store_value(
         detail: dict[str, Any] = {"name": scope.name, "scope": scope.kind.value}
         detail |= {"project": scope.project, "env": scope.env, "version": stored.version}
         await store.record("secret_rotated" if rotate else "secret_set", who(), scope.key, detail)
-        rolled: list[str] = []
-        kept: list[str] = []
+        done = Rollout([], [], [])
         if roll:
-            rolled, kept = await _roll(store, scope, stored.version)
+            done = await _roll(store, scope, stored.version, runtime)
     finally:
         await store.close()
-    result = {**detail, "rolled": rolled, "not_restarted": kept}
+    result = {**detail, "rolled": done.rolled, "changed_in_place": done.changed}
+    result["not_restarted"] = done.kept
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     console.print(f"{'Rotated' if rotate else 'Set'} {scope}: version {stored.version}.")
-    for key in rolled:
+    for key in done.changed:
+        console.print(f"{key} took the new password in place (no restart).")
+    for key in done.rolled:
         console.print(f"Rolling {key} (follow with `meshctl status`).")
-    for key in kept:
+    for key in done.kept:
         console.print(f"{key} is a datastore: restart it yourself when it can take the new value.")
 
 
@@ -246,62 +228,6 @@ async def _write(
     raise MeshError(f"secret {scope}: others kept writing it at the same time; try again")
 
 
-async def _values(store: Store) -> dict[str, SecretValue]:
-    entries = await store.entries(subjects.SECRETS_BUCKET, subjects.SECRET_VALUES)
-    return {key: decode(e.value, SecretValue) for key, e in entries.items() if e.value}
-
-
-async def _roll(store: Store, scope: Scope, version: int) -> tuple[list[str], list[str]]:
-    """Roll the services that now get this value, once every droplet that runs them holds the
-    new version (else a new instance could start with the old one); datastores are left."""
-    allocations = await read_allocations(store)
-    users = set(used_by(scope.key, allocations.values(), await _values(store)))
-    chosen = [a for key, a in sorted(allocations.items()) if key in users]
-    await _wait_sealed(store, scope, version, chosen)
-    rolled, kept = [], []
-    operator = who()
-    for allocation in chosen:
-        key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
-        if ServiceKind(allocation.service_kind).is_datastore:
-            kept.append(key)
-            continue
-        count = await request_restart(store, allocation, operator)
-        await store.record(
-            "restart_requested", operator, key, {"count": count, "secret": scope.name}
-        )
-        rolled.append(key)
-    return rolled, kept
-
-
-async def _wait_sealed(
-    store: Store, scope: Scope, version: int, allocations: list[Allocation]
-) -> None:
-    wanted = {
-        subjects.sealed_key(d, scope.name, a.project, a.env)
-        for a in allocations
-        for d in a.droplets
-    }
-    deadline = time.monotonic() + SEALED_WAIT_S
-    with console.status(f"Sealing {scope} to the droplets that use it ..."):
-        while True:
-            entries = await store.entries(subjects.SECRETS_BUCKET, subjects.SECRETS_SEALED)
-            sealed = {
-                k: decode(e.value, SealedSecret)
-                for k, e in entries.items()
-                if k in wanted and e.value
-            }
-            have = {k for k, s in sealed.items() if s.version >= version and s.source == scope.key}
-            if have == wanted:
-                return
-            if time.monotonic() > deadline:
-                missing = ", ".join(sorted(k.split(".")[1] for k in wanted - have))
-                raise MeshError(
-                    f"secret {scope}: stored, but not sealed to {missing} within "
-                    f"{SEALED_WAIT_S:.0f} s; nothing was rolled (`meshctl status`)"
-                )
-            await asyncio.sleep(0.3)
-
-
 async def _remove(scope: Scope, context_name: str | None) -> None:
     store = await connect(load_context(context_name))
     try:
@@ -309,7 +235,7 @@ async def _remove(scope: Scope, context_name: str | None) -> None:
         if entry is None or entry.value is None:
             raise click.UsageError(f"no secret {scope}")
         allocations = await read_allocations(store)
-        users = used_by(scope.key, allocations.values(), await _values(store))
+        users = used_by(scope.key, allocations.values(), await secret_values(store))
         await store.delete(subjects.SECRETS_BUCKET, scope.key)
         detail = {"name": scope.name, "scope": scope.kind.value}
         await store.record("secret_removed", who(), scope.key, detail)
@@ -368,7 +294,7 @@ async def _list(as_json: bool, context_name: str | None) -> None:
     store = await connect(load_context(context_name))
     try:
         state = await read_published(store)
-        rows = secret_rows(await _values(store), await read_allocations(store), state)
+        rows = secret_rows(await secret_values(store), await read_allocations(store), state)
     finally:
         await store.close()
     if as_json:

@@ -164,3 +164,43 @@ async def test_a_datastore_without_its_password_or_port_does_not_start(
         await runtime.ensure(redis(support.free_port(), b"two\nlines"))
     with pytest.raises(InstanceStartError, match="needs a port"):
         await runtime.ensure(replace(redis(1, b"x"), port=None))
+
+
+async def test_passwords_change_without_a_restart_and_open_connections_stay(
+    runtime: ProcessRuntime,
+) -> None:
+    db_port, redis_port = support.free_port(), support.free_port()
+    started = await runtime.ensure(database(db_port, b"old-db"))
+    await runtime.ensure(redis(redis_port, b"old-redis"))
+    await until(lambda: postgres_ready(HOST, db_port, 1.0), timeout=30, what="PostgreSQL ready")
+    await until(lambda: redis_pong(HOST, redis_port, b"old-redis", 1.0), what="Redis ready")
+    held = subprocess.Popen(  # noqa: ASYNC220 - a client holding a session, as a pool would
+        [PSQL, "-h", HOST, "-p", str(db_port), "-U", "user_1a2b3c4d", "-d", "shop_prod_1a2b3c4d"]
+        + ["-tA", "-X"],
+        env={"PGPASSWORD": "old-db", "PATH": "/usr/bin:/bin"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert held.stdin is not None and held.stdout is not None
+    try:
+        held.stdin.write("SELECT 'before';\n")
+        held.stdin.flush()
+        assert held.stdout.readline().strip() == "before"
+
+        await runtime.change_password(replace(database(db_port, b"new-db"), generation=1))
+        await runtime.change_password(redis(redis_port, b"new-redis"))
+
+        assert sql(db_port, b"new-db", "SELECT 1") == "1"
+        with pytest.raises(AssertionError, match="password authentication failed"):
+            sql(db_port, b"old-db", "SELECT 1")
+        held.stdin.write("SELECT 'after';\n")
+        held.stdin.flush()
+        assert held.stdout.readline().strip() == "after"  # its session was not cut
+        assert await redis_pong(HOST, redis_port, b"new-redis", 1.0)
+        assert not await redis_pong(HOST, redis_port, b"old-redis", 1.0)
+        running = {i.key: i.runtime_id for i in await runtime.list()}
+        assert running["shop.prod.database"] == started.runtime_id  # never restarted
+    finally:
+        held.kill()
+        held.wait()

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,75 @@ def test_the_backend_counts_in_real_datastores_that_keep_their_data_when_killed(
             )
         counted = wait_for(lambda: visits(url), timeout=60, what="a page that counted again")
         assert counted == (first[0] + 2, first[1] + 2)  # nothing written before was lost
+
+
+def test_rows_committed_before_their_droplet_is_killed_are_there_after_its_recovery(
+    tmp_path: Path,
+) -> None:
+    # Three droplets: prod's database and redis on shop-web1, a backend on each web droplet.
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        database = next(
+            s for s in mesh.status()["services"] if (s["env"], s["service"]) == ("prod", "database")
+        )
+        assert database["droplets"] == ["shop-web1"]
+        backend = next(
+            s for s in mesh.status()["services"] if (s["env"], s["service"]) == ("prod", "backend")
+        )
+        url = f"http://{mesh.address('shop-web2')}:{backend['port']}/"  # survives the kill
+        wait_for(lambda: visits(url), timeout=60, what="a page that counted")
+        acknowledged = [counts for _ in range(20) if (counts := visits(url))]
+        assert len(acknowledged) == 20
+
+        killed = time.time()
+        mesh.ok("chaos", "kill", "shop-web1")
+        wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=180, what="web1 rebuilt")
+        after = wait_for(lambda: visits(url), timeout=120, what="the database back")
+        # Every acknowledged visit is still counted (a lost store would count from 1 again).
+        assert after[0] > acknowledged[-1][0] and after[1] > acknowledged[-1][1]
+
+
+def test_rotating_datastore_passwords_changes_them_in_place_and_refuses_no_visit(
+    tmp_path: Path,
+) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        url = mesh.status()["entry_url"] + "/shop-prod/backend/"
+        wait_for(lambda: visits(url), timeout=60, what="a page that counted")
+        refused: list[str] = []
+        counted: list[tuple[int, int]] = []
+        done = threading.Event()
+
+        def visit() -> None:  # a visitor all along: each page must count in both stores
+            while not done.is_set():
+                try:
+                    page = html.unescape(http_get(url, timeout=10))
+                except OSError as err:
+                    refused.append(str(err))
+                    continue
+                found = COUNTS.search(page)
+                if found:
+                    counted.append((int(found[1]), int(found[2])))
+                else:
+                    refused.append(page[-300:])
+                time.sleep(0.02)
+
+        visitor = threading.Thread(target=visit, daemon=True)
+        visitor.start()
+        try:
+            for name in ("db_password", "redis_password"):
+                rotated = json.loads(mesh.ok("secret", "rotate", "shop", "prod", name, "--json"))
+                kind = "database" if name == "db_password" else "redis"
+                assert rotated["changed_in_place"] == [f"shop.prod.{kind}"]
+                assert rotated["rolled"] == ["shop.prod.backend"]
+            wait_for(mesh.converged, timeout=120, what="the backend rolled onto both")
+            time.sleep(2)  # new instances, new sessions: with the new passwords
+        finally:
+            done.set()
+            visitor.join(timeout=30)
+        assert refused == [] and len(counted) > 50, (refused[:3], len(counted))
+        changed = [e for e in mesh.events_about("shop.prod.database") or []
+                   if e["name"] == "datastore_password_changed"]  # fmt: skip
+        assert [e["detail"]["secret"] for e in changed] == ["db_password"]

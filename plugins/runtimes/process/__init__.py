@@ -46,9 +46,10 @@ from plugins.runtimes import (
     RuntimeContext,
     secret_file_variables,
 )
+from plugins.runtimes.process import datastores
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
 from plugins.runtimes.process.commands import command_launch
-from plugins.runtimes.process.datastores import Launch, Places, builtin_kind, launch
+from plugins.runtimes.process.datastores import Launch, Places, builtin_kind
 from plugins.runtimes.process.once import ONCE_DIR, arguments, run_command
 from plugins.runtimes.process.records import ProcessRecord, signal_adopted
 from protocol import subjects
@@ -156,6 +157,15 @@ class ProcessRuntime:
         self._log.info("Running once. key=%s command=%s", spec.key, argv[0])
         return await run_command(spec.key, argv, cwd, env, spec.secrets, directory, limit_s=timeout)
 
+    async def change_password(self, spec: InstanceSpec) -> None:
+        kind = builtin_kind(spec)
+        if kind is None:
+            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        async with self._lock(spec.key):
+            change = datastores.change_password
+            await asyncio.to_thread(change, kind, spec, self._places, self._root / spec.key)
+        self._log.info("Password changed. key=%s", spec.key)
+
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
     ) -> str:
@@ -237,7 +247,7 @@ class ProcessRuntime:
         """How the instance starts: a built-in datastore, else its command."""
         kind = builtin_kind(spec)
         if kind is not None:
-            return launch(kind, spec, self._places)
+            return datastores.launch(kind, spec, self._places, directory)
         return command_launch(spec, lambda: working_directory(spec, self._artifacts, directory))
 
     def _spawn(self, spec: InstanceSpec) -> tuple[subprocess.Popen[bytes], ProcessRecord]:

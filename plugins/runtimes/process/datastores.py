@@ -20,12 +20,15 @@ import fcntl
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plugins.fs import atomic_write
 from plugins.runtimes import (
     SYSTEM_DATA_ROOT,
     InstanceSpec,
@@ -38,6 +41,8 @@ POSTGRES_ROOT = Path("/usr/lib/postgresql")  # Debian: <version>/bin/{initdb,pos
 REDIS_SERVER = "redis-server"
 SERVER_USERS = {"database": "postgres", "redis": "redis"}  # who runs them when we are root
 TEMPLATES_DIR = ".templates"
+REDIS_ADMIN = "meshd"  # the runtime's own Redis user
+REDIS_ADMIN_FILE = "redis-admin"  # its password, in the runtime's instance directory
 SINGLE_USER_TIMEOUT_S = 120.0
 INITDB_TIMEOUT_S = 300.0
 PASSABLE = 0o711  # a parent directory the servers' users may pass through, not list
@@ -84,6 +89,10 @@ class Places:
     templates: Path
     top: Path
 
+    def home(self, spec: InstanceSpec) -> Path:
+        """The directory of one datastore's data (both slots share it: never two at once)."""
+        return self.root / f"{spec.project}.{spec.env}.{spec.service}"
+
     @classmethod
     def default(cls, mesh: str, droplet: str, data_dir: Path, root: Path | None) -> Places:
         """The configured `root`, else: as root `SYSTEM_DATA_ROOT/<mesh>/<droplet>` with one
@@ -97,16 +106,53 @@ class Places:
         return cls(data_dir / "datastores", data_dir / "datastores" / TEMPLATES_DIR, data_dir)
 
 
-def launch(kind: str, spec: InstanceSpec, places: Places) -> Launch:
-    """Prepare the datastore's directory (blocking: run it in a thread) and say how to start it."""
+def launch(kind: str, spec: InstanceSpec, places: Places, instance: Path) -> Launch:
+    """Prepare the datastore's directory (blocking: run it in a thread) and say how to start
+    it; `instance` is the runtime's own directory of the instance (root's, 0700)."""
     if spec.port is None:
         raise InstanceStartError(spec.key, f"a {kind} needs a port")
     user = _server_user(spec.key, kind)
-    home = places.root / f"{spec.project}.{spec.env}.{spec.service}"
+    home = places.home(spec)
     _make_passable(home, places.top)
     if kind == "database":
         return _postgres(spec, home, places, user)
-    return _redis(spec, home, user)
+    return _redis(spec, home, user, instance)
+
+
+def change_password(kind: str, spec: InstanceSpec, places: Places, instance: Path) -> None:
+    """Give the running datastore the password of `spec`'s secrets, without a restart: its
+    clients, rolled next, find it already there; the connections they hold stay open.
+    PostgreSQL: `ALTER ROLE` through its 0700 socket as the superuser; Redis: `CONFIG SET
+    requirepass` as the runtime's own user (its password kept in `instance`, root's).
+    Blocking: run it in a thread."""
+    if spec.port is None:
+        raise InstanceStartError(spec.key, f"a {kind} needs a port")
+    if kind == "database":
+        binaries = postgres_binaries()
+        if binaries is None:
+            raise InstanceStartError(spec.key, f"PostgreSQL is not installed ({POSTGRES_ROOT})")
+        role, password = spec.env_vars.get("DB_USER") or "", _password(spec, "db_password")
+        sql = f"ALTER ROLE {_identifier(role)} PASSWORD {sql_literal(password)};\n"
+        sockets = places.home(spec) / "run"
+        argv = [str(binaries / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", str(sockets), "-p", str(spec.port), "-U", "postgres", "-d", "postgres"]
+        _run(spec.key, argv, sql.encode(), None, SINGLE_USER_TIMEOUT_S, "changing the password")
+        return
+    try:
+        admin = (instance / REDIS_ADMIN_FILE).read_bytes()
+    except OSError as err:
+        raise InstanceStartError(spec.key, f"no admin login of this Redis: {err}") from None
+    new = _password(spec, "redis_password")
+    commands = [(b"AUTH", REDIS_ADMIN.encode(), admin), (b"CONFIG", b"SET", b"requirepass", new)]
+    try:
+        with socket.create_connection((spec.host, spec.port), timeout=5.0) as connection:
+            connection.sendall(b"".join(_resp(*c) for c in commands))
+            answers = connection.makefile("rb")
+            said = [answers.readline().strip() for _ in commands]
+    except OSError as err:
+        raise InstanceStartError(spec.key, f"changing the password: {err}") from None
+    if said != [b"+OK", b"+OK"]:
+        raise InstanceStartError(spec.key, f"changing the password: Redis said {said[-1]!r}")
 
 
 def _postgres(spec: InstanceSpec, home: Path, places: Places, user: str | None) -> Launch:
@@ -138,13 +184,16 @@ def _postgres(spec: InstanceSpec, home: Path, places: Places, user: str | None) 
     return Launch(argv, home, user, None, signal.SIGINT)
 
 
-def _redis(spec: InstanceSpec, home: Path, user: str | None) -> Launch:
+def _redis(spec: InstanceSpec, home: Path, user: str | None, instance: Path) -> Launch:
     binary = shutil.which(REDIS_SERVER) or f"/usr/bin/{REDIS_SERVER}"
     if not os.access(binary, os.X_OK):
         raise InstanceStartError(spec.key, "redis-server is not installed")
     password = _password(spec, "redis_password")
     data = home / "data"
     _owned_directory(data, user)
+    admin = secrets.token_urlsafe(24).encode()
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write(instance / REDIS_ADMIN_FILE, admin, 0o600)
     config = "\n".join(
         (
             f"bind {spec.host}",
@@ -154,6 +203,8 @@ def _redis(spec: InstanceSpec, home: Path, user: str | None) -> Launch:
             'logfile ""',
             "appendonly yes",  # every write since the last RDB survives a crash
             f"requirepass {redis_config_string(password)}",
+            # the runtime's own login, to change the password above without a restart
+            f"user {REDIS_ADMIN} on {redis_config_string(b'>' + admin)} ~* &* +@all",
         )
     )
     return Launch([binary, "-"], home, user, (config + "\n").encode())
@@ -306,6 +357,10 @@ def sql_literal(value: bytes) -> str:
 
 
 _PLAIN = re.compile(rb"[ !#-\[\]-~]")  # printable ASCII but the quote and the backslash
+
+
+def _resp(*parts: bytes) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def redis_config_string(value: bytes) -> str:
