@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_HELPERS = {"plugins", "plugins.fs", "plugins.procfs", "plugins.templating"}
-PLUGIN_KINDS = {"providers", "runtimes", "lb", "notifiers", "secrets"}
+PLUGIN_KINDS = {"providers", "runtimes", "lb", "notifiers", "secrets", "backups"}
 # The docker plugin's face outside the runtime (engine admin for drills and `down`; compose).
 DECLARED = {"plugins.runtimes.docker.admin", "plugins.runtimes.docker.compose"}
 IO_MODULES = {"asyncio", "nats", "aiohttp", "socket", "subprocess", "docker", "msgpack"}

@@ -62,4 +62,4 @@ STREAMS = (
     Stream(subjects.NOTIFY_STREAM, subjects.NOTIFY_SUBJECTS, Retention.WORK_QUEUE),
     Stream(subjects.DEPLOY_STREAM, subjects.DEPLOY_SUBJECTS, Retention.WORK_QUEUE),
 )
-OBJECT_STORES = (ObjectStore(subjects.ARTIFACTS_STORE),)
+OBJECT_STORES = (ObjectStore(subjects.ARTIFACTS_STORE), ObjectStore(subjects.BACKUPS_STORE))
