@@ -71,6 +71,9 @@ _PROBE = "mesh.probe"
 _JETSTREAM = "mesh.jetstream"
 _RELEASE = "mesh.release"
 _DATASTORE = "mesh.datastore"
+_BACKUP = "mesh.backup"
+_RESTORE = "mesh.restore"
+BACKUP_ORDERS = "mesh.backups.order"  # meshctl backup now|restore -> the `backups` leader
 JETSTREAM_MOVED = "mesh.jetstream-moved"  # master, once the state has moved: watch anew
 BEATS_ALL = f"{_BEATS}.*"
 SUSPECTS_ALL = f"{_SUSPECT}.*"
@@ -88,6 +91,7 @@ class Role(StrEnum):
     SNAPSHOTS = "snapshots"
     BUILDER = "builder"
     SECRETS = "secrets"
+    BACKUPS = "backups"
 
 
 def token(value: object, what: str = "name") -> str:
@@ -142,6 +146,17 @@ def datastore_password(droplet: str) -> str:
     """Request/reply subject on which `meshctl secret` asks `droplet`'s agent to give a
     datastore running there its new password without a restart: `mesh.datastore.<droplet>`."""
     return f"{_DATASTORE}.{token(droplet, 'droplet')}"
+
+
+def backup(droplet: str) -> str:
+    """Request/reply subject on which the `backups` leader asks `droplet`'s agent to back up
+    a datastore it runs: `mesh.backup.<droplet>`."""
+    return f"{_BACKUP}.{token(droplet, 'droplet')}"
+
+
+def restore(droplet: str) -> str:
+    """... and to load a staged backup into one: `mesh.restore.<droplet>`."""
+    return f"{_RESTORE}.{token(droplet, 'droplet')}"
 
 
 def droplet_of(subject: str) -> str:

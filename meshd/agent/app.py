@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from meshd.agent.config import (
     mesh_tag,
     user_data_now,
 )
+from meshd.agent.feeds import feed_allocations, feed_nodes
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
@@ -44,6 +46,7 @@ from meshd.agent.trust import Trust
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
+from meshd.roles.backups import Backups
 from meshd.roles.builder import Builder
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
@@ -62,7 +65,7 @@ from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
 from protocol.base import Message
-from protocol.messages import Allocation, DetectionHold, FailureRecord, NodeStatus, PublishedSpec
+from protocol.messages import DetectionHold, NodeStatus, PublishedSpec
 from protocol.secrets import SealedSecret
 from protocol.subjects import Role
 
@@ -203,7 +206,8 @@ class Agent:
             secrets = self.secrets
             tag = mesh_tag(self.config.mesh)
             # Master holds the entry point and mails when it can; the roomiest droplet builds.
-            away = 0.0 if name == MASTER else LB_HESITATE_S
+            away, builds = 0.0 if name == MASTER else LB_HESITATE_S, self.trust.builder_hesitation
+
             leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
                 (Scheduler(store, name), None, 0.0),
                 (Provisioner(store, provider, self.config, name), None, 0.0),
@@ -214,7 +218,7 @@ class Agent:
                         view,
                         name,
                         tag,
-                        user_data=lambda: user_data_now(self.dir, self.config),
+                        user_data=partial(user_data_now, self.dir, self.config),
                     ),
                     None,
                     0.0,
@@ -230,7 +234,19 @@ class Agent:
                         self.config.mesh,
                     ),
                     None,
-                    self.trust.builder_hesitation,
+                    builds,
+                ),
+                (
+                    Backups(
+                        store,
+                        view,
+                        name,
+                        self.keys,
+                        self.data_dir / "backup-leader",
+                        self.config.mesh,
+                    ),
+                    None,
+                    0.0,
                 ),
                 (
                     Together(
@@ -279,10 +295,13 @@ class Agent:
                 tasks.create_task(beats.run(), name="beats")
                 quorum = QuorumWatch(store, view, name, self.config.mesh, secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
-                tasks.create_task(self._feed(store, reconciler, view), name="allocations")
-                tasks.create_task(self._nodes(store, reconciler, view), name="nodes")
-                tasks.create_task(  # release commands, datastore passwords: run here
-                    answer_requests(store, reconciler, name, self.secrets), name="answering"
+                tasks.create_task(feed_allocations(store, reconciler, view), name="allocations")
+                tasks.create_task(feed_nodes(store, reconciler, view), name="nodes")
+                tasks.create_task(  # release commands, passwords, backups: done here
+                    answer_requests(
+                        store, reconciler, name, self.secrets, self.keys, self.dir / "backups"
+                    ),
+                    name="answering",
                 )
                 desired, secrets_bucket = subjects.DESIRED_BUCKET, subjects.SECRETS_BUCKET
                 mirrors = {
@@ -347,35 +366,6 @@ class Agent:
             except StoreUnavailable as err:
                 log.info("Waiting for JetStream. error=%s", err)
                 await asyncio.sleep(RETRY_S)
-
-    async def _feed(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
-        """Allocations and failure records from KV to the mesh view, and what they give this
-        droplet to the reconciler: its allocations and the instances displaced to it."""
-
-        async def allocations(values: dict[str, Allocation]) -> None:
-            await view.set_allocations(values)
-            await reconciler.apply(view.hosted())
-
-        async def failures(values: dict[str, FailureRecord]) -> None:
-            await view.set_failures(values)
-            if view.knows_allocations:  # else an empty mirror would stop every instance
-                await reconciler.apply(view.hosted())
-
-        await asyncio.gather(
-            mirror_bucket(store, subjects.ALLOC_BUCKET, Allocation, allocations),
-            mirror_bucket(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
-        )
-
-    async def _nodes(self, store: Store, reconciler: Reconciler, view: MeshView) -> None:
-        """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their
-        addresses (host variables) and instances (rollouts take turns)."""
-
-        async def publish(nodes: dict[str, NodeStatus]) -> None:
-            await view.set_nodes(nodes)
-            reconciler.set_peers(nodes)
-            await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
-
-        await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)
 
 
 async def _joined(task: asyncio.Task[None]) -> None:

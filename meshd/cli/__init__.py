@@ -40,6 +40,7 @@ COMMANDS = {
     "rollback": "meshd.cli.deploy:rollback",
     "releases": "meshd.cli.releases:releases",
     "hook": "meshd.cli.hook:hook",
+    "backup": "meshd.cli.backup:backup",
 }
 
 

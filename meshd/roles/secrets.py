@@ -22,18 +22,17 @@ from typing import Protocol, TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
+from meshd.agent.meshkey import mesh_public_key, open_mesh_key
 from meshd.agent.meshview import MeshView
 from meshd.agent.records import jetstream_servers
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Conflict, Store
 from meshd.core.sealing import (
     KeyPair,
-    SealError,
     entry_context,
     fingerprint,
     from_text,
     holder_context,
-    open_sealed,
     open_value,
     random_secret,
     seal,
@@ -188,24 +187,12 @@ class SecretKeeper:
     async def mesh_key(self, term: Term) -> KeyPair | None:
         """The mesh key pair, made on the first pass ever; None when this droplet cannot open
         it (no holder entry sealed to its key yet)."""
-        entry = await self.store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
-        if entry is None or entry.value is None:
+        if await mesh_public_key(self.store) is None:
             return await self._make_mesh_key(term)
-        public = from_text(decode(entry.value, MeshKey).public, "key")
-        found = await self.store.get(subjects.SECRETS_BUCKET, subjects.holder_key(self.droplet))
-        if found is not None and found.value is not None:
-            holder = decode(found.value, SealedSecret)
-            for keys in self.keys.all():
-                try:
-                    private = open_sealed(
-                        keys, from_text(holder.sealed), holder_context(holder.droplet, holder.key)
-                    )
-                except SealError:
-                    continue
-                pair = KeyPair.from_private(private)
-                if pair.public == public:
-                    self._problem = ""
-                    return pair
+        pair = await open_mesh_key(self.store, self.droplet, self.keys)
+        if pair is not None:
+            self._problem = ""
+            return pair
         self._report("the mesh key is not sealed to this droplet's key")
         return None
 

@@ -57,7 +57,7 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.deploy("p").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
-def test_roles_are_the_eight_leased_tasks() -> None:
+def test_roles_are_the_nine_leased_tasks() -> None:
     assert [r.value for r in Role] == [
         "scheduler",
         "provisioner",
@@ -67,6 +67,7 @@ def test_roles_are_the_eight_leased_tasks() -> None:
         "snapshots",
         "builder",
         "secrets",
+        "backups",
     ]
     assert Role("lb") is Role.LB
     assert f"{Role.LB}" == "lb"

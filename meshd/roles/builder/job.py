@@ -12,17 +12,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
-from meshd.agent.outbox import Outbox
+from meshd.agent.outbox import queue_critical
 from meshd.agent.records import release_targets, releases_of
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.deploy_refs import environment_for
-from meshd.core.notices import critical_alert
 from meshd.core.pushes import branch_of
 from meshd.core.releases import (
     ReleaseChoiceError,
@@ -41,7 +39,6 @@ from meshd.roles.builder.release_command import ReleaseCommandFailed, run_releas
 from meshd.roles.builder.retention import delete_unkept, keep_log
 from protocol import subjects
 from protocol.codec import encode
-from protocol.messages import Notification
 from protocol.releases import DeployAction, DeployRequest, Release, ReleaseStatus, ReleaseTarget
 
 log = logging.getLogger(__name__)
@@ -338,21 +335,8 @@ class Job:
                                     last=entry.revision)  # fmt: skip
 
     async def _alert(self, what: str, details: dict[str, str]) -> None:
-        settings = self.ctx.view.notify
-        if settings.email is None:
-            return
-        now = time.time()
-        at = datetime.fromtimestamp(now, settings.zone)
-        email, sms = critical_alert(what, details, at, self.ctx.mesh, self.ctx.droplet)
-        outbox = Outbox(self.ctx.store)
-        for channel, message in (("email", email), ("sms", sms)):
-            if channel == "sms" and settings.sms is None:
-                continue
-            with contextlib.suppress(StoreUnavailable):
-                await outbox.put(Notification(channel=channel, purpose="critical",
-                                              subject=message.subject, text=message.text,
-                                              html=message.html, created_at=now,
-                                              fence=self.ctx.term.fence))  # fmt: skip
+        origin = (self.ctx.mesh, self.ctx.droplet, self.ctx.term.fence)
+        await queue_critical(self.ctx.store, self.ctx.view.notify, what, details, origin)
 
     @staticmethod
     async def resume_unfinished(ctx: JobContext) -> None:

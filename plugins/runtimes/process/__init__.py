@@ -27,7 +27,6 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import asdict, replace
@@ -41,17 +40,17 @@ from plugins.runtimes import (
     InstancePhase,
     InstanceSpec,
     InstanceStartError,
-    InstanceStopError,
     RuntimeConfigError,
     RuntimeContext,
     secret_file_variables,
 )
-from plugins.runtimes.process import datastores
+from plugins.runtimes.process import datastores, dumps
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
 from plugins.runtimes.process.commands import command_launch
 from plugins.runtimes.process.datastores import Launch, Places, builtin_kind
 from plugins.runtimes.process.once import ONCE_DIR, arguments, run_command
-from plugins.runtimes.process.records import ProcessRecord, signal_adopted
+from plugins.runtimes.process.records import ProcessRecord
+from plugins.runtimes.process.termination import terminate
 from protocol import subjects
 
 if TYPE_CHECKING:
@@ -64,8 +63,6 @@ LOG_FILE = "output.log"
 SECRETS_DIR = "secrets"
 DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_GRACE = 5.0
-KILL_TIMEOUT = 5.0
-POLL_INTERVAL = 0.05
 DETAIL_CHARS = 300
 PASSED_THROUGH = ("PATH", "HOME", "LANG")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
@@ -165,6 +162,26 @@ class ProcessRuntime:
             change = datastores.change_password
             await asyncio.to_thread(change, kind, spec, self._places, self._root / spec.key)
         self._log.info("Password changed. key=%s", spec.key)
+
+    async def dump_datastore(self, spec: InstanceSpec, out: Path) -> None:
+        """Write a dump of the running built-in datastore `spec` to the new file `out`."""
+        kind = builtin_kind(spec)
+        if kind is None:
+            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        async with self._lock(spec.key):
+            directory = self._root / spec.key
+            await asyncio.to_thread(dumps.dump, kind, spec, self._places, directory, out)
+        self._log.info("Datastore dumped. key=%s kind=%s", spec.key, kind)
+
+    async def restore_datastore(self, spec: InstanceSpec, source: Path) -> None:
+        """Replace the content of the running built-in datastore `spec` with a dump's."""
+        kind = builtin_kind(spec)
+        if kind is None:
+            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        async with self._lock(spec.key):
+            directory = self._root / spec.key
+            await asyncio.to_thread(dumps.restore, kind, spec, self._places, directory, source)
+        self._log.info("Datastore restored. key=%s kind=%s", spec.key, kind)
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
@@ -310,50 +327,7 @@ class ProcessRuntime:
         return env | secret_file_variables(spec.secrets, str(secrets_dir))
 
     async def _terminate(self, state: ProcessRecord, grace: float) -> None:
-        """SIGTERM, then SIGKILL after `grace`; raise InstanceStopError if it still lives."""
-        child = self._child(state)
-        self._signal(state, child, signal.Signals(state.stop_signal))
-        if await self._wait_exit(state, child, grace):
-            return
-        self._log.warning(
-            "Instance ignored %s, killing it. key=%s pid=%d grace=%.1f",
-            signal.Signals(state.stop_signal).name,
-            state.key,
-            state.pid,
-            grace,
-        )
-        self._signal(state, child, signal.SIGKILL)
-        if not await self._wait_exit(state, child, KILL_TIMEOUT):
-            raise InstanceStopError(
-                state.key, f"pid {state.pid} still runs {KILL_TIMEOUT:.0f}s after SIGKILL"
-            )
-
-    @staticmethod
-    def _signal(
-        state: ProcessRecord, child: subprocess.Popen[bytes] | None, sig: signal.Signals
-    ) -> None:
-        if child is not None:
-            child.send_signal(sig)  # does nothing once the child has been reaped
-        else:
-            signal_adopted(state, sig)
-
-    @staticmethod
-    async def _wait_exit(
-        state: ProcessRecord, child: subprocess.Popen[bytes] | None, within: float
-    ) -> bool:
-        """Wait up to `within` seconds for the instance to exit; True if it did."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            if child is not None:
-                exited = child.poll() is not None
-            else:
-                exited = not is_alive(state.pid, state.start_ticks)
-            if exited:
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(POLL_INTERVAL)
+        await terminate(state, self._child(state), grace, self._log)
 
     def _read_state(self, key: str) -> ProcessRecord | None:
         return self._cached_states().get(key)

@@ -1,0 +1,44 @@
+"""What the mesh's KV buckets tell this droplet's agent, fed to its mesh view and its
+reconciler as they change: allocations and failure records, and what droplets report."""
+
+from __future__ import annotations
+
+import asyncio
+
+from meshd.agent.loops import mirror_bucket
+from meshd.agent.meshview import MeshView
+from meshd.agent.reconciler import Reconciler
+from meshd.agent.store import Store
+from protocol import subjects
+from protocol.messages import Allocation, FailureRecord, NodeStatus
+
+
+async def feed_allocations(store: Store, reconciler: Reconciler, view: MeshView) -> None:
+    """Allocations and failure records from KV to the mesh view, and what they give this
+    droplet to the reconciler: its allocations and the instances displaced to it."""
+
+    async def allocations(values: dict[str, Allocation]) -> None:
+        await view.set_allocations(values)
+        await reconciler.apply(view.hosted())
+
+    async def failures(values: dict[str, FailureRecord]) -> None:
+        await view.set_failures(values)
+        if view.knows_allocations:  # else an empty mirror would stop every instance
+            await reconciler.apply(view.hosted())
+
+    await asyncio.gather(
+        mirror_bucket(store, subjects.ALLOC_BUCKET, Allocation, allocations),
+        mirror_bucket(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
+    )
+
+
+async def feed_nodes(store: Store, reconciler: Reconciler, view: MeshView) -> None:
+    """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their
+    addresses (host variables) and instances (rollouts take turns)."""
+
+    async def publish(nodes: dict[str, NodeStatus]) -> None:
+        await view.set_nodes(nodes)
+        reconciler.set_peers(nodes)
+        await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
+
+    await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)

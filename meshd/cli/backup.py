@@ -1,0 +1,181 @@
+"""`meshctl backup now|list|restore`: the datastores' backups (docs/backups.md). `now` and
+`restore` are orders to the mesh's `backups` leader, which does the work where each datastore
+runs; `list` reads the backups store, whose keys are the index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from meshd.cli.context import load_context, who
+from meshd.cli.session import check_project, connect
+from meshd.cli.tables import console
+from meshd.core.backup_policy import parse_backup_key
+from meshd.core.spec import ENVIRONMENTS
+from plugins.backups import BackupTargetContext, StoredBackup, load_target
+from protocol import subjects
+from protocol.backups import BackupOrder, BackupOrderAnswer
+from protocol.codec import decode, encode
+from protocol.errors import MeshError
+
+ORDER_TIMEOUT_S = 1800.0  # a restore: a safety backup, then the load, of a few GB each
+context_option = click.option("--context", "context_name", metavar="NAME", help="Mesh to use.")
+env_choice = click.Choice(ENVIRONMENTS)
+
+
+@click.group()
+def backup() -> None:
+    """Backups of the datastores (PostgreSQL dumps, Redis): taken every 6 hours where each
+    runs, encrypted to the mesh key before they leave its droplet, kept 14 days."""
+
+
+@backup.command("now", no_args_is_help=True)
+@click.argument("project")
+@click.argument("env", type=env_choice)
+@click.argument("service", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the backups taken as JSON.")
+@context_option
+def now(
+    project: str, env: str, service: str | None, as_json: bool, context_name: str | None
+) -> None:
+    """Back up the datastores of PROJECT ENV (or only SERVICE) now."""
+    order = BackupOrder(action="now", project=project, env=env, service=service, by=who())
+    answer = asyncio.run(_order(order, context_name))
+    if as_json:
+        click.echo(json.dumps({"taken": list(answer.taken), "seconds": answer.seconds}))
+        return
+    for key in answer.taken:
+        console.print(f"Backed up: {key}")
+    console.print(f"Took {answer.seconds:.1f} s.")
+
+
+@backup.command("list")
+@click.argument("project", required=False)
+@click.argument("env", type=env_choice, required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per backup.")
+@context_option
+def list_backups(
+    project: str | None, env: str | None, as_json: bool, context_name: str | None
+) -> None:
+    """The backups kept, newest first (of PROJECT, or PROJECT ENV)."""
+    found = asyncio.run(_list(context_name))
+    rows = []
+    for stored in found:
+        name = parse_backup_key(stored.key)
+        if name is None or (project and name.project != project) or (env and name.env != env):
+            continue
+        rows.append(_row(stored, name.kind, name.project, name.env, name.service, name.at))
+    rows.sort(key=lambda r: r["taken_at"], reverse=True)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        console.print("No backups yet.")
+    for row in rows:
+        age = _age(time.time() - row["taken_at"])
+        console.print(
+            f"{row['key']}  {row['size_bytes'] / 2**20:.1f} MiB  {age} ago  sha256 "
+            f"{row['sha256'][:12]}"
+        )
+
+
+@backup.command("restore", no_args_is_help=True)
+@click.argument("project")
+@click.argument("env", type=env_choice)
+@click.argument("key", metavar="BACKUP")
+@click.option(
+    "--into",
+    "into",
+    type=env_choice,
+    help="Restore into this environment instead (prod's backup into test: how to try prod data).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the running datastore's data (a safety backup of it is taken first).",
+)
+@context_option
+def restore(
+    project: str, env: str, key: str, into: str | None, force: bool, context_name: str | None
+) -> None:
+    """Load BACKUP (a key from `backup list`) of PROJECT ENV into that environment's
+    datastore, or into --into's."""
+    name = parse_backup_key(key)
+    if name is None or (name.project, name.env) != (project, env):
+        raise click.UsageError(f"{key!r} is no backup of {project} {env} (`meshctl backup list`)")
+    target = into or env
+    if not force:
+        raise click.UsageError(
+            f"this replaces the data of {project} {target} {name.service}, which is running; "
+            "a safety backup of it is taken first. Add --force to go ahead."
+        )
+    order = BackupOrder(
+        action="restore", project=project, env=target, service=name.service, key=key, by=who()
+    )
+    answer = asyncio.run(_order(order, context_name))
+    console.print(
+        f"Restored {key} into {project} {target} {name.service} "
+        f"({answer.seconds:.1f} s); what it had is in {answer.safety}."
+    )
+
+
+async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAnswer:
+    store = await connect(load_context(context_name))
+    try:
+        await check_project(store, order.project)
+        with console.status("Waiting for the mesh's backups leader ..."):
+            reply = await store.request(subjects.BACKUP_ORDERS, encode(order), ORDER_TIMEOUT_S)
+    finally:
+        await store.close()
+    if reply is None:
+        raise MeshError(
+            "no backups leader answered (it takes the role within seconds of a start; "
+            "`meshctl status` shows who holds it)"
+        )
+    answer = decode(reply, BackupOrderAnswer)
+    if answer.error is not None:
+        raise MeshError(f"backup {order.action}: {answer.error}")
+    return answer
+
+
+async def _list(context_name: str | None) -> list[StoredBackup]:
+    store = await connect(load_context(context_name))
+    try:
+        target = load_target("objects", BackupTargetContext(objects=store))
+        try:
+            return await target.list()
+        finally:
+            await target.close()
+    finally:
+        await store.close()
+
+
+def _row(
+    stored: StoredBackup, kind: str, project: str, env: str, service: str, at: float
+) -> dict[str, Any]:
+    return {
+        "key": stored.key,
+        "kind": kind,
+        "project": project,
+        "env": env,
+        "service": service,
+        "taken_at": at,
+        "taken": datetime.fromtimestamp(at, UTC).isoformat(),
+        "size_bytes": stored.size,
+        "sha256": stored.sha256,
+        "target": "objects",
+    }
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -1,0 +1,100 @@
+"""When each datastore is backed up, which backups are kept, and how they are named (pure; the
+`backups` role acts on it). The seed's schedule: databases every 6 hours kept 14 days (Redis
+alike); a backup older than twice its interval is overdue (a critical alert). Nothing is
+deleted before a newer backup of the same datastore is stored: the newest is always kept.
+
+A backup's key says what it holds, so that listing the target is the index:
+`<kind>/<project>/<env>/<service>/<YYYYmmddTHHMMSSZ>-<nonce>.enc` (UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    every_s: float
+    keep_s: float
+
+
+SCHEDULES = {
+    "database": Schedule(every_s=6 * HOUR_S, keep_s=14 * DAY_S),
+    "redis": Schedule(every_s=6 * HOUR_S, keep_s=14 * DAY_S),
+}
+_STAMP = "%Y%m%dT%H%M%SZ"
+_KEY = re.compile(
+    r"(?P<kind>[a-z]+)/(?P<project>[a-z0-9_-]+)/(?P<env>[a-z0-9_-]+)/(?P<service>[a-z0-9_-]+)/"
+    r"(?P<stamp>\d{8}T\d{6}Z)-(?P<nonce>[a-z0-9]+)\.enc"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupName:
+    """What a backup's key says: the datastore it holds and when it was taken."""
+
+    kind: str
+    project: str
+    env: str
+    service: str
+    at: float
+    key: str
+
+    @property
+    def datastore(self) -> tuple[str, str, str]:
+        return self.project, self.env, self.service
+
+
+def backup_key(kind: str, project: str, env: str, service: str, at: float, nonce: str) -> str:
+    stamp = datetime.fromtimestamp(at, UTC).strftime(_STAMP)
+    return f"{kind}/{project}/{env}/{service}/{stamp}-{nonce}.enc"
+
+
+def parse_backup_key(key: str) -> BackupName | None:
+    """The backup a key names; None for anything else in the target (staged files, ...)."""
+    found = _KEY.fullmatch(key)
+    if found is None:
+        return None
+    at = datetime.strptime(found["stamp"], _STAMP).replace(tzinfo=UTC).timestamp()
+    return BackupName(found["kind"], found["project"], found["env"], found["service"], at, key)
+
+
+def newest(names: Iterable[BackupName]) -> dict[tuple[str, str, str], BackupName]:
+    """The newest backup of each datastore."""
+    found: dict[tuple[str, str, str], BackupName] = {}
+    for name in names:
+        if name.datastore not in found or name.at > found[name.datastore].at:
+            found[name.datastore] = name
+    return found
+
+
+def due(last: BackupName | None, now: float, schedule: Schedule) -> bool:
+    """Whether a datastore whose newest backup is `last` is to be backed up now."""
+    return last is None or now - last.at >= schedule.every_s
+
+
+def overdue(last: BackupName | None, since: float, now: float, schedule: Schedule) -> bool:
+    """Whether the newest backup is older than twice the interval (or there has been none for
+    that long since `since`, when the datastore was first seen): a critical alert."""
+    reference = last.at if last is not None else since
+    return now - reference > 2 * schedule.every_s
+
+
+def expired(names: Iterable[BackupName], now: float) -> list[BackupName]:
+    """The backups past their kind's retention, oldest first; never a datastore's newest."""
+    listed = list(names)
+    keep = {name.key for name in newest(listed).values()}
+    old = [
+        name
+        for name in listed
+        if name.key not in keep
+        and name.kind in SCHEDULES
+        and now - name.at > SCHEDULES[name.kind].keep_s
+    ]
+    return sorted(old, key=lambda name: name.at)

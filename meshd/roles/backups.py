@@ -1,0 +1,328 @@
+"""The `backups` role (docs/backups.md): every datastore backed up on the seed's schedule
+(`meshd.core.backup_policy`), retention enforced, an overdue or failed backup a critical alert,
+and the operator's orders (`meshctl backup now|restore`, a `BackupOrder` on
+`mesh.backups.order`) carried out.
+
+A backup is made where its datastore runs: the leader asks that droplet's agent
+(`meshd.agent.datastore_backups`), which dumps, encrypts to the mesh key and stores it; the
+target's listing is the index (the key says what and when). A restore is opened here with the
+mesh key (trusted droplets hold it), sealed again to the key of the droplet that runs the
+datastore it replaces, staged, and loaded there, after a safety backup of what it replaces.
+Every backup, deletion, restore and failure is an event with the leader's fence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from meshd.agent.lease import Term
+from meshd.agent.meshkey import open_mesh_key
+from meshd.agent.meshview import MeshView
+from meshd.agent.outbox import queue_critical
+from meshd.agent.sealkey import DropletKeys
+from meshd.agent.store import Received, Store, StoreUnavailable
+from meshd.core.backup_crypto import decrypt_stream, encrypt_stream
+from meshd.core.backup_policy import (
+    SCHEDULES,
+    BackupName,
+    backup_key,
+    due,
+    expired,
+    newest,
+    overdue,
+    parse_backup_key,
+)
+from meshd.core.sealing import KeyPair, from_text
+from plugins.backups import BackupTarget, BackupTargetContext, BackupTargetError, load_target
+from protocol import subjects
+from protocol.backups import (
+    BackupAnswer,
+    BackupOrder,
+    BackupOrderAnswer,
+    BackupRequest,
+    RestoreRequest,
+)
+from protocol.codec import decode, encode
+from protocol.errors import MeshError, ProtocolError
+from protocol.messages import Allocation
+
+log = logging.getLogger(__name__)
+CHECK_S = 30.0
+RETRY_S = 300.0  # after a failed backup of a datastore
+BACKUP_TIMEOUT_S = 900.0  # a dump of a few GB, encrypted and stored
+STAGED = "staging"
+
+
+class BackupFailed(MeshError):
+    """A backup or restore did not happen; the reason says where it stopped."""
+
+
+class Backups:
+    role = subjects.Role.BACKUPS
+
+    def __init__(
+        self, store: Store, view: MeshView, droplet: str, keys: DropletKeys, work: Path, mesh: str
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.droplet = droplet
+        self.keys = keys
+        self.work = work
+        self.mesh = mesh
+        self._seen: dict[tuple[str, str, str], float] = {}  # datastore -> first seen (epoch)
+        self._retry: dict[tuple[str, str, str], float] = {}  # datastore -> not before (epoch)
+        self._alerted: set[tuple[str, str, str]] = set()  # overdue, told once until backed up
+        self._busy = asyncio.Lock()  # one backup or restore at a time
+        self._unsupported: set[tuple[str, str, str]] = set()  # its runtime cannot dump it
+
+    async def lead(self, term: Term) -> None:
+        target = load_target("objects", BackupTargetContext(objects=self.store))
+        orders = await self.store.subscribe(
+            subjects.BACKUP_ORDERS, lambda message: self._ordered(term, target, message)
+        )
+        try:
+            while True:
+                try:
+                    await self.check(term, target)
+                except (StoreUnavailable, BackupTargetError) as err:
+                    log.info("Backup check interrupted. error=%s", err)
+                await asyncio.sleep(CHECK_S)
+        finally:
+            await orders.unsubscribe()
+            await target.close()
+
+    async def check(self, term: Term, target: BackupTarget) -> None:
+        """Back up what is due, delete what is past its retention, alert what is overdue."""
+        if not self.view.ready:
+            return
+        names = [n for b in await target.list() if (n := parse_backup_key(b.key)) is not None]
+        latest = newest(names)
+        now = time.time()
+        for allocation in self._datastores():
+            datastore = (allocation.project, allocation.env, allocation.service)
+            if datastore in self._unsupported:
+                continue
+            schedule = SCHEDULES[allocation.service_kind]
+            last = latest.get(datastore)
+            since = self._seen.setdefault(datastore, now)
+            if overdue(last, since, now, schedule) and datastore not in self._alerted:
+                self._alerted.add(datastore)
+                await self._alert(term, allocation, last, "overdue")
+            if not due(last, now, schedule) or now < self._retry.get(datastore, 0.0):
+                continue
+            async with self._busy:
+                try:
+                    await self.take(term, allocation, "scheduled")
+                    self._alerted.discard(datastore)
+                except BackupFailed as err:
+                    self._retry[datastore] = now + RETRY_S
+                    if datastore not in self._unsupported:
+                        await self._alert(term, allocation, last, str(err))
+        for old in expired(names, now):
+            term.ensure_held()
+            await target.delete(old.key)
+            self.store.record_soon(
+                "backup_deleted",
+                self.droplet,
+                _subject(old.datastore),
+                {"key": old.key},
+                term.fence,
+            )
+
+    async def take(self, term: Term, allocation: Allocation, why: str) -> str:
+        """Back up one datastore now; its key. Raises BackupFailed (after the event)."""
+        project, env, service = allocation.project, allocation.env, allocation.service
+        key = backup_key(
+            allocation.service_kind, project, env, service, time.time(), secrets.token_hex(3)
+        )
+        term.ensure_held()
+        request = BackupRequest(
+            project=project, env=env, service=service, key=key, fence=term.fence
+        )
+        subject = _subject((project, env, service))
+        answer = await self._ask(subjects.backup(allocation.droplets[0]), encode(request))
+        if answer.unsupported:
+            self._unsupported.add((project, env, service))
+            self.store.record_soon(
+                "backup_unsupported", self.droplet, subject, {"why": answer.error}, term.fence
+            )
+            raise BackupFailed(f"{subject} cannot be backed up: {answer.error}")
+        if answer.error is not None:
+            self.store.record_soon(
+                "backup_failed",
+                self.droplet,
+                subject,
+                {"key": key, "why": why, "error": answer.error},
+                term.fence,
+            )
+            raise BackupFailed(f"backup of {subject} failed: {answer.error}")
+        detail = {
+            "key": key,
+            "why": why,
+            "plain_bytes": answer.plain_bytes,
+            "stored_bytes": answer.stored_bytes,
+            "seconds": answer.seconds,
+        }
+        self.store.record_soon("backup_taken", self.droplet, subject, detail, term.fence)
+        log.info("Backup taken. key=%s seconds=%.1f", key, answer.seconds)
+        return key
+
+    async def restore(
+        self, term: Term, target: BackupTarget, name: BackupName, allocation: Allocation
+    ) -> str:
+        """Load backup `name` into `allocation`'s datastore, after a safety backup of it; the
+        safety backup's key."""
+        subject = _subject((allocation.project, allocation.env, allocation.service))
+        if name.kind != allocation.service_kind:
+            raise BackupFailed(
+                f"{name.key} holds a {name.kind}, {subject} is a {allocation.service_kind}"
+            )
+        droplet = allocation.droplets[0]
+        node = self.view.nodes.get(droplet)
+        if node is None or not node.seal_key:
+            raise BackupFailed(f"{droplet} has not reported its key yet")
+        mesh = await open_mesh_key(self.store, self.droplet, self.keys)
+        if mesh is None:
+            raise BackupFailed(f"the mesh key is not sealed to {self.droplet} yet; try again")
+        safety = await self.take(term, allocation, f"before restoring {name.key}")
+        staged = f"{STAGED}/{secrets.token_hex(8)}.enc"
+        with self._scratch() as scratch:
+            await target.get(name.key, scratch / "backup")
+            await asyncio.to_thread(_reseal, scratch, mesh, name.key, node.seal_key, staged)
+            await target.put(staged, scratch / "staged")
+        try:
+            term.ensure_held()
+            request = RestoreRequest(
+                project=allocation.project,
+                env=allocation.env,
+                service=allocation.service,
+                staged=staged,
+                fence=term.fence,
+            )
+            answer = await self._ask(subjects.restore(droplet), encode(request))
+        finally:
+            with contextlib.suppress(BackupTargetError):
+                await target.delete(staged)
+        detail = {"from": name.key, "safety": safety, "seconds": answer.seconds}
+        if answer.error is not None:
+            self.store.record_soon(
+                "restore_failed",
+                self.droplet,
+                subject,
+                detail | {"error": answer.error},
+                term.fence,
+            )
+            raise BackupFailed(
+                f"restore of {subject} failed: {answer.error}; the safety "
+                f"backup {safety} holds what it had"
+            )
+        self.store.record_soon("backup_restored", self.droplet, subject, detail, term.fence)
+        return safety
+
+    async def _ordered(self, term: Term, target: BackupTarget, message: Received) -> None:
+        started = time.monotonic()
+        try:
+            order = decode(message.data, BackupOrder)
+            async with self._busy:
+                answer = await self._carry_out(term, target, order)
+        except ProtocolError as err:
+            answer = BackupOrderAnswer(error=f"unreadable order: {err}")
+        except (MeshError, LookupError) as err:
+            answer = BackupOrderAnswer(error=str(err))
+        seconds = round(time.monotonic() - started, 2)
+        await message.respond(
+            encode(
+                BackupOrderAnswer(
+                    taken=answer.taken, safety=answer.safety, error=answer.error, seconds=seconds
+                )
+            )
+        )
+
+    async def _carry_out(
+        self, term: Term, target: BackupTarget, order: BackupOrder
+    ) -> BackupOrderAnswer:
+        mine = [
+            a
+            for a in self._datastores()
+            if (a.project, a.env) == (order.project, order.env)
+            and order.service in (None, a.service)
+        ]
+        where = " ".join(p for p in (order.project, order.env, order.service) if p)
+        if not mine:
+            raise LookupError(f"no datastore of {where} runs in the mesh")
+        if order.action == "now":
+            taken = [await self.take(term, a, f"asked by {order.by}") for a in mine]
+            return BackupOrderAnswer(taken=tuple(taken))
+        if order.action != "restore" or order.key is None:
+            raise LookupError(f"unknown order {order.action!r}")
+        name = parse_backup_key(order.key)
+        if name is None or order.key not in {b.key for b in await target.list(name.kind)}:
+            raise LookupError(f"no backup {order.key} (`meshctl backup list`)")
+        into = next((a for a in mine if a.service == name.service), None)
+        if into is None and len(mine) == 1:
+            into = mine[0]
+        if into is None:
+            raise LookupError(f"{where} has no {name.service} to restore {order.key} into")
+        return BackupOrderAnswer(safety=await self.restore(term, target, name, into))
+
+    async def _ask(self, subject: str, data: bytes) -> BackupAnswer:
+        reply = await self.store.request(subject, data, BACKUP_TIMEOUT_S)
+        if reply is None:
+            return BackupAnswer(error=f"no answer on {subject} within {BACKUP_TIMEOUT_S:.0f} s")
+        return decode(reply, BackupAnswer)
+
+    def _datastores(self) -> list[Allocation]:
+        return [
+            a
+            for _, a in sorted(self.view.allocations.items())
+            if a.service_kind in SCHEDULES and a.droplets
+        ]
+
+    async def _alert(
+        self, term: Term, allocation: Allocation, last: BackupName | None, problem: str
+    ) -> None:
+        subject = _subject((allocation.project, allocation.env, allocation.service))
+        when = (
+            "never" if last is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last.at))
+        )
+        details = {"datastore": subject, "last backup": when, "problem": problem}
+        origin = (self.mesh, self.droplet, term.fence)
+        await queue_critical(
+            self.store, self.view.notify, f"Backup of {subject}: {problem}"[:90], details, origin
+        )
+        if problem == "overdue":
+            self.store.record_soon(
+                "backup_overdue", self.droplet, subject, {"last": when}, term.fence
+            )
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=self.work))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _reseal(scratch: Path, mesh: KeyPair, key: str, droplet_key: str, staged: str) -> None:
+    """The backup opened with the mesh key and sealed to the droplet that loads it (in clear
+    only in this 0700 scratch directory, and only until it is sealed again)."""
+    plain = scratch / "plain"
+    with (scratch / "backup").open("rb") as source, plain.open("wb") as out:
+        decrypt_stream(source, out, mesh, key.encode())
+    with plain.open("rb") as source, (scratch / "staged").open("wb") as out:
+        encrypt_stream(source, out, from_text(droplet_key, "droplet key"), staged.encode())
+    plain.unlink()
+
+
+def _subject(datastore: tuple[str, str, str]) -> str:
+    return subjects.alloc_key(*datastore)
