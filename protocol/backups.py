@@ -5,13 +5,15 @@ The `backups` leader asks the agent of the droplet that runs a datastore to back
 mesh key and stores it under the key asked, then answers (`BackupAnswer`). A restore goes the
 other way: the leader opens the backup, seals it again to the droplet's own key, stages it and
 asks that droplet's agent (`RestoreRequest` on `mesh.restore.<droplet>`) to load it.
-`meshctl backup now|restore` ask the leader itself (`BackupOrder` on `mesh.backups.order`).
+`meshctl backup now|list|restore` ask the leader itself (`BackupOrder` on
+`mesh.backups.order`). Where backups are kept is the mesh's `BackupTargetSpec` (KV
+`mesh_desired/backup-target`; none: the mesh's own object store).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from protocol.base import Message
 
@@ -78,13 +80,42 @@ class BackupOrder(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ListedBackup(Message):
+    """One backup the target keeps: its key, size in bytes, SHA-256 and when it was stored."""
+
+    KIND: ClassVar[str] = "listed_backup"
+
+    key: str
+    size: int
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BackupOrderAnswer(Message):
     """What the leader did: the backups it took (`taken`, keys), a restore's safety backup
-    (`safety`), and `error` None when all went well."""
+    (`safety`), what the target keeps (`listed`, for "list"; `target` its name), and `error`
+    None when all went well."""
 
     KIND: ClassVar[str] = "backup_order_answer"
 
     taken: tuple[str, ...] = ()
+    listed: tuple[ListedBackup, ...] = ()
+    target: str = ""
     safety: str | None = None
     error: str | None = None
     seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupTargetSpec(Message):
+    """Where the mesh keeps its backups (`meshctl backup target`): a `BackupTarget` plugin
+    by `name` ("objects", "s3") and its settings (never a secret: the S3 secret key is the
+    mesh secret `s3_secret_key`)."""
+
+    KIND: ClassVar[str] = "backup_target_spec"
+
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    set_by: str = ""
+    set_at: float = 0.0

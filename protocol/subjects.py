@@ -45,6 +45,7 @@ JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStre
 JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state has moved
 RESTARTS = "restart.>"
 HOLDS = "hold.*"  # `meshctl hold`: failure detection held off (DetectionHold)
+BACKUP_TARGET_KEY = "backup-target"  # where backups are kept (BackupTargetSpec)
 CONFIG_VARS = "config.>"  # `meshctl config`: plain environment variables (ConfigVars)
 RELEASE_TARGETS = "release.>"  # the release each environment runs (ReleaseTarget)
 

@@ -43,6 +43,7 @@ from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
 from meshd.agent.trust import Trust
+from meshd.core.notify_settings import SECRET_SCOPE
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
@@ -244,6 +245,7 @@ class Agent:
                         self.keys,
                         self.data_dir / "backup-leader",
                         self.config.mesh,
+                        partial(secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1]),
                     ),
                     None,
                     0.0,

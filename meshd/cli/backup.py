@@ -17,9 +17,8 @@ from meshd.cli.session import check_project, connect
 from meshd.cli.tables import console
 from meshd.core.backup_policy import parse_backup_key
 from meshd.core.spec import ENVIRONMENTS
-from plugins.backups import BackupTargetContext, StoredBackup, load_target
 from protocol import subjects
-from protocol.backups import BackupOrder, BackupOrderAnswer
+from protocol.backups import BackupOrder, BackupOrderAnswer, BackupTargetSpec, ListedBackup
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
 
@@ -128,7 +127,8 @@ def restore(
 async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAnswer:
     store = await connect(load_context(context_name))
     try:
-        await check_project(store, order.project)
+        if order.project:
+            await check_project(store, order.project)
         with console.status("Waiting for the mesh's backups leader ..."):
             reply = await store.request(subjects.BACKUP_ORDERS, encode(order), ORDER_TIMEOUT_S)
     finally:
@@ -144,20 +144,13 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
     return answer
 
 
-async def _list(context_name: str | None) -> list[StoredBackup]:
-    store = await connect(load_context(context_name))
-    try:
-        target = load_target("objects", BackupTargetContext(objects=store))
-        try:
-            return await target.list()
-        finally:
-            await target.close()
-    finally:
-        await store.close()
+async def _list(context_name: str | None) -> list[ListedBackup]:
+    order = BackupOrder(action="list", project="", env="", by=who())
+    return list((await _order(order, context_name)).listed)
 
 
 def _row(
-    stored: StoredBackup, kind: str, project: str, env: str, service: str, at: float
+    stored: ListedBackup, kind: str, project: str, env: str, service: str, at: float
 ) -> dict[str, Any]:
     return {
         "key": stored.key,
@@ -169,7 +162,6 @@ def _row(
         "taken": datetime.fromtimestamp(at, UTC).isoformat(),
         "size_bytes": stored.size,
         "sha256": stored.sha256,
-        "target": "objects",
     }
 
 
@@ -179,3 +171,76 @@ def _age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} d"
+
+
+@backup.command("target")
+@click.argument("name", type=click.Choice(["objects", "s3"]), required=False)
+@click.option("--endpoint", help="s3: the service's URL, e.g. https://fra1.digitaloceanspaces.com")
+@click.option("--bucket", help="s3: the bucket (it must exist)")
+@click.option("--access-key", "access_key", help="s3: the access key id")
+@click.option("--region", default="us-east-1", show_default=True, help="s3: the region")
+@click.option("--prefix", default="", help="s3: a prefix for every key")
+@context_option
+def target(
+    name: str | None,
+    endpoint: str | None,
+    bucket: str | None,
+    access_key: str | None,
+    region: str,
+    prefix: str,
+    context_name: str | None,
+) -> None:
+    """Where backups are kept: `objects` (the mesh's own object store, the default: lost with
+    the whole mesh) or `s3` (any S3-compatible store, e.g. DigitalOcean Spaces; its secret key
+    is the mesh secret s3_secret_key: `meshctl secret set --mesh s3_secret_key`). Without
+    NAME: the target now. Backups taken before stay where they are."""
+    if name is None:
+        spec = asyncio.run(_read_target(context_name))
+        settings = " ".join(f"{k}={v}" for k, v in sorted(spec.config.items()))
+        console.print(f"Backups are kept in: {spec.name} {settings}".rstrip())
+        return
+    config: dict[str, Any] = {}
+    if name == "s3":
+        missing = [
+            o
+            for o, v in (
+                ("--endpoint", endpoint),
+                ("--bucket", bucket),
+                ("--access-key", access_key),
+            )
+            if not v
+        ]
+        if missing:
+            raise click.UsageError(f"an s3 target needs {', '.join(missing)}")
+        config = {
+            "endpoint": endpoint,
+            "bucket": bucket,
+            "access_key": access_key,
+            "region": region,
+            "prefix": prefix,
+        }
+    spec = BackupTargetSpec(name=name, config=config, set_by=who(), set_at=time.time())
+    asyncio.run(_write_target(spec, context_name))
+    console.print(f"Backups are kept in {name} from the next one on.")
+
+
+async def _read_target(context_name: str | None) -> BackupTargetSpec:
+    store = await connect(load_context(context_name))
+    try:
+        entry = await store.get(subjects.DESIRED_BUCKET, subjects.BACKUP_TARGET_KEY)
+    finally:
+        await store.close()
+    return (
+        decode(entry.value, BackupTargetSpec)
+        if entry and entry.value
+        else BackupTargetSpec(name="objects")
+    )
+
+
+async def _write_target(spec: BackupTargetSpec, context_name: str | None) -> None:
+    store = await connect(load_context(context_name))
+    try:
+        await store.put(subjects.DESIRED_BUCKET, subjects.BACKUP_TARGET_KEY, encode(spec))
+        await store.record("backup_target_set", who(), spec.name, {"target": spec.name})
+    finally:
+        await store.close()

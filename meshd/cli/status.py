@@ -19,14 +19,18 @@ from meshd.cli.context import load_context
 from meshd.cli.hold import hold_data
 from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
+from meshd.core.backup_policy import SCHEDULES, backup_summary, parse_backup_key
 from meshd.core.releases import release_summary
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
-from protocol.messages import Event, NodeStatus
+from protocol.backups import BackupOrder, BackupOrderAnswer
+from protocol.codec import decode, encode
+from protocol.messages import Allocation, Event, NodeStatus
 from protocol.releases import Release
 
 RECENT_EVENTS = 8
 SUSPICION_EVENTS = 60  # enough to see the suspicions of the last minute
+LIST_WAIT_S = 3.0  # for the backups leader to list what it keeps
 
 
 @click.command()
@@ -54,6 +58,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
             view["suspicions"] = open_suspicions(recent, now)
             view["notifications"] = notifications(recent, await _waiting(store))
             view["releases"] = await releases_view(store)
+            view["backups"] = await backups_view(store, reading.allocations)
             view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))
             return
@@ -92,6 +97,41 @@ async def releases_view(store: Store) -> list[dict[str, Any]]:
     """What each project environment with releases runs, and its newest release if other."""
     found = await decoded(store, subjects.RELEASES_BUCKET, ">", Release)
     return release_summary(await release_targets(store), found)
+
+
+async def backups_view(store: Store, allocations: dict[str, Allocation]) -> list[dict[str, Any]]:
+    """Each datastore's newest backup and its age (docs/backups.md)."""
+    datastores = [
+        (a.project, a.env, a.service, a.service_kind)
+        for a in allocations.values()
+        if a.service_kind in SCHEDULES
+    ]
+    if not datastores:
+        return []
+    order = BackupOrder(action="list", project="", env="", by="status")
+    reply = await store.request(subjects.BACKUP_ORDERS, encode(order), LIST_WAIT_S)
+    if reply is None:  # no leader answers now: say nothing rather than wait
+        return []
+    listed = decode(reply, BackupOrderAnswer).listed
+    names = [n for b in listed if (n := parse_backup_key(b.key)) is not None]
+    return backup_summary(datastores, names, time.time())
+
+
+def backups_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line for all datastores: how many, the oldest newest backup, what is overdue."""
+    if not rows:
+        return []
+    never = [r for r in rows if r["last"] is None]
+    late = [r for r in rows if r["overdue"]]
+    ages = [r["age_s"] for r in rows if r["age_s"] is not None]
+    text = f"Backups: {len(rows)} datastore{'s' if len(rows) > 1 else ''}"
+    if ages:
+        text += f", the oldest newest backup {max(ages) / 3600:.1f} h ago"
+    for label, found in (("[yellow]none yet[/]", never), ("[red]overdue[/]", late)):
+        if found:
+            names = ", ".join(f"{r['project']} {r['env']} {r['service']}" for r in found)
+            text += f"; {label}: {escape(names)}"
+    return [text]
 
 
 def release_line(summary: dict[str, Any]) -> str:
@@ -144,6 +184,7 @@ async def _render(store: Store, entry: str | None) -> Group:
             f" (by {escape(held.held_by)}{why})"
         )
     lines += [release_line(r) for r in await releases_view(store)]
+    lines += backups_lines(await backups_view(store, reading.allocations))
     for suspicion in open_suspicions(recent, time.time()):
         lines.append(
             f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "

@@ -98,3 +98,27 @@ def expired(names: Iterable[BackupName], now: float) -> list[BackupName]:
         and now - name.at > SCHEDULES[name.kind].keep_s
     ]
     return sorted(old, key=lambda name: name.at)
+
+
+def backup_summary(
+    datastores: Iterable[tuple[str, str, str, str]], names: Iterable[BackupName], now: float
+) -> list[dict[str, object]]:
+    """For `meshctl status`: each datastore (project, env, service, kind) with its newest
+    backup, that backup's age and whether it is overdue (twice the interval; a datastore
+    never backed up counts from now, since when it appeared is not known here)."""
+    latest = newest(names)
+    rows: list[dict[str, object]] = []
+    for project, env, service, kind in sorted(datastores):
+        last = latest.get((project, env, service))
+        schedule = SCHEDULES.get(kind)
+        rows.append(
+            {
+                "project": project,
+                "env": env,
+                "service": service,
+                "last": last.key if last else None,
+                "age_s": round(now - last.at, 1) if last else None,
+                "overdue": bool(schedule and last and overdue(last, now, now, schedule)),
+            }
+        )
+    return rows

@@ -6,11 +6,14 @@ brings the data back as it was, into its own environment or another (`--into tes
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
+from protocol import subjects
 from tests.mesh.test_datastores import SERVICES, visits
 from tests.support.mesh import LocalMesh, local_mesh, write_project
+from tests.support.seaweedfs import SeaweedS3, seaweedfs  # noqa: F401
 from tests.support.waiting import wait_for
 
 
@@ -46,6 +49,9 @@ def test_datastores_are_backed_up_listed_and_restored_with_a_safety_backup(
         assert any(k.startswith("redis/shop/prod/redis/") for k in taken["taken"])
         listed = {b["key"]: b for b in backups(mesh)}
         assert listed[database]["size_bytes"] > 0 and len(listed[database]["sha256"]) == 64
+        rows = {(r["env"], r["service"]): r for r in mesh.status()["backups"]}
+        assert len(rows) == 6 and rows["prod", "database"]["last"] == database
+        assert not any(r["overdue"] for r in rows.values())
         for _ in range(3):
             visits(url)
 
@@ -59,10 +65,58 @@ def test_datastores_are_backed_up_listed_and_restored_with_a_safety_backup(
         assert after[1] > before[1] + 3
 
         # prod's data into test: test's backend counts on from prod's visits.
-        mesh.ok("backup", "restore", "shop", "prod", database, "--into", "test", "--force",
-                timeout=600)  # fmt: skip
+        mesh.ok(
+            "backup", "restore", "shop", "prod", database, "--into", "test", "--force", timeout=600
+        )
         in_test = wait_for(lambda: visits(test_url), timeout=60, what="test's page")
         assert in_test[0] == before[0] + 1
         restored = events(mesh, "backup_restored")
         assert [e["subject"] for e in restored] == ["shop.prod.database", "shop.test.database"]
         assert all(e["detail"]["safety"] for e in restored)
+
+
+def test_backups_kept_in_s3_are_stored_there_listed_and_restored_from_there(
+    tmp_path: Path,
+    seaweedfs: SeaweedS3,  # noqa: F811
+) -> None:
+    csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    prefix = f"mesh-{uuid.uuid4().hex[:8]}"
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("secret", "set", "--mesh", "s3_secret_key", input=seaweedfs.secret_key)
+        mesh.ok(
+            "backup",
+            "target",
+            "s3",
+            "--endpoint",
+            seaweedfs.endpoint,
+            "--bucket",
+            seaweedfs.bucket,
+            "--access-key",
+            seaweedfs.access_key,
+            "--prefix",
+            prefix,
+        )
+        assert "s3" in mesh.ok("backup", "target")
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        url = mesh.status()["entry_url"] + "/shop-prod/backend/"
+        before = wait_for(lambda: visits(url), timeout=60, what="a page that counted")
+
+        taken = json.loads(
+            mesh.ok("backup", "now", "shop", "prod", "database", "--json", timeout=300)
+        )
+        (key,) = taken["taken"]
+        client = seaweedfs.client()
+        stored = client.list_objects_v2(Bucket=seaweedfs.bucket, Prefix=f"{prefix}/")
+        assert f"{prefix}/{key}" in [o["Key"] for o in stored.get("Contents", [])]
+        assert key in {b["key"] for b in backups(mesh)}
+        # It left the mesh's own store: what is there is only on its way (none now).
+        assert not [b for b in mesh.in_store(staged) if b.startswith("database/")]
+
+        visits(url)
+        mesh.ok("backup", "restore", "shop", "prod", key, "--force", timeout=600)
+        after = wait_for(lambda: visits(url), timeout=60, what="a page after the restore")
+        assert after[0] == before[0] + 1
+
+
+async def staged(store: Any) -> list[str]:
+    return sorted(await store.object_names(subjects.BACKUPS_STORE))

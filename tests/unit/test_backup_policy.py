@@ -6,7 +6,9 @@ from meshd.core.backup_policy import (
     DAY_S,
     HOUR_S,
     SCHEDULES,
+    BackupName,
     backup_key,
+    backup_summary,
     due,
     expired,
     newest,
@@ -18,7 +20,7 @@ from plugins.backups import check_key
 NOW = 1_796_162_400.0  # 2026-12-01 22:00 UTC
 
 
-def name(at: float, service: str = "database", env: str = "prod"):  # type: ignore[no-untyped-def]
+def name(at: float, service: str = "database", env: str = "prod") -> BackupName:
     found = parse_backup_key(backup_key(service, "shop", env, service, at, "ab12"))
     assert found is not None
     return found
@@ -58,3 +60,18 @@ def test_retention_deletes_what_is_past_fourteen_days_but_never_the_newest() -> 
     both = old + alone
     assert newest(both)[("shop", "test", "database")] == alone[0]
     assert len(expired(both, NOW)) == 2
+
+
+def test_status_shows_each_datastore_with_its_newest_backup_and_whether_it_is_late() -> None:
+    names = [name(NOW - 20 * HOUR_S), name(NOW - 2 * HOUR_S, service="redis")]
+    rows = backup_summary(
+        [("shop", "prod", "database", "database"), ("shop", "prod", "redis", "redis"),
+         ("shop", "test", "database", "database")],
+        names,
+        NOW,
+    )  # fmt: skip
+    assert [(r["service"], r["env"], r["age_s"], r["overdue"]) for r in rows] == [
+        ("database", "prod", 20 * HOUR_S, True),
+        ("redis", "prod", 2 * HOUR_S, False),
+        ("database", "test", None, False),
+    ]

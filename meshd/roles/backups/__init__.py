@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from meshd.agent.lease import Term
@@ -41,13 +42,15 @@ from meshd.core.backup_policy import (
     parse_backup_key,
 )
 from meshd.core.sealing import KeyPair, from_text
-from plugins.backups import BackupTarget, BackupTargetContext, BackupTargetError, load_target
+from meshd.roles.backups.targets import Targets
+from plugins.backups import BackupTargetConfigError, BackupTargetError
 from protocol import subjects
 from protocol.backups import (
     BackupAnswer,
     BackupOrder,
     BackupOrderAnswer,
     BackupRequest,
+    ListedBackup,
     RestoreRequest,
 )
 from protocol.codec import decode, encode
@@ -69,8 +72,16 @@ class Backups:
     role = subjects.Role.BACKUPS
 
     def __init__(
-        self, store: Store, view: MeshView, droplet: str, keys: DropletKeys, work: Path, mesh: str
+        self,
+        store: Store,
+        view: MeshView,
+        droplet: str,
+        keys: DropletKeys,
+        work: Path,
+        mesh: str,
+        secrets: Callable[[str], bytes | None],
     ) -> None:
+        self.secrets = secrets  # mesh secrets by name, for the target (`s3_secret_key`)
         self.store = store
         self.view = view
         self.droplet = droplet
@@ -84,25 +95,28 @@ class Backups:
         self._unsupported: set[tuple[str, str, str]] = set()  # its runtime cannot dump it
 
     async def lead(self, term: Term) -> None:
-        target = load_target("objects", BackupTargetContext(objects=self.store))
+        targets = self.targets = Targets(self.store, self.secrets)
         orders = await self.store.subscribe(
-            subjects.BACKUP_ORDERS, lambda message: self._ordered(term, target, message)
+            subjects.BACKUP_ORDERS, lambda message: self._ordered(term, message)
         )
         try:
             while True:
                 try:
-                    await self.check(term, target)
+                    await self.check(term)
                 except (StoreUnavailable, BackupTargetError) as err:
                     log.info("Backup check interrupted. error=%s", err)
+                except BackupTargetConfigError as err:  # said by `backup target`'s events
+                    log.error("The backup target is misconfigured. error=%s", err)
                 await asyncio.sleep(CHECK_S)
         finally:
             await orders.unsubscribe()
-            await target.close()
+            await targets.close()
 
-    async def check(self, term: Term, target: BackupTarget) -> None:
+    async def check(self, term: Term) -> None:
         """Back up what is due, delete what is past its retention, alert what is overdue."""
         if not self.view.ready:
             return
+        target = await self.targets.kept()
         names = [n for b in await target.list() if (n := parse_backup_key(b.key)) is not None]
         latest = newest(names)
         now = time.time()
@@ -164,8 +178,11 @@ class Backups:
                 term.fence,
             )
             raise BackupFailed(f"backup of {subject} failed: {answer.error}")
+        with self._scratch() as scratch:
+            moved = await self.targets.settle(key, scratch)
         detail = {
             "key": key,
+            "target": "objects" if moved is None else (await self.targets.kept()).name,
             "why": why,
             "plain_bytes": answer.plain_bytes,
             "stored_bytes": answer.stored_bytes,
@@ -175,9 +192,7 @@ class Backups:
         log.info("Backup taken. key=%s seconds=%.1f", key, answer.seconds)
         return key
 
-    async def restore(
-        self, term: Term, target: BackupTarget, name: BackupName, allocation: Allocation
-    ) -> str:
+    async def restore(self, term: Term, name: BackupName, allocation: Allocation) -> str:
         """Load backup `name` into `allocation`'s datastore, after a safety backup of it; the
         safety backup's key."""
         subject = _subject((allocation.project, allocation.env, allocation.service))
@@ -194,10 +209,11 @@ class Backups:
             raise BackupFailed(f"the mesh key is not sealed to {self.droplet} yet; try again")
         safety = await self.take(term, allocation, f"before restoring {name.key}")
         staged = f"{STAGED}/{secrets.token_hex(8)}.enc"
+        staging = self.targets.staging
         with self._scratch() as scratch:
-            await target.get(name.key, scratch / "backup")
+            await (await self.targets.kept()).get(name.key, scratch / "backup")
             await asyncio.to_thread(_reseal, scratch, mesh, name.key, node.seal_key, staged)
-            await target.put(staged, scratch / "staged")
+            await staging.put(staged, scratch / "staged")
         try:
             term.ensure_held()
             request = RestoreRequest(
@@ -210,7 +226,7 @@ class Backups:
             answer = await self._ask(subjects.restore(droplet), encode(request))
         finally:
             with contextlib.suppress(BackupTargetError):
-                await target.delete(staged)
+                await staging.delete(staged)
         detail = {"from": name.key, "safety": safety, "seconds": answer.seconds}
         if answer.error is not None:
             self.store.record_soon(
@@ -227,28 +243,27 @@ class Backups:
         self.store.record_soon("backup_restored", self.droplet, subject, detail, term.fence)
         return safety
 
-    async def _ordered(self, term: Term, target: BackupTarget, message: Received) -> None:
+    async def _ordered(self, term: Term, message: Received) -> None:
         started = time.monotonic()
         try:
             order = decode(message.data, BackupOrder)
             async with self._busy:
-                answer = await self._carry_out(term, target, order)
+                answer = await self._carry_out(term, order)
         except ProtocolError as err:
             answer = BackupOrderAnswer(error=f"unreadable order: {err}")
         except (MeshError, LookupError) as err:
             answer = BackupOrderAnswer(error=str(err))
         seconds = round(time.monotonic() - started, 2)
-        await message.respond(
-            encode(
-                BackupOrderAnswer(
-                    taken=answer.taken, safety=answer.safety, error=answer.error, seconds=seconds
-                )
-            )
-        )
+        await message.respond(encode(dataclasses.replace(answer, seconds=seconds)))
 
-    async def _carry_out(
-        self, term: Term, target: BackupTarget, order: BackupOrder
-    ) -> BackupOrderAnswer:
+    async def _carry_out(self, term: Term, order: BackupOrder) -> BackupOrderAnswer:
+        target = await self.targets.kept()
+        if order.action == "list":
+            listed = tuple(
+                ListedBackup(key=b.key, size=b.size, sha256=b.sha256, created_at=b.created_at)
+                for b in await target.list()
+            )
+            return BackupOrderAnswer(listed=listed, target=target.name)
         mine = [
             a
             for a in self._datastores()
@@ -271,7 +286,7 @@ class Backups:
             into = mine[0]
         if into is None:
             raise LookupError(f"{where} has no {name.service} to restore {order.key} into")
-        return BackupOrderAnswer(safety=await self.restore(term, target, name, into))
+        return BackupOrderAnswer(safety=await self.restore(term, name, into))
 
     async def _ask(self, subject: str, data: bytes) -> BackupAnswer:
         reply = await self.store.request(subject, data, BACKUP_TIMEOUT_S)
