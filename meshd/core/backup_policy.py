@@ -28,6 +28,15 @@ SCHEDULES = {
     "database": Schedule(every_s=6 * HOUR_S, keep_s=14 * DAY_S),
     "redis": Schedule(every_s=6 * HOUR_S, keep_s=14 * DAY_S),
 }
+# The mesh itself: its state (every KV bucket but the secrets) and its sealed secrets, each a
+# "datastore" of project and environment `mesh` (`MESH_PARTS`).
+MESH_SCHEDULES = {
+    "state": Schedule(every_s=HOUR_S, keep_s=7 * DAY_S),
+    "secrets": Schedule(every_s=HOUR_S, keep_s=30 * DAY_S),
+}
+MESH = "mesh"
+MESH_PARTS = {kind: (MESH, MESH, kind) for kind in MESH_SCHEDULES}
+ALL_SCHEDULES = SCHEDULES | MESH_SCHEDULES
 _STAMP = "%Y%m%dT%H%M%SZ"
 _KEY = re.compile(
     r"(?P<kind>[a-z]+)/(?P<project>[a-z0-9_-]+)/(?P<env>[a-z0-9_-]+)/(?P<service>[a-z0-9_-]+)/"
@@ -94,8 +103,8 @@ def expired(names: Iterable[BackupName], now: float) -> list[BackupName]:
         name
         for name in listed
         if name.key not in keep
-        and name.kind in SCHEDULES
-        and now - name.at > SCHEDULES[name.kind].keep_s
+        and name.kind in ALL_SCHEDULES
+        and now - name.at > ALL_SCHEDULES[name.kind].keep_s
     ]
     return sorted(old, key=lambda name: name.at)
 

@@ -33,10 +33,17 @@ def test_datastores_are_backed_up_listed_and_restored_with_a_safety_backup(
     csv, config = write_project(tmp_path, ["shop,1,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        every = {f"shop.{e}.{s}" for e in ("prod", "uat", "test") for s in ("database", "redis")}
+        every |= {"mesh.mesh.state", "mesh.mesh.secrets"}
+
+        def first_backups() -> list[dict[str, Any]] | None:
+            found = events(mesh, "backup_taken")
+            return found if {e["subject"] for e in found} == every else None
+
         scheduled = wait_for(
-            lambda: len(events(mesh, "backup_taken")) >= 6 and events(mesh, "backup_taken"),
+            first_backups,
             timeout=120,
-            what="the first scheduled backup of each of the six datastores",
+            what="the first scheduled backup of the six datastores and of the mesh itself",
         )
         assert {e["detail"]["why"] for e in scheduled} == {"scheduled"}
         status = mesh.status()

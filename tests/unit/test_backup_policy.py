@@ -5,6 +5,8 @@ from __future__ import annotations
 from meshd.core.backup_policy import (
     DAY_S,
     HOUR_S,
+    MESH,
+    MESH_PARTS,
     SCHEDULES,
     BackupName,
     backup_key,
@@ -15,7 +17,10 @@ from meshd.core.backup_policy import (
     overdue,
     parse_backup_key,
 )
+from meshd.roles.backups.state import read_document, state_document
 from plugins.backups import check_key
+from protocol import subjects
+from tests.support.memstore import MemoryStore
 
 NOW = 1_796_162_400.0  # 2026-12-01 22:00 UTC
 
@@ -75,3 +80,17 @@ def test_status_shows_each_datastore_with_its_newest_backup_and_whether_it_is_la
         ("redis", "prod", 2 * HOUR_S, False),
         ("database", "test", None, False),
     ]
+
+
+async def test_the_mesh_state_document_holds_every_bucket_but_the_secrets() -> None:
+    store = MemoryStore()
+    await store.put(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY, b"published")
+    await store.put(subjects.SECRETS_BUCKET, "value.shop.prod.api_key", b"sealed")
+    state = read_document(await state_document(store, "state", "demo"))
+    assert state["buckets"][subjects.DESIRED_BUCKET] == {subjects.DESIRED_KEY: b"published"}
+    assert subjects.SECRETS_BUCKET not in state["buckets"]
+    kept = read_document(await state_document(store, "secrets", "demo"))
+    assert list(kept["buckets"]) == [subjects.SECRETS_BUCKET]
+    assert (kept["kind"], kept["mesh"]) == ("secrets", "demo")
+    name = parse_backup_key(backup_key("state", MESH, MESH, "state", NOW, "ab12"))
+    assert name is not None and name.datastore == MESH_PARTS["state"]

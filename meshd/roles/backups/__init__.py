@@ -25,13 +25,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from meshd.agent.lease import Term
-from meshd.agent.meshkey import open_mesh_key
+from meshd.agent.meshkey import mesh_public_key, open_mesh_key
 from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Received, Store, StoreUnavailable
-from meshd.core.backup_crypto import decrypt_stream, encrypt_stream
+from meshd.core.backup_crypto import EncryptedInfo, decrypt_stream, encrypt_stream
 from meshd.core.backup_policy import (
+    MESH,
+    MESH_PARTS,
+    MESH_SCHEDULES,
     SCHEDULES,
     BackupName,
     backup_key,
@@ -42,6 +45,7 @@ from meshd.core.backup_policy import (
     parse_backup_key,
 )
 from meshd.core.sealing import KeyPair, from_text
+from meshd.roles.backups.state import state_document
 from meshd.roles.backups.targets import Targets
 from plugins.backups import BackupTargetConfigError, BackupTargetError
 from protocol import subjects
@@ -114,8 +118,8 @@ class Backups:
 
     async def check(self, term: Term) -> None:
         """Back up what is due, delete what is past its retention, alert what is overdue."""
-        if not self.view.ready:
-            return
+        if not self.view.ready or await mesh_public_key(self.store) is None:
+            return  # nothing to encrypt to until the `secrets` role made the mesh key
         target = await self.targets.kept()
         names = [n for b in await target.list() if (n := parse_backup_key(b.key)) is not None]
         latest = newest(names)
@@ -129,7 +133,7 @@ class Backups:
             since = self._seen.setdefault(datastore, now)
             if overdue(last, since, now, schedule) and datastore not in self._alerted:
                 self._alerted.add(datastore)
-                await self._alert(term, allocation, last, "overdue")
+                await self._alert(term, _subject(datastore), last, "overdue")
             if not due(last, now, schedule) or now < self._retry.get(datastore, 0.0):
                 continue
             async with self._busy:
@@ -139,7 +143,18 @@ class Backups:
                 except BackupFailed as err:
                     self._retry[datastore] = now + RETRY_S
                     if datastore not in self._unsupported:
-                        await self._alert(term, allocation, last, str(err))
+                        await self._alert(term, _subject(datastore), last, str(err))
+        for kind, part in MESH_PARTS.items():
+            if not due(latest.get(part), now, MESH_SCHEDULES[kind]) or now < self._retry.get(
+                part, 0.0
+            ):
+                continue
+            async with self._busy:
+                try:
+                    await self.take_mesh(term, kind)
+                except (BackupFailed, BackupTargetError) as err:
+                    self._retry[part] = now + RETRY_S
+                    await self._alert(term, _subject(part), latest.get(part), str(err))
         for old in expired(names, now):
             term.ensure_held()
             await target.delete(old.key)
@@ -150,6 +165,31 @@ class Backups:
                 {"key": old.key},
                 term.fence,
             )
+
+    async def take_mesh(self, term: Term, kind: str) -> str:
+        """Back up the mesh's `state` or its sealed `secrets` now, from here; its key."""
+        started = time.monotonic()
+        key = backup_key(kind, MESH, MESH, kind, time.time(), secrets.token_hex(3))
+        mesh = await mesh_public_key(self.store)
+        if mesh is None:
+            raise BackupFailed("the mesh has no key yet to encrypt backups to")
+        document = await state_document(self.store, kind, self.mesh)
+        with self._scratch() as scratch:
+            (scratch / "plain").write_bytes(document)
+            info = await asyncio.to_thread(_seal, scratch, from_text(mesh.public, "key"), key)
+            term.ensure_held()
+            stored = await (await self.targets.kept()).put(key, scratch / "sealed")
+        detail = {
+            "key": key,
+            "why": "scheduled",
+            "plain_bytes": info.plain_bytes,
+            "stored_bytes": stored.size,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        self.store.record_soon(
+            "backup_taken", self.droplet, _subject(MESH_PARTS[kind]), detail, term.fence
+        )
+        return key
 
     async def take(self, term: Term, allocation: Allocation, why: str) -> str:
         """Back up one datastore now; its key. Raises BackupFailed (after the event)."""
@@ -301,10 +341,7 @@ class Backups:
             if a.service_kind in SCHEDULES and a.droplets
         ]
 
-    async def _alert(
-        self, term: Term, allocation: Allocation, last: BackupName | None, problem: str
-    ) -> None:
-        subject = _subject((allocation.project, allocation.env, allocation.service))
+    async def _alert(self, term: Term, subject: str, last: BackupName | None, problem: str) -> None:
         when = (
             "never" if last is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last.at))
         )
@@ -341,3 +378,10 @@ def _reseal(scratch: Path, mesh: KeyPair, key: str, droplet_key: str, staged: st
 
 def _subject(datastore: tuple[str, str, str]) -> str:
     return subjects.alloc_key(*datastore)
+
+
+def _seal(scratch: Path, recipient: bytes, key: str) -> EncryptedInfo:
+    with (scratch / "plain").open("rb") as source, (scratch / "sealed").open("wb") as out:
+        info = encrypt_stream(source, out, recipient, key.encode())
+    (scratch / "plain").unlink()
+    return info
