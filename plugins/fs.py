@@ -5,8 +5,12 @@ code. Shared by the plugins and the agent, which keeps its local copy of allocat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 TAIL_CHARS = 500
@@ -94,3 +98,15 @@ def cap_log(path: Path, max_bytes: int) -> None:
         tail = log.read()
     tail = tail[tail.find(b"\n") + 1 :]
     atomic_write(path, b"[meshd] older output truncated\n" + tail)
+
+
+@contextlib.contextmanager
+def scratch_directory(parent: Path) -> Iterator[Path]:
+    """A new 0700 directory under `parent` (made 0700 if missing), removed with everything in
+    it when the block ends: for files in clear that must not outlive their use (dumps)."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

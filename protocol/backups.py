@@ -5,7 +5,7 @@ The `backups` leader asks the agent of the droplet that runs a datastore to back
 mesh key and stores it under the key asked, then answers (`BackupAnswer`). A restore goes the
 other way: the leader opens the backup, seals it again to the droplet's own key, stages it and
 asks that droplet's agent (`RestoreRequest` on `mesh.restore.<droplet>`) to load it.
-`meshctl backup now|list|restore` ask the leader itself (`BackupOrder` on
+`meshctl backup now|list|restore|verify` ask the leader itself (`BackupOrder` on
 `mesh.backups.order`). Where backups are kept is the mesh's `BackupTargetSpec` (KV
 `mesh_desired/backup-target`; none: the mesh's own object store).
 """
@@ -45,6 +45,7 @@ class BackupAnswer(Message):
     plain_bytes: int = 0
     stored_bytes: int = 0
     seconds: float = 0.0
+    counted: dict[str, Any] = field(default_factory=dict)  # a drill's: tables' rows, keys
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +61,7 @@ class RestoreRequest(Message):
     service: str
     staged: str
     fence: int
+    drill: bool = False  # `backup verify`: into a scratch instance, counted, removed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +94,19 @@ class ListedBackup(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedBackup(Message):
+    """How `backup verify` found one backup: loaded into a scratch instance (`error` None),
+    what it holds (`counted`: rows per table and in all, or Redis keys)."""
+
+    KIND: ClassVar[str] = "verified_backup"
+
+    key: str
+    error: str | None = None
+    counted: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BackupOrderAnswer(Message):
     """What the leader did: the backups it took (`taken`, keys), a restore's safety backup
     (`safety`), what the target keeps (`listed`, for "list"; `target` its name), and `error`
@@ -101,6 +116,7 @@ class BackupOrderAnswer(Message):
 
     taken: tuple[str, ...] = ()
     listed: tuple[ListedBackup, ...] = ()
+    verified: tuple[VerifiedBackup, ...] = ()
     target: str = ""
     safety: str | None = None
     error: str | None = None

@@ -3,7 +3,8 @@
 runtime (`DatastoreDumper`), encrypts the dump to the mesh key before it leaves the droplet
 (`meshd.core.backup_crypto`, bound to the backup's key) and stores it in the mesh's backups
 store; a `RestoreRequest` on `mesh.restore.<droplet>` fetches a dump the leader staged sealed
-to this droplet's own key, opens it and has the runtime load it. The dump in clear exists only
+to this droplet's own key, opens it and has the runtime load it (a drill: into a scratch
+instance that is counted and removed, for `backup verify`). The dump in clear exists only
 in a 0700 directory of the agent's, and only while it is being made or loaded. One at a time.
 """
 
@@ -12,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.reconciler import Reconciler
@@ -30,9 +29,11 @@ from meshd.core.backup_crypto import (
     decrypt_stream,
     encrypt_stream,
 )
+from meshd.core.datastores import builtin_of
 from meshd.core.sealing import from_text
 from plugins.backups import BackupTargetContext, BackupTargetError, load_target
-from plugins.runtimes import InstanceSpec, builtin_datastore
+from plugins.fs import scratch_directory
+from plugins.runtimes import InstanceSpec
 from protocol import subjects
 from protocol.backups import BackupAnswer, BackupRequest, RestoreRequest
 from protocol.codec import decode, encode
@@ -53,6 +54,8 @@ class DatastoreDumper(Protocol):
     async def dump_datastore(self, spec: InstanceSpec, out: Path) -> None: ...
 
     async def restore_datastore(self, spec: InstanceSpec, source: Path) -> None: ...
+
+    async def verify_datastore(self, spec: InstanceSpec, source: Path) -> dict[str, Any]: ...
 
 
 class DatastoreBackups:
@@ -118,6 +121,7 @@ class DatastoreBackups:
                     stored_bytes=answer.stored_bytes,
                     seconds=seconds,
                     unsupported=answer.unsupported,
+                    counted=answer.counted,
                 )
             )  # fmt: skip
         )
@@ -158,6 +162,9 @@ class DatastoreBackups:
             finally:
                 await target.close()
             size = await asyncio.to_thread(self._decrypt, sealed, dump, request.staged.encode())
+            if request.drill:  # `backup verify`: the datastore itself is left alone
+                counted = await runtime.verify_datastore(spec, dump)
+                return Answer(plain_bytes=size, counted=counted)
             await runtime.restore_datastore(spec, dump)
         log.info("Datastore restored. service=%s.%s.%s", request.project, request.env,
                  request.service)  # fmt: skip
@@ -169,28 +176,15 @@ class DatastoreBackups:
         if allocation is None:
             raise LookupError(f"{key} does not run on {self.droplet}")
         runtime = self.reconciler.runtime
-        builtin = builtin_datastore(
-            runtime.name,
-            allocation.service_kind,
-            image=allocation.image,
-            build_context=allocation.build_context,
-            command=allocation.command,
-            process_command=allocation.process_command,
-        )
+        builtin = builtin_of(runtime.name, allocation)
         if not isinstance(runtime, DatastoreDumper) or builtin is None:
             raise Unsupported(f"{key} is no built-in datastore the {runtime.name} runtime dumps")
         reconciler = self.reconciler
         spec = spec_for(allocation, 0, reconciler.address, reconciler.addresses, reconciler.secrets)
         return spec, runtime
 
-    @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=self.work))
-        try:
-            yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    def _scratch(self) -> contextlib.AbstractContextManager[Path]:
+        return scratch_directory(self.work)
 
     def _decrypt(self, sealed: Path, dump: Path, context: bytes) -> int:
         problem: BackupCryptoError | None = None

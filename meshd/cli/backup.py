@@ -1,11 +1,12 @@
-"""`meshctl backup now|list|restore`: the datastores' backups (docs/backups.md). `now` and
-`restore` are orders to the mesh's `backups` leader, which does the work where each datastore
-runs; `list` reads the backups store, whose keys are the index."""
+"""`meshctl backup now|list|restore|verify|target`: the datastores' backups (docs/backups.md).
+All but `target` are orders to the mesh's `backups` leader (`mesh.backups.order`), which does
+the work where each datastore runs and holds the keys; the target's keys are the index."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -171,6 +172,47 @@ def _age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} d"
+
+
+@backup.command("verify")
+@click.argument("project", required=False)
+@click.argument("env", type=env_choice, required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per backup verified.")
+@context_option
+def verify(project: str | None, env: str | None, as_json: bool, context_name: str | None) -> None:
+    """A restore drill: the newest backup of each datastore (of PROJECT, or PROJECT ENV) is
+    loaded into a scratch instance beside it, counted, and removed; the datastores are not
+    touched. Exits 1 when one does not load (and the mesh sends a critical alert)."""
+    order = BackupOrder(action="verify", project=project or "", env=env or "", by=who())
+    answer = asyncio.run(_order(order, context_name))
+    for found in answer.verified:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "key": found.key,
+                        "ok": found.error is None,
+                        "error": found.error,
+                        "counted": found.counted,
+                        "seconds": found.seconds,
+                    }
+                )
+            )
+            continue
+        if found.error is not None:
+            console.print(f"[red]{found.key}: does not load[/]: {found.error}")
+        elif "rows" in found.counted:
+            tables = found.counted.get("tables", {})
+            console.print(
+                f"{found.key}: loads; {found.counted['rows']} rows in "
+                f"{len(tables)} table{'s' if len(tables) != 1 else ''}"
+            )
+        else:
+            console.print(f"{found.key}: loads; {found.counted.get('keys', 0)} keys")
+    if not answer.verified and not as_json:
+        console.print("No backups to verify yet (`meshctl backup now`).")
+    if any(found.error is not None for found in answer.verified):
+        sys.exit(1)
 
 
 @backup.command("target")

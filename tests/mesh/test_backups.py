@@ -81,6 +81,17 @@ def test_datastores_are_backed_up_listed_and_restored_with_a_safety_backup(
         assert [e["subject"] for e in restored] == ["shop.prod.database", "shop.test.database"]
         assert all(e["detail"]["safety"] for e in restored)
 
+        # A drill: prod's newest backups load into scratch instances and are counted.
+        drilled = mesh.ok("backup", "verify", "shop", "prod", "--json", timeout=600)
+        verified = {
+            json.loads(line)["key"].split("/")[0]: json.loads(line) for line in drilled.splitlines()
+        }
+        assert set(verified) == {"database", "redis"}
+        assert all(v["ok"] for v in verified.values()), verified
+        assert verified["database"]["counted"]["tables"]["public.visits"] > 0
+        assert verified["redis"]["counted"]["keys"] == 1  # the visits counter
+        assert len(events(mesh, "backup_verified")) == 2
+
 
 def test_backups_kept_in_s3_are_stored_there_listed_and_restored_from_there(
     tmp_path: Path,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from meshd.core.datastores import builtin_of
 from meshd.core.spec import TEMPLATE_SECRETS, ServiceKind
-from plugins.runtimes import builtin_datastore
 from plugins.secrets import Secrets
 from protocol.messages import Allocation
 
@@ -79,14 +79,7 @@ class DatastoreProbes:
         self.secrets = secrets
 
     def kind(self, allocation: Allocation) -> str | None:
-        return builtin_datastore(
-            self.runtime,
-            allocation.service_kind,
-            image=allocation.image,
-            build_context=allocation.build_context,
-            command=allocation.command,
-            process_command=allocation.process_command,
-        )
+        return builtin_of(self.runtime, allocation)
 
     async def probe(self, allocation: Allocation, host: str, port: int, timeout: float) -> bool:  # noqa: ASYNC109
         kind = self.kind(allocation)

@@ -14,23 +14,19 @@ Every backup, deletion, restore and failure is an event with the leader's fence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from meshd.agent.lease import Term
-from meshd.agent.meshkey import mesh_public_key, open_mesh_key
+from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Received, Store, StoreUnavailable
-from meshd.core.backup_crypto import EncryptedInfo, decrypt_stream, encrypt_stream
 from meshd.core.backup_policy import (
     MESH,
     MESH_PARTS,
@@ -44,7 +40,8 @@ from meshd.core.backup_policy import (
     overdue,
     parse_backup_key,
 )
-from meshd.core.sealing import KeyPair, from_text
+from meshd.core.sealing import from_text
+from meshd.roles.backups.loading import BackupFailed, Loader, seal
 from meshd.roles.backups.state import state_document
 from meshd.roles.backups.targets import Targets
 from plugins.backups import BackupTargetConfigError, BackupTargetError
@@ -55,7 +52,7 @@ from protocol.backups import (
     BackupOrderAnswer,
     BackupRequest,
     ListedBackup,
-    RestoreRequest,
+    VerifiedBackup,
 )
 from protocol.codec import decode, encode
 from protocol.errors import MeshError, ProtocolError
@@ -64,12 +61,6 @@ from protocol.messages import Allocation
 log = logging.getLogger(__name__)
 CHECK_S = 30.0
 RETRY_S = 300.0  # after a failed backup of a datastore
-BACKUP_TIMEOUT_S = 900.0  # a dump of a few GB, encrypted and stored
-STAGED = "staging"
-
-
-class BackupFailed(MeshError):
-    """A backup or restore did not happen; the reason says where it stopped."""
 
 
 class Backups:
@@ -100,6 +91,7 @@ class Backups:
 
     async def lead(self, term: Term) -> None:
         targets = self.targets = Targets(self.store, self.secrets)
+        self.loader = Loader(self.store, self.view, self.droplet, self.keys, targets, self.work)
         orders = await self.store.subscribe(
             subjects.BACKUP_ORDERS, lambda message: self._ordered(term, message)
         )
@@ -174,9 +166,9 @@ class Backups:
         if mesh is None:
             raise BackupFailed("the mesh has no key yet to encrypt backups to")
         document = await state_document(self.store, kind, self.mesh)
-        with self._scratch() as scratch:
+        with self.loader.scratch() as scratch:
             (scratch / "plain").write_bytes(document)
-            info = await asyncio.to_thread(_seal, scratch, from_text(mesh.public, "key"), key)
+            info = await asyncio.to_thread(seal, scratch, from_text(mesh.public, "key"), key)
             term.ensure_held()
             stored = await (await self.targets.kept()).put(key, scratch / "sealed")
         detail = {
@@ -202,7 +194,7 @@ class Backups:
             project=project, env=env, service=service, key=key, fence=term.fence
         )
         subject = _subject((project, env, service))
-        answer = await self._ask(subjects.backup(allocation.droplets[0]), encode(request))
+        answer = await self.loader.ask(subjects.backup(allocation.droplets[0]), encode(request))
         if answer.unsupported:
             self._unsupported.add((project, env, service))
             self.store.record_soon(
@@ -218,7 +210,7 @@ class Backups:
                 term.fence,
             )
             raise BackupFailed(f"backup of {subject} failed: {answer.error}")
-        with self._scratch() as scratch:
+        with self.loader.scratch() as scratch:
             moved = await self.targets.settle(key, scratch)
         detail = {
             "key": key,
@@ -240,48 +232,39 @@ class Backups:
             raise BackupFailed(
                 f"{name.key} holds a {name.kind}, {subject} is a {allocation.service_kind}"
             )
-        droplet = allocation.droplets[0]
-        node = self.view.nodes.get(droplet)
-        if node is None or not node.seal_key:
-            raise BackupFailed(f"{droplet} has not reported its key yet")
-        mesh = await open_mesh_key(self.store, self.droplet, self.keys)
-        if mesh is None:
-            raise BackupFailed(f"the mesh key is not sealed to {self.droplet} yet; try again")
         safety = await self.take(term, allocation, f"before restoring {name.key}")
-        staged = f"{STAGED}/{secrets.token_hex(8)}.enc"
-        staging = self.targets.staging
-        with self._scratch() as scratch:
-            await (await self.targets.kept()).get(name.key, scratch / "backup")
-            await asyncio.to_thread(_reseal, scratch, mesh, name.key, node.seal_key, staged)
-            await staging.put(staged, scratch / "staged")
-        try:
-            term.ensure_held()
-            request = RestoreRequest(
-                project=allocation.project,
-                env=allocation.env,
-                service=allocation.service,
-                staged=staged,
-                fence=term.fence,
-            )
-            answer = await self._ask(subjects.restore(droplet), encode(request))
-        finally:
-            with contextlib.suppress(BackupTargetError):
-                await staging.delete(staged)
+        answer = await self.loader.load(term, name, allocation, drill=False)
         detail = {"from": name.key, "safety": safety, "seconds": answer.seconds}
         if answer.error is not None:
-            self.store.record_soon(
-                "restore_failed",
-                self.droplet,
-                subject,
-                detail | {"error": answer.error},
-                term.fence,
-            )
+            detail["error"] = answer.error
+            self.store.record_soon("restore_failed", self.droplet, subject, detail, term.fence)
             raise BackupFailed(
                 f"restore of {subject} failed: {answer.error}; the safety "
                 f"backup {safety} holds what it had"
             )
         self.store.record_soon("backup_restored", self.droplet, subject, detail, term.fence)
         return safety
+
+    async def verify(self, term: Term, name: BackupName, allocation: Allocation) -> VerifiedBackup:
+        """A drill: backup `name` loaded into a scratch instance beside `allocation`'s
+        datastore, counted and removed; a failure is a critical alert too."""
+        subject = _subject(name.datastore)
+        try:
+            answer = await self.loader.load(term, name, allocation, drill=True)
+        except (BackupFailed, BackupTargetError) as err:
+            answer = BackupAnswer(error=str(err))
+        detail = {"key": name.key, "counted": answer.counted, "seconds": answer.seconds}
+        if answer.error is None:
+            self.store.record_soon("backup_verified", self.droplet, subject, detail, term.fence)
+        else:
+            detail["error"] = answer.error
+            self.store.record_soon("backup_unusable", self.droplet, subject, detail, term.fence)
+            await self._alert(
+                term, subject, name, f"the newest backup does not load: {answer.error}"
+            )
+        return VerifiedBackup(
+            key=name.key, error=answer.error, counted=answer.counted, seconds=answer.seconds
+        )
 
     async def _ordered(self, term: Term, message: Received) -> None:
         started = time.monotonic()
@@ -304,6 +287,18 @@ class Backups:
                 for b in await target.list()
             )
             return BackupOrderAnswer(listed=listed, target=target.name)
+        if order.action == "verify":
+            names = [n for b in await target.list() if (n := parse_backup_key(b.key))]
+            running = {(a.project, a.env, a.service): a for a in self._datastores()}
+            chosen = [
+                (name, running[datastore])
+                for datastore, name in sorted(newest(names).items())
+                if datastore in running
+                and order.project in ("", name.project)
+                and order.env in ("", name.env)
+            ]
+            verified = [await self.verify(term, name, a) for name, a in chosen]
+            return BackupOrderAnswer(verified=tuple(verified), target=target.name)
         mine = [
             a
             for a in self._datastores()
@@ -328,12 +323,6 @@ class Backups:
             raise LookupError(f"{where} has no {name.service} to restore {order.key} into")
         return BackupOrderAnswer(safety=await self.restore(term, name, into))
 
-    async def _ask(self, subject: str, data: bytes) -> BackupAnswer:
-        reply = await self.store.request(subject, data, BACKUP_TIMEOUT_S)
-        if reply is None:
-            return BackupAnswer(error=f"no answer on {subject} within {BACKUP_TIMEOUT_S:.0f} s")
-        return decode(reply, BackupAnswer)
-
     def _datastores(self) -> list[Allocation]:
         return [
             a
@@ -355,33 +344,6 @@ class Backups:
                 "backup_overdue", self.droplet, subject, {"last": when}, term.fence
             )
 
-    @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=self.work))
-        try:
-            yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _reseal(scratch: Path, mesh: KeyPair, key: str, droplet_key: str, staged: str) -> None:
-    """The backup opened with the mesh key and sealed to the droplet that loads it (in clear
-    only in this 0700 scratch directory, and only until it is sealed again)."""
-    plain = scratch / "plain"
-    with (scratch / "backup").open("rb") as source, plain.open("wb") as out:
-        decrypt_stream(source, out, mesh, key.encode())
-    with plain.open("rb") as source, (scratch / "staged").open("wb") as out:
-        encrypt_stream(source, out, from_text(droplet_key, "droplet key"), staged.encode())
-    plain.unlink()
-
 
 def _subject(datastore: tuple[str, str, str]) -> str:
     return subjects.alloc_key(*datastore)
-
-
-def _seal(scratch: Path, recipient: bytes, key: str) -> EncryptedInfo:
-    with (scratch / "plain").open("rb") as source, (scratch / "sealed").open("wb") as out:
-        info = encrypt_stream(source, out, recipient, key.encode())
-    (scratch / "plain").unlink()
-    return info

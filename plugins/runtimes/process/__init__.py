@@ -44,7 +44,7 @@ from plugins.runtimes import (
     RuntimeContext,
     secret_file_variables,
 )
-from plugins.runtimes.process import datastores, dumps
+from plugins.runtimes.process import datastores, dumps, scratch
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
 from plugins.runtimes.process.commands import command_launch
 from plugins.runtimes.process.datastores import Launch, Places, builtin_kind
@@ -182,6 +182,18 @@ class ProcessRuntime:
             directory = self._root / spec.key
             await asyncio.to_thread(dumps.restore, kind, spec, self._places, directory, source)
         self._log.info("Datastore restored. key=%s kind=%s", spec.key, kind)
+
+    async def verify_datastore(self, spec: InstanceSpec, source: Path) -> dict[str, Any]:
+        """Load a dump of the built-in datastore `spec` into a scratch one and count what it
+        holds (`scratch.verify`); the instance itself is not touched, hence no lock."""
+        kind = builtin_kind(spec)
+        if kind is None:
+            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        found = await asyncio.to_thread(scratch.verify, kind, spec, self._places, source)
+        self._log.info(
+            "Backup verified. key=%s kind=%s seconds=%.1f", spec.key, kind, found["seconds"]
+        )
+        return found
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
