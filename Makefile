@@ -83,6 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/instance_start.py
 	$(BIN)/python bench/lb.py
 	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
