@@ -21,7 +21,7 @@ from meshd.agent.backoff import retries
 from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context, who
 from meshd.cli.escrow import export_key
-from meshd.cli.secret_rollout import Rollout, Scope, secret_values
+from meshd.cli.secret_rollout import Rollout, Scope, datastores_runtime, secret_values
 from meshd.cli.secret_rollout import roll as _roll
 from meshd.cli.session import check_project, connect, read_allocations, read_published
 from meshd.cli.tables import console, secrets_table
@@ -161,7 +161,7 @@ async def _store_value(
     scope: Scope, value: bytes, roll: bool, as_json: bool, context_name: str | None, rotate: bool
 ) -> None:
     context = load_context(context_name)
-    runtime = str(context.runtime.get("name", "process"))
+    runtime = datastores_runtime(context.runtime)
     store = await connect(context)
     try:
         await _check_project(store, scope)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from meshd.agent.restarts import request_restart
 from meshd.agent.store import Store
@@ -99,6 +100,14 @@ async def roll(store: Store, scope: Scope, version: int, runtime: str) -> Rollou
         )
         done.rolled.append(key)
     return done
+
+
+def datastores_runtime(runtime: dict[str, Any]) -> str:
+    """The runtime that runs a mesh's built-in datastores, from its context's runtime section:
+    the process runtime for a Docker mesh whose datastores run apart (`up --datastores`)."""
+    name = str(runtime.get("name", "process"))
+    apart = (runtime.get("config") or {}).get("datastores") == "process"
+    return "process" if apart else name
 
 
 def _takes_in_place(allocation: Allocation, secret: str, runtime: str) -> bool:

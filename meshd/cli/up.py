@@ -124,6 +124,14 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
     "Root only; services run as processes.",
 )
 @click.option(
+    "--datastores",
+    type=click.Choice(["process", "docker"]),
+    default="process",
+    show_default=True,
+    help="docker runtime: run the built-in PostgreSQL and Redis as the host's own servers "
+    "(process: no registry needed, backed up and verified) or from Docker Hub's images.",
+)
+@click.option(
     "--pull/--no-pull",
     default=True,
     show_default=True,
@@ -138,15 +146,22 @@ def up(
     docker_host: str | None,
     netns: bool,
     pull: bool,
+    datastores: str,
 ) -> None:
     """Start a mesh of local droplets (each a process group on its own 127.x.y.z address, or
     in its own network namespace with --netns) and wait until every agent has joined.
     Running it again is harmless."""
-    asyncio.run(_up(name, droplets, runtime, docker_host, pull, netns))
+    asyncio.run(_up(name, droplets, runtime, docker_host, pull, netns, datastores))
 
 
 async def _up(
-    name: str, count: int, runtime: str, docker_host: str | None, pull: bool, netns: bool = False
+    name: str,
+    count: int,
+    runtime: str,
+    docker_host: str | None,
+    pull: bool,
+    netns: bool = False,
+    datastores: str = "process",
 ) -> None:
     try:
         context = load_context(name)
@@ -156,7 +171,7 @@ async def _up(
         if netns:
             check_netns(runtime, docker_host)
             runtime = "process"
-        chosen = await choose_runtime(runtime, docker_host, pull)
+        chosen = await choose_runtime(runtime, docker_host, pull, datastores)
         context = await _create(name, count, chosen, netns)
     else:
         running = context.runtime.get("name", "process")
@@ -185,7 +200,9 @@ def check_netns(runtime: str, docker_host: str | None) -> None:
         )
 
 
-async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> dict[str, Any]:
+async def choose_runtime(
+    runtime: str, docker_host: str | None, pull: bool, datastores: str = "process"
+) -> dict[str, Any]:
     """The runtime section of the mesh config; says which was chosen and why."""
     if runtime == "process" and docker_host is not None:
         raise MeshError("up: --docker-host names an engine, which --runtime process never uses")
@@ -206,8 +223,11 @@ async def choose_runtime(runtime: str, docker_host: str | None, pull: bool) -> d
         raise MeshError(
             f"up: no Docker engine answers at {where}; start it or use --runtime process"
         )
-    console.print(f"Runtime: [bold]docker[/] ({version} at {where}).")
+    apart = "; datastores: the host's PostgreSQL and Redis" if datastores == "process" else ""
+    console.print(f"Runtime: [bold]docker[/] ({version} at {where}){apart}.")
     config: dict[str, Any] = {"pull": pull}
+    if datastores == "process":
+        config["datastores"] = "process"
     if docker_host:
         config["docker_host"] = docker_host
     if version.startswith("Podman"):

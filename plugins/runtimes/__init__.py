@@ -8,6 +8,7 @@ and the errors `RuntimeFailure` / `InstanceStartError`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable, Iterable
@@ -262,7 +263,16 @@ class Runtime(Protocol):
 
 
 def load_runtime(name: str, ctx: RuntimeContext) -> Runtime:
-    """Import the runtime called `name` and create it; raise UnknownRuntimeError if none is."""
+    """Import the runtime called `name` and create it; raise UnknownRuntimeError if none is.
+    A docker runtime with `datastores: process` runs the built-in datastores apart, under the
+    process runtime (`plugins.runtimes.apart`)."""
+    if name == "docker" and ctx.config.get("datastores") == "process":
+        from plugins.runtimes.apart import DatastoresApart
+
+        config = {k: v for k, v in ctx.config.items() if k != "datastores"}
+        docker = load_runtime(name, dataclasses.replace(ctx, config=config))
+        apart = dataclasses.replace(ctx, data_dir=ctx.data_dir / "datastores", config={})
+        return DatastoresApart(docker, load_runtime("process", apart))
     target = RUNTIMES.get(name)
     if target is None:
         raise UnknownRuntimeError(name, sorted(RUNTIMES))

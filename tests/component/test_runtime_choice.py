@@ -18,8 +18,11 @@ async def test_auto_takes_docker_when_the_engine_answers(
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     runtime = await choose_runtime("auto", None, pull=False)
 
-    assert runtime == {"name": "docker", "config": {"pull": False}}
+    # The built-in datastores run apart, as the host's own servers: no registry needed.
+    assert runtime == {"name": "docker", "config": {"pull": False, "datastores": "process"}}
     assert "Runtime: docker (Docker Engine" in capsys.readouterr().out
+    images = await choose_runtime("docker", None, pull=True, datastores="docker")
+    assert images == {"name": "docker", "config": {"pull": True}}
 
 
 async def test_auto_falls_back_to_processes_and_says_why(

@@ -96,7 +96,10 @@ def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     config = parse_deploy_config(demo.read_bytes(), str(demo))
     assert config.platform == "docker"
     services = [s for p in config.projects.values() for s in p.services]
-    assert all(s.build_context == "app" for s in services)
+    # The datastores are the built-in PostgreSQL and Redis on either runtime (a Docker mesh
+    # runs them apart, as the host's own: `up --datastores`); the rest is built from app/.
+    assert all(s.build_context == "app" for s in services if not s.kind.is_datastore)
+    assert all(s.uses_template for s in services if s.kind.is_datastore)
     # The process runtime runs each in its build context (examples/app, or a deploy's
     # build), but for the datastores: the host's own PostgreSQL and Redis.
     for service in services:
