@@ -14,6 +14,7 @@ Every backup, deletion, restore and failure is an event with the leader's fence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -132,7 +133,7 @@ class Backups:
                 try:
                     await self.take(term, allocation, "scheduled")
                     self._alerted.discard(datastore)
-                except BackupFailed as err:
+                except (BackupFailed, BackupTargetError) as err:
                     self._retry[datastore] = now + RETRY_S
                     if datastore not in self._unsupported:
                         await self._alert(term, _subject(datastore), last, str(err))
@@ -201,17 +202,26 @@ class Backups:
                 "backup_unsupported", self.droplet, subject, {"why": answer.error}, term.fence
             )
             raise BackupFailed(f"{subject} cannot be backed up: {answer.error}")
-        if answer.error is not None:
+        error = answer.error
+        moved = None
+        if error is None:
+            try:
+                with self.loader.scratch() as scratch:
+                    moved = await self.targets.settle(key, scratch)
+            except BackupTargetError as err:  # the target is down or full: staged, not kept
+                error = str(err)
+                with contextlib.suppress(BackupTargetError):
+                    # A copy only the staging area holds would be listed and pruned by no one.
+                    await self.targets.staging.delete(key)
+        if error is not None:
             self.store.record_soon(
                 "backup_failed",
                 self.droplet,
                 subject,
-                {"key": key, "why": why, "error": answer.error},
+                {"key": key, "why": why, "error": error},
                 term.fence,
             )
-            raise BackupFailed(f"backup of {subject} failed: {answer.error}")
-        with self.loader.scratch() as scratch:
-            moved = await self.targets.settle(key, scratch)
+            raise BackupFailed(f"backup of {subject} failed: {error}")
         detail = {
             "key": key,
             "target": "objects" if moved is None else (await self.targets.kept()).name,
