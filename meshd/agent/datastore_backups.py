@@ -29,11 +29,10 @@ from meshd.core.backup_crypto import (
     decrypt_stream,
     encrypt_stream,
 )
-from meshd.core.datastores import builtin_of
 from meshd.core.sealing import from_text
 from plugins.backups import BackupTargetContext, BackupTargetError, load_target
 from plugins.fs import scratch_directory
-from plugins.runtimes import InstanceSpec
+from plugins.runtimes import InstanceSpec, builtin_datastore
 from protocol import subjects
 from protocol.backups import BackupAnswer, BackupRequest, RestoreRequest
 from protocol.codec import decode, encode
@@ -176,7 +175,7 @@ class DatastoreBackups:
         if allocation is None:
             raise LookupError(f"{key} does not run on {self.droplet}")
         runtime = self.reconciler.runtime
-        builtin = builtin_of(runtime.name, allocation)
+        builtin = builtin_datastore(runtime.name, allocation)
         if not isinstance(runtime, DatastoreDumper) or builtin is None:
             raise Unsupported(f"{key} is no built-in datastore the {runtime.name} runtime dumps")
         reconciler = self.reconciler

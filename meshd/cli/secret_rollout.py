@@ -15,9 +15,9 @@ from meshd.agent.store import Store
 from meshd.cli.context import who
 from meshd.cli.session import read_allocations
 from meshd.cli.tables import console
-from meshd.core.datastores import builtin_of
 from meshd.core.secret_plan import used_by
 from meshd.core.spec import TEMPLATE_SECRETS, ServiceKind
+from plugins.runtimes import builtin_datastore
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
@@ -113,7 +113,7 @@ def datastores_runtime(runtime: dict[str, Any]) -> str:
 def _takes_in_place(allocation: Allocation, secret: str, runtime: str) -> bool:
     """Whether the datastore is a built-in one whose password is `secret` on a runtime that
     changes it in place (the process runtime; a Docker template is restarted by hand)."""
-    kind = builtin_of(runtime, allocation)
+    kind = builtin_datastore(runtime, allocation)
     return (
         runtime == "process"
         and kind is not None

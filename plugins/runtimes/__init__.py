@@ -296,27 +296,34 @@ def mesh_data_root(mesh: str) -> Path:
 BUILTIN_DATASTORES = ("database", "redis")  # the kinds a runtime can run from its own template
 
 
-def builtin_datastore(
-    runtime: str,
-    kind: str,
-    *,
-    image: str | None,
-    build_context: str | None,
-    command: str | None,
-    process_command: str | None,
-) -> str | None:
+class Runnable(Protocol):
+    """What says how a service runs: an `InstanceSpec`, or an allocation."""
+
+    @property
+    def service_kind(self) -> str: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def build_context(self) -> str | None: ...
+    @property
+    def command(self) -> str | None: ...
+    @property
+    def process_command(self) -> str | None: ...
+
+
+def builtin_datastore(runtime: str, service: Runnable) -> str | None:
     """The kind of built-in datastore (PostgreSQL, Redis) `runtime` runs for a service that
     names nothing of its own to run there, else None. Docker runs its template unless an
     image or build is named; the process runtime unless a `process_command` is (or a
     `command` that is not meant to run inside an image). The agent probes those by protocol."""
-    if kind not in BUILTIN_DATASTORES:
+    if service.service_kind not in BUILTIN_DATASTORES:
         return None
+    in_image = service.image is not None or service.build_context is not None
     if runtime == "docker":
-        own = image is not None or build_context is not None
+        own = in_image
     else:
-        in_image = image is not None or build_context is not None
-        own = bool(process_command) or (command is not None and not in_image)
-    return None if own else kind
+        own = bool(service.process_command) or (service.command is not None and not in_image)
+    return None if own else service.service_kind
 
 
 def secret_file_variables(names: Iterable[str], directory: str) -> dict[str, str]:

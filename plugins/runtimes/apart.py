@@ -23,14 +23,7 @@ class DatastoresApart:
         self.datastores = datastores  # the process runtime: it dumps, restores, verifies
 
     def _for(self, spec: InstanceSpec) -> Runtime:
-        kind = builtin_datastore(
-            "docker",
-            spec.service_kind,
-            image=spec.image,
-            build_context=spec.build_context,
-            command=spec.command,
-            process_command=spec.process_command,
-        )
+        kind = builtin_datastore("docker", spec)
         return self.datastores if kind is not None else self.docker
 
     async def ensure(self, spec: InstanceSpec) -> InstanceInfo:

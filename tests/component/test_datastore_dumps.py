@@ -8,21 +8,19 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from meshd.agent.reconciler.probes import postgres_ready, redis_command, redis_pong
-from plugins.runtimes import InstanceSpec, InstanceStartError, RuntimeContext, mesh_data_root
-from plugins.runtimes.process import ProcessRuntime, create
-from plugins.runtimes.process.datastores import postgres_binaries
+from plugins.runtimes import InstanceSpec, InstanceStartError
+from plugins.runtimes.process import ProcessRuntime
 from plugins.runtimes.process.dumps import DumpError, RestoreError
 from tests import support
+from tests.support.datastores import process_runtime
 from tests.support.waiting import until
 
 HOST = "127.0.0.1"
@@ -33,21 +31,8 @@ RedisReply = bytes | int | None | list["RedisReply"]
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
-    if postgres_binaries() is None or shutil.which("redis-server") is None:
-        support.unavailable("PostgreSQL or Redis not installed (apt: postgresql redis-server)")
-    if not os.path.exists(PSQL):
-        support.unavailable("psql not installed (apt: postgresql-client)")
-    home = tmp_path / "state"
-    home.mkdir(mode=0o700)  # as a state home of root's is: the servers' users cannot enter it
-    mesh = f"t{uuid.uuid4().hex[:8]}"
-    made = create(RuntimeContext(mesh=mesh, droplet="web1", data_dir=home / "runtime"))
-    try:
+    async with process_runtime(tmp_path) as made:
         yield made
-    finally:
-        for info in await made.list():
-            await made.stop(info.key)
-        await made.close()
-        shutil.rmtree(mesh_data_root(mesh), ignore_errors=True)
 
 
 def ports(count: int) -> list[int]:

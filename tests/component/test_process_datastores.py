@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +20,10 @@ from plugins.runtimes import (
     InstancePhase,
     InstanceSpec,
     InstanceStartError,
-    RuntimeContext,
-    mesh_data_root,
 )
-from plugins.runtimes.process import ProcessRuntime, create
-from plugins.runtimes.process.datastores import postgres_binaries
+from plugins.runtimes.process import ProcessRuntime
 from tests import support
+from tests.support.datastores import process_runtime
 from tests.support.waiting import until
 
 HOST = "127.0.0.1"
@@ -36,19 +32,8 @@ PSQL = "/usr/bin/psql"
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
-    if postgres_binaries() is None or shutil.which("redis-server") is None:
-        support.unavailable("PostgreSQL or Redis not installed (apt: postgresql redis-server)")
-    home = tmp_path / "state"
-    home.mkdir(mode=0o700)  # as a state home of root's is: the servers' users cannot enter it
-    mesh = f"t{uuid.uuid4().hex[:8]}"
-    made = create(RuntimeContext(mesh=mesh, droplet="web1", data_dir=home / "runtime"))
-    try:
+    async with process_runtime(tmp_path) as made:
         yield made
-    finally:
-        for info in await made.list():
-            await made.stop(info.key)
-        await made.close()
-        shutil.rmtree(mesh_data_root(mesh), ignore_errors=True)
 
 
 def database(port: int, password: bytes, generation: int = 1) -> InstanceSpec:

@@ -17,17 +17,22 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from plugins.runtimes import RuntimeContext, mesh_data_root
+from plugins.runtimes.process import ProcessRuntime, create
+from plugins.runtimes.process import datastores as process_datastores
 from tests.support import free_port, unavailable
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_SERVER = "/usr/bin/redis-server"
+PSQL = "/usr/bin/psql"
 ADDRESS = "127.0.0.1"
 READY_S = 30.0
 STOP_S = 30.0
@@ -240,3 +245,25 @@ def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def process_runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
+    """A process runtime of droplet `web1` of a mesh of its own, whose state home is 0700 as
+    root's is (the servers' users cannot enter it); afterwards every instance is stopped and
+    the datastores' data removed. Unavailable without PostgreSQL, Redis and psql."""
+    if process_datastores.postgres_binaries() is None or not shutil.which("redis-server"):
+        unavailable("PostgreSQL or Redis not installed (apt: postgresql redis-server)")
+    if not os.path.exists(PSQL):
+        unavailable("psql not installed (apt: postgresql-client)")
+    home = tmp_path / "state"
+    home.mkdir(mode=0o700)
+    mesh = f"t{uuid.uuid4().hex[:8]}"
+    made = create(RuntimeContext(mesh=mesh, droplet="web1", data_dir=home / "runtime"))
+    try:
+        yield made
+    finally:
+        for info in await made.list():
+            await made.stop(info.key)
+        await made.close()
+        shutil.rmtree(mesh_data_root(mesh), ignore_errors=True)

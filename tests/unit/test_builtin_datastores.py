@@ -4,6 +4,7 @@ the agent's protocol probes send and read."""
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,7 +39,8 @@ def test_a_runtime_runs_its_own_datastore_unless_the_service_names_what_to_run_t
         "command": None,
         "process_command": None,
     }
-    assert builtin_datastore(runtime, kind, **(fields | own)) == expected
+    service = SimpleNamespace(service_kind=kind, **(fields | own))
+    assert builtin_datastore(runtime, service) == expected
 
 
 def test_a_startup_message_is_protocol_3_with_user_and_database() -> None:

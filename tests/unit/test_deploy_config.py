@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -103,14 +104,14 @@ def test_demo_deployment_config_runs_every_service_on_either_runtime() -> None:
     # The process runtime runs each in its build context (examples/app, or a deploy's
     # build), but for the datastores: the host's own PostgreSQL and Redis.
     for service in services:
-        builtin = builtin_datastore(
-            "process",
-            service.kind,
+        runs = SimpleNamespace(
+            service_kind=service.kind.value,
             image=service.image,
             build_context=service.build_context,
             command=service.command,
             process_command=service.process_command,
         )
+        builtin = builtin_datastore("process", runs)
         if service.kind.is_datastore:
             assert builtin == service.kind
         else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from meshd.core.datastores import builtin_of
 from meshd.core.spec import TEMPLATE_SECRETS, ServiceKind
+from plugins.runtimes import builtin_datastore
 from plugins.secrets import Secrets
 from protocol.messages import Allocation
 
@@ -79,7 +79,7 @@ class DatastoreProbes:
         self.secrets = secrets
 
     def kind(self, allocation: Allocation) -> str | None:
-        return builtin_of(self.runtime, allocation)
+        return builtin_datastore(self.runtime, allocation)
 
     async def probe(self, allocation: Allocation, host: str, port: int, timeout: float) -> bool:  # noqa: ASYNC109
         kind = self.kind(allocation)

@@ -28,6 +28,7 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Received, Store, StoreUnavailable
+from meshd.core.backup_crypto import EncryptedInfo
 from meshd.core.backup_policy import (
     MESH,
     MESH_PARTS,
@@ -45,7 +46,12 @@ from meshd.core.sealing import from_text
 from meshd.roles.backups.loading import BackupFailed, Loader, seal
 from meshd.roles.backups.state import state_document
 from meshd.roles.backups.targets import Targets
-from plugins.backups import BackupTargetConfigError, BackupTargetError
+from plugins.backups import (
+    BackupTarget,
+    BackupTargetConfigError,
+    BackupTargetError,
+    StoredBackup,
+)
 from protocol import subjects
 from protocol.backups import (
     BackupAnswer,
@@ -88,6 +94,9 @@ class Backups:
         self._retry: dict[tuple[str, str, str], float] = {}  # datastore -> not before (epoch)
         self._alerted: set[tuple[str, str, str]] = set()  # overdue, told once until backed up
         self._busy = asyncio.Lock()  # one backup or restore at a time
+        # What the target keeps, as last listed (`status` asks every second: an S3 listing
+        # reads each object's digest); dropped whenever a backup is added or deleted.
+        self._listing: tuple[BackupTarget, list[StoredBackup]] | None = None
         self._unsupported: set[tuple[str, str, str]] = set()  # its runtime cannot dump it
 
     async def lead(self, term: Term) -> None:
@@ -114,7 +123,9 @@ class Backups:
         if not self.view.ready or await mesh_public_key(self.store) is None:
             return  # nothing to encrypt to until the `secrets` role made the mesh key
         target = await self.targets.kept()
-        names = [n for b in await target.list() if (n := parse_backup_key(b.key)) is not None]
+        self._listing = None  # each pass reads the target afresh
+        listed = await self._listed(target)
+        names = [n for b in listed if (n := parse_backup_key(b.key)) is not None]
         latest = newest(names)
         now = time.time()
         for allocation in self._datastores():
@@ -151,6 +162,7 @@ class Backups:
         for old in expired(names, now):
             term.ensure_held()
             await target.delete(old.key)
+            self._listing = None
             self.store.record_soon(
                 "backup_deleted",
                 self.droplet,
@@ -168,8 +180,8 @@ class Backups:
             raise BackupFailed("the mesh has no key yet to encrypt backups to")
         document = await state_document(self.store, kind, self.mesh)
         with self.loader.scratch() as scratch:
-            (scratch / "plain").write_bytes(document)
-            info = await asyncio.to_thread(seal, scratch, from_text(mesh.public, "key"), key)
+            recipient = from_text(mesh.public, "key")
+            info = await asyncio.to_thread(_seal_document, scratch, document, recipient, key)
             term.ensure_held()
             stored = await (await self.targets.kept()).put(key, scratch / "sealed")
         detail = {
@@ -182,6 +194,7 @@ class Backups:
         self.store.record_soon(
             "backup_taken", self.droplet, _subject(MESH_PARTS[kind]), detail, term.fence
         )
+        self._listing = None
         return key
 
     async def take(self, term: Term, allocation: Allocation, why: str) -> str:
@@ -232,6 +245,7 @@ class Backups:
         }
         self.store.record_soon("backup_taken", self.droplet, subject, detail, term.fence)
         log.info("Backup taken. key=%s seconds=%.1f", key, answer.seconds)
+        self._listing = None
         return key
 
     async def restore(self, term: Term, name: BackupName, allocation: Allocation) -> str:
@@ -294,11 +308,11 @@ class Backups:
         if order.action == "list":
             listed = tuple(
                 ListedBackup(key=b.key, size=b.size, sha256=b.sha256, created_at=b.created_at)
-                for b in await target.list()
+                for b in await self._listed(target)
             )
             return BackupOrderAnswer(listed=listed, target=target.name)
         if order.action == "verify":
-            names = [n for b in await target.list() if (n := parse_backup_key(b.key))]
+            names = [n for b in await self._listed(target) if (n := parse_backup_key(b.key))]
             running = {(a.project, a.env, a.service): a for a in self._datastores()}
             chosen = [
                 (name, running[datastore])
@@ -324,7 +338,7 @@ class Backups:
         if order.action != "restore" or order.key is None:
             raise LookupError(f"unknown order {order.action!r}")
         name = parse_backup_key(order.key)
-        if name is None or order.key not in {b.key for b in await target.list(name.kind)}:
+        if name is None or order.key not in {b.key for b in await self._listed(target)}:
             raise LookupError(f"no backup {order.key} (`meshctl backup list`)")
         into = next((a for a in mine if a.service == name.service), None)
         if into is None and len(mine) == 1:
@@ -332,6 +346,11 @@ class Backups:
         if into is None:
             raise LookupError(f"{where} has no {name.service} to restore {order.key} into")
         return BackupOrderAnswer(safety=await self.restore(term, name, into))
+
+    async def _listed(self, target: BackupTarget) -> list[StoredBackup]:
+        if self._listing is None or self._listing[0] is not target:
+            self._listing = (target, await target.list())
+        return self._listing[1]
 
     def _datastores(self) -> list[Allocation]:
         return [
@@ -357,3 +376,8 @@ class Backups:
 
 def _subject(datastore: tuple[str, str, str]) -> str:
     return subjects.alloc_key(*datastore)
+
+
+def _seal_document(scratch: Path, document: bytes, recipient: bytes, key: str) -> EncryptedInfo:
+    (scratch / "plain").write_bytes(document)
+    return seal(scratch, recipient, key)

@@ -223,17 +223,7 @@ def _inside_port(spec: InstanceSpec, template: Template | None) -> int | None:
 
 
 def _wants_template(spec: InstanceSpec) -> bool:
-    return (
-        builtin_datastore(
-            "docker",
-            spec.service_kind,
-            image=spec.image,
-            build_context=spec.build_context,
-            command=spec.command,
-            process_command=spec.process_command,
-        )
-        is not None
-    )
+    return builtin_datastore("docker", spec) is not None
 
 
 def _image(spec: InstanceSpec, template: Template | None) -> tuple[str, Build | None]:

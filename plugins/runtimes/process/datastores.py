@@ -70,14 +70,7 @@ class Launch:
 
 def builtin_kind(spec: InstanceSpec) -> str | None:
     """`database` or `redis` when the instance is a built-in datastore here, else None."""
-    return builtin_datastore(
-        "process",
-        spec.service_kind,
-        image=spec.image,
-        build_context=spec.build_context,
-        command=spec.command,
-        process_command=spec.process_command,
-    )
+    return builtin_datastore("process", spec)
 
 
 @dataclass(frozen=True, slots=True)
