@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) examples/app/busybox nginx datastores
 	$(BIN)/meshctl up --runtime $$([ -f examples/app/busybox ] && echo auto || echo process)
 	$(BIN)/python examples/demo_repos.py
-	$(BIN)/meshctl publish examples/projects.csv --wait
+	$(BIN)/meshctl publish examples/projects.csv --wait --timeout 300
 	$(BIN)/meshctl hook install .demo/hostomatic.git
 	$(BIN)/meshctl hook install .demo/digitalpixo.git
 	$(BIN)/meshctl status
