@@ -20,7 +20,7 @@ from meshd.cli.tables import console, render_plan
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, Plan, make_plan
 from meshd.core.spec import DesiredState
-from meshd.core.status import converged
+from meshd.core.status import unconverged
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from protocol import subjects
@@ -167,6 +167,7 @@ async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None
     mesh's droplets call for (a growth or shrink pauses the control plane for seconds: a read
     that is not answered meanwhile is tried again)."""
     deadline = time.monotonic() + wait_s
+    missing = ["the scheduler has not placed this revision yet"]
     with console.status("Waiting for the mesh to converge ...") as progress:
         while time.monotonic() < deadline:
             try:
@@ -185,11 +186,20 @@ async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None
             progress.update(
                 f"Waiting for the mesh to converge ... {healthy}/{desired} healthy{more}"
             )
-            if scheduled and converged(view) and settled:
+            missing = [
+                *([] if scheduled else ["the scheduler has not placed this revision yet"]),
+                *unconverged(view),
+                *([] if settled else ["JetStream is still moving to the servers it wants"]),
+            ]
+            if not missing:
                 if not quiet:
                     console.print(f"Converged: {healthy}/{desired} instances healthy.")
                 return
             await asyncio.sleep(0.5)
+    shown = "\n  ".join(missing[:12]) + (
+        f"\n  ... and {len(missing) - 12} more" if len(missing) > 12 else ""
+    )
     raise MeshError(
-        f"publish: not converged within {wait_s:.0f} s; see `meshctl status` for what is missing"
+        f"publish: not converged within {wait_s:.0f} s; missing:\n  {shown}\n"
+        "(`meshctl status` shows the whole mesh)"
     )

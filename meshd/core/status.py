@@ -152,7 +152,18 @@ def open_suspicions(events: Iterable[Event], now: float) -> list[dict[str, Any]]
 
 def converged(status: Mapping[str, Any]) -> bool:
     """Every service as healthy as it wants, but those awaiting their first deploy."""
-    return all(s["healthy"] == s["desired"] or s.get("awaiting_deploy") for s in status["services"])
+    return not unconverged(status)
+
+
+def unconverged(status: Mapping[str, Any]) -> list[str]:
+    """What keeps the mesh from having converged, one line per service (with its newest
+    errors), for an operator whose wait ran out."""
+    return [
+        f"{s['project']} {s['env']} {s['service']}: {s['healthy']}/{s['desired']} healthy"
+        + (f" ({'; '.join(s['errors'][:2])})" if s["errors"] else "")
+        for s in status["services"]
+        if s["healthy"] != s["desired"] and not s.get("awaiting_deploy")
+    ]
 
 
 _ENV_ORDER = {"prod": 0, "uat": 1, "test": 2}

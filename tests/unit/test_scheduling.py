@@ -8,7 +8,7 @@ from meshd.core.envvars import instance_environment, instance_hosts, resolve_hos
 from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
-from meshd.core.status import converged, mesh_status
+from meshd.core.status import converged, mesh_status, unconverged
 from meshd.roles.scheduler import allocations_for
 from protocol.messages import InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support import factories
@@ -104,6 +104,10 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     assert not droplets["web2"]["healthy"]
     assert [d["name"] for d in view["droplets"]][0] == "master"
     assert not converged(view)
+    assert unconverged(view) == [
+        f"{backend['project']} {backend['env']} {backend['service']}: 1/4 healthy"
+        " (web3: exit code 1)"
+    ]
     healed = dataclasses.replace(nodes["web3"], instances=(instance(),))
     assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))
 
