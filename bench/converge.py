@@ -248,7 +248,7 @@ def main() -> None:
             )
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--context", "bench"],
+            [MESHCTL, "down", "--context", "bench", "--delete-data"],
             env=env,
             capture_output=True,
             check=False,

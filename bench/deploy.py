@@ -188,8 +188,8 @@ class Mesh:
     def down(self) -> None:
         """`meshctl down`, then SIGKILL to any process group still running from this home."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run([MESHCTL, "down", "--context", self.name], cwd=ROOT, env=self.env,
-                           capture_output=True, timeout=120, check=False)  # fmt: skip
+            subprocess.run([MESHCTL, "down", "--context", self.name, "--delete-data"], cwd=ROOT,
+                           env=self.env, capture_output=True, timeout=120, check=False)  # fmt: skip
         for group in groups_under(self.home):
             log.warning("Killing a process group left behind. pgid=%d", group)
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -331,7 +331,7 @@ def main() -> None:
             raise
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--context", "detect"],
+            [MESHCTL, "down", "--context", "detect", "--delete-data"],
             env=env,
             capture_output=True,
             check=False,

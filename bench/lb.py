@@ -246,7 +246,7 @@ def main() -> None:
         result["reload_ms"] = reload_ms(home / "reload")
     finally:
         subprocess.run(
-            [MESHCTL, "down", "--context", "bench"],
+            [MESHCTL, "down", "--context", "bench", "--delete-data"],
             env=env,
             capture_output=True,
             check=False,

@@ -252,7 +252,8 @@ class FailureRecord(Message):
     did); `incarnation` is the life of the droplet that failed; `droplet_id` the provider's id
     of the droplet that was fenced, `replacement_id` that of its replacement; `step_at` when
     the current state began; `displaced` maps the allocation keys of stateless instances that
-    run on a survivor meanwhile to that droplet (meshd.core.displacement)."""
+    run on a survivor meanwhile to that droplet (meshd.core.displacement); `volumes` are the
+    ids of the volumes detached from the fenced droplet, to be attached to its replacement."""
 
     KIND: ClassVar[str] = "failure_record"
 
@@ -266,6 +267,7 @@ class FailureRecord(Message):
     replacement_id: str | None = None
     step_at: float = 0.0
     displaced: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

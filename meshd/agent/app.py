@@ -37,6 +37,7 @@ from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
 from meshd.agent.reconciler import Reconciler
+from meshd.agent.reconciler.volumes import DropletVolumes
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.sealkey import droplet_keys
 from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls, replicas
@@ -61,7 +62,7 @@ from meshd.roles.vault_mirror import VaultMirror
 from meshd.watchers.detector import Detector
 from meshd.watchers.quorum import QuorumWatch
 from meshd.watchers.rescue import MasterRescue
-from plugins.providers import Provider, ProviderContext, load_provider
+from plugins.providers import Provider, ProviderContext, Volumes, load_provider
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
@@ -159,9 +160,14 @@ class Agent:
                 self.identity.address,
                 self.incarnation,
             )
+            provider = self._provider()
+            if isinstance(provider, Volumes):
+                me = self.identity
+                reconciler.volumes = DropletVolumes(
+                    provider, self.config.mesh, me.name, me.id, runtime.name, lambda: self.store
+                )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
-                provider = self._provider()
                 tasks.create_task(self._control_plane(reconciler, provider), name="control-plane")
                 if self.identity.name != MASTER:
                     tasks.create_task(self._rescue(provider).run(), name="master-rescue")

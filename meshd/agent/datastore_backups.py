@@ -20,7 +20,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.reconciler.instances import spec_for
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Received, Store
 from meshd.core.backup_crypto import (
@@ -178,9 +177,7 @@ class DatastoreBackups:
         builtin = builtin_datastore(runtime.name, allocation)
         if not isinstance(runtime, DatastoreDumper) or builtin is None:
             raise Unsupported(f"{key} is no built-in datastore the {runtime.name} runtime dumps")
-        reconciler = self.reconciler
-        spec = spec_for(allocation, 0, reconciler.address, reconciler.addresses, reconciler.secrets)
-        return spec, runtime
+        return self.reconciler.spec(allocation), runtime
 
     def _scratch(self) -> contextlib.AbstractContextManager[Path]:
         return scratch_directory(self.work)

@@ -17,7 +17,6 @@ import time
 from typing import Protocol, runtime_checkable
 
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.reconciler.instances import spec_for
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.store import Received, Store
 from plugins.runtimes import InstanceSpec
@@ -99,12 +98,8 @@ class DatastorePasswords:
             if time.monotonic() > deadline:
                 return f"version {request.version} of {request.secret} did not reach it"
             await asyncio.sleep(CHECK_S)
-        reconciler = self.reconciler
         try:
-            spec = spec_for(
-                allocation, 0, reconciler.address, reconciler.addresses, reconciler.secrets
-            )
-            await runtime.change_password(spec)
+            await runtime.change_password(self.reconciler.spec(allocation))
         except (MeshError, LookupError) as err:
             return str(getattr(err, "reason", err))
         return None

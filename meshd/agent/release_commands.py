@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from meshd.agent.reconciler import Reconciler
-from meshd.agent.reconciler.instances import spec_for
 from meshd.agent.store import Received, Store
 from meshd.core.releases import with_release
 from plugins.runtimes import OneOffTimeout
@@ -117,8 +116,7 @@ class ReleaseCommands:
         deadline = time.monotonic() + request.timeout  # the artifact's fetch counts too
         started = time.monotonic()
         try:
-            spec = spec_for(allocation, 0, reconciler.address, reconciler.addresses,
-                            reconciler.secrets)  # fmt: skip
+            spec = reconciler.spec(allocation)
             async with asyncio.timeout(request.timeout):
                 await reconciler.artifacts.ensure(key, allocation)
             started = time.monotonic()

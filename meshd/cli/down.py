@@ -37,16 +37,20 @@ SETTLE_S = 0.5  # between rounds: something started meanwhile shows up
 @click.option("--name", "context_name", hidden=True, help="Old name of --context.")
 @click.option("--local", is_flag=True, hidden=True, help="Accepted: the context has the provider.")
 @click.option(
-    "--keep-data",
+    "--delete-data",
     is_flag=True,
-    help="Keep the data of the mesh's databases (Docker volumes, or the process runtime's "
-    "data directories); a mesh of the same name started later uses them again.",
+    help="Also delete the data of the mesh's datastores and data paths (its volumes, Docker "
+    "volumes and data directories). Without it they are kept, and a mesh of the same name "
+    "started later finds them again.",
 )
-def down(context_name: str | None, local: bool, keep_data: bool) -> None:
+@click.option("--keep-data", is_flag=True, hidden=True, help="The default; accepted.")
+def down(context_name: str | None, local: bool, delete_data: bool, keep_data: bool) -> None:
     """Stop every droplet of a mesh at once, destroy them (their processes and containers go
-    with them) and remove its state, context, Docker networks and volumes, and its databases'
-    data."""
-    asyncio.run(_down(context_name, keep_data))
+    with them) and remove its state, context and Docker networks. The data of its datastores
+    is kept unless --delete-data."""
+    if delete_data and keep_data:
+        raise click.UsageError("--delete-data and --keep-data say opposite things; give one")
+    asyncio.run(_down(context_name, keep_data=not delete_data))
 
 
 async def _down(name: str | None, keep_data: bool) -> None:
@@ -66,11 +70,15 @@ async def _down(name: str | None, keep_data: bool) -> None:
             remove_objects, context.mesh, None, docker_host=host, volumes=not keep_data
         )
         if keep_data:
-            console.print("Docker volumes of the mesh are kept (--keep-data).")
+            console.print("Docker volumes of the mesh are kept (--delete-data drops them).")
+    volumes = (context.provider.get("config") or {}).get("volumes")
+    kept = [p for p in (mesh_data_root(context.mesh), volumes and Path(volumes)) if p]
     if context.local and not keep_data:
-        shutil.rmtree(mesh_data_root(context.mesh), ignore_errors=True)
-    elif context.local and mesh_data_root(context.mesh).is_dir():
-        console.print(f"Data of the mesh's datastores is kept in {mesh_data_root(context.mesh)}.")
+        for path in kept:
+            shutil.rmtree(path, ignore_errors=True)
+    elif context.local and any(p.is_dir() for p in kept):
+        where = ", ".join(str(p) for p in kept if p.is_dir())
+        console.print(f"Data of the mesh's datastores is kept in {where} (--delete-data drops it).")
     shutil.rmtree(context.state_dir, ignore_errors=True)
     remove_context(context.name)
     console.print(f"Mesh [bold]{context.name}[/] is down; nothing of it is left running.")

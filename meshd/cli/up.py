@@ -37,6 +37,7 @@ from plugins.providers import (
     UserDataWriter,
     load_provider,
 )
+from plugins.runtimes import mesh_data_root
 from protocol.errors import MeshError
 
 JOIN_TIMEOUT_S = 120.0  # with three droplets, JetStream grows to three servers first
@@ -51,9 +52,18 @@ def core_names(count: int) -> list[str]:
 
 
 def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
+    """The local provider's account under the mesh's state (gone with `down`), its volumes
+    beside it (kept by `down` unless --delete-data): as root where the datastores' own users
+    reach them."""
+    volumes = (
+        mesh_data_root(context_name) / "volumes"
+        if os.geteuid() == 0
+        else state_home() / ".volumes" / context_name
+    )
     config: dict[str, object] = {
         "dir": str(state_home() / context_name / "provider"),
         "launcher": [sys.executable, "-m", "meshd.agent", "droplet"],
+        "volumes": str(volumes),
     }
     if netns:
         config["network"] = "netns"

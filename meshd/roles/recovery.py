@@ -5,12 +5,14 @@ Each failure record is a resumable state machine; every step is idempotent and i
 leader that dies midway is replaced by one that carries on without repeating finished steps:
 
     confirmed  -> fence: the provider powers the droplet off (local: its processes and
-                  containers are killed), so a half-dead droplet cannot come back serving
+                  containers are killed), so a half-dead droplet cannot come back serving,
+                  and only then detaches its volumes (its datastores' data)
     fenced     -> displace: its web services and workers are given to survivors with room
                   (`meshd.core.displacement`); every agent starts what the record gives it
     displaced  -> rebuild: a new droplet with the same name, address and user data from the
                   newest snapshot (`meshd.roles.snapshots`; else the base image, and the mesh
-                  deploys onto it); it joins with a new incarnation
+                  deploys onto it), the volumes attached to it; it joins with a new
+                  incarnation and starts its datastores on them
     recovering -> the replacement reports every instance allocated to it healthy: the record
                   is removed (the droplet is monitored again, displaced instances drain and
                   stop on the survivors) and `droplet_recovered` recorded
@@ -40,6 +42,7 @@ from plugins.providers import (
     ProviderError,
     Rebuilder,
     SnapshotNotFound,
+    Volumes,
 )
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -121,8 +124,49 @@ class Recovery:
                 await self.provider.power_off(found.id, fence=term.token)
             except DropletNotFound:
                 found = None
-        fenced = dataclasses.replace(record, droplet_id=found.id if found else None)
+        detached = await self._detach_volumes(term, record, found.id) if found else ()
+        fenced = dataclasses.replace(
+            record,
+            droplet_id=found.id if found else None,
+            volumes=tuple(sorted({*record.volumes, *detached})),
+        )
         await self._advance(term, fenced, revision, FailureState.FENCED, "droplet_fenced")
+
+    async def _detach_volumes(
+        self, term: Term, record: FailureRecord, droplet_id: str
+    ) -> list[str]:
+        """Detach what the fenced droplet had attached: it can no longer write to it."""
+        if not isinstance(self.provider, Volumes):
+            return []
+        detached = []
+        for volume in await self.provider.list_volumes():
+            if volume.droplet_id == droplet_id:
+                term.ensure_held()
+                await self.provider.detach_volume(volume.id, fence=term.token)
+                detail = {"volume": volume.id, "droplet_id": droplet_id}
+                self.store.record_soon(
+                    "volume_detached", self.droplet, volume.name, detail, term.fence
+                )
+                detached.append(volume.id)
+        return detached
+
+    async def _attach_volumes(
+        self, term: Term, record: FailureRecord, replacement: DropletRecord
+    ) -> None:
+        """Attach the fenced droplet's volumes to its replacement before its datastores start
+        (its agent would attach them too, but waits for nothing this way)."""
+        if not isinstance(self.provider, Volumes) or not record.volumes:
+            return
+        names = {v.id: v.name for v in await self.provider.list_volumes()}
+        for volume_id in record.volumes:
+            if volume_id not in names:
+                continue  # deleted meanwhile: nothing to carry over
+            term.ensure_held()
+            await self.provider.attach_volume(volume_id, replacement.id, fence=term.token)
+            detail = {"volume": volume_id, "droplet_id": replacement.id}
+            self.store.record_soon(
+                "volume_attached", self.droplet, names[volume_id], detail, term.fence
+            )
 
     async def _displace(self, term: Term, record: FailureRecord, revision: int) -> None:
         if not self.view.ready:
@@ -150,6 +194,7 @@ class Recovery:
         else:
             await self._problem(term, record, "the droplet is gone; nothing to rebuild from")
             return
+        await self._attach_volumes(term, record, replacement)
         rebuilt = dataclasses.replace(record, replacement_id=replacement.id)
         await self._advance(
             term, rebuilt, revision, FailureState.RECOVERING, "droplet_rebuilt", {"from": source}

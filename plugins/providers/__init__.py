@@ -5,7 +5,7 @@ A provider plugin (`local`, later `digitalocean`) implements `Provider`; the age
 which imports the plugin lazily from `PROVIDERS`. The values that cross this seam are
 `DropletRecord` (what the provider knows of one droplet, in DigitalOcean's words) and the
 errors `ProviderError`, `DropletNotFound`, `StaleFence`, `DropletStartError` and
-`ProviderConfigError`.
+`ProviderConfigError`; optional abilities (volumes, snapshots, ...) are Protocols of their own.
 
 Every action a leader causes carries its `Fence` (its role and the lease revision it took the
 role at) as the keyword-only `fence`; a provider refuses an action whose revision is lower
@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from protocol.errors import MeshError
@@ -261,6 +262,76 @@ class Snapshotter(Protocol):
 
     async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
         """Delete a snapshot; SnapshotNotFound if it is already gone."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord:
+    """A block storage volume: `droplet_id` is the droplet it is attached to (None: none)."""
+
+    id: str
+    name: str
+    size_gb: int
+    droplet_id: str | None
+    created_at: float
+
+
+class VolumeNotFound(ProviderError, KeyError):
+    """No volume has id `volume_id`. After a delete, this means done."""
+
+    def __init__(self, action: str, volume_id: str) -> None:
+        self.volume_id = volume_id
+        super().__init__(action, f"no volume with id {volume_id!r}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+class VolumeInUse(ProviderError):
+    """The volume is attached to droplet `droplet_id`: a volume is never attached to two
+    droplets, and one that is attached is not deleted."""
+
+    def __init__(self, action: str, droplet_id: str) -> None:
+        self.droplet_id = droplet_id
+        super().__init__(action, f"the volume is attached to droplet {droplet_id}")
+
+
+@runtime_checkable
+class Volumes(Protocol):
+    """Optional ability: block storage that outlives its droplet (DigitalOcean Volumes;
+    local: a directory the account attaches to one droplet at a time). Datastores keep their
+    data on one, so a droplet's replacement finds every committed row (docs/backups.md)."""
+
+    def mount_path(self, name: str) -> Path:
+        """Where the volume called `name` is, on the droplet it is attached to."""
+        ...
+
+    async def create_volume(self, name: str, size_gb: int, *, fence: Fence | None) -> VolumeRecord:
+        """A new detached volume; refuse a name that is taken."""
+        ...
+
+    async def list_volumes(self) -> list[VolumeRecord]:
+        """Every volume of the account."""
+        ...
+
+    async def attach_volume(
+        self, volume_id: str, droplet_id: str, *, fence: Fence | None
+    ) -> VolumeRecord:
+        """Attach it to the droplet (done if it is already); VolumeInUse if another has it."""
+        ...
+
+    async def detach_volume(self, volume_id: str, *, fence: Fence | None) -> VolumeRecord:
+        """Detach it from whichever droplet has it. Idempotent."""
+        ...
+
+    async def resize_volume(
+        self, volume_id: str, size_gb: int, *, fence: Fence | None
+    ) -> VolumeRecord:
+        """Grow it (volumes never shrink)."""
+        ...
+
+    async def delete_volume(self, volume_id: str, *, fence: Fence | None) -> None:
+        """Delete it and its data; VolumeInUse while attached, VolumeNotFound if gone."""
         ...
 
 

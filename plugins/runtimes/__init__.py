@@ -47,7 +47,9 @@ class InstanceSpec:
     reach only the build of `image`, never the running instance. `kind` is the service's
     kind (web, database, redis, worker); `command` runs in the image, `process_command` instead
     of it where there are no images; `build_context` and `dockerfile` build `image` when it is
-    missing; `data_path` is where the instance's named volume is mounted. `artifact` is the
+    missing; `data_path` is where the instance's volume is mounted: `volume_path`, the
+    provider volume it keeps its data on (a built-in datastore's data directory too), else a
+    named volume of the runtime's. `artifact` is the
     digest of the built artifact it runs (loaded with `Runtime.load_artifact` first): docker
     runs `image` from it and never builds; process runs in the artifact's directory.
     `registry_auth` (not in `repr`) is the login docker pulls a missing `image` with; other
@@ -75,6 +77,7 @@ class InstanceSpec:
     build_context: str | None = None
     dockerfile: str | None = None
     data_path: str | None = None
+    volume_path: str | None = None
     slot: int = 0
     service_port: int | None = None
     build_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)

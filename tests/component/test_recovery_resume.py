@@ -2,7 +2,9 @@
 repeating a finished step (real nats-server, real local provider): the first leader fences,
 displaces and rebuilds, then dies before it can write the rebuild down; the second one finds
 the replacement, records it, and removes the record once the replacement is healthy. The
-provider saw one power off and one rebuild, and refuses the dead leader's fence afterwards."""
+provider saw one power off and one rebuild, and refuses the dead leader's fence afterwards.
+The dead droplet's volume is detached only once it is fenced, and follows it to the
+replacement."""
 
 from __future__ import annotations
 
@@ -35,7 +37,11 @@ NEW_USER_DATA = '{"servers_epoch": 2}'
 
 @pytest.fixture
 async def provider(tmp_path: Path) -> AsyncIterator[LocalProvider]:
-    config = {"dir": str(tmp_path / "account"), "launcher": [sys.executable, "-c", SLEEPER]}
+    config = {
+        "dir": str(tmp_path / "account"),
+        "launcher": [sys.executable, "-c", SLEEPER],
+        "volumes": str(tmp_path / "volumes"),
+    }
     provider = create(ProviderContext(mesh="test", config=config))
     yield provider
     for droplet in await provider.list():
@@ -63,6 +69,8 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
 ) -> None:
     web1 = await provider.create("web1", "s-1vcpu-1gb", tags=[TAG], user_data="{}", fence=None)
     await provider.create("web2", "s-1vcpu-1gb", tags=[TAG], user_data="{}", fence=None)
+    data = await provider.create_volume("test-web1-shop-prod-database", 1, fence=None)
+    await provider.attach_volume(data.id, web1.id, fence=None)
     shop = allocation(droplets=("web1", "web2"), service_kind="web")
     serving = instance(generation=shop.generation)
     failed = FailureRecord(
@@ -88,6 +96,8 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     first = Recovery(store, provider, view, "master", TAG, user_data=lambda: NEW_USER_DATA)
     first_term = Term("recovery", fence=10, deadline=time.monotonic() + 60)
     await first.recover(first_term)  # confirmed -> fenced
+    assert (fenced := await record_of(store)) is not None and fenced.volumes == (data.id,)
+    assert [v.droplet_id for v in await provider.list_volumes()] == [None]
     await first.recover(first_term)  # fenced -> displaced
     displaced = await record_of(store)
     assert displaced is not None and displaced.state is FailureState.DISPLACED
@@ -117,6 +127,7 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     made = Path(account["droplets"][replacement.id]["dir"]) / "user_data"
     assert made.read_text() == NEW_USER_DATA
     assert recovering.fence == 12
+    assert [v.droplet_id for v in await provider.list_volumes()] == [replacement.id]
 
     # Not healthy yet: the record stays. Reported healthy with a newer incarnation: it goes.
     await second.recover(second_term)

@@ -101,6 +101,33 @@ def test_rows_committed_before_their_droplet_is_killed_are_there_after_its_recov
         after = wait_for(lambda: visits(url), timeout=120, what="the database back")
         # Every acknowledged visit is still counted (a lost store would count from 1 again).
         assert after[0] > acknowledged[-1][0] and after[1] > acknowledged[-1][1]
+        # ... because the volume followed its droplet: detached once it was fenced, then
+        # attached to the replacement, with the recovery leader's fence.
+        name = f"{mesh.name}-shop-web1-shop-prod-database"
+        (volume,) = [v for v in mesh.account["volumes"].values() if v["name"] == name]
+        replacement = next(d for d in mesh.account["droplets"].values() if d["name"] == "shop-web1")
+        assert volume["droplet_id"] == replacement["id"]
+        steps = [
+            (e["name"], e["detail"].get("droplet_id"))
+            for e in sorted(mesh.events_about(name) or [], key=lambda e: e["at"])
+            if e["at"] > killed
+        ]
+        assert (
+            steps[:2]
+            == [
+                ("volume_detached", steps[0][1]),
+                ("volume_attached", replacement["id"]),
+            ]
+            and steps[0][1] != replacement["id"]
+        )
+        actions = (mesh.home / "state" / mesh.name / "provider" / "actions.log").read_text()
+        powered_off = [
+            a["time"]
+            for a in map(json.loads, actions.splitlines())
+            if a["action"] == "power_off" and a["name"] == "shop-web1" and a["time"] > killed
+        ]
+        detached = next(e["at"] for e in mesh.events_about(name) or [] if e["at"] > killed)
+        assert powered_off and powered_off[0] <= detached  # never from one that might write
 
 
 def test_rotating_datastore_passwords_changes_them_in_place_and_refuses_no_visit(

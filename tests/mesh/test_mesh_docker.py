@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from plugins.runtimes import mesh_data_root
 from tests.support.docker import example_context, mesh_objects, new_mesh_name, remove_mesh_objects
 from tests.support.mesh import LocalMesh, http_get, local_mesh
 from tests.support.waiting import wait_for
@@ -144,14 +146,22 @@ def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
                 containers(docker_engine, name)["shop.prod.backend"].id == ids["shop.prod.backend"]
             )
 
-            mesh.ok("down", "--context", name, "--keep-data")
-            left = mesh_objects(docker_engine, name)
-            assert (left["containers"], left["networks"]) == ([], [])
-            assert sorted(left["volumes"]) == [
-                f"meshd-{name}-master-shop-{env}-database" for env in ("prod", "test", "uat")
+            mesh.ok("down", "--context", name)
+            # Its data stays on the provider's volumes (bind-mounted at its data_path), not
+            # in Docker volumes: those would stay on a droplet that dies.
+            assert mesh_objects(docker_engine, name) == {
+                "containers": [],
+                "networks": [],
+                "volumes": [],
+            }
+            kept = mesh_data_root(name) / "volumes"
+            assert sorted(p.name for p in kept.iterdir()) == [
+                f"{name}-master-shop-{env}-database" for env in ("prod", "test", "uat")
             ]
+            assert (kept / f"{name}-master-shop-prod-database" / "mark").read_text() == "kept\n"
     finally:
         remove_mesh_objects(docker_engine, name)
+        shutil.rmtree(mesh_data_root(name), ignore_errors=True)
 
 
 def test_meshes_sharing_an_engine_leave_each_other_alone_and_down_removes_everything(

@@ -121,6 +121,7 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
         whole_in_new_life(mesh, "master", before, timeout=60)
         assert holders <= {
             "lb",
+            "backups",
             "builder",
             "heartbeat",
             "scheduler",

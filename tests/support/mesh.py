@@ -225,7 +225,7 @@ def local_mesh(
     finally:
         mesh.keep_logs()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            mesh.meshctl("down", "--context", name, timeout=60)
+            mesh.meshctl("down", "--context", name, "--delete-data", timeout=60)
         mesh.kill_everything()
 
 

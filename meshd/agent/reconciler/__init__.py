@@ -7,7 +7,7 @@ healthy and is then drained and stopped (`meshd.core.rollout`). The last applied
 are kept on local disk (`local_copy`), so instances come back after an agent restart even
 while no NATS server answers; while that copy is unknown and the mesh has not answered,
 nothing is stopped. An instance's artifact (a deploy's build) is fetched and loaded before it
-starts (`artifacts`).
+starts (`artifacts`), and the volume it keeps its data on attached (`volumes`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from meshd.agent.reconciler.tracked import (
     START_GRACE_S,
     Tracked,
     drains_reported,
+    engine_down,
     exit_reason,
     instance_key,
     service_slot,
 )
+from meshd.agent.reconciler.volumes import DropletVolumes
 from meshd.core.rollout import DRAIN_S, replaced_beside
 from meshd.core.spec import ServiceKind
 from plugins.runtimes import (
@@ -60,6 +62,7 @@ class Reconciler:
         self, runtime: Runtime, droplet: str, address: str, data_dir: Path, secrets: Secrets
     ) -> None:
         self.runtime = runtime
+        self.volumes: DropletVolumes | None = None  # set where the provider has volumes
         self.droplet = droplet
         self.address = address
         self.data_dir = data_dir
@@ -280,19 +283,9 @@ class Reconciler:
             self.tracked.pop(key, None)
 
     def _engine_down(self, reason: str | None) -> None:
-        """Every instance says why nothing can be done while the engine is away."""
         if reason is not None and reason != self.unavailable:
             log.warning("Runtime not answering. reason=%s", reason)
-        services = {service_slot(key)[0] for key in self.tracked}
-        for service in set(self.allocations) - services:
-            self.tracked[service] = Tracked()
-        for key, tracked in self.tracked.items():
-            if service_slot(key)[0] not in self.allocations:
-                continue
-            if reason is not None:
-                tracked.last_error = reason
-            elif tracked.last_error == self.unavailable:
-                tracked.last_error = None
+        engine_down(self.tracked, self.allocations, reason, self.unavailable)
         self.unavailable = reason
         self.observed.set()
 
@@ -359,7 +352,9 @@ class Reconciler:
         self, key: str, slot: int, allocation: Allocation, tracked: Tracked, now: float
     ) -> None:
         try:
-            spec = self._spec(allocation, slot)
+            if self.volumes is not None:
+                await self.volumes.ensure(allocation)
+            spec = self.spec(allocation, slot)
             await self.artifacts.ensure(key, allocation)
             info = await self.runtime.ensure(spec)
         except NotReady as err:
@@ -379,8 +374,10 @@ class Reconciler:
         self.observed.set()
         log.info("Instance started. instance=%s generation=%d", key, allocation.generation)
 
-    def _spec(self, allocation: Allocation, slot: int) -> InstanceSpec:
-        return spec_for(allocation, slot, self.address, self.addresses, self.secrets)
+    def spec(self, allocation: Allocation, slot: int = 0) -> InstanceSpec:
+        """What the runtime runs for `allocation` in `slot` here (`spec_for`)."""
+        volume = self.volumes.path(allocation) if self.volumes is not None else None
+        return spec_for(allocation, slot, self.address, self.addresses, self.secrets, volume)
 
     def _health_changed(self) -> None:
         self.observed.set()
@@ -393,7 +390,7 @@ class Reconciler:
         if allocation is None:
             return None
         async with self._acting[service]:
-            return await self.runtime.restart(self._spec(allocation, slot))
+            return await self.runtime.restart(self.spec(allocation, slot))
 
     def statuses(self) -> tuple[InstanceStatus, ...]:
         return statuses(self.tracked, self.allocations, self.leaving)

@@ -4,6 +4,7 @@ with the host variables resolved to addresses and the secret values looked up.""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from meshd.core.envvars import resolve_hosts
 from meshd.core.rollout import slot_port
@@ -22,10 +23,11 @@ def instance_spec(
     slot: int = 0,
     build_secrets: dict[str, bytes] | None = None,
     registry_auth: RegistryAuth | None = None,
+    volume: Path | None = None,
 ) -> InstanceSpec:
     """What the runtime of the droplet at `address` runs for `allocation` in `slot`; `hosts`
     are the resolved host variables, `secrets` and `build_secrets` the values by name,
-    `registry_auth` the login its image is pulled with."""
+    `registry_auth` the login its image is pulled with, `volume` where its data is kept."""
     return InstanceSpec(
         project=allocation.project,
         env=allocation.env,
@@ -46,6 +48,7 @@ def instance_spec(
         build_context=allocation.build_context,
         dockerfile=allocation.dockerfile,
         data_path=allocation.data_path,
+        volume_path=str(volume) if volume is not None else None,
         build_secrets=build_secrets or {},
         artifact=allocation.artifact,
         registry_auth=registry_auth,
@@ -62,9 +65,11 @@ def spec_for(
     address: str,
     addresses: Mapping[str, str],
     secrets: Secrets,
+    volume: Path | None = None,
 ) -> InstanceSpec:
-    """The spec of `allocation` in `slot` on the droplet at `address`: `NotReady` while a
-    droplet it names has no known address, `LookupError` for a secret not found."""
+    """The spec of `allocation` in `slot` on the droplet at `address` (its data kept at
+    `volume`): `NotReady` while a droplet it names has no known address, `LookupError` for a
+    secret not found."""
     hosts = resolve_hosts(allocation.hosts, addresses)
     if hosts is None:
         missing = sorted(set(allocation.hosts.values()) - set(addresses))
@@ -72,7 +77,7 @@ def spec_for(
     values = _values(allocation, allocation.secrets, secrets)
     build = _values(allocation, allocation.build_secrets, secrets)
     auth = _registry_auth(allocation, secrets)
-    return instance_spec(allocation, address, hosts, values, slot, build, auth)
+    return instance_spec(allocation, address, hosts, values, slot, build, auth, volume)
 
 
 def _registry_auth(allocation: Allocation, secrets: Secrets) -> RegistryAuth | None:

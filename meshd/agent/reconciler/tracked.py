@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshd.core.backoff import delay
@@ -95,3 +96,24 @@ def drains_reported(tracked: dict[str, Tracked], status: NodeStatus, now: float)
         found = tracked.get(key)
         if found is not None and found.draining and found.drain_reported is None:
             found.drain_reported = now
+
+
+def engine_down(
+    tracked: dict[str, Tracked],
+    allocations: Mapping[str, object],
+    reason: str | None,
+    before: str | None,
+) -> None:
+    """Every allocated instance says why nothing can be done while the engine is away
+    (`reason`), or stops saying so once it answers again (`reason` None; `before` the reason
+    it had)."""
+    services = {service_slot(key)[0] for key in tracked}
+    for service in set(allocations) - services:
+        tracked[service] = Tracked()
+    for key, one in tracked.items():
+        if service_slot(key)[0] not in allocations:
+            continue
+        if reason is not None:
+            one.last_error = reason
+        elif one.last_error == before:
+            one.last_error = None

@@ -5,8 +5,9 @@ The account directory (config `dir`) plays the cloud account (`account`). A drop
 `droplets/<name>-<id>/` (0700): `droplet.json` (id, name, size, address, tags, mesh),
 `user_data` (0600) and `console.log`; powering it on runs the configured launcher on that
 directory in a session of its own (`machine`). Snapshots are copies of that directory
-(`snapshots`), the reserved entry address is bookkeeping or a route (`addresses`), and the
-fault drills of `meshctl chaos` hurt droplets as real machines get hurt (`drills`).
+(`snapshots`), volumes are directories attached to one droplet at a time (`volumes`), the
+reserved entry address is bookkeeping or a route (`addresses`), and the fault drills of
+`meshctl chaos` hurt droplets as real machines get hurt (`drills`).
 
 What a local droplet runs outside its process group, containers of the machine's shared
 engine, is told to follow its machine through the context's power hook: this plugin knows no
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,21 +33,22 @@ from plugins.providers import (
     SnapshotNotFound,
     SnapshotRecord,
 )
-from plugins.providers.local import addresses, netns, snapshots
+from plugins.providers.local import addresses, netns, snapshots, volumes
 from plugins.providers.local.account import (
-    DROPLETS_DIR,
     USER_DATA_FILE,
     Account,
     AccountStore,
     DropletState,
+    new_state,
     write_spec,
 )
 from plugins.providers.local.drills import LocalDrills
 from plugins.providers.local.machine import Launch, Machines
 from plugins.providers.local.settings import check_droplet_args, check_size, parse_settings
+from plugins.providers.local.volumes import LocalVolumes
 
 
-class LocalProvider:
+class LocalProvider(LocalVolumes):
     """Droplets as process groups on loopback addresses; see the module docstring."""
 
     name = "local"
@@ -60,10 +61,12 @@ class LocalProvider:
         launcher: list[str],
         block: str | None,
         network: str = "loopback",
+        volumes_dir: Path | None = None,
     ) -> None:
         self._mesh = ctx.mesh
         self._log = ctx.logger
         self._root = root
+        self._volumes_dir = volumes_dir or root / "volumes"
         self._netns = network == "netns"
         self._on_power = ctx.on_power
         self._account = AccountStore(root, block, lambda: addresses.pick_block(self._netns))
@@ -268,7 +271,7 @@ class LocalProvider:
         address = account.free_address()
         if address is None:
             raise ProviderError(action, f"every address of block {account.block} is in use")
-        state = self._new_state(account, name, size, address, tags, None)
+        state = new_state(account, self._root, name, size, address, tags, None)
 
         def prepare(directory: Path) -> None:
             directory.mkdir(mode=0o700, parents=True)
@@ -302,7 +305,9 @@ class LocalProvider:
             raise SnapshotNotFound(action, snapshot_id)
         self._machines.kill(action, old)
         self._power(old, "kill")
-        state = self._new_state(account, old.name, old.size, old.address, old.tags, old.fences)
+        state = new_state(
+            account, self._root, old.name, old.size, old.address, old.tags, old.fences
+        )
 
         def prepare(directory: Path) -> None:
             image = Path(snapshot["dir"]) if snapshot is not None else None
@@ -313,29 +318,8 @@ class LocalProvider:
         launch = self._launch_new(account, action, state, prepare)
         shutil.rmtree(old.dir, ignore_errors=True)
         del account.droplets[old.id]
+        volumes.detach_all(account, old.id)
         return launch
-
-    def _new_state(
-        self,
-        account: Account,
-        name: str,
-        size: str,
-        address: str,
-        tags: Sequence[str],
-        fences: dict[str, int] | None,
-    ) -> DropletState:
-        droplet_id = account.new_id()
-        return DropletState(
-            id=droplet_id,
-            name=name,
-            size=size,
-            address=address,
-            status=DropletStatus.NEW,
-            tags=list(tags),
-            created_at=time.time(),
-            dir=str(self._root / DROPLETS_DIR / f"{name}-{droplet_id}"),
-            fences=fences,
-        )
 
     def _launch_new(
         self,
@@ -366,6 +350,7 @@ class LocalProvider:
         self._detach(account, state)
         shutil.rmtree(state.dir, ignore_errors=True)
         del account.droplets[state.id]
+        volumes.detach_all(account, state.id)
         if self._netns and not account.droplets:
             netns.remove_bridge(netns.Layout(account.block))
 
@@ -390,7 +375,12 @@ def create(ctx: ProviderContext) -> LocalProvider:
     """The plugin factory; its settings are described in `settings`."""
     found = parse_settings(ctx)
     return LocalProvider(
-        ctx, root=found.root, launcher=found.launcher, block=found.block, network=found.network
+        ctx,
+        root=found.root,
+        launcher=found.launcher,
+        block=found.block,
+        network=found.network,
+        volumes_dir=found.volumes_dir(ctx.mesh),
     )
 
 

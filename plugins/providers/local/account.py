@@ -1,6 +1,6 @@
 """The local provider's cloud account: `account.json` in the account directory, which holds the
-address block, the next id, the snapshots, the reserved address and every droplet (name, size,
-address, tags, process group, directory, highest fence seen from each role).
+address block, the next id, the snapshots, the volumes, the reserved address and every droplet
+(name, size, address, tags, process group, directory, highest fence seen from each role).
 
 The agents of several local droplets use one account from several processes at once, so every
 change happens under `fcntl.flock` on `account.lock` and is written atomically (`transact`).
@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,6 +90,8 @@ class Account:
     reserved: dict[str, Any] | None = None  # {"address", "droplet", "fence"}
     # id -> {"id", "name", "droplet_id", "created_at", "size_gb", "dir"}
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # id -> {"id", "name", "size_gb", "droplet_id", "created_at", "fences"}
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Account:
@@ -107,6 +109,7 @@ class Account:
             droplets=droplets,
             reserved=data.get("reserved"),
             snapshots=dict(data.get("snapshots") or {}),
+            volumes=dict(data.get("volumes") or {}),
         )
 
     def to_json(self) -> bytes:
@@ -221,6 +224,30 @@ class AccountStore:
                 f"{account.block} for its droplets",
             )
         account.block = self._block
+
+
+def new_state(
+    account: Account,
+    root: Path,
+    name: str,
+    size: str,
+    address: str,
+    tags: Sequence[str],
+    fences: dict[str, int] | None,
+) -> DropletState:
+    """A droplet about to be made, with the account's next id and its directory under `root`."""
+    droplet_id = account.new_id()
+    return DropletState(
+        id=droplet_id,
+        name=name,
+        size=size,
+        address=address,
+        status=DropletStatus.NEW,
+        tags=list(tags),
+        created_at=time.time(),
+        dir=str(root / DROPLETS_DIR / f"{name}-{droplet_id}"),
+        fences=fences,
+    )
 
 
 def write_spec(state: DropletState, mesh: str) -> None:

@@ -1,4 +1,5 @@
-"""The local provider's settings, checked (`dir`, `launcher`, `block`, `network`), and the
+"""The local provider's settings, checked (`dir`, `launcher`, `block`, `network`, `volumes`),
+and the
 checks of what a droplet may be called and tagged."""
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from protocol.errors import InvalidNameError
 _BLOCK = re.compile(r"127\.(\d{1,3})\.(\d{1,3})")
 _NETNS_BLOCK = re.compile(r"10\.213\.(\d{1,3})")
 NETWORKS = ("loopback", "netns")
-SETTINGS = frozenset({"dir", "launcher", "block", "network"})
+SETTINGS = frozenset({"dir", "launcher", "block", "network", "volumes"})
+# Run as root, volumes live where the datastores' own users (postgres, redis) can reach them.
+SYSTEM_VOLUMES = Path("/var/lib/meshd")
 _TAG = re.compile(r"[A-Za-z0-9:_-]{1,255}")
 
 
@@ -26,11 +29,21 @@ class Settings:
     launcher: list[str]  # argv that powers a droplet on, its directory appended
     block: str | None  # "127.A.B" or "10.213.B"; None: picked when the account is made
     network: str = "loopback"
+    volumes: Path | None = None  # the volumes' directories; None: the default (`volumes_dir`)
+
+    def volumes_dir(self, mesh: str) -> Path:
+        """As root `/var/lib/meshd/<mesh>/volumes` (0711 parents: the servers' users pass),
+        else `<account>/volumes`; never inside a droplet's directory, so never in a snapshot."""
+        if self.volumes is not None:
+            return self.volumes
+        if os.geteuid() == 0:
+            return SYSTEM_VOLUMES / mesh / "volumes"
+        return self.root / "volumes"
 
 
 def parse_settings(ctx: ProviderContext) -> Settings:
     """Config: `dir` (account directory), `launcher` (argv list), optional `block`
-    ("127.A.B", or "10.213.B" with `network: netns`) and `network`."""
+    ("127.A.B", or "10.213.B" with `network: netns`), `network` and `volumes` (directory)."""
     unknown = sorted(set(ctx.config) - SETTINGS)
     if unknown:
         raise ProviderConfigError("local", f"unknown settings: {', '.join(unknown)}")
@@ -58,8 +71,17 @@ def parse_settings(ctx: ProviderContext) -> Settings:
             raise ProviderConfigError("local", f"block {block!r} is not of the form {form}")
     if not Path("/proc/self/stat").is_file():
         raise ProviderConfigError("local", "needs a Linux /proc to watch droplet processes")
+    volumes = ctx.config.get("volumes")
+    if volumes is not None and (not isinstance(volumes, str) or not volumes):
+        raise ProviderConfigError("local", "volumes must name a directory")
     path = Path(os.fspath(root)).expanduser().absolute()
-    return Settings(root=path, launcher=list(launcher), block=block, network=network)
+    return Settings(
+        root=path,
+        launcher=list(launcher),
+        block=block,
+        network=network,
+        volumes=Path(volumes).expanduser().absolute() if volumes else None,
+    )
 
 
 def check_droplet_args(action: str, name: str, size: str, tags: Sequence[str]) -> None:

@@ -224,7 +224,9 @@ class DockerRuntime(OneOffs):  # `run_once`: one-off containers (`once`)
         self, client: docker.DockerClient, spec: InstanceSpec, wanted: ContainerSpec, user: str
     ) -> InstanceInfo:
         mounts = self._secret_mounts(spec, wanted, _uid(user, wanted.secret_uid))
-        if wanted.volume and wanted.data_path:
+        if spec.volume_path and wanted.data_path:  # the provider's volume, attached here
+            mounts.append(Mount(target=wanted.data_path, source=spec.volume_path, type="bind"))
+        elif wanted.volume and wanted.data_path:
             if not client.volumes.list(filters={"name": wanted.volume}):
                 client.volumes.create(
                     name=wanted.volume,

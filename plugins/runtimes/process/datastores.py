@@ -83,7 +83,11 @@ class Places:
     top: Path
 
     def home(self, spec: InstanceSpec) -> Path:
-        """The directory of one datastore's data (both slots share it: never two at once)."""
+        """The directory of one datastore's data (both slots share it: never two at once):
+        its volume, where the provider has volumes."""
+        return Path(spec.volume_path) if spec.volume_path else self.on_droplet(spec)
+
+    def on_droplet(self, spec: InstanceSpec) -> Path:
         return self.root / f"{spec.project}.{spec.env}.{spec.service}"
 
     @classmethod
@@ -107,6 +111,7 @@ def launch(kind: str, spec: InstanceSpec, places: Places, instance: Path) -> Lau
     user = _server_user(spec.key, kind)
     home = places.home(spec)
     _make_passable(home, places.top)
+    _move_to_volume(places.on_droplet(spec), home)
     if kind == "database":
         return _postgres(spec, home, places, user)
     return _redis(spec, home, user, instance)
@@ -306,6 +311,15 @@ def _make_passable(directory: Path, top: Path) -> None:
             os.chmod(path, PASSABLE)  # ours: names of projects are nobody else's business
         if path in (top, path.parent):
             break
+
+
+def _move_to_volume(before: Path, home: Path) -> None:
+    """Data kept on the droplet before it had volumes moves onto its new, empty volume."""
+    if home == before or not before.is_dir() or any(home.iterdir()):
+        return
+    for entry in before.iterdir():
+        shutil.move(entry, home / entry.name)
+    before.rmdir()
 
 
 def _owned_directory(directory: Path, user: str | None) -> None:
