@@ -67,7 +67,8 @@ class RestoreRequest(Message):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackupOrder(Message):
     """An operator's order to the `backups` leader: `action` "now" backs up the datastores
-    of a project environment (one `service`, or all); "restore" loads backup `key` into the
+    of a project environment (one `service`, or all); "mesh" the mesh's own state and
+    secrets (`project` and `env` empty); "restore" loads backup `key` into the
     datastore `service` of `env` (another environment's backup: `meshctl backup restore
     --into`), after a safety backup of what it replaces."""
 

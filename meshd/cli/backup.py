@@ -1,6 +1,8 @@
-"""`meshctl backup now|list|restore|verify|target`: the datastores' backups (docs/backups.md).
-All but `target` are orders to the mesh's `backups` leader (`mesh.backups.order`), which does
-the work where each datastore runs and holds the keys; the target's keys are the index."""
+"""`meshctl backup now|list|restore|verify|target|restore-mesh`: the datastores' backups
+(docs/backups.md). All but `target` are orders to the mesh's `backups` leader
+(`mesh.backups.order`), which does the work where each datastore runs and holds the keys; the
+target's keys are the index. `restore-mesh` (meshd.cli.restore_mesh) makes a new mesh from a
+lost one's backups."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Any
 import click
 
 from meshd.cli.context import load_context, who
+from meshd.cli.restore_mesh import restore_mesh
 from meshd.cli.session import check_project, connect
 from meshd.cli.tables import console
 from meshd.core.backup_policy import parse_backup_key
+from meshd.core.mesh_restore import age_text
 from meshd.core.spec import ENVIRONMENTS
 from protocol import subjects
 from protocol.backups import BackupOrder, BackupOrderAnswer, BackupTargetSpec, ListedBackup
@@ -34,17 +38,39 @@ def backup() -> None:
     runs, encrypted to the mesh key before they leave its droplet, kept 14 days."""
 
 
+backup.add_command(restore_mesh)
+
+
 @backup.command("now", no_args_is_help=True)
-@click.argument("project")
-@click.argument("env", type=env_choice)
+@click.argument("project", required=False)
+@click.argument("env", type=env_choice, required=False)
 @click.argument("service", required=False)
+@click.option(
+    "--mesh", is_flag=True, help="Back up the mesh's own state and sealed secrets instead."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the backups taken as JSON.")
 @context_option
 def now(
-    project: str, env: str, service: str | None, as_json: bool, context_name: str | None
+    project: str | None,
+    env: str | None,
+    service: str | None,
+    mesh: bool,
+    as_json: bool,
+    context_name: str | None,
 ) -> None:
-    """Back up the datastores of PROJECT ENV (or only SERVICE) now."""
-    order = BackupOrder(action="now", project=project, env=env, service=service, by=who())
+    """Back up the datastores of PROJECT ENV (or only SERVICE) now; with --mesh, the mesh's
+    state and sealed secrets (after `secret export-key`: what `restore-mesh` starts from)."""
+    if mesh and project:
+        raise click.UsageError("give --mesh alone, or PROJECT ENV [SERVICE]")
+    if not mesh and not (project and env):
+        raise click.UsageError("give PROJECT ENV [SERVICE], or --mesh")
+    order = (
+        BackupOrder(action="mesh", project="", env="", by=who())
+        if mesh
+        else BackupOrder(
+            action="now", project=project or "", env=env or "", service=service, by=who()
+        )
+    )
     answer = asyncio.run(_order(order, context_name))
     if as_json:
         click.echo(json.dumps({"taken": list(answer.taken), "seconds": answer.seconds}))
@@ -78,7 +104,7 @@ def list_backups(
     if not rows:
         console.print("No backups yet.")
     for row in rows:
-        age = _age(time.time() - row["taken_at"])
+        age = age_text(time.time() - row["taken_at"])
         console.print(
             f"{row['key']}  {row['size_bytes'] / 2**20:.1f} MiB  {age} ago  sha256 "
             f"{row['sha256'][:12]}"
@@ -164,14 +190,6 @@ def _row(
         "size_bytes": stored.size,
         "sha256": stored.sha256,
     }
-
-
-def _age(seconds: float) -> str:
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 @backup.command("verify")

@@ -20,7 +20,7 @@ from meshd.agent.store import Conflict, Store
 from meshd.cli.context import load_context, who
 from meshd.cli.session import connect
 from meshd.cli.tables import console
-from meshd.core.sealing import KeyPair, to_text
+from meshd.core.sealing import KeyPair, SealError, from_text, to_text
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
@@ -106,6 +106,26 @@ async def _export(out: Path | None, replace: bool, as_json: bool, context_name: 
             f"[yellow]The mesh key is not sealed to {pair.fingerprint} yet[/] (the `secrets` "
             "role does it within seconds when it runs; see `meshctl status`)."
         )
+
+
+def read_escrow_key(path: Path) -> KeyPair:
+    """The escrow key pair from the file `export-key` wrote (or its printed line, saved);
+    UsageError saying what is wrong with it."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise click.UsageError(f"cannot read the escrow key {path}: {err}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise click.UsageError(
+            f"{path} is not an escrow key (`meshctl secret export-key` writes one: {FORMAT})"
+        )
+    try:
+        pair = KeyPair.from_private(from_text(str(document.get("private", "")), "key"))
+    except SealError:
+        raise click.UsageError(f"{path}: its private key is damaged") from None
+    if document.get("fingerprint") not in (None, pair.fingerprint):
+        raise click.UsageError(f"{path}: its private key is not the one its fingerprint names")
+    return pair
 
 
 def _write_private(out: Path, document: dict[str, str]) -> None:

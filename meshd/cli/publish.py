@@ -157,15 +157,17 @@ async def _publish(
         if not as_json:
             console.print(f"Published revision {revision}.")
         if wait:
-            await _wait(store, revision, wait_s, quiet=as_json)
+            await wait_converged(store, revision, wait_s, quiet=as_json)
     finally:
         await store.close()
 
 
-async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None:
+async def wait_converged(
+    store: Store, revision: int, wait_s: float, quiet: bool, what: str = "publish"
+) -> None:
     """Until every service is healthy at this revision and JetStream runs on the servers the
     mesh's droplets call for (a growth or shrink pauses the control plane for seconds: a read
-    that is not answered meanwhile is tried again)."""
+    that is not answered meanwhile is tried again). `what` names the command in its error."""
     deadline = time.monotonic() + wait_s
     missing = ["the scheduler has not placed this revision yet"]
     with console.status("Waiting for the mesh to converge ...") as progress:
@@ -200,6 +202,6 @@ async def _wait(store: Store, revision: int, wait_s: float, quiet: bool) -> None
         f"\n  ... and {len(missing) - 12} more" if len(missing) > 12 else ""
     )
     raise MeshError(
-        f"publish: not converged within {wait_s:.0f} s; missing:\n  {shown}\n"
+        f"{what}: not converged within {wait_s:.0f} s; missing:\n  {shown}\n"
         "(`meshctl status` shows the whole mesh)"
     )

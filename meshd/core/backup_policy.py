@@ -4,7 +4,8 @@ alike); a backup older than twice its interval is overdue (a critical alert). No
 deleted before a newer backup of the same datastore is stored: the newest is always kept.
 
 A backup's key says what it holds, so that listing the target is the index:
-`<kind>/<project>/<env>/<service>/<YYYYmmddTHHMMSSZ>-<nonce>.enc` (UTC).
+`<kind>/<project>/<env>/<service>/<YYYYmmddTHHMMSSZ>-<nonce>.enc` (UTC). The one other object
+a target keeps is `ESCROW_OBJECT`, which no listing counts as a backup.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ MESH_SCHEDULES = {
 MESH = "mesh"
 MESH_PARTS = {kind: (MESH, MESH, kind) for kind in MESH_SCHEDULES}
 ALL_SCHEDULES = SCHEDULES | MESH_SCHEDULES
+# The mesh key as sealed to the operator's escrow key (`mesh_secrets/escrowed-mesh-key`: only
+# that key's private half, which the mesh never holds, opens it), stored again beside the
+# backups with each `secrets` document: what `backup restore-mesh` opens first once the whole
+# mesh is lost. Its key is no backup's (`parse_backup_key` says None), so it is never listed,
+# counted or pruned as one.
+ESCROW_OBJECT = "escrow/mesh-key"
 _STAMP = "%Y%m%dT%H%M%SZ"
 _KEY = re.compile(
     r"(?P<kind>[a-z]+)/(?P<project>[a-z0-9_-]+)/(?P<env>[a-z0-9_-]+)/(?P<service>[a-z0-9_-]+)/"

@@ -126,7 +126,7 @@ def sealings(
     """By sealed key: what each need gets, for droplets that have a key and needs that have
     a value (a missing value is the operator's to set; the service waits for it)."""
     result: dict[str, Sealing] = {}
-    for need in sorted(wanted):
+    for need in sorted(wanted, key=lambda n: n.key):  # a mesh need has no project
         found = source(need, values)
         key = keys.get(need.droplet)
         if found is not None and key:

@@ -22,9 +22,15 @@ from typing import Protocol, TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
-from meshd.agent.meshkey import mesh_public_key, open_mesh_key
+from meshd.agent.meshkey import (
+    ESCROW,
+    holder_entry,
+    mesh_public_key,
+    open_mesh_key,
+    seal_keys,
+    trusted_droplets,
+)
 from meshd.agent.meshview import MeshView
-from meshd.agent.records import jetstream_servers
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.store import Conflict, Store
 from meshd.core.sealing import (
@@ -32,7 +38,6 @@ from meshd.core.sealing import (
     entry_context,
     fingerprint,
     from_text,
-    holder_context,
     open_value,
     random_secret,
     seal,
@@ -45,10 +50,9 @@ from meshd.core.secret_plan import (
     missing_generated,
     needs,
     sealings,
-    trusted,
     webhook_projects,
 )
-from meshd.core.spec import MASTER, DesiredState
+from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.base import Message
 from protocol.codec import decode, encode
@@ -59,8 +63,6 @@ from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 RESYNC_S = 10.0
-HOLDER_SECRET = "mesh_key"
-ESCROW = "escrow"  # the droplet name the escrowed mesh key is sealed for (its context)
 
 
 def seal_key_of(data: bytes) -> Hashable:
@@ -119,6 +121,7 @@ class SecretKeeper:
                 [
                     (subjects.SECRETS_BUCKET, subjects.SECRET_VALUES),
                     (subjects.SECRETS_BUCKET, subjects.ESCROW_KEY),
+                    (subjects.SECRETS_BUCKET, subjects.MESH_KEY),  # adopted by restore-mesh
                     (subjects.ALLOC_BUCKET, ">"),
                     (subjects.FAILURES_BUCKET, ">"),
                     (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
@@ -135,6 +138,7 @@ class SecretKeeper:
                 self.vault.close()
 
     async def keep(self, term: Term) -> None:
+        await self._forget_replaced_key()
         mesh = self._mesh = self._mesh or await self.mesh_key(term)
         if mesh is None:
             return
@@ -147,9 +151,8 @@ class SecretKeeper:
         if await self._generate(term, mesh, allocations, values):
             values = await self._values()
         nodes = self.view.nodes
-        publics = {d: from_text(n.seal_key, "key") for d, n in nodes.items() if n.seal_key}
-        running = await jetstream_servers(self.store, subjects.JETSTREAM_APPLIED_KEY)
-        trust = trusted(nodes, [s.name for s in running.servers] if running else [MASTER])
+        publics = seal_keys(nodes)
+        trust = await trusted_droplets(self.store, nodes)
         mesh_names = {v.name for v in values.values() if v.scope is SecretScope.MESH}
         plan = sealings(
             needs(allocations, mesh_names, trust, webhook_projects(values)),
@@ -195,6 +198,22 @@ class SecretKeeper:
             return pair
         self._report("the mesh key is not sealed to this droplet's key")
         return None
+
+    async def _forget_replaced_key(self) -> None:
+        """Drop the mesh key opened this term, and the values opened with it, once the mesh
+        has another one (`meshctl backup restore-mesh` adopts a lost mesh's key): the values
+        are sealed to that one now, and a value's key and version may be the same."""
+        if self._mesh is None:
+            return
+        current = await mesh_public_key(self.store)
+        if current is None or current.public != self._mesh.public_text:
+            log.info(
+                "The mesh key was replaced. old=%s new=%s",
+                self._mesh.fingerprint,
+                current.fingerprint if current else "none",
+            )
+            self._mesh = None
+            self._opened.clear()
 
     async def _make_mesh_key(self, term: Term) -> KeyPair | None:
         term.ensure_held()
@@ -257,18 +276,7 @@ class SecretKeeper:
 
     def _holder_entry(self, term: Term, mesh: KeyPair, droplet: str, public: bytes) -> SealedSecret:
         term.ensure_held()
-        key = fingerprint(public)
-        return SealedSecret(
-            droplet=droplet,
-            name=HOLDER_SECRET,
-            project=None,
-            env=None,
-            source=subjects.MESH_KEY,
-            version=0,
-            sealed=to_text(seal(public, mesh.private, holder_context(droplet, key))),
-            key=key,
-            fence=term.fence,
-        )
+        return holder_entry(mesh, droplet, public, term.fence)
 
     # --- values --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshd.agent.state_documents import read_document, state_document
 from meshd.core.backup_policy import (
     DAY_S,
     HOUR_S,
@@ -17,7 +18,6 @@ from meshd.core.backup_policy import (
     overdue,
     parse_backup_key,
 )
-from meshd.roles.backups.state import read_document, state_document
 from plugins.backups import check_key
 from protocol import subjects
 from tests.support.memstore import MemoryStore

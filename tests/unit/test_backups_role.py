@@ -21,6 +21,7 @@ from plugins.backups import StoredBackup, TargetUnavailable
 from protocol import subjects
 from protocol.backups import BackupAnswer, BackupRequest
 from protocol.codec import decode
+from tests.support import factories
 from tests.support.memstore import MemoryStore
 from tests.support.reconciling import allocation
 
@@ -49,7 +50,7 @@ async def test_a_backup_the_target_cannot_keep_fails_and_leaves_nothing_staged(
     role.loader = Loader(store, role.view, "master", None, role.targets, tmp_path / "work")  # type: ignore[arg-type]
     staged: list[str] = []
 
-    async def agent(subject: str, data: bytes) -> BackupAnswer:  # as the datastore's agent does
+    async def agent(subject: str, data: bytes, droplet: str) -> BackupAnswer:  # as its agent does
         request = decode(data, BackupRequest)
         dump = tmp_path / "dump"
         dump.write_bytes(b"sealed dump")
@@ -75,3 +76,30 @@ async def test_a_backup_the_target_cannot_keep_fails_and_leaves_nothing_staged(
     assert [e.detail["key"] for e in failed] == staged and failed[0].fence == 4
     assert not [e for e in store.events if e.name == "backup_taken"]
     assert not store.objects.get(subjects.BACKUPS_STORE)
+
+
+@pytest.mark.parametrize("how", ["failed", "restarted"])
+async def test_a_droplet_that_dies_during_its_backup_is_not_waited_for(
+    tmp_path: Path, how: str
+) -> None:
+    """Its dump died with it: the leader gives up at once instead of after the 15-minute
+    timeout, which would hold every other backup and restore up."""
+    store = MemoryStore()
+    view = MeshView()
+    await view.set_nodes({"web1": factories.node("web1", incarnation=3)})
+    loader = Loader(store, view, "master", None, Targets(store, lambda _: None), tmp_path)  # type: ignore[arg-type]
+
+    async def never(subject: str, data: bytes, timeout: float) -> bytes | None:
+        await asyncio.sleep(3600)
+        return None
+
+    store.request = never  # type: ignore[method-assign]
+    asking = asyncio.create_task(loader.ask(subjects.backup("web1"), b"", "web1"))
+    await asyncio.sleep(0.05)
+    assert not asking.done()
+    if how == "failed":
+        await view.set_failures({"web1": factories.failure("web1")})
+    else:
+        await view.set_nodes({"web1": factories.node("web1", incarnation=4)})
+    answer = await asyncio.wait_for(asking, 5)
+    assert answer.error == f"web1 {how} before it answered"

@@ -69,6 +69,17 @@ def test_services_secrets_go_where_they_run_and_the_meshs_to_trusted_droplets() 
     assert plan["sealed.web1.shop.prod.api_key"].key == "k1"
 
 
+def test_a_mesh_secret_of_a_services_name_on_a_trusted_droplet_is_sealed_twice() -> None:
+    # The mesh's own need (no project) and the service's, on the same droplet and name.
+    shop = allocation(droplets=("master",), secrets=("api_key",))
+    found = needs([shop], ["api_key"], {"master"})
+    plan = sealings(found, stored(value("api_key")), {"master": "km"})
+    assert {k: s.source for k, s in plan.items()} == {
+        "sealed.master.mesh.api_key": "value.mesh.api_key",
+        "sealed.master.shop.prod.api_key": "value.mesh.api_key",
+    }
+
+
 def test_trusted_droplets_are_master_and_the_servers_or_all_below_three() -> None:
     assert trusted(["master", "web1"], ["master"]) == {"master", "web1"}
     assert trusted(["master", "a", "b", "c"], ["master", "a", "b"]) == {"master", "a", "b"}

@@ -27,9 +27,11 @@ from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
+from meshd.agent.state_documents import state_document
 from meshd.agent.store import Received, Store, StoreUnavailable
 from meshd.core.backup_crypto import EncryptedInfo
 from meshd.core.backup_policy import (
+    ESCROW_OBJECT,
     MESH,
     MESH_PARTS,
     MESH_SCHEDULES,
@@ -44,7 +46,6 @@ from meshd.core.backup_policy import (
 )
 from meshd.core.sealing import from_text
 from meshd.roles.backups.loading import BackupFailed, Loader, seal
-from meshd.roles.backups.state import state_document
 from meshd.roles.backups.targets import Targets
 from plugins.backups import (
     BackupTarget,
@@ -171,7 +172,7 @@ class Backups:
                 term.fence,
             )
 
-    async def take_mesh(self, term: Term, kind: str) -> str:
+    async def take_mesh(self, term: Term, kind: str, why: str = "scheduled") -> str:
         """Back up the mesh's `state` or its sealed `secrets` now, from here; its key."""
         started = time.monotonic()
         key = backup_key(kind, MESH, MESH, kind, time.time(), secrets.token_hex(3))
@@ -183,10 +184,13 @@ class Backups:
             recipient = from_text(mesh.public, "key")
             info = await asyncio.to_thread(_seal_document, scratch, document, recipient, key)
             term.ensure_held()
+            # First, so that no `secrets` document is kept without what opens it then.
+            escrowed = kind == "secrets" and await self.targets.keep_escrow(scratch)
             stored = await (await self.targets.kept()).put(key, scratch / "sealed")
         detail = {
             "key": key,
-            "why": "scheduled",
+            "escrow": ESCROW_OBJECT if escrowed else None,
+            "why": why,
             "plain_bytes": info.plain_bytes,
             "stored_bytes": stored.size,
             "seconds": round(time.monotonic() - started, 2),
@@ -208,7 +212,8 @@ class Backups:
             project=project, env=env, service=service, key=key, fence=term.fence
         )
         subject = _subject((project, env, service))
-        answer = await self.loader.ask(subjects.backup(allocation.droplets[0]), encode(request))
+        droplet = allocation.droplets[0]
+        answer = await self.loader.ask(subjects.backup(droplet), encode(request), droplet)
         if answer.unsupported:
             self._unsupported.add((project, env, service))
             self.store.record_soon(
@@ -323,6 +328,11 @@ class Backups:
             ]
             verified = [await self.verify(term, name, a) for name, a in chosen]
             return BackupOrderAnswer(verified=tuple(verified), target=target.name)
+        if order.action == "mesh":  # the mesh's own state and secrets (`backup now --mesh`)
+            taken = [
+                await self.take_mesh(term, kind, f"asked by {order.by}") for kind in MESH_PARTS
+            ]
+            return BackupOrderAnswer(taken=tuple(taken))
         mine = [
             a
             for a in self._datastores()

@@ -31,6 +31,7 @@ from protocol.messages import Allocation
 
 STAGED = "staging"
 ANSWER_WITHIN_S = 900.0  # a dump of a few GB, encrypted, stored or loaded
+WATCH_S = 1.0  # how often the droplet asked is looked at while its answer is awaited
 
 
 class BackupFailed(MeshError):
@@ -86,19 +87,44 @@ class Loader:
                 fence=term.fence,
                 drill=drill,
             )
-            return await self.ask(subjects.restore(droplet), encode(request))
+            return await self.ask(subjects.restore(droplet), encode(request), droplet)
         finally:
             with contextlib.suppress(BackupTargetError):
                 await staging.delete(staged)
 
-    async def ask(self, subject: str, data: bytes) -> BackupAnswer:
-        reply = await self.store.request(subject, data, ANSWER_WITHIN_S)
+    async def ask(self, subject: str, data: bytes, droplet: str) -> BackupAnswer:
+        """`droplet`'s agent's answer to a backup or restore request. A droplet that fails
+        or whose agent restarts meanwhile will never answer (what it was dumping died with
+        it): given up at once, not after the full timeout, which would hold every other
+        backup and restore up."""
+        node = self.view.nodes.get(droplet)
+        life = node.incarnation if node is not None else None
+        asking = asyncio.ensure_future(self.store.request(subject, data, ANSWER_WITHIN_S))
+        try:
+            while not (await asyncio.wait({asking}, timeout=WATCH_S))[0]:
+                gone = _gone(self.view, droplet, life)
+                if gone is not None:
+                    return BackupAnswer(error=f"{droplet} {gone} before it answered")
+        finally:
+            asking.cancel()
+        reply = asking.result()
         if reply is None:
             return BackupAnswer(error=f"no answer on {subject} within {ANSWER_WITHIN_S:.0f} s")
         return decode(reply, BackupAnswer)
 
     def scratch(self) -> contextlib.AbstractContextManager[Path]:
         return scratch_directory(self.work)
+
+
+def _gone(view: MeshView, droplet: str, life: int | None) -> str | None:
+    """Why `droplet` will not answer any more (None: it may): its failure was confirmed, or
+    it reports a new life."""
+    if droplet in view.failures:
+        return "failed"
+    node = view.nodes.get(droplet)
+    if node is not None and life is not None and node.incarnation > life:
+        return "restarted"
+    return None
 
 
 def seal(scratch: Path, recipient: bytes, key: str) -> EncryptedInfo:
