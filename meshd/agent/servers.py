@@ -15,6 +15,7 @@ and tries later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.agent.config import CoreServer, MeshConfig, ServerPlacement
+from meshd.agent.holds import end_hold, take_hold
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import decode_servers, jetstream_servers
 from meshd.agent.store import Received, Store, StoreUnavailable
@@ -43,6 +45,11 @@ RESYNC_S = 10.0
 TELL_TIMEOUT_S = 2.0
 TELL_WAIT_S = 15.0  # an agent that has just joined subscribes within a moment
 JETSTREAM_WAIT_S = 45.0  # a new cluster elects its meta leader within seconds
+# While the state moves, master's server restarts and its agent is busy: its monitors may hear
+# nothing from it for seconds. It is held (suspected, never confirmed dead and rebuilt from an
+# older snapshot) from before any stream is sealed until the state is back.
+MOVE_HOLD_S = 180.0
+HOLD_REASON = "JetStream is moving to other servers"
 
 
 class NewServersSilent(Exception):
@@ -205,6 +212,7 @@ class ServerMover:
                 return
             previous = tuple(ServerAddress(name=s.name, address=s.address) for s in current.servers)
             journal = Journal(target, previous, "started", time.time())
+            await take_hold(self.store, MASTER, MOVE_HOLD_S, HOLD_REASON, MASTER, longer=True)
             await self._record("jetstream_move_started", journal)
             await asyncio.to_thread(journal.save, self.data_dir)
         await self.resume(journal)
@@ -219,6 +227,7 @@ class ServerMover:
             if not await self._tell(journal.target, joining, must=True):
                 (self.data_dir / JOURNAL).unlink(missing_ok=True)
                 await self._record("jetstream_move_postponed", journal)
+                await end_hold(self.store, MASTER, HOLD_REASON)
                 return
             journal = journal.at("prepared")
             await asyncio.to_thread(journal.save, self.data_dir)
@@ -308,6 +317,8 @@ class ServerMover:
         name = "jetstream_grown" if grown else "jetstream_shrunk" if shrunk else "jetstream_moved"
         await self._record(name, journal, seconds=round(elapsed, 2))
         (self.data_dir / JOURNAL).unlink(missing_ok=True)
+        with contextlib.suppress(StoreUnavailable):  # it ends by itself then
+            await end_hold(self.store, MASTER, HOLD_REASON)
         await asyncio.to_thread(_keep_only, self.data_dir / BACKUPS, str(journal.target.epoch))
         log.info("JetStream moved. epoch=%d seconds=%.1f", journal.target.epoch, elapsed)
 

@@ -1,7 +1,8 @@
 """Which roles this droplet may hold (docs/secrets.md "Who holds what"): those that use
 mesh-wide secrets (the cloud token, the SMTP password, the entry's TLS keys) only a trusted
 droplet, master or a JetStream server, so that a droplet that only runs projects holds none
-of them; the `secrets` role only one that can open the mesh key; the others anybody. The
+of them; the `secrets` role only one that can open the mesh key; `recovery` none whose own
+failure is recorded; the others anybody. The
 `builder` prefers the droplet with the most memory to spare."""
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ class Trust:
         """When this droplet may hold `role`; None: always."""
         if role is Role.SECRETS:
             return self.may_keep_secrets
+        if role is Role.RECOVERY:
+            return self.may_recover
         return self.trusted if role in SENSITIVE_ROLES else None
+
+    def may_recover(self) -> bool:
+        """Trusted, and not itself confirmed failed: a recovery leader whose own failure was
+        recorded (a false alarm it lives through) hands the role over instead of fencing
+        itself halfway through a step; a peer's leader fences and rebuilds it."""
+        return self.trusted() and self.name not in self.view.failures
 
     def builder_hesitation(self) -> float:
         """How long to wait before competing for `builder`: none on the droplet with the

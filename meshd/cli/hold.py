@@ -13,12 +13,11 @@ from typing import Any
 
 import click
 
+from meshd.agent.holds import end_hold, take_hold
 from meshd.agent.store import Store
 from meshd.cli.context import load_context, who
 from meshd.cli.session import connect, read_nodes
 from meshd.cli.tables import console
-from protocol import subjects
-from protocol.codec import decode, encode
 from protocol.messages import DetectionHold
 
 LONGEST_S = 24 * 3600.0
@@ -111,23 +110,15 @@ async def _hold(
 
 
 async def _take(store: Store, droplet: str, duration_s: float, reason: str) -> dict[str, Any]:
-    now = time.time()
-    held = DetectionHold(
-        droplet=droplet, until=now + duration_s, reason=reason, held_by=who(), held_at=now
-    )
-    await store.put(subjects.DESIRED_BUCKET, subjects.hold_key(droplet), encode(held))
+    held = await take_hold(store, droplet, duration_s, reason, who())
     detail = {"until": held.until, "reason": reason}
     await store.record("droplet_held", held.held_by, droplet, detail)
-    return hold_data(held, now)
+    return hold_data(held, held.held_at)
 
 
 async def _release(store: Store, droplet: str) -> dict[str, Any]:
-    key = subjects.hold_key(droplet)
-    found = await store.get(subjects.DESIRED_BUCKET, key)
-    if found is None or found.value is None:
-        return {"droplet": droplet, "held": False, "ended": False}
-    await store.delete(subjects.DESIRED_BUCKET, key)  # an expired one too: nothing left over
-    if not decode(found.value, DetectionHold).holds(time.time()):
+    ended = await end_hold(store, droplet)  # an expired one too: nothing left over
+    if ended is None or not ended.holds(time.time()):
         return {"droplet": droplet, "held": False, "ended": False}
     await store.record("droplet_hold_ended", who(), droplet, {})
     return {"droplet": droplet, "held": False, "ended": True}

@@ -89,6 +89,8 @@ class Recovery:
         # bucket would need a new consumer, which waits for a JetStream meta leader that may
         # have died with the very droplet to recover.
         for name in sorted(self.view.failures):
+            if name == self.droplet:
+                continue  # never its own: the agent hands the role over (`Trust.may_recover`)
             key = subjects.failure_key(name)
             entry = await self.store.get(subjects.FAILURES_BUCKET, key)
             if entry is None or entry.value is None:
