@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import importlib.util
 import re
 import shutil
 import socket
@@ -18,30 +17,19 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests.support import free_port
 from tests.support.datastores import Datastore, postgres_server, redis_server  # noqa: F401
+from tests.support.example_app import APP, load_visits
 from tests.support.waiting import wait_for
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "app"
 ADDRESS = "127.0.0.1"
 # The process runtime runs `python3 hello.py` with the system's python, which has no packages
 # beyond the standard library: so does this test, where there is one.
 PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
 COUNTS = re.compile(r"visits: database (\d+), redis (\d+)")
-
-
-def load_visits() -> ModuleType:
-    """examples/app/visits.py, which is no package's module."""
-    spec = importlib.util.spec_from_file_location("example_visits", APP / "visits.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 visits = load_visits()

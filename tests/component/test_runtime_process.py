@@ -25,7 +25,7 @@ from plugins.runtimes import (
     UnknownRuntimeError,
     load_runtime,
 )
-from plugins.runtimes.process import ProcessRuntime, create
+from plugins.runtimes.process import WORKLOAD_NICE, ProcessRuntime, create
 from protocol.errors import MeshError
 from tests import support
 
@@ -157,6 +157,14 @@ async def test_a_worker_without_port_gets_no_service_port(runtime: ProcessRuntim
     environ = environ_of(pid_of(info))
     assert f"SERVICE_HOST={HOST}".encode() in environ
     assert not any(entry.startswith(b"SERVICE_PORT=") for entry in environ)
+
+
+async def test_an_instance_yields_the_cpu_to_its_agent(runtime: ProcessRuntime) -> None:
+    info = await runtime.ensure(web_spec(None))
+    # /proc/<pid>/stat field 19 is the nice value; the agent's (ours) is 0
+    nice = int(Path(f"/proc/{pid_of(info)}/stat").read_text().rpartition(")")[2].split()[16])
+    assert nice == WORKLOAD_NICE == 10
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
 
 
 async def test_ensure_twice_with_the_same_generation_keeps_the_same_process(

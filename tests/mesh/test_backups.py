@@ -5,14 +5,25 @@ brings the data back as it was, into its own environment or another (`--into tes
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from meshd.cli.context import load_context
+from meshd.cli.session import connect, read_allocations
+from plugins.procfs import command_line
 from protocol import subjects
 from tests.mesh.test_datastores import SERVICES, visits
-from tests.support.mesh import LocalMesh, local_mesh, write_project
+from tests.support.example_app import load_visits
+from tests.support.mesh import LocalMesh, local_mesh, meshctl_path, write_project
 from tests.support.seaweedfs import SeaweedS3, seaweedfs  # noqa: F401
 from tests.support.waiting import wait_for
 
@@ -138,3 +149,95 @@ def test_backups_kept_in_s3_are_stored_there_listed_and_restored_from_there(
 
 async def staged(store: Any) -> list[str]:
     return sorted(await store.object_names(subjects.BACKUPS_STORE))
+
+
+def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prod's database on shop-web1, which is killed while it dumps a database of 150 MB.
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    with local_mesh(tmp_path / "mesh") as mesh:
+        mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
+        password = tmp_path / "db_password"
+        password.write_text(uuid.uuid4().hex)
+        mesh.ok("secret", "set", "shop", "prod", "db_password", "--from-file", password)
+        database = database_of(mesh, monkeypatch, password.read_text())
+        sql(database, "CREATE TABLE bulk (id bigint, pad text)")
+        sql(database, "INSERT INTO bulk SELECT i, repeat(md5(i::text), 12)"
+                      " FROM generate_series(1, 350000) i")  # fmt: skip
+        before = {b["key"] for b in backups(mesh) if b["key"].startswith(PROD_DATABASE)}
+
+        asked = subprocess.Popen(
+            [meshctl_path(), "backup", "now", "shop", "prod", "database"],
+            env=mesh.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        wait_for(lambda: dumping(mesh), timeout=60, what="the dump under way", every=0.05)
+        killed = time.time()
+        mesh.ok("chaos", "kill", "shop-web1")
+        # Given up as soon as the droplet's failure is known, not after the 15-minute timeout.
+        output, _ = asked.communicate(timeout=120)
+        assert asked.returncode != 0 and "shop-web1 failed before it answered" in output
+        assert {b["key"] for b in backups(mesh) if b["key"].startswith(PROD_DATABASE)} == before
+
+        wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=180, what="web1 rebuilt")
+        again = wait_for(
+            lambda: [
+                e for e in events(mesh, "backup_taken")
+                if e["subject"] == "shop.prod.database" and e["at"] > killed
+            ],
+            timeout=240,
+            what="the backup taken again once shop-web1 is back",
+        )  # fmt: skip
+        assert again[0]["detail"]["why"] == "again"
+        assert again[0]["detail"]["plain_bytes"] > 50_000_000  # the whole database
+        assert not [e for e in events(mesh, "notification_queued") if "backup" in str(e)]
+
+
+PROD_DATABASE = "database/shop/prod/database/"
+WIRE = load_visits()  # the example app's PostgreSQL client
+
+
+def database_of(mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch, password: str) -> Database:
+    monkeypatch.setenv("MESHD_CONFIG_HOME", str(mesh.home / "config"))
+
+    async def read() -> Any:
+        store = await connect(load_context(mesh.name))
+        try:
+            return (await read_allocations(store))["shop.prod.database"]
+        finally:
+            await store.close()
+
+    found = asyncio.run(read())
+    env = found.env_vars
+    return Database(mesh.address("shop-web1"), found.port, env["DB_USER"], env["DB_NAME"], password)
+
+
+@dataclass(frozen=True)
+class Database:
+    host: str
+    port: int
+    user: str
+    name: str
+    password: str
+
+
+def sql(database: Database, statement: str) -> None:
+    wire = WIRE._Wire(WIRE._connected(database.host, database.port))
+    try:
+        wire.sock.settimeout(300)
+        wire.send_raw(WIRE.startup_message(database.user, database.name))
+        WIRE._authenticate(wire, database.user, database.password)
+        WIRE._query(wire, statement)
+    finally:
+        wire.sock.close()
+
+
+def dumping(mesh: LocalMesh) -> bool:
+    """Whether prod's database is being dumped now (its pg_dump runs against its volume)."""
+    volume = f"{mesh.name}-shop-web1-shop-prod-database"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            line = command_line(int(entry))
+            if "pg_dump" in line and volume in line:
+                return True
+    return False

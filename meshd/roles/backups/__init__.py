@@ -69,6 +69,7 @@ from protocol.messages import Allocation
 log = logging.getLogger(__name__)
 CHECK_S = 30.0
 RETRY_S = 300.0  # after a failed backup of a datastore
+RETRY_DIED_S = 60.0  # after one its droplet's failure cut short (scheduled or asked for)
 
 
 class Backups:
@@ -93,6 +94,7 @@ class Backups:
         self.mesh = mesh
         self._seen: dict[tuple[str, str, str], float] = {}  # datastore -> first seen (epoch)
         self._retry: dict[tuple[str, str, str], float] = {}  # datastore -> not before (epoch)
+        self._owed: dict[tuple[str, str, str], float] = {}  # cut short by a death: again at
         self._alerted: set[tuple[str, str, str]] = set()  # overdue, told once until backed up
         self._busy = asyncio.Lock()  # one backup or restore at a time
         # What the target keeps, as last listed (`status` asks every second: an S3 listing
@@ -139,15 +141,16 @@ class Backups:
             if overdue(last, since, now, schedule) and datastore not in self._alerted:
                 self._alerted.add(datastore)
                 await self._alert(term, _subject(datastore), last, "overdue")
-            if not due(last, now, schedule) or now < self._retry.get(datastore, 0.0):
+            owed = now >= self._owed.get(datastore, now + 1)  # one its droplet's death cut short
+            if not owed and (not due(last, now, schedule) or now < self._retry.get(datastore, 0)):
                 continue
             async with self._busy:
                 try:
-                    await self.take(term, allocation, "scheduled")
+                    await self.take(term, allocation, "again" if owed else "scheduled")
                     self._alerted.discard(datastore)
                 except (BackupFailed, BackupTargetError) as err:
                     self._retry[datastore] = now + RETRY_S
-                    if datastore not in self._unsupported:
+                    if datastore not in self._unsupported | set(self._owed):
                         await self._alert(term, _subject(datastore), last, str(err))
         for kind, part in MESH_PARTS.items():
             if not due(latest.get(part), now, MESH_SCHEDULES[kind]) or now < self._retry.get(
@@ -232,6 +235,9 @@ class Backups:
                     # A copy only the staging area holds would be listed and pruned by no one.
                     await self.targets.staging.delete(key)
         if error is not None:
+            self._owed.pop((project, env, service), None)
+            if droplet in self.view.failures:  # alerted as such; taken again a minute later
+                self._owed[(project, env, service)] = time.time() + RETRY_DIED_S
             self.store.record_soon(
                 "backup_failed",
                 self.droplet,
@@ -249,6 +255,7 @@ class Backups:
             "seconds": answer.seconds,
         }
         self.store.record_soon("backup_taken", self.droplet, subject, detail, term.fence)
+        self._owed.pop((project, env, service), None)
         log.info("Backup taken. key=%s seconds=%.1f", key, answer.seconds)
         self._listing = None
         return key
