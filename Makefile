@@ -72,10 +72,13 @@ test-component: $(STAMP)
 	$(BIN)/pytest -m component
 
 # Mesh tests run side by side (each mesh has its own name, addresses and ports): three at a
-# time take less than half as long on two cores. MESH_ARGS= runs them one by one.
+# time take less than half as long on two cores. MESH_ARGS= runs them one by one. The few
+# marked `alone` (the seed's four droplets and fifty instances) run afterwards by themselves:
+# beside two other meshes, two cores starve their master's agent into a false failure.
 MESH_ARGS ?= -n 3
 test-mesh: $(STAMP)
-	$(BIN)/pytest -m mesh $(MESH_ARGS)
+	$(BIN)/pytest -m "mesh and not alone" $(MESH_ARGS)
+	$(BIN)/pytest -m "mesh and alone"
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan.py

@@ -110,6 +110,10 @@ class Allocation(Message):
     # `registry_password`, sealed like `secrets`), and the user; None for other images.
     registry: str | None = None
     registry_user: str | None = None
+    # A datastore's backup interval and retention as its project sets them (None: the seed's),
+    # read by the `backups` leader only: changed without a new generation, nothing restarts.
+    backup_every_s: float | None = None
+    backup_keep_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

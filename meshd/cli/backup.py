@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context, who
 from meshd.cli.restore_mesh import restore_mesh
 from meshd.cli.session import check_project, connect
@@ -26,8 +27,10 @@ from protocol import subjects
 from protocol.backups import BackupOrder, BackupOrderAnswer, BackupTargetSpec, ListedBackup
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
+from protocol.messages import Lease
 
 ORDER_TIMEOUT_S = 1800.0  # a restore: a safety backup, then the load, of a few GB each
+LEADER_WATCH_S = 2.0  # how often the leader's lease is looked at while its answer is awaited
 context_option = click.option("--context", "context_name", metavar="NAME", help="Mesh to use.")
 env_choice = click.Choice(ENVIRONMENTS)
 
@@ -157,7 +160,7 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
         if order.project:
             await check_project(store, order.project)
         with console.status("Waiting for the mesh's backups leader ..."):
-            reply = await store.request(subjects.BACKUP_ORDERS, encode(order), ORDER_TIMEOUT_S)
+            reply = await _asked(store, order)
     finally:
         await store.close()
     if reply is None:
@@ -169,6 +172,40 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
     if answer.error is not None:
         raise MeshError(f"backup {order.action}: {answer.error}")
     return answer
+
+
+async def _asked(store: Store, order: BackupOrder) -> bytes | None:
+    """The leader's answer (None: no leader answered). A leader that loses its role meanwhile
+    (its droplet died during the backup) never answers: given up once the role has moved,
+    not after the full timeout."""
+    asked = await _term(store)
+    asking = asyncio.ensure_future(
+        store.request(subjects.BACKUP_ORDERS, encode(order), ORDER_TIMEOUT_S)
+    )
+    try:
+        while not (await asyncio.wait({asking}, timeout=LEADER_WATCH_S))[0]:
+            now = await _term(store)
+            if asked is not None and now is not None and now != asked:
+                raise MeshError(
+                    f"backup {order.action}: the backups leader ({asked[0]}) lost its role "
+                    "before it answered (its droplet failed?); nothing was stored: try again"
+                )
+            asked = asked or now
+    finally:
+        asking.cancel()
+    return asking.result()
+
+
+async def _term(store: Store) -> tuple[str, int, float] | None:
+    """Who holds the `backups` role, in which term (None: unknown just now)."""
+    try:
+        entry = await store.get(subjects.LEASES_BUCKET, subjects.lease_key(subjects.Role.BACKUPS))
+    except StoreUnavailable:
+        return None
+    if entry is None or not entry.value:
+        return None
+    lease = decode(entry.value, Lease)
+    return lease.holder, lease.incarnation, lease.acquired_at
 
 
 async def _list(context_name: str | None) -> list[ListedBackup]:

@@ -19,7 +19,7 @@ from meshd.cli.context import load_context
 from meshd.cli.hold import hold_data
 from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
 from meshd.cli.tables import console, events_table, status_tables
-from meshd.core.backup_policy import SCHEDULES, backup_summary, parse_backup_key
+from meshd.core.backup_policy import backup_summary, datastore_schedules, parse_backup_key
 from meshd.core.releases import release_summary
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
@@ -100,12 +100,9 @@ async def releases_view(store: Store) -> list[dict[str, Any]]:
 
 
 async def backups_view(store: Store, allocations: dict[str, Allocation]) -> list[dict[str, Any]]:
-    """Each datastore's newest backup and its age (docs/backups.md)."""
-    datastores = [
-        (a.project, a.env, a.service, a.service_kind)
-        for a in allocations.values()
-        if a.service_kind in SCHEDULES
-    ]
+    """Each datastore's newest backup, its age and whether it is overdue on the datastore's
+    schedule, as its allocation carries it (docs/backups.md)."""
+    datastores = datastore_schedules(allocations.values())
     if not datastores:
         return []
     order = BackupOrder(action="list", project="", env="", by="status")

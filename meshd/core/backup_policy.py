@@ -1,7 +1,9 @@
 """When each datastore is backed up, which backups are kept, and how they are named (pure; the
 `backups` role acts on it). The seed's schedule: databases every 6 hours kept 14 days (Redis
-alike); a backup older than twice its interval is overdue (a critical alert). Nothing is
-deleted before a newer backup of the same datastore is stored: the newest is always kept.
+alike), unless the project's `backups` setting says otherwise (it comes with the datastore's
+allocation: `schedule_of`); a backup older than twice its interval is overdue (a critical
+alert). Nothing is deleted before a newer backup of the same datastore is stored: the newest
+is always kept.
 
 A backup's key says what it holds, so that listing the target is the index:
 `<kind>/<project>/<env>/<service>/<YYYYmmddTHHMMSSZ>-<nonce>.enc` (UTC). The one other object
@@ -11,9 +13,11 @@ a target keeps is `ESCROW_OBJECT`, which no listing counts as a backup.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from protocol.messages import Allocation
 
 HOUR_S = 3600.0
 DAY_S = 24 * HOUR_S
@@ -90,6 +94,30 @@ def newest(names: Iterable[BackupName]) -> dict[tuple[str, str, str], BackupName
     return found
 
 
+def schedule_of(kind: str, every_s: float | None = None, keep_s: float | None = None) -> Schedule:
+    """The schedule of a datastore of `kind` whose project sets `every_s` and `keep_s` (None:
+    its kind's, the seed's)."""
+    default = ALL_SCHEDULES[kind]
+    return Schedule(
+        every_s=default.every_s if every_s is None else every_s,
+        keep_s=default.keep_s if keep_s is None else keep_s,
+    )
+
+
+def datastore_schedules(
+    allocations: Iterable[Allocation],
+) -> dict[tuple[str, str, str], Schedule]:
+    """The schedule of each datastore among `allocations` (those of a kind backed up), as its
+    allocation carries its project's setting."""
+    return {
+        (a.project, a.env, a.service): schedule_of(
+            a.service_kind, a.backup_every_s, a.backup_keep_s
+        )
+        for a in allocations
+        if a.service_kind in SCHEDULES
+    }
+
+
 def due(last: BackupName | None, now: float, schedule: Schedule) -> bool:
     """Whether a datastore whose newest backup is `last` is to be backed up now."""
     return last is None or now - last.at >= schedule.every_s
@@ -102,31 +130,38 @@ def overdue(last: BackupName | None, since: float, now: float, schedule: Schedul
     return now - reference > 2 * schedule.every_s
 
 
-def expired(names: Iterable[BackupName], now: float) -> list[BackupName]:
-    """The backups past their kind's retention, oldest first; never a datastore's newest."""
+def expired(
+    names: Iterable[BackupName],
+    now: float,
+    keep: Mapping[tuple[str, str, str], float] | None = None,
+) -> list[BackupName]:
+    """The backups past their retention, oldest first; never a datastore's newest. `keep` is
+    the retention of each datastore (seconds) whose project sets one; the others', and
+    those of datastores no longer running, are their kind's."""
+    keep = keep or {}
     listed = list(names)
-    keep = {name.key for name in newest(listed).values()}
+    newest_keys = {name.key for name in newest(listed).values()}
     old = [
         name
         for name in listed
-        if name.key not in keep
+        if name.key not in newest_keys
         and name.kind in ALL_SCHEDULES
-        and now - name.at > ALL_SCHEDULES[name.kind].keep_s
+        and now - name.at > keep.get(name.datastore, ALL_SCHEDULES[name.kind].keep_s)
     ]
     return sorted(old, key=lambda name: name.at)
 
 
 def backup_summary(
-    datastores: Iterable[tuple[str, str, str, str]], names: Iterable[BackupName], now: float
+    datastores: Mapping[tuple[str, str, str], Schedule], names: Iterable[BackupName], now: float
 ) -> list[dict[str, object]]:
-    """For `meshctl status`: each datastore (project, env, service, kind) with its newest
-    backup, that backup's age and whether it is overdue (twice the interval; a datastore
-    never backed up counts from now, since when it appeared is not known here)."""
+    """For `meshctl status`: each datastore (project, env, service) with its newest backup,
+    that backup's age and whether it is overdue (twice the interval of its `datastores`
+    schedule; a datastore never backed up counts from now, since when it appeared is not
+    known here)."""
     latest = newest(names)
     rows: list[dict[str, object]] = []
-    for project, env, service, kind in sorted(datastores):
+    for (project, env, service), schedule in sorted(datastores.items()):
         last = latest.get((project, env, service))
-        schedule = SCHEDULES.get(kind)
         rows.append(
             {
                 "project": project,
@@ -134,7 +169,7 @@ def backup_summary(
                 "service": service,
                 "last": last.key if last else None,
                 "age_s": round(now - last.at, 1) if last else None,
-                "overdue": bool(schedule and last and overdue(last, now, now, schedule)),
+                "overdue": bool(last and overdue(last, now, now, schedule)),
             }
         )
     return rows

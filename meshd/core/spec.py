@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from meshd.core.backup_policy import DAY_S, HOUR_S
+
 ENVIRONMENTS: tuple[str, ...] = ("prod", "uat", "test")
 MASTER = "master"
 
@@ -166,6 +168,36 @@ class ReleaseCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupSchedule:
+    """How often a project's datastores are backed up and how long their backups are kept
+    (its `backups` key); None for either: the seed's (`meshd.core.backup_policy.SCHEDULES`:
+    every 6 hours, kept 14 days)."""
+
+    every_hours: int | None = None
+    keep_days: int | None = None
+
+    @property
+    def every_s(self) -> float | None:
+        return self.every_hours * HOUR_S if self.every_hours is not None else None
+
+    @property
+    def keep_s(self) -> float | None:
+        return self.keep_days * DAY_S if self.keep_days is not None else None
+
+    def to_data(self) -> dict[str, Any]:
+        return {"every_hours": self.every_hours, "keep_days": self.keep_days}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> BackupSchedule | None:
+        if not data:
+            return None
+        every, keep = data.get("every_hours"), data.get("keep_days")
+        return cls(
+            int(every) if every is not None else None, int(keep) if keep is not None else None
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectSpec:
     name: str
     servers: int
@@ -179,6 +211,7 @@ class ProjectSpec:
     health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
     registry: RegistryLogin | None = None
     release_command: ReleaseCommand | None = None
+    backups: BackupSchedule | None = None  # None: the seed's schedule
 
     @property
     def dedicated_droplets(self) -> tuple[str, ...]:
@@ -199,6 +232,7 @@ class ProjectSpec:
             "health_timeout_s": self.health_timeout_s,
             "registry": self.registry.to_data() if self.registry else None,
             "release_command": self.release_command.to_data() if self.release_command else None,
+            "backups": self.backups.to_data() if self.backups else None,
         }
 
     @classmethod
@@ -216,6 +250,7 @@ class ProjectSpec:
             health_timeout_s=int(data.get("health_timeout_s", DEFAULT_RELEASE_HEALTH_TIMEOUT_S)),
             registry=RegistryLogin.from_data(data.get("registry")),
             release_command=ReleaseCommand.from_data(data.get("release_command")),
+            backups=BackupSchedule.from_data(data.get("backups")),
         )
 
 

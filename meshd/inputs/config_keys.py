@@ -15,6 +15,7 @@ class Level(StrEnum):
     SERVICE = "service"  # under `projects.<name>.services.<service>`
     VAULT = "vault"  # under `vault`
     REGISTRY = "registry"  # under `projects.<name>.registry`
+    BACKUPS = "backups"  # under `projects.<name>.backups`
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,15 @@ KEYS: tuple[Key, ...] = (
         "its `host[:port]` as the images name it (`registry.example.com`, `127.0.0.1:5000`; "
         "`docker.io` for Docker Hub); only images from it get the login"),
     Key("username", Level.REGISTRY, "string", "required", "0.1", "the user to log in as"),
+    Key("backups", Level.PROJECT, "object", "the seed's: every 6 h, kept 14 days", "0.1",
+        "how often the project's datastores (services of type `database` or `redis`) are "
+        "backed up and how long their backups are kept (docs/backups.md); either key may be "
+        "left out; a change restarts nothing"),
+    Key("every_hours", Level.BACKUPS, "integer", "6", "0.1",
+        "hours between backups of each datastore, 1 to 168; one older than twice that is "
+        "overdue (a critical alert)"),
+    Key("keep_days", Level.BACKUPS, "integer", "14", "0.1",
+        "days a backup is kept, 1 to 365; a datastore's newest is kept whatever its age"),
     Key("domains", Level.PROJECT, "object of lists", "none", "0.1",
         "`<env>: [host names]` routed to that environment by nginx; each name used once"),
     Key("services", Level.PROJECT, "object", "the four defaults", "0.1",

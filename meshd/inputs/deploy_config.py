@@ -21,15 +21,17 @@ from meshd.core.spec import (
     DEFAULT_RELEASE_HEALTH_TIMEOUT_S,
     DEFAULT_SERVICES,
     DEFAULT_WORKER_MEMORY_MB,
-    ENVIRONMENTS,
     TEMPLATE_SECRETS,
+    BackupSchedule,
     RegistryLogin,
     ReleaseCommand,
     ServiceKind,
     ServiceSpec,
 )
+from meshd.inputs.backup_settings import backup_schedule
 from meshd.inputs.config_keys import Level, names_at
 from meshd.inputs.deploy_branches import default_deploy, deploy_branches, key_path
+from meshd.inputs.project_domains import project_domains, unique_domains
 from meshd.inputs.registry_login import registry_login
 from meshd.inputs.release_settings import health_timeout, release_command, release_versioning
 from meshd.inputs.vault_config import vault_settings
@@ -38,7 +40,6 @@ PLATFORMS = ("docker", "podman", "process")
 MEMORY_RANGE = (16, 65536)
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]*\Z")
 SECRET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
-HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
 TOP_KEYS = names_at(Level.TOP)
 PROJECT_KEYS = names_at(Level.PROJECT)
 SERVICE_KEYS = names_at(Level.SERVICE)
@@ -64,6 +65,7 @@ class ProjectConfig:
     health_timeout_s: int = DEFAULT_RELEASE_HEALTH_TIMEOUT_S
     registry: RegistryLogin | None = None  # where its images are pulled with a login
     release_command: ReleaseCommand | None = None  # runs once before each release rolls out
+    backups: BackupSchedule | None = None  # None: the seed's backup schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,7 @@ class _Checker:
             name: self.project(value, json_path("$.projects", name))
             for name, value in (projects or {}).items()
         }
-        self.unique_domains(parsed)
+        unique_domains(self, {name: config.domains for name, config in parsed.items()})
         vault = vault_settings(self, top["vault"], "$.vault") if "vault" in top else {}
         return DeployConfig(platform=str(platform), projects=parsed, vault=vault)
 
@@ -200,12 +202,16 @@ class _Checker:
             self.text(git_repo, f"{path}.git_repo")
         versioning = release_versioning(self, project, path)
         services = self.services(project.get("services", {}), f"{path}.services")
-        domains = self.domains(project.get("domains", {}), f"{path}.domains")
+        domains = project_domains(self, project.get("domains", {}), f"{path}.domains")
         deploy = deploy_branches(self, project, path)
         timeout = health_timeout(self, project, path)
         registry = registry_login(self, project, path)
         found = ProjectConfig(services, git_repo, domains, deploy, versioning, timeout, registry)
-        return replace(found, release_command=release_command(self, project, path, services))
+        return replace(
+            found,
+            release_command=release_command(self, project, path, services),
+            backups=backup_schedule(self, project, path),
+        )
 
     def services(self, value: Any, path: str) -> tuple[ServiceSpec, ...]:
         listed = self.obj(value, path)
@@ -354,40 +360,6 @@ class _Checker:
                 "build secrets are for building an image; give the service a build_context",
             )
         return names
-
-    def domains(self, value: Any, path: str) -> dict[str, tuple[str, ...]]:
-        envs = self.obj(value, path, ENVIRONMENTS)
-        result: dict[str, tuple[str, ...]] = {}
-        for env, names in (envs or {}).items():
-            if env not in ENVIRONMENTS:
-                continue
-            if not isinstance(names, list) or not names:
-                self.fail(f"{path}.{env}", f"expected a list of domain names, got {_shown(names)}")
-                continue
-            for i, name in enumerate(names):
-                if not isinstance(name, str) or not HOSTNAME.match(name):
-                    self.fail(
-                        f"{path}.{env}[{i}]",
-                        f"{_shown(name)} is not a domain name; expected lowercase like "
-                        "'app.example.com'",
-                    )
-                elif name in names[:i]:
-                    self.fail(f"{path}.{env}[{i}]", f"domain {name!r} is listed twice")
-            result[env] = tuple(n for n in names if isinstance(n, str))
-        return result
-
-    def unique_domains(self, projects: dict[str, ProjectConfig]) -> None:
-        owner: dict[str, str] = {}
-        for project, config in projects.items():
-            for env, names in config.domains.items():
-                for name in names:
-                    where = f"{project!r} {env}"
-                    if name in owner and owner[name] != where:
-                        self.fail(
-                            json_path(json_path("$.projects", project), "domains") + f".{env}",
-                            f"domain {name!r} is already used by {owner[name]}",
-                        )
-                    owner.setdefault(name, where)
 
 
 def _no_space(value: str) -> str | None:

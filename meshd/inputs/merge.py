@@ -50,4 +50,5 @@ def _project(row: ProjectRow, config: ProjectConfig) -> ProjectSpec:
         health_timeout_s=config.health_timeout_s,
         registry=config.registry,
         release_command=config.release_command,
+        backups=config.backups,
     )

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
@@ -70,10 +70,11 @@ def allocations_for(
     targets: ReleaseTargets | None = None,
 ) -> dict[str, Allocation]:
     """One allocation per service; unchanged ones are returned as they were (same generation),
-    changed ones with the next generation. `restarts` counts the restart requests of each
-    allocation key: one more request is one more generation. `config` holds the operator's
-    variables (`meshctl config`) of projects and environments, for all but datastores;
-    `targets` the release each environment runs (its services' artifacts win)."""
+    changed ones with the next generation, but for a datastore's new backup schedule alone
+    (written with the same generation: nothing restarts). `restarts` counts the restart
+    requests of each allocation key: one more request is one more generation. `config` holds
+    the operator's variables (`meshctl config`) of projects and environments, for all but
+    datastores; `targets` the release each environment runs (its services' artifacts win)."""
     restarts = restarts or {}
     config = config or {}
     targets = targets or {}
@@ -88,6 +89,7 @@ def allocations_for(
             resources = env_resources[(project.name, env)]
             for service in project.services:
                 key = subjects.alloc_key(project.name, env, service.name)
+                backups = project.backups if service.kind.is_datastore else None
                 login = login_for(project.registry, service.image)
                 fresh = with_release(
                     Allocation(
@@ -125,16 +127,24 @@ def allocations_for(
                         build_secrets=service.build_secrets,
                         registry=login.server if login else None,
                         registry_user=login.username if login else None,
+                        backup_every_s=backups.every_s if backups else None,
+                        backup_keep_s=backups.keep_s if backups else None,
                     ),
                     targets.get((project.name, env)),
                 )
-                old = previous.get(key)
-                if old is not None and _same(old, fresh):
-                    result[key] = old
-                else:
-                    generation = old.generation + 1 if old else 1
-                    result[key] = dataclasses.replace(fresh, generation=generation)
+                result[key] = _next(previous.get(key), fresh)
     return result
+
+
+def _next(old: Allocation | None, fresh: Allocation) -> Allocation:
+    """`fresh` as it is written: `old` itself when nothing changed; with `old`'s generation
+    when only its backup schedule did (the `backups` leader's business: nothing restarts);
+    else with the next generation."""
+    if old is None:
+        return fresh
+    if _same(old, fresh, *_NO_RESTART):
+        return old if _same(old, fresh) else dataclasses.replace(fresh, generation=old.generation)
+    return dataclasses.replace(fresh, generation=old.generation + 1)
 
 
 def _decoded(entry: Entry | None, kind: type[M]) -> M | None:
@@ -155,10 +165,14 @@ def _incarnation(value: bytes) -> int:
         return 0
 
 
-def _same(a: Allocation, b: Allocation) -> bool:
-    return dataclasses.replace(a, generation=0, fence=0) == dataclasses.replace(
-        b, generation=0, fence=0
-    )
+# What an allocation may change without a new generation (its instances restart with one).
+_NO_RESTART = ("backup_every_s", "backup_keep_s")
+
+
+def _same(a: Allocation, b: Allocation, *ignored: str) -> bool:
+    """Equal but for the generation, the fence and the `ignored` fields."""
+    blank: dict[str, Any] = {"generation": 0, "fence": 0, **dict.fromkeys(ignored)}
+    return dataclasses.replace(a, **blank) == dataclasses.replace(b, **blank)
 
 
 class Scheduler:

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from meshd.agent.config import AGENT_HTTP_PORT
 from meshd.core.sizes import SIZES
 from tests.support.mesh import BACKEND_ONLY, LocalMesh, local_mesh, write_project
@@ -140,6 +142,7 @@ def test_a_growth_whose_mover_is_killed_midway_is_resumed_and_loses_nothing(
         assert "droplet_rebuilt" not in {e[1] for e in after}  # the same master throughout
 
 
+@pytest.mark.alone
 def test_the_seed_csv_makes_exactly_its_droplets_at_the_cost_its_plan_says(
     tmp_path: Path,
 ) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from meshd.agent.state_documents import read_document, state_document
+from meshd.agent.store import Received
+from meshd.cli.status import backups_view
 from meshd.core.backup_policy import (
     DAY_S,
     HOUR_S,
@@ -10,16 +14,22 @@ from meshd.core.backup_policy import (
     MESH_PARTS,
     SCHEDULES,
     BackupName,
+    Schedule,
     backup_key,
     backup_summary,
+    datastore_schedules,
     due,
     expired,
     newest,
     overdue,
     parse_backup_key,
+    schedule_of,
 )
 from plugins.backups import check_key
 from protocol import subjects
+from protocol.backups import BackupOrderAnswer, ListedBackup
+from protocol.codec import encode
+from tests.support.factories import allocation
 from tests.support.memstore import MemoryStore
 
 NOW = 1_796_162_400.0  # 2026-12-01 22:00 UTC
@@ -67,18 +77,69 @@ def test_retention_deletes_what_is_past_fourteen_days_but_never_the_newest() -> 
     assert len(expired(both, NOW)) == 2
 
 
+def test_a_project_schedule_replaces_the_seed_s_interval_or_retention_or_both() -> None:
+    seed = SCHEDULES["database"]
+    assert schedule_of("database") == seed == schedule_of("redis")
+    assert schedule_of("database", every_s=HOUR_S) == Schedule(HOUR_S, seed.keep_s)
+    assert schedule_of("redis", keep_s=30 * DAY_S) == Schedule(seed.every_s, 30 * DAY_S)
+    assert schedule_of("database", 2 * HOUR_S, DAY_S) == Schedule(2 * HOUR_S, DAY_S)
+    hourly = schedule_of("database", every_s=HOUR_S)
+    assert due(name(NOW - HOUR_S), NOW, hourly)
+    assert overdue(name(NOW - 3 * HOUR_S), 0.0, NOW, hourly)
+    assert not overdue(name(NOW - 3 * HOUR_S), 0.0, NOW, seed)
+
+
+def test_each_datastore_s_schedule_is_the_one_its_allocation_carries() -> None:
+    found = datastore_schedules(
+        [
+            allocation(service="database", service_kind="database", backup_every_s=HOUR_S),
+            allocation(service="redis", service_kind="redis", backup_keep_s=DAY_S),
+            allocation(env="test", service="database", service_kind="database"),
+            allocation(service="backend", service_kind="web"),
+        ]
+    )
+    assert found == {
+        ("shop", "prod", "database"): Schedule(HOUR_S, 14 * DAY_S),
+        ("shop", "prod", "redis"): Schedule(6 * HOUR_S, DAY_S),
+        ("shop", "test", "database"): SCHEDULES["database"],
+    }
+
+
+def test_retention_is_each_datastore_s_own_and_its_kind_s_for_the_others() -> None:
+    prod = [name(NOW - d * DAY_S) for d in (40, 20, 3, 1)]
+    test = [name(NOW - d * DAY_S, env="test") for d in (20, 15, 3)]
+    keep = {("shop", "prod", "database"): 30 * DAY_S, ("shop", "test", "database"): 2 * DAY_S}
+    assert [(n.env, round((NOW - n.at) / DAY_S)) for n in expired(prod + test, NOW, keep)] == [
+        ("prod", 40),
+        ("test", 20),
+        ("test", 15),
+    ]  # test's newest (3 days) stays, past its 2 days
+    others = {("shop", "uat", "database"): DAY_S}  # another datastore's: the seed's here
+    assert [round((NOW - n.at) / DAY_S) for n in expired(prod, NOW, others)] == [40, 20]
+
+
 def test_status_shows_each_datastore_with_its_newest_backup_and_whether_it_is_late() -> None:
-    names = [name(NOW - 20 * HOUR_S), name(NOW - 2 * HOUR_S, service="redis")]
+    names = [
+        name(NOW - 20 * HOUR_S),
+        name(NOW - 2 * HOUR_S, service="redis"),
+        name(NOW - 3 * HOUR_S, env="uat"),
+    ]
+    seed = SCHEDULES["database"]
     rows = backup_summary(
-        [("shop", "prod", "database", "database"), ("shop", "prod", "redis", "redis"),
-         ("shop", "test", "database", "database")],
+        {
+            ("shop", "prod", "database"): seed,
+            ("shop", "prod", "redis"): seed,
+            ("shop", "test", "database"): seed,
+            ("shop", "uat", "database"): schedule_of("database", every_s=HOUR_S),
+        },
         names,
         NOW,
-    )  # fmt: skip
+    )
     assert [(r["service"], r["env"], r["age_s"], r["overdue"]) for r in rows] == [
         ("database", "prod", 20 * HOUR_S, True),
         ("redis", "prod", 2 * HOUR_S, False),
         ("database", "test", None, False),
+        ("database", "uat", 3 * HOUR_S, True),  # hourly: late after two hours
     ]
 
 
@@ -94,3 +155,29 @@ async def test_the_mesh_state_document_holds_every_bucket_but_the_secrets() -> N
     assert (kept["kind"], kept["mesh"]) == ("secrets", "demo")
     name = parse_backup_key(backup_key("state", MESH, MESH, "state", NOW, "ab12"))
     assert name is not None and name.datastore == MESH_PARTS["state"]
+
+
+async def test_status_says_overdue_on_the_schedule_each_allocation_carries() -> None:
+    store = MemoryStore()
+    now = time.time()
+    ago = now - 3 * HOUR_S  # late hourly, on time on the seed's 6 hours
+    listed = tuple(
+        ListedBackup(key=backup_key("database", "shop", env, "database", ago, "ab12"), size=1,
+                     sha256="", created_at=ago)
+        for env in ("prod", "test")
+    )  # fmt: skip
+
+    async def leader(message: Received) -> None:
+        await message.respond(encode(BackupOrderAnswer(listed=listed, target="objects")))
+
+    await store.subscribe(subjects.BACKUP_ORDERS, leader)
+    database = {"service": "database", "service_kind": "database"}
+    rows = await backups_view(
+        store,
+        {
+            "shop.prod.database": allocation(**database, backup_every_s=HOUR_S),
+            "shop.test.database": allocation(**database, env="test"),
+            "shop.prod.backend": allocation(),
+        },
+    )
+    assert [(r["env"], r["overdue"]) for r in rows] == [("prod", True), ("test", False)]

@@ -1,7 +1,8 @@
-"""The `backups` leader when the target cannot keep a backup (S3 down, full): the backup is
-failed (an event, and the datastore tried again later), and the copy its agent staged in the
-mesh's object store is not left there, where no listing would show it and no retention
-would ever delete it."""
+"""The `backups` leader: each datastore backed up, alerted and pruned on its own schedule
+(its project's, carried by its allocation); and when the target cannot keep a backup (S3
+down, full): the backup is failed (an event, and the datastore tried again later), and the
+copy its agent staged in the mesh's object store is not left there, where no listing would
+show it and no retention would ever delete it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
+from meshd.core.backup_policy import DAY_S, HOUR_S, backup_key
 from meshd.roles.backups import Backups
 from meshd.roles.backups.loading import BackupFailed, Loader
 from meshd.roles.backups.targets import Targets
@@ -103,3 +105,82 @@ async def test_a_droplet_that_dies_during_its_backup_is_not_waited_for(
         await view.set_nodes({"web1": factories.node("web1", incarnation=4)})
     answer = await asyncio.wait_for(asking, 5)
     assert answer.error == f"web1 {how} before it answered"
+
+
+class Listing:
+    """A target that lists `keys` and keeps what is deleted."""
+
+    name = "objects"
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.deleted: list[str] = []
+
+    async def list(self, prefix: str = "") -> list[StoredBackup]:
+        return [StoredBackup(key=k, size=1, sha256="", created_at=0.0) for k in self.keys]
+
+    async def delete(self, key: str) -> None:
+        self.deleted.append(key)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_each_datastore_is_backed_up_alerted_and_pruned_on_its_project_s_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prod's project backs up hourly and keeps 2 days, test runs on the seed's schedule:
+    both newest backups are 2.5 h old, so prod's alone is due and overdue; of the 3-day-old
+    backups, prod's alone is past its retention."""
+    now = time.time()
+    ages = {"prod": (2.5 * HOUR_S, 3 * DAY_S), "test": (2.5 * HOUR_S, 3 * DAY_S)}
+    keys = {
+        (env, age): backup_key("database", "shop", env, "database", now - age, "ab12")
+        for env, both in ages.items()
+        for age in both
+    }
+    target = Listing(list(keys.values()))
+    view = MeshView()
+    await view.set_nodes({"web1": factories.node("web1")})
+    database = {"service": "database", "service_kind": "database", "droplets": ("web1",)}
+    await view.set_allocations(
+        {
+            "shop.prod.database": allocation(
+                **database, backup_every_s=HOUR_S, backup_keep_s=2 * DAY_S
+            ),
+            "shop.test.database": allocation(**database, env="test"),
+        }
+    )
+    store = MemoryStore()
+    role = Backups(store, view, "master", None, tmp_path / "work", "demo", lambda _: None)  # type: ignore[arg-type]
+    role.targets = Targets(store, lambda _: None)
+    taken: list[str] = []
+    alerted: list[tuple[str, str]] = []
+
+    async def kept() -> Any:
+        return target
+
+    async def take(term: Term, allocation: Any, why: str) -> str:
+        taken.append(f"{allocation.env} {why}")
+        return "taken"
+
+    async def take_mesh(term: Term, kind: str, why: str = "scheduled") -> str:
+        return kind
+
+    async def alert(term: Term, subject: str, last: Any, problem: str) -> None:
+        alerted.append((subject, problem))
+
+    async def mesh_key(store: Any) -> object:
+        return object()
+
+    monkeypatch.setattr("meshd.roles.backups.mesh_public_key", mesh_key)
+    role.targets.kept = kept  # type: ignore[method-assign]
+    role.take = take  # type: ignore[method-assign]
+    role.take_mesh = take_mesh  # type: ignore[method-assign]
+    role._alert = alert  # type: ignore[method-assign]
+
+    await role.check(Term("backups", 4, time.monotonic() + 600))
+
+    assert taken == ["prod scheduled"]
+    assert alerted == [("shop.prod.database", "overdue")]
+    assert target.deleted == [keys[("prod", 3 * DAY_S)]]

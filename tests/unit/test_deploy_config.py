@@ -17,7 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.core.errors import InputErrors, InputIssue
-from meshd.core.spec import DEFAULT_SERVICES, ENVIRONMENTS, ServiceKind
+from meshd.core.spec import (
+    DEFAULT_SERVICES,
+    ENVIRONMENTS,
+    BackupSchedule,
+    DesiredState,
+    ServiceKind,
+)
 from meshd.inputs import load_desired_state
 from meshd.inputs.csvfile import ProjectRow
 from meshd.inputs.deploy_config import (
@@ -419,6 +425,11 @@ def assert_follows_the_rules(config: DeployConfig) -> None:
                 assert path is None or ".." not in path.split("/")
             assert service.dockerfile_path is None or service.build_context is not None
             assert service.data_path is None or service.data_path.startswith("/")
+        if project.backups is not None:
+            every, keep = project.backups.every_hours, project.backups.keep_days
+            assert every is not None or keep is not None
+            assert every is None or 1 <= every <= 168
+            assert keep is None or 1 <= keep <= 365
         for env, domains in project.domains.items():
             assert env in ENVIRONMENTS
             assert all(re.fullmatch(r"[a-z0-9.-]+", d) for d in domains)
@@ -482,6 +493,11 @@ PROJECT = st.fixed_dictionaries(
         "versioning": st.dictionaries(st.text(max_size=5), JSON) | JSON,
         "services": st.dictionaries(SERVICE_NAMES, SERVICE | JSON, max_size=4) | JSON,
         "domains": st.dictionaries(st.sampled_from([*ENVIRONMENTS, "dev"]), DOMAIN_LISTS | JSON),
+        "backups": st.dictionaries(
+            st.sampled_from(["every_hours", "keep_days", "every_hour"]),
+            st.integers(-1, 400) | JSON,
+        )
+        | JSON,
         "git": JSON,
     },
 )
@@ -520,6 +536,30 @@ def test_release_settings_are_checked_and_kept() -> None:
     good = {"health_timeout": 30, "versioning": {"major": 2, "minor": 1}}
     project = parse({"projects": {"web": good}}).projects["web"]
     assert (project.health_timeout_s, project.versioning) == (30, {"major": 2, "minor": 1})
+
+
+def test_a_backup_schedule_is_kept_and_carried_into_the_project_spec() -> None:
+    config = parse(
+        {
+            "projects": {
+                "web": {"backups": {"every_hours": 1, "keep_days": 30}},
+                "api": {"backups": {"keep_days": 365}},
+                "cron": {"backups": {"every_hours": 168}},
+                "old": {"backups": {}},
+            }
+        }
+    )
+    state = build_desired_state([row(n) for n in ("web", "api", "cron", "old", "new")], config)
+    assert {p.name: p.backups for p in state.projects} == {
+        "web": BackupSchedule(every_hours=1, keep_days=30),
+        "api": BackupSchedule(keep_days=365),
+        "cron": BackupSchedule(every_hours=168),
+        "old": None,  # sets nothing: the seed's, as without the key
+        "new": None,
+    }
+    assert DesiredState.from_data(state.to_data()) == state
+    web = state.project("web").backups
+    assert web is not None and (web.every_s, web.keep_s) == (3600.0, 30 * 86400.0)
 
 
 def test_a_relative_git_repo_is_a_repository_beside_the_config(tmp_path: Path) -> None:

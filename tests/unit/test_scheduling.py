@@ -78,6 +78,27 @@ def test_rescheduling_keeps_generations_and_bumps_only_what_changed() -> None:
     assert all(second[k].generation == 2 for k in bumped)
 
 
+def test_a_new_backup_schedule_reaches_the_datastores_without_a_new_generation() -> None:
+    csv = "Project,Servers,MasterSpec,WebSpec\nshop,1,s-1vcpu-2gb,s-1vcpu-1gb\n"
+    state = state_from_csv(csv)
+    first = allocations_for(state, place(state), {}, fence=1)
+    assert {(a.backup_every_s, a.backup_keep_s) for a in first.values()} == {(None, None)}
+    config = '{"projects": {"shop": {"backups": {"every_hours": 1, "keep_days": 30}}}}'
+    scheduled = state_from_csv(csv, config_from_json(config))
+    second = allocations_for(scheduled, place(scheduled), first, fence=2)
+    changed = {k for k in second if second[k] != first[k]}
+    datastores = {f"shop.{e}.{s}" for e in ("prod", "uat", "test") for s in ("database", "redis")}
+    assert changed == datastores  # rewritten, nothing else
+    assert all(second[k].generation == first[k].generation for k in second)  # none restarts
+    assert {(second[k].backup_every_s, second[k].backup_keep_s) for k in datastores} == {
+        (3600.0, 30 * 86400.0)
+    }
+    assert allocations_for(scheduled, place(scheduled), second, fence=3) == second
+    assert allocations_for(state, place(state), second, fence=4) == {
+        k: dataclasses.replace(a, fence=4) if k in datastores else a for k, a in first.items()
+    }  # back to the seed's, still the same generations
+
+
 def node(name: str, updated_at: float, *instances: InstanceStatus) -> NodeStatus:
     return factories.node(name, *instances, address="127.0.0.2", updated_at=updated_at)
 

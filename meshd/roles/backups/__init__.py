@@ -1,7 +1,7 @@
-"""The `backups` role (docs/backups.md): every datastore backed up on the seed's schedule
-(`meshd.core.backup_policy`), retention enforced, an overdue or failed backup a critical alert,
-and the operator's orders (`meshctl backup now|restore`, a `BackupOrder` on
-`mesh.backups.order`) carried out.
+"""The `backups` role (docs/backups.md): every datastore backed up on its schedule (its
+project's, else the seed's: `meshd.core.backup_policy`, `schedules`), retention enforced, an
+overdue or failed backup a critical alert, and the operator's orders (`meshctl backup
+now|restore`, a `BackupOrder` on `mesh.backups.order`) carried out.
 
 A backup is made where its datastore runs: the leader asks that droplet's agent
 (`meshd.agent.datastore_backups`), which dumps, encrypts to the mesh key and stores it; the
@@ -35,17 +35,17 @@ from meshd.core.backup_policy import (
     MESH,
     MESH_PARTS,
     MESH_SCHEDULES,
-    SCHEDULES,
     BackupName,
     backup_key,
     due,
     expired,
     newest,
-    overdue,
     parse_backup_key,
+    schedule_of,
 )
 from meshd.core.sealing import from_text
 from meshd.roles.backups.loading import BackupFailed, Loader, seal
+from meshd.roles.backups.schedules import Overdue, placed_datastores, retention
 from meshd.roles.backups.targets import Targets
 from plugins.backups import (
     BackupTarget,
@@ -92,10 +92,9 @@ class Backups:
         self.keys = keys
         self.work = work
         self.mesh = mesh
-        self._seen: dict[tuple[str, str, str], float] = {}  # datastore -> first seen (epoch)
+        self._overdue = Overdue()
         self._retry: dict[tuple[str, str, str], float] = {}  # datastore -> not before (epoch)
         self._owed: dict[tuple[str, str, str], float] = {}  # cut short by a death: again at
-        self._alerted: set[tuple[str, str, str]] = set()  # overdue, told once until backed up
         self._busy = asyncio.Lock()  # one backup or restore at a time
         # What the target keeps, as last listed (`status` asks every second: an S3 listing
         # reads each object's digest); dropped whenever a backup is added or deleted.
@@ -131,15 +130,15 @@ class Backups:
         names = [n for b in listed if (n := parse_backup_key(b.key)) is not None]
         latest = newest(names)
         now = time.time()
-        for allocation in self._datastores():
+        for allocation in placed_datastores(self.view.allocations):
             datastore = (allocation.project, allocation.env, allocation.service)
             if datastore in self._unsupported:
                 continue
-            schedule = SCHEDULES[allocation.service_kind]
+            schedule = schedule_of(
+                allocation.service_kind, allocation.backup_every_s, allocation.backup_keep_s
+            )
             last = latest.get(datastore)
-            since = self._seen.setdefault(datastore, now)
-            if overdue(last, since, now, schedule) and datastore not in self._alerted:
-                self._alerted.add(datastore)
+            if self._overdue.newly(datastore, last, now, schedule):
                 await self._alert(term, _subject(datastore), last, "overdue")
             owed = now >= self._owed.get(datastore, now + 1)  # one its droplet's death cut short
             if not owed and (not due(last, now, schedule) or now < self._retry.get(datastore, 0)):
@@ -147,7 +146,7 @@ class Backups:
             async with self._busy:
                 try:
                     await self.take(term, allocation, "again" if owed else "scheduled")
-                    self._alerted.discard(datastore)
+                    self._overdue.backed_up(datastore)
                 except (BackupFailed, BackupTargetError) as err:
                     self._retry[datastore] = now + RETRY_S
                     if datastore not in self._unsupported | set(self._owed):
@@ -163,7 +162,7 @@ class Backups:
                 except (BackupFailed, BackupTargetError) as err:
                     self._retry[part] = now + RETRY_S
                     await self._alert(term, _subject(part), latest.get(part), str(err))
-        for old in expired(names, now):
+        for old in expired(names, now, retention(self.view.allocations.values())):
             term.ensure_held()
             await target.delete(old.key)
             self._listing = None
@@ -325,7 +324,9 @@ class Backups:
             return BackupOrderAnswer(listed=listed, target=target.name)
         if order.action == "verify":
             names = [n for b in await self._listed(target) if (n := parse_backup_key(b.key))]
-            running = {(a.project, a.env, a.service): a for a in self._datastores()}
+            running = {
+                (a.project, a.env, a.service): a for a in placed_datastores(self.view.allocations)
+            }
             chosen = [
                 (name, running[datastore])
                 for datastore, name in sorted(newest(names).items())
@@ -342,7 +343,7 @@ class Backups:
             return BackupOrderAnswer(taken=tuple(taken))
         mine = [
             a
-            for a in self._datastores()
+            for a in placed_datastores(self.view.allocations)
             if (a.project, a.env) == (order.project, order.env)
             and order.service in (None, a.service)
         ]
@@ -368,13 +369,6 @@ class Backups:
         if self._listing is None or self._listing[0] is not target:
             self._listing = (target, await target.list())
         return self._listing[1]
-
-    def _datastores(self) -> list[Allocation]:
-        return [
-            a
-            for _, a in sorted(self.view.allocations.items())
-            if a.service_kind in SCHEDULES and a.droplets
-        ]
 
     async def _alert(self, term: Term, subject: str, last: BackupName | None, problem: str) -> None:
         when = (
