@@ -31,6 +31,7 @@ from protocol.messages import Lease
 
 ORDER_TIMEOUT_S = 1800.0  # a restore: a safety backup, then the load, of a few GB each
 LEADER_WATCH_S = 2.0  # how often the leader's lease is looked at while its answer is awaited
+SUCCESSOR_WAIT_S = 60.0  # for a new leader, after one lost its role before it answered
 context_option = click.option("--context", "context_name", metavar="NAME", help="Mesh to use.")
 env_choice = click.Choice(ENVIRONMENTS)
 
@@ -160,7 +161,11 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
         if order.project:
             await check_project(store, order.project)
         with console.status("Waiting for the mesh's backups leader ..."):
-            reply = await _asked(store, order)
+            try:
+                reply = await _asked(store, order)
+            except LeaderLost as lost:  # its successor is asked once, when there is one
+                await _successor(store, lost.term)
+                reply = await _asked(store, order)
     finally:
         await store.close()
     if reply is None:
@@ -174,10 +179,29 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
     return answer
 
 
+class LeaderLost(MeshError):
+    """The backups leader asked lost its role before it answered."""
+
+    def __init__(self, action: str, term: tuple[str, int, float]) -> None:
+        self.term = term
+        super().__init__(
+            f"backup {action}: the backups leader ({term[0]}) lost its role before it "
+            "answered, and so did the next one; nothing was stored: try again"
+        )
+
+
+async def _successor(store: Store, lost: tuple[str, int, float]) -> None:
+    deadline = time.monotonic() + SUCCESSOR_WAIT_S
+    while time.monotonic() < deadline:
+        if (await _term(store)) not in (None, lost):
+            return
+        await asyncio.sleep(LEADER_WATCH_S)
+
+
 async def _asked(store: Store, order: BackupOrder) -> bytes | None:
     """The leader's answer (None: no leader answered). A leader that loses its role meanwhile
-    (its droplet died during the backup) never answers: given up once the role has moved,
-    not after the full timeout."""
+    (a JetStream election outlasted its lease, or its droplet died) never answers: given up
+    once the role has moved, not after the full timeout."""
     asked = await _term(store)
     asking = asyncio.ensure_future(
         store.request(subjects.BACKUP_ORDERS, encode(order), ORDER_TIMEOUT_S)
@@ -186,10 +210,7 @@ async def _asked(store: Store, order: BackupOrder) -> bytes | None:
         while not (await asyncio.wait({asking}, timeout=LEADER_WATCH_S))[0]:
             now = await _term(store)
             if asked is not None and now is not None and now != asked:
-                raise MeshError(
-                    f"backup {order.action}: the backups leader ({asked[0]}) lost its role "
-                    "before it answered (its droplet failed?); nothing was stored: try again"
-                )
+                raise LeaderLost(order.action, asked)
             asked = asked or now
     finally:
         asking.cancel()

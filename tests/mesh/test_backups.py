@@ -154,14 +154,11 @@ async def staged(store: Any) -> list[str]:
 def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # prod's database on shop-web1, which is killed while it dumps a database of 150 MB. Of
-    # four droplets, master and the two with most room (not shop-web1) are the JetStream
-    # servers, the only ones that may lead backups: the leader outlives the kill.
-    csv, config = write_project(tmp_path, ["shop,4,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
+    # prod's database on shop-web1, which is killed while it dumps a database of 150 MB (if
+    # the backups leader loses its role meanwhile, meshctl asks its successor).
+    csv, config = write_project(tmp_path, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], SERVICES)
     with local_mesh(tmp_path / "mesh") as mesh:
         mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
-        leader = wait_for(lambda: holder(mesh, "backups"), what="a backups leader")
-        assert leader != "shop-web1"
         password = tmp_path / "db_password"
         password.write_text(uuid.uuid4().hex)
         mesh.ok("secret", "set", "shop", "prod", "db_password", "--from-file", password)
@@ -198,10 +195,6 @@ def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_aga
 
 
 PROD_DATABASE = "database/shop/prod/database/"
-
-
-def holder(mesh: LocalMesh, role: str) -> str | None:
-    return next((d["name"] for d in mesh.status()["droplets"] if role in d["roles"]), None)
 
 
 WIRE = load_visits()  # the example app's PostgreSQL client

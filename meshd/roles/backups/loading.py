@@ -108,7 +108,10 @@ class Loader:
         finally:
             asking.cancel()
         reply = asking.result()
-        if reply is None:
+        if reply is None:  # no answer in time, or nobody there to answer
+            gone = _gone(self.view, droplet, life)
+            if gone is not None:
+                return BackupAnswer(error=f"{droplet} {gone} before it answered")
             return BackupAnswer(error=f"no answer on {subject} within {ANSWER_WITHIN_S:.0f} s")
         return decode(reply, BackupAnswer)
 
