@@ -190,7 +190,8 @@ def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_aga
             what="the backup taken again once shop-web1 is back",
         )  # fmt: skip
         assert again[0]["detail"]["why"] == "again"
-        assert again[0]["detail"]["plain_bytes"] > 50_000_000  # the whole database
+        # The whole table, as pg_dump -Fc compresses it (the database empty: about 1 KB).
+        assert again[0]["detail"]["plain_bytes"] > 5_000_000
         assert not [e for e in events(mesh, "notification_queued") if "backup" in str(e)]
 
 
