@@ -182,7 +182,7 @@ async def _order(order: BackupOrder, context_name: str | None) -> BackupOrderAns
 class LeaderLost(MeshError):
     """The backups leader asked lost its role before it answered."""
 
-    def __init__(self, action: str, term: tuple[str, int, float]) -> None:
+    def __init__(self, action: str, term: tuple[str, int]) -> None:
         self.term = term
         super().__init__(
             f"backup {action}: the backups leader ({term[0]}) lost its role before it "
@@ -190,7 +190,7 @@ class LeaderLost(MeshError):
         )
 
 
-async def _successor(store: Store, lost: tuple[str, int, float]) -> None:
+async def _successor(store: Store, lost: tuple[str, int]) -> None:
     deadline = time.monotonic() + SUCCESSOR_WAIT_S
     while time.monotonic() < deadline:
         if (await _term(store)) not in (None, lost):
@@ -217,16 +217,18 @@ async def _asked(store: Store, order: BackupOrder) -> bytes | None:
     return asking.result()
 
 
-async def _term(store: Store) -> tuple[str, int, float] | None:
-    """Who holds the `backups` role, in which term (None: unknown just now)."""
+async def _term(store: Store) -> tuple[str, int] | None:
+    """Who holds the `backups` role: the droplet and its agent's life (None: unknown just
+    now). The same agent taking the role again after losing it goes unnoticed (and its
+    answer is waited for until the timeout)."""
     try:
         entry = await store.get(subjects.LEASES_BUCKET, subjects.lease_key(subjects.Role.BACKUPS))
     except StoreUnavailable:
         return None
     if entry is None or not entry.value:
         return None
-    lease = decode(entry.value, Lease)
-    return lease.holder, lease.incarnation, lease.acquired_at
+    lease = decode(entry.value, Lease)  # its acquired_at is rewritten at every renewal
+    return lease.holder, lease.incarnation
 
 
 async def _list(context_name: str | None) -> list[ListedBackup]:

@@ -21,6 +21,7 @@ KEY = subjects.lease_key(subjects.Role.BACKUPS)
 
 
 async def lead(store: MemoryStore, holder: str) -> None:
+    """`holder` takes (or renews: the same holder, a new `acquired_at`) the role."""
     lease = Lease(role="backups", holder=holder, incarnation=1, acquired_at=time.time())
     await store.put(subjects.LEASES_BUCKET, KEY, encode(lease))
 
@@ -43,6 +44,9 @@ async def test_a_leader_that_loses_its_role_is_not_waited_for(
     store.request = request  # type: ignore[method-assign]
     asking = asyncio.create_task(backup._asked(store, ORDER))
     await asyncio.sleep(0.1)
+    await lead(store, "web2")  # a renewal: still waited for
+    await asyncio.sleep(0.1)
+    assert not asking.done()
     await lead(store, "master")
     with pytest.raises(backup.LeaderLost, match=r"leader \(web2\) lost its role"):
         await asyncio.wait_for(asking, 5)
