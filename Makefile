@@ -25,7 +25,7 @@ demo: $(STAMP) examples/app/busybox nginx datastores
 	$(BIN)/python examples/request.py
 	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
 	@echo "Deploy a change: README.md, section 'Deploy a change'"
-	@echo "Stop it and remove everything: .venv/bin/meshctl down"
+	@echo "Stop it: .venv/bin/meshctl down (the datastores' data is kept; --delete-data removes it too)"
 
 # Debian's busybox-static, installed when missing and run as root; without it the demo runs
 # its services as processes.
