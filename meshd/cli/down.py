@@ -77,7 +77,10 @@ async def _down(name: str | None, keep_data: bool) -> None:
         for path in kept:
             shutil.rmtree(path, ignore_errors=True)
     elif context.local and any(p.is_dir() for p in kept):
-        where = ", ".join(str(p) for p in kept if p.is_dir())
+        shown = [
+            p for p in kept if p.is_dir() and not any(p.is_relative_to(o) for o in kept if o != p)
+        ]
+        where = ", ".join(str(p) for p in shown)  # a volumes directory inside the root: once
         console.print(f"Data of the mesh's datastores is kept in {where} (--delete-data drops it).")
     shutil.rmtree(context.state_dir, ignore_errors=True)
     remove_context(context.name)
