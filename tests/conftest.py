@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.docker", "tests.support.jetstream", "tests.support.reconciling"]
+pytest_plugins = [
+    "tests.support.digitalocean",
+    "tests.support.docker",
+    "tests.support.jetstream",
+    "tests.support.reconciling",
+]
 TIERS = ("unit", "component", "mesh")
 
 

@@ -1,0 +1,63 @@
+"""The DigitalOcean stand-in's droplet boot: what it reads of systemd units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.digitalocean.boot import enabled_units, parse_environment_file, parse_unit
+
+
+def test_a_unit_gives_its_command_environment_and_restart_policy() -> None:
+    text = """\
+[Unit]
+Description=meshd agent
+ExecStart=/not/this
+
+[Service]
+Environment=A=1 "B=two words"
+Environment=C=3
+EnvironmentFile=-/etc/meshd/env
+WorkingDirectory=/var/lib/meshd
+ExecStartPre=/bin/mkdir -p /run/meshd
+ExecStart=-/opt/meshd/bin/agent --config \\
+    /etc/meshd/agent.toml
+Restart=on-failure
+RestartSec=2s
+
+[Install]
+WantedBy=multi-user.target
+"""
+    unit = parse_unit("meshd.service", text)
+
+    assert unit is not None
+    assert unit.exec_start == ("/opt/meshd/bin/agent", "--config", "/etc/meshd/agent.toml")
+    assert unit.exec_start_pre == (("/bin/mkdir", "-p", "/run/meshd"),)
+    assert unit.environment == (("A", "1"), ("B", "two words"), ("C", "3"))
+    assert unit.environment_files == ("-/etc/meshd/env",)
+    assert unit.working_directory == "/var/lib/meshd"
+    assert (unit.restart, unit.restart_sec) == ("on-failure", 2.0)
+
+
+def test_a_unit_without_a_command_is_not_started() -> None:
+    assert parse_unit("x.service", "[Service]\nType=oneshot\n") is None
+
+
+def test_an_environment_file_reads_like_the_shell() -> None:
+    text = '# comment\nA=1\nB="two words"\n\nC=\n'
+
+    assert parse_environment_file(text) == {"A": "1", "B": "two words", "C": ""}
+
+
+def test_only_units_linked_into_multi_user_wants_are_enabled(tmp_path: Path) -> None:
+    wants = tmp_path / "multi-user.target.wants"
+    wants.mkdir()
+    for name in ("linked", "copied", "disabled"):
+        (tmp_path / f"{name}.service").write_text(f"[Service]\nExecStart=/bin/{name}\n")
+    (wants / "linked.service").symlink_to(tmp_path / "linked.service")
+    (wants / "copied.service").write_text("[Service]\nExecStart=/bin/copied\n")
+    (wants / "gone.service").symlink_to(tmp_path / "missing.service")
+    (wants / "timer.timer").write_text("[Timer]\n")
+
+    names = [unit.name for unit in enabled_units(tmp_path)]
+
+    assert names == ["copied.service", "linked.service"]
