@@ -17,6 +17,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from sim.digitalocean.machines import MachineError, Machines
 
 log = logging.getLogger(__name__)
 TICK_S = 0.02
+_COMPLETING: ContextVar[float | None] = ContextVar("completing", default=None)
 Finish = Callable[[], Awaitable[None]]
 
 
@@ -159,6 +161,10 @@ class World:
                 pending.task = asyncio.get_running_loop().create_task(self._complete(pending))
 
     async def _complete(self, pending: Pending) -> None:
+        # Its own task: what its finish schedules counts from its due time, not from when
+        # the ticker noticed (a test that jumps the clock would see follow-ups late).
+        _COMPLETING.set(pending.due)
+        began = self.clock.now()
         action = pending.action
         failure = ""
         kind = action["type"] if action is not None else ""
@@ -175,7 +181,8 @@ class World:
                 failure = "internal error"
         if action is not None:
             action["status"] = "errored" if failure else "completed"
-            action["completed_at"] = self.clock.stamp()
+            # Due time plus what the machine's work took on the stand-in's clock.
+            action["completed_at"] = self.clock.stamp(pending.due + self.clock.now() - began)
             if failure:
                 log.warning("action %s %s errored: %s", action["id"], kind, failure)
         if pending.after is not None:
@@ -183,8 +190,11 @@ class World:
         self._pending.remove(pending)
 
     def later(self, seconds: float, work: Callable[[], None]) -> None:
-        """Bookkeeping `seconds` from now on the stand-in's clock, without an action."""
-        self._pending.append(Pending(None, self.clock.now() + seconds, None, after=work))
+        """Bookkeeping `seconds` from now (from its due time, when an action's finish asks)
+        on the stand-in's clock, without an action."""
+        base = _COMPLETING.get()
+        start = self.clock.now() if base is None else base
+        self._pending.append(Pending(None, start + seconds, None, after=work))
 
     def start_action(
         self,
