@@ -83,6 +83,13 @@ async def finished(do: Any, action_id: int) -> None:
         await asyncio.sleep(0.02)
 
 
+async def status_is(do: Any, droplet_id: int, status: str) -> None:
+    while True:
+        if (await do.droplets.get(droplet_id))["droplet"]["status"] == status:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def ssh_ready(key: asyncssh.SSHKey, address: str) -> None:
     while True:
         try:
@@ -131,6 +138,7 @@ async def machines(stand: StandProcess, count: int) -> dict[str, Any]:
         per_droplet = sum(rss_mb(pid) for pid in [*boots, *sshds]) / len(droplets)
         for droplet_id, address in droplets:
             figures["power_off_s"].append(await act(do, droplet_id, {"type": "power_off"}))
+            await status_is(do, droplet_id, "off")  # a completed power_off may still read active
             began = time.perf_counter()
             await act(do, droplet_id, {"type": "power_on"})
             await ssh_ready(key, address)
