@@ -148,7 +148,21 @@ class SpecChecker:
 
 
 def _describe(err: Exception) -> str:
-    """The validator's message, or the schema errors it wraps when it has them, on one line."""
+    """The validator's message on one line; for a value that matches none of a schema's
+    branches (`anyOf`), what the closest branch refuses ("'image' is a required property")."""
     errors = getattr(err.__cause__, "schema_errors", None) or ()
-    found = [getattr(e, "message", str(e)) for e in errors]
+    found = [_closest(error) for error in errors]
     return ("; ".join(found) if found else str(err))[:2000]
+
+
+def _closest(error: Any) -> str:
+    """The complaints of the branch with the fewest of them, recursively."""
+    context = getattr(error, "context", None)
+    if not context:
+        return str(error.message)
+    branches: dict[Any, list[Any]] = {}
+    for inner in context:
+        branch = inner.relative_schema_path[0] if inner.relative_schema_path else 0
+        branches.setdefault(branch, []).append(inner)
+    fewest = min(branches.values(), key=len)
+    return "; ".join(dict.fromkeys(_closest(inner) for inner in fewest))

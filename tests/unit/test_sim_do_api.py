@@ -190,6 +190,7 @@ async def test_actions_by_tag_act_on_every_tagged_droplet(stand: Stand) -> None:
 async def test_bad_requests_get_the_apis_error_shape_and_are_counted(stand: Stand) -> None:
     status, headers, body = await stand.raw("POST", "/v2/droplets", {"name": "x"})
     assert (status, body["id"]) == (422, "unprocessable_entity")
+    assert "'size' is a required property" in body["message"]  # the closest branch's complaint
     status, _, body = await stand.raw("GET", "/v2/droplets?per_page=201")
     assert (status, body["id"]) == (400, "bad_request")
     status, _, body = await stand.raw("GET", "/v2/nothing-here")
