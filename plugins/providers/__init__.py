@@ -1,6 +1,6 @@
 """The provider interface: how the mesh creates, powers and destroys its droplets.
 
-A provider plugin (`local`, later `digitalocean`) implements `Provider`; the agent holding the
+A provider plugin (`local`, `digitalocean`) implements `Provider`; the agent holding the
 `provisioner` (or `recovery`) role picks one by name from configuration with `load_provider`,
 which imports the plugin lazily from `PROVIDERS`. The values that cross this seam are
 `DropletRecord` (what the provider knows of one droplet, in DigitalOcean's words) and the
@@ -28,6 +28,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 from protocol.errors import MeshError
 
 PROVIDERS: dict[str, str] = {
+    "digitalocean": "plugins.providers.digitalocean:create",
     "local": "plugins.providers.local:create",
 }
 """Built-in providers: name -> `module:factory`; the factory takes a `ProviderContext`."""

@@ -155,7 +155,7 @@ async def _answer(
         refused.headers.update(verdict.headers)
         return refused, "rate limited"
     faults = world.faults
-    if faults.applies(request.path):
+    if faults.applies(request.method, request.path):
         if faults.draw(faults.error_rate):
             return _server_error(faults.error_status), "injected error"
         if faults.draw(faults.timeout_rate):
@@ -184,7 +184,7 @@ async def _answer(
         response: web.Response = await handler(request)
     except ApiError as err:
         return err.response(), err.message
-    if faults.applies(request.path) and faults.draw(faults.lost_rate):
+    if faults.applies(request.method, request.path) and faults.draw(faults.lost_rate):
         return _server_error(faults.error_status), "done, answer lost"
     return response, ""
 

@@ -75,10 +75,15 @@ class Faults:
     timeout_rate: float = 0.0
     timeout_s: float = 30.0
     path_contains: str = ""  # only requests whose path contains this ("" = all)
+    method: str = ""  # only requests of this method ("" = all)
     action_errors: dict[str, int] = field(default_factory=dict)  # type → how many to error
 
-    def applies(self, path: str) -> bool:
-        return path.startswith("/v2/") and self.path_contains in path
+    def applies(self, method: str, path: str) -> bool:
+        return (
+            path.startswith("/v2/")
+            and self.path_contains in path
+            and self.method.upper() in ("", method.upper())
+        )
 
     def draw(self, rate: float) -> bool:
         return rate > 0 and random.random() < rate

@@ -443,7 +443,7 @@ def test_create_refuses_a_bad_configuration(account: dict[str, Any]) -> None:
 
 
 def test_load_provider_names_the_known_providers_for_an_unknown_one() -> None:
-    with pytest.raises(UnknownProviderError, match="known providers: local"):
+    with pytest.raises(UnknownProviderError, match="known providers: digitalocean, local"):
         load_provider("nope", ProviderContext(mesh="test"))
 
 

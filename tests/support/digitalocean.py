@@ -67,6 +67,10 @@ class Stand:
     def violations(self) -> list[dict[str, Any]]:
         return self.app[GATE].ledger.violations
 
+    def log(self) -> list[dict[str, Any]]:
+        """Every request so far: method, path, query, status."""
+        return list(self.app[GATE].ledger.requests)
+
     def invalid(self) -> list[dict[str, Any]]:
         return self.app[GATE].ledger.invalid
 

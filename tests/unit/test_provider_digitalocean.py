@@ -1,0 +1,199 @@
+"""The `digitalocean` provider against the DigitalOcean stand-in (API only, its clock at
+speed 100): droplets made, listed, powered, resized and destroyed as the provider interface
+says, with what DigitalOcean makes hard: answers lost after a create (never two droplets),
+lists that lag, GETs that 404 just after a create, server errors, pending events, the rate
+limits. Every request the provider sent was valid against the API description."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+
+import pytest
+import pytest_asyncio
+
+from plugins.providers import (
+    DropletNotFound,
+    DropletStatus,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+    load_provider,
+)
+from plugins.providers.digitalocean import DigitalOceanProvider, parse_settings
+from plugins.providers.digitalocean.api import Api
+from plugins.providers.digitalocean.budget import RESERVE, RateBudget
+from tests.support.digitalocean import Stand, start_stand
+
+SPEED = 100.0  # a create (45 s) takes 0.45 s
+TAGS = ["meshd-shop", "meshd-web"]
+
+
+@pytest_asyncio.fixture
+async def fast() -> AsyncIterator[Stand]:
+    made, runner = await start_stand(speed=SPEED)
+    try:
+        yield made
+    finally:
+        await runner.cleanup()
+    assert made.violations() == []
+    assert made.invalid() == [], "requests the API description refuses"
+
+
+@pytest_asyncio.fixture
+async def provider(fast: Stand) -> AsyncIterator[DigitalOceanProvider]:
+    config = {"region": "fra1", "token": fast.token, "api_url": fast.url, "poll_s": 0.05,
+              "action_timeout_s": 60}  # fmt: skip
+    made = load_provider("digitalocean", ProviderContext(mesh="shop", config=config))
+    assert isinstance(made, DigitalOceanProvider)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def with_sleep(fast: Stand, sleep: Callable[[float], Awaitable[None]]) -> DigitalOceanProvider:
+    """A provider whose waits (backoff, budget, polls) go through `sleep`."""
+    token, url, settings, pace = parse_settings(
+        {"region": "fra1", "token": fast.token, "api_url": fast.url}
+    )
+    api = Api(token, url, sleep=sleep)
+    return DigitalOceanProvider(
+        ProviderContext(mesh="shop"), api, settings, replace(pace, poll_s=0.05, sleep=sleep)
+    )
+
+
+async def test_a_droplet_is_created_active_and_reached_on_its_private_address(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    record = await provider.create("web-1", "s-1vcpu-1gb", tags=TAGS, user_data="{}", fence=None)
+
+    assert (record.name, record.size, record.status) == ("web-1", "s-1vcpu-1gb", "active")
+    assert record.address.startswith(fast.world.machines.networks.private + ".")
+    assert record.tags == tuple(TAGS)
+    assert await provider.get(record.id) == record
+    assert [r.id for r in await provider.list("meshd-shop")] == [record.id]
+    assert await provider.list("meshd-other") == []
+    with pytest.raises(ProviderError, match="exists already"):
+        await provider.create("web-1", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+
+
+async def test_a_create_whose_answer_is_lost_makes_one_droplet_even_when_lists_lag(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    fast.world.faults.method = "POST"
+    fast.world.faults.path_contains = "/v2/droplets"
+    fast.world.faults.lost_rate = 1.0  # done, and answered 503
+    fast.world.knobs.list_lag = 5.0  # seconds of the stand-in's clock: 0.05 s here
+    fast.world.knobs.get_404_after_create = 5.0
+
+    record = await provider.create("web-2", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+
+    assert [d["name"] for d in fast.world.droplets.values()] == ["web-2"]
+    assert record.status == DropletStatus.ACTIVE
+
+
+async def test_reads_are_sent_again_after_server_errors(fast: Stand) -> None:
+    fast.world.faults.method = "GET"
+    fast.world.faults.error_rate = 1.0
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the backoff; then the API mends
+        waits.append(seconds)
+        fast.world.faults.error_rate = 0.0
+
+    provider = with_sleep(fast, sleep)
+    try:
+        assert await provider.list() == []
+    finally:
+        await provider.close()
+    assert len(waits) == 1 and waits[0] <= 0.5  # the first backoff: full jitter up to 0.5 s
+    assert [r["status"] for r in fast.log()] == [503, 200]
+
+
+async def test_power_and_resize_wait_for_their_actions_and_pending_events(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    made = await provider.create("web-4", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    fast.world.delays.quick = 50.0  # half a second here: sure to be running still
+    async with fast.client() as do:  # someone else's action still running on the droplet
+        await do.droplet_actions.post(int(made.id), {"type": "enable_ipv6"})
+
+    await provider.power_off(made.id, fence=None)
+    assert (await provider.get(made.id)).status == DropletStatus.OFF
+    await provider.power_off(made.id, fence=None)  # idempotent
+    await provider.power_on(made.id, fence=None)
+    await provider.power_on(made.id, fence=None)  # idempotent
+    assert (await provider.get(made.id)).status == DropletStatus.ACTIVE
+
+    await provider.resize(made.id, "s-2vcpu-4gb", fence=None)
+    resized = await provider.get(made.id)
+    assert (resized.size, resized.status) == ("s-2vcpu-4gb", DropletStatus.ACTIVE)
+    pending = [r for r in fast.log() if r["status"] == 422]
+    assert pending, "the provider met no pending event: the test proves nothing"
+
+
+async def test_destroy_is_done_even_when_its_answer_is_lost(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    made = await provider.create("web-5", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    fast.world.faults.method = "DELETE"
+    fast.world.faults.lost_rate = 1.0
+
+    await provider.destroy(made.id, fence=None)
+
+    assert fast.world.droplets == {}
+    fast.world.faults.lost_rate = 0.0
+    with pytest.raises(DropletNotFound):
+        await provider.destroy(made.id, fence=None)
+    with pytest.raises(DropletNotFound):
+        await provider.get(made.id)
+
+
+async def test_the_burst_limit_is_waited_out_not_reported(fast: Stand) -> None:
+    fast.world.limiter.limits.per_minute = 3
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # a minute passes at once
+        waits.append(seconds)
+        fast.world.limiter.reset()
+
+    provider = with_sleep(fast, sleep)
+    try:
+        for _ in range(5):
+            assert await provider.list() == []
+    finally:
+        await provider.close()
+    assert waits and all(0 < w <= 60 for w in waits)
+
+
+def test_the_budget_spreads_the_last_requests_and_obeys_retry_after() -> None:
+    budget = RateBudget()
+    assert budget.wait_s(0) == 0
+    budget.note({"ratelimit-remaining": "4000", "ratelimit-reset": "3600"}, now=0)
+    assert budget.wait_s(0) == 0
+    budget.note({"ratelimit-remaining": str(RESERVE // 2), "ratelimit-reset": "1000"}, now=0)
+    assert budget.wait_s(0) == pytest.approx(1000 / (RESERVE // 2))
+    budget.note_refused({"retry-after": "7"}, now=10)
+    assert budget.wait_s(10) == pytest.approx(7)
+    budget.note_refused({"ratelimit-remaining": "0", "ratelimit-reset": "3000"}, now=20)
+    assert budget.wait_s(20) == pytest.approx(2980)  # the hourly limit: until the reset
+
+
+def test_settings_say_what_is_missing_and_never_show_the_token(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("DIGITALOCEAN_TOKEN", raising=False)
+    with pytest.raises(ProviderConfigError, match="region"):
+        parse_settings({"token": "dop_v1_secret"})
+    with pytest.raises(ProviderConfigError, match="DIGITALOCEAN_TOKEN") as caught:
+        parse_settings({"region": "fra1"})
+    assert "dop_v1" not in str(caught.value)
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "dop_v1_from_env")
+    token, url, settings, _ = parse_settings({"region": "fra1"})
+    assert (token, url, settings["image"]) == (
+        "dop_v1_from_env", "https://api.digitalocean.com", "debian-12-x64"
+    )  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    assert "dop_v1" not in caplog.text
