@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,6 +20,8 @@ from plugins.providers import (
     ProviderConfigError,
     ProviderContext,
     ProviderError,
+    SnapshotNotFound,
+    VolumeInUse,
     load_provider,
 )
 from plugins.providers.digitalocean import DigitalOceanProvider, parse_settings
@@ -197,3 +200,67 @@ def test_settings_say_what_is_missing_and_never_show_the_token(
     )  # fmt: skip
     caplog.set_level(logging.DEBUG)
     assert "dop_v1" not in caplog.text
+
+
+async def test_a_snapshot_outlives_its_droplet_and_a_rebuild_keeps_id_and_address(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    made = await provider.create("db-1", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    snapshot = await provider.snapshot(made.id, "db-1-after-deploy", fence=None)
+    assert (snapshot.name, snapshot.droplet_id) == ("db-1-after-deploy", made.id)
+
+    rebuilt = await provider.rebuild(made.id, fence=None, snapshot_id=snapshot.id)
+
+    assert (rebuilt.id, rebuilt.address, rebuilt.status) == (made.id, made.address, "active")
+    assert fast.world.droplets[int(made.id)]["image"]["id"] == int(snapshot.id)
+    with pytest.raises(SnapshotNotFound):
+        await provider.rebuild(made.id, fence=None, snapshot_id="999")
+    await provider.destroy(made.id, fence=None)
+    assert [s.id for s in await provider.list_snapshots()] == [snapshot.id]
+    await provider.delete_snapshot(snapshot.id, fence=None)
+    with pytest.raises(SnapshotNotFound):
+        await provider.delete_snapshot(snapshot.id, fence=None)
+
+
+async def test_a_volume_follows_its_droplet_and_is_never_on_two(
+    provider: DigitalOceanProvider,
+) -> None:
+    one = await provider.create("db-2", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    two = await provider.create("db-3", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    volume = await provider.create_volume("shop-prod-db", 10, fence=None)
+    assert provider.mount_path("shop-prod-db") == Path("/mnt/shop-prod-db")
+
+    assert (await provider.attach_volume(volume.id, one.id, fence=None)).droplet_id == one.id
+    assert (await provider.attach_volume(volume.id, one.id, fence=None)).droplet_id == one.id
+    with pytest.raises(VolumeInUse):
+        await provider.attach_volume(volume.id, two.id, fence=None)
+    with pytest.raises(VolumeInUse):
+        await provider.delete_volume(volume.id, fence=None)
+    assert (await provider.detach_volume(volume.id, fence=None)).droplet_id is None
+    assert (await provider.attach_volume(volume.id, two.id, fence=None)).droplet_id == two.id
+    assert (await provider.resize_volume(volume.id, 20, fence=None)).size_gb == 20
+    with pytest.raises(ProviderError, match="only grow"):
+        await provider.resize_volume(volume.id, 5, fence=None)
+    await provider.detach_volume(volume.id, fence=None)
+    await provider.delete_volume(volume.id, fence=None)
+    assert await provider.list_volumes() == []
+    with pytest.raises(ProviderError, match="lowercase"):
+        await provider.create_volume("Bad Name", 10, fence=None)
+
+
+async def test_the_reserved_address_is_made_once_and_moves_between_droplets(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    one = await provider.create("web-6", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    two = await provider.create("web-7", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    address = await provider.reserve_address()
+    assert await provider.reserve_address() == address
+    assert len(fast.world.reserved_ips) == 1
+
+    await provider.assign_reserved_address(address, one.id, fence=None)
+    await provider.assign_reserved_address(address, one.id, fence=None)  # already: nothing sent
+    assert fast.world.reserved_ips[address]["_droplet_id"] == int(one.id)
+    await provider.assign_reserved_address(address, two.id, fence=None)
+    assert fast.world.reserved_ips[address]["_droplet_id"] == int(two.id)
+    moves = [r for r in fast.log() if r["path"] == f"/v2/reserved_ips/{address}/actions"]
+    assert len(moves) == 2

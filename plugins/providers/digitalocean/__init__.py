@@ -9,9 +9,10 @@ droplet made twice and lists that lag (`droplets`). Settings (the provider's con
 `action_timeout_s`; the token from `token` (handed over in memory by the agent, from the mesh's
 secrets), else the file `token_file`, else `DIGITALOCEAN_TOKEN`.
 
+Snapshots, rebuilds and volumes are in `storage`, the reserved IP in `addresses`.
+
 Not built yet (issue 19 goes on): fences checked in the mesh's KV before destructive calls
-(`fence` is logged, not enforced), snapshots, rebuild, volumes, reserved IPs, firewalls, SSH
-keys and bootstrap.
+(`fence` is logged, not enforced), firewalls, SSH keys and bootstrap.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ from plugins.providers import (
 )
 from plugins.providers.digitalocean import droplets
 from plugins.providers.digitalocean.actions import POLL_S, TIMEOUT_S, Pace, act
+from plugins.providers.digitalocean.addresses import DigitalOceanAddresses
 from plugins.providers.digitalocean.api import Api, Refused, Uncertain
+from plugins.providers.digitalocean.storage import DigitalOceanStorage
 
 API_URL = "https://api.digitalocean.com"
 IMAGE = "debian-12-x64"
 
 
-class DigitalOceanProvider:
+class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses):
     """Droplets of one DigitalOcean account; see the module docstring."""
 
     name = "digitalocean"
@@ -173,6 +176,7 @@ def parse_settings(config: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pa
         "image": config.get("image") or IMAGE,
         "ssh_keys": list(config.get("ssh_keys") or []),
         "vpc_uuid": config.get("vpc_uuid"),
+        "reserved_ip": config.get("reserved_ip"),
     }
     pace = Pace(
         poll_s=float(config.get("poll_s", POLL_S)),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugins.providers import ProviderError
-from plugins.providers.digitalocean.api import Api, Refused, Uncertain
+from plugins.providers.digitalocean.api import Api, Operation, Refused, Uncertain
 
 POLL_S = 2.0
 TIMEOUT_S = 900.0
@@ -50,16 +50,21 @@ async def settle(api: Api, action_id: int, what: str, pace: Pace) -> dict[str, A
 
 
 async def act(api: Api, droplet_id: int, body: dict[str, Any], what: str, pace: Pace) -> None:
-    """Start the droplet action and wait for its end. A pending event is waited out; an
+    """Start the droplet action and wait for its end (see `start_and_settle`)."""
+    await start_and_settle(
+        api, lambda **kw: api.do.droplet_actions.post(droplet_id, body, **kw), what, pace
+    )
+
+
+async def start_and_settle(api: Api, post: Operation, what: str, pace: Pace) -> dict[str, Any]:
+    """Start an action with `post` and wait for its end. A pending event is waited out; an
     action whose answer was lost is sent again (the ones used here can be: a second one is
     refused as pending, or finds the work done)."""
     deadline = pace.clock() + pace.timeout_s
     interval = pace.poll_s
     while True:
         try:
-            answer = await api.change(
-                what, lambda **kw: api.do.droplet_actions.post(droplet_id, body, **kw)
-            )
+            answer = await api.change(what, post)
         except Refused as err:
             if not err.pending_event or pace.clock() > deadline:
                 raise
@@ -69,7 +74,6 @@ async def act(api: Api, droplet_id: int, body: dict[str, Any], what: str, pace: 
         else:
             if "action" not in answer:  # a 404 that pydo hands back as a dict
                 raise Refused(what, 404, str(answer.get("id")), str(answer.get("message")))
-            await settle(api, int(answer["action"]["id"]), what, pace)
-            return
+            return await settle(api, int(answer["action"]["id"]), what, pace)
         await pace.sleep(interval)
         interval = min(pace.poll_max_s, interval * 1.5)
