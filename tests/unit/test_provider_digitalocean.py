@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import asyncssh
 import pytest
 import pytest_asyncio
 
@@ -27,6 +28,7 @@ from plugins.providers import (
 from plugins.providers.digitalocean import DigitalOceanProvider, parse_settings
 from plugins.providers.digitalocean.api import Api
 from plugins.providers.digitalocean.budget import RESERVE, RateBudget
+from sim.digitalocean.firewalls import policies
 from tests.support.digitalocean import Stand, start_stand
 
 SPEED = 100.0  # a create (45 s) takes 0.45 s
@@ -264,3 +266,42 @@ async def test_the_reserved_address_is_made_once_and_moves_between_droplets(
     assert fast.world.reserved_ips[address]["_droplet_id"] == int(two.id)
     moves = [r for r in fast.log() if r["path"] == f"/v2/reserved_ips/{address}/actions"]
     assert len(moves) == 2
+
+
+async def test_an_ssh_key_is_uploaded_once_and_found_by_fingerprint(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+
+    first = await provider.ensure_ssh_key("infrastructure", public)
+    again = await provider.ensure_ssh_key("infrastructure", public)
+
+    assert first == again == next(iter(fast.world.ssh_keys.values()))["fingerprint"]
+    assert len(fast.world.ssh_keys) == 1
+    with pytest.raises(ProviderError, match="OpenSSH"):
+        await provider.ensure_ssh_key("bad", "not a key")
+
+
+async def test_the_mesh_firewall_lets_in_its_administrators_the_web_and_its_own_droplets(
+    fast: Stand, provider: DigitalOceanProvider
+) -> None:
+    firewall_id = await provider.ensure_firewall("meshd-shop", ["203.0.113.10"])
+    assert await provider.ensure_firewall("meshd-shop", ["203.0.113.10"]) == firewall_id
+    assert len(fast.world.firewalls) == 1
+    assert await provider.firewall_admins() == ["203.0.113.10/32"]
+
+    admins = await provider.change_firewall_admins(
+        "meshd-shop", add=["203.0.113.20"], remove=["203.0.113.10"]
+    )
+
+    assert admins == await provider.firewall_admins() == ["203.0.113.20/32"]
+    web = await provider.create("web-8", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+    [policy] = policies(fast.world).values()  # the stand-in applies it to the tagged droplet
+    ssh = [r for r in policy.inbound if r.ports == "22"]
+    assert [r.addresses for r in ssh] == [("203.0.113.20/32",)]
+    between = [r for r in policy.inbound if r.protocol == "tcp" and r.ports == "all"]
+    assert web.address in between[0].addresses
+    with pytest.raises(ProviderError, match="not an IP address"):
+        await provider.change_firewall_admins("meshd-shop", add=["nowhere"])
+    await provider.change_firewall_admins("meshd-shop", remove=["203.0.113.20"])
+    assert await provider.firewall_admins() == []

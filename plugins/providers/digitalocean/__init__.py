@@ -9,10 +9,11 @@ droplet made twice and lists that lag (`droplets`). Settings (the provider's con
 `action_timeout_s`; the token from `token` (handed over in memory by the agent, from the mesh's
 secrets), else the file `token_file`, else `DIGITALOCEAN_TOKEN`.
 
-Snapshots, rebuilds and volumes are in `storage`, the reserved IP in `addresses`.
+Snapshots, rebuilds and volumes are in `storage`, the reserved IP in `addresses`, SSH keys
+and the mesh's firewall in `access`.
 
 Not built yet (issue 19 goes on): fences checked in the mesh's KV before destructive calls
-(`fence` is logged, not enforced), firewalls, SSH keys and bootstrap.
+(`fence` is logged, not enforced), bootstrap, and their use by `meshctl up` and the roles.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from plugins.providers import (
     ProviderError,
 )
 from plugins.providers.digitalocean import droplets
+from plugins.providers.digitalocean.access import DigitalOceanAccess
 from plugins.providers.digitalocean.actions import POLL_S, TIMEOUT_S, Pace, act
 from plugins.providers.digitalocean.addresses import DigitalOceanAddresses
 from plugins.providers.digitalocean.api import Api, Refused, Uncertain
@@ -42,7 +44,7 @@ API_URL = "https://api.digitalocean.com"
 IMAGE = "debian-12-x64"
 
 
-class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses):
+class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOceanAccess):
     """Droplets of one DigitalOcean account; see the module docstring."""
 
     name = "digitalocean"

@@ -133,6 +133,12 @@ class Api:
         return deserialized
 
 
+def as_json(value: object) -> Any:
+    """pydo types some path parameters (a snapshot's or an SSH key's id) as a JSON document,
+    from the description's `anyOf` of integer and string: hand them over as they are."""
+    return value
+
+
 def _refused(action: str, status: int, err: Any) -> Refused:
     try:
         body = err.response.json() if err.response is not None else {}

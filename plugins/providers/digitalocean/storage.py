@@ -25,7 +25,7 @@ from plugins.providers import (
 )
 from plugins.providers.digitalocean import droplets
 from plugins.providers.digitalocean.actions import Pace, act, start_and_settle
-from plugins.providers.digitalocean.api import Api, Refused
+from plugins.providers.digitalocean.api import Api, Refused, as_json
 
 PER_PAGE = 200
 VOLUME_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -96,7 +96,7 @@ class DigitalOceanStorage:
     async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
         what = f"delete snapshot {snapshot_id}"
         answer = await self._api.read(  # a delete of a snapshot is safe to send again
-            what, lambda **kw: self._api.do.snapshots.delete(_anything(snapshot_id), **kw)
+            what, lambda **kw: self._api.do.snapshots.delete(as_json(snapshot_id), **kw)
         )
         if isinstance(answer, dict) and answer.get("id") == "not_found":
             raise SnapshotNotFound(what, snapshot_id)
@@ -220,11 +220,6 @@ class DigitalOceanStorage:
             what,
             self._pace,
         )
-
-
-def _anything(value: str) -> Any:
-    """pydo types a snapshot id as a JSON document (the description's `oneOf` int | str)."""
-    return value
 
 
 def _number(droplet_id: str, what: str) -> int:
