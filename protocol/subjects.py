@@ -25,6 +25,7 @@ FAILURES_BUCKET = "mesh_failures"
 SNAPSHOTS_BUCKET = "mesh_snapshots"
 SECRETS_BUCKET = "mesh_secrets"
 RELEASES_BUCKET = "mesh_releases"  # release records (protocol.releases.Release)
+FENCES_BUCKET = "mesh_fences"  # the newest fence each role showed a provider, per droplet
 ARTIFACTS_STORE = "mesh_artifacts"  # object store: built artifacts by digest, build logs
 BACKUPS_STORE = "mesh_backups"  # object store: encrypted backups (plugins/backups/objects.py)
 BUCKETS = (
@@ -36,6 +37,7 @@ BUCKETS = (
     SNAPSHOTS_BUCKET,
     SECRETS_BUCKET,
     RELEASES_BUCKET,
+    FENCES_BUCKET,
 )
 
 # Keys of the desired-state bucket (restart requests: `restart_key`).
@@ -311,6 +313,11 @@ def lease_key(role: Role | str) -> str:
         raise InvalidNameError(
             "lease key", role, f"{role!r} is not a known role (known: {known})"
         ) from None
+
+
+def fence_key(role: str, resource: str) -> str:
+    """Key of the newest fence `role` used on a provider's resource: `<role>.<resource>`."""
+    return f"{token(role, 'role')}.{token(resource, 'resource')}"
 
 
 def failure_key(droplet: str) -> str:

@@ -30,6 +30,7 @@ from meshd.agent.config import (
     user_data_now,
 )
 from meshd.agent.feeds import feed_allocations, feed_nodes
+from meshd.agent.fencebook import StoreFenceBook
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
@@ -356,6 +357,7 @@ class Agent:
                 config=dict(provider_config.get("config", {})),
                 logger=logging.getLogger("plugins.providers"),
                 on_power=follow_power(self.config.mesh),
+                fences=StoreFenceBook(lambda: self.store),
             ),
         )
 

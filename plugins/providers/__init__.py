@@ -148,23 +148,31 @@ def _default_logger() -> logging.Logger:
     return logging.getLogger(__name__)
 
 
-# Told (blocking, in the provider's thread) when a machine it runs loses power, freezes,
-# thaws or is destroyed: `(droplet name, its user data, "kill" | "pause" | "unpause" |
-# "remove")`. What runs on a local droplet outside its process group (containers of the
-# machine's shared engine) must follow it; the agent and the command line supply it.
+# Told (blocking, in the provider's thread) when a machine loses power, freezes, thaws or is
+# destroyed: `(droplet name, user data, "kill" | "pause" | "unpause" | "remove")`. What runs
+# outside a local droplet's process group (the shared engine's containers) must follow it.
 PowerHook = Callable[[str, str, str], None] | None
+
+
+class FenceBook(Protocol):
+    """The newest fence each role showed a provider whose cloud knows no fences (DigitalOcean),
+    per resource, shared by the mesh's agents (a KV bucket written by compare-and-set)."""
+
+    async def admit(self, resource: str, fence: Fence, action: str) -> None:
+        """Record `fence` as its role's newest on `resource`; StaleFence if a newer one was."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderContext:
     """The narrow view of the agent a provider plugin gets: the mesh's name, its own config
-    section, a named logger and, for providers whose machines share this one's engine, the
-    power hook."""
+    section, a named logger, the power hook (machines that share this one's engine) and the
+    mesh's fence book (providers that cannot keep fences themselves)."""
 
     mesh: str
     config: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=_default_logger)
     on_power: PowerHook = None
+    fences: FenceBook | None = None
 
 
 class Provider(Protocol):

@@ -24,6 +24,8 @@ from sim.digitalocean.machines import Machines, NoMachines
 from sim.digitalocean.server import GATE, make_app
 from sim.digitalocean.world import World
 
+LINE_MAX = 1 << 20
+
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -60,7 +62,9 @@ async def serve(args: argparse.Namespace) -> None:
     world = World(Clock(args.speed), machines, token)
     holder["world"] = world
     app = make_app(world, check_responses=args.check_responses)
-    runner = web.AppRunner(app, access_log=None)
+    # DigitalOcean answers long query strings in its own shape; aiohttp's default (8 KiB)
+    # would answer them itself, in plain text, before the gate sees them.
+    runner = web.AppRunner(app, access_log=None, max_line_size=LINE_MAX, max_field_size=LINE_MAX)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))
     await site.start()

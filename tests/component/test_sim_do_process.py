@@ -157,3 +157,12 @@ def test_help_explains_the_options() -> None:
     assert "DigitalOcean" in done.stdout
     for option in ("--listen", "--state", "--token", "--api-only", "--speed", "--check-responses"):
         assert option in done.stdout
+
+
+def test_a_very_long_query_is_answered_in_the_apis_shape(start: Start, tmp_path: Path) -> None:
+    made = start("--api-only", "--listen", "127.0.0.1:0", "--state", str(tmp_path / "state"))
+    query = "&".join(["per_page=%5B%5D"] * 1500)  # about 22 KB: over aiohttp's 8 KiB default
+
+    status, body = get(f"{made.line['url']}/v2/droplets?{query}", made.line["token"])
+
+    assert (status, body["id"]) == (400, "bad_request")

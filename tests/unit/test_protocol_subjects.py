@@ -43,6 +43,7 @@ def test_bucket_stream_and_key_names_match_the_design() -> None:
         "mesh_snapshots",
         "mesh_secrets",
         "mesh_releases",
+        "mesh_fences",
     )
     assert subjects.DESIRED_KEY == "spec"
     assert (subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS) == ("MESH_EVENTS", "mesh.events.>")

@@ -15,13 +15,16 @@ import asyncssh
 import pytest
 import pytest_asyncio
 
+from meshd.agent.fencebook import StoreFenceBook
 from plugins.providers import (
     DropletNotFound,
     DropletStatus,
+    Fence,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
     SnapshotNotFound,
+    StaleFence,
     VolumeInUse,
     load_provider,
 )
@@ -30,6 +33,7 @@ from plugins.providers.digitalocean.api import Api
 from plugins.providers.digitalocean.budget import RESERVE, RateBudget
 from sim.digitalocean.firewalls import policies
 from tests.support.digitalocean import Stand, start_stand
+from tests.support.memstore import MemoryStore
 
 SPEED = 100.0  # a create (45 s) takes 0.45 s
 TAGS = ["meshd-shop", "meshd-web"]
@@ -305,3 +309,36 @@ async def test_the_mesh_firewall_lets_in_its_administrators_the_web_and_its_own_
         await provider.change_firewall_admins("meshd-shop", add=["nowhere"])
     await provider.change_firewall_admins("meshd-shop", remove=["203.0.113.20"])
     assert await provider.firewall_admins() == []
+
+
+async def test_a_leaders_calls_pass_the_mesh_fence_book_and_a_deposed_leader_is_refused(
+    fast: Stand,
+) -> None:
+    store = MemoryStore()
+    config = {"region": "fra1", "token": fast.token, "api_url": fast.url, "poll_s": 0.05}
+    context = ProviderContext(mesh="shop", config=config, fences=StoreFenceBook(lambda: store))
+    provider = load_provider("digitalocean", context)
+    assert isinstance(provider, DigitalOceanProvider)
+    try:
+        made = await provider.create("web-9", "s-1vcpu-1gb", tags=TAGS, user_data="", fence=None)
+        await provider.power_off(made.id, fence=Fence("recovery", 7))  # the successor
+        sent = len(fast.log())
+
+        with pytest.raises(StaleFence):
+            await provider.power_on(made.id, fence=Fence("recovery", 5))  # the deposed one
+        with pytest.raises(StaleFence):
+            await provider.destroy(made.id, fence=Fence("recovery", 6))
+
+        assert len(fast.log()) == sent, "a refused leader reached DigitalOcean"
+        await provider.power_on(made.id, fence=Fence("recovery", 7))
+        await provider.destroy(made.id, fence=Fence("provisioner", 2))  # another role
+        assert fast.world.droplets == {}
+    finally:
+        await provider.close()
+
+
+async def test_a_leaders_call_without_a_fence_book_is_refused(
+    provider: DigitalOceanProvider,
+) -> None:
+    with pytest.raises(ProviderError, match="no fence book"):
+        await provider.power_off("500000001", fence=Fence("recovery", 1))

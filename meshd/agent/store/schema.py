@@ -50,6 +50,7 @@ BUCKETS = (
     Bucket(subjects.SNAPSHOTS_BUCKET),
     Bucket(subjects.SECRETS_BUCKET),
     Bucket(subjects.RELEASES_BUCKET),
+    Bucket(subjects.FENCES_BUCKET),
 )
 STREAMS = (
     Stream(

@@ -12,8 +12,10 @@ secrets), else the file `token_file`, else `DIGITALOCEAN_TOKEN`.
 Snapshots, rebuilds and volumes are in `storage`, the reserved IP in `addresses`, SSH keys
 and the mesh's firewall in `access`.
 
-Not built yet (issue 19 goes on): fences checked in the mesh's KV before destructive calls
-(`fence` is logged, not enforced), bootstrap, and their use by `meshctl up` and the roles.
+A leader's fence goes past the mesh's fence book before every call that changes something
+(`fencing`); the operator's own calls carry none.
+
+Not built yet (issue 19 goes on): bootstrap, and the provider's use by `meshctl up`.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ from plugins.providers.digitalocean.access import DigitalOceanAccess
 from plugins.providers.digitalocean.actions import POLL_S, TIMEOUT_S, Pace, act
 from plugins.providers.digitalocean.addresses import DigitalOceanAddresses
 from plugins.providers.digitalocean.api import Api, Refused, Uncertain
+from plugins.providers.digitalocean.fencing import Fenced
 from plugins.providers.digitalocean.storage import DigitalOceanStorage
 
 API_URL = "https://api.digitalocean.com"
 IMAGE = "debian-12-x64"
 
 
-class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOceanAccess):
+class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOceanAccess, Fenced):
     """Droplets of one DigitalOcean account; see the module docstring."""
 
     name = "digitalocean"
@@ -55,6 +58,7 @@ class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOc
         self._api = api
         self._settings = settings
         self._pace = pace
+        self._fences = ctx.fences
 
     @property
     def requests(self) -> int:
@@ -87,12 +91,14 @@ class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOc
 
     async def power_off(self, droplet_id: str, *, fence: Fence | None) -> None:
         what = f"power off droplet {droplet_id}"
+        await self._admit(droplet_id, fence, what)
         await self._act(droplet_id, {"type": "power_off"}, what)
         await self._until(droplet_id, DropletStatus.OFF, what)  # a done power_off may read active
         self._log.info("Droplet powered off. id=%s fence=%s", droplet_id, fence)
 
     async def power_on(self, droplet_id: str, *, fence: Fence | None) -> None:
         what = f"power on droplet {droplet_id}"
+        await self._admit(droplet_id, fence, what)
         try:
             await self._act(droplet_id, {"type": "power_on"}, what)
         except Refused as err:
@@ -105,6 +111,7 @@ class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOc
         """DigitalOcean resizes only a droplet that is off: off, resize (CPU and memory, so
         that it can go back down), on again."""
         what = f"resize droplet {droplet_id} to {size}"
+        await self._admit(droplet_id, fence, what)
         await self.power_off(droplet_id, fence=fence)
         await self._act(droplet_id, {"type": "resize", "size": size, "disk": False}, what)
         await self.power_on(droplet_id, fence=fence)
@@ -113,6 +120,7 @@ class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOc
     async def destroy(self, droplet_id: str, *, fence: Fence | None) -> None:
         what = f"destroy droplet {droplet_id}"
         number = _id(droplet_id)
+        await self._admit(droplet_id, fence, what)
         for _ in range(3):
             try:
                 answer = await self._api.change(

@@ -10,9 +10,10 @@ from typing import Any
 from plugins.providers import Fence, ProviderError
 from plugins.providers.digitalocean.actions import Pace, start_and_settle
 from plugins.providers.digitalocean.api import Api
+from plugins.providers.digitalocean.fencing import Fenced, address_resource
 
 
-class DigitalOceanAddresses:
+class DigitalOceanAddresses(Fenced):
     _api: Api
     _pace: Pace
     _log: logging.Logger
@@ -40,6 +41,7 @@ class DigitalOceanAddresses:
         self, address: str, droplet_id: str, *, fence: Fence | None
     ) -> None:
         what = f"assign {address} to droplet {droplet_id}"
+        await self._admit(address_resource(address), fence, what)
         answer = await self._api.read(
             what, lambda **kw: self._api.do.reserved_ips.get(address, **kw)
         )

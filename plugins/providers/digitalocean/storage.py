@@ -26,6 +26,7 @@ from plugins.providers import (
 from plugins.providers.digitalocean import droplets
 from plugins.providers.digitalocean.actions import Pace, act, start_and_settle
 from plugins.providers.digitalocean.api import Api, Refused, as_json
+from plugins.providers.digitalocean.fencing import Fenced, snapshot_resource, volume_resource
 
 PER_PAGE = 200
 VOLUME_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -57,7 +58,7 @@ def volume_record(volume: dict[str, Any]) -> VolumeRecord:
     )
 
 
-class DigitalOceanStorage:
+class DigitalOceanStorage(Fenced):
     """Snapshots, rebuilds and volumes of the `digitalocean` provider."""
 
     _api: Api
@@ -69,6 +70,7 @@ class DigitalOceanStorage:
 
     async def snapshot(self, droplet_id: str, name: str, *, fence: Fence | None) -> SnapshotRecord:
         what = f"snapshot droplet {droplet_id}"
+        await self._admit(droplet_id, fence, what)
         await act(self._api, _number(droplet_id, what), {"type": "snapshot", "name": name},
                   what, self._pace)  # fmt: skip
         taken = [s for s in await self.list_snapshots() if s.name == name]
@@ -95,6 +97,7 @@ class DigitalOceanStorage:
 
     async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
         what = f"delete snapshot {snapshot_id}"
+        await self._admit(snapshot_resource(snapshot_id), fence, what)
         answer = await self._api.read(  # a delete of a snapshot is safe to send again
             what, lambda **kw: self._api.do.snapshots.delete(as_json(snapshot_id), **kw)
         )
@@ -114,6 +117,7 @@ class DigitalOceanStorage:
         change; a bootstrap over SSH writes what the droplet needs)."""
         what = f"rebuild droplet {droplet_id}"
         number = _number(droplet_id, what)
+        await self._admit(droplet_id, fence, what)
         image: int | str = self._settings["image"]
         if snapshot_id is not None:
             if snapshot_id not in {s.id for s in await self.list_snapshots()}:
@@ -166,6 +170,7 @@ class DigitalOceanStorage:
         self, volume_id: str, droplet_id: str, *, fence: Fence | None
     ) -> VolumeRecord:
         what = f"attach volume {volume_id} to droplet {droplet_id}"
+        await self._admit(volume_resource(volume_id), fence, what)
         current = await self._volume(volume_id, what)
         if current.droplet_id == droplet_id:
             return current
@@ -179,6 +184,7 @@ class DigitalOceanStorage:
 
     async def detach_volume(self, volume_id: str, *, fence: Fence | None) -> VolumeRecord:
         what = f"detach volume {volume_id}"
+        await self._admit(volume_resource(volume_id), fence, what)
         current = await self._volume(volume_id, what)
         if current.droplet_id is None:
             return current
@@ -192,6 +198,7 @@ class DigitalOceanStorage:
         self, volume_id: str, size_gb: int, *, fence: Fence | None
     ) -> VolumeRecord:
         what = f"resize volume {volume_id} to {size_gb} GB"
+        await self._admit(volume_resource(volume_id), fence, what)
         current = await self._volume(volume_id, what)
         if size_gb < current.size_gb:
             raise ProviderError(what, f"volumes only grow (it has {current.size_gb} GB)")
@@ -203,6 +210,7 @@ class DigitalOceanStorage:
 
     async def delete_volume(self, volume_id: str, *, fence: Fence | None) -> None:
         what = f"delete volume {volume_id}"
+        await self._admit(volume_resource(volume_id), fence, what)
         current = await self._volume(volume_id, what)
         if current.droplet_id is not None:
             raise VolumeInUse(what, current.droplet_id)
