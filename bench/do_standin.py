@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.digitalocean import (  # noqa: E402
     StandProcess,
+    finished,
     host_pids_running,
     pydo_client,
     run_over_ssh,
@@ -75,14 +76,6 @@ async def timed_gets(stand: StandProcess, path: str, count: int) -> list[float]:
     return took
 
 
-async def finished(do: Any, action_id: int) -> None:
-    """Poll the action as a provider does (nobody sets an Event for it)."""
-    while True:
-        if (await do.actions.get(action_id))["action"]["status"] != "in-progress":
-            return
-        await asyncio.sleep(0.02)
-
-
 async def status_is(do: Any, droplet_id: int, status: str) -> None:
     while True:
         if (await do.droplets.get(droplet_id))["droplet"]["status"] == status:
@@ -102,7 +95,7 @@ async def ssh_ready(key: asyncssh.SSHKey, address: str) -> None:
 async def act(do: Any, droplet_id: int, body: dict[str, Any]) -> float:
     began = time.perf_counter()
     action = (await do.droplet_actions.post(droplet_id, body))["action"]
-    await finished(do, action["id"])
+    await finished(do, every=0.02, action_id=action["id"])
     return time.perf_counter() - began
 
 
@@ -125,7 +118,7 @@ async def machines(stand: StandProcess, count: int) -> dict[str, Any]:
             made = await do.droplets.create(
                 {"name": f"bench-{n}", **DROPLET, "ssh_keys": [fingerprint]}
             )
-            await finished(do, made["links"]["actions"][0]["id"])
+            await finished(do, every=0.02, action_id=made["links"]["actions"][0]["id"])
             droplet = (await do.droplets.get(made["droplet"]["id"]))["droplet"]
             address = next(a["ip_address"] for a in droplet["networks"]["v4"]
                            if a["type"] == "public")  # fmt: skip
@@ -161,7 +154,7 @@ async def machines(stand: StandProcess, count: int) -> dict[str, Any]:
 async def api(stand: StandProcess, count: int) -> dict[str, Any]:
     async with pydo_client(stand.url, stand.token) as do:
         made = await do.droplets.create({"name": "api-bench", **DROPLET})
-        await finished(do, made["links"]["actions"][0]["id"])
+        await finished(do, every=0.02, action_id=made["links"]["actions"][0]["id"])
         droplet_id = made["droplet"]["id"]
         one = await timed_gets(stand, f"/v2/droplets/{droplet_id}", count)
         listed = await timed_gets(stand, "/v2/droplets", count)

@@ -40,7 +40,7 @@ def _reserved_view(world: World, record: dict[str, Any]) -> dict[str, Any]:
         "ip": record["ip"],
         "region": catalog.region_document(record["_region"]),
         "droplet": public_view(droplet) if droplet is not None else None,
-        "locked": world.busy("reserved_ip", record["ip"]),
+        "locked": world.running(record.get("_actions", [])),
         "project_id": world.account_uuid,
     }
 
@@ -130,7 +130,7 @@ async def act_reserved(request: web.Request) -> web.Response:
     world = world_of(request)
     record = _find_reserved(world, request.match_info["reserved_ip"])
     body = body_of(request)
-    if _busy(world, record):
+    if world.running(record.get("_actions", [])):
         raise unprocessable("The reserved IP already has a pending event.")
     if body["type"] == "assign":
         if "droplet_id" not in body:
@@ -145,10 +145,6 @@ async def act_reserved(request: web.Request) -> web.Response:
         action = _start_assign(world, record, None)
     record.setdefault("_actions", []).append(action["id"])
     return reply({"action": action}, 201)
-
-
-def _busy(world: World, record: dict[str, Any]) -> bool:
-    return any(world.actions[a]["status"] == "in-progress" for a in record.get("_actions", []))
 
 
 @routes.get("/v2/reserved_ips/{reserved_ip}/actions")

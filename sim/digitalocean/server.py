@@ -33,7 +33,7 @@ from sim.digitalocean import (
 )
 from sim.digitalocean.http import JSON_BODY, WORLD, ApiError, reply
 from sim.digitalocean.spec import Request, Response, SpecChecker
-from sim.digitalocean.tags import tag_error
+from sim.digitalocean.tags import root_cause_error
 from sim.digitalocean.world import World
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,10 @@ async def _answer(
 
 
 def _bad_request(request: web.Request, message: str) -> web.Response:
-    """400 in the operation's own shape: making a tag answers `{error, root_causes}`."""
-    if request.method == "POST" and request.path.rstrip("/") == "/v2/tags":
-        return tag_error(message)
+    """400 in the operation's own shape (the description says which differ)."""
+    where = (request.method, request.path.rstrip("/"))
+    if where in request.app[GATE].spec.root_cause_400s:
+        return root_cause_error(message)
     return reply({"id": "bad_request", "message": message}, 400)
 
 

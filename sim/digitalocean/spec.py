@@ -63,6 +63,23 @@ def _mend_off(node: Any) -> None:
             _mend_off(value)
 
 
+def root_cause_400s(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """The operations (method, path without parameters) whose 400 is not the API's usual
+    `{id, message}` but `{error, messages, root_causes}` (making a tag)."""
+    found = set()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "{" in path:
+                continue
+            schema = (
+                operation.get("responses", {}).get("400", {}).get("content", {})
+                .get("application/json", {}).get("schema", {})
+            )  # fmt: skip
+            if "root_causes" in schema.get("required", []):
+                found.add((method.upper(), path))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """What part of a request the description refuses (`path`, `operation`, `parameter`,
@@ -103,6 +120,7 @@ class SpecChecker:
 
     def __init__(self) -> None:
         self._api: Any = None
+        self.root_cause_400s: set[tuple[str, str]] = set()
 
     @property
     def loaded(self) -> bool:
@@ -111,7 +129,9 @@ class SpecChecker:
     def load(self) -> None:
         from openapi_core import OpenAPI
 
-        self._api = OpenAPI.from_dict(load_document())
+        document = load_document()
+        self._api = OpenAPI.from_dict(document)
+        self.root_cause_400s = root_cause_400s(document)
 
     def request_error(self, request: Request) -> Refusal | None:
         """Why the description refuses the request, or None."""

@@ -57,8 +57,8 @@ async def list_tags(request: web.Request) -> web.Response:
     return reply(page(request, "tags", [tag_document(world, n) for n in world.tags]))
 
 
-def tag_error(message: str) -> web.Response:
-    """Making a tag is refused in a shape of its own (400 `{error, messages, root_causes}`)."""
+def root_cause_error(message: str) -> web.Response:
+    """A 400 in the shape making a tag has (`{error, messages, root_causes}`)."""
     return reply({"error": message, "messages": None, "root_causes": [message]}, 400)
 
 
@@ -69,7 +69,7 @@ async def create_tag(request: web.Request) -> web.Response:
     try:
         ensure_tags(world, [name])
     except ApiError as err:
-        return tag_error(f"Error validating resource tag: {err.message}")
+        return root_cause_error(f"Error validating resource tag: {err.message}")
     return reply({"tag": tag_document(world, name)}, 201)
 
 

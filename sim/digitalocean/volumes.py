@@ -61,10 +61,6 @@ def _by_name(world: World, name: str | None, region: str | None) -> dict[str, An
     return found[0]
 
 
-def _busy(world: World, volume: dict[str, Any]) -> bool:
-    return any(world.actions[a]["status"] == "in-progress" for a in volume["_actions"])
-
-
 def on_droplet_gone_volumes(world: World, droplet_id: int) -> None:
     """A destroyed droplet's volumes are detached (its machine goes with it)."""
     for volume in world.volumes.values():
@@ -163,7 +159,7 @@ async def delete_by_name(request: web.Request) -> web.Response:
 async def _delete(world: World, volume: dict[str, Any]) -> None:
     if volume["droplet_ids"]:
         raise ApiError(409, "conflict", "attached volume can not be deleted")
-    if _busy(world, volume):
+    if world.running(volume["_actions"]):
         raise unprocessable("Volume already has a pending event.")
     del world.volumes[volume["id"]]
     await world.machines.delete_volume(volume["id"])
@@ -213,7 +209,7 @@ def _start(world: World, volume: dict[str, Any], body: dict[str, Any]) -> dict[s
     region = volume["region"]["slug"]
     if body.get("region") and body["region"] != region:
         raise unprocessable(f"The volume is in {region}, not in {body['region']}.")
-    if _busy(world, volume):
+    if world.running(volume["_actions"]):
         raise unprocessable("Volume already has a pending event.")
     if kind == "resize":
         finish = _resize(volume, body.get("size_gigabytes"))

@@ -235,6 +235,11 @@ class World:
             if a["resource_type"] == resource_type and a["resource_id"] == resource_id
         ]
 
+    def running(self, action_ids: list[int]) -> bool:
+        """Whether one of these actions is still in progress (volumes and reserved IPs keep
+        their own: their actions carry no resource id)."""
+        return any(self.actions[a]["status"] == "in-progress" for a in action_ids)
+
     def busy(self, resource_type: str, resource_id: int | str) -> bool:
         return any(
             p.action is not None

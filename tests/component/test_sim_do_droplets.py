@@ -23,13 +23,14 @@ from sim.digitalocean.namespaces import Layout
 from tests.support import namespaces_allowed, unavailable
 from tests.support.digitalocean import (
     StandProcess,
-    eventually,
     fetch,
+    finished,
     host_pids_running,
     reachable,
     run_over_ssh,
     start_process,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -78,18 +79,6 @@ async def droplet(stand_in: StandProcess) -> AsyncIterator[dict[str, Any]]:
         yield {**made, "key": key, "settings": await stand_in.control()}
 
 
-async def finished(do: Any, action_id: int, timeout: float = 60) -> dict[str, Any]:
-    """Poll the action as a provider does, until it is no longer in progress."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        action: dict[str, Any] = (await do.actions.get(action_id))["action"]
-        if action["status"] != "in-progress":
-            assert action["status"] == "completed", action
-            return action
-        assert asyncio.get_running_loop().time() < deadline, action
-        await asyncio.sleep(0.2)
-
-
 async def act(stand_in: StandProcess, droplet_id: int, body: dict[str, Any]) -> None:
     async with stand_in.client() as do:
         action = (await do.droplet_actions.post(droplet_id, body))["action"]
@@ -127,13 +116,16 @@ async def test_power_off_through_the_api_stops_its_processes(
 ) -> None:
     marker = f"2000.{secrets.randbelow(10**9)}"
     await ssh(droplet, f"setsid nohup sleep {marker} >/dev/null 2>&1 </dev/null &")
-    await eventually(lambda: host_pids_running(marker))
+    await until(lambda: host_pids_running(marker), "host_pids_running(marker)")
 
     await act(stand_in, droplet["id"], {"type": "power_off"})
 
     assert host_pids_running(marker) == []
     assert not await reachable(public_ip(droplet), 22)
-    await eventually(lambda: droplet_status(stand_in, droplet["id"], "off"))
+    await until(
+        lambda: droplet_status(stand_in, droplet["id"], "off"),
+        "the droplet to read off",
+    )
     await act(stand_in, droplet["id"], {"type": "power_on"})
     assert await ssh(droplet, "echo back") == "back"
 
@@ -167,7 +159,7 @@ async def test_a_firewall_blocks_what_it_does_not_allow(
 ) -> None:
     address = public_ip(droplet)
     await ssh(droplet, "setsid nohup python3 -m http.server 8080 >/dev/null 2>&1 </dev/null &")
-    await eventually(lambda: reachable(address, 8080))
+    await until(lambda: reachable(address, 8080), "reachable(address, 8080)")
     gateway = droplet["settings"]["networks"]["public"] + ".1"
     async with stand_in.client() as do:
         firewall = (
@@ -189,11 +181,11 @@ async def test_a_firewall_blocks_what_it_does_not_allow(
             )
         )["firewall"]
         try:
-            await eventually(lambda: not_reachable(address, 8080))
+            await until(lambda: not_reachable(address, 8080), "not_reachable(address, 8080)")
             assert await ssh(droplet, "echo still") == "still"
         finally:
             await do.firewalls.delete(firewall["id"])
-    await eventually(lambda: reachable(address, 8080))
+    await until(lambda: reachable(address, 8080), "reachable(address, 8080)")
     await ssh(droplet, "pkill -f 'http[.]server 8080' || true")
 
 
@@ -222,7 +214,7 @@ async def test_stopping_the_stand_in_leaves_nothing_of_its_droplets_behind(
     layout = Layout(Networks(**droplet["settings"]["networks"]))
     marker = f"3000.{secrets.randbelow(10**9)}"
     await ssh(droplet, f"setsid nohup sleep {marker} >/dev/null 2>&1 </dev/null &")
-    await eventually(lambda: host_pids_running(marker))
+    await until(lambda: host_pids_running(marker), "host_pids_running(marker)")
     assert layout.namespace(droplet["id"]) in namespace_names()
 
     assert stand_in.stop() == 0

@@ -24,12 +24,12 @@ from sim.digitalocean.machines import FirewallPolicy, FirewallRule, MachineSpec
 from sim.digitalocean.namespaces import Layout
 from tests.support import namespaces_allowed, unavailable
 from tests.support.digitalocean import (
-    eventually,
     fetch,
     host_pids_running,
     reachable,
     run_over_ssh,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -172,7 +172,7 @@ async def test_a_droplet_answers_ssh_with_its_key_and_reads_its_metadata(lab: La
 async def test_power_off_kills_every_process_and_power_on_brings_ssh_back(lab: Lab) -> None:
     marker = f"1000.{secrets.randbelow(10**9)}"
     await ssh(lab, lab.a.public_ip, f"setsid nohup sleep {marker} >/dev/null 2>&1 </dev/null &")
-    await eventually(lambda: host_pids_running(marker))
+    await until(lambda: host_pids_running(marker), "host_pids_running(marker)")
     [pid] = host_pids_running(marker)
 
     await lab.machines.power_off(lab.a.id)
@@ -215,7 +215,7 @@ async def test_a_firewall_allowing_only_ssh_from_the_gateway_blocks_other_ports(
         "echo $!",
     )
     try:
-        await eventually(lambda: reachable(lab.b.public_ip, 8080))
+        await until(lambda: reachable(lab.b.public_ip, 8080), "reachable(lab.b.public_ip, 8080)")
         ssh_only = FirewallRule("tcp", "22", (lab.machines.networks.gateway,))
 
         await lab.machines.apply_firewalls({lab.b.id: FirewallPolicy(inbound=(ssh_only,))})
@@ -272,20 +272,29 @@ async def test_user_data_runs_once_and_enabled_units_start_at_every_boot_and_res
     lab: Lab,
 ) -> None:
     units = lab.disk(lab.b) / "var/lib/meshd/unit-runs"
-    await eventually(units.exists)
+    await until(units.exists, "units.exists")
     runs = units.read_text().splitlines()
     assert runs[0] == f"hello {lab.machines.metadata_url}"
 
     await lab.machines.power_off(lab.b.id)
     await lab.machines.power_on(lab.b.id)
 
-    await eventually(lambda: len(units.read_text().splitlines()) == len(runs) + 1)
+    await until(
+        lambda: len(units.read_text().splitlines()) == len(runs) + 1,
+        "the unit to run once more",
+    )
     user_data = lab.disk(lab.b) / "var/lib/meshd/user-data-runs"
     assert user_data.read_text() == "ran\n"
-    await eventually(lambda: host_pids_running("sleep\x004102.5"))
+    await until(lambda: host_pids_running("sleep\x004102.5"), "host_pids_running('sleep 4102.5')")
     [unit] = host_pids_running("sleep\x004102.5")
 
     os.kill(unit, signal.SIGKILL)
 
-    await eventually(lambda: len(units.read_text().splitlines()) == len(runs) + 2)
-    await eventually(lambda: host_pids_running("sleep\x004102.5") not in ([], [unit]))
+    await until(
+        lambda: len(units.read_text().splitlines()) == len(runs) + 2,
+        "the unit to run again",
+    )
+    await until(
+        lambda: host_pids_running("sleep\x004102.5") not in ([], [unit]),
+        "the unit restarted",
+    )

@@ -15,22 +15,36 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import asyncssh
 import pytest_asyncio
-from aiohttp import web
 from multidict import CIMultiDict
 
-from sim.digitalocean.clock import Clock
-from sim.digitalocean.machines import Machines, NoMachines
-from sim.digitalocean.server import GATE, make_app
 from sim.digitalocean.spec import SpecChecker
-from sim.digitalocean.world import TICK_S, World
+
+if TYPE_CHECKING:  # the rest is imported when used: every test session loads this module
+    import asyncssh
+    from aiohttp import web
+
+    from sim.digitalocean.machines import Machines
+    from sim.digitalocean.world import World
 
 TOKEN = "dop_v1_test"
 _SPEC = SpecChecker()  # loaded once per test process: over a second each time otherwise
+
+
+async def finished(
+    do: Any, action_id: int, timeout: float = 60, every: float = 0.2
+) -> dict[str, Any]:
+    """Poll the action as a provider does until it is no longer in progress; it completed."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        action: dict[str, Any] = (await do.actions.get(action_id))["action"]
+        if action["status"] != "in-progress":
+            assert action["status"] == "completed", action
+            return action
+        assert asyncio.get_running_loop().time() < deadline, action
+        await asyncio.sleep(every)
 
 
 def pydo_client(url: str, token: str, **options: Any) -> Any:
@@ -57,6 +71,8 @@ class Stand:
 
     async def advance(self, seconds: float) -> None:
         """Move the stand-in's clock and let every action that fell due complete."""
+        from sim.digitalocean.world import TICK_S
+
         self.world.clock.advance(seconds)
         await asyncio.sleep(TICK_S * 3)
         for _ in range(100):
@@ -64,20 +80,27 @@ class Stand:
                 return
             await asyncio.sleep(TICK_S)
 
+    def _ledger(self) -> Any:
+        from sim.digitalocean.server import GATE
+
+        return self.app[GATE].ledger
+
     def violations(self) -> list[dict[str, Any]]:
-        return self.app[GATE].ledger.violations
+        return self._ledger().violations
 
     def log(self) -> list[dict[str, Any]]:
         """Every request so far: method, path, query, status."""
-        return list(self.app[GATE].ledger.requests)
+        return list(self._ledger().requests)
 
     def invalid(self) -> list[dict[str, Any]]:
-        return self.app[GATE].ledger.invalid
+        return self._ledger().invalid
 
     async def raw(
         self, method: str, path: str, body: Any = None, token: str | None = TOKEN
     ) -> tuple[int, CIMultiDict[str], Any]:
         """One request without pydo: status, headers, JSON body (None when empty)."""
+        import aiohttp
+
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         async with (
             aiohttp.ClientSession() as session,
@@ -91,6 +114,13 @@ class Stand:
 async def start_stand(
     machines: Machines | None = None, speed: float = 0.0
 ) -> tuple[Stand, web.AppRunner]:
+    from aiohttp import web
+
+    from sim.digitalocean.clock import Clock
+    from sim.digitalocean.machines import NoMachines
+    from sim.digitalocean.server import GATE, make_app
+    from sim.digitalocean.world import World
+
     world = World(Clock(speed), machines or NoMachines(), TOKEN)
     if not _SPEC.loaded:
         await asyncio.to_thread(_SPEC.load)
@@ -121,6 +151,8 @@ async def stand() -> AsyncIterator[Stand]:
 
 async def run_over_ssh(key: asyncssh.SSHKey, address: str, command: str) -> str:
     """Run `command` as root on the droplet at `address`; its output, stripped."""
+    import asyncssh
+
     async with asyncssh.connect(
         address, username="root", client_keys=[key], known_hosts=None, connect_timeout=10
     ) as connection:
@@ -136,19 +168,6 @@ async def reachable(address: str, port: int, timeout: float = 1.0) -> bool:
     writer.close()
     await writer.wait_closed()
     return True
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> None:
-    """Wait until `check()` (sync or async) is true."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        outcome = check()
-        if asyncio.iscoroutine(outcome):
-            outcome = await outcome
-        if outcome:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"still not true: {check}"
-        await asyncio.sleep(0.1)
 
 
 def host_pids_running(marker: str) -> list[int]:
@@ -192,6 +211,8 @@ class StandProcess:
 
     async def control(self, body: dict[str, Any] | None = None, path: str = "") -> Any:
         """GET (or, with a body, POST) the control endpoint `/_sim{path}`."""
+        import aiohttp
+
         async with aiohttp.ClientSession() as session:
             method = "POST" if body is not None else "GET"
             async with session.request(method, f"{self.url}/_sim{path}", json=body) as answer:

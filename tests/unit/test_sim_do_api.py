@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import asyncssh
 import pytest
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
@@ -283,6 +284,7 @@ async def test_a_reserved_ip_is_assigned_moved_and_unassigned_by_actions(stand: 
         status, body = await refused(do.reserved_ips_actions.post(ip, {"type": "assign"}))
         assert status == 422 and "droplet_id" in body["message"]
         move = await do.reserved_ips_actions.post(ip, {"type": "assign", "droplet_id": two["id"]})
+        assert (await do.reserved_ips.get(ip))["reserved_ip"]["locked"] is True
         status, body = await refused(
             do.reserved_ips_actions.post(ip, {"type": "assign", "droplet_id": one["id"]})
         )
@@ -404,3 +406,17 @@ async def test_account_regions_and_sizes_carry_meshds_prices(stand: Stand) -> No
             slug: size.monthly_usd for slug, size in SIZES.items()
         }
         assert "nyc3" in {r["slug"] for r in (await do.regions.list())["regions"]}
+
+
+async def test_a_tag_is_refused_in_the_shape_the_description_gives_that_operation(
+    stand: Stand,
+) -> None:
+    headers = {"Authorization": f"Bearer {stand.token}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stand.url}/v2/tags", data=b"{not json", headers=headers) as answer,
+    ):
+        body = await answer.json()
+    assert answer.status == 400 and set(body) == {"error", "messages", "root_causes"}
+    status, _, body = await stand.raw("GET", "/v2/droplets?per_page=0")
+    assert (status, body["id"]) == (400, "bad_request")  # the usual shape everywhere else

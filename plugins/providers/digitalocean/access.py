@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import ipaddress
 import logging
@@ -20,7 +19,6 @@ from plugins.providers.digitalocean.api import Api, Refused, as_json
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
 WEB_PORTS = ("80", "443")
-PER_PAGE = 200
 
 
 def fingerprint(public_key: str) -> str:
@@ -136,10 +134,7 @@ class DigitalOceanAccess:
         return admins
 
     async def _firewall(self, what: str) -> dict[str, Any] | None:
-        answer = await self._api.read(
-            what, functools.partial(self._api.do.firewalls.list, per_page=PER_PAGE)
-        )
-        for firewall in answer.get("firewalls") or []:
+        for firewall in await self._api.every(what, self._api.do.firewalls.list, "firewalls"):
             if firewall.get("name") == self.firewall_name:
                 return dict(firewall)
         return None

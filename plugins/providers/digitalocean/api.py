@@ -14,6 +14,7 @@ The token goes only into the `Authorization` header: no message, log line or err
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from plugins.providers import ProviderError
 from plugins.providers.digitalocean.budget import RateBudget, backoff_s
 
 READ_ATTEMPTS = 6
+PER_PAGE = 200
 REQUEST_TIMEOUT_S = 30.0
 Operation = Callable[..., Awaitable[Any]]
 
@@ -127,6 +129,21 @@ class Api:
             if attempt >= READ_ATTEMPTS:
                 raise ProviderError(action, f"{failure}, {attempt} times")
             await self._sleep(backoff_s(attempt))
+
+    async def every(
+        self, what: str, list_call: Operation, key: str, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """Every item of a list, page after page (`per_page` at its most, 200)."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = await self.read(
+                what, functools.partial(list_call, per_page=PER_PAGE, page=page, **filters)
+            )
+            found += answer.get(key) or []
+            if not (answer.get("links") or {}).get("pages", {}).get("next"):
+                return found
+            page += 1
 
     def _capture(self, pipeline_response: Any, deserialized: Any, _headers: Any) -> Any:
         self.budget.note(dict(pipeline_response.http_response.headers), self._clock())

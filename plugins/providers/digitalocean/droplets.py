@@ -4,7 +4,6 @@ makes two droplets: a create whose answer was lost is looked up by name and the 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,7 +12,6 @@ from plugins.providers import DropletNotFound, DropletRecord, DropletStatus, Pro
 from plugins.providers.digitalocean.actions import Pace, settle
 from plugins.providers.digitalocean.api import Api, Uncertain
 
-PER_PAGE = 200
 STATUSES = {"new": DropletStatus.NEW, "active": DropletStatus.ACTIVE, "off": DropletStatus.OFF,
             "archive": DropletStatus.OFF}  # fmt: skip
 LOOKUPS = 10  # lists after a lost create, `pace.poll_s` apart
@@ -40,20 +38,9 @@ def record(droplet: dict[str, Any]) -> DropletRecord:
 
 async def listed(api: Api, what: str, *, tag: str | None = None, name: str | None = None
                  ) -> list[dict[str, Any]]:  # fmt: skip
-    """Every droplet (of `tag`, called `name`), page after page."""
-    found: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        filters: dict[str, Any] = {"per_page": PER_PAGE, "page": page}
-        if tag is not None:
-            filters["tag_name"] = tag
-        if name is not None:
-            filters["name"] = name
-        answer = await api.read(what, functools.partial(api.do.droplets.list, **filters))
-        found += answer.get("droplets") or []
-        if not (answer.get("links") or {}).get("pages", {}).get("next"):
-            return found
-        page += 1
+    """Every droplet (of `tag`, called `name`)."""
+    filters = {k: v for k, v in (("tag_name", tag), ("name", name)) if v is not None}
+    return await api.every(what, api.do.droplets.list, "droplets", **filters)
 
 
 async def fetch(api: Api, droplet_id: int, what: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ A mixin over the provider's `Api` and `Pace`."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from datetime import datetime
@@ -28,7 +27,6 @@ from plugins.providers.digitalocean.actions import Pace, act, start_and_settle
 from plugins.providers.digitalocean.api import Api, Refused, as_json
 from plugins.providers.digitalocean.fencing import Fenced, snapshot_resource, volume_resource
 
-PER_PAGE = 200
 VOLUME_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 MOUNTS = Path("/mnt")
 
@@ -82,18 +80,10 @@ class DigitalOceanStorage(Fenced):
         return newest
 
     async def list_snapshots(self) -> list[SnapshotRecord]:
-        found: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            answer = await self._api.read(
-                "list snapshots",
-                functools.partial(self._api.do.snapshots.list, resource_type="droplet",
-                                  per_page=PER_PAGE, page=page),
-            )  # fmt: skip
-            found += answer.get("snapshots") or []
-            if not (answer.get("links") or {}).get("pages", {}).get("next"):
-                return [snapshot_record(s) for s in found]
-            page += 1
+        found = await self._api.every(
+            "list snapshots", self._api.do.snapshots.list, "snapshots", resource_type="droplet"
+        )
+        return [snapshot_record(s) for s in found]
 
     async def delete_snapshot(self, snapshot_id: str, *, fence: Fence | None) -> None:
         what = f"delete snapshot {snapshot_id}"
@@ -153,12 +143,10 @@ class DigitalOceanStorage(Fenced):
         return made
 
     async def list_volumes(self) -> list[VolumeRecord]:
-        answer = await self._api.read(
-            "list volumes",
-            functools.partial(self._api.do.volumes.list, region=self._settings["region"],
-                              per_page=PER_PAGE),
-        )  # fmt: skip
-        return [volume_record(v) for v in answer.get("volumes") or []]
+        found = await self._api.every(
+            "list volumes", self._api.do.volumes.list, "volumes", region=self._settings["region"]
+        )
+        return [volume_record(v) for v in found]
 
     async def _volume(self, volume_id: str, what: str) -> VolumeRecord:
         answer = await self._api.read(what, lambda **kw: self._api.do.volumes.get(volume_id, **kw))
