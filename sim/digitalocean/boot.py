@@ -14,7 +14,10 @@ It does what a droplet's init does, the little meshd relies on:
   `multi-user.target.wants/`), again once the user data has finished (a bootstrap that
   enables units expects them to run), with `ExecStartPre=`, `ExecStart=`, `Environment=`,
   `EnvironmentFile=`, `WorkingDirectory=` and `Restart=`/`RestartSec=`;
-- then reaps every process that ends (orphans come to PID 1) and restarts units that ask.
+- then reaps every process that ends (orphans come to PID 1) and restarts units that ask;
+- on SIGHUP (what `systemctl daemon-reload` and `restart` are on a droplet without
+  systemd: a bootstrap that links or changes a unit sends it) reads the units again: starts
+  those newly enabled, restarts those whose file changed, stops those no longer enabled.
 
 Boot processes get `METADATA_URL`; their output goes to the droplet's console (this
 process's stdout). Standard library only: it starts on every boot.
@@ -47,6 +50,7 @@ KEY_OWNER = Path("/etc/ssh/.droplet-id")  # which droplet the host key was made 
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CLOUD_LOG = "/var/log/cloud-init-output.log"
+SSHD_UNIT = "ssh.service"  # started by boot itself, whatever the units on disk say
 SAFETY_WAKE = 5.0  # seconds: reap even if a SIGCHLD wake-up was lost
 
 # The machine's name servers are out of a droplet's reach (nothing routes further than the
@@ -187,11 +191,14 @@ def say(message: str) -> None:
 class Supervisor:
     """Children of PID 1: started, reaped, restarted when their unit asks."""
 
-    def __init__(self, environment: dict[str, str]) -> None:
+    def __init__(self, environment: dict[str, str], units: Path = UNITS) -> None:
         self.environment = environment
+        self.units = units
         self.children: dict[int, tuple[subprocess.Popen[bytes], Callable[[int], None]]] = {}
         self.due: list[tuple[float, Unit]] = []
         self.started: set[str] = set()
+        self.running: dict[str, tuple[Unit, int]] = {}  # units from disk: definition, pid
+        self.reload_wanted = False
 
     def spawn(
         self,
@@ -201,7 +208,7 @@ class Supervisor:
         env: dict[str, str],
         cwd: str,
         output: IO[bytes] | None = None,
-    ) -> None:
+    ) -> int:
         """Start a child in a session of its own; `on_exit(code)` once it is reaped."""
         child = subprocess.Popen(
             list(argv),
@@ -213,6 +220,7 @@ class Supervisor:
             start_new_session=True,
         )
         self.children[child.pid] = (child, on_exit)
+        return child.pid
 
     def start_unit(self, unit: Unit) -> None:
         self.started.add(unit.name)
@@ -233,7 +241,8 @@ class Supervisor:
                 argv = [expand(word).safe_substitute(environment) for word in command]
                 subprocess.run(argv, env=environment, cwd=cwd, check=True)
             argv = [expand(word).safe_substitute(environment) for word in unit.exec_start]
-            self.spawn(argv, lambda code: self.ended(unit, code), env=environment, cwd=cwd)
+            pid = self.spawn(argv, lambda code: self.ended(unit, code), env=environment, cwd=cwd)
+            self.running[unit.name] = (unit, pid)
         except (OSError, subprocess.CalledProcessError) as err:
             say(f"unit {unit.name}: did not start: {err}")
             self.ended(unit, 1)
@@ -241,14 +250,34 @@ class Supervisor:
         say(f"unit {unit.name} started: {shlex.join(argv)}")
 
     def ended(self, unit: Unit, code: int) -> None:
+        current = self.running.get(unit.name)
+        if (current is not None and current[0] != unit) or unit.name not in self.started:
+            return  # replaced or stopped by a reload
         again = unit.restart == "always" or (unit.restart == "on-failure" and code != 0)
         say(f"unit {unit.name} ended with {code}" + ("; restarting" if again else ""))
         if again:
             self.due.append((time.monotonic() + unit.restart_sec, unit))
 
     def start_enabled(self) -> None:
-        for unit in enabled_units():
+        for unit in enabled_units(self.units):
             if unit.name not in self.started:
+                self.start_unit(unit)
+
+    def reload(self) -> None:
+        """Units as they are on disk now: new ones started, changed ones restarted, those no
+        longer enabled stopped (their whole session, as systemd stops a unit's cgroup)."""
+        enabled = {unit.name: unit for unit in enabled_units(self.units)}
+        for name, (unit, pid) in list(self.running.items()):
+            if name != SSHD_UNIT and enabled.get(name) != unit:
+                del self.running[name]
+                self.started.discard(name)
+                self.due = [(when, due) for when, due in self.due if due.name != name]
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+                say(f"unit {name} stopped for a reload")
+        for name, unit in enabled.items():
+            if name not in self.running:
+                self.started.discard(name)
                 self.start_unit(unit)
 
     def run_forever(self) -> None:
@@ -258,8 +287,12 @@ class Supervisor:
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
         while True:
             self.reap()
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self.reload()
             now = time.monotonic()
             for when, unit in [item for item in self.due if item[0] <= now]:
                 self.due.remove((when, unit))
@@ -377,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         environment["METADATA_URL"] = args.metadata_url
     supervisor = Supervisor(environment)
     sshd = ("/usr/sbin/sshd", "-D", "-e", "-f", str(SSHD_CONFIG))
-    supervisor.start_unit(Unit("ssh.service", sshd, restart="always"))
+    supervisor.start_unit(Unit(SSHD_UNIT, sshd, restart="always"))
     start_user_data(supervisor, args.id)
     supervisor.start_enabled()
     say("booted")

@@ -1,0 +1,163 @@
+"""`bootstrap.py` over SSH on a droplet of the DigitalOcean stand-in (root): a bare droplet
+becomes a mesh node running meshd's unit (its supervisor, nats-server and agent); a second
+run changes nothing; a changed file restarts the unit; a step that fails says which."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+import pytest_asyncio
+
+import bootstrap
+from meshd.agent.config import CoreServer, MeshConfig, new_passwords
+from tests.support import namespaces_allowed, unavailable
+from tests.support.digitalocean import StandProcess, finished, run_over_ssh, start_process
+from tests.support.waiting import until
+
+pytestmark = [pytest.mark.component, pytest.mark.asyncio(loop_scope="module")]
+
+
+@dataclass
+class Droplet:
+    stand: StandProcess
+    key: asyncssh.SSHKey
+    id: str
+    public: str
+    private: str
+
+    def target(self, **options: Any) -> bootstrap.Target:
+        return bootstrap.Target(self.public, self.key, python=options.pop("python", PYTHON),
+                                **options)  # fmt: skip
+
+    def node(self, runtime: str = "process", passwords: dict[str, str] | None = None
+             ) -> bootstrap.Node:  # fmt: skip
+        config = MeshConfig(
+            mesh="boot",
+            core=(CoreServer("boot-1", self.private),),
+            passwords=passwords or PASSWORDS,
+            runtime={"name": runtime},
+        )
+        identity = {"id": self.id, "name": "boot-1", "size": "s-1vcpu-1gb",
+                    "address": self.private}  # fmt: skip
+        return bootstrap.Node(
+            "boot-1",
+            {"droplet.json": json.dumps(identity).encode(), "user_data": config.to_json().encode()},
+            runtime,
+        )
+
+    async def sh(self, command: str) -> str:
+        return await run_over_ssh(self.key, self.public, command)
+
+
+PYTHON = str(Path(__import__("sys").executable))  # the droplet shares this machine's Python
+PASSWORDS = new_passwords()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def droplet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Droplet]:
+    namespaces_allowed()
+    for path in ("/usr/sbin/sshd", shutil.which("nginx") or "/usr/sbin/nginx"):
+        if not Path(path).exists():
+            unavailable(f"{path} not installed (Debian: openssh-server nginx-light)")
+    stand = start_process(tmp_path_factory.mktemp("stand"), "--speed", "20")
+    try:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        do = stand.client()
+        try:
+            await until(lambda: _ready(stand), "the stand-in is ready", timeout=30)
+            uploaded = await do.ssh_keys.create(
+                {"name": "boot", "public_key": key.export_public_key().decode().strip()}
+            )
+            made = await do.droplets.create(
+                {"name": "boot-1", "region": "fra1", "size": "s-1vcpu-1gb",
+                 "image": "debian-12-x64", "ssh_keys": [uploaded["ssh_key"]["id"]]}
+            )  # fmt: skip
+            await finished(do, made["links"]["actions"][0]["id"])
+            found = (await do.droplets.get(made["droplet"]["id"]))["droplet"]
+        finally:
+            await do.close()
+        v4 = {n["type"]: n["ip_address"] for n in found["networks"]["v4"]}
+        yield Droplet(stand, key, str(found["id"]), v4["public"], v4["private"])
+    finally:
+        stand.stop()
+
+
+async def _ready(stand: StandProcess) -> bool:
+    return bool((await stand.control()).get("ready"))
+
+
+async def test_a_bare_droplet_becomes_a_node_and_a_second_run_changes_nothing(
+    droplet: Droplet,
+) -> None:
+    first = await bootstrap.bootstrap(droplet.target(), droplet.node())
+
+    assert [s.name for s in first.steps] == [
+        "connect", "system", "packages", "python", "code", "files", "unit"
+    ]  # fmt: skip
+    assert {s.name for s in first.steps if s.changed} == {"code", "files", "unit"}
+    supervisor = await until(lambda: _pids(droplet, "meshd.agent droplet"), "meshd's unit runs")
+    await until(lambda: _pids(droplet, "nats-server -c"), "its nats-server runs")
+    modes = await droplet.sh("stat -c '%n %a' /var/lib/meshd /var/lib/meshd/droplet.json "
+                             "/var/lib/meshd/user_data")  # fmt: skip
+    assert modes.splitlines() == [
+        "/var/lib/meshd 700", "/var/lib/meshd/droplet.json 600", "/var/lib/meshd/user_data 600"
+    ]  # fmt: skip
+    unit = await droplet.sh("cat /etc/systemd/system/meshd.service")
+    assert f"ExecStart={PYTHON} -m meshd.agent droplet /var/lib/meshd" in unit
+    assert "MemoryMax=" in unit
+
+    second = await bootstrap.bootstrap(droplet.target(), droplet.node())
+
+    assert not second.changed, second.steps
+    assert await _pids(droplet, "meshd.agent droplet") == supervisor  # not restarted
+
+
+async def test_a_changed_file_restarts_the_unit(droplet: Droplet) -> None:
+    await bootstrap.bootstrap(droplet.target(), droplet.node())
+    before = await until(lambda: _pids(droplet, "meshd.agent droplet"), "meshd's unit runs")
+
+    report = await bootstrap.bootstrap(droplet.target(), droplet.node(passwords=new_passwords()))
+
+    assert {s.name for s in report.steps if s.changed} == {"files", "unit"}
+    after = await until(
+        lambda: _changed_pids(droplet, before), "meshd's unit restarted with the new files"
+    )
+    assert after and after != before
+
+
+async def test_a_failing_step_names_itself_and_keeps_the_droplet(droplet: Droplet) -> None:
+    with pytest.raises(bootstrap.BootstrapFailed) as failed:
+        await bootstrap.bootstrap(droplet.target(python="/opt/none/bin/python"), droplet.node())
+
+    assert failed.value.step == "python"
+    assert "/opt/none/bin/python lacks meshd's dependencies" in str(failed.value)
+    assert await droplet.sh("echo still here") == "still here"
+
+
+async def test_a_refused_key_fails_at_once(droplet: Droplet) -> None:
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    target = bootstrap.Target(droplet.public, stranger, python=PYTHON, connect_timeout_s=60)
+
+    with pytest.raises(bootstrap.BootstrapFailed) as failed:
+        await asyncio.wait_for(bootstrap.bootstrap(target, droplet.node()), 30)
+
+    assert failed.value.step == "connect"
+    assert "the key was refused" in str(failed.value)
+
+
+async def _pids(droplet: Droplet, marker: str) -> str:
+    pattern = f"[{marker[0]}]{marker[1:]}"  # which the shell running pgrep does not match
+    return await droplet.sh(f"pgrep -f {json.dumps(pattern)} | sort || true")
+
+
+async def _changed_pids(droplet: Droplet, before: str) -> str:
+    now = await _pids(droplet, "meshd.agent droplet")
+    return now if now and now != before else ""
