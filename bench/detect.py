@@ -256,7 +256,7 @@ async def measure(
 ) -> dict[str, Any]:
     from meshd.agent.config import mesh_tag
     from meshd.cli.context import load_context
-    from meshd.cli.up import open_provider
+    from meshd.cli.joining import open_provider
 
     store: Store = await operator_store(home / "config")
     context = load_context(None)

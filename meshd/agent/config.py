@@ -65,6 +65,9 @@ class MeshConfig:
     runtime: dict[str, Any] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)  # {"address", "port"}: the lb's
     servers_epoch: int = 0  # the JetStream epoch of `core`
+    # Droplets that start bare and are bootstrapped over SSH (bootstrap.py): {"python": the
+    # interpreter that runs meshd on them}; empty where the provider starts the agent (local).
+    bootstrap: dict[str, Any] = field(default_factory=dict)
 
     def entry_listen(self, fallback_address: str) -> str:
         """`address:port` of the mesh's entry point; the reserved address, else `fallback`."""
@@ -101,6 +104,7 @@ class MeshConfig:
                 "runtime": self.runtime,
                 "entry": self.entry,
                 "servers_epoch": self.servers_epoch,
+                "bootstrap": self.bootstrap,
             },
             indent=2,
         )
@@ -116,6 +120,7 @@ class MeshConfig:
             runtime=dict(data.get("runtime", {})),
             entry=dict(data.get("entry", {})),
             servers_epoch=int(data.get("servers_epoch", 0)),
+            bootstrap=dict(data.get("bootstrap", {})),
         )
 
 

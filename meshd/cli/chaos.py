@@ -9,8 +9,8 @@ import click
 
 from meshd.agent.config import mesh_tag
 from meshd.cli.context import load_context
+from meshd.cli.joining import open_provider
 from meshd.cli.tables import console
-from meshd.cli.up import open_provider
 from plugins.providers import Drills
 from protocol.errors import MeshError
 

@@ -49,6 +49,9 @@ class Context:
     # The NATS user `deployer`'s password, for git hooks (`meshctl hook install`); None in
     # contexts made before git deploys.
     deployer_password: str | None = None
+    # Meshes whose NATS is private (DigitalOcean): reached through SSH to this droplet,
+    # {"host", "user", "key_file"} (meshd/cli/tunnel.py); None: NATS is reached directly.
+    tunnel: dict[str, Any] | None = None
 
     @property
     def state_dir(self) -> Path:

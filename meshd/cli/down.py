@@ -19,8 +19,8 @@ import click
 
 from meshd.agent.config import mesh_tag
 from meshd.cli.context import Context, load_context, remove_context
+from meshd.cli.joining import open_provider
 from meshd.cli.tables import console
-from meshd.cli.up import open_provider
 from plugins.procfs import command_line
 from plugins.providers import Drills, DropletNotFound, Provider, ProviderError
 from plugins.runtimes import mesh_data_root

@@ -32,16 +32,27 @@ CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
 
 
 async def connect(context: Context) -> Store:
+    tunnel = None
+    servers = context.servers
+    if context.tunnel:
+        from meshd.cli.tunnel import open_tunnel
+
+        tunnel = await open_tunnel(context.tunnel, context.servers)
+        servers = tunnel.urls
     try:
         store = await open_store(
-            context.servers,
+            servers,
             context.user,
             context.password,
             name="meshctl",
             timeout=CONNECT_TIMEOUT_S,
         )
     except StoreUnavailable as err:
+        if tunnel is not None:
+            await tunnel.close()
         raise Unreachable(f"mesh {context.name!r} is not reachable") from err
+    if tunnel is not None:
+        store.closing.append(tunnel.close)
     await _follow_servers(store, context)
     return store
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import resource
 import shutil
 import sys
-import time
 from typing import Any
 
 import click
@@ -22,25 +20,17 @@ from meshd.agent.config import (
     mesh_tag,
     new_passwords,
 )
-from meshd.agent.records import last_placement
-from meshd.agent.store import StoreUnavailable
 from meshd.cli.context import Context, NoMeshError, load_context, state_home
-from meshd.cli.session import connect, jetstream_settled, read_mesh
+from meshd.cli.joining import open_provider, power_on, wait_joined
 from meshd.cli.tables import console
-from meshd.local.power import follow_power
 from plugins.providers import (
     DropletRecord,
-    DropletStatus,
-    Provider,
-    ProviderContext,
     ReservedAddresses,
     UserDataWriter,
-    load_provider,
 )
 from plugins.runtimes import mesh_data_root
 from protocol.errors import MeshError
 
-JOIN_TIMEOUT_S = 120.0  # with three droplets, JetStream grows to three servers first
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
 ENTRY_PORT_UNPRIVILEGED = 8000  # the entry point's port when `up` cannot bind port 80
@@ -70,27 +60,41 @@ def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
     return {"name": "local", "config": config}
 
 
-def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
-    config = provider.get("config", {})
-    assert isinstance(config, dict)
-    return load_provider(
-        str(provider.get("name", "local")),
-        ProviderContext(
-            mesh=mesh,
-            config=dict(config),
-            logger=logging.getLogger("meshctl"),
-            on_power=follow_power(mesh),
-        ),
-    )
-
-
 @click.command()
 @click.option(
     "--provider",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "digitalocean"]),
     default="local",
     show_default=True,
-    help="Where the droplets are: local, processes on this machine (DigitalOcean comes next).",
+    help="Where the droplets are: local, processes on this machine; digitalocean, droplets "
+    "of your account (token from DIGITALOCEAN_TOKEN or --token-file; docs/digitalocean.md).",
+)
+@click.option("--region", metavar="SLUG", help="digitalocean: where the droplets are (fra1).")
+@click.option(
+    "--admin-ip",
+    "admin_ips",
+    multiple=True,
+    metavar="IP",
+    help="digitalocean: an address SSH is open to (yours; repeatable). Required: meshctl "
+    "never asks an outside service what your address is.",
+)
+@click.option(
+    "--api-url",
+    metavar="URL",
+    help="digitalocean: the API (default DigitalOcean's; the stand-in's `inside_url` in tests).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="digitalocean: a file holding the API token (else DIGITALOCEAN_TOKEN).",
+)
+@click.option(
+    "--droplet-python",
+    default="/opt/meshd/venv/bin/python",
+    show_default=True,
+    metavar="PATH",
+    help="digitalocean: the interpreter that runs meshd on droplets; the default one is made "
+    "and filled from PyPI by the bootstrap. Another must have meshd's dependencies.",
 )
 @click.option("--local", "local", is_flag=True, hidden=True, help="The same as --provider local.")
 @click.option(
@@ -149,6 +153,11 @@ def open_provider(mesh: str, provider: dict[str, object]) -> Provider:
 )
 def up(
     provider: str,
+    region: str | None,
+    admin_ips: tuple[str, ...],
+    api_url: str | None,
+    token_file: str | None,
+    droplet_python: str,
     local: bool,
     droplets: int,
     name: str,
@@ -159,8 +168,14 @@ def up(
     datastores: str,
 ) -> None:
     """Start a mesh of local droplets (each a process group on its own 127.x.y.z address, or
-    in its own network namespace with --netns) and wait until every agent has joined.
-    Running it again is harmless."""
+    in its own network namespace with --netns), or master on DigitalOcean, and wait until
+    every agent has joined. Running it again is harmless."""
+    if provider == "digitalocean" and not local:
+        from meshd.cli.cloud import up_on_digitalocean
+
+        settings = {"region": region, "api_url": api_url, "token_file": token_file}
+        asyncio.run(up_on_digitalocean(name, settings, list(admin_ips), runtime, droplet_python))
+        return
     asyncio.run(_up(name, droplets, runtime, docker_host, pull, netns, datastores))
 
 
@@ -190,8 +205,8 @@ async def _up(
                 f"up: mesh {name!r} already runs the {running} runtime; "
                 f"`meshctl down --context {name}` first to change it"
             )
-        await _power_on(context)
-    await _wait_joined(context)
+        await power_on(context)
+    await wait_joined(context)
 
 
 def check_netns(runtime: str, docker_host: str | None) -> None:
@@ -313,56 +328,3 @@ async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -
     )
     context.save()
     return context
-
-
-async def _power_on(context: Context) -> None:
-    provider = open_provider(context.mesh, context.provider)
-    try:
-        for record in await provider.list(mesh_tag(context.mesh)):
-            if record.status is DropletStatus.OFF:
-                console.print(f"Powering on droplet [bold]{record.name}[/] ...")
-                await provider.power_on(record.id, fence=None)
-    finally:
-        await provider.close()
-
-
-async def _wait_joined(context: Context) -> None:
-    provider = open_provider(context.mesh, context.provider)
-    try:
-        expected = {r.name for r in await provider.list(mesh_tag(context.mesh))}
-    finally:
-        await provider.close()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    joined: set[str] = set()
-    with console.status("Waiting for the agents to join ...") as progress:
-        while time.monotonic() < deadline:
-            try:
-                store = await connect(context)
-                try:
-                    reading = await read_mesh(store)
-                    # With three droplets JetStream grows to three servers: a mesh is up once
-                    # it has (the control plane pauses for the move).
-                    settled = await jetstream_settled(store, reading, await last_placement(store))
-                finally:
-                    await store.close()
-                joined = {d["name"] for d in reading.status()["droplets"] if d["healthy"]}
-                more = "" if settled else ", JetStream growing"
-                progress.update(
-                    f"Waiting for the agents to join ... {len(joined & expected)}/{len(expected)}"
-                    + more
-                )
-                if expected <= joined and settled:
-                    break
-            except StoreUnavailable:
-                pass
-            await asyncio.sleep(0.5)
-        else:
-            missing = ", ".join(sorted(expected - joined))
-            raise MeshError(
-                f"up: droplets did not join within {JOIN_TIMEOUT_S:.0f} s: {missing}; "
-                f"see the logs under {context.state_dir}"
-            )
-    console.print(
-        f"Mesh [bold]{context.name}[/] is up: {len(expected)} droplets "
-        f"({', '.join(sorted(expected))}). Next: `meshctl publish examples/projects.csv --wait`."
-    )

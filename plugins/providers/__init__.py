@@ -1,11 +1,9 @@
 """The provider interface: how the mesh creates, powers and destroys its droplets.
 
-A provider plugin (`local`, `digitalocean`) implements `Provider`; the agent holding the
-`provisioner` (or `recovery`) role picks one by name from configuration with `load_provider`,
-which imports the plugin lazily from `PROVIDERS`. The values that cross this seam are
-`DropletRecord` (what the provider knows of one droplet, in DigitalOcean's words) and the
-errors `ProviderError`, `DropletNotFound`, `StaleFence`, `DropletStartError` and
-`ProviderConfigError`; optional abilities (volumes, snapshots, ...) are Protocols of their own.
+A provider plugin (`local`, `digitalocean`) implements `Provider`, picked by name with
+`load_provider` (imported lazily from `PROVIDERS`). What crosses this seam: `DropletRecord`
+(one droplet, in DigitalOcean's words) and `ProviderError` and its kinds; optional abilities
+(volumes, snapshots, ...) are Protocols of their own.
 
 Every action a leader causes carries its `Fence` (its role and the lease revision it took the
 role at) as the keyword-only `fence`; a provider refuses an action whose revision is lower
@@ -44,11 +42,10 @@ class DropletStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DropletRecord:
-    """What a provider knows of one droplet.
-
-    `id` is the provider's id (it changes when a droplet is replaced; `name` does not),
-    `address` the address the mesh reaches it on, `created_at` a Unix time.
-    """
+    """What a provider knows of one droplet: `id` is the provider's id (it changes when a
+    droplet is replaced; `name` does not), `address` the address the mesh reaches it on (a
+    private one where it has one), `public_address` the one the operator reaches it on
+    (DigitalOcean's public address; "" where `address` is both), `created_at` a Unix time."""
 
     id: str
     name: str
@@ -57,6 +54,7 @@ class DropletRecord:
     status: DropletStatus
     tags: tuple[str, ...]
     created_at: float
+    public_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +97,7 @@ class DropletNotFound(ProviderError, KeyError):
         self.droplet_id = droplet_id
         super().__init__(action, f"no droplet with id {droplet_id!r}")
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return Exception.__str__(self)
+    __str__ = Exception.__str__  # KeyError would quote the message
 
 
 class StaleFence(ProviderError):
@@ -252,8 +249,7 @@ class SnapshotNotFound(ProviderError, KeyError):
         self.snapshot_id = snapshot_id
         super().__init__(action, f"no snapshot with id {snapshot_id!r}")
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return Exception.__str__(self)
+    __str__ = Exception.__str__  # KeyError would quote the message
 
 
 @runtime_checkable
@@ -292,8 +288,7 @@ class VolumeNotFound(ProviderError, KeyError):
         self.volume_id = volume_id
         super().__init__(action, f"no volume with id {volume_id!r}")
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return Exception.__str__(self)
+    __str__ = Exception.__str__  # KeyError would quote the message
 
 
 class VolumeInUse(ProviderError):

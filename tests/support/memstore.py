@@ -92,6 +92,7 @@ class MemoryStore(MemoryObjects):
         self._hooks: list[Callable[[str, str], Awaitable[None] | None]] = []
         self._recording: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.closing: list[Callable[[], Awaitable[None]]] = []
 
     # --- what tests do -----------------------------------------------------------------------
 
@@ -115,6 +116,8 @@ class MemoryStore(MemoryObjects):
 
     async def close(self) -> None:
         self.closed = True
+        while self.closing:
+            await self.closing.pop(0)()
 
     async def ensure(self, replicas: int) -> None:
         self._check()

@@ -16,8 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_HELPERS = {"plugins", "plugins.fs", "plugins.procfs", "plugins.templating"}
 PLUGIN_KINDS = {"providers", "runtimes", "lb", "notifiers", "secrets", "backups"}
-# The docker plugin's face outside the runtime (engine admin for drills and `down`; compose).
-DECLARED = {"plugins.runtimes.docker.admin", "plugins.runtimes.docker.compose"}
+# Plugins' faces beyond their interface: the docker engine's admin (drills, `down`) and compose;
+# a cloud provider's access (SSH keys, firewall).
+DECLARED = {
+    "plugins.runtimes.docker.admin",
+    "plugins.runtimes.docker.compose",
+    "plugins.providers.cloud",  # what only a cloud provider does (SSH keys, firewall)
+}
 IO_MODULES = {"asyncio", "nats", "aiohttp", "socket", "subprocess", "docker", "msgpack"}
 
 

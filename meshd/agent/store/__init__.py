@@ -103,6 +103,9 @@ class WorkQueue(Protocol):
 class Store(Protocol):
     """What agents, roles and `meshctl` need of the mesh's shared state."""
 
+    closing: list[Callable[[], Awaitable[None]]]
+    """Awaited, in order, once the store is closed: what its connection needed (a tunnel)."""
+
     @property
     def connected(self) -> bool: ...
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -58,6 +58,7 @@ class NatsStore(NatsObjects):
         self._buckets: dict[str, KeyValue] = {}
         self._events = Events(self._js)
         self._watchers: set[Any] = set()
+        self.closing: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     async def connect(
@@ -123,8 +124,8 @@ class NatsStore(NatsObjects):
                 await self._nc.drain()
             except ANY_NATS_ERROR:
                 await self._nc.close()
-
-    # --- setup -----------------------------------------------------------------------------
+        while self.closing:
+            await self.closing.pop(0)()
 
     async def ensure(self, replicas: int) -> None:
         with translated("set up buckets"):

@@ -33,6 +33,7 @@ def record(droplet: dict[str, Any]) -> DropletRecord:
         created_at=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
         if created
         else 0.0,
+        public_address=str(by_kind.get("public") or ""),
     )
 
 

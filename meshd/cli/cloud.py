@@ -1,0 +1,181 @@
+"""`meshctl up --provider digitalocean`: a mesh on a DigitalOcean account.
+
+In order, each step harmless to repeat (a failed `up` is run again): the infrastructure key
+(`~/.ssh/infrastructure_key`, ed25519, made if missing) uploaded once; the mesh's firewall
+(SSH from the administrators' addresses only); master, created once; the reserved IP, made
+once and pointed at master; master bootstrapped over SSH (bootstrap.py) with the mesh's
+configuration and the secrets its leaders need; the context, which reaches NATS through an
+SSH tunnel to master (meshd/cli/tunnel.py). `publish` then creates and bootstraps the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import bootstrap
+from meshd.agent.bootstrapping import KEY_FILE, TOKEN_FILE, node_files
+from meshd.agent.config import (
+    CLIENT_PORT,
+    CORE_TAG,
+    DEFAULT_ENTRY_PORT,
+    CoreServer,
+    MeshConfig,
+    mesh_tag,
+    new_passwords,
+)
+from meshd.cli.context import Context, NoMeshError, load_context
+from meshd.cli.joining import open_provider, power_on, wait_joined
+from meshd.cli.tables import console
+from plugins.providers import DropletRecord, Provider, ReservedAddresses
+from plugins.providers.cloud import CloudAccess
+from protocol.errors import MeshError
+
+INFRASTRUCTURE_KEY = Path("~/.ssh/infrastructure_key")
+AGENT_DIR = "/var/lib/meshd"
+CORE_SIZE = "s-1vcpu-1gb"
+
+
+def infrastructure_key(path: Path = INFRASTRUCTURE_KEY) -> tuple[Path, str]:
+    """The operator's key for the mesh's droplets, made (ed25519, 0600) if missing; its path
+    and public half."""
+    import asyncssh
+
+    path = path.expanduser()
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="meshd infrastructure key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.export_private_key())
+        path.with_suffix(".pub").write_bytes(key.export_public_key())
+        console.print(f"Made the infrastructure key {path}.")
+    key = asyncssh.read_private_key(str(path))
+    return path, key.export_public_key().decode().strip()
+
+
+def operator_provider(settings: dict[str, Any]) -> dict[str, Any]:
+    """The context's provider section: never the token (DIGITALOCEAN_TOKEN or token_file)."""
+    keep = ("region", "api_url", "token_file", "image", "vpc_uuid")
+    return {"name": "digitalocean", "config": {k: settings[k] for k in keep if settings.get(k)}}
+
+
+async def up_on_digitalocean(
+    name: str, settings: dict[str, Any], admins: list[str], runtime: str, python: str
+) -> None:
+    try:
+        context = load_context(name)
+    except NoMeshError:
+        context = None
+    if context is None:
+        if not settings["region"]:
+            raise MeshError("up: --provider digitalocean needs --region (e.g. fra1)")
+        if not admins:
+            raise MeshError(
+                "up: --provider digitalocean needs --admin-ip (your address, which SSH is "
+                "opened to; meshctl never asks an outside service for it)"
+            )
+        if not settings["token_file"] and not os.environ.get("DIGITALOCEAN_TOKEN"):
+            raise MeshError("up: no API token: set DIGITALOCEAN_TOKEN or give --token-file")
+        chosen = {"name": "docker" if runtime == "auto" else runtime}
+        context = await create_on_digitalocean(name, settings, admins, chosen, python, CORE_SIZE)
+    else:
+        await power_on(context)
+    await wait_joined(context)
+
+
+async def create_on_digitalocean(
+    name: str,
+    settings: dict[str, Any],
+    admins: list[str],
+    runtime: dict[str, Any],
+    python: str,
+    size: str,
+) -> Context:
+    """Everything `up` makes on the account, then the context; see the module docstring."""
+    key_path, public_key = infrastructure_key()
+    section = operator_provider(settings)
+    provider = open_provider(name, section)
+    try:
+        access = _access(provider)
+        fingerprint = await access.ensure_ssh_key(key_path.name, public_key)
+        console.print(f"SSH key [bold]{key_path.name}[/] is on the account ({fingerprint}).")
+        await access.ensure_firewall(mesh_tag(name), admins)
+        console.print(f"Firewall [bold]meshd-{name}[/]: SSH from {', '.join(admins)} only.")
+    finally:
+        await provider.close()
+    section["config"]["ssh_keys"] = [fingerprint]
+    provider = open_provider(name, section)
+    try:
+        master = await _master(provider, name, size)
+        if not isinstance(provider, ReservedAddresses):
+            raise MeshError(f"up: provider {provider.name!r} has no reserved addresses")
+        entry_address = await provider.reserve_address()
+        await provider.assign_reserved_address(entry_address, master.id, fence=None)
+        console.print(f"Reserved IP [bold]{entry_address}[/] points at master.")
+    finally:
+        await provider.close()
+    agents = {"name": "digitalocean", "config": {
+        **section["config"], "token_file": f"{AGENT_DIR}/{TOKEN_FILE}"}}  # fmt: skip
+    config = MeshConfig(
+        mesh=name,
+        core=(CoreServer(master.name, master.address),),
+        passwords=new_passwords(),
+        provider=agents,
+        runtime=runtime,
+        entry={"address": entry_address, "port": DEFAULT_ENTRY_PORT},
+        bootstrap={"python": python},
+    )
+    secrets = {KEY_FILE: key_path.read_bytes(), TOKEN_FILE: _token(settings).encode()}
+    files = node_files(master, config.to_json(), secrets)
+    console.print(f"Bootstrapping master over SSH ({master.public_address}) ...")
+    import asyncssh
+
+    report = await bootstrap.bootstrap(
+        bootstrap.Target(
+            master.public_address, asyncssh.import_private_key(files[KEY_FILE]), python=python
+        ),  # fmt: skip
+        bootstrap.Node(master.name, files, str(runtime.get("name", "process"))),
+    )
+    done = ", ".join(f"{s.name} {s.seconds:.1f} s" for s in report.steps)
+    console.print(f"Master bootstrapped in {report.seconds:.1f} s ({done}).")
+    context = Context(
+        name=name,
+        mesh=name,
+        servers=[f"nats://{master.address}:{CLIENT_PORT}"],
+        user="operator",
+        password=config.passwords["operator"],
+        provider=section,
+        local=False,
+        runtime=runtime,
+        entry_url=f"http://{entry_address}",
+        deployer_password=config.passwords["deployer"],
+        tunnel={"host": master.public_address, "user": "root", "key_file": str(key_path)},
+    )
+    context.save()
+    return context
+
+
+def _access(provider: Provider) -> CloudAccess:
+    if not isinstance(provider, CloudAccess):
+        raise MeshError(f"up: provider {provider.name!r} manages no SSH keys or firewall")
+    return provider
+
+
+async def _master(provider: Provider, name: str, size: str) -> DropletRecord:
+    """Master, created unless an earlier `up` made it."""
+    for record in await provider.list(mesh_tag(name)):
+        if record.name == "master":
+            console.print(f"Droplet [bold]master[/] exists already ({record.id}).")
+            return record
+    console.print("Creating droplet [bold]master[/] ...")
+    return await provider.create(
+        "master", size, tags=[mesh_tag(name), CORE_TAG], user_data="", fence=None
+    )
+
+
+def _token(settings: dict[str, Any]) -> str:
+    if settings.get("token_file"):
+        return Path(str(settings["token_file"])).expanduser().read_text().strip()
+    return os.environ.get("DIGITALOCEAN_TOKEN", "")
