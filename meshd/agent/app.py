@@ -21,6 +21,7 @@ from aiohttp import web
 from meshd.agent.answering import answer_requests
 from meshd.agent.api import GitHooks, create_app
 from meshd.agent.beats import BeatListener
+from meshd.agent.bootstrapping import bootstrap_droplet
 from meshd.agent.config import (
     AGENT_HTTP_PORT,
     DropletIdentity,
@@ -74,8 +75,7 @@ from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
-# The entry point moves within about 3 s of its holder's death: a short lease (NATS TTLs
-# are whole seconds), renewed four times a second.
+# The entry point moves within about 3 s of its holder's death: a short lease, renewed 4/s.
 LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
 LB_HESITATE_S = 0.5  # other droplets wait this long before each try: master wins the race
 M = TypeVar("M", bound=Message)
@@ -98,6 +98,8 @@ class Agent:
         self.trust = Trust(self.identity.name, self.view, self.secrets)
         self.trust.servers = ServerPlacement.load(self.dir, self.config).names()
         self.reconciler: Reconciler
+        bare = self.config.bootstrap  # droplets start bare: leaders bootstrap what they make
+        self.boot = partial(bootstrap_droplet, self.dir, self.config) if bare else None
 
     def status(self) -> NodeStatus:
         self._refresh_identity()
@@ -218,7 +220,7 @@ class Agent:
 
             leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
                 (Scheduler(store, name), None, 0.0),
-                (Provisioner(store, provider, self.config, name), None, 0.0),
+                (Provisioner(store, provider, self.config, name, self.boot), None, 0.0),
                 (
                     Recovery(
                         store,
@@ -227,10 +229,11 @@ class Agent:
                         name,
                         tag,
                         user_data=partial(user_data_now, self.dir, self.config),
+                        bootstrapper=self.boot,
                     ),
                     None,
                     0.0,
-                ),
+                ),  # fmt: skip
                 (Snapshots(store, provider, view, name, tag), None, 0.0),
                 (
                     Builder(

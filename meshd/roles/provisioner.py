@@ -1,7 +1,8 @@
 """The `provisioner` role: the droplets the placement needs vs the provider's droplets.
 
-It creates missing project droplets (they bootstrap and join by themselves from their
-user_data), resizes those whose size changed and destroys project droplets that no
+It creates missing project droplets (they join by themselves from their user_data, or,
+where they start bare, once bootstrapped over SSH: `bootstrapper`, again on every pass until
+their agent reports), resizes those whose size changed and destroys project droplets that no
 placement wants any more, once no allocation points at them. Core droplets (created by
 `meshctl up`) are resized but never destroyed here.
 """
@@ -12,29 +13,48 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
+from bootstrap import BootstrapFailed
 from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import jetstream_servers, last_placement
 from meshd.agent.store import Conflict, Store
-from plugins.providers import DropletNotFound, DropletRecord, Provider, ProviderError
+from plugins.providers import (
+    DropletNotFound,
+    DropletRecord,
+    DropletStatus,
+    Provider,
+    ProviderError,
+)
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.messages import Allocation, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
+# Makes a bare droplet a mesh node with this user data (meshd.agent.bootstrapping).
+Bootstrapper = Callable[[DropletRecord, str], Awaitable[object]]
 
 
 class Provisioner:
     role = subjects.Role.PROVISIONER
 
-    def __init__(self, store: Store, provider: Provider, config: MeshConfig, droplet: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        config: MeshConfig,
+        droplet: str,
+        bootstrapper: Bootstrapper | None = None,
+    ) -> None:
         self.store = store
         self.provider = provider
         self.config = config
         self.droplet = droplet
+        self.bootstrapper = bootstrapper
+        self._booted: set[str] = set()  # bootstrapped by this leader: ids
 
     async def lead(self, term: Term) -> None:
         await run_on_changes(
@@ -63,6 +83,7 @@ class Provisioner:
         placement = last.placement
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
         missing = [d for d in placement.droplets if d.name not in existing]
+        bare = [r for r in existing.values() if await self._bare(r)]
         # Concurrently: a droplet takes a while to boot, and they do not depend on each other.
         # Each create ends on its own (one failing never cancels another mid-way, which could
         # leave a droplet the provider made and nobody recorded); the next pass lists the
@@ -70,6 +91,8 @@ class Provisioner:
         async with asyncio.TaskGroup() as creates:
             for droplet in missing:
                 creates.create_task(self._create_or_report(term, droplet.name, droplet.size))
+            for bare_droplet in bare:
+                creates.create_task(self._bootstrap(term, bare_droplet))
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
@@ -91,17 +114,20 @@ class Provisioner:
             log.error("Droplet not created; retrying next pass. droplet=%s error=%s", name, err)
             await self._event(term, "provision_failed", name, {"error": str(err)})
 
-    async def _create(self, term: Term, name: str, size: str) -> None:
-        term.ensure_held()
-        tags = [mesh_tag(self.config.mesh), WEB_TAG]
-        # The new agent's first NATS servers: those that run JetStream now, not only master.
+    async def _user_data(self) -> str:
+        """The new agent's first NATS servers: those that run JetStream now, not only master."""
         config = self.config
         if running := await jetstream_servers(self.store, subjects.JETSTREAM_APPLIED_KEY):
             config = config.with_servers(
                 tuple(CoreServer(s.name, s.address) for s in running.servers), running.epoch
             )
+        return config.to_json()
+
+    async def _create(self, term: Term, name: str, size: str) -> None:
+        term.ensure_held()
+        tags = [mesh_tag(self.config.mesh), WEB_TAG]
         record = await self.provider.create(
-            name, size, tags=tags, user_data=config.to_json(), fence=term.token
+            name, size, tags=tags, user_data=await self._user_data(), fence=term.token
         )
         log.info("Droplet created. droplet=%s address=%s", name, record.address)
         await self._event(term, "droplet_created", name, {"size": size, "id": record.id})
@@ -118,6 +144,39 @@ class Provisioner:
         )
         with contextlib.suppress(Conflict):
             await self.store.create(subjects.NODES_BUCKET, subjects.node_key(name), encode(booting))
+        if self.bootstrapper is not None:
+            await self._bootstrap(term, record)
+
+    async def _bare(self, record: DropletRecord) -> bool:
+        """A project droplet to bootstrap (again): on, and its agent has never reported."""
+        if self.bootstrapper is None or record.id in self._booted or WEB_TAG not in record.tags:
+            return False
+        if record.status is not DropletStatus.ACTIVE or not record.address:
+            return False
+        report = await self.store.get(subjects.NODES_BUCKET, subjects.node_key(record.name))
+        return (
+            report is None
+            or report.value is None
+            or (decode(report.value, NodeStatus).incarnation == 0)
+        )
+
+    async def _bootstrap(self, term: Term, record: DropletRecord) -> None:
+        """Bootstrap over SSH; a failure is reported and the droplet kept, tried again next pass."""
+        assert self.bootstrapper is not None
+        term.ensure_held()
+        started = time.monotonic()
+        try:
+            await self.bootstrapper(record, await self._user_data())
+        except BootstrapFailed as err:
+            log.error("Droplet not bootstrapped; retrying next pass. droplet=%s error=%s",
+                      record.name, err)  # fmt: skip
+            await self._event(term, "bootstrap_failed", record.name,
+                              {"step": err.step, "error": err.reason})  # fmt: skip
+            return
+        self._booted.add(record.id)
+        seconds = round(time.monotonic() - started, 2)
+        log.info("Droplet bootstrapped. droplet=%s seconds=%.1f", record.name, seconds)
+        await self._event(term, "droplet_bootstrapped", record.name, {"seconds": seconds})
 
     async def _destroy(self, term: Term, record: DropletRecord) -> None:
         term.ensure_held()

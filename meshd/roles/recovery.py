@@ -26,9 +26,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bootstrap import BootstrapFailed
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.meshview import MeshView
@@ -64,16 +65,19 @@ class Recovery:
         droplet: str,
         tag: str,
         user_data: Callable[[], str] | None = None,
+        bootstrapper: Callable[[DropletRecord, str], Awaitable[object]] | None = None,
     ) -> None:
         """`user_data` makes a replacement's user data when it is rebuilt: the JetStream
         servers this agent uses now, which a snapshot's own may predate (None: the old
-        droplet's)."""
+        droplet's). `bootstrapper` writes it over SSH where the provider cannot
+        (DigitalOcean keeps a droplet's first user data)."""
         self.store = store
         self.provider = provider
         self.view = view
         self.droplet = droplet
         self.tag = tag
         self.user_data = user_data
+        self.bootstrapper = bootstrapper
         self._reported: dict[str, str] = {}  # droplet -> last problem recorded
 
     async def lead(self, term: Term) -> None:
@@ -197,6 +201,13 @@ class Recovery:
             await self._problem(term, record, "the droplet is gone; nothing to rebuild from")
             return
         await self._attach_volumes(term, record, replacement)
+        if self.bootstrapper is not None and self.user_data is not None:
+            term.ensure_held()
+            try:
+                await self.bootstrapper(replacement, await asyncio.to_thread(self.user_data))
+            except BootstrapFailed as err:
+                await self._problem(term, record, f"bootstrap failed: {err.reason} ({err.step})")
+                return
         rebuilt = dataclasses.replace(record, replacement_id=replacement.id)
         await self._advance(
             term, rebuilt, revision, FailureState.RECOVERING, "droplet_rebuilt", {"from": source}
