@@ -31,13 +31,13 @@ from meshd.agent.config import (
     user_data_now,
 )
 from meshd.agent.feeds import feed_allocations, feed_nodes
-from meshd.agent.fencebook import StoreFenceBook
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
+from meshd.agent.provider import agent_provider
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.reconciler.volumes import DropletVolumes
 from meshd.agent.sealed import SealedSecrets
@@ -64,7 +64,7 @@ from meshd.roles.vault_mirror import VaultMirror
 from meshd.watchers.detector import Detector
 from meshd.watchers.quorum import QuorumWatch
 from meshd.watchers.rescue import MasterRescue
-from plugins.providers import Provider, ProviderContext, Volumes, load_provider
+from plugins.providers import Provider, Volumes
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
 from protocol import subjects
@@ -213,14 +213,14 @@ class Agent:
             name = self.identity.name
             view = self.view
             entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
-            secrets = self.secrets
             tag = mesh_tag(self.config.mesh)
             # Master holds the entry point and mails when it can; the roomiest droplet builds.
             away, builds = 0.0 if name == MASTER else LB_HESITATE_S, self.trust.builder_hesitation
 
+            provisioner = Provisioner(store, provider, self.config, name, self.boot)
             leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
                 (Scheduler(store, name), None, 0.0),
-                (Provisioner(store, provider, self.config, name, self.boot), None, 0.0),
+                (provisioner, None, provisioner.hesitation),
                 (
                     Recovery(
                         store,
@@ -255,7 +255,7 @@ class Agent:
                         self.keys,
                         self.data_dir / "backup-leader",
                         self.config.mesh,
-                        partial(secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1]),
+                        partial(self.secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1]),
                     ),
                     None,
                     0.0,
@@ -264,7 +264,7 @@ class Agent:
                     Together(
                         Role.HEARTBEAT,
                         HeartbeatMails(store, view, name, self.config.mesh),
-                        Courier(store, Channels(lambda: view.notify, secrets), name),
+                        Courier(store, Channels(lambda: view.notify, self.secrets), name),
                     ),
                     None,
                     away,
@@ -305,7 +305,7 @@ class Agent:
                 tasks.create_task(board.run(), name="lease-board")
                 tasks.create_task(detector.run(), name="detector")
                 tasks.create_task(beats.run(), name="beats")
-                quorum = QuorumWatch(store, view, name, self.config.mesh, secrets, beats)
+                quorum = QuorumWatch(store, view, name, self.config.mesh, self.secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(feed_allocations(store, reconciler, view), name="allocations")
                 tasks.create_task(feed_nodes(store, reconciler, view), name="nodes")
@@ -352,17 +352,7 @@ class Agent:
             await store.close()
 
     def _provider(self) -> Provider:
-        provider_config = self.config.provider
-        return load_provider(
-            provider_config.get("name", "local"),
-            ProviderContext(
-                mesh=self.config.mesh,
-                config=dict(provider_config.get("config", {})),
-                logger=logging.getLogger("plugins.providers"),
-                on_power=follow_power(self.config.mesh),
-                fences=StoreFenceBook(lambda: self.store),
-            ),
-        )
+        return agent_provider(self.config, follow_power(self.config.mesh), lambda: self.store)
 
     async def _prepare_store(self, store: NatsStore, mover: ServerMover) -> None:
         """Finish a move of the JetStream state that an earlier life left midway, then create

@@ -4,7 +4,9 @@ It creates missing project droplets (they join by themselves from their user_dat
 where they start bare, once bootstrapped over SSH: `bootstrapper`, again on every pass until
 their agent reports), resizes those whose size changed and destroys project droplets that no
 placement wants any more, once no allocation points at them. Core droplets (created by
-`meshctl up`) are resized but never destroyed here.
+`meshctl up`) are resized but never destroyed here. A droplet that is off while resized
+(DigitalOcean) is never resized by its own agent: that leader hands the role over to another
+droplet (and stays away for `HAND_OVER_S`), which resizes it; alone, it waits for company.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from bootstrap import BootstrapFailed
 from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
+from meshd.agent.holds import end_hold, take_hold
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.records import jetstream_servers, last_placement
@@ -34,6 +37,14 @@ from protocol.messages import Allocation, NodeStatus
 
 log = logging.getLogger(__name__)
 RESYNC_S = 5.0
+RESIZE, RESIZE_HOLD_S = "resize", 1800.0  # a resize with the droplet off: well within this
+HAND_OVER_S = 60.0  # how long a leader that handed the role over stays away from it
+
+
+class HandOver(Exception):  # noqa: N818 - not an error: the term ends by choice
+    """The leader must let another droplet's agent do what it cannot (resize its own)."""
+
+
 # Makes a bare droplet a mesh node with this user data (meshd.agent.bootstrapping).
 Bootstrapper = Callable[[DropletRecord, str], Awaitable[object]]
 
@@ -55,17 +66,28 @@ class Provisioner:
         self.droplet = droplet
         self.bootstrapper = bootstrapper
         self._booted: set[str] = set()  # bootstrapped by this leader: ids
+        self._away_until = 0.0
+
+    def hesitation(self) -> float:
+        """Seconds to wait before competing for the role (after handing it over)."""
+        return max(0.0, self._away_until - time.monotonic())
 
     async def lead(self, term: Term) -> None:
-        await run_on_changes(
-            self.store,
-            [
-                (subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY),
-                (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
-            ],
-            lambda: self._provision_or_report(term),
-            RESYNC_S,
-        )
+        try:
+            await run_on_changes(
+                self.store,
+                [
+                    (subjects.DESIRED_BUCKET, subjects.PLACEMENT_KEY),
+                    (subjects.DESIRED_BUCKET, subjects.JETSTREAM_APPLIED_KEY),
+                ],
+                lambda: self._provision_or_report(term),
+                RESYNC_S,
+            )
+        except* HandOver as handed:
+            reason = handed.exceptions[0]
+            log.info("Handing the role over. reason=%s", reason)
+            self._away_until = time.monotonic() + HAND_OVER_S
+            await self._event(term, "role_handed_over", self.droplet, {"reason": str(reason)})
 
     async def _provision_or_report(self, term: Term) -> None:
         try:
@@ -96,9 +118,10 @@ class Provisioner:
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
-                term.ensure_held()
-                await self.provider.resize(record.id, droplet.size, fence=term.token)
-                await self._event(term, "droplet_resized", droplet.name, {"size": droplet.size})
+                if record.name == self.droplet and self.provider.resize_powers_off:
+                    await self._hand_over_to_resize(droplet.size)
+                    continue
+                await self._resize(term, record, droplet.size)
         wanted = {d.name for d in placement.droplets}
         extra = [r for r in existing.values() if WEB_TAG in r.tags and r.name not in wanted]
         if extra:
@@ -146,6 +169,31 @@ class Provisioner:
             await self.store.create(subjects.NODES_BUCKET, subjects.node_key(name), encode(booting))
         if self.bootstrapper is not None:
             await self._bootstrap(term, record)
+
+    async def _resize(self, term: Term, record: DropletRecord, size: str) -> None:
+        """Resize; a droplet that is off meanwhile is held, so that no peer calls it dead."""
+        term.ensure_held()
+        off = self.provider.resize_powers_off
+        if off:
+            await take_hold(self.store, record.name, RESIZE_HOLD_S, RESIZE, self.droplet,
+                            longer=True)  # fmt: skip
+        try:
+            await self.provider.resize(record.id, size, fence=term.token)
+        finally:
+            if off:
+                await end_hold(self.store, record.name, RESIZE)
+        await self._event(term, "droplet_resized", record.name, {"size": size})
+
+    async def _hand_over_to_resize(self, size: str) -> None:
+        """Raise HandOver when another droplet's agent reports (it will resize this one)."""
+        others = [
+            entry for key, entry in (await self.store.entries(subjects.NODES_BUCKET)).items()
+            if key != subjects.node_key(self.droplet) and entry.value is not None
+            and decode(entry.value, NodeStatus).incarnation > 0
+        ]  # fmt: skip
+        if others:
+            raise HandOver(f"{self.droplet} must be off to become {size}")
+        log.info("Not resizing this droplet while no other agent could. size=%s", size)
 
     async def _bare(self, record: DropletRecord) -> bool:
         """A project droplet to bootstrap (again): on, and its agent has never reported."""

@@ -176,6 +176,7 @@ class Provider(Protocol):
     """Creates, powers and destroys the droplets of one account."""
 
     name: str
+    resize_powers_off: bool  # a resized droplet is off meanwhile (its agent too)
 
     async def create(
         self, name: str, size: str, *, tags: Sequence[str], user_data: str, fence: Fence | None

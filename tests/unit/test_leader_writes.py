@@ -121,6 +121,7 @@ class FakeProvider:
     """A provider whose creates take a while, and fail for the names in `failing`."""
 
     name: str = "fake"
+    resize_powers_off: bool = False
     failing: set[str] = field(default_factory=set)
     droplets: dict[str, DropletRecord] = field(default_factory=dict)
     creates: list[str] = field(default_factory=list)  # names, when a create finished

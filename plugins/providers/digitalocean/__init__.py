@@ -51,6 +51,7 @@ class DigitalOceanProvider(DigitalOceanStorage, DigitalOceanAddresses, DigitalOc
     """Droplets of one DigitalOcean account; see the module docstring."""
 
     name = "digitalocean"
+    resize_powers_off = True  # DigitalOcean resizes droplets that are off
 
     def __init__(self, ctx: ProviderContext, api: Api, settings: dict[str, Any], pace: Pace):
         self._mesh = ctx.mesh

@@ -52,6 +52,7 @@ class LocalProvider(LocalVolumes):
     """Droplets as process groups on loopback addresses; see the module docstring."""
 
     name = "local"
+    resize_powers_off = False  # a local droplet's size is a label
 
     def __init__(
         self,
