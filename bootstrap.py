@@ -54,6 +54,7 @@ DROPLET_DIR = "/var/lib/meshd"
 RELEASES = "/opt/meshd/releases"
 VENV = "/opt/meshd/venv"
 VENV_PYTHON = f"{VENV}/bin/python"
+IDENTITY = "droplet.json"
 UNIT = "meshd.service"
 UNITS = "/etc/systemd/system"
 SOURCES = ("meshd", "protocol", "plugins", "templates", "bootstrap.py")
@@ -388,9 +389,12 @@ async def _write_files(run: _Remote, files: dict[str, bytes]) -> bool:
 
 
 def _digest(release: str, files: dict[str, bytes]) -> str:
+    """Of what a running agent reads only at start: the agent follows its droplet.json (a
+    resize changes the size in it) without a restart."""
     digest = hashlib.sha256(release.encode())
     for name, data in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        if name != IDENTITY:
+            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -183,6 +184,8 @@ class Provisioner:
             if off:
                 await end_hold(self.store, record.name, RESIZE)
         await self._event(term, "droplet_resized", record.name, {"size": size})
+        if self.bootstrapper is not None:  # its droplet.json says its new size
+            await self._bootstrap(term, dataclasses.replace(record, size=size))
 
     async def _hand_over_to_resize(self, size: str) -> None:
         """Raise HandOver when another droplet's agent reports (it will resize this one)."""

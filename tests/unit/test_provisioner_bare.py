@@ -142,7 +142,8 @@ async def test_the_leader_hands_the_role_over_rather_than_power_off_its_own_drop
 async def test_another_droplets_leader_resizes_the_droplet() -> None:
     store, provider = await mesh(master_size="s-1vcpu-1gb")
     await report(store, "master", 1)
-    other = Provisioner(store, provider, CONFIG, "shop-web1", Bootstraps())  # type: ignore[arg-type]
+    boots = Bootstraps()
+    other = Provisioner(store, provider, CONFIG, "shop-web1", boots)  # type: ignore[arg-type]
 
     await other.provision(term(3))
 
@@ -150,3 +151,4 @@ async def test_another_droplets_leader_resizes_the_droplet() -> None:
     assert provider.held_meanwhile is not None  # no peer called it dead while it was off
     assert decode(provider.held_meanwhile, DetectionHold).reason == "resize"
     assert store.value(subjects.DESIRED_BUCKET, subjects.hold_key("master")) is None
+    assert ("master", "m") in boots.done  # its droplet.json says its new size
