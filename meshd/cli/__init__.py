@@ -41,6 +41,7 @@ COMMANDS = {
     "releases": "meshd.cli.releases:releases",
     "hook": "meshd.cli.hook:hook",
     "backup": "meshd.cli.backup:backup",
+    "firewall": "meshd.cli.firewall:firewall",
 }
 
 

@@ -28,7 +28,7 @@ from meshd.agent.config import (
 from meshd.cli.context import Context, NoMeshError, load_context
 from meshd.cli.joining import open_provider, power_on, wait_joined
 from meshd.cli.tables import console
-from plugins.providers import DropletRecord, Provider, ReservedAddresses
+from plugins.providers import DropletRecord, Provider, ReservedAddresses, Snapshotter, Volumes
 from plugins.providers.cloud import CloudAccess
 from protocol.errors import MeshError
 
@@ -112,6 +112,7 @@ async def create_on_digitalocean(
         if not isinstance(provider, ReservedAddresses):
             raise MeshError(f"up: provider {provider.name!r} has no reserved addresses")
         entry_address = await provider.reserve_address()
+        section["config"]["reserved_ip"] = entry_address  # agents and `down` find it so
         await provider.assign_reserved_address(entry_address, master.id, fence=None)
         console.print(f"Reserved IP [bold]{entry_address}[/] points at master.")
     finally:
@@ -179,3 +180,37 @@ def _token(settings: dict[str, Any]) -> str:
     if settings.get("token_file"):
         return Path(str(settings["token_file"])).expanduser().read_text().strip()
     return os.environ.get("DIGITALOCEAN_TOKEN", "")
+
+
+async def leave_account(
+    provider: Provider, context: Context, droplet_ids: set[str], keep_data: bool
+) -> None:
+    """After `down` destroyed the droplets: the firewall and the reserved IP go; the mesh's
+    volumes and the snapshots of its droplets go with --delete-data, else are listed as kept."""
+    if not isinstance(provider, CloudAccess):
+        return
+    if await provider.remove_firewall():
+        console.print(f"Firewall [bold]meshd-{context.mesh}[/] deleted.")
+    address = (context.provider.get("config") or {}).get("reserved_ip")
+    if address and await provider.release_reserved_address(str(address)):
+        console.print(f"Reserved IP [bold]{address}[/] released.")
+    kept: list[str] = []
+    if isinstance(provider, Volumes):
+        for volume in await provider.list_volumes():
+            if volume.name.startswith(f"{context.mesh}-"):
+                if keep_data:
+                    kept.append(f"volume {volume.name} ({volume.size_gb} GB)")
+                else:
+                    await provider.delete_volume(volume.id, fence=None)
+    if isinstance(provider, Snapshotter):
+        for snapshot in await provider.list_snapshots():
+            if snapshot.droplet_id in droplet_ids:
+                if keep_data:
+                    kept.append(f"snapshot {snapshot.name} ({snapshot.size_gb:.2f} GB)")
+                else:
+                    await provider.delete_snapshot(snapshot.id, fence=None)
+    if kept:
+        console.print("Kept in the account (`meshctl down --delete-data` deletes them; they "
+                      "are billed meanwhile):\n  " + "\n  ".join(kept))  # fmt: skip
+    elif not keep_data:
+        console.print("The mesh's volumes and snapshots are deleted.")

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from meshd.agent.config import mesh_tag
+from meshd.cli.cloud import leave_account
 from meshd.cli.context import Context, load_context, remove_context
 from meshd.cli.joining import open_provider
 from meshd.cli.tables import console
@@ -57,7 +58,9 @@ async def _down(name: str | None, keep_data: bool) -> None:
     context = load_context(name)
     provider = open_provider(context.mesh, context.provider)
     try:
+        droplet_ids = {d.id for d in await provider.list(mesh_tag(context.mesh))}
         await _teardown(provider, context)
+        await leave_account(provider, context, droplet_ids, keep_data)
     finally:
         await provider.close()
     if context.local:

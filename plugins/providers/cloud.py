@@ -1,5 +1,6 @@
-"""What only a cloud provider does (DigitalOcean): who may reach the mesh's droplets. Used by
-`meshctl up` and `meshctl firewall`; providers without it (local) have nothing to open."""
+"""What only a cloud provider does (DigitalOcean): who may reach the mesh's droplets, and the
+account's objects the mesh made beside them. Used by `meshctl up`, `firewall` and `down`;
+providers without it (local) have nothing to open or give back."""
 
 from __future__ import annotations
 
@@ -28,4 +29,12 @@ class CloudAccess(Protocol):
         self, tag: str, add: Sequence[str] = (), remove: Sequence[str] = ()
     ) -> list[str]:
         """Open SSH to `add`, close it to `remove`; the addresses it is open to afterwards."""
+        ...
+
+    async def remove_firewall(self) -> bool:
+        """Delete the mesh's firewall; whether there was one."""
+        ...
+
+    async def release_reserved_address(self, address: str) -> bool:
+        """Give the reserved address back to the cloud; whether the account had it."""
         ...

@@ -133,6 +133,17 @@ class DigitalOceanAccess:
         await self.ensure_firewall(tag, admins)
         return admins
 
+    async def remove_firewall(self) -> bool:
+        what = f"delete the firewall {self.firewall_name}"
+        current = await self._firewall(what)
+        if current is None:
+            return False
+        await self._api.change(
+            what, lambda **kw: self._api.do.firewalls.delete(current["id"], **kw)
+        )
+        self._log.info("Firewall deleted. name=%s", self.firewall_name)
+        return True
+
     async def _firewall(self, what: str) -> dict[str, Any] | None:
         for firewall in await self._api.every(what, self._api.do.firewalls.list, "firewalls"):
             if firewall.get("name") == self.firewall_name:

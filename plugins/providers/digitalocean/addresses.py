@@ -58,3 +58,14 @@ class DigitalOceanAddresses(Fenced):
             self._pace,
         )
         self._log.info("Address assigned. ip=%s droplet=%s fence=%s", address, droplet_id, fence)
+
+    async def release_reserved_address(self, address: str) -> bool:
+        what = f"release the reserved IP {address}"
+        answer = await self._api.read(
+            what, lambda **kw: self._api.do.reserved_ips.get(address, **kw)
+        )
+        if "reserved_ip" not in answer:
+            return False
+        await self._api.change(what, lambda **kw: self._api.do.reserved_ips.delete(address, **kw))
+        self._log.info("Address released. ip=%s", address)
+        return True
