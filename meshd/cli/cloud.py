@@ -209,8 +209,11 @@ async def leave_account(
                     kept.append(f"snapshot {snapshot.name} ({snapshot.size_gb:.2f} GB)")
                 else:
                     await provider.delete_snapshot(snapshot.id, fence=None)
+    if context.tunnel:
+        key = Path(str(context.tunnel["key_file"])).name
+        kept.append(f"SSH key {key} (yours; every mesh you start uses it)")
     if kept:
-        console.print("Kept in the account (`meshctl down --delete-data` deletes them; they "
-                      "are billed meanwhile):\n  " + "\n  ".join(kept))  # fmt: skip
-    elif not keep_data:
+        console.print("Kept in the account (--delete-data deletes the volumes and "
+                      "snapshots; they are billed meanwhile):\n  " + "\n  ".join(kept))  # fmt: skip
+    if not keep_data:
         console.print("The mesh's volumes and snapshots are deleted.")

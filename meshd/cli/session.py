@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import click
 
-from meshd.agent.config import CLIENT_PORT
+from meshd.agent.config import CLIENT_PORT, mesh_tag
 from meshd.agent.records import LastPlacement, jetstream_servers
 from meshd.agent.store import Store, StoreUnavailable, Unreachable, open_store
 from meshd.cli.context import Context
@@ -29,6 +30,7 @@ from protocol.messages import (
 )
 
 CONNECT_TIMEOUT_S = 3.0  # the one-line "not reachable" error comes within ~3 s
+TUNNEL_RECONNECTS = 120  # a minute: a tunnel to a droplet that died opens again through another
 
 
 async def connect(context: Context) -> Store:
@@ -37,7 +39,7 @@ async def connect(context: Context) -> Store:
     if context.tunnel:
         from meshd.cli.tunnel import open_tunnel
 
-        tunnel = await open_tunnel(context.tunnel, context.servers)
+        tunnel = await open_tunnel(context.tunnel, context.servers, partial(_public, context))
         servers = tunnel.urls
     try:
         store = await open_store(
@@ -46,6 +48,8 @@ async def connect(context: Context) -> Store:
             context.password,
             name="meshctl",
             timeout=CONNECT_TIMEOUT_S,
+            # Through a tunnel, a lost connection waits for the tunnel to open again.
+            reconnects=TUNNEL_RECONNECTS if tunnel is not None else 1,
         )
     except StoreUnavailable as err:
         if tunnel is not None:
@@ -55,6 +59,19 @@ async def connect(context: Context) -> Store:
         store.closing.append(tunnel.close)
     await _follow_servers(store, context)
     return store
+
+
+async def _public(context: Context) -> list[str]:
+    """The public addresses of the mesh's droplets, from its provider: where else a tunnel
+    can go when the context's droplet is down."""
+    from meshd.cli.joining import open_provider  # which imports this module
+
+    provider = open_provider(context.mesh, context.provider)
+    try:
+        found = await provider.list(mesh_tag(context.mesh))
+    finally:
+        await provider.close()
+    return [r.public_address for r in found if r.public_address and r.status == "active"]
 
 
 async def _follow_servers(store: Store, context: Context) -> None:

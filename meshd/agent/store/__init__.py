@@ -254,10 +254,12 @@ async def open_store(
     forever: bool = False,
     timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
     inbox_prefix: str | None = None,
+    reconnects: int = 1,
 ) -> Store:
     """Connect to the mesh's NATS servers; `forever` keeps trying (agents), otherwise fail
     within about `timeout` with `StoreUnavailable`. `inbox_prefix` replaces `_INBOX` in the
-    connection's reply subjects (a user allowed to listen on its own inboxes only)."""
+    connection's reply subjects (a user allowed to listen on its own inboxes only). A lost
+    connection is tried again `reconnects` times per server, half a second apart."""
     from meshd.agent.store.jetstream import NatsStore
 
     return await NatsStore.connect(
@@ -268,4 +270,5 @@ async def open_store(
         forever=forever,
         timeout=timeout,
         inbox_prefix=inbox_prefix,
+        reconnects=reconnects,
     )

@@ -71,6 +71,7 @@ class NatsStore(NatsObjects):
         forever: bool = False,
         timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
         inbox_prefix: str | None = None,
+        reconnects: int = 1,
     ) -> NatsStore:
         async def on_error(err: Exception) -> None:
             log.debug("NATS connection error. error=%s", err)
@@ -88,7 +89,7 @@ class NatsStore(NatsObjects):
             "name": name,
             "connect_timeout": 1.0,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1 if forever else 1,
+            "max_reconnect_attempts": -1 if forever else reconnects,
             "reconnect_time_wait": 0.5,
             "ping_interval": 5,
             "max_outstanding_pings": 2,

@@ -14,8 +14,6 @@ and the mesh's firewall in `access`.
 
 A leader's fence goes past the mesh's fence book before every call that changes something
 (`fencing`); the operator's own calls carry none.
-
-Not built yet (issue 19 goes on): bootstrap, and the provider's use by `meshctl up`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,153 @@
+"""The seed's mesh on the DigitalOcean stand-in (root), driven only by `meshctl` as a user
+drives it: `up --provider digitalocean` bootstraps master over SSH, `publish` of the seed CSV
+creates and bootstraps three more droplets, the examples answer on the reserved IP; SSH (and
+so the operator's tunnel) is refused to an address that is not an administrator's; a killed
+web droplet is powered off, rebuilt from its snapshot and served again; a killed master
+gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH key it
+says it keeps. The stand-in checked every request against DigitalOcean's description."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import namespaces_allowed, nginx_binary, unavailable
+from tests.support.digitalocean import StandProcess, host_pids_running, start_process
+from tests.support.mesh import ROOT, LocalMesh, http_get
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.mesh, pytest.mark.alone]
+SPEED = "10"  # the stand-in's delays (create 45 s, rebuild 60 s, ...) ten times faster
+BACKEND = "/hostomatic-prod/backend/"
+
+
+def api(stand: StandProcess, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        stand.url + path, headers={"Authorization": f"Bearer {stand.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the stand-in
+        return dict(json.loads(answer.read()))
+
+
+def control(stand: StandProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{stand.url}/_sim", timeout=10) as answer:  # noqa: S310
+        return dict(json.loads(answer.read()))
+
+
+def droplets(stand: StandProcess) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in api(stand, "/v2/droplets?per_page=200")["droplets"]}
+
+
+def served(url: str) -> str | None:
+    try:
+        page = http_get(url, timeout=3)
+    except OSError:
+        return None
+    return page if "hostomatic-prod-backend" in page else None
+
+
+def kill_machine(droplet_id: int) -> None:
+    """The droplet dies as a machine does: its PID 1 killed (every process of it goes); the
+    API still says it is active."""
+    killed = 0
+    for pid in host_pids_running(f"--id={droplet_id}"):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[0] != b"unshare" and b"sim.digitalocean.boot" in argv:
+            os.kill(pid, 9)
+            killed += 1
+    assert killed == 1, f"droplet {droplet_id}'s PID 1 not found"
+
+
+def recovered(mesh: LocalMesh, droplet: str, after: float) -> bool:
+    events = mesh.events_about(droplet, 600) or []
+    return any(e["name"] == "droplet_recovered" and e["at"] > after for e in events)
+
+
+def holder_of(stand: StandProcess, address: str) -> str | None:
+    found = api(stand, f"/v2/reserved_ips/{address}")["reserved_ip"].get("droplet") or {}
+    return found.get("name")
+
+
+def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
+    namespaces_allowed()
+    for path in ("/usr/sbin/sshd", nginx_binary()):
+        if not Path(path).exists():
+            unavailable(f"{path} not installed (Debian: openssh-server nginx-light)")
+    stand = start_process(tmp_path / "stand", "--speed", SPEED)
+    home = tmp_path / "operator"
+    home.mkdir()
+    mesh = LocalMesh(tmp_path / "mesh", "seed-do", {"HOME": str(home),
+                     "DIGITALOCEAN_TOKEN": stand.token})  # fmt: skip
+    try:
+        settings = wait_for(lambda: control(stand) if control(stand)["ready"] else None, 30,
+                            "the stand-in is ready")  # fmt: skip
+        url = settings["inside_url"]  # the API as droplets reach it, and this machine too
+        admin = url.split("//")[1].split(":")[0]
+        mesh.ok("up", "--provider", "digitalocean", "--region", "fra1", "--api-url", url,
+                "--admin-ip", admin, "--runtime", "process", "--droplet-python", sys.executable,
+                "--context", mesh.name, timeout=300)  # fmt: skip
+        assert (home / ".ssh" / "infrastructure_key").stat().st_mode & 0o777 == 0o600
+
+        mesh.ok("publish", ROOT / "examples" / "projects.csv", "--wait", "--timeout", "600",
+                "--context", mesh.name, timeout=700)  # fmt: skip
+
+        made = droplets(stand)
+        assert sorted(made) == ["hostomatic-web1", "hostomatic-web2", "hostomatic-web3", "master"]
+        reserved = mesh.status()["entry_url"].split("//")[1].split(":")[0].rstrip("/")
+        assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "the reserved IP")
+
+        # SSH, and so the operator's tunnel to NATS, only from the administrators' addresses.
+        mesh.ok("firewall", "admin", "update", admin, "192.0.2.1", "--context", mesh.name)
+        refused = wait_for(lambda: _refused(mesh), 30, "the tunnel refused")
+        assert "cannot open the SSH tunnel" in refused
+        mesh.ok("firewall", "admin", "update", "192.0.2.1", admin, "--context", mesh.name)
+        assert json.loads(mesh.ok("firewall", "admin", "list", "--json")) == [f"{admin}/32"]
+
+        # A web droplet dies: fenced, rebuilt in place from its snapshot, bootstrapped, served.
+        killed = time.time()
+        kill_machine(made["hostomatic-web2"]["id"])
+        wait_for(lambda: recovered(mesh, "hostomatic-web2", killed), 300, "web2 recovered")
+        after = droplets(stand)
+        assert after["hostomatic-web2"]["id"] == made["hostomatic-web2"]["id"]  # in place
+        assert len(after) == 4
+        assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "served again")
+
+        # Master dies: the reserved IP moves to another droplet, and master comes back.
+        killed = time.time()
+        kill_machine(made["master"]["id"])
+
+        def moved() -> bool:
+            away = (holder_of(stand, reserved) or "master") != "master"
+            return away and served(f"http://{reserved}{BACKEND}") is not None
+
+        wait_for(moved, 120, "the reserved IP on another droplet, serving")
+        wait_for(lambda: recovered(mesh, "master", killed), 300, "master recovered")
+
+        ledger = control(stand)
+        assert ledger["invalid"] == 0, "requests DigitalOcean would refuse"
+        assert ledger["violations"] == 0
+
+        said = mesh.ok("down", "--delete-data", "--context", mesh.name, timeout=300)
+        assert "Reserved IP" in said and "Firewall" in said
+        for kind in ("droplets", "firewalls", "reserved_ips", "volumes", "snapshots"):
+            assert api(stand, f"/v2/{kind}")[kind] == [], kind
+        assert [k["name"] for k in api(stand, "/v2/account/keys")["ssh_keys"]] == [
+            "infrastructure_key"
+        ]
+        assert "infrastructure_key" in said  # down says it keeps it
+    finally:
+        if mesh.meshctl("status", "--context", mesh.name).returncode == 0:
+            mesh.meshctl("down", "--delete-data", "--context", mesh.name, timeout=300)
+        assert stand.stop() == 0
+
+
+def _refused(mesh: LocalMesh) -> str | None:
+    result = mesh.meshctl("status", "--context", mesh.name, timeout=60)
+    return result.stderr if result.returncode != 0 else None
