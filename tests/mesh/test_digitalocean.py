@@ -9,40 +9,20 @@ says it keeps. The stand-in checked every request against DigitalOcean's descrip
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import namespaces_allowed, nginx_binary, unavailable
-from tests.support.digitalocean import StandProcess, host_pids_running, start_process
+from tests.support.digitalocean import StandProcess, kill_machine, start_process
 from tests.support.mesh import ROOT, LocalMesh, http_get
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.mesh, pytest.mark.alone]
 SPEED = "10"  # the stand-in's delays (create 45 s, rebuild 60 s, ...) ten times faster
 BACKEND = "/hostomatic-prod/backend/"
-
-
-def api(stand: StandProcess, path: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        stand.url + path, headers={"Authorization": f"Bearer {stand.token}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the stand-in
-        return dict(json.loads(answer.read()))
-
-
-def control(stand: StandProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{stand.url}/_sim", timeout=10) as answer:  # noqa: S310
-        return dict(json.loads(answer.read()))
-
-
-def droplets(stand: StandProcess) -> dict[str, dict[str, Any]]:
-    return {d["name"]: d for d in api(stand, "/v2/droplets?per_page=200")["droplets"]}
 
 
 def served(url: str) -> str | None:
@@ -53,25 +33,13 @@ def served(url: str) -> str | None:
     return page if "hostomatic-prod-backend" in page else None
 
 
-def kill_machine(droplet_id: int) -> None:
-    """The droplet dies as a machine does: its PID 1 killed (every process of it goes); the
-    API still says it is active."""
-    killed = 0
-    for pid in host_pids_running(f"--id={droplet_id}"):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if argv[0] != b"unshare" and b"sim.digitalocean.boot" in argv:
-            os.kill(pid, 9)
-            killed += 1
-    assert killed == 1, f"droplet {droplet_id}'s PID 1 not found"
-
-
 def recovered(mesh: LocalMesh, droplet: str, after: float) -> bool:
     events = mesh.events_about(droplet, 600) or []
     return any(e["name"] == "droplet_recovered" and e["at"] > after for e in events)
 
 
 def holder_of(stand: StandProcess, address: str) -> str | None:
-    found = api(stand, f"/v2/reserved_ips/{address}")["reserved_ip"].get("droplet") or {}
+    found = stand.get(f"/v2/reserved_ips/{address}")["reserved_ip"].get("droplet") or {}
     return found.get("name")
 
 
@@ -86,7 +54,7 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
     mesh = LocalMesh(tmp_path / "mesh", "seed-do", {"HOME": str(home),
                      "DIGITALOCEAN_TOKEN": stand.token})  # fmt: skip
     try:
-        settings = wait_for(lambda: control(stand) if control(stand)["ready"] else None, 30,
+        settings = wait_for(lambda: stand.settings() if stand.settings()["ready"] else None, 30,
                             "the stand-in is ready")  # fmt: skip
         url = settings["inside_url"]  # the API as droplets reach it, and this machine too
         admin = url.split("//")[1].split(":")[0]
@@ -98,7 +66,7 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         mesh.ok("publish", ROOT / "examples" / "projects.csv", "--wait", "--timeout", "600",
                 "--context", mesh.name, timeout=700)  # fmt: skip
 
-        made = droplets(stand)
+        made = stand.droplets()
         assert sorted(made) == ["hostomatic-web1", "hostomatic-web2", "hostomatic-web3", "master"]
         reserved = mesh.status()["entry_url"].split("//")[1].split(":")[0].rstrip("/")
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "the reserved IP")
@@ -114,7 +82,7 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         killed = time.time()
         kill_machine(made["hostomatic-web2"]["id"])
         wait_for(lambda: recovered(mesh, "hostomatic-web2", killed), 300, "web2 recovered")
-        after = droplets(stand)
+        after = stand.droplets()
         assert after["hostomatic-web2"]["id"] == made["hostomatic-web2"]["id"]  # in place
         assert len(after) == 4
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "served again")
@@ -130,15 +98,15 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         wait_for(moved, 120, "the reserved IP on another droplet, serving")
         wait_for(lambda: recovered(mesh, "master", killed), 300, "master recovered")
 
-        ledger = control(stand)
+        ledger = stand.settings()
         assert ledger["invalid"] == 0, "requests DigitalOcean would refuse"
         assert ledger["violations"] == 0
 
         said = mesh.ok("down", "--delete-data", "--context", mesh.name, timeout=300)
         assert "Reserved IP" in said and "Firewall" in said
         for kind in ("droplets", "firewalls", "reserved_ips", "volumes", "snapshots"):
-            assert api(stand, f"/v2/{kind}")[kind] == [], kind
-        assert [k["name"] for k in api(stand, "/v2/account/keys")["ssh_keys"]] == [
+            assert stand.get(f"/v2/{kind}")[kind] == [], kind
+        assert [k["name"] for k in stand.get("/v2/account/keys")["ssh_keys"]] == [
             "infrastructure_key"
         ]
         assert "infrastructure_key" in said  # down says it keeps it

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import select
 import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +223,23 @@ class StandProcess:
     def client(self, **options: Any) -> Any:
         return pydo_client(self.url, self.token, **options)
 
+    def get(self, path: str) -> dict[str, Any]:
+        """GET an API path with the token, without a loop (tests and benches driving meshctl)."""
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the stand-in
+            return dict(json.loads(answer.read()))
+
+    def settings(self) -> dict[str, Any]:
+        """`GET /_sim`: its settings, readiness and the requests counted and refused."""
+        with urllib.request.urlopen(f"{self.url}/_sim", timeout=10) as answer:  # noqa: S310
+            return dict(json.loads(answer.read()))
+
+    def droplets(self) -> dict[str, dict[str, Any]]:
+        """The account's droplets by name."""
+        return {d["name"]: d for d in self.get("/v2/droplets?per_page=200")["droplets"]}
+
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then the exit status (SIGKILL if it does not end in time)."""
         if self.process.poll() is None:
@@ -231,6 +250,18 @@ class StandProcess:
             self.process.kill()
             self.process.wait()
             raise
+
+
+def kill_machine(droplet_id: int) -> None:
+    """The droplet dies as a machine does: its PID 1 killed (every process of it goes with
+    it); the API still says it is active."""
+    killed = 0
+    for pid in host_pids_running(f"--id={droplet_id}"):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[0] != b"unshare" and b"sim.digitalocean.boot" in argv:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    assert killed == 1, f"droplet {droplet_id}'s PID 1 not found"
 
 
 def start_process(state: Path, *options: str, timeout: float = 10) -> StandProcess:
