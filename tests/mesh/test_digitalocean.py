@@ -1,6 +1,8 @@
 """The seed's mesh on the DigitalOcean stand-in (root), driven only by `meshctl` as a user
 drives it: `up --provider digitalocean` bootstraps master over SSH, `publish` of the seed CSV
-creates and bootstraps three more droplets, the examples answer on the reserved IP; SSH (and
+creates and bootstraps three more droplets while a tenth of the droplet requests fail (503,
+or done with the answer lost) and the burst limit is low: no droplet twice, none missing; the
+examples answer on the reserved IP; SSH (and
 so the operator's tunnel) is refused to an address that is not an administrator's; a killed
 web droplet is powered off, rebuilt from its snapshot and served again; a killed master
 gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH key it
@@ -63,20 +65,14 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
                 "--context", mesh.name, timeout=300)  # fmt: skip
         assert (home / ".ssh" / "infrastructure_key").stat().st_mode & 0o777 == 0o600
 
-        mesh.ok("publish", ROOT / "examples" / "projects.csv", "--wait", "--timeout", "600",
-                "--context", mesh.name, timeout=700)  # fmt: skip
+        publish_through_faults(mesh, stand)
 
-        made = stand.droplets()
+        made = stand.droplets()  # each once, none lost
         assert sorted(made) == ["hostomatic-web1", "hostomatic-web2", "hostomatic-web3", "master"]
         reserved = mesh.status()["entry_url"].split("//")[1].split(":")[0].rstrip("/")
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "the reserved IP")
 
-        # SSH, and so the operator's tunnel to NATS, only from the administrators' addresses.
-        mesh.ok("firewall", "admin", "update", admin, "192.0.2.1", "--context", mesh.name)
-        refused = wait_for(lambda: _refused(mesh), 30, "the tunnel refused")
-        assert "cannot open the SSH tunnel" in refused
-        mesh.ok("firewall", "admin", "update", "192.0.2.1", admin, "--context", mesh.name)
-        assert json.loads(mesh.ok("firewall", "admin", "list", "--json")) == [f"{admin}/32"]
+        only_administrators_reach_it(mesh, admin)
 
         # A web droplet dies: fenced, rebuilt in place from its snapshot, bootstrapped, served.
         killed = time.time()
@@ -102,18 +98,42 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         assert ledger["invalid"] == 0, "requests DigitalOcean would refuse"
         assert ledger["violations"] == 0
 
-        said = mesh.ok("down", "--delete-data", "--context", mesh.name, timeout=300)
-        assert "Reserved IP" in said and "Firewall" in said
-        for kind in ("droplets", "firewalls", "reserved_ips", "volumes", "snapshots"):
-            assert stand.get(f"/v2/{kind}")[kind] == [], kind
-        assert [k["name"] for k in stand.get("/v2/account/keys")["ssh_keys"]] == [
-            "infrastructure_key"
-        ]
-        assert "infrastructure_key" in said  # down says it keeps it
+        down_leaves_only_the_key(mesh, stand)
     finally:
         if mesh.meshctl("status", "--context", mesh.name).returncode == 0:
             mesh.meshctl("down", "--delete-data", "--context", mesh.name, timeout=300)
         assert stand.stop() == 0
+
+
+def publish_through_faults(mesh: LocalMesh, stand: StandProcess) -> None:
+    """Publish through a bad day of the API: droplet requests failing (503 before anything is
+    done, or done with the answer lost) and a burst limit low enough to be hit."""
+    stand.change({"faults": {"error_rate": 0.1, "lost_rate": 0.1, "path_contains": "/v2/droplets"},
+                  "limits": {"per_minute": 120}})  # fmt: skip
+    mesh.ok("publish", ROOT / "examples" / "projects.csv", "--wait", "--timeout", "600",
+            "--context", mesh.name, timeout=700)  # fmt: skip
+    stand.change({"faults": {"error_rate": 0.0, "lost_rate": 0.0}, "limits": {"per_minute": 250}})
+    answered = stand.answered()
+    assert answered.get(503, 0) > 0, answered  # the faults did happen
+
+
+def only_administrators_reach_it(mesh: LocalMesh, admin: str) -> None:
+    """SSH, and so the operator's tunnel to NATS, only from the administrators' addresses."""
+    mesh.ok("firewall", "admin", "update", admin, "192.0.2.1", "--context", mesh.name)
+    refused = wait_for(lambda: _refused(mesh), 30, "the tunnel refused")
+    assert "cannot open the SSH tunnel" in refused
+    mesh.ok("firewall", "admin", "update", "192.0.2.1", admin, "--context", mesh.name)
+    assert json.loads(mesh.ok("firewall", "admin", "list", "--json")) == [f"{admin}/32"]
+
+
+def down_leaves_only_the_key(mesh: LocalMesh, stand: StandProcess) -> None:
+    said = mesh.ok("down", "--delete-data", "--context", mesh.name, timeout=300)
+    assert "Reserved IP" in said and "Firewall" in said
+    for kind in ("droplets", "firewalls", "reserved_ips", "volumes", "snapshots"):
+        assert stand.get(f"/v2/{kind}")[kind] == [], kind
+    keys = stand.get("/v2/account/keys")["ssh_keys"]
+    assert [k["name"] for k in keys] == ["infrastructure_key"]
+    assert "infrastructure_key" in said  # down says it keeps it
 
 
 def _refused(mesh: LocalMesh) -> str | None:

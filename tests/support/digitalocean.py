@@ -236,6 +236,24 @@ class StandProcess:
         with urllib.request.urlopen(f"{self.url}/_sim", timeout=10) as answer:  # noqa: S310
             return dict(json.loads(answer.read()))
 
+    def change(self, settings: dict[str, Any]) -> None:
+        """`POST /_sim`: delays, knobs, faults, limits (`World.change`)."""
+        request = urllib.request.Request(
+            f"{self.url}/_sim", json.dumps(settings).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            answer.read()
+
+    def answered(self) -> dict[int, int]:
+        """How many `/v2` requests got each status so far."""
+        with urllib.request.urlopen(f"{self.url}/_sim/requests", timeout=30) as answer:  # noqa: S310
+            seen = json.loads(answer.read())["requests"]
+        counts: dict[int, int] = {}
+        for request in seen:
+            counts[request["status"]] = counts.get(request["status"], 0) + 1
+        return counts
+
     def droplets(self) -> dict[str, dict[str, Any]]:
         """The account's droplets by name."""
         return {d["name"]: d for d in self.get("/v2/droplets?per_page=200")["droplets"]}
