@@ -105,7 +105,6 @@ class Step:
     name: str
     seconds: float
     changed: bool
-    detail: str = ""
 
 
 @dataclass

@@ -140,7 +140,8 @@ async def create_on_digitalocean(
         bootstrap.Node(master.name, files, str(runtime.get("name", "process"))),
     )
     done = ", ".join(f"{s.name} {s.seconds:.1f} s" for s in report.steps)
-    console.print(f"Master bootstrapped in {report.seconds:.1f} s ({done}).")
+    console.print(f"Master bootstrapped in {report.seconds:.1f} s ({done}); its host key is "
+                  f"{report.host_key}.")  # fmt: skip
     context = Context(
         name=name,
         mesh=name,
