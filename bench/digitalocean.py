@@ -52,7 +52,13 @@ def events(mesh: LocalMesh) -> list[dict[str, Any]]:
 
 
 def recovery(mesh: LocalMesh, stand: StandProcess, name: str, timeout: float) -> tuple[float, int]:
-    """Kill the droplet's machine; seconds to its recovery and the API requests meanwhile."""
+    """Once its post-deployment snapshot is taken (it is rebuilt from it), kill the
+    droplet's machine; seconds to its recovery and the API requests meanwhile."""
+
+    def snapshotted() -> bool:
+        return any(e["name"] == "snapshot_taken" and e["subject"] == name for e in events(mesh))
+
+    wait_for(snapshotted, timeout, f"{name}'s snapshot", every=5.0)
     requests = stand.settings()["requests"]
     killed = time.time()
     kill_machine(stand.droplets()[name]["id"])
@@ -90,10 +96,6 @@ def main() -> None:
                               "--timeout", str(limit), timeout=limit + 60)  # fmt: skip
             reserved = mesh.status()["entry_url"].split("//")[1].rstrip("/")
             wait_for(lambda: _served(f"http://{reserved}{BACKEND}"), 120, "served")
-            # The post-deployment snapshots first: a droplet is rebuilt from its own.
-            wait_for(lambda: len({e["subject"] for e in events(mesh)
-                                  if e["name"] == "snapshot_taken"}) >= 4,
-                     limit, "every droplet's snapshot", every=5.0)  # fmt: skip
             web_s, web_requests = recovery(mesh, stand, "hostomatic-web2", limit)
             master_s, master_requests = recovery(mesh, stand, "master", limit)
             booted = [e["detail"]["seconds"] for e in events(mesh)

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bootstrap import BootstrapFailed
@@ -43,6 +43,7 @@ from plugins.providers import (
     ProviderError,
     Rebuilder,
     SnapshotNotFound,
+    VolumeRecord,
     Volumes,
 )
 from protocol import subjects
@@ -51,6 +52,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import FailureRecord, FailureState
 
 log = logging.getLogger(__name__)
+VOLUME_ACTIONS = 5  # volume actions under way at once: the API's rate budget is shared
 RESYNC_S = 1.0
 
 
@@ -79,6 +81,7 @@ class Recovery:
         self.user_data = user_data
         self.bootstrapper = bootstrapper
         self._reported: dict[str, str] = {}  # droplet -> last problem recorded
+        self._volume_actions = asyncio.Semaphore(VOLUME_ACTIONS)
 
     async def lead(self, term: Term) -> None:
         await run_on_changes(
@@ -141,38 +144,47 @@ class Recovery:
     async def _detach_volumes(
         self, term: Term, record: FailureRecord, droplet_id: str
     ) -> list[str]:
-        """Detach what the fenced droplet had attached: it can no longer write to it."""
+        """Detach what the fenced droplet had attached: it can no longer write to it. All at
+        once: each is an action of its own that takes a while (DigitalOcean: 10 s or more)."""
         if not isinstance(self.provider, Volumes):
             return []
-        detached = []
-        for volume in await self.provider.list_volumes():
-            if volume.droplet_id == droplet_id:
+        provider = self.provider
+        mine = [v for v in await provider.list_volumes() if v.droplet_id == droplet_id]
+
+        async def detach(volume: VolumeRecord) -> None:
+            async with self._volume_actions:
                 term.ensure_held()
-                await self.provider.detach_volume(volume.id, fence=term.token)
-                detail = {"volume": volume.id, "droplet_id": droplet_id}
-                self.store.record_soon(
-                    "volume_detached", self.droplet, volume.name, detail, term.fence
-                )
-                detached.append(volume.id)
-        return detached
+                await provider.detach_volume(volume.id, fence=term.token)
+            detail = {"volume": volume.id, "droplet_id": droplet_id}
+            self.store.record_soon("volume_detached", self.droplet, volume.name, detail, term.fence)
+
+        _raise_first(await asyncio.gather(*(detach(v) for v in mine), return_exceptions=True))
+        return [volume.id for volume in mine]
 
     async def _attach_volumes(
         self, term: Term, record: FailureRecord, replacement: DropletRecord
     ) -> None:
         """Attach the fenced droplet's volumes to its replacement before its datastores start
-        (its agent would attach them too, but waits for nothing this way)."""
+        (its agent would attach them too, but waits for nothing this way); all at once."""
         if not isinstance(self.provider, Volumes) or not record.volumes:
             return
-        names = {v.id: v.name for v in await self.provider.list_volumes()}
-        for volume_id in record.volumes:
-            if volume_id not in names:
-                continue  # deleted meanwhile: nothing to carry over
-            term.ensure_held()
-            await self.provider.attach_volume(volume_id, replacement.id, fence=term.token)
+        provider = self.provider
+        names = {v.id: v.name for v in await provider.list_volumes()}
+
+        async def attach(volume_id: str) -> None:
+            async with self._volume_actions:
+                term.ensure_held()
+                await provider.attach_volume(volume_id, replacement.id, fence=term.token)
             detail = {"volume": volume_id, "droplet_id": replacement.id}
             self.store.record_soon(
                 "volume_attached", self.droplet, names[volume_id], detail, term.fence
             )
+
+        # A volume deleted meanwhile has nothing to carry over.
+        done = await asyncio.gather(
+            *(attach(v) for v in record.volumes if v in names), return_exceptions=True
+        )
+        _raise_first(done)
 
     async def _displace(self, term: Term, record: FailureRecord, revision: int) -> None:
         if not self.view.ready:
@@ -295,3 +307,10 @@ class Recovery:
         log.error("Recovery step failed. droplet=%s error=%s", record.droplet, reason)
         detail = {"error": reason, "step": record.state.value, "incarnation": record.incarnation}
         self.store.record_soon("recovery_failed", self.droplet, record.droplet, detail, term.fence)
+
+
+def _raise_first(outcomes: Sequence[object]) -> None:
+    """Every action ran to its end (none cancelled mid-way); the first failure is raised."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
