@@ -111,7 +111,11 @@ async def create_on_digitalocean(
         master = await _master(provider, name, size)
         if not isinstance(provider, ReservedAddresses):
             raise MeshError(f"up: provider {provider.name!r} has no reserved addresses")
-        entry_address = await provider.reserve_address()
+        # An earlier `up` that failed later made master and pointed an address at it.
+        entry_address = await _access(provider).reserved_address_of(master.id)
+        if entry_address is None:
+            section["config"].pop("reserved_ip", None)
+            entry_address = await provider.reserve_address()
         section["config"]["reserved_ip"] = entry_address  # agents and `down` find it so
         await provider.assign_reserved_address(entry_address, master.id, fence=None)
         console.print(f"Reserved IP [bold]{entry_address}[/] points at master.")

@@ -35,6 +35,10 @@ class CloudAccess(Protocol):
         """Delete the mesh's firewall; whether there was one."""
         ...
 
+    async def reserved_address_of(self, droplet_id: str) -> str | None:
+        """The reserved address pointing at the droplet, if one does."""
+        ...
+
     async def release_reserved_address(self, address: str) -> bool:
         """Give the reserved address back to the cloud; whether the account had it."""
         ...

@@ -270,6 +270,8 @@ async def test_the_reserved_address_is_made_once_and_moves_between_droplets(
     assert fast.world.reserved_ips[address]["_droplet_id"] == int(two.id)
     moves = [r for r in fast.log() if r["path"] == f"/v2/reserved_ips/{address}/actions"]
     assert len(moves) == 2
+    assert await provider.reserved_address_of(two.id) == address  # `up` again finds it
+    assert await provider.reserved_address_of(one.id) is None
 
 
 async def test_an_ssh_key_is_uploaded_once_and_found_by_fingerprint(

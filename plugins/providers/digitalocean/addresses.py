@@ -59,6 +59,13 @@ class DigitalOceanAddresses(Fenced):
         )
         self._log.info("Address assigned. ip=%s droplet=%s fence=%s", address, droplet_id, fence)
 
+    async def reserved_address_of(self, droplet_id: str) -> str | None:
+        what = f"find the reserved IP of droplet {droplet_id}"
+        for found in await self._api.every(what, self._api.do.reserved_ips.list, "reserved_ips"):
+            if str((found.get("droplet") or {}).get("id")) == droplet_id:
+                return str(found["ip"])
+        return None
+
     async def release_reserved_address(self, address: str) -> bool:
         what = f"release the reserved IP {address}"
         answer = await self._api.read(
