@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -118,6 +119,35 @@ async def test_postgresql_runs_as_its_user_keeps_rows_and_takes_a_new_password_a
     log = (runtime._root / "shop.prod.database" / "output.log").read_text()  # noqa: SLF001
     assert "first'pass" not in log and "second" not in log
     assert "received fast shutdown request" in log  # stopped with SIGINT, not made to wait
+
+
+async def test_a_socket_lock_a_dead_machine_left_does_not_keep_postgresql_down(
+    runtime: ProcessRuntime,
+) -> None:
+    port = support.free_port()
+    started = await runtime.ensure(database(port, b"pw"))
+    await until(lambda: postgres_ready(HOST, port, 1.0), timeout=30, what="PostgreSQL ready")
+    argv = Path(f"/proc/{started.runtime_id}/cmdline").read_bytes().decode().split("\0")
+    lock = Path(argv[argv.index("-k") + 1]) / f".s.PGSQL.{port}.lock"
+    # The machine dies with the server; rebuilt, another process has the pid its lock names.
+    os.kill(int(started.runtime_id), signal.SIGKILL)
+
+    async def down() -> bool:
+        return not await postgres_ready(HOST, port, 1.0)
+
+    await until(down, timeout=30, what="the server gone")
+    assert lock.exists()
+    # A process of the server's own user (another datastore, on a droplet) has that pid now.
+    other = await asyncio.create_subprocess_exec("sleep", "60", user=lock.parent.stat().st_uid)
+    try:
+        lock.write_text(f"{other.pid}\n")
+
+        await runtime.ensure(database(port, b"pw", generation=2))
+
+        await until(lambda: postgres_ready(HOST, port, 1.0), timeout=30, what="PostgreSQL again")
+    finally:
+        other.kill()
+        await other.wait()
 
 
 async def test_redis_answers_its_password_only_and_keeps_what_it_was_told(

@@ -163,6 +163,11 @@ def _postgres(spec: InstanceSpec, home: Path, places: Places, user: str | None) 
         raise InstanceStartError(spec.key, "DB_USER and DB_NAME must be set")
     data, sockets = home / "pgdata", home / "run"
     _owned_directory(sockets, user)
+    # What a reboot clears from /run: a socket lock left by a postmaster that died with its
+    # machine names a pid that a rebuilt droplet may give to another process, and PostgreSQL
+    # then refuses the socket. The data directory's own lock still guards against two.
+    for stale in sockets.glob(".s.PGSQL.*"):
+        stale.unlink(missing_ok=True)
     if not (data / "PG_VERSION").is_file():
         _copy_template(data, _template(spec.key, binaries, places, user), user)
         sql = (
