@@ -140,8 +140,9 @@ async def bootstrap(target: Target, node: Node, *, reported: Reported | None = N
         await _step(report, node, "system", _check_system(run))
         await _step(report, node, "packages", _install_packages(run, node.runtime))
         await _step(report, node, "python", _install_python(run, target.python))
-        release = f"{RELEASES}/{code_archive()[0]}"
-        await _step(report, node, "code", _upload_code(run, release))
+        name, archive = await asyncio.to_thread(code_archive)  # reads and packs every source
+        release = f"{RELEASES}/{name}"
+        await _step(report, node, "code", _upload_code(run, release, archive))
         await _step(report, node, "files", _write_files(run, node.files))
         unit = render_unit(target.python, release, _digest(release, node.files))
         await _step(report, node, "unit", _install_unit(run, unit))
@@ -351,13 +352,13 @@ def code_archive() -> tuple[str, bytes]:
     return digest.hexdigest()[:16], buffer.getvalue()
 
 
-async def _upload_code(run: _Remote, release: str) -> bool:
+async def _upload_code(run: _Remote, release: str, archive: bytes) -> bool:
     there = await run.run("code", f"test -f {release}/.complete && echo yes || true")
     if there.strip() == "yes":
         return False
     upload = f"{release}.tar.gz"
     await run.run("code", f"mkdir -p {RELEASES}")
-    await run.put("code", upload, code_archive()[1], 0o644)
+    await run.put("code", upload, archive, 0o644)
     await run.run(
         "code",
         f"rm -rf {release}.new && mkdir {release}.new && tar -xzf {upload} -C {release}.new && "

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
-REOPEN_S = 1.0  # between rounds of attempts to open it again
+REOPEN_S, REOPEN_MAX_S = 1.0, 30.0  # between rounds of attempts: each lists the droplets
 
 Hosts = Callable[[], Awaitable[list[str]]]  # the mesh's droplets' public addresses, now
 
@@ -73,15 +73,17 @@ class Tunnel:
             assert self.connection is not None
             await self.connection.wait_closed()
             log.info("SSH tunnel closed; opening it again. host=%s", self.host)
-            while True:
-                for host in [self.host, *await self._other_hosts()]:
-                    with contextlib.suppress(Unreachable):
-                        await self._open(host)
-                        break
-                else:
-                    await asyncio.sleep(REOPEN_S)
-                    continue
-                break
+            wait = REOPEN_S
+            while not await self._open_any():
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, REOPEN_MAX_S)  # the API's budget is the mesh's too
+
+    async def _open_any(self) -> bool:
+        for host in [self.host, *await self._other_hosts()]:
+            with contextlib.suppress(Unreachable):
+                await self._open(host)
+                return True
+        return False
 
     async def _other_hosts(self) -> list[str]:
         try:
