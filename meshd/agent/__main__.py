@@ -32,8 +32,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     shell.add_argument("dir", type=Path, help="droplet directory (its git/ keeps repositories)")
     args = parser.parse_args(argv)
+    shell_only = args.command == "git-shell"
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
+        # The git shell's standard error is the pusher's terminal: only what went wrong.
+        level=logging.DEBUG if args.debug else logging.WARNING if shell_only else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -48,6 +48,9 @@ def git_shell(droplet_dir: Path, original: str | None) -> int:  # noqa: RET503
     except GitShellRefused as err:
         print(f"meshd: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the repository or its hook could not be made: say so, no trace
+        print(f"meshd: cannot prepare the repository: {err}", file=sys.stderr)
+        return 1
     os.execvp(command.program, [command.program, str(repository)])  # never returns
 
 
