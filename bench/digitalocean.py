@@ -33,7 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.digitalocean import StandProcess, kill_machine, start_process  # noqa: E402
+from tests.support.digitalocean import (  # noqa: E402
+    StandProcess,
+    kill_machine,
+    resized,
+    start_process,
+)
 from tests.support.mesh import LocalMesh, http_get  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
@@ -94,6 +99,7 @@ def main() -> None:
                          "--droplet-python", sys.executable, timeout=limit)  # fmt: skip
             publish_s = timed(mesh, "publish", str(ROOT / "examples" / "projects.csv"), "--wait",
                               "--timeout", str(limit), timeout=limit + 60)  # fmt: skip
+            wait_for(lambda: resized(mesh, "master"), limit, "master resized")
             reserved = mesh.status()["entry_url"].split("//")[1].rstrip("/")
             wait_for(lambda: _served(f"http://{reserved}{BACKEND}"), 120, "served")
             web_s, web_requests = recovery(mesh, stand, "hostomatic-web2", limit)

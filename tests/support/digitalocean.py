@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the rest is imported when used: every test session loads th
 
     from sim.digitalocean.machines import Machines
     from sim.digitalocean.world import World
+    from tests.support.mesh import LocalMesh
 
 TOKEN = "dop_v1_test"
 _SPEC = SpecChecker()  # loaded once per test process: over a second each time otherwise
@@ -304,3 +305,12 @@ def start_process(state: Path, *options: str, timeout: float = 10) -> StandProce
         raise AssertionError(f"the stand-in printed nothing: {stderr.read_text()[-2000:]}")
     printed = json.loads(line)
     return StandProcess(process, printed["url"], printed["token"], stderr)
+
+
+def resized(mesh: LocalMesh, droplet: str) -> bool:
+    """`droplet` resized (DigitalOcean powers it off meanwhile) and back, healthy: a mesh's
+    master grows to the CSV's size after `publish --wait` has placed the services."""
+    if not any(e["name"] == "droplet_resized" for e in mesh.events_about(droplet, 600) or []):
+        return False
+    status = mesh.status_if_readable() or {"droplets": []}
+    return any(d["name"] == droplet and d["healthy"] for d in status["droplets"])
