@@ -1,15 +1,25 @@
 """Droplets that start bare (DigitalOcean) are made mesh nodes by the leader that created or
 rebuilt them: `bootstrap.py` over SSH on their private address, with the files their droplet
-directory needs, the secrets among them copied from this droplet's own (0600 on both)."""
+directory needs, the secrets among them copied from this droplet's own (0600 on both). In a
+TLS mesh these are the mesh CA too, and a certificate of its own that this droplet issues it
+(nats-server serves clients and routes with it wherever JetStream moves)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from pathlib import Path
 
 import bootstrap
-from meshd.agent.config import MeshConfig
+from meshd.agent.config import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    LEAF_CERT_FILE,
+    LEAF_KEY_FILE,
+    MeshConfig,
+)
+from meshd.core.meshca import MeshCA, issue_leaf
 from plugins.providers import DropletRecord
 
 SECRETS_DIR = "secrets"
@@ -27,6 +37,24 @@ def node_files(
             **secrets}  # fmt: skip
 
 
+def tls_files(ca: MeshCA, mesh: str, record: DropletRecord) -> dict[str, bytes]:
+    """The mesh CA and `record`'s own certificate for its private address, as files of its
+    directory (the same bytes all day: a bootstrap run again changes nothing)."""
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = issue_leaf(ca, mesh, record.name, record.address, now)
+    return {CA_CERT_FILE: ca.cert_pem, CA_KEY_FILE: ca.key_pem, LEAF_CERT_FILE: cert,
+            LEAF_KEY_FILE: key}  # fmt: skip
+
+
+def own_ca(droplet_dir: Path) -> MeshCA | None:
+    """The mesh CA this droplet holds, if it holds one."""
+    try:
+        return MeshCA((droplet_dir / CA_CERT_FILE).read_bytes(),
+                      (droplet_dir / CA_KEY_FILE).read_bytes())  # fmt: skip
+    except FileNotFoundError:
+        return None
+
+
 def own_secrets(droplet_dir: Path) -> dict[str, bytes]:
     """The secrets this droplet has of those a droplet it bootstraps needs."""
     return {name: (droplet_dir / name).read_bytes()
@@ -40,6 +68,13 @@ async def bootstrap_droplet(
     import asyncssh
 
     files = node_files(record, user_data, await asyncio.to_thread(own_secrets, droplet_dir))
+    if config.tls_ca:
+        ca = await asyncio.to_thread(own_ca, droplet_dir)
+        if ca is None:
+            raise bootstrap.BootstrapFailed(
+                record.address, "files", f"this droplet has no {CA_KEY_FILE} to issue its TLS with"
+            )
+        files.update(await asyncio.to_thread(tls_files, ca, config.mesh, record))
     try:
         key = asyncssh.import_private_key(files[KEY_FILE])
     except KeyError:

@@ -100,7 +100,9 @@ class NatsUnit:
         if me is None:
             return placement, None
         config = self.config.with_servers(placement.servers)
-        return placement, nats_server_conf(config, me, self.dir / "jetstream", placement.epoch)
+        return placement, nats_server_conf(
+            config, me, self.dir / "jetstream", placement.epoch, droplet_dir=self.dir
+        )
 
     def tick(self, now: float) -> None:
         if self.placement_changed():
