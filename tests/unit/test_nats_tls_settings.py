@@ -101,3 +101,17 @@ def test_a_bootstrap_writes_the_ca_and_the_droplets_own_certificate(ca: MeshCA) 
     assert set(files) == {CA_CERT_FILE, CA_KEY_FILE, LEAF_CERT_FILE, LEAF_KEY_FILE}
     assert files[CA_CERT_FILE] == ca.cert_pem and files[CA_KEY_FILE] == ca.key_pem
     assert tls_files(ca, "seed-do", record) == files  # run again: nothing changes
+
+
+def test_up_makes_the_mesh_ca_once_beside_the_context_and_down_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshd.cli.cloud import mesh_ca
+    from meshd.cli.context import ca_file, remove_context
+
+    monkeypatch.setenv("MESHD_CONFIG_HOME", str(tmp_path))
+    first = mesh_ca("do")
+    assert ca_file("do").stat().st_mode & 0o777 == 0o600
+    assert mesh_ca("do") == first  # an `up` run again keeps the CA
+    remove_context("do")
+    assert not ca_file("do").exists()
