@@ -6,6 +6,7 @@ bootstrap writes the same files all day. Local meshes stay plain."""
 from __future__ import annotations
 
 import datetime
+import logging
 import ssl
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from meshd.agent.config import (
 from meshd.agent.store.connection import connect_options, tls_context
 from meshd.core.deploys import HookCredentials
 from meshd.core.meshca import MeshCA, make_ca
+from meshd.core.trust import ClientTrust
 from plugins.providers import DropletRecord, DropletStatus
 
 CORE = (CoreServer("master", "10.110.0.2"), CoreServer("web1", "10.110.0.3"))
@@ -115,3 +117,16 @@ def test_up_makes_the_mesh_ca_once_beside_the_context_and_down_removes_it(
     assert mesh_ca("do") == first  # an `up` run again keeps the CA
     remove_context("do")
     assert not ca_file("do").exists()
+
+
+def test_a_tls_client_keeps_asyncios_half_close_notice_off_the_operators_screen(
+    ca: MeshCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    from meshd.agent.store.connection import SSL_EOF_NOISE
+
+    tls_context(ClientTrust(ca.cert_pem.decode(), "nats.seed-do.meshd"))
+    asyncio_log = logging.getLogger("asyncio")
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio_log.warning(SSL_EOF_NOISE)
+        asyncio_log.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]

@@ -13,10 +13,22 @@ from urllib.parse import urlsplit, urlunsplit
 from meshd.core.trust import ClientTrust
 
 log = logging.getLogger(__name__)
+# nats-py's protocol asks to stay half open when a TLS server closes (every close does), and
+# asyncio says it cannot, once per connection: `meshctl` would print it after every command.
+SSL_EOF_NOISE = "returning true from eof_received() has no effect when using ssl"
+
+
+class _NoSslEofNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != SSL_EOF_NOISE
+
+
+_QUIET = _NoSslEofNoise()
 
 
 def tls_context(trust: ClientTrust) -> ssl.SSLContext:
     """A client context that trusts the mesh CA and nothing else (not the system's CAs)."""
+    logging.getLogger("asyncio").addFilter(_QUIET)  # once: the same filter is added once
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=trust.ca_pem)
