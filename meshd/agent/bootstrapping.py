@@ -7,19 +7,12 @@ TLS mesh these are the mesh CA too, and a certificate of its own that this dropl
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 from pathlib import Path
 
 import bootstrap
-from meshd.agent.config import (
-    CA_CERT_FILE,
-    CA_KEY_FILE,
-    LEAF_CERT_FILE,
-    LEAF_KEY_FILE,
-    MeshConfig,
-)
-from meshd.core.meshca import MeshCA, issue_leaf
+from meshd.agent.certificates import own_ca, tls_files
+from meshd.agent.config import CA_KEY_FILE, MeshConfig
 from plugins.providers import DropletRecord
 
 SECRETS_DIR = "secrets"
@@ -35,24 +28,6 @@ def node_files(
                 "address": record.address}  # fmt: skip
     return {"droplet.json": json.dumps(identity).encode(), "user_data": user_data.encode(),
             **secrets}  # fmt: skip
-
-
-def tls_files(ca: MeshCA, mesh: str, record: DropletRecord) -> dict[str, bytes]:
-    """The mesh CA and `record`'s own certificate for its private address, as files of its
-    directory (the same bytes all day: a bootstrap run again changes nothing)."""
-    now = datetime.datetime.now(datetime.UTC)
-    cert, key = issue_leaf(ca, mesh, record.name, record.address, now)
-    return {CA_CERT_FILE: ca.cert_pem, CA_KEY_FILE: ca.key_pem, LEAF_CERT_FILE: cert,
-            LEAF_KEY_FILE: key}  # fmt: skip
-
-
-def own_ca(droplet_dir: Path) -> MeshCA | None:
-    """The mesh CA this droplet holds, if it holds one."""
-    try:
-        return MeshCA((droplet_dir / CA_CERT_FILE).read_bytes(),
-                      (droplet_dir / CA_KEY_FILE).read_bytes())  # fmt: skip
-    except FileNotFoundError:
-        return None
 
 
 def own_secrets(droplet_dir: Path) -> dict[str, bytes]:

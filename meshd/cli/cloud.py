@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import bootstrap
-from meshd.agent.bootstrapping import KEY_FILE, TOKEN_FILE, node_files, tls_files
+from meshd.agent.bootstrapping import KEY_FILE, TOKEN_FILE, node_files
+from meshd.agent.certificates import tls_files
 from meshd.agent.config import (
     CLIENT_PORT,
     CORE_TAG,

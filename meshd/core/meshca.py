@@ -125,6 +125,14 @@ def issue_leaf(
     return _cert_pem(cert), _key_pem(key)
 
 
+def expires(cert_pem: bytes) -> datetime.datetime:
+    """When the certificate `cert_pem` ends (UTC)."""
+    try:
+        return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+    except ValueError as err:
+        raise CertificateError(f"read a certificate: {err}") from None
+
+
 def load_ca(ca: MeshCA) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate(ca.cert_pem)

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 import bootstrap
-from meshd.agent.bootstrapping import tls_files
+from meshd.agent.certificates import tls_files
 from meshd.agent.config import CoreServer, MeshConfig, new_passwords
 from meshd.core.meshca import MeshCA, make_ca
 from plugins.providers import DropletRecord, DropletStatus

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.agent.bootstrapping import tls_files
+from meshd.agent.certificates import renew_own_certificate, tls_files
 from meshd.agent.config import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -25,7 +25,7 @@ from meshd.agent.config import (
 )
 from meshd.agent.store.connection import connect_options, tls_context
 from meshd.core.deploys import HookCredentials
-from meshd.core.meshca import MeshCA, make_ca
+from meshd.core.meshca import MeshCA, expires, issue_leaf, make_ca
 from meshd.core.trust import ClientTrust
 from plugins.providers import DropletRecord, DropletStatus
 
@@ -130,3 +130,27 @@ def test_a_tls_client_keeps_asyncios_half_close_notice_off_the_operators_screen(
         asyncio_log.warning(SSL_EOF_NOISE)
         asyncio_log.warning("another warning")
     assert [r.getMessage() for r in caplog.records] == ["another warning"]
+
+
+def test_a_droplet_renews_its_own_certificate_only_when_it_nears_its_end(
+    ca: MeshCA, tmp_path: Path
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    (tmp_path / "secrets").mkdir()
+    for name, data in ((CA_CERT_FILE, ca.cert_pem), (CA_KEY_FILE, ca.key_pem)):
+        (tmp_path / name).write_bytes(data)
+    young, _ = issue_leaf(ca, "seed-do", "web1", "10.110.0.3", now - datetime.timedelta(days=500))
+    (tmp_path / LEAF_CERT_FILE).write_bytes(young)
+    assert not renew_own_certificate(tmp_path, "seed-do", "web1", "10.110.0.3", now)
+
+    old, _ = issue_leaf(ca, "seed-do", "web1", "10.110.0.3", now - datetime.timedelta(days=600))
+    (tmp_path / LEAF_CERT_FILE).write_bytes(old)
+    assert renew_own_certificate(tmp_path, "seed-do", "web1", "10.110.0.3", now)
+    assert expires((tmp_path / LEAF_CERT_FILE).read_bytes()) - now > datetime.timedelta(days=700)
+    assert (tmp_path / LEAF_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not renew_own_certificate(tmp_path, "seed-do", "web1", "10.110.0.3", now)
+
+    (tmp_path / LEAF_CERT_FILE).unlink()  # lost: issued again
+    assert renew_own_certificate(tmp_path, "seed-do", "web1", "10.110.0.3", now)
+    (tmp_path / CA_KEY_FILE).unlink()  # a droplet without the CA issues nothing
+    assert not renew_own_certificate(tmp_path, "web1", "web1", "10.110.0.3", now)
