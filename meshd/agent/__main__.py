@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,14 +27,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     agent.add_argument("dir", type=Path, help="droplet directory (droplet.json, user_data)")
     droplet = commands.add_parser("droplet", help="supervise a local droplet in DIR")
     droplet.add_argument("dir", type=Path, help="droplet directory (droplet.json, user_data)")
+    shell = commands.add_parser(
+        "git-shell", help="the forced command of git pushers' keys on master (sshd runs it)"
+    )
+    shell.add_argument("dir", type=Path, help="droplet directory (its git/ keeps repositories)")
     args = parser.parse_args(argv)
+    shell_only = args.command == "git-shell"
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
+        # The git shell's standard error is the pusher's terminal: only what went wrong.
+        level=logging.DEBUG if args.debug else logging.WARNING if shell_only else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     try:
+        if args.command == "git-shell":
+            from meshd.agent.git_shell import git_shell
+
+            sys.exit(git_shell(args.dir.resolve(), os.environ.get("SSH_ORIGINAL_COMMAND")))
         if args.command == "agent":
             from meshd.agent.app import run_agent
 

@@ -31,6 +31,7 @@ from meshd.agent.config import (
     user_data_now,
 )
 from meshd.agent.feeds import feed_allocations, feed_nodes
+from meshd.agent.git_shell import serve_git
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.loops import mirror_bucket
@@ -132,6 +133,7 @@ class Agent:
             self.terms[role] = term
 
     async def run(self) -> None:
+        await serve_git(self.dir, self.config, self.identity.name)
         runtime_config = self.config.runtime or {"name": "process"}
         runtime = load_runtime(
             runtime_config.get("name", "process"),
@@ -244,6 +246,7 @@ class Agent:
                         name,
                         self.data_dir / "builder",
                         self.config.mesh,
+                        self.dir,
                     ),
                     None,
                     builds,

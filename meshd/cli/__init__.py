@@ -42,6 +42,7 @@ COMMANDS = {
     "hook": "meshd.cli.hook:hook",
     "backup": "meshd.cli.backup:backup",
     "firewall": "meshd.cli.firewall:firewall",
+    "git": "meshd.cli.git:git",
 }
 
 

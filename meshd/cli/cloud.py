@@ -39,6 +39,7 @@ from plugins.providers.cloud import CloudAccess
 from protocol.errors import MeshError
 
 INFRASTRUCTURE_KEY = Path("~/.ssh/infrastructure_key")
+GIT_KEY = Path("~/.ssh/meshd_git_key")  # may only push to and fetch from master's repositories
 AGENT_DIR = "/var/lib/meshd"
 CORE_SIZE = "s-1vcpu-1gb"
 
@@ -46,17 +47,22 @@ CORE_SIZE = "s-1vcpu-1gb"
 def infrastructure_key(path: Path = INFRASTRUCTURE_KEY) -> tuple[Path, str]:
     """The operator's key for the mesh's droplets, made (ed25519, 0600) if missing; its path
     and public half."""
+    return ssh_key(path, "meshd infrastructure key")
+
+
+def ssh_key(path: Path, comment: str) -> tuple[Path, str]:
+    """The private key at `path`, made (ed25519, 0600) if missing; its path and public half."""
     import asyncssh
 
     path = path.expanduser()
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="meshd infrastructure key")
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(key.export_private_key())
         path.with_suffix(".pub").write_bytes(key.export_public_key())
-        console.print(f"Made the infrastructure key {path}.")
+        console.print(f"Made the key {path} ({comment}).")
     key = asyncssh.read_private_key(str(path))
     return path, key.export_public_key().decode().strip()
 
@@ -116,6 +122,7 @@ async def create_on_digitalocean(
 ) -> Context:
     """Everything `up` makes on the account, then the context; see the module docstring."""
     key_path, public_key = infrastructure_key()
+    _, git_key = ssh_key(GIT_KEY, "meshd git key")
     section = operator_provider(settings)
     provider = open_provider(name, section)
     try:
@@ -152,7 +159,7 @@ async def create_on_digitalocean(
         provider=agents,
         runtime=runtime,
         entry={"address": entry_address, "port": DEFAULT_ENTRY_PORT},
-        bootstrap={"python": python},
+        bootstrap={"python": python, "git_keys": [git_key]},
         tls_ca=ca.cert_pem.decode(),
     )
     secrets = {KEY_FILE: key_path.read_bytes(), TOKEN_FILE: _token(settings).encode(),

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from meshd.core.errors import InputErrors, InputIssue
+from meshd.core.git_hosting import MESH_HOSTED
 from meshd.core.spec import DesiredState, ServiceSpec
 from meshd.inputs.buildcontext import BuildContextError, context_digest, image_tag
 from meshd.inputs.csvfile import ProjectRow, parse_projects_csv
@@ -56,10 +57,13 @@ def load_desired_state(csv_path: Path, config_path: Path | None) -> DesiredState
 
 def resolve_git_repos(config: DeployConfig, directory: Path) -> DeployConfig:
     """A `git_repo` that is a relative path (not a URL, not `host:path`) is a repository on
-    this disk, relative to the deployment config like every other path in it."""
+    this disk, relative to the deployment config like every other path in it; `"mesh"` is
+    the repository the mesh hosts on master (docs/deploys.md)."""
 
     def resolved(url: str | None) -> str | None:
-        if url is None or "://" in url or ":" in url.split("/")[0] or Path(url).is_absolute():
+        if url is None or url == MESH_HOSTED or "://" in url or ":" in url.split("/")[0]:
+            return url
+        if Path(url).is_absolute():
             return url
         return str((directory / url).resolve())
 

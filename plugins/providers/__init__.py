@@ -311,6 +311,10 @@ class Volumes(Protocol):
         """Where the volume called `name` is, on the droplet it is attached to."""
         ...
 
+    async def mount(self, name: str) -> None:
+        """Make the attached volume usable at `mount_path` (on its droplet; idempotent)."""
+        ...
+
     async def create_volume(self, name: str, size_gb: int, *, fence: Fence | None) -> VolumeRecord:
         """A new detached volume; refuse a name that is taken."""
         ...

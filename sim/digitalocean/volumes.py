@@ -240,8 +240,15 @@ def _attach(world: World, volume: dict[str, Any], droplet_id: int) -> Finish:
         raise unprocessable("Volume and Droplet must be in the same region.")
     if droplet["status"] == "new" or world.busy("droplet", droplet_id):
         raise unprocessable("Droplet already has a pending event.")
-    if len(droplet["volume_ids"]) >= VOLUMES_PER_DROPLET:
+    # Attaches under way count: fifteen started at once must not make sixteen.
+    attaching = sum(
+        1
+        for other in world.volumes.values()
+        if other.get("_attaching") == droplet_id and world.running(other["_actions"])
+    )
+    if len(droplet["volume_ids"]) + attaching >= VOLUMES_PER_DROPLET:
         raise unprocessable(f"A Droplet can have at most {VOLUMES_PER_DROPLET} volumes attached.")
+    volume["_attaching"] = droplet_id
 
     async def attach() -> None:
         if droplet_id not in world.droplets:

@@ -238,7 +238,7 @@ def sql(database: Database, statement: str) -> None:
 
 def dumping(mesh: LocalMesh) -> bool:
     """Whether prod's database is being dumped now (its pg_dump runs against its volume)."""
-    volume = f"{mesh.name}-shop-web1-shop-prod-database"
+    volume = f"{mesh.name}-shop-web1/shop/prod/database"
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             line = command_line(int(entry))

@@ -103,7 +103,7 @@ def test_rows_committed_before_their_droplet_is_killed_are_there_after_its_recov
         assert after[0] > acknowledged[-1][0] and after[1] > acknowledged[-1][1]
         # ... because the volume followed its droplet: detached once it was fenced, then
         # attached to the replacement, with the recovery leader's fence.
-        name = f"{mesh.name}-shop-web1-shop-prod-database"
+        name = f"{mesh.name}-shop-web1"  # the droplet's one volume
         (volume,) = [v for v in mesh.account["volumes"].values() if v["name"] == name]
         replacement = next(d for d in mesh.account["droplets"].values() if d["name"] == "shop-web1")
         assert volume["droplet_id"] == replacement["id"]

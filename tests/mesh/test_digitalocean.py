@@ -3,7 +3,8 @@ drives it: `up --provider digitalocean` bootstraps master over SSH, `publish` of
 creates and bootstraps three more droplets while a tenth of the droplet requests fail (503,
 or done with the answer lost) and the burst limit is low: no droplet twice, none missing; the
 examples answer on the reserved IP; NATS is TLS from the mesh CA (a plain client is refused by
-every JetStream server, routes are TLS and verified, the keys are 0600); SSH (and
+every JetStream server, routes are TLS and verified, the keys are 0600); a push to master
+over SSH (the key that may only run the git shell) deploys newstartup's uat; SSH (and
 so the operator's tunnel) is refused to an address that is not an administrator's; a killed
 web droplet is powered off, rebuilt from its snapshot and served again; a killed master
 gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH key it
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ import pytest
 
 from tests.support import namespaces_allowed, nginx_binary, unavailable
 from tests.support.digitalocean import StandProcess, kill_machine, run_over_ssh, start_process
+from tests.support.git_repos import git
 from tests.support.mesh import ROOT, LocalMesh, http_get
 from tests.support.waiting import wait_for
 
@@ -32,12 +37,16 @@ SPEED = "10"  # the stand-in's delays (create 45 s, rebuild 60 s, ...) ten times
 BACKEND = "/hostomatic-prod/backend/"
 
 
-def served(url: str) -> str | None:
+def page(url: str) -> str | None:
     try:
-        page = http_get(url, timeout=3)
+        return http_get(url, timeout=3)
     except OSError:
         return None
-    return page if "hostomatic-prod-backend" in page else None
+
+
+def served(url: str) -> str | None:
+    found = page(url)
+    return found if found and "hostomatic-prod-backend" in found else None
 
 
 def recovered(mesh: LocalMesh, droplet: str, after: float) -> bool:
@@ -70,7 +79,8 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
                 "--context", mesh.name, timeout=300)  # fmt: skip
         assert (home / ".ssh" / "infrastructure_key").stat().st_mode & 0o777 == 0o600
 
-        publish_through_faults(mesh, stand)
+        examples = hosted_on_the_mesh(tmp_path / "examples", "newstartup")
+        publish_through_faults(mesh, stand, examples / "projects.csv")
 
         made = stand.droplets()  # each once, none lost
         assert sorted(made) == ["hostomatic-web1", "hostomatic-web2", "hostomatic-web3", "master"]
@@ -79,6 +89,7 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         reserved = mesh.status()["entry_url"].split("//")[1].split(":")[0].rstrip("/")
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "the reserved IP")
 
+        pushed_to_master(mesh, tmp_path / "newstartup", home, reserved)
         only_administrators_reach_it(mesh, admin)
 
         # A web droplet dies: fenced, rebuilt in place from its snapshot, bootstrapped, served.
@@ -112,12 +123,64 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         assert stand.stop() == 0
 
 
-def publish_through_faults(mesh: LocalMesh, stand: StandProcess) -> None:
+def hosted_on_the_mesh(examples: Path, project: str) -> Path:
+    """The examples, with `project`'s repository hosted by the mesh (`"git_repo": "mesh"`)."""
+    shutil.copytree(ROOT / "examples", examples, ignore=shutil.ignore_patterns("__pycache__"))
+    config = json.loads((examples / "deployment_config.json").read_text())
+    config["projects"][project]["git_repo"] = "mesh"
+    (examples / "deployment_config.json").write_text(json.dumps(config))
+    return examples
+
+
+def pushed_to_master(mesh: LocalMesh, work: Path, home: Path, reserved: str) -> None:
+    """`git push` of newstartup to master with the push key: the first push makes the
+    repository, the hook queues the deploy and shows it to the pusher, uat serves it; the
+    same key gets no shell."""
+    remote = json.loads(mesh.ok("git", "remote", "newstartup", "--json", "--context", mesh.name))
+    ssh = f"{remote['ssh_command']} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    env = {**os.environ, "GIT_SSH_COMMAND": ssh, "HOME": str(home)}
+    shutil.copytree(ROOT / "examples" / "app", work / "app",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (work / "app" / "release.txt").write_text("pushed to master\n")
+    git(work, "init", "--quiet", "-b", "main")
+    git(work, "add", ".")
+    git(work, "commit", "--quiet", "-m", "pushed to master")
+    pushed = subprocess.run(["git", "push", remote["remote"], "main"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    assert "deploy queued" in pushed.stderr, pushed.stderr
+    assert "remote: meshd: release 1 is live on uat" in pushed.stderr, pushed.stderr
+    url = f"http://{reserved}/newstartup-uat/backend/"
+    wait_for(lambda: "release: pushed to master" in (page(url) or ""), 300,
+             "uat serves the pushed release")  # fmt: skip
+    host = remote["remote"].split(":")[0]
+    login = [
+        *shlex.split(remote["ssh_command"]),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        host,
+        "id",
+    ]
+
+    def refused() -> str | None:
+        shell = subprocess.run(login, capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "HOME": str(home)}, check=False)  # fmt: skip
+        assert shell.returncode != 0, shell
+        return shell.stderr if "'id' is not allowed" in shell.stderr else None
+
+    wait_for(refused, 30, "the push key refused a shell")
+
+
+def publish_through_faults(mesh: LocalMesh, stand: StandProcess, csv: Path) -> None:
     """Publish through a bad day of the API: droplet requests failing (503 before anything is
     done, or done with the answer lost) and a burst limit low enough to be hit."""
     stand.change({"faults": {"error_rate": 0.1, "lost_rate": 0.1, "path_contains": "/v2/droplets"},
                   "limits": {"per_minute": 120}})  # fmt: skip
-    mesh.ok("publish", ROOT / "examples" / "projects.csv", "--wait", "--timeout", "600",
+    mesh.ok("publish", csv, "--wait", "--timeout", "600",
             "--context", mesh.name, timeout=700)  # fmt: skip
     stand.change({"faults": {"error_rate": 0.0, "lost_rate": 0.0}, "limits": {"per_minute": 250}})
     answered = stand.answered()

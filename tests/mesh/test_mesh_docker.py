@@ -155,10 +155,10 @@ def test_a_docker_mesh_runs_heals_adopts_and_cleans_up_its_containers(
                 "volumes": [],
             }
             kept = mesh_data_root(name) / "volumes"
-            assert sorted(p.name for p in kept.iterdir()) == [
-                f"{name}-master-shop-{env}-database" for env in ("prod", "test", "uat")
-            ]
-            assert (kept / f"{name}-master-shop-prod-database" / "mark").read_text() == "kept\n"
+            assert [p.name for p in kept.iterdir()] == [f"{name}-master"]  # one a droplet
+            shop = kept / f"{name}-master" / "shop"
+            assert sorted(p.name for p in shop.iterdir()) == ["prod", "test", "uat"]
+            assert (shop / "prod" / "database" / "mark").read_text() == "kept\n"
     finally:
         remove_mesh_objects(docker_engine, name)
         shutil.rmtree(mesh_data_root(name), ignore_errors=True)

@@ -154,3 +154,15 @@ def test_a_droplet_renews_its_own_certificate_only_when_it_nears_its_end(
     assert renew_own_certificate(tmp_path, "seed-do", "web1", "10.110.0.3", now)
     (tmp_path / CA_KEY_FILE).unlink()  # a droplet without the CA issues nothing
     assert not renew_own_certificate(tmp_path, "web1", "web1", "10.110.0.3", now)
+
+
+def test_a_hook_of_a_repository_on_master_connects_with_the_mesh_ca(ca: MeshCA) -> None:
+    from meshd.agent.config import ServerPlacement
+    from meshd.agent.git_shell import hook_credentials
+    from meshd.core.git_hosting import GitCommand
+
+    tls = config(ca.cert_pem.decode())
+    pushed = GitCommand("git-receive-pack", "shop")
+    credentials = hook_credentials(tls, ServerPlacement(0, CORE), pushed)
+    assert credentials.trust() == tls.trust() and credentials.user == "deployer"
+    assert hook_credentials(config(), ServerPlacement(0, CORE), pushed).trust() is None

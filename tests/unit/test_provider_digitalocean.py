@@ -28,7 +28,7 @@ from plugins.providers import (
     VolumeInUse,
     load_provider,
 )
-from plugins.providers.digitalocean import DigitalOceanProvider, parse_settings
+from plugins.providers.digitalocean import DigitalOceanProvider, parse_settings, storage
 from plugins.providers.digitalocean.api import Api
 from plugins.providers.digitalocean.budget import RESERVE, RateBudget
 from sim.digitalocean.firewalls import policies
@@ -252,6 +252,20 @@ async def test_a_volume_follows_its_droplet_and_is_never_on_two(
     assert await provider.list_volumes() == []
     with pytest.raises(ProviderError, match="lowercase"):
         await provider.create_volume("Bad Name", 10, fence=None)
+
+
+async def test_an_attached_volume_is_mounted_from_its_device_where_there_is_one(
+    provider: DigitalOceanProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "DEVICES", tmp_path / "by-id")
+    monkeypatch.setattr(storage, "MOUNTS", tmp_path / "mnt")
+    await provider.mount("shop-db")  # no device: the stand-in's machine binds it itself
+    assert not (tmp_path / "mnt").exists()
+    (tmp_path / "by-id").mkdir()
+    (tmp_path / "by-id" / "scsi-0DO_Volume_shop-db").write_bytes(b"")  # no filesystem on it
+    with pytest.raises(ProviderError, match="mount volume 'shop-db'"):
+        await provider.mount("shop-db")
+    assert (tmp_path / "mnt" / "shop-db").is_dir()
 
 
 async def test_the_reserved_address_is_made_once_and_moves_between_droplets(

@@ -283,6 +283,25 @@ async def test_a_volume_attaches_detaches_and_reattaches_on_the_clock(stand: Sta
     assert (await refused(stand, "GET", path))[0] == 404
 
 
+async def test_a_droplet_takes_fifteen_volumes_counting_attaches_under_way(stand: Stand) -> None:
+    [a] = await droplets(stand, "web-1")
+    made = [await volume(stand, name=f"data-{n}") for n in range(16)]
+    for vid in made[:15]:  # all started before any finishes
+        await act(stand, vid, {"type": "attach", "droplet_id": a})
+    status, message = await refused(
+        stand, "POST", f"/v2/volumes/{made[15]}/actions", {"type": "attach", "droplet_id": a}
+    )
+    assert (status, message) == (422, "A Droplet can have at most 15 volumes attached.")
+    await stand.advance(stand.world.delays.volume)
+    droplet = await ok(stand, "GET", f"/v2/droplets/{a}")
+    assert len(droplet["droplet"]["volume_ids"]) == 15
+    assert (
+        await refused(
+            stand, "POST", f"/v2/volumes/{made[15]}/actions", {"type": "attach", "droplet_id": a}
+        )
+    )[0] == 422
+
+
 async def test_volume_refusals_resize_grows_only_and_delete_by_name(stand: Stand) -> None:
     [far] = await droplets(stand, "far-1", region="fra1")
     vid = await volume(stand, size=10)

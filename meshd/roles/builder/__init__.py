@@ -63,6 +63,7 @@ class Builder:
         droplet: str,
         work: Path,
         mesh: str,
+        droplet_dir: Path | None = None,
     ) -> None:
         self.mesh = mesh
         self.store = store
@@ -70,6 +71,7 @@ class Builder:
         self.runtime = runtime
         self.droplet = droplet
         self.work = work
+        self.droplet_dir = droplet_dir  # where master keeps the mesh's repositories
         self.lines: dict[str, ProjectLine] = {}
 
     async def lead(self, term: Term) -> None:
@@ -182,5 +184,6 @@ class Builder:
 
     def _job_context(self, term: Term) -> JobContext:
         return JobContext(
-            self.store, self.view, self.runtime, term, self.droplet, self.work, self.mesh
-        )
+            self.store, self.view, self.runtime, term, self.droplet, self.work, self.mesh,
+            self.droplet_dir,
+        )  # fmt: skip

@@ -22,9 +22,10 @@ class GitError(MeshError):
 class GitCache:
     """The bare cache of one project's repository at `path`, fetched from `url`."""
 
-    def __init__(self, path: Path, url: str) -> None:
+    def __init__(self, path: Path, url: str, env: dict[str, str] | None = None) -> None:
         self.path = path
         self.url = url
+        self.env = env or {}  # GIT_SSH_COMMAND for a repository over SSH
 
     async def fetch(self) -> None:
         """Every branch and tag of `url`, replacing what the cache had."""
@@ -77,10 +78,10 @@ class GitCache:
         await self._git("push", "--quiet", self.url, f"refs/tags/{tag}")
 
     async def _git(self, *args: str) -> str:
-        return (await _git(self.path, *args)).decode(errors="replace")
+        return (await _git(self.path, *args, env=self.env)).decode(errors="replace")
 
     async def _git_bytes(self, *args: str) -> bytes:
-        return await _git(self.path, *args)
+        return await _git(self.path, *args, env=self.env)
 
 
 def _extract(data: bytes, into: Path) -> None:
@@ -88,9 +89,9 @@ def _extract(data: bytes, into: Path) -> None:
         archive.extractall(into, filter="data")
 
 
-async def _git(repository: Path | None, *args: str) -> bytes:
+async def _git(repository: Path | None, *args: str, env: dict[str, str] | None = None) -> bytes:
     command = ["git", *(["--git-dir", str(repository)] if repository else []), *args]
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
     process = await asyncio.create_subprocess_exec(
         *command,
         stdout=asyncio.subprocess.PIPE,

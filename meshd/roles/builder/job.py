@@ -37,6 +37,7 @@ from meshd.roles.builder.git import GitCache, GitError
 from meshd.roles.builder.release import Progress, Records, roll_out
 from meshd.roles.builder.release_command import ReleaseCommandFailed, run_release_command
 from meshd.roles.builder.retention import delete_unkept, keep_log
+from meshd.roles.builder.source import repository_of
 from protocol import subjects
 from protocol.codec import encode
 from protocol.releases import DeployAction, DeployRequest, Release, ReleaseStatus, ReleaseTarget
@@ -56,6 +57,7 @@ class JobContext:
     droplet: str
     work: Path
     mesh: str
+    droplet_dir: Path | None = None
 
 
 def environment_of(request: DeployRequest, project: ProjectSpec) -> str | None:
@@ -125,8 +127,12 @@ class Job:
         if project.git_repo is None:
             await self._refuse(f"{project.name} has no git_repo to deploy from")
             return None
-        cache = GitCache(self.ctx.work / "git" / f"{project.name}.git", project.git_repo)
-        await self.progress.say(f"fetching {project.git_repo}")
+        try:
+            cache = self._cache(project, project.git_repo)
+        except GitError as err:
+            await self._refuse(str(err))
+            return None
+        await self.progress.say(f"fetching {cache.url}")
         try:
             await cache.fetch()
             sha = self.request.sha or await cache.commit_of(self.request.ref)
@@ -263,11 +269,21 @@ class Job:
         }
         return await self.records.save(Release(**fields))
 
+    def _cache(self, project: ProjectSpec, git_repo: str) -> GitCache:
+        url, env = repository_of(
+            git_repo, project.name, self.ctx.droplet, self.ctx.view, self.ctx.droplet_dir
+        )
+        return GitCache(self.ctx.work / "git" / f"{project.name}.git", url, env)
+
     async def _tag(self, project: ProjectSpec, release: Release) -> Release:
         versioning = versioning_from_config(project.versioning)
         if not versioning.auto_tag_uat or project.git_repo is None:
             return release
-        cache = GitCache(self.ctx.work / "git" / f"{project.name}.git", project.git_repo)
+        try:
+            cache = self._cache(project, project.git_repo)
+        except GitError as err:
+            await self.progress.say(f"tag not pushed ({err})")
+            return release
         for attempt in range(1, TAG_ATTEMPTS + 1):
             try:
                 with contextlib.suppress(GitError):

@@ -5,6 +5,7 @@ A mixin over the provider's `Api` and `Pace`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from datetime import datetime
@@ -29,6 +30,7 @@ from plugins.providers.digitalocean.fencing import Fenced, snapshot_resource, vo
 
 VOLUME_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 MOUNTS = Path("/mnt")
+DEVICES = Path("/dev/disk/by-id")  # where an attached volume appears
 
 
 def _time(stamp: str | None) -> float:
@@ -128,6 +130,24 @@ class DigitalOceanStorage(Fenced):
 
     def mount_path(self, name: str) -> Path:
         return MOUNTS / name
+
+    async def mount(self, name: str) -> None:
+        """Mount the attached volume (made with ext4 on it) at `/mnt/<name>`, as DigitalOcean
+        documents; the agent calls it on every start, so no fstab entry is needed. Where no
+        such device is (the stand-in binds the volume's directory there itself) it is done."""
+        device = DEVICES / f"scsi-0DO_Volume_{name}"
+        target = self.mount_path(name)
+        if not device.exists() or target.is_mount():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        mounting = await asyncio.create_subprocess_exec(
+            "mount", "-o", "defaults,discard,noatime", str(device), str(target),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, error = await mounting.communicate()
+        if mounting.returncode:
+            raise ProviderError(f"mount volume {name!r}", error.decode(errors="replace").strip())
+        self._log.info("Volume mounted. name=%s at=%s", name, target)
 
     async def create_volume(self, name: str, size_gb: int, *, fence: Fence | None) -> VolumeRecord:
         what = f"create volume {name!r}"

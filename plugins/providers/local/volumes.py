@@ -63,6 +63,9 @@ class LocalVolumes:
     def mount_path(self, name: str) -> Path:
         return self._volumes_dir / name
 
+    async def mount(self, name: str) -> None:
+        return None  # a directory, there since the volume was made
+
     async def create_volume(self, name: str, size_gb: int, *, fence: Fence | None) -> VolumeRecord:
         action = f"create volume {name!r}"
         if not isinstance(name, str) or not _NAME.fullmatch(name):
