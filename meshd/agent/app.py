@@ -197,6 +197,7 @@ class Agent:
             self.config.passwords["agent"],
             name=f"meshd-{self.identity.name}",
             forever=True,
+            trust=self.config.trust(),
         )
         self.store = reconciler.artifacts.store = store  # artifacts are fetched from now on
         entry: EntryPoint | None = None

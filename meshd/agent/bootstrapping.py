@@ -1,6 +1,8 @@
 """Droplets that start bare (DigitalOcean) are made mesh nodes by the leader that created or
 rebuilt them: `bootstrap.py` over SSH on their private address, with the files their droplet
-directory needs, the secrets among them copied from this droplet's own (0600 on both)."""
+directory needs, the secrets among them copied from this droplet's own (0600 on both). In a
+TLS mesh these are the mesh CA too, and a certificate of its own that this droplet issues it
+(nats-server serves clients and routes with it wherever JetStream moves)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import json
 from pathlib import Path
 
 import bootstrap
-from meshd.agent.config import MeshConfig
+from meshd.agent.certificates import own_ca, tls_files
+from meshd.agent.config import CA_KEY_FILE, MeshConfig
 from plugins.providers import DropletRecord
 
 SECRETS_DIR = "secrets"
@@ -40,6 +43,13 @@ async def bootstrap_droplet(
     import asyncssh
 
     files = node_files(record, user_data, await asyncio.to_thread(own_secrets, droplet_dir))
+    if config.tls_ca:
+        ca = await asyncio.to_thread(own_ca, droplet_dir)
+        if ca is None:
+            raise bootstrap.BootstrapFailed(
+                record.address, "files", f"this droplet has no {CA_KEY_FILE} to issue its TLS with"
+            )
+        files.update(await asyncio.to_thread(tls_files, ca, config.mesh, record))
     try:
         key = asyncssh.import_private_key(files[KEY_FILE])
     except KeyError:

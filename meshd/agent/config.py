@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from meshd.core.trust import ClientTrust, trust
 from plugins.fs import atomic_write
 from plugins.templating import render
 from protocol import subjects
@@ -25,6 +26,12 @@ CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
 MONITOR_PORT = 8222
 AGENT_HTTP_PORT = 8080
+# A TLS mesh's files in a droplet's directory (0600): the mesh CA, whose key the droplet's
+# leaders issue certificates with for the droplets they bootstrap, and the droplet's own leaf.
+CA_CERT_FILE = "secrets/mesh-ca.crt"
+CA_KEY_FILE = "secrets/mesh-ca.key"
+LEAF_CERT_FILE = "secrets/nats.crt"
+LEAF_KEY_FILE = "secrets/nats.key"
 USERS = ("agent", "operator", "deployer", "route")
 # Provider tags: every droplet of a mesh carries its mesh's tag, and one of these.
 CORE_TAG = "meshd-core"  # created by `meshctl up`; never destroyed by the provisioner
@@ -68,6 +75,13 @@ class MeshConfig:
     # Droplets that start bare and are bootstrapped over SSH (bootstrap.py): {"python": the
     # interpreter that runs meshd on them}; empty where the provider starts the agent (local).
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    # The mesh CA's certificate (PEM): NATS clients and routes use TLS from it; empty: plain
+    # NATS (local meshes).
+    tls_ca: str = ""
+
+    def trust(self) -> ClientTrust | None:
+        """What a NATS client of this mesh verifies servers with; None: plain NATS."""
+        return trust(self.mesh, self.tls_ca)
 
     def entry_listen(self, fallback_address: str) -> str:
         """`address:port` of the mesh's entry point; the reserved address, else `fallback`."""
@@ -105,6 +119,7 @@ class MeshConfig:
                 "entry": self.entry,
                 "servers_epoch": self.servers_epoch,
                 "bootstrap": self.bootstrap,
+                "tls_ca": self.tls_ca,
             },
             indent=2,
         )
@@ -121,6 +136,7 @@ class MeshConfig:
             entry=dict(data.get("entry", {})),
             servers_epoch=int(data.get("servers_epoch", 0)),
             bootstrap=dict(data.get("bootstrap", {})),
+            tls_ca=str(data.get("tls_ca", "")),
         )
 
 
@@ -140,12 +156,26 @@ class DropletIdentity:
 
 
 def nats_server_conf(
-    config: MeshConfig, droplet: CoreServer, store_dir: Path, epoch: int = 0
+    config: MeshConfig,
+    droplet: CoreServer,
+    store_dir: Path,
+    epoch: int = 0,
+    droplet_dir: Path | None = None,
 ) -> str:
     """The nats-server configuration of one JetStream server. The cluster's name carries the
     placement's epoch: the servers of one placement never route to those of another (a server
-    started for a move must not join the cluster the state is moving away from)."""
+    started for a move must not join the cluster the state is moving away from). A TLS mesh's
+    server uses the certificates in `droplet_dir`."""
     routes = [c.address for c in config.core] if len(config.core) > 1 else []
+    tls = None
+    if config.tls_ca:
+        if droplet_dir is None:
+            raise ValueError("a TLS mesh's nats-server needs the droplet's directory")
+        tls = {
+            "cert": str(droplet_dir / LEAF_CERT_FILE),
+            "key": str(droplet_dir / LEAF_KEY_FILE),
+            "ca": str(droplet_dir / CA_CERT_FILE),
+        }
     return render(
         "nats-server.conf.j2",
         mesh=config.mesh if epoch == 0 else f"{config.mesh}-{epoch}",
@@ -161,6 +191,7 @@ def nats_server_conf(
         route_password=config.passwords["route"],
         passwords=config.passwords,
         deploy_inbox=subjects.DEPLOY_INBOX,
+        tls=tls,
     )
 
 

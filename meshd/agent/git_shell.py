@@ -61,14 +61,7 @@ def _ensure_repository(droplet_dir: Path, repository: Path, command: GitCommand)
         _git("-C", str(repository), "config", "receive.advertisePushOptions", "true")
         log.info("Repository made. project=%s", command.project)
     config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
-    placement = ServerPlacement.load(droplet_dir, config)
-    credentials = HookCredentials(
-        mesh=config.mesh,
-        context=config.mesh,
-        project=command.project,
-        servers=tuple(config.with_servers(placement.servers).nats_urls()),
-        password=config.passwords["deployer"],
-    )
+    credentials = hook_credentials(config, ServerPlacement.load(droplet_dir, config), command)
     hooks = repository / "hooks"
     atomic_write(hooks / CREDENTIALS, credentials.to_json().encode(), 0o600)
     meshctl = hooks / "meshctl"  # this interpreter and code, as the hook's `meshctl`
@@ -88,6 +81,21 @@ def _ensure_repository(droplet_dir: Path, repository: Path, command: GitCommand)
         },
     )
     atomic_write(hooks / "post-receive", script.encode(), 0o755)
+
+
+def hook_credentials(
+    config: MeshConfig, placement: ServerPlacement, command: GitCommand
+) -> HookCredentials:
+    """What the hook of a repository on this droplet reaches NATS with: the deployer user,
+    TLS from the mesh CA where the mesh has one."""
+    return HookCredentials(
+        mesh=config.mesh,
+        context=config.mesh,
+        project=command.project,
+        servers=tuple(config.with_servers(placement.servers).nats_urls()),
+        password=config.passwords["deployer"],
+        tls_ca=config.tls_ca,
+    )
 
 
 def _git(*args: str) -> None:

@@ -6,16 +6,21 @@ In order, each step harmless to repeat (a failed `up` is run again): the infrast
 once and pointed at master; master bootstrapped over SSH (bootstrap.py) with the mesh's
 configuration and the secrets its leaders need; the context, which reaches NATS through an
 SSH tunnel to master (meshd/cli/tunnel.py). `publish` then creates and bootstraps the rest.
+
+NATS on such a mesh is TLS from the mesh's own CA, made by the first `up` and kept beside the
+context (0600) and on every droplet (which issues the droplets it bootstraps their leaves).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Any
 
 import bootstrap
 from meshd.agent.bootstrapping import KEY_FILE, TOKEN_FILE, node_files
+from meshd.agent.certificates import tls_files
 from meshd.agent.config import (
     CLIENT_PORT,
     CORE_TAG,
@@ -25,9 +30,10 @@ from meshd.agent.config import (
     mesh_tag,
     new_passwords,
 )
-from meshd.cli.context import Context, NoMeshError, load_context
+from meshd.cli.context import Context, NoMeshError, ca_file, load_context
 from meshd.cli.joining import open_provider, power_on, wait_joined
 from meshd.cli.tables import console
+from meshd.core.meshca import MeshCA, make_ca
 from plugins.providers import DropletRecord, Provider, ReservedAddresses, Snapshotter, Volumes
 from plugins.providers.cloud import CloudAccess
 from protocol.errors import MeshError
@@ -59,6 +65,21 @@ def ssh_key(path: Path, comment: str) -> tuple[Path, str]:
         console.print(f"Made the key {path} ({comment}).")
     key = asyncssh.read_private_key(str(path))
     return path, key.export_public_key().decode().strip()
+
+
+def mesh_ca(name: str) -> MeshCA:
+    """The mesh's CA, beside its context (0600): made by the first `up`, read by any later one
+    (an `up` run again after a failure bootstraps master with the same CA)."""
+    path = ca_file(name)
+    if path.exists():
+        return MeshCA.from_pem(path.read_bytes())
+    ca = make_ca(name, datetime.datetime.now(datetime.UTC))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(ca.to_pem())
+    console.print(f"Made the mesh's CA for NATS TLS ({path}).")
+    return ca
 
 
 def operator_provider(settings: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +151,7 @@ async def create_on_digitalocean(
         await provider.close()
     agents = {"name": "digitalocean", "config": {
         **section["config"], "token_file": f"{AGENT_DIR}/{TOKEN_FILE}"}}  # fmt: skip
+    ca = mesh_ca(name)
     config = MeshConfig(
         mesh=name,
         core=(CoreServer(master.name, master.address),),
@@ -138,8 +160,10 @@ async def create_on_digitalocean(
         runtime=runtime,
         entry={"address": entry_address, "port": DEFAULT_ENTRY_PORT},
         bootstrap={"python": python, "git_keys": [git_key]},
+        tls_ca=ca.cert_pem.decode(),
     )
-    secrets = {KEY_FILE: key_path.read_bytes(), TOKEN_FILE: _token(settings).encode()}
+    secrets = {KEY_FILE: key_path.read_bytes(), TOKEN_FILE: _token(settings).encode(),
+               **tls_files(ca, name, master)}  # fmt: skip
     files = node_files(master, config.to_json(), secrets)
     console.print(f"Bootstrapping master over SSH ({master.public_address}) ...")
     import asyncssh
@@ -165,6 +189,7 @@ async def create_on_digitalocean(
         entry_url=f"http://{entry_address}",
         deployer_password=config.passwords["deployer"],
         tunnel={"host": master.public_address, "user": "root", "key_file": str(key_path)},
+        tls_ca=config.tls_ca,
     )
     context.save()
     return context

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd.core.trust import ClientTrust, trust
 from protocol.errors import MeshError
 
 CURRENT = "current"
@@ -52,6 +53,12 @@ class Context:
     # Meshes whose NATS is private (DigitalOcean): reached through SSH to this droplet,
     # {"host", "user", "key_file"} (meshd/cli/tunnel.py); None: NATS is reached directly.
     tunnel: dict[str, Any] | None = None
+    # The mesh CA's certificate (PEM) where NATS is TLS (DigitalOcean); None: plain NATS. Its
+    # key is beside the context (`ca_file`), for an `up` run again.
+    tls_ca: str | None = None
+
+    def trust(self) -> ClientTrust | None:
+        return trust(self.mesh, self.tls_ca)
 
     @property
     def state_dir(self) -> Path:
@@ -81,8 +88,14 @@ def load_context(name: str | None = None) -> Context:
     return Context(**data)
 
 
+def ca_file(name: str) -> Path:
+    """Where the context `name` keeps its mesh's CA (key and certificate, 0600), if it has one."""
+    return config_home() / "contexts" / f"{name}.ca.pem"
+
+
 def remove_context(name: str) -> None:
     (config_home() / "contexts" / f"{name}.json").unlink(missing_ok=True)
+    ca_file(name).unlink(missing_ok=True)
     current = config_home() / CURRENT
     if current.exists() and current.read_text().strip() == name:
         current.unlink()

@@ -92,6 +92,7 @@ def install(repo: Path, project: str | None, force: bool, context_name: str | No
         project=chosen,
         servers=tuple(context.servers),
         password=context.deployer_password,
+        tls_ca=context.tls_ca or "",
     )
     atomic_write(credentials, data.to_json().encode(), 0o600)
     script = hook_script(
@@ -245,6 +246,7 @@ async def _deploy(
             name=f"git hook {project}",
             timeout=CONNECT_S,
             inbox_prefix=subjects.DEPLOY_INBOX,
+            trust=credentials.trust(),
         )
     except StoreUnavailable as err:
         say(f"mesh {credentials.mesh!r} is not reachable ({cause_chain(err)}); nothing deployed")

@@ -50,6 +50,7 @@ async def connect(context: Context) -> Store:
             timeout=CONNECT_TIMEOUT_S,
             # Through a tunnel, a lost connection waits for the tunnel to open again.
             reconnects=TUNNEL_RECONNECTS if tunnel is not None else 1,
+            trust=context.trust(),
         )
     except StoreUnavailable as err:
         if tunnel is not None:

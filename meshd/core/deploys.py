@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from meshd.core.deploy_refs import DEFAULT_DEPLOY, PROMOTED_ONLY, WILDCARDS
 from meshd.core.errors import InputError
 from meshd.core.pushes import PushedBranch
+from meshd.core.trust import ClientTrust, trust
 from protocol.errors import MeshError
 from protocol.releases import DeployAction, DeployProgress, DeployRequest, Release
 
@@ -132,6 +133,10 @@ class HookCredentials:
     servers: tuple[str, ...]
     password: str
     user: str = DEPLOYER
+    tls_ca: str = ""  # the mesh CA's certificate (PEM) where NATS is TLS; empty: plain
+
+    def trust(self) -> ClientTrust | None:
+        return trust(self.mesh, self.tls_ca)
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "servers": list(self.servers)}, indent=2)
@@ -147,6 +152,7 @@ class HookCredentials:
                 servers=tuple(str(s) for s in data["servers"]),
                 password=str(data["password"]),
                 user=str(data.get("user", DEPLOYER)),
+                tls_ca=str(data.get("tls_ca", "")),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise MeshError(f"read the hook's credentials: {err}") from None

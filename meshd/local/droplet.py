@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.agent.certificates import renew_own_certificate
 from meshd.agent.config import (
     JETSTREAM_FILE,
     DropletIdentity,
@@ -27,11 +29,13 @@ from meshd.agent.config import (
     nats_server_conf,
 )
 from meshd.core.backoff import delay
+from meshd.core.meshca import CertificateError
 from plugins.fs import atomic_write
 
 log = logging.getLogger(__name__)
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_MAX_S = 10.0
+CERTIFICATE_CHECK_S = 3600.0
 
 
 @dataclass
@@ -83,6 +87,7 @@ class NatsUnit:
         self.conf = droplet_dir / "nats-server.conf"
         self.running_text: str | None = None
         self.seen: tuple[int, int] | None = None  # the placement file's (mtime, size)
+        self.next_certificate_check = 0.0  # the first tick checks, before nats-server starts
 
     def placement_changed(self) -> bool:
         try:
@@ -100,15 +105,33 @@ class NatsUnit:
         if me is None:
             return placement, None
         config = self.config.with_servers(placement.servers)
-        return placement, nats_server_conf(config, me, self.dir / "jetstream", placement.epoch)
+        return placement, nats_server_conf(
+            config, me, self.dir / "jetstream", placement.epoch, droplet_dir=self.dir
+        )
 
     def tick(self, now: float) -> None:
+        if self.config.tls_ca and now >= self.next_certificate_check:
+            self.next_certificate_check = now + CERTIFICATE_CHECK_S
+            self.renew_certificate()
         if self.placement_changed():
             placement, text = self.wanted()
             if text != self.running_text or self.wants_fresh_store(placement, text):
                 self.apply(placement, text)
         if self.running_text is not None:
             _keep_running(self.child, now)
+
+    def renew_certificate(self) -> None:
+        """A TLS mesh's droplet renews its own NATS certificate before it expires; a running
+        nats-server reloads it on SIGHUP (its clients and routes stay up)."""
+        me, now = self.identity, datetime.datetime.now(datetime.UTC)
+        try:
+            renewed = renew_own_certificate(self.dir, self.config.mesh, me.name, me.address, now)
+        except (OSError, CertificateError) as err:
+            log.warning("NATS certificate not renewed. error=%s", err)
+            return
+        process = self.child.process
+        if renewed and process is not None and process.poll() is None:
+            process.send_signal(signal.SIGHUP)
 
     def wants_fresh_store(self, placement: ServerPlacement, text: str | None) -> bool:
         """A fresh store this epoch, not yet made (the old one is set aside once per epoch)."""

@@ -1,11 +1,15 @@
 """`bootstrap.py` over SSH on a droplet of the DigitalOcean stand-in (root): a bare droplet
 becomes a mesh node running meshd's unit (its supervisor, nats-server and agent); a second
-run changes nothing; a changed file restarts the unit; a step that fails says which."""
+run changes nothing; a changed file restarts the unit; a step that fails says which; a node of
+a TLS mesh serves NATS with the certificate its bootstrap wrote, and a second run the same day
+changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import shlex
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +21,10 @@ import pytest
 import pytest_asyncio
 
 import bootstrap
+from meshd.agent.certificates import tls_files
 from meshd.agent.config import CoreServer, MeshConfig, new_passwords
+from meshd.core.meshca import MeshCA, make_ca
+from plugins.providers import DropletRecord, DropletStatus
 from tests.support import namespaces_allowed, unavailable
 from tests.support.digitalocean import StandProcess, finished, run_over_ssh, start_process
 from tests.support.waiting import until
@@ -37,21 +44,24 @@ class Droplet:
         return bootstrap.Target(self.public, self.key, python=options.pop("python", PYTHON),
                                 **options)  # fmt: skip
 
-    def node(self, runtime: str = "process", passwords: dict[str, str] | None = None
-             ) -> bootstrap.Node:  # fmt: skip
+    def node(self, runtime: str = "process", passwords: dict[str, str] | None = None,
+             ca: MeshCA | None = None) -> bootstrap.Node:  # fmt: skip
         config = MeshConfig(
             mesh="boot",
             core=(CoreServer("boot-1", self.private),),
             passwords=passwords or PASSWORDS,
             runtime={"name": runtime},
+            tls_ca=ca.cert_pem.decode() if ca else "",
         )
         identity = {"id": self.id, "name": "boot-1", "size": "s-1vcpu-1gb",
                     "address": self.private}  # fmt: skip
-        return bootstrap.Node(
-            "boot-1",
-            {"droplet.json": json.dumps(identity).encode(), "user_data": config.to_json().encode()},
-            runtime,
-        )
+        files = {"droplet.json": json.dumps(identity).encode(),
+                 "user_data": config.to_json().encode()}  # fmt: skip
+        if ca is not None:
+            record = DropletRecord(self.id, "boot-1", "s-1vcpu-1gb", self.private,
+                                   DropletStatus.ACTIVE, (), 0.0, self.public)  # fmt: skip
+            files.update(tls_files(ca, "boot", record))
+        return bootstrap.Node("boot-1", files, runtime)
 
     async def sh(self, command: str) -> str:
         return await run_over_ssh(self.key, self.public, command)
@@ -151,6 +161,38 @@ async def test_a_refused_key_fails_at_once(droplet: Droplet) -> None:
 
     assert failed.value.step == "connect"
     assert "the key was refused" in str(failed.value)
+
+
+# Run on the droplet: what its nats-server says to a client speaking no TLS.
+PLAIN_INFO = """
+import json, socket, sys
+with socket.create_connection((sys.argv[1], 4222), timeout=5) as sock:
+    print(json.loads(sock.recv(65536).decode().removeprefix("INFO ").strip())["tls_required"])
+"""
+
+
+async def test_a_tls_node_serves_nats_with_its_certificate_and_a_second_run_changes_nothing(
+    droplet: Droplet,
+) -> None:
+    ca = make_ca("boot", datetime.datetime.now(datetime.UTC))
+    await bootstrap.bootstrap(droplet.target(), droplet.node(ca=ca))
+    supervisor = await until(lambda: _pids(droplet, "meshd.agent droplet"), "meshd's unit runs")
+    modes = await droplet.sh("stat -c '%n %a' /var/lib/meshd/secrets/*")
+    assert modes.splitlines() == [
+        f"/var/lib/meshd/secrets/{name} 600"
+        for name in ("mesh-ca.crt", "mesh-ca.key", "nats.crt", "nats.key")
+    ]
+    ask = shlex.join([PYTHON, "-c", PLAIN_INFO, droplet.private])
+    assert await until(lambda: _quietly(droplet, ask), "nats-server requires TLS") == "True"
+
+    second = await bootstrap.bootstrap(droplet.target(), droplet.node(ca=ca))
+
+    assert not second.changed, second.steps  # the same certificate, issued again
+    assert await _pids(droplet, "meshd.agent droplet") == supervisor
+
+
+async def _quietly(droplet: Droplet, command: str) -> str:
+    return await droplet.sh(f"{command} 2>/dev/null || true")
 
 
 async def _pids(droplet: Droplet, marker: str) -> str:

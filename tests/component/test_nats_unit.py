@@ -1,26 +1,45 @@
 """A droplet's nats-server follows its `jetstream.json` (real nats-server): it runs while the
 droplet is a JetStream server, restarts on a fresh store when a move asks for one (the old
 store set aside, not deleted), comes back when it dies, and stops when the droplet is no
-longer a server."""
+longer a server. On a TLS mesh the droplet renews its own certificate before it expires, and
+nats-server serves the new one without a restart."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
+import socket
+import ssl
 import time
 from pathlib import Path
 
-from meshd.agent.config import CoreServer, MeshConfig, ServerPlacement, new_passwords
+from cryptography import x509
+
+from meshd.agent.config import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    LEAF_CERT_FILE,
+    LEAF_KEY_FILE,
+    CoreServer,
+    MeshConfig,
+    ServerPlacement,
+    new_passwords,
+)
+from meshd.core.meshca import MeshCA, issue_leaf, make_ca
 from meshd.local.droplet import NatsUnit
 from tests.support.nats import loopback_addresses, wait_for_port
 from tests.support.waiting import wait_for
 
 
-def droplet(directory: Path, address: str) -> MeshConfig:
+def droplet(directory: Path, address: str, tls_ca: str = "") -> MeshConfig:
     directory.mkdir()
     config = MeshConfig(
-        mesh="unit", core=(CoreServer("master", address),), passwords=new_passwords()
+        mesh="unit",
+        core=(CoreServer("master", address),),
+        passwords=new_passwords(),
+        tls_ca=tls_ca,
     )
     (directory / "user_data").write_text(config.to_json())
     identity = {"id": "1", "name": "master", "size": "s-1vcpu-1gb", "address": address}
@@ -130,5 +149,51 @@ def test_a_droplet_rebuilt_from_an_older_snapshot_joins_the_servers_of_its_user_
         # A later move (epoch 3) written to the file wins over user_data again.
         ServerPlacement(3, config.core).save(home)
         assert ServerPlacement.load(home, config.with_servers(servers, 2)).epoch == 3
+    finally:
+        unit.stop()
+
+
+def served_certificate_ends(address: str, ca: MeshCA) -> datetime.datetime:
+    """When the certificate the server at `address` shows a TLS client ends."""
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    with socket.create_connection((address, 4222), timeout=5) as sock:
+        sock.recv(65536)  # INFO, in clear; TLS follows
+        with context.wrap_socket(sock, server_hostname="nats.unit.meshd") as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).not_valid_after_utc
+
+
+def test_a_droplet_renews_its_certificate_and_nats_server_serves_it_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    (address,) = loopback_addresses(1)
+    now = datetime.datetime.now(datetime.UTC)
+    ca = make_ca("unit", now - datetime.timedelta(days=700))
+    home = tmp_path / "master-1"
+    droplet(home, address, tls_ca=ca.cert_pem.decode())
+    cert, key = issue_leaf(ca, "unit", "master", address, now - datetime.timedelta(days=650))
+    for name, data in ((CA_CERT_FILE, ca.cert_pem), (CA_KEY_FILE, ca.key_pem),
+                       (LEAF_CERT_FILE, cert), (LEAF_KEY_FILE, key)):  # fmt: skip
+        (home / name).parent.mkdir(exist_ok=True)
+        (home / name).write_bytes(data)
+    unit = NatsUnit(home)
+    unit.next_certificate_check = float("inf")  # started with the old one, 80 days left
+    try:
+        ticked(unit)
+        wait_for_port(address, 4222)
+        server = unit.child.process
+        assert served_certificate_ends(address, ca) - now < datetime.timedelta(days=90)
+
+        unit.next_certificate_check = 0.0
+        ticked(unit)
+
+        renewed = wait_for(
+            lambda: served_certificate_ends(address, ca) - now > datetime.timedelta(days=700),
+            timeout=10,
+            what="the renewed certificate served",
+        )
+        assert renewed and unit.child.process is server and server.poll() is None
+        assert (home / LEAF_CERT_FILE).stat().st_mode & 0o777 == 0o600
     finally:
         unit.stop()

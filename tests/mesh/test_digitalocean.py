@@ -2,8 +2,9 @@
 drives it: `up --provider digitalocean` bootstraps master over SSH, `publish` of the seed CSV
 creates and bootstraps three more droplets while a tenth of the droplet requests fail (503,
 or done with the answer lost) and the burst limit is low: no droplet twice, none missing; the
-examples answer on the reserved IP; a push to master over SSH (the key that may only run
-the git shell) deploys newstartup's uat; SSH (and
+examples answer on the reserved IP; NATS is TLS from the mesh CA (a plain client is refused by
+every JetStream server, routes are TLS and verified, the keys are 0600); a push to master
+over SSH (the key that may only run the git shell) deploys newstartup's uat; SSH (and
 so the operator's tunnel) is refused to an address that is not an administrator's; a killed
 web droplet is powered off, rebuilt from its snapshot and served again; a killed master
 gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH key it
@@ -11,6 +12,7 @@ says it keeps. The stand-in checked every request against DigitalOcean's descrip
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -19,11 +21,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import asyncssh
 import pytest
 
 from tests.support import namespaces_allowed, nginx_binary, unavailable
-from tests.support.digitalocean import StandProcess, kill_machine, resized, start_process
+from tests.support.digitalocean import (
+    StandProcess,
+    kill_machine,
+    resized,
+    run_over_ssh,
+    start_process,
+)
 from tests.support.git_repos import git
 from tests.support.mesh import ROOT, LocalMesh, http_get
 from tests.support.waiting import wait_for
@@ -83,6 +93,8 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         wait_for(lambda: resized(mesh, "master"), 300, "master resized")
         made = stand.droplets()  # each once, none lost
         assert sorted(made) == ["hostomatic-web1", "hostomatic-web2", "hostomatic-web3", "master"]
+        nats_is_tls_only(mesh, home)
+
         reserved = mesh.status()["entry_url"].split("//")[1].split(":")[0].rstrip("/")
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "the reserved IP")
 
@@ -182,6 +194,58 @@ def publish_through_faults(mesh: LocalMesh, stand: StandProcess, csv: Path) -> N
     stand.change({"faults": {"error_rate": 0.0, "lost_rate": 0.0}, "limits": {"per_minute": 250}})
     answered = stand.answered()
     assert answered.get(503, 0) > 0, answered  # the faults did happen
+
+
+# Run on master: what each JetStream server says to a client that speaks no TLS (its INFO,
+# then whatever answers a CONNECT and a PING), and its monitoring page's TLS settings.
+PLAIN_CLIENT = """
+import json, socket, sys, urllib.request
+found = {}
+for address in sys.argv[1:]:
+    with socket.create_connection((address, 4222), timeout=5) as sock:
+        info = json.loads(sock.recv(65536).decode().removeprefix("INFO ").strip())
+        sock.sendall(b'CONNECT {"verbose":false}\\r\\nPING\\r\\n')
+        answer = b""
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+    with urllib.request.urlopen(f"http://{address}:8222/varz", timeout=5) as page:
+        varz = json.load(page)
+    found[address] = {"tls_required": info.get("tls_required", False),
+                      "pong": b"PONG" in answer, "routes_tls": varz["cluster"].get("tls_required"),
+                      "routes_verify": varz["cluster"].get("tls_verify")}
+print(json.dumps(found))
+"""
+
+
+def nats_is_tls_only(mesh: LocalMesh, home: Path) -> None:
+    """Every JetStream server refuses a plain client and routes over verified TLS; the CA is
+    kept beside the context and the droplets' keys are 0600."""
+    contexts = mesh.home / "config" / "contexts"
+
+    def followed() -> dict[str, Any] | None:
+        """The context once a command has followed JetStream to its three servers."""
+        mesh.status()
+        context: dict[str, Any] = json.loads((contexts / f"{mesh.name}.json").read_text())
+        return context if len(context["servers"]) >= 3 else None
+
+    context = wait_for(followed, 120, "the context knows the three JetStream servers")
+    assert "BEGIN CERTIFICATE" in context["tls_ca"]
+    assert (contexts / f"{mesh.name}.ca.pem").stat().st_mode & 0o777 == 0o600
+    servers = [url.split("//")[1].split(":")[0] for url in context["servers"]][:3]
+    key = asyncssh.read_private_key(str(home / ".ssh" / "infrastructure_key"))
+    host = context["tunnel"]["host"]
+    command = shlex.join([sys.executable, "-c", PLAIN_CLIENT, *servers])
+    found = json.loads(asyncio.run(run_over_ssh(key, host, command)))
+    for address, seen in found.items():
+        assert seen == {"tls_required": True, "pong": False, "routes_tls": True,
+                        "routes_verify": True}, address  # fmt: skip
+    modes = asyncio.run(run_over_ssh(key, host, "stat -c '%a %n' /var/lib/meshd/secrets/*"))
+    assert {line.split()[1].rsplit("/", 1)[1] for line in modes.splitlines()} >= {
+        "mesh-ca.crt", "mesh-ca.key", "nats.crt", "nats.key"}  # fmt: skip
+    assert {line.split()[0] for line in modes.splitlines()} == {"600"}, modes
 
 
 def only_administrators_reach_it(mesh: LocalMesh, admin: str) -> None:

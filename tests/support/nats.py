@@ -132,7 +132,8 @@ class ServerSet:
             home = self.directory / name
             home.mkdir(parents=True, exist_ok=True)
             conf = home / "nats-server.conf"
-            conf.write_text(nats_server_conf(self.config, server, home / "jetstream"))
+            text = nats_server_conf(self.config, server, home / "jetstream", droplet_dir=home)
+            conf.write_text(text)
             conf.chmod(0o600)
             with (home / "nats-server.log").open("ab") as log:
                 self.processes[name] = subprocess.Popen(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshd.core.trust import ClientTrust
 from protocol.errors import MeshError
 from protocol.messages import Event
 
@@ -255,11 +256,13 @@ async def open_store(
     timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
     inbox_prefix: str | None = None,
     reconnects: int = 1,
+    trust: ClientTrust | None = None,
 ) -> Store:
     """Connect to the mesh's NATS servers; `forever` keeps trying (agents), otherwise fail
     within about `timeout` with `StoreUnavailable`. `inbox_prefix` replaces `_INBOX` in the
     connection's reply subjects (a user allowed to listen on its own inboxes only). A lost
-    connection is tried again `reconnects` times per server, half a second apart."""
+    connection is tried again `reconnects` times per server, half a second apart. `trust`:
+    TLS, verifying the servers from the mesh CA (None: plain NATS, local meshes)."""
     from meshd.agent.store.jetstream import NatsStore
 
     return await NatsStore.connect(
@@ -271,4 +274,5 @@ async def open_store(
         timeout=timeout,
         inbox_prefix=inbox_prefix,
         reconnects=reconnects,
+        trust=trust,
     )

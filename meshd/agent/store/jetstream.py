@@ -35,12 +35,14 @@ from meshd.agent.store import (
     Subscription,
 )
 from meshd.agent.store import WorkQueue as WorkQueueProtocol
+from meshd.agent.store.connection import connect_options
 from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
 from meshd.agent.store.events import Events
 from meshd.agent.store.moves import StoreMoves
 from meshd.agent.store.objects import NatsObjects
 from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
 from meshd.agent.store.workqueue import NatsWorkQueue
+from meshd.core.trust import ClientTrust
 from protocol.messages import Event
 
 log = logging.getLogger(__name__)
@@ -72,33 +74,18 @@ class NatsStore(NatsObjects):
         timeout: float = 5.0,  # noqa: ASYNC109 - also the JetStream request timeout
         inbox_prefix: str | None = None,
         reconnects: int = 1,
+        trust: ClientTrust | None = None,
     ) -> NatsStore:
-        async def on_error(err: Exception) -> None:
-            log.debug("NATS connection error. error=%s", err)
-
-        async def on_disconnect() -> None:
-            log.info("Disconnected from NATS.")
-
-        async def on_reconnect() -> None:
-            log.info("Reconnected to NATS.")
-
-        options: dict[str, Any] = {
-            "servers": list(servers),
-            "user": user,
-            "password": password,
-            "name": name,
-            "connect_timeout": 1.0,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1 if forever else reconnects,
-            "reconnect_time_wait": 0.5,
-            "ping_interval": 5,
-            "max_outstanding_pings": 2,
-            "error_cb": on_error,
-            "disconnected_cb": on_disconnect,
-            "reconnected_cb": on_reconnect,
-        }
-        if inbox_prefix is not None:
-            options["inbox_prefix"] = inbox_prefix
+        options = connect_options(
+            servers,
+            user,
+            password,
+            name=name,
+            forever=forever,
+            reconnects=reconnects,
+            inbox_prefix=inbox_prefix,
+            trust=trust,
+        )
         where = ", ".join(servers)
         try:
             if forever:
