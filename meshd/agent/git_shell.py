@@ -55,23 +55,18 @@ def git_shell(droplet_dir: Path, original: str | None) -> int:  # noqa: RET503
 
 
 def _ensure_repository(droplet_dir: Path, repository: Path, command: GitCommand) -> None:
+    """The bare repository, made at the first push, and its hook as of now."""
     if not (repository / "HEAD").is_file():
         repository.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _git("init", "--quiet", "--bare", "-b", "main", str(repository))
         _git("-C", str(repository), "config", "receive.advertisePushOptions", "true")
-        log.info("Repository made. project=%s", command.project)
     config = MeshConfig.from_json((droplet_dir / "user_data").read_text())
     credentials = hook_credentials(config, ServerPlacement.load(droplet_dir, config), command)
     hooks = repository / "hooks"
     atomic_write(hooks / CREDENTIALS, credentials.to_json().encode(), 0o600)
     meshctl = hooks / "meshctl"  # this interpreter and code, as the hook's `meshctl`
-    code = os.environ.get("PYTHONPATH", "")
-    atomic_write(
-        meshctl,
-        f"#!/bin/sh\nPYTHONPATH={shlex.quote(code)} exec {shlex.quote(sys.executable)} "
-        '-c "from meshd.cli import main; main()" "$@"\n'.encode(),
-        0o755,
-    )
+    program = _this_python("-c", "from meshd.cli import main; main()")
+    atomic_write(meshctl, f'#!/bin/sh\nexec {program} "$@"\n'.encode(), 0o755)
     script = hook_script(
         TEMPLATE.read_text(),
         {
@@ -106,9 +101,15 @@ def _git(*args: str) -> None:
 
 def shell_command(droplet_dir: Path) -> str:
     """The forced command: this interpreter and code running `meshd git-shell DIR`."""
-    code = os.environ.get("PYTHONPATH", "")
-    run = f"{shlex.quote(sys.executable)} -m meshd.agent git-shell {shlex.quote(str(droplet_dir))}"
-    return f"PYTHONPATH={shlex.quote(code)} {run}" if code else run
+    return _this_python("-m", "meshd.agent", "git-shell", str(droplet_dir))
+
+
+def _this_python(*args: str) -> str:
+    """A shell command running this interpreter with this code (the release the agent runs,
+    named by PYTHONPATH on a bootstrapped droplet) and `args`."""
+    code = os.environ.get("PYTHONPATH")
+    run = shlex.join([sys.executable, *args])
+    return f"env PYTHONPATH={shlex.quote(code)} {run}" if code else run
 
 
 def authorize_git_keys(

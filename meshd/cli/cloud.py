@@ -56,11 +56,8 @@ def ssh_key(path: Path, comment: str) -> tuple[Path, str]:
 
     path = path.expanduser()
     if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key.export_private_key())
+        _write_new_secret(path, key.export_private_key())
         path.with_suffix(".pub").write_bytes(key.export_public_key())
         console.print(f"Made the key {path} ({comment}).")
     key = asyncssh.read_private_key(str(path))
@@ -74,12 +71,17 @@ def mesh_ca(name: str) -> MeshCA:
     if path.exists():
         return MeshCA.from_pem(path.read_bytes())
     ca = make_ca(name, datetime.datetime.now(datetime.UTC))
+    _write_new_secret(path, ca.to_pem())
+    console.print(f"Made the mesh's CA for NATS TLS ({path}).")
+    return ca
+
+
+def _write_new_secret(path: Path, data: bytes) -> None:
+    """A new 0600 file (never over one that exists: a key is not replaced by accident)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(ca.to_pem())
-    console.print(f"Made the mesh's CA for NATS TLS ({path}).")
-    return ca
+        out.write(data)
 
 
 def operator_provider(settings: dict[str, Any]) -> dict[str, Any]:

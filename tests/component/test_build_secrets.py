@@ -25,6 +25,7 @@ from plugins.runtimes.docker import DockerRuntime
 from plugins.runtimes.docker.buildkit import SCRATCH_PREFIX
 from tests.support import unavailable
 from tests.support.docker import static_busybox
+from tests.support.forwarding import pipe
 from tests.support.waiting import until
 
 SECRET_ID = "canary_token"
@@ -231,7 +232,7 @@ async def test_the_build_reaches_the_engine_at_the_runtimes_docker_host(
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(1)
         upstream_reader, upstream_writer = await asyncio.open_unix_connection(engine[1])
-        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
     server = await asyncio.start_unix_server(forward, path=str(socket))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # not the agent's
@@ -242,17 +243,6 @@ async def test_the_build_reaches_the_engine_at_the_runtimes_docker_host(
         await runtime.stop(info.key, grace=0)
     finally:
         server.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        writer.close()
 
 
 def _commands_naming(tag: str) -> list[str]:

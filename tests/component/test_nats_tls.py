@@ -33,6 +33,7 @@ from meshd.agent.store.jetstream import NatsStore
 from meshd.core.meshca import MeshCA, issue_leaf, make_ca
 from meshd.core.trust import ClientTrust
 from protocol import subjects
+from tests.support.forwarding import pipe
 from tests.support.nats import ServerSet, loopback_addresses, server_set
 from tests.support.waiting import until
 
@@ -83,16 +84,6 @@ async def connect(servers: ServerSet, trust: ClientTrust | None, timeout: float 
 
 async def forwarder(address: str) -> asyncio.Server:
     """A local port that forwards to `address`'s client port, as meshctl's SSH tunnel does."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         far_reader, far_writer = await asyncio.open_connection(address, CLIENT_PORT)

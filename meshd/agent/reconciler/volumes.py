@@ -42,6 +42,7 @@ class DropletVolumes:
         self.runtime = runtime
         self.store = store  # for the events; None until the agent reaches JetStream
         self._attached = False
+        self._prepared: set[Path] = set()  # directories made passable since the volume was mounted
         self._lock = asyncio.Lock()
 
     def keeps_data(self, allocation: Allocation) -> bool:
@@ -76,7 +77,9 @@ class DropletVolumes:
                 except ProviderError as err:
                     raise NotReady(f"volume {self.name}: {err.reason}") from None
                 self._attached = True
-        await asyncio.to_thread(_passable, self.provider.mount_path(self.name), path)
+        if path not in self._prepared:  # once, not at every start of the instance
+            await asyncio.to_thread(_passable, self.provider.mount_path(self.name), path)
+            self._prepared.add(path)
 
     async def _attach(self, name: str) -> None:
         volume = await self._find(name)
