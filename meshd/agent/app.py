@@ -48,6 +48,7 @@ from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
 from meshd.agent.trust import Trust
 from meshd.core.notify_settings import SECRET_SCOPE
+from meshd.core.secret_plan import INFRASTRUCTURE_KEY
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
@@ -96,11 +97,16 @@ class Agent:
         self.terms: dict[str, Term] = {}
         self.store: Store | None = None
         self.view = MeshView()
-        self.trust = Trust(self.identity.name, self.view, self.secrets)
+        bare = bool(self.config.bootstrap)  # droplets start bare: leaders bootstrap them
+        self.trust = Trust(self.identity.name, self.view, self.secrets, cloud=bare)
         self.trust.servers = ServerPlacement.load(self.dir, self.config).names()
         self.reconciler: Reconciler
-        bare = self.config.bootstrap  # droplets start bare: leaders bootstrap what they make
-        self.boot = partial(bootstrap_droplet, self.dir, self.config) if bare else None
+        boot = partial(bootstrap_droplet, self.dir, self.config, self.mesh_secret)
+        self.boot = boot if bare else None
+
+    def mesh_secret(self, name: str) -> bytes | None:
+        """A mesh-scoped secret sealed to this droplet, in memory (the cloud token, the SSH key)."""
+        return self.secrets.get(name, *SECRET_SCOPE)
 
     def status(self) -> NodeStatus:
         self._refresh_identity()
@@ -238,19 +244,7 @@ class Agent:
                     0.0,
                 ),  # fmt: skip
                 (Snapshots(store, provider, view, name, tag), None, 0.0),
-                (
-                    Builder(
-                        store,
-                        view,
-                        reconciler.runtime,
-                        name,
-                        self.data_dir / "builder",
-                        self.config.mesh,
-                        self.dir,
-                    ),
-                    None,
-                    builds,
-                ),
+                (self._builder(store, reconciler), None, builds),
                 (
                     Backups(
                         store,
@@ -355,8 +349,15 @@ class Agent:
             self.store = reconciler.artifacts.store = None
             await store.close()
 
+    def _builder(self, store: Store, reconciler: Reconciler) -> Builder:
+        key = partial(self.mesh_secret, INFRASTRUCTURE_KEY)  # reaches master's repositories
+        return Builder(store, self.view, reconciler.runtime, self.identity.name,
+                       self.data_dir / "builder", self.config.mesh, self.dir, key)  # fmt: skip
+
     def _provider(self) -> Provider:
-        return agent_provider(self.config, follow_power(self.config.mesh), lambda: self.store)
+        return agent_provider(
+            self.config, follow_power(self.config.mesh), lambda: self.store, self.mesh_secret
+        )
 
     async def _prepare_store(self, store: NatsStore, mover: ServerMover) -> None:
         """Finish a move of the JetStream state that an earlier life left midway, then create

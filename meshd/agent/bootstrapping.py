@@ -1,23 +1,29 @@
 """Droplets that start bare (DigitalOcean) are made mesh nodes by the leader that created or
-rebuilt them: `bootstrap.py` over SSH on their private address, with the files their droplet
-directory needs, the secrets among them copied from this droplet's own (0600 on both). In a
-TLS mesh these are the mesh CA too, and a certificate of its own that this droplet issues it
-(nats-server serves clients and routes with it wherever JetStream moves)."""
+rebuilt them: `bootstrap.py` over SSH on their private address, with the key the account put
+on every droplet (the mesh secret `infrastructure_key`, held in memory by the trusted droplets
+that run these leaders), and the files their droplet directory needs: its identity, its user
+data and, in a TLS mesh, the mesh CA and a certificate of its own that this droplet issues it
+(nats-server serves clients and routes with it wherever JetStream moves). The cloud token and
+the key are never written to a droplet: they reach the agents that need them sealed
+(docs/secrets.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import bootstrap
 from meshd.agent.certificates import own_ca, tls_files
 from meshd.agent.config import CA_KEY_FILE, MeshConfig
+from meshd.core.secret_plan import INFRASTRUCTURE_KEY
 from plugins.providers import DropletRecord
 
-SECRETS_DIR = "secrets"
-KEY_FILE = f"{SECRETS_DIR}/infrastructure_key"  # the key the account puts on every droplet
-TOKEN_FILE = f"{SECRETS_DIR}/digitalocean-token"
+# Where meshes made before the key was a mesh secret kept it on every droplet (0600): still
+# used when the secret is not set there.
+KEY_FILE = "secrets/infrastructure_key"
+MeshSecret = Callable[[str], bytes | None]
 
 
 def node_files(
@@ -30,19 +36,26 @@ def node_files(
             **secrets}  # fmt: skip
 
 
-def own_secrets(droplet_dir: Path) -> dict[str, bytes]:
-    """The secrets this droplet has of those a droplet it bootstraps needs."""
-    return {name: (droplet_dir / name).read_bytes()
-            for name in (KEY_FILE, TOKEN_FILE) if (droplet_dir / name).exists()}  # fmt: skip
+def infrastructure_key(droplet_dir: Path, secrets: MeshSecret) -> bytes | None:
+    """The key to reach the mesh's droplets with: the mesh secret, else an older mesh's file."""
+    found = secrets(INFRASTRUCTURE_KEY)
+    if found:
+        return found
+    legacy = droplet_dir / KEY_FILE
+    return legacy.read_bytes() if legacy.exists() else None
 
 
 async def bootstrap_droplet(
-    droplet_dir: Path, config: MeshConfig, record: DropletRecord, user_data: str
+    droplet_dir: Path,
+    config: MeshConfig,
+    secrets: MeshSecret,
+    record: DropletRecord,
+    user_data: str,
 ) -> bootstrap.Report:
     """Bootstrap `record` with `user_data`; BootstrapFailed names the step that failed."""
     import asyncssh
 
-    files = node_files(record, user_data, await asyncio.to_thread(own_secrets, droplet_dir))
+    files = node_files(record, user_data, {})
     if config.tls_ca:
         ca = await asyncio.to_thread(own_ca, droplet_dir)
         if ca is None:
@@ -50,12 +63,14 @@ async def bootstrap_droplet(
                 record.address, "files", f"this droplet has no {CA_KEY_FILE} to issue its TLS with"
             )
         files.update(await asyncio.to_thread(tls_files, ca, config.mesh, record))
-    try:
-        key = asyncssh.import_private_key(files[KEY_FILE])
-    except KeyError:
+    private = await asyncio.to_thread(infrastructure_key, droplet_dir, secrets)
+    if private is None:
         raise bootstrap.BootstrapFailed(
-            record.address, "connect", f"this droplet has no {KEY_FILE} to reach it with"
-        ) from None
+            record.address,
+            "connect",
+            f"this droplet holds no mesh secret {INFRASTRUCTURE_KEY} to reach it with",
+        )
+    key = asyncssh.import_private_key(private)
     target = bootstrap.Target(
         record.address, key, python=config.bootstrap.get("python", bootstrap.VENV_PYTHON)
     )

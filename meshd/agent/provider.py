@@ -1,5 +1,6 @@
 """The provider as an agent's leaders use it: named by the mesh's user data, with its own
-config section, told of power changes and given the mesh's fence book."""
+config section, told of power changes, given the mesh's fence book and the mesh secrets this
+droplet holds (a cloud's token: `digitalocean_token`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from plugins.providers import PowerHook, Provider, ProviderContext, load_provide
 
 
 def agent_provider(
-    config: MeshConfig, on_power: PowerHook, store: Callable[[], Store | None]
+    config: MeshConfig,
+    on_power: PowerHook,
+    store: Callable[[], Store | None],
+    secrets: Callable[[str], bytes | None],
 ) -> Provider:
     section = config.provider
     return load_provider(
@@ -24,5 +28,6 @@ def agent_provider(
             logger=logging.getLogger("plugins.providers"),
             on_power=on_power,
             fences=StoreFenceBook(store),
+            secrets=secrets,
         ),
     )

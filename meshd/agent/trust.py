@@ -2,8 +2,9 @@
 mesh-wide secrets (the cloud token, the SMTP password, the entry's TLS keys) only a trusted
 droplet, master or a JetStream server, so that a droplet that only runs projects holds none
 of them; the `secrets` role only one that can open the mesh key; `recovery` none whose own
-failure is recorded; the others anybody. The
-`builder` prefers the droplet with the most memory to spare."""
+failure is recorded; on a cloud mesh the `builder` too (it reaches master's repositories with
+the account's SSH key); the others anybody. The `builder` prefers the droplet with the most
+memory to spare."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ SENSITIVE_ROLES = frozenset(
 
 
 class Trust:
-    def __init__(self, name: str, view: MeshView, secrets: SealedSecrets) -> None:
+    def __init__(
+        self, name: str, view: MeshView, secrets: SealedSecrets, cloud: bool = False
+    ) -> None:
         self.name = name
+        self.cloud = cloud  # droplets start bare: the account's SSH key is a mesh secret
         self.view = view
         self.secrets = secrets
         self.servers: tuple[str, ...] = ()  # the JetStream servers as this agent knows them
@@ -49,7 +53,8 @@ class Trust:
             return self.may_keep_secrets
         if role is Role.RECOVERY:
             return self.may_recover
-        return self.trusted if role in SENSITIVE_ROLES else None
+        sensitive = role in SENSITIVE_ROLES or (role is Role.BUILDER and self.cloud)
+        return self.trusted if sensitive else None
 
     def may_recover(self) -> bool:
         """Trusted, and not itself confirmed failed: a recovery leader whose own failure was

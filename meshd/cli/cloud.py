@@ -4,8 +4,10 @@ In order, each step harmless to repeat (a failed `up` is run again): the infrast
 (`~/.ssh/infrastructure_key`, ed25519, made if missing) uploaded once; the mesh's firewall
 (SSH from the administrators' addresses only); master, created once; the reserved IP, made
 once and pointed at master; master bootstrapped over SSH (bootstrap.py) with the mesh's
-configuration and the secrets its leaders need; the context, which reaches NATS through an
-SSH tunnel to master (meshd/cli/tunnel.py). `publish` then creates and bootstraps the rest.
+configuration; the context, which reaches NATS through an SSH tunnel to master
+(meshd/cli/tunnel.py); once master's agent has joined, the API token and the infrastructure
+key handed over as mesh secrets (meshd/cli/cloud_secrets.py), never as files on a droplet.
+`publish` then creates and bootstraps the rest.
 
 NATS on such a mesh is TLS from the mesh's own CA, made by the first `up` and kept beside the
 context (0600) and on every droplet (which issues the droplets it bootstraps their leaves).
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import bootstrap
-from meshd.agent.bootstrapping import KEY_FILE, TOKEN_FILE, node_files
+from meshd.agent.bootstrapping import node_files
 from meshd.agent.certificates import tls_files
 from meshd.agent.config import (
     CLIENT_PORT,
@@ -30,9 +32,11 @@ from meshd.agent.config import (
     mesh_tag,
     new_passwords,
 )
+from meshd.cli.cloud_secrets import hand_over
 from meshd.cli.context import Context, NoMeshError, ca_file, load_context
 from meshd.cli.joining import open_provider, power_on, wait_joined
 from meshd.cli.tables import console
+from meshd.core import secret_plan
 from meshd.core.meshca import MeshCA, make_ca
 from plugins.providers import DropletRecord, Provider, ReservedAddresses, Snapshotter, Volumes
 from plugins.providers.cloud import CloudAccess
@@ -40,7 +44,6 @@ from protocol.errors import MeshError
 
 INFRASTRUCTURE_KEY = Path("~/.ssh/infrastructure_key")
 GIT_KEY = Path("~/.ssh/meshd_git_key")  # may only push to and fetch from master's repositories
-AGENT_DIR = "/var/lib/meshd"
 CORE_SIZE = "s-1vcpu-1gb"
 
 
@@ -112,6 +115,17 @@ async def up_on_digitalocean(
     else:
         await power_on(context)
     await wait_joined(context)
+    await hand_over(context, _agents_secrets(settings, context))
+
+
+def _agents_secrets(settings: dict[str, Any], context: Context) -> dict[str, bytes]:
+    """The operator's token and infrastructure key, by the mesh secret names agents read."""
+    key_path = INFRASTRUCTURE_KEY.expanduser()
+    token = _token(settings) or _token(dict(context.provider.get("config") or {}))
+    return {
+        secret_plan.CLOUD_TOKEN: token.encode(),
+        secret_plan.INFRASTRUCTURE_KEY: key_path.read_bytes() if key_path.exists() else b"",
+    }
 
 
 async def create_on_digitalocean(
@@ -151,8 +165,10 @@ async def create_on_digitalocean(
         console.print(f"Reserved IP [bold]{entry_address}[/] points at master.")
     finally:
         await provider.close()
+    # The agents' token is the mesh secret; the operator's own token_file is no path of theirs.
     agents = {"name": "digitalocean", "config": {
-        **section["config"], "token_file": f"{AGENT_DIR}/{TOKEN_FILE}"}}  # fmt: skip
+        **{k: v for k, v in section["config"].items() if k != "token_file"},
+        "token_secret": secret_plan.CLOUD_TOKEN}}  # fmt: skip
     ca = mesh_ca(name)
     config = MeshConfig(
         mesh=name,
@@ -164,15 +180,15 @@ async def create_on_digitalocean(
         bootstrap={"python": python, "git_keys": [git_key]},
         tls_ca=ca.cert_pem.decode(),
     )
-    secrets = {KEY_FILE: key_path.read_bytes(), TOKEN_FILE: _token(settings).encode(),
-               **tls_files(ca, name, master)}  # fmt: skip
-    files = node_files(master, config.to_json(), secrets)
+    files = node_files(master, config.to_json(), tls_files(ca, name, master))
     console.print(f"Bootstrapping master over SSH ({master.public_address}) ...")
     import asyncssh
 
     report = await bootstrap.bootstrap(
         bootstrap.Target(
-            master.public_address, asyncssh.import_private_key(files[KEY_FILE]), python=python
+            master.public_address,
+            asyncssh.import_private_key(key_path.read_bytes()),
+            python=python,
         ),  # fmt: skip
         bootstrap.Node(master.name, files, str(runtime.get("name", "process"))),
     )

@@ -20,7 +20,7 @@ from meshd.cli.tables import console, render_plan
 from meshd.core.placement import place
 from meshd.core.plan import DropletAction, Plan, make_plan
 from meshd.core.spec import DesiredState
-from meshd.core.status import unconverged
+from meshd.core.status import unconverged, unresized
 from meshd.inputs import find_deploy_config, load_desired_state
 from meshd.inputs.notify_files import EMAIL_FILE, SMS_FILE, find_beside, load_notify_settings
 from protocol import subjects
@@ -165,9 +165,11 @@ async def _publish(
 async def wait_converged(
     store: Store, revision: int, wait_s: float, quiet: bool, what: str = "publish"
 ) -> None:
-    """Until every service is healthy at this revision and JetStream runs on the servers the
-    mesh's droplets call for (a growth or shrink pauses the control plane for seconds: a read
-    that is not answered meanwhile is tried again). `what` names the command in its error."""
+    """Until every service is healthy at this revision, every droplet has the size the
+    placement gives it (a resize powers a DigitalOcean droplet off: a mesh is not whole before)
+    and JetStream runs on the servers the mesh's droplets call for (a growth or shrink pauses
+    the control plane for seconds: a read that is not answered meanwhile is tried again).
+    `what` names the command in its error."""
     deadline = time.monotonic() + wait_s
     missing = ["the scheduler has not placed this revision yet"]
     with console.status("Waiting for the mesh to converge ...") as progress:
@@ -184,13 +186,17 @@ async def wait_converged(
             view = reading.status()
             healthy = sum(s["healthy"] for s in view["services"])
             desired = sum(s["desired"] for s in view["services"])
+            sizes = {d.name: d.size for d in placed.placement.droplets} if placed else {}
+            resizing = unresized(sizes, view)
             more = "" if settled else ", JetStream moving"
+            more += f", {len(resizing)} resizing" if resizing else ""
             progress.update(
                 f"Waiting for the mesh to converge ... {healthy}/{desired} healthy{more}"
             )
             missing = [
                 *([] if scheduled else ["the scheduler has not placed this revision yet"]),
                 *unconverged(view),
+                *resizing,
                 *([] if settled else ["JetStream is still moving to the servers it wants"]),
             ]
             if not missing:

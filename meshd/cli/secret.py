@@ -27,7 +27,13 @@ from meshd.cli.session import check_project, connect, read_allocations, read_pub
 from meshd.cli.tables import console, secrets_table
 from meshd.core.notify_settings import CHANNELS, NotifySettings
 from meshd.core.sealing import from_text, random_secret, seal_value
-from meshd.core.secret_plan import WEBHOOK_SECRET, used_by, webhook_projects
+from meshd.core.secret_plan import (
+    CLOUD_TOKEN,
+    INFRASTRUCTURE_KEY,
+    WEBHOOK_SECRET,
+    used_by,
+    webhook_projects,
+)
 from meshd.core.spec import ENVIRONMENTS, DesiredState
 from protocol import subjects
 from protocol.codec import decode, encode
@@ -172,7 +178,7 @@ async def _store_value(
                 "start); try again, and see `meshctl status`"
             )
         public = decode(mesh_key.value, MeshKey)
-        stored = await _write(store, scope, value, public, rotate)
+        stored = await write_value(store, scope, value, public, rotate)
         detail: dict[str, Any] = {"name": scope.name, "scope": scope.kind.value}
         detail |= {"project": scope.project, "env": scope.env, "version": stored.version}
         await store.record("secret_rotated" if rotate else "secret_set", who(), scope.key, detail)
@@ -195,7 +201,7 @@ async def _store_value(
         console.print(f"{key} is a datastore: restart it yourself when it can take the new value.")
 
 
-async def _write(
+async def write_value(
     store: Store, scope: Scope, value: bytes, mesh: MeshKey, rotate: bool
 ) -> SecretValue:
     async for _ in retries(0.05, 0.5, attempts=5):  # another operator wrote meanwhile
@@ -253,8 +259,10 @@ VAULT_LOGINS = {"token": ("vault_token",), "approle": ("vault_role_id", "vault_s
 def mesh_users(state: DesiredState | None) -> dict[str, list[str]]:
     """The mesh-scoped secrets the mesh itself uses, and what for."""
     users: dict[str, list[str]] = defaultdict(list)
+    users[CLOUD_TOKEN].append("mesh (provider)")  # a cloud mesh's, set by `up`
+    users[INFRASTRUCTURE_KEY].append("mesh (SSH to droplets)")
     if state is None:
-        return {}
+        return dict(users)
     for channel, config in NotifySettings.from_data(state.notify).configured().items():
         users[CHANNELS[channel].secret_name(config)].append(f"mesh ({channel})")
     if state.vault:

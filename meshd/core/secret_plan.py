@@ -7,7 +7,7 @@ the service's image is pulled from the project's private registry (the droplet p
 sealed as `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
 (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
 servers, and below three droplets every droplet, since the other one rescues master) also get
-every mesh-scoped value, for the mesh itself (mail, SMS, later the cloud token), and each
+every mesh-scoped value, for the mesh itself (mail, SMS, the cloud token and SSH key), and each
 project's `webhook_secret` (project scope only), with which the entry point verifies the
 project's push webhooks: sealed as `sealed.<droplet>.<project>.project.<name>` (`PROJECT_WIDE`
 stands where an environment would). Nothing else is sealed to anyone.
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from meshd.core.spec import MASTER, TEMPLATE_SECRETS
+from meshd.core.volumes import volume_droplets
 from protocol import subjects
 from protocol.messages import Allocation
 from protocol.secrets import SecretScope, SecretValue
@@ -30,6 +31,11 @@ REGISTRY_PASSWORD = "registry_password"  # the login to a project's private regi
 # The environment part of a secret sealed for a whole project, not one environment: no
 # environment has this name (meshd.core.spec.ENVIRONMENTS), so no service's secret collides.
 PROJECT_WIDE = "project"
+# A cloud mesh's own, set by `meshctl up`: the provider's API token (the name the provider
+# plugin's `token_secret` gives) and the SSH key the account puts on every droplet, with which
+# the provisioner, recovery and the builder reach droplets.
+CLOUD_TOKEN = "digitalocean_token"
+INFRASTRUCTURE_KEY = "infrastructure_key"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -89,7 +95,11 @@ def needs(
 ) -> set[Need]:
     """Every (droplet, secret) pair: the services' secrets (and build secrets) where their
     instances run, and on the trusted droplets the mesh's own secrets and the webhook secret
-    of each of `hook_projects` (the entry point, a trusted droplet's role, verifies hooks)."""
+    of each of `hook_projects` (the entry point, a trusted droplet's role, verifies hooks).
+    The cloud token also goes where a service keeps data: that droplet makes and attaches its
+    own volume (meshd/agent/reconciler/volumes.py)."""
+    allocations = list(allocations)
+    mesh_names = set(mesh_names)
     found = {
         Need(droplet, name, a.project, a.env)
         for a in allocations
@@ -97,6 +107,8 @@ def needs(
         for name in used(a)
     }
     found |= {Need(droplet, name) for droplet in trust for name in mesh_names}
+    if CLOUD_TOKEN in mesh_names:
+        found |= {Need(droplet, CLOUD_TOKEN) for droplet in volume_droplets(allocations)}
     found |= {
         Need(droplet, WEBHOOK_SECRET, project, PROJECT_WIDE)
         for droplet in trust

@@ -166,6 +166,20 @@ def unconverged(status: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def unresized(wanted: Mapping[str, str], status: Mapping[str, Any]) -> list[str]:
+    """The droplets that report another size than the placement gives them (by name): a
+    resize still to come or under way. A lone droplet is never waited for: where a resize
+    powers the droplet off (DigitalOcean) only another droplet's agent resizes it."""
+    if len(wanted) < 2:
+        return []
+    reported = {d["name"]: d["size"] for d in status["droplets"]}
+    return [
+        f"{name}: {reported[name]}, to become {size}"
+        for name, size in sorted(wanted.items())
+        if reported.get(name, size) != size
+    ]
+
+
 _ENV_ORDER = {"prod": 0, "uat": 1, "test": 2}
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import PurePosixPath
+
+from meshd.core.spec import ServiceKind
+from protocol.messages import Allocation
 
 NAME_MAX = 64  # DigitalOcean: lowercase letters, digits and '-', a letter first, ≤ 64
 DEFAULT_SIZE_GB = 10  # what a new volume gets; volumes grow, never shrink
@@ -32,3 +36,18 @@ def volume_name(mesh: str, droplet: str) -> str:
 def data_directory(project: str, env: str, service: str) -> PurePosixPath:
     """Where one service's data is on its droplet's volume: `<project>/<env>/<service>`."""
     return PurePosixPath(project, env, service)
+
+
+DATASTORE_KINDS = frozenset({ServiceKind.DATABASE.value, ServiceKind.REDIS.value})
+
+
+def volume_droplets(allocations: Iterable[Allocation]) -> set[str]:
+    """The droplets that may keep data on their volume: where a datastore or a service with a
+    `data_path` runs. Wider than the runtimes' rule (a datastore in an image of its own keeps
+    none) so as never to leave out one that does."""
+    return {
+        droplet
+        for a in allocations
+        if a.data_path is not None or a.service_kind in DATASTORE_KINDS
+        for droplet in a.droplets
+    }

@@ -161,15 +161,15 @@ class FenceBook(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderContext:
-    """The narrow view of the agent a provider plugin gets: the mesh's name, its own config
-    section, a named logger, the power hook (machines that share this one's engine) and the
-    mesh's fence book (providers that cannot keep fences themselves)."""
+    """What of the agent a provider gets: the mesh's name, its config section, a logger, the power
+    hook, the fence book (clouds without fences), the mesh secrets held here (read when needed)."""
 
     mesh: str
     config: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=_default_logger)
     on_power: PowerHook = None
     fences: FenceBook | None = None
+    secrets: Callable[[str], bytes | None] = field(default=lambda _: None, repr=False)
 
 
 class Provider(Protocol):

@@ -30,3 +30,19 @@ def test_only_the_roomiest_droplet_competes_for_the_builder_at_once() -> None:
     view.allocations = {"a": allocation(droplets=("master",), memory_mb=512)}
     hesitation = {name: Trust(name, view, None).builder_hesitation() for name in view.nodes}  # type: ignore[arg-type]
     assert hesitation == {"master": BUILDER_HESITATE_S, "web1": 0.0}
+
+
+def test_on_a_cloud_mesh_only_a_trusted_droplet_may_build() -> None:
+    from protocol.subjects import Role
+
+    view = MeshView()
+    view.nodes = {name: factories.node(name) for name in ("master", "web1", "web2", "web3")}
+    for cloud, expected in ((False, True), (True, False)):
+        trust = Trust("web3", view, None, cloud=cloud)  # type: ignore[arg-type]
+        trust.servers = ("master", "web1", "web2")
+        eligible = trust.eligibility(Role.BUILDER)
+        assert (eligible is None or eligible()) is expected
+    trusted = Trust("web1", view, None, cloud=True)  # type: ignore[arg-type]
+    trusted.servers = ("master", "web1", "web2")
+    check = trusted.eligibility(Role.BUILDER)
+    assert check is not None and check()

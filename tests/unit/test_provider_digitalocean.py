@@ -358,3 +358,23 @@ async def test_a_leaders_call_without_a_fence_book_is_refused(
 ) -> None:
     with pytest.raises(ProviderError, match="no fence book"):
         await provider.power_off("500000001", fence=Fence("recovery", 1))
+
+
+async def test_an_agents_token_is_its_mesh_secret_read_before_every_request(fast: Stand) -> None:
+    held: dict[str, bytes] = {}
+    config = {"region": "fra1", "token_secret": "digitalocean_token", "api_url": fast.url}
+    made = load_provider(
+        "digitalocean", ProviderContext(mesh="shop", config=config, secrets=held.get)
+    )
+    try:
+        with pytest.raises(ProviderError, match="no API token here yet") as early:
+            await made.list()  # not sealed to this droplet yet: nothing is sent
+        assert fast.token not in str(early.value)
+        held["digitalocean_token"] = b"dop_v1_revoked\n"
+        with pytest.raises(ProviderError, match="401") as refused:
+            await made.list()
+        assert "dop_v1" not in str(refused.value)
+        held["digitalocean_token"] = f"{fast.token}\n".encode()  # rotated: used at once
+        assert await made.list() == []
+    finally:
+        await made.close()

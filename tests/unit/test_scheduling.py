@@ -8,7 +8,7 @@ from meshd.core.envvars import instance_environment, instance_hosts, resolve_hos
 from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
-from meshd.core.status import converged, mesh_status, unconverged
+from meshd.core.status import converged, mesh_status, unconverged, unresized
 from meshd.roles.scheduler import allocations_for
 from protocol.messages import InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support import factories
@@ -147,3 +147,17 @@ def test_a_service_awaiting_its_first_deploy_is_shown_so_and_not_waited_for() ->
     assert not view["services"][0]["awaiting_deploy"] and not converged(view)
     on_disk = dataclasses.replace(waiting, build_context="/home/ana/shop/app")
     assert not converged(mesh_status(nodes, {"a": on_disk}, {}, now))
+
+
+def test_a_mesh_waits_for_its_droplets_sizes_but_a_lone_droplet_is_not_waited_for() -> None:
+    now = 1000.0
+    nodes = {name: dataclasses.replace(node(name, now - 1), size="s-1vcpu-1gb")
+             for name in ("master", "web1")}  # fmt: skip
+    view = mesh_status(nodes, {}, {}, now)
+    wanted = {"master": "s-2vcpu-4gb", "web1": "s-1vcpu-1gb"}
+    assert unresized(wanted, view) == ["master: s-1vcpu-1gb, to become s-2vcpu-4gb"]
+    grown = {**nodes, "master": dataclasses.replace(nodes["master"], size="s-2vcpu-4gb")}
+    assert unresized(wanted, mesh_status(grown, {}, {}, now)) == []
+    # Alone, master waits for company to resize it (DigitalOcean powers it off): not now.
+    alone = mesh_status({"master": nodes["master"]}, {}, {}, now)
+    assert unresized({"master": "s-2vcpu-4gb"}, alone) == []

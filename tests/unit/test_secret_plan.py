@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from meshd.cli.secret import VAULT_LOGINS, secret_rows
 from meshd.core.secret_plan import (
+    CLOUD_TOKEN,
+    INFRASTRUCTURE_KEY,
     PROJECT_WIDE,
     WEBHOOK_SECRET,
     Need,
@@ -139,12 +141,15 @@ def test_the_list_says_which_mesh_secrets_the_mesh_itself_uses() -> None:
         notify={"email": {"password_secret": "mail_pw"}, "sms": {}},
         vault={"address": "http://127.0.0.1:8200", "auth": "approle"},
     )
-    values = stored(value("mail_pw"), value("twilio_auth_token"), value("vault_role_id"))
+    values = stored(value("mail_pw"), value("twilio_auth_token"), value("vault_role_id"),
+                    value(CLOUD_TOKEN), value(INFRASTRUCTURE_KEY))  # fmt: skip
     used = {row["name"]: row["used_by"] for row in secret_rows(values, {}, state)}
     assert used == {
         "mail_pw": ["mesh (email)"],
         "twilio_auth_token": ["mesh (sms)"],
         "vault_role_id": ["mesh (vault login)"],
+        CLOUD_TOKEN: ["mesh (provider)"],
+        INFRASTRUCTURE_KEY: ["mesh (SSH to droplets)"],
     }
     assert {k.value: v for k, v in CREDENTIALS.items()} == VAULT_LOGINS
 
@@ -153,3 +158,14 @@ def test_the_list_says_a_projects_webhook_secret_is_for_its_webhooks() -> None:
     values = stored(value(WEBHOOK_SECRET, "shop"), value(WEBHOOK_SECRET, "shop", "prod"))
     used = {(row["env"], tuple(row["used_by"])) for row in secret_rows(values, {})}
     assert used == {(None, ("shop (webhooks)",)), ("prod", ())}
+
+
+def test_the_cloud_token_also_goes_where_data_is_kept_and_the_ssh_key_only_to_trusted() -> None:
+    web = allocation(droplets=("web1", "web2"))
+    database = allocation(service="database", service_kind="database", droplets=("web2",))
+    files = allocation(service="uploads", data_path="/data", droplets=("web3",))
+    found = needs([web, database, files], [CLOUD_TOKEN, INFRASTRUCTURE_KEY], {"master"})
+    assert {n.droplet for n in found if n.name == CLOUD_TOKEN} == {"master", "web2", "web3"}
+    assert {n.droplet for n in found if n.name == INFRASTRUCTURE_KEY} == {"master"}
+    # Not set (a local mesh): nobody needs it.
+    assert not any(n.name == CLOUD_TOKEN for n in needs([database], [], {"master"}))

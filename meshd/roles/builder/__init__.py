@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +65,10 @@ class Builder:
         work: Path,
         mesh: str,
         droplet_dir: Path | None = None,
+        key: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         self.mesh = mesh
+        self.key = key  # the SSH key that reaches master's repositories
         self.store = store
         self.view = view
         self.runtime = runtime
@@ -185,5 +188,5 @@ class Builder:
     def _job_context(self, term: Term) -> JobContext:
         return JobContext(
             self.store, self.view, self.runtime, term, self.droplet, self.work, self.mesh,
-            self.droplet_dir,
+            self.droplet_dir, self.key,
         )  # fmt: skip

@@ -58,6 +58,7 @@ class JobContext:
     work: Path
     mesh: str
     droplet_dir: Path | None = None
+    key: Callable[[], bytes | None] = lambda: None  # the SSH key to master (a mesh secret)
 
 
 def environment_of(request: DeployRequest, project: ProjectSpec) -> str | None:
@@ -270,8 +271,9 @@ class Job:
         return await self.records.save(Release(**fields))
 
     def _cache(self, project: ProjectSpec, git_repo: str) -> GitCache:
+        ctx = self.ctx
         url, env = repository_of(
-            git_repo, project.name, self.ctx.droplet, self.ctx.view, self.ctx.droplet_dir
+            git_repo, project.name, ctx.droplet, ctx.view, ctx.droplet_dir, ctx.key
         )
         return GitCache(self.ctx.work / "git" / f"{project.name}.git", url, env)
 

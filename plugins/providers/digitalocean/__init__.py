@@ -6,8 +6,9 @@ sent again (`api`), actions polled to their end and pending events waited out (`
 droplet made twice and lists that lag (`droplets`). Settings (the provider's config section):
 `region` (required), `image` (default `debian-12-x64`), `ssh_keys` (ids or fingerprints),
 `vpc_uuid`, `api_url` (default DigitalOcean's; the stand-in's in tests), `poll_s`,
-`action_timeout_s`; the token from `token` (handed over in memory by the agent, from the mesh's
-secrets), else the file `token_file`, else `DIGITALOCEAN_TOKEN`.
+`action_timeout_s`; the token from `token`, else the mesh secret `token_secret` (an agent's:
+`digitalocean_token`, opened in memory and read before every request), else the file
+`token_file`, else `DIGITALOCEAN_TOKEN`.
 
 Snapshots, rebuilds and volumes are in `storage`, the reserved IP in `addresses`, SSH keys
 and the mesh's firewall in `access`.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from plugins.providers.digitalocean import droplets
 from plugins.providers.digitalocean.access import DigitalOceanAccess
 from plugins.providers.digitalocean.actions import POLL_S, TIMEOUT_S, Pace, act
 from plugins.providers.digitalocean.addresses import DigitalOceanAddresses
-from plugins.providers.digitalocean.api import Api, Refused, Uncertain
+from plugins.providers.digitalocean.api import Api, Refused, TokenSource, Uncertain
 from plugins.providers.digitalocean.fencing import Fenced
 from plugins.providers.digitalocean.storage import DigitalOceanStorage
 
@@ -161,11 +162,22 @@ def _id(droplet_id: str) -> int:
     return int(droplet_id)
 
 
-def parse_settings(config: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pace]:
-    """The token, the API's URL, the droplet settings and the pace, from the config section;
-    ProviderConfigError says what is missing or wrong (never the token itself)."""
+def parse_settings(
+    config: dict[str, Any], secrets: Callable[[str], bytes | None] | None = None
+) -> tuple[str | TokenSource, str, dict[str, Any], Pace]:
+    """The token (or where to read it from), the API's URL, the droplet settings and the pace,
+    from the config section; ProviderConfigError says what is missing or wrong (never the
+    token itself)."""
     if not isinstance(config.get("region"), str) or not config["region"]:
         raise ProviderConfigError("digitalocean", '`region` is required (e.g. "fra1")')
+    url = str(config.get("api_url") or API_URL)
+    settings, pace = _settings(config)
+    name = config.get("token_secret")
+    if name and not config.get("token"):
+        if secrets is None:
+            raise ProviderConfigError("digitalocean", f"`token_secret` {name!r} needs an agent")
+        lookup = secrets
+        return (lambda: _text(lookup(str(name)))), url, settings, pace
     token = config.get("token")
     if not token and config.get("token_file"):
         path = Path(str(config["token_file"])).expanduser()
@@ -180,6 +192,17 @@ def parse_settings(config: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pa
         raise ProviderConfigError(
             "digitalocean", "no API token: set DIGITALOCEAN_TOKEN or `token_file`"
         )
+    return str(token), url, settings, pace
+
+
+def _text(value: bytes | None) -> str | None:
+    try:
+        return value.decode().strip() if value else None
+    except UnicodeDecodeError:
+        return None  # not a token: the request is refused with NO_TOKEN, never shown
+
+
+def _settings(config: dict[str, Any]) -> tuple[dict[str, Any], Pace]:
     settings = {
         "region": config["region"],
         "image": config.get("image") or IMAGE,
@@ -191,9 +214,9 @@ def parse_settings(config: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pa
         poll_s=float(config.get("poll_s", POLL_S)),
         timeout_s=float(config.get("action_timeout_s", TIMEOUT_S)),
     )
-    return str(token), str(config.get("api_url") or API_URL), settings, pace
+    return settings, pace
 
 
 def create(ctx: ProviderContext) -> DigitalOceanProvider:
-    token, url, settings, pace = parse_settings(ctx.config)
+    token, url, settings, pace = parse_settings(ctx.config, ctx.secrets)
     return DigitalOceanProvider(ctx, Api(token, url), settings, pace)

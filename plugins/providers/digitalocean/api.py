@@ -9,6 +9,8 @@ no request retried by pydo itself, and each failure sorted into what the caller 
 - any other refusal: `Refused`, with DigitalOcean's status, `id` and message.
 
 The token goes only into the `Authorization` header: no message, log line or error carries it.
+An agent's token is read before every request (it is a mesh secret, which arrives after the
+agent starts and may be rotated): a new one is used from the next request on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ READ_ATTEMPTS = 6
 PER_PAGE = 200
 REQUEST_TIMEOUT_S = 30.0
 Operation = Callable[..., Awaitable[Any]]
+TokenSource = Callable[[], str | None]
+NO_TOKEN = "no API token here yet (the mesh secret has not reached this droplet)"
 
 
 class Uncertain(ProviderError):
@@ -52,7 +56,7 @@ class Api:
 
     def __init__(
         self,
-        token: str,
+        token: str | TokenSource,
         url: str,
         *,
         timeout_s: float = REQUEST_TIMEOUT_S,
@@ -63,12 +67,13 @@ class Api:
         from azure.core.credentials import AzureKeyCredential
         from azure.core.pipeline.policies import AzureKeyCredentialPolicy
 
+        self._token: TokenSource = token if callable(token) else (lambda: token)
+        self._sent = self._token() or "-"
+        self._credential = AzureKeyCredential(self._sent)
         # pydo's default policy refuses to send the token over plain HTTP (the stand-in).
-        policy = AzureKeyCredentialPolicy(
-            AzureKeyCredential(token), "Authorization", prefix="Bearer"
-        )
+        policy = AzureKeyCredentialPolicy(self._credential, "Authorization", prefix="Bearer")
         self.do = pydo.aio.Client(
-            token,
+            "-",  # unused: `policy` authenticates
             endpoint=url.rstrip("/"),
             authentication_policy=policy,
             retry_total=0,  # every retry is decided here, where a create is never blind
@@ -101,6 +106,7 @@ class Api:
         attempt = 0
         while True:
             attempt += 1
+            self._authorize(action)
             wait = self.budget.wait_s(self._clock())
             if wait > 0:
                 await self._sleep(wait)
@@ -129,6 +135,16 @@ class Api:
             if attempt >= READ_ATTEMPTS:
                 raise ProviderError(action, f"{failure}, {attempt} times")
             await self._sleep(backoff_s(attempt))
+
+    def _authorize(self, action: str) -> None:
+        """The current token in the header; ProviderError when there is none."""
+        token = self._token()
+        if not token:
+            raise ProviderError(action, NO_TOKEN)
+        if token != self._sent:
+            self._credential.update(token)
+            self._sent = token
+            self.budget = RateBudget()  # DigitalOcean's limits are per token
 
     async def every(
         self, what: str, list_call: Operation, key: str, **filters: Any
