@@ -252,8 +252,8 @@ def nats_is_tls_only(mesh: LocalMesh, home: Path) -> None:
 def cloud_secrets_are_sealed(mesh: LocalMesh, home: Path, token: str) -> None:
     """The token and the infrastructure key are mesh secrets, set by `up`; no file of master's
     agent holds the token in clear (it is sealed in JetStream, opened in memory)."""
-    listed = json.loads(mesh.ok("secret", "list", "--json", "--context", mesh.name))
-    scopes = {row["name"]: row["scope"] for row in listed}
+    listed = mesh.ok("secret", "list", "--json", "--context", mesh.name).splitlines()
+    scopes = {row["name"]: row["scope"] for row in map(json.loads, listed)}
     assert scopes.get("digitalocean_token") == scopes.get("infrastructure_key") == "mesh"
     key = asyncssh.read_private_key(str(home / ".ssh" / "infrastructure_key"))
     host = json.loads((mesh.home / "config" / "contexts" / f"{mesh.name}.json").read_text())
