@@ -55,6 +55,9 @@ RELEASES = "/opt/meshd/releases"
 VENV = "/opt/meshd/venv"
 VENV_PYTHON = f"{VENV}/bin/python"
 IDENTITY = "droplet.json"
+# Files a running droplet follows by itself: its identity (the agent), its NATS certificate
+# (the supervisor reloads nats-server); the names of meshd.agent.config's LEAF_*_FILE.
+FOLLOWED = frozenset({IDENTITY, "secrets/nats.crt", "secrets/nats.key"})
 UNIT = "meshd.service"
 UNITS = "/etc/systemd/system"
 SOURCES = ("meshd", "protocol", "plugins", "templates", "deploy/hooks", "bootstrap.py")
@@ -152,6 +155,19 @@ async def bootstrap(target: Target, node: Node, *, reported: Reported | None = N
         "Bootstrapped. droplet=%s host=%s seconds=%.1f changed=%s",
         node.name, target.host, report.seconds, report.changed,
     )  # fmt: skip
+    return report
+
+
+async def write_files(target: Target, node: Node) -> Report:
+    """Only `node.files` that differ written, nothing installed or restarted: a droplet's
+    renewed NATS certificate, which its supervisor has nats-server reload by itself."""
+    report = Report(target.host)
+    started = time.monotonic()
+    connection = await _connect(target)
+    report.steps.append(Step("connect", time.monotonic() - started, False))
+    async with connection:
+        run = _Remote(connection, target.host)
+        await _step(report, node, "files", _write_files(run, node.files))
     return report
 
 
@@ -390,10 +406,10 @@ async def _write_files(run: _Remote, files: dict[str, bytes]) -> bool:
 
 def _digest(release: str, files: dict[str, bytes]) -> str:
     """Of what a running agent reads only at start: the agent follows its droplet.json (a
-    resize changes the size in it) without a restart."""
+    resize changes the size in it) and the supervisor its NATS certificate without a restart."""
     digest = hashlib.sha256(release.encode())
     for name, data in sorted(files.items()):
-        if name != IDENTITY:
+        if name not in FOLLOWED:
             digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()[:16]
 

@@ -205,6 +205,7 @@ class NodeStatus(Message):
     updated_at: float
     seal_key: str = ""  # the droplet's public X25519 key (base64): secrets are sealed to it
     env_secrets: tuple[str, ...] = ()  # secrets found only in the agent's environment
+    tls_expires: float = 0.0  # when its NATS certificate ends (epoch seconds); 0: it has none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,8 @@ from aiohttp import web
 from meshd.agent.answering import answer_requests
 from meshd.agent.api import GitHooks, create_app
 from meshd.agent.beats import BeatListener
-from meshd.agent.bootstrapping import bootstrap_droplet
+from meshd.agent.bootstrapping import DropletBootstrap
+from meshd.agent.certificates import CertificateExpiry
 from meshd.agent.config import (
     AGENT_HTTP_PORT,
     DropletIdentity,
@@ -101,8 +102,8 @@ class Agent:
         self.trust = Trust(self.identity.name, self.view, self.secrets, cloud=bare)
         self.trust.servers = ServerPlacement.load(self.dir, self.config).names()
         self.reconciler: Reconciler
-        boot = partial(bootstrap_droplet, self.dir, self.config, self.mesh_secret)
-        self.boot = boot if bare else None
+        self.boot = DropletBootstrap(self.dir, self.config, self.mesh_secret) if bare else None
+        self.tls_expires = CertificateExpiry(droplet_dir)  # the provisioner renews it when due
 
     def mesh_secret(self, name: str) -> bytes | None:
         """A mesh-scoped secret sealed to this droplet, in memory (the cloud token, the SSH key)."""
@@ -117,6 +118,7 @@ class Agent:
             self.reconciler.statuses(),
             seal_key=self.keys.current.public_text,
             env_secrets=tuple(sorted(self.secrets.from_environment)),
+            tls_expires=self.tls_expires(),
         )
 
     def _servers_changed(self, servers: tuple[str, ...]) -> None:

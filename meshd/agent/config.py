@@ -26,8 +26,8 @@ CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
 MONITOR_PORT = 8222
 AGENT_HTTP_PORT = 8080
-# A TLS mesh's files in a droplet's directory (0600): the mesh CA, whose key the droplet's
-# leaders issue certificates with for the droplets they bootstrap, and the droplet's own leaf.
+# A TLS mesh's files in a droplet's directory (0600): the mesh CA's certificate and the
+# droplet's own leaf. The CA's key is a mesh secret; meshes made before kept it in a file.
 CA_CERT_FILE = "secrets/mesh-ca.crt"
 CA_KEY_FILE = "secrets/mesh-ca.key"
 LEAF_CERT_FILE = "secrets/nats.crt"

@@ -44,6 +44,7 @@ def node_status(
     *,
     seal_key: str = "",
     env_secrets: tuple[str, ...] = (),
+    tls_expires: float = 0.0,
 ) -> NodeStatus:
     return NodeStatus(
         droplet=identity.name,
@@ -55,6 +56,7 @@ def node_status(
         updated_at=time.time(),
         seal_key=seal_key,
         env_secrets=env_secrets,
+        tls_expires=tls_expires,
     )
 
 

@@ -5,12 +5,14 @@ In order, each step harmless to repeat (a failed `up` is run again): the infrast
 (SSH from the administrators' addresses only); master, created once; the reserved IP, made
 once and pointed at master; master bootstrapped over SSH (bootstrap.py) with the mesh's
 configuration; the context, which reaches NATS through an SSH tunnel to master
-(meshd/cli/tunnel.py); once master's agent has joined, the API token and the infrastructure
-key handed over as mesh secrets (meshd/cli/cloud_secrets.py), never as files on a droplet.
+(meshd/cli/tunnel.py); once master's agent has joined, the API token, the infrastructure key
+and the mesh CA's key handed over as mesh secrets (meshd/cli/cloud_secrets.py), never as
+files on a droplet.
 `publish` then creates and bootstraps the rest.
 
 NATS on such a mesh is TLS from the mesh's own CA, made by the first `up` and kept beside the
-context (0600) and on every droplet (which issues the droplets it bootstraps their leaves).
+context (0600); its key reaches the mesh as the mesh secret `mesh_ca_key`, with which the
+leaders that bootstrap droplets issue them their certificates.
 """
 
 from __future__ import annotations
@@ -119,12 +121,14 @@ async def up_on_digitalocean(
 
 
 def _agents_secrets(settings: dict[str, Any], context: Context) -> dict[str, bytes]:
-    """The operator's token and infrastructure key, by the mesh secret names agents read."""
+    """The operator's token, infrastructure key and mesh CA key, by the mesh secrets' names."""
     key_path = INFRASTRUCTURE_KEY.expanduser()
     token = _token(settings) or _token(dict(context.provider.get("config") or {}))
+    ca = ca_file(context.name)
     return {
         secret_plan.CLOUD_TOKEN: token.encode(),
         secret_plan.INFRASTRUCTURE_KEY: key_path.read_bytes() if key_path.exists() else b"",
+        secret_plan.MESH_CA_KEY: MeshCA.from_pem(ca.read_bytes()).key_pem if ca.exists() else b"",
     }
 
 

@@ -1,8 +1,9 @@
 """What a cloud mesh's agents need of the operator's own secrets, handed over by `up` as mesh
-secrets (docs/secrets.md): the provider's API token (`digitalocean_token`) and the SSH key the
-account puts on every droplet (`infrastructure_key`), sealed here to the mesh key as `meshctl
-secret set --mesh` does. The `secrets` role then seals them to the trusted droplets (the token
-also to those that attach a volume); no droplet keeps either in a file. Set once: `up` run
+secrets (docs/secrets.md): the provider's API token (`digitalocean_token`), the SSH key the
+account puts on every droplet (`infrastructure_key`) and the mesh CA's key (`mesh_ca_key`),
+sealed here to the mesh key as `meshctl secret set --mesh` does. The `secrets` role then seals
+them to the trusted droplets (the token also to those that attach a volume); no droplet keeps
+one in a file. Set once: `up` run
 again leaves them; `meshctl secret set --mesh digitalocean_token` replaces the token."""
 
 from __future__ import annotations

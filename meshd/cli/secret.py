@@ -30,6 +30,7 @@ from meshd.core.sealing import from_text, random_secret, seal_value
 from meshd.core.secret_plan import (
     CLOUD_TOKEN,
     INFRASTRUCTURE_KEY,
+    MESH_CA_KEY,
     WEBHOOK_SECRET,
     used_by,
     webhook_projects,
@@ -261,6 +262,7 @@ def mesh_users(state: DesiredState | None) -> dict[str, list[str]]:
     users: dict[str, list[str]] = defaultdict(list)
     users[CLOUD_TOKEN].append("mesh (provider)")  # a cloud mesh's, set by `up`
     users[INFRASTRUCTURE_KEY].append("mesh (SSH to droplets)")
+    users[MESH_CA_KEY].append("mesh (NATS certificates)")
     if state is None:
         return dict(users)
     for channel, config in NotifySettings.from_data(state.notify).configured().items():

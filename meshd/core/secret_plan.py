@@ -7,7 +7,7 @@ the service's image is pulled from the project's private registry (the droplet p
 sealed as `sealed.<droplet>.<project>.<env>.<name>` from the narrowest value there is
 (project-environment, then project, then mesh). The trusted droplets (master, the JetStream
 servers, and below three droplets every droplet, since the other one rescues master) also get
-every mesh-scoped value, for the mesh itself (mail, SMS, the cloud token and SSH key), and each
+every mesh-scoped value, for the mesh itself (mail, SMS, the cloud's token and keys), and each
 project's `webhook_secret` (project scope only), with which the entry point verifies the
 project's push webhooks: sealed as `sealed.<droplet>.<project>.project.<name>` (`PROJECT_WIDE`
 stands where an environment would). Nothing else is sealed to anyone.
@@ -32,10 +32,12 @@ REGISTRY_PASSWORD = "registry_password"  # the login to a project's private regi
 # environment has this name (meshd.core.spec.ENVIRONMENTS), so no service's secret collides.
 PROJECT_WIDE = "project"
 # A cloud mesh's own, set by `meshctl up`: the provider's API token (the name the provider
-# plugin's `token_secret` gives) and the SSH key the account puts on every droplet, with which
-# the provisioner, recovery and the builder reach droplets.
+# plugin's `token_secret` gives), the SSH key the account puts on every droplet, with which
+# the provisioner, recovery and the builder reach droplets, and the key of the mesh CA, with
+# which those that bootstrap droplets issue their NATS certificates.
 CLOUD_TOKEN = "digitalocean_token"
 INFRASTRUCTURE_KEY = "infrastructure_key"
+MESH_CA_KEY = "mesh_ca_key"
 
 
 @dataclass(frozen=True, slots=True, order=True)

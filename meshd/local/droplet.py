@@ -23,6 +23,7 @@ from pathlib import Path
 from meshd.agent.certificates import renew_own_certificate
 from meshd.agent.config import (
     JETSTREAM_FILE,
+    LEAF_CERT_FILE,
     DropletIdentity,
     MeshConfig,
     ServerPlacement,
@@ -88,6 +89,7 @@ class NatsUnit:
         self.running_text: str | None = None
         self.seen: tuple[int, int] | None = None  # the placement file's (mtime, size)
         self.next_certificate_check = 0.0  # the first tick checks, before nats-server starts
+        self.certificate_seen: int | None = None  # the certificate file's mtime (ns)
 
     def placement_changed(self) -> bool:
         try:
@@ -113,6 +115,8 @@ class NatsUnit:
         if self.config.tls_ca and now >= self.next_certificate_check:
             self.next_certificate_check = now + CERTIFICATE_CHECK_S
             self.renew_certificate()
+        if self.config.tls_ca:
+            self.reload_certificate()
         if self.placement_changed():
             placement, text = self.wanted()
             if text != self.running_text or self.wants_fresh_store(placement, text):
@@ -121,16 +125,26 @@ class NatsUnit:
             _keep_running(self.child, now)
 
     def renew_certificate(self) -> None:
-        """A TLS mesh's droplet renews its own NATS certificate before it expires; a running
-        nats-server reloads it on SIGHUP (its clients and routes stay up)."""
+        """An older TLS mesh's droplet, which holds the CA's key as a file, renews its own
+        NATS certificate before it expires (others get theirs from the provisioner)."""
         me, now = self.identity, datetime.datetime.now(datetime.UTC)
         try:
-            renewed = renew_own_certificate(self.dir, self.config.mesh, me.name, me.address, now)
+            renew_own_certificate(self.dir, self.config.mesh, me.name, me.address, now)
         except (OSError, CertificateError) as err:
             log.warning("NATS certificate not renewed. error=%s", err)
+
+    def reload_certificate(self) -> None:
+        """A running nats-server reloads a certificate file that changed on SIGHUP (its
+        clients and routes stay up)."""
+        try:
+            mtime = (self.dir / LEAF_CERT_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
             return
+        changed = self.certificate_seen is not None and mtime != self.certificate_seen
+        self.certificate_seen = mtime
         process = self.child.process
-        if renewed and process is not None and process.poll() is None:
+        if changed and process is not None and process.poll() is None:
+            log.info("NATS certificate changed; nats-server reloads it.")
             process.send_signal(signal.SIGHUP)
 
     def wants_fresh_store(self, placement: ServerPlacement, text: str | None) -> bool:

@@ -7,6 +7,8 @@ placement wants any more, once no allocation points at them. Core droplets (crea
 `meshctl up`) are resized but never destroyed here. A droplet that is off while resized
 (DigitalOcean) is never resized by its own agent: that leader hands the role over to another
 droplet (and stays away for `HAND_OVER_S`), which resizes it; alone, it waits for company.
+In a TLS mesh it also writes a droplet a new NATS certificate when the one the droplet reports
+comes within half a year of its end.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from bootstrap import BootstrapFailed
+from meshd.agent.certificates import renewal_due
 from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
 from meshd.agent.holds import end_hold, take_hold
 from meshd.agent.lease import Term
@@ -40,14 +43,20 @@ log = logging.getLogger(__name__)
 RESYNC_S = 5.0
 RESIZE, RESIZE_HOLD_S = "resize", 1800.0  # a resize with the droplet off: well within this
 HAND_OVER_S = 60.0  # how long a leader that handed the role over stays away from it
+RENEW_RETRY_S = 600.0  # a renewal written (or failed) is not tried again before this
 
 
 class HandOver(Exception):  # noqa: N818 - not an error: the term ends by choice
     """The leader must let another droplet's agent do what it cannot (resize its own)."""
 
 
-# Makes a bare droplet a mesh node with this user data (meshd.agent.bootstrapping).
-Bootstrapper = Callable[[DropletRecord, str], Awaitable[object]]
+class Bootstrapper(Protocol):
+    """Makes a bare droplet a mesh node with this user data, and writes it a new NATS
+    certificate (meshd.agent.bootstrapping)."""
+
+    async def __call__(self, record: DropletRecord, user_data: str) -> object: ...
+
+    async def renew_certificate(self, record: DropletRecord) -> object: ...
 
 
 class Provisioner:
@@ -67,6 +76,7 @@ class Provisioner:
         self.droplet = droplet
         self.bootstrapper = bootstrapper
         self._booted: set[str] = set()  # bootstrapped by this leader: ids
+        self._renewing: dict[str, float] = {}  # id: not again before (monotonic)
         self._away_until = 0.0
 
     def hesitation(self) -> float:
@@ -107,6 +117,7 @@ class Provisioner:
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
         missing = [d for d in placement.droplets if d.name not in existing]
         bare = [r for r in existing.values() if await self._bare(r)]
+        due = [r for r in existing.values() if r not in bare and await self._renewal_due(r)]
         # Concurrently: a droplet takes a while to boot, and they do not depend on each other.
         # Each create ends on its own (one failing never cancels another mid-way, which could
         # leave a droplet the provider made and nobody recorded); the next pass lists the
@@ -116,6 +127,8 @@ class Provisioner:
                 creates.create_task(self._create_or_report(term, droplet.name, droplet.size))
             for bare_droplet in bare:
                 creates.create_task(self._bootstrap(term, bare_droplet))
+            for renewed in due:
+                creates.create_task(self._renew(term, renewed))
         for droplet in placement.droplets:
             record = existing.get(droplet.name)
             if record is not None and record.size != droplet.size:
@@ -228,6 +241,34 @@ class Provisioner:
         seconds = round(time.monotonic() - started, 2)
         log.info("Droplet bootstrapped. droplet=%s seconds=%.1f", record.name, seconds)
         await self._event(term, "droplet_bootstrapped", record.name, {"seconds": seconds})
+
+    async def _renewal_due(self, record: DropletRecord) -> bool:
+        """A TLS mesh's droplet, on, whose agent reports a certificate that ends soon."""
+        if self.bootstrapper is None or not self.config.tls_ca or not record.address:
+            return False
+        if record.status is not DropletStatus.ACTIVE:
+            return False
+        if time.monotonic() < self._renewing.get(record.id, 0.0):
+            return False
+        report = await self.store.get(subjects.NODES_BUCKET, subjects.node_key(record.name))
+        if report is None or report.value is None:
+            return False
+        node = decode(report.value, NodeStatus)
+        return node.incarnation > 0 and renewal_due(node.tls_expires, time.time())
+
+    async def _renew(self, term: Term, record: DropletRecord) -> None:
+        assert self.bootstrapper is not None
+        term.ensure_held()
+        self._renewing[record.id] = time.monotonic() + RENEW_RETRY_S
+        try:
+            await self.bootstrapper.renew_certificate(record)
+        except BootstrapFailed as err:
+            log.error("NATS certificate not renewed. droplet=%s error=%s", record.name, err)
+            await self._event(term, "certificate_renewal_failed", record.name,
+                              {"step": err.step, "error": err.reason})  # fmt: skip
+            return
+        log.info("NATS certificate renewed. droplet=%s", record.name)
+        await self._event(term, "certificate_renewed", record.name, {})
 
     async def _destroy(self, term: Term, record: DropletRecord) -> None:
         term.ensure_held()

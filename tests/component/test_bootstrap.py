@@ -22,8 +22,14 @@ import pytest_asyncio
 
 import bootstrap
 from meshd.agent.certificates import tls_files
-from meshd.agent.config import CoreServer, MeshConfig, new_passwords
-from meshd.core.meshca import MeshCA, make_ca
+from meshd.agent.config import (
+    LEAF_CERT_FILE,
+    LEAF_KEY_FILE,
+    CoreServer,
+    MeshConfig,
+    new_passwords,
+)
+from meshd.core.meshca import MeshCA, issue_leaf, make_ca
 from plugins.providers import DropletRecord, DropletStatus
 from tests.support import namespaces_allowed, unavailable
 from tests.support.digitalocean import StandProcess, finished, run_over_ssh, start_process
@@ -180,7 +186,7 @@ async def test_a_tls_node_serves_nats_with_its_certificate_and_a_second_run_chan
     modes = await droplet.sh("stat -c '%n %a' /var/lib/meshd/secrets/*")
     assert modes.splitlines() == [
         f"/var/lib/meshd/secrets/{name} 600"
-        for name in ("mesh-ca.crt", "mesh-ca.key", "nats.crt", "nats.key")
+        for name in ("mesh-ca.crt", "nats.crt", "nats.key")  # never the CA's key
     ]
     ask = shlex.join([PYTHON, "-c", PLAIN_INFO, droplet.private])
     assert await until(lambda: _quietly(droplet, ask), "nats-server requires TLS") == "True"
@@ -188,6 +194,19 @@ async def test_a_tls_node_serves_nats_with_its_certificate_and_a_second_run_chan
     second = await bootstrap.bootstrap(droplet.target(), droplet.node(ca=ca))
 
     assert not second.changed, second.steps  # the same certificate, issued again
+    assert await _pids(droplet, "meshd.agent droplet") == supervisor
+
+    # A renewal writes the certificate files only, and nothing restarts (the supervisor has
+    # nats-server reload them); nor does a full bootstrap that brings another certificate.
+    yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    cert, key = issue_leaf(ca, "boot", "boot-1", droplet.private, yesterday)
+    leaf = bootstrap.Node("boot-1", {LEAF_CERT_FILE: cert, LEAF_KEY_FILE: key})
+    renewed = await bootstrap.write_files(droplet.target(), leaf)
+    assert [s.name for s in renewed.steps] == ["connect", "files"] and renewed.changed
+    assert await droplet.sh(f"cat /var/lib/meshd/{LEAF_CERT_FILE}") == cert.decode().strip()
+    third = await bootstrap.bootstrap(droplet.target(), droplet.node(ca=ca))
+    assert {s.name: s.changed for s in third.steps}["files"]  # today's certificate again
+    assert not {s.name: s.changed for s in third.steps}["unit"]
     assert await _pids(droplet, "meshd.agent droplet") == supervisor
 
 

@@ -197,3 +197,41 @@ def test_a_droplet_renews_its_certificate_and_nats_server_serves_it_without_a_re
         assert (home / LEAF_CERT_FILE).stat().st_mode & 0o777 == 0o600
     finally:
         unit.stop()
+
+
+def test_a_certificate_written_by_the_provisioner_is_served_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A droplet without the CA's key (the mesh secret is on the trusted droplets only) gets
+    its new certificate written over SSH; nats-server reloads it, keeping its process."""
+    (address,) = loopback_addresses(1)
+    now = datetime.datetime.now(datetime.UTC)
+    ca = make_ca("unit", now - datetime.timedelta(days=700))
+    home = tmp_path / "master-1"
+    droplet(home, address, tls_ca=ca.cert_pem.decode())
+    cert, key = issue_leaf(ca, "unit", "master", address, now - datetime.timedelta(days=650))
+    for name, data in ((CA_CERT_FILE, ca.cert_pem), (LEAF_CERT_FILE, cert),
+                       (LEAF_KEY_FILE, key)):  # fmt: skip
+        (home / name).parent.mkdir(exist_ok=True)
+        (home / name).write_bytes(data)
+    unit = NatsUnit(home)
+    try:
+        ticked(unit)
+        wait_for_port(address, 4222)
+        server = unit.child.process
+        assert served_certificate_ends(address, ca) - now < datetime.timedelta(days=90)
+        assert not (home / CA_KEY_FILE).exists()  # it renewed nothing itself
+
+        cert, key = issue_leaf(ca, "unit", "master", address, now)  # as the provisioner does
+        (home / LEAF_KEY_FILE).write_bytes(key)
+        (home / LEAF_CERT_FILE).write_bytes(cert)
+        ticked(unit)
+
+        renewed = wait_for(
+            lambda: served_certificate_ends(address, ca) - now > datetime.timedelta(days=700),
+            timeout=10,
+            what="the new certificate served",
+        )
+        assert renewed and unit.child.process is server and server.poll() is None
+    finally:
+        unit.stop()

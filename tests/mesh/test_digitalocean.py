@@ -245,16 +245,17 @@ def nats_is_tls_only(mesh: LocalMesh, home: Path) -> None:
                         "routes_verify": True}, address  # fmt: skip
     modes = asyncio.run(run_over_ssh(key, host, "stat -c '%a %n' /var/lib/meshd/secrets/*"))
     assert {line.split()[1].rsplit("/", 1)[1] for line in modes.splitlines()} == {
-        "mesh-ca.crt", "mesh-ca.key", "nats.crt", "nats.key"}  # fmt: skip
+        "mesh-ca.crt", "nats.crt", "nats.key"}  # fmt: skip
     assert {line.split()[0] for line in modes.splitlines()} == {"600"}, modes
 
 
 def cloud_secrets_are_sealed(mesh: LocalMesh, home: Path, token: str) -> None:
-    """The token and the infrastructure key are mesh secrets, set by `up`; no file of master's
-    agent holds the token in clear (it is sealed in JetStream, opened in memory)."""
+    """The token, the infrastructure key and the mesh CA's key are mesh secrets, set by `up`;
+    no file of master's agent holds the token in clear (sealed in JetStream, opened in memory)."""
     listed = mesh.ok("secret", "list", "--json", "--context", mesh.name).splitlines()
     scopes = {row["name"]: row["scope"] for row in map(json.loads, listed)}
-    assert scopes.get("digitalocean_token") == scopes.get("infrastructure_key") == "mesh"
+    for name in ("digitalocean_token", "infrastructure_key", "mesh_ca_key"):
+        assert scopes.get(name) == "mesh", name
     key = asyncssh.read_private_key(str(home / ".ssh" / "infrastructure_key"))
     host = json.loads((mesh.home / "config" / "contexts" / f"{mesh.name}.json").read_text())
     command = f"grep -rlsF {shlex.quote(token)} /var/lib/meshd /etc/systemd || echo none"

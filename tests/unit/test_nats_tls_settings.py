@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import ssl
 from pathlib import Path
 
 import pytest
 
-from meshd.agent.certificates import renew_own_certificate, tls_files
+from meshd.agent.certificates import (
+    CertificateExpiry,
+    mesh_ca,
+    renew_own_certificate,
+    renewal_due,
+    tls_files,
+)
 from meshd.agent.config import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -26,6 +33,7 @@ from meshd.agent.config import (
 from meshd.agent.store.connection import connect_options, tls_context
 from meshd.core.deploys import HookCredentials
 from meshd.core.meshca import MeshCA, expires, issue_leaf, make_ca
+from meshd.core.secret_plan import MESH_CA_KEY
 from meshd.core.trust import ClientTrust
 from plugins.providers import DropletRecord, DropletStatus
 
@@ -96,13 +104,46 @@ def test_a_client_trusts_the_mesh_ca_alone_and_checks_the_server_name(ca: MeshCA
     assert plain["servers"] == ["nats://127.0.0.1:4222"] and "tls" not in plain
 
 
-def test_a_bootstrap_writes_the_ca_and_the_droplets_own_certificate(ca: MeshCA) -> None:
+def test_a_bootstrap_writes_the_ca_and_the_droplets_own_certificate_never_the_cas_key(
+    ca: MeshCA,
+) -> None:
     record = DropletRecord("501", "web1", "s-1vcpu-1gb", "10.110.0.3", DropletStatus.ACTIVE,
                            (), 0.0, "203.0.113.9")  # fmt: skip
     files = tls_files(ca, "seed-do", record)
-    assert set(files) == {CA_CERT_FILE, CA_KEY_FILE, LEAF_CERT_FILE, LEAF_KEY_FILE}
-    assert files[CA_CERT_FILE] == ca.cert_pem and files[CA_KEY_FILE] == ca.key_pem
+    assert set(files) == {CA_CERT_FILE, LEAF_CERT_FILE, LEAF_KEY_FILE}
+    assert files[CA_CERT_FILE] == ca.cert_pem
+    assert not any(ca.key_pem in data for data in files.values())
     assert tls_files(ca, "seed-do", record) == files  # run again: nothing changes
+
+
+def test_the_cas_key_comes_from_the_mesh_secret_else_an_older_meshs_file(
+    ca: MeshCA, tmp_path: Path
+) -> None:
+    held = {MESH_CA_KEY: ca.key_pem}
+    assert mesh_ca(ca.cert_pem.decode(), tmp_path, held.get) == ca
+    assert mesh_ca(ca.cert_pem.decode(), tmp_path, {}.get) is None  # an untrusted droplet
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / CA_CERT_FILE).write_bytes(ca.cert_pem)
+    (tmp_path / CA_KEY_FILE).write_bytes(ca.key_pem)
+    assert mesh_ca(ca.cert_pem.decode(), tmp_path, {}.get) == ca
+
+
+def test_a_droplet_reports_when_its_certificate_ends_and_renewal_is_due_half_a_year_before(
+    ca: MeshCA, tmp_path: Path
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    expiry = CertificateExpiry(tmp_path)
+    assert expiry() == 0.0 and not renewal_due(0.0, now.timestamp())  # none: nothing to renew
+    (tmp_path / "secrets").mkdir()
+    old, _ = issue_leaf(ca, "seed-do", "web1", "10.110.0.3", now - datetime.timedelta(days=600))
+    (tmp_path / LEAF_CERT_FILE).write_bytes(old)
+    assert expiry() == expires(old).timestamp()
+    assert renewal_due(expiry(), now.timestamp())
+    young, _ = issue_leaf(ca, "seed-do", "web1", "10.110.0.3", now)
+    (tmp_path / LEAF_CERT_FILE).write_bytes(young)
+    os.utime(tmp_path / LEAF_CERT_FILE, ns=(1, 1))  # another mtime: read again
+    assert expiry() == expires(young).timestamp()
+    assert not renewal_due(expiry(), now.timestamp())
 
 
 def test_up_makes_the_mesh_ca_once_beside_the_context_and_down_removes_it(

@@ -5,6 +5,7 @@ it runs on when a resize powers the droplet off: it hands the role over instead.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,10 +59,18 @@ class Bootstraps:
     failing: set[str] = field(default_factory=set)
     done: list[tuple[str, str]] = field(default_factory=list)  # name, the user data's mesh
 
+    renewed: list[str] = field(default_factory=list)
+
     async def __call__(self, record: DropletRecord, user_data: str) -> object:
         if record.name in self.failing:
             raise BootstrapFailed(record.address, "python", "no interpreter")
         self.done.append((record.name, MeshConfig.from_json(user_data).mesh))
+        return None
+
+    async def renew_certificate(self, record: DropletRecord) -> object:
+        if record.name in self.failing:
+            raise BootstrapFailed(record.address, "connect", "no SSH")
+        self.renewed.append(record.name)
         return None
 
 
@@ -79,10 +88,10 @@ async def mesh(master_size: str = "s-2vcpu-4gb") -> tuple[MemoryStore, BareProvi
     return store, BareProvider(droplets={"100": master}, store=store)
 
 
-async def report(store: MemoryStore, name: str, incarnation: int) -> None:
+async def report(store: MemoryStore, name: str, incarnation: int, tls_expires: float = 0) -> None:
     status = NodeStatus(droplet=name, address="10.0.0.9", incarnation=incarnation,
-                        size="s-1vcpu-1gb", roles=(), instances=(),
-                        updated_at=time.time())  # fmt: skip
+                        size="s-1vcpu-1gb", roles=(), instances=(), updated_at=time.time(),
+                        tls_expires=tls_expires)  # fmt: skip
     await store.put(subjects.NODES_BUCKET, subjects.node_key(name), encode(status))
 
 
@@ -152,3 +161,43 @@ async def test_another_droplets_leader_resizes_the_droplet() -> None:
     assert decode(provider.held_meanwhile, DetectionHold).reason == "resize"
     assert store.value(subjects.DESIRED_BUCKET, subjects.hold_key("master")) is None
     assert ("master", "m") in boots.done  # its droplet.json says its new size
+
+
+async def test_a_droplet_whose_certificate_nears_its_end_gets_a_new_one_once() -> None:
+    store, provider = await mesh()
+    tls = dataclasses.replace(CONFIG, tls_ca="-----BEGIN CERTIFICATE-----")
+    boots = Bootstraps()
+    provisioner = Provisioner(store, provider, tls, "master", boots)  # type: ignore[arg-type]
+    await provisioner.provision(term())  # creates and bootstraps the web droplets
+    day = 86400.0
+    await report(store, "master", 1, tls_expires=time.time() + 100 * day)  # due
+    await report(store, "shop-web1", 1, tls_expires=time.time() + 600 * day)  # not yet
+    await report(store, "shop-web2", 1)  # reports none (an older agent): left
+
+    await provisioner.provision(term())
+    await provisioner.provision(term())  # not again while the new one is on its way
+
+    assert boots.renewed == ["master"]
+    assert [e.subject for e in store.events if e.name == "certificate_renewed"] == ["master"]
+    plain = Bootstraps()  # no TLS: nothing to renew
+    await Provisioner(store, provider, CONFIG, "master", plain).provision(term(3))  # type: ignore[arg-type]
+    assert plain.renewed == []
+
+
+async def test_a_renewal_that_fails_is_an_event_and_is_tried_again_later() -> None:
+    store, provider = await mesh()
+    tls = dataclasses.replace(CONFIG, tls_ca="-----BEGIN CERTIFICATE-----")
+    boots = Bootstraps()
+    provisioner = Provisioner(store, provider, tls, "master", boots)  # type: ignore[arg-type]
+    await provisioner.provision(term())
+    await report(store, "shop-web1", 1, tls_expires=time.time() + 10.0)
+    boots.failing.add("shop-web1")
+
+    await provisioner.provision(term())
+
+    failed = [e for e in store.events if e.name == "certificate_renewal_failed"]
+    assert [(e.subject, e.detail["step"]) for e in failed] == [("shop-web1", "connect")]
+    boots.failing.clear()
+    provisioner._renewing.clear()  # RENEW_RETRY_S later
+    await provisioner.provision(term())
+    assert boots.renewed == ["shop-web1"]
