@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import click
 
 import bootstrap
 from meshd.agent.bootstrapping import node_files
@@ -69,6 +72,30 @@ def ssh_key(path: Path, comment: str) -> tuple[Path, str]:
     return path, key.export_public_key().decode().strip()
 
 
+def additional_keys(specs: Sequence[str]) -> dict[str, str]:
+    """`--ssh-key NAME=FILE`s (the seed's additional_ssh_keys): each public key by its name;
+    click.UsageError names the one that is wrong and how it would be right."""
+    import asyncssh
+
+    found: dict[str, str] = {}
+    for spec in specs:
+        name, _, file = spec.partition("=")
+        if not name or not file:
+            raise click.UsageError(f"--ssh-key {spec!r}: give NAME=FILE, e.g. deploy=~/.ssh/d.pub")
+        path = Path(file).expanduser()
+        try:
+            key = asyncssh.import_public_key(path.read_bytes())
+        except OSError as err:
+            what = f"--ssh-key {name}: cannot read {path}: {err.strerror}"
+            raise click.UsageError(what) from None
+        except (asyncssh.KeyImportError, ValueError):
+            raise click.UsageError(
+                f"--ssh-key {name}: {path} is not an SSH public key (a .pub file, one line)"
+            ) from None
+        found[name] = key.export_public_key().decode().strip()
+    return found
+
+
 def mesh_ca(name: str) -> MeshCA:
     """The mesh's CA, beside its context (0600): made by the first `up`, read by any later one
     (an `up` run again after a failure bootstraps master with the same CA)."""
@@ -115,6 +142,8 @@ async def up_on_digitalocean(
         chosen = {"name": "docker" if runtime == "auto" else runtime}
         context = await create_on_digitalocean(name, settings, admins, chosen, python, CORE_SIZE)
     else:
+        if settings.get("additional_keys"):
+            console.print("--ssh-key is for a new mesh: the droplets of this one have theirs.")
         await power_on(context)
     await wait_joined(context)
     await hand_over(context, _agents_secrets(settings, context))
@@ -149,11 +178,16 @@ async def create_on_digitalocean(
         access = _access(provider)
         fingerprint = await access.ensure_ssh_key(key_path.name, public_key)
         console.print(f"SSH key [bold]{key_path.name}[/] is on the account ({fingerprint}).")
+        keys = [fingerprint]
+        for extra, public in dict(settings.get("additional_keys") or {}).items():
+            keys.append(await access.ensure_ssh_key(extra, public))
+            console.print(f"SSH key [bold]{extra}[/] is on the account; every droplet gets it.")
         await access.ensure_firewall(mesh_tag(name), admins)
         console.print(f"Firewall [bold]meshd-{name}[/]: SSH from {', '.join(admins)} only.")
     finally:
         await provider.close()
-    section["config"]["ssh_keys"] = [fingerprint]
+    section["config"]["ssh_keys"] = keys
+    section["config"]["additional_ssh_keys"] = sorted(settings.get("additional_keys") or {})
     provider = open_provider(name, section)
     try:
         master = await _master(provider, name, size)
@@ -271,6 +305,8 @@ async def leave_account(
     if context.tunnel:
         key = Path(str(context.tunnel["key_file"])).name
         kept.append(f"SSH key {key} (yours; every mesh you start uses it)")
+    for extra in (context.provider.get("config") or {}).get("additional_ssh_keys") or []:
+        kept.append(f"SSH key {extra} (given with --ssh-key)")
     if kept:
         console.print("Kept in the account (--delete-data deletes the volumes and "
                       "snapshots; they are billed meanwhile):\n  " + "\n  ".join(kept))  # fmt: skip

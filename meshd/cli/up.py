@@ -89,6 +89,14 @@ def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
     help="digitalocean: a file holding the API token (else DIGITALOCEAN_TOKEN).",
 )
 @click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="digitalocean: another public key put on every droplet of a new mesh (repeatable), "
+    "e.g. deploy=~/.ssh/deploy.pub; uploaded to the account once, kept there by `down`.",
+)
+@click.option(
     "--droplet-python",
     default="/opt/meshd/venv/bin/python",
     show_default=True,
@@ -157,6 +165,7 @@ def up(
     admin_ips: tuple[str, ...],
     api_url: str | None,
     token_file: str | None,
+    ssh_keys: tuple[str, ...],
     droplet_python: str,
     local: bool,
     droplets: int,
@@ -171,9 +180,10 @@ def up(
     in its own network namespace with --netns), or master on DigitalOcean, and wait until
     every agent has joined. Running it again is harmless."""
     if provider == "digitalocean" and not local:
-        from meshd.cli.cloud import up_on_digitalocean
+        from meshd.cli.cloud import additional_keys, up_on_digitalocean
 
-        settings = {"region": region, "api_url": api_url, "token_file": token_file}
+        settings = {"region": region, "api_url": api_url, "token_file": token_file,
+                    "additional_keys": additional_keys(ssh_keys)}  # fmt: skip
         asyncio.run(up_on_digitalocean(name, settings, list(admin_ips), runtime, droplet_python))
         return
     asyncio.run(_up(name, droplets, runtime, docker_host, pull, netns, datastores))

@@ -46,6 +46,29 @@ def test_up_on_digitalocean_says_what_is_missing_and_makes_nothing(
     assert not (tmp_path / "config").exists()
 
 
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("deploy", "--ssh-key 'deploy': give NAME=FILE"),
+        ("deploy={missing}", "--ssh-key deploy: cannot read"),
+        ("deploy={garbage}", "is not an SSH public key (a .pub file, one line)"),
+    ],
+)
+def test_a_wrong_additional_ssh_key_is_refused_before_anything_is_made(
+    tmp_path: Path, spec: str, said: str
+) -> None:
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("not a key\n")
+    arg = spec.format(missing=tmp_path / "none.pub", garbage=garbage)
+    result = meshctl(tmp_path, "up", "--provider", "digitalocean", "--region", "fra1",
+                     "--admin-ip", "192.0.2.7", "--ssh-key", arg, token="t")  # fmt: skip
+
+    assert result.returncode == 2, result.stdout
+    assert said in result.stderr
+    assert_no_traceback(result)
+    assert not (tmp_path / ".ssh").exists() and not (tmp_path / "config").exists()
+
+
 def test_the_firewall_of_a_local_mesh_is_refused_with_the_reason(tmp_path: Path) -> None:
     result = meshctl(tmp_path, "firewall", "admin", "list")
 

@@ -3,11 +3,12 @@ drives it: `up --provider digitalocean` bootstraps master over SSH, `publish` of
 creates and bootstraps three more droplets while a tenth of the droplet requests fail (503,
 or done with the answer lost) and the burst limit is low: no droplet twice, none missing; the
 examples answer on the reserved IP; NATS is TLS from the mesh CA (a plain client is refused by
-every JetStream server, routes are TLS and verified, the keys are 0600); a push to master
-over SSH (the key that may only run the git shell) deploys newstartup's uat; SSH (and
-so the operator's tunnel) is refused to an address that is not an administrator's; a killed
+every JetStream server, routes are TLS and verified, the keys are 0600); the cloud token and
+keys are mesh secrets that no droplet's file holds, and `--ssh-key`'s key reaches master; a
+push to master over SSH (the key that may only run the git shell) deploys newstartup's uat;
+SSH (and so the operator's tunnel) is refused to an address that is not an administrator's; a killed
 web droplet is powered off, rebuilt from its snapshot and served again; a killed master
-gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH key it
+gives the reserved IP to another droplet; `down --delete-data` leaves only the SSH keys it
 says it keeps. The stand-in checked every request against DigitalOcean's description."""
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
                             "the stand-in is ready")  # fmt: skip
         url = settings["inside_url"]  # the API as droplets reach it, and this machine too
         admin = url.split("//")[1].split(":")[0]
+        deploy = asyncssh.generate_private_key("ssh-ed25519")  # the seed's additional key
+        (home / "deploy.pub").write_bytes(deploy.export_public_key())
+        (home / "deploy").write_bytes(deploy.export_private_key())
         mesh.ok("up", "--provider", "digitalocean", "--region", "fra1", "--api-url", url,
                 "--admin-ip", admin, "--runtime", "process", "--droplet-python", sys.executable,
-                "--context", mesh.name, timeout=300)  # fmt: skip
+                "--ssh-key", f"deploy={home / 'deploy.pub'}", "--context", mesh.name,
+                timeout=300)  # fmt: skip
         assert (home / ".ssh" / "infrastructure_key").stat().st_mode & 0o777 == 0o600
 
         examples = hosted_on_the_mesh(tmp_path / "examples", "newstartup")
@@ -260,6 +265,8 @@ def cloud_secrets_are_sealed(mesh: LocalMesh, home: Path, token: str) -> None:
     host = json.loads((mesh.home / "config" / "contexts" / f"{mesh.name}.json").read_text())
     command = f"grep -rlsF {shlex.quote(token)} /var/lib/meshd /etc/systemd || echo none"
     assert asyncio.run(run_over_ssh(key, host["tunnel"]["host"], command)).strip() == "none"
+    deploy = asyncssh.import_private_key((home / "deploy").read_bytes())  # given to `up`
+    assert asyncio.run(run_over_ssh(deploy, host["tunnel"]["host"], "echo in")) == "in"
 
 
 def only_administrators_reach_it(mesh: LocalMesh, admin: str) -> None:
@@ -277,8 +284,8 @@ def down_leaves_only_the_key(mesh: LocalMesh, stand: StandProcess) -> None:
     for kind in ("droplets", "firewalls", "reserved_ips", "volumes", "snapshots"):
         assert stand.get(f"/v2/{kind}")[kind] == [], kind
     keys = stand.get("/v2/account/keys")["ssh_keys"]
-    assert [k["name"] for k in keys] == ["infrastructure_key"]
-    assert "infrastructure_key" in said  # down says it keeps it
+    assert sorted(k["name"] for k in keys) == ["deploy", "infrastructure_key"]
+    assert "SSH key infrastructure_key" in said and "SSH key deploy" in said  # said kept
 
 
 def _refused(mesh: LocalMesh) -> str | None:
