@@ -107,6 +107,38 @@ async def test_a_droplet_that_dies_during_its_backup_is_not_waited_for(
     assert answer.error == f"web1 {how} before it answered"
 
 
+async def test_a_retake_that_finds_the_rebuilt_datastore_not_back_is_owed_again_a_few_times(
+    tmp_path: Path,
+) -> None:
+    """The droplet is back (no failure recorded) but its datastore still starts: the retake
+    fails and is owed again, RETAKES times at most; then failures alert as any other."""
+    from meshd.roles.backups import RETAKES
+
+    store = MemoryStore()
+    role = Backups(store, MeshView(), "master", None, tmp_path / "work", "demo", lambda _: None)  # type: ignore[arg-type]
+    role.targets = Targets(store, lambda _: None)
+    role.loader = Loader(store, role.view, "master", None, role.targets, tmp_path / "work")  # type: ignore[arg-type]
+
+    async def starting(subject: str, data: bytes, droplet: str) -> BackupAnswer:
+        return BackupAnswer(error="the database system is starting up")
+
+    role.loader.ask = starting  # type: ignore[method-assign]
+    database = allocation(service="database", service_kind="database", droplets=("web1",))
+    datastore = ("shop", "prod", "database")
+    term = Term("backups", 4, time.monotonic() + 600)
+    with pytest.raises(BackupFailed):
+        await role.take(term, database, "scheduled")  # web1 up: a plain failure, not owed
+    assert datastore not in role._owed
+    for _ in range(RETAKES):
+        role._owed[datastore] = 0.0
+        with pytest.raises(BackupFailed):
+            await role.take(term, database, "again")
+        assert datastore in role._owed  # still owed: tried again a minute later
+    with pytest.raises(BackupFailed):
+        await role.take(term, database, "again")
+    assert datastore not in role._owed  # given up: its failures alert from now on
+
+
 class Listing:
     """A target that lists `keys` and keeps what is deleted."""
 

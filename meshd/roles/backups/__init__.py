@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 CHECK_S = 30.0
 RETRY_S = 300.0  # after a failed backup of a datastore
 RETRY_DIED_S = 60.0  # after one its droplet's failure cut short (scheduled or asked for)
+RETAKES = 5  # retakes of one while its rebuilt datastore starts, then failures alert again
 
 
 class Backups:
@@ -95,6 +96,7 @@ class Backups:
         self._overdue = Overdue()
         self._retry: dict[tuple[str, str, str], float] = {}  # datastore -> not before (epoch)
         self._owed: dict[tuple[str, str, str], float] = {}  # cut short by a death: again at
+        self._retakes: dict[tuple[str, str, str], int] = {}  # of the one owed, so far
         self._busy = asyncio.Lock()  # one backup or restore at a time
         # What the target keeps, as last listed (`status` asks every second: an S3 listing
         # reads each object's digest); dropped whenever a backup is added or deleted.
@@ -152,9 +154,8 @@ class Backups:
                     if datastore not in self._unsupported | set(self._owed):
                         await self._alert(term, _subject(datastore), last, str(err))
         for kind, part in MESH_PARTS.items():
-            if not due(latest.get(part), now, MESH_SCHEDULES[kind]) or now < self._retry.get(
-                part, 0.0
-            ):
+            waiting = now < self._retry.get(part, 0.0)
+            if waiting or not due(latest.get(part), now, MESH_SCHEDULES[kind]):
                 continue
             async with self._busy:
                 try:
@@ -234,9 +235,14 @@ class Backups:
                     # A copy only the staging area holds would be listed and pruned by no one.
                     await self.targets.staging.delete(key)
         if error is not None:
-            self._owed.pop((project, env, service), None)
-            if droplet in self.view.failures:  # alerted as such; taken again a minute later
-                self._owed[(project, env, service)] = time.time() + RETRY_DIED_S
+            datastore = (project, env, service)
+            tries = self._retakes.get(datastore, 0)
+            self._owed.pop(datastore, None)
+            # Again a minute later: cut short by its droplet's death (alerted as such), or a
+            # retake that found the rebuilt datastore not back yet (RETAKES times at most).
+            if droplet in self.view.failures or (why == "again" and tries < RETAKES):
+                self._owed[datastore] = time.time() + RETRY_DIED_S
+                self._retakes[datastore] = tries + 1 if why == "again" else 0
             self.store.record_soon(
                 "backup_failed",
                 self.droplet,
