@@ -44,7 +44,6 @@ RESYNC_S = 5.0
 RESIZE, RESIZE_HOLD_S = "resize", 1800.0  # a resize with the droplet off: well within this
 HAND_OVER_S = 60.0  # how long a leader that handed the role over stays away from it
 RENEW_RETRY_S = 600.0  # a renewal written (or failed) is not tried again before this
-STALE_REPORT_S = 20.0  # well past a lagging provider list (a droplet just made is in it)
 
 
 class HandOver(Exception):  # noqa: N818 - not an error: the term ends by choice
@@ -144,21 +143,6 @@ class Provisioner:
             for record in extra:
                 if record.name not in busy:
                     await self._destroy(term, record)
-        await self._forget_gone(set(existing))
-
-    async def _forget_gone(self, existing: set[str]) -> None:
-        """Reports of droplets the provider no longer has, silent for STALE_REPORT_S: a
-        destroyed droplet's last report can land after `_destroy` deleted it (its agent's
-        socket still held it), and would be shown as a dead droplet for ever."""
-        now = time.time()
-        for key, entry in (await self.store.entries(subjects.NODES_BUCKET)).items():
-            if entry.value is None:
-                continue
-            node = decode(entry.value, NodeStatus)
-            if node.droplet not in existing and now - node.updated_at > STALE_REPORT_S:
-                with contextlib.suppress(Conflict):
-                    await self.store.delete(subjects.NODES_BUCKET, key, last=entry.revision)
-                    log.info("Report of a droplet that is gone deleted. droplet=%s", node.droplet)
 
     async def _create_or_report(self, term: Term, name: str, size: str) -> None:
         try:

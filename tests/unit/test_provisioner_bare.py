@@ -201,23 +201,3 @@ async def test_a_renewal_that_fails_is_an_event_and_is_tried_again_later() -> No
     provisioner._renewing.clear()  # RENEW_RETRY_S later
     await provisioner.provision(term())
     assert boots.renewed == ["shop-web1"]
-
-
-async def test_the_report_of_a_droplet_that_is_gone_is_forgotten_once_silent() -> None:
-    """A destroyed droplet's last report can land after its deletion: the next pass deletes
-    it once it is silent; a live droplet's, or a fresh one the provider lists late, stays."""
-    store, provider = await mesh()
-    provisioner = Provisioner(store, provider, CONFIG, "master", Bootstraps())  # type: ignore[arg-type]
-    await provisioner.provision(term())
-    await report(store, "shop-web1", 1)
-    for name, age in (("shop-gone", 60.0), ("shop-late", 1.0)):
-        status = NodeStatus(droplet=name, address="10.0.0.9", incarnation=1, size="s-1vcpu-1gb",
-                            roles=(), instances=(), updated_at=time.time() - age)  # fmt: skip
-        await store.put(subjects.NODES_BUCKET, subjects.node_key(name), encode(status))
-
-    await provisioner.provision(term())
-
-    left = {decode(e.value, NodeStatus).droplet
-            for e in (await store.entries(subjects.NODES_BUCKET)).values() if e.value}  # fmt: skip
-    assert "shop-gone" not in left
-    assert {"shop-web1", "shop-late"} <= left
