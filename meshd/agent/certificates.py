@@ -1,9 +1,9 @@
 """A TLS mesh's certificate files in a droplet's directory (0600): the mesh CA's certificate
 and the droplet's own NATS certificate, as a bootstrap writes them for another droplet. The
 CA's key is a mesh secret (`mesh_ca_key`), held in memory by the trusted droplets whose
-leaders bootstrap: the `provisioner` bootstraps a droplet again when its certificate comes
+leaders bootstrap: the `provisioner` writes a droplet a new certificate when its own comes
 within RENEW_BEFORE of its end (the droplet reports when: `NodeStatus.tls_expires`), and the
-droplet's supervisor reloads nats-server when the file changes (docs/digitalocean.md, "TLS on
+droplet's supervisor has nats-server reload it when the file changes (docs/digitalocean.md, "TLS on
 NATS"). A droplet of an older mesh, which holds the CA's key as a file, renews its own."""
 
 from __future__ import annotations
@@ -64,12 +64,11 @@ class CertificateExpiry:
 
     def __init__(self, droplet_dir: Path) -> None:
         self.dir = droplet_dir
-        self.path = droplet_dir / LEAF_CERT_FILE
         self._seen: tuple[int, float] = (-1, 0.0)  # mtime (ns), expiry
 
     def __call__(self) -> float:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            mtime = (self.dir / LEAF_CERT_FILE).stat().st_mtime_ns
         except FileNotFoundError:
             return 0.0
         if mtime != self._seen[0]:

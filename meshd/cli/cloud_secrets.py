@@ -3,8 +3,8 @@ secrets (docs/secrets.md): the provider's API token (`digitalocean_token`), the 
 account puts on every droplet (`infrastructure_key`) and the mesh CA's key (`mesh_ca_key`),
 sealed here to the mesh key as `meshctl secret set --mesh` does. The `secrets` role then seals
 them to the trusted droplets (the token also to those that attach a volume); no droplet keeps
-one in a file. Set once: `up` run
-again leaves them; `meshctl secret set --mesh digitalocean_token` replaces the token."""
+one in a file. Set once: `up` run again leaves them; `meshctl secret set --mesh
+digitalocean_token` replaces the token."""
 
 from __future__ import annotations
 

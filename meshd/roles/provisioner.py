@@ -117,7 +117,7 @@ class Provisioner:
         existing = {r.name: r for r in await self.provider.list(mesh_tag(self.config.mesh))}
         missing = [d for d in placement.droplets if d.name not in existing]
         bare = [r for r in existing.values() if await self._bare(r)]
-        due = [r for r in existing.values() if r not in bare and await self._renewal_due(r)]
+        due = await self._renewals_due([r for r in existing.values() if r not in bare])
         # Concurrently: a droplet takes a while to boot, and they do not depend on each other.
         # Each create ends on its own (one failing never cancels another mid-way, which could
         # leave a droplet the provider made and nobody recorded); the next pass lists the
@@ -242,19 +242,24 @@ class Provisioner:
         log.info("Droplet bootstrapped. droplet=%s seconds=%.1f", record.name, seconds)
         await self._event(term, "droplet_bootstrapped", record.name, {"seconds": seconds})
 
-    async def _renewal_due(self, record: DropletRecord) -> bool:
-        """A TLS mesh's droplet, on, whose agent reports a certificate that ends soon."""
-        if self.bootstrapper is None or not self.config.tls_ca or not record.address:
-            return False
-        if record.status is not DropletStatus.ACTIVE:
-            return False
-        if time.monotonic() < self._renewing.get(record.id, 0.0):
-            return False
-        report = await self.store.get(subjects.NODES_BUCKET, subjects.node_key(record.name))
-        if report is None or report.value is None:
-            return False
-        node = decode(report.value, NodeStatus)
-        return node.incarnation > 0 and renewal_due(node.tls_expires, time.time())
+    async def _renewals_due(self, records: list[DropletRecord]) -> list[DropletRecord]:
+        """A TLS mesh's droplets, on, whose agents report a certificate that ends soon (the
+        reports read once a pass)."""
+        if self.bootstrapper is None or not self.config.tls_ca:
+            return []
+        now, reports = time.time(), await self.store.entries(subjects.NODES_BUCKET)
+        due = []
+        for record in records:
+            report = reports.get(subjects.node_key(record.name))
+            if report is None or report.value is None or not record.address:
+                continue
+            if record.status is not DropletStatus.ACTIVE:
+                continue
+            node = decode(report.value, NodeStatus)
+            waiting = time.monotonic() < self._renewing.get(record.id, 0.0)
+            if node.incarnation > 0 and renewal_due(node.tls_expires, now) and not waiting:
+                due.append(record)
+        return due
 
     async def _renew(self, term: Term, record: DropletRecord) -> None:
         assert self.bootstrapper is not None

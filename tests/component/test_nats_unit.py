@@ -164,19 +164,30 @@ def served_certificate_ends(address: str, ca: MeshCA) -> datetime.datetime:
     return x509.load_der_x509_certificate(der).not_valid_after_utc
 
 
-def test_a_droplet_renews_its_certificate_and_nats_server_serves_it_without_a_restart(
-    tmp_path: Path,
-) -> None:
+def old_certificate(
+    tmp_path: Path, with_ca_key: bool
+) -> tuple[Path, str, MeshCA, datetime.datetime]:
+    """A TLS droplet whose certificate has 80 days left (and, on an older mesh, the CA's key
+    as a file): its directory, address, CA and now."""
     (address,) = loopback_addresses(1)
     now = datetime.datetime.now(datetime.UTC)
     ca = make_ca("unit", now - datetime.timedelta(days=700))
     home = tmp_path / "master-1"
     droplet(home, address, tls_ca=ca.cert_pem.decode())
     cert, key = issue_leaf(ca, "unit", "master", address, now - datetime.timedelta(days=650))
-    for name, data in ((CA_CERT_FILE, ca.cert_pem), (CA_KEY_FILE, ca.key_pem),
-                       (LEAF_CERT_FILE, cert), (LEAF_KEY_FILE, key)):  # fmt: skip
+    files = {CA_CERT_FILE: ca.cert_pem, LEAF_CERT_FILE: cert, LEAF_KEY_FILE: key}
+    if with_ca_key:
+        files[CA_KEY_FILE] = ca.key_pem
+    for name, data in files.items():
         (home / name).parent.mkdir(exist_ok=True)
         (home / name).write_bytes(data)
+    return home, address, ca, now
+
+
+def test_a_droplet_renews_its_certificate_and_nats_server_serves_it_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    home, address, ca, now = old_certificate(tmp_path, with_ca_key=True)
     unit = NatsUnit(home)
     unit.next_certificate_check = float("inf")  # started with the old one, 80 days left
     try:
@@ -204,16 +215,7 @@ def test_a_certificate_written_by_the_provisioner_is_served_without_a_restart(
 ) -> None:
     """A droplet without the CA's key (the mesh secret is on the trusted droplets only) gets
     its new certificate written over SSH; nats-server reloads it, keeping its process."""
-    (address,) = loopback_addresses(1)
-    now = datetime.datetime.now(datetime.UTC)
-    ca = make_ca("unit", now - datetime.timedelta(days=700))
-    home = tmp_path / "master-1"
-    droplet(home, address, tls_ca=ca.cert_pem.decode())
-    cert, key = issue_leaf(ca, "unit", "master", address, now - datetime.timedelta(days=650))
-    for name, data in ((CA_CERT_FILE, ca.cert_pem), (LEAF_CERT_FILE, cert),
-                       (LEAF_KEY_FILE, key)):  # fmt: skip
-        (home / name).parent.mkdir(exist_ok=True)
-        (home / name).write_bytes(data)
+    home, address, ca, now = old_certificate(tmp_path, with_ca_key=False)
     unit = NatsUnit(home)
     try:
         ticked(unit)
