@@ -17,12 +17,16 @@ leader that dies midway is replaced by one that carries on without repeating fin
                   is removed (the droplet is monitored again, displaced instances drain and
                   stop on the survivors) and `droplet_recovered` recorded
 
+A droplet the provider no longer has and the placement no longer wants (scaled in) is not
+rebuilt: its report and record are removed and `droplet_forgotten` recorded.
+
 The load balancer drops the droplet's instances as soon as the record exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -33,7 +37,7 @@ from bootstrap import BootstrapFailed
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.meshview import MeshView
-from meshd.agent.records import snapshot_index
+from meshd.agent.records import last_placement, snapshot_index
 from meshd.agent.store import Conflict, Store
 from meshd.core.displacement import displace, not_displaced
 from plugins.providers import (
@@ -209,6 +213,9 @@ class Recovery:
             replacement, source = found, "an earlier leader's rebuild"
         elif found is not None:
             replacement, source = await self._rebuild_from_snapshot(term, found.id, record)
+        elif await self._unwanted(record.droplet):
+            await self._forget(term, record, revision)
+            return
         else:
             await self._problem(term, record, "the droplet is gone; nothing to rebuild from")
             return
@@ -292,6 +299,28 @@ class Recovery:
         ids = {"droplet_id": record.droplet_id, "replacement_id": record.replacement_id}
         detail: dict[str, Any] = {k: v for k, v in ids.items() if v is not None} | (extra or {})
         self.store.record_soon(event, self.droplet, record.droplet, detail, term.fence)
+        self._reported.pop(record.droplet, None)
+
+    async def _unwanted(self, name: str) -> bool:
+        """The placement no longer has the droplet (scaled in): nothing is owed to it."""
+        last = await last_placement(self.store)
+        return last is not None and name not in {d.name for d in last.placement.droplets}
+
+    async def _forget(self, term: Term, record: FailureRecord, revision: int) -> None:
+        """A droplet destroyed by scale-in whose last report landed after the provisioner
+        deleted it (its agent's socket still held it): the mesh would show it dead for ever.
+        Its report goes first, then the record (a record without a report is never shown)."""
+        term.ensure_held()
+        key = subjects.node_key(record.droplet)
+        if (report := await self.store.get(subjects.NODES_BUCKET, key)) is not None:
+            with contextlib.suppress(Conflict):
+                await self.store.delete(subjects.NODES_BUCKET, key, last=report.revision)
+        await self.store.delete(
+            subjects.FAILURES_BUCKET, subjects.failure_key(record.droplet), last=revision
+        )
+        log.info("Droplet gone and no longer placed; forgotten. droplet=%s", record.droplet)
+        self.store.record_soon("droplet_forgotten", self.droplet, record.droplet,
+                               {"reason": "scaled in"}, term.fence)  # fmt: skip
         self._reported.pop(record.droplet, None)
 
     async def _find(self, name: str) -> DropletRecord | None:
