@@ -59,6 +59,8 @@ DEPLOY_SUBJECTS = "mesh.deploy.>"
 NOTIFY_STREAM = "MESH_NOTIFY"  # notifications waiting for delivery (work queue)
 NOTIFY_SUBJECTS = "mesh.notify.>"
 NOTIFY_CONSUMER = "notifier"
+LOGS_STREAM = "MESH_LOGS"  # instances' output and the mesh's own logs (protocol.logs)
+LOGS_SUBJECTS = "mesh.logs.>"
 DEPLOY_CONSUMER = "builder"
 # Deploy progress inboxes (`DeployRequest.progress`) and the `deployer` user's reply inboxes
 # (its JetStream publish acknowledgements) live under this prefix: the `deployer` may listen
@@ -338,3 +340,30 @@ def notify(channel: str) -> str:
 def alerted_key(droplet: str, incarnation: int) -> str:
     """Key in `mesh_desired` that records the critical alert about one failed life."""
     return f"{ALERTED}.{token(droplet, 'droplet')}.{int(incarnation)}"
+
+
+def app_log(project: str, env: str, service: str, droplet: str) -> str:
+    """Subject of an instance's output: `mesh.logs.app.<project>.<env>.<service>.<droplet>`
+    (one subject per service and droplet: the stream keeps a number of batches of each)."""
+    return f"mesh.logs.app.{alloc_key(project, env, service)}.{token(droplet, 'droplet')}"
+
+
+def mesh_log(component: str, droplet: str) -> str:
+    """Subject of the mesh's own log lines (`agent`, `nginx`) on a droplet."""
+    return f"mesh.logs.mesh.{token(component, 'component')}.{token(droplet, 'droplet')}"
+
+
+def app_logs(
+    project: str, env: str | None = None, service: str | None = None, droplet: str | None = None
+) -> str:
+    """The subscription that selects a project's output, narrowed by what is given."""
+    parts = [token(project, "project")]
+    parts += [token(env, "environment") if env else "*"]
+    parts += [token(service, "service") if service else "*"]
+    parts += [token(droplet, "droplet") if droplet else "*"]
+    return "mesh.logs.app." + ".".join(parts)
+
+
+def mesh_logs(droplet: str | None = None) -> str:
+    """The subscription that selects the mesh's own log lines (of one droplet)."""
+    return f"mesh.logs.mesh.*.{token(droplet, 'droplet') if droplet else '*'}"

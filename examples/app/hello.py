@@ -6,6 +6,7 @@ counts a visit in the instance's PostgreSQL and redis when it was given their pa
 (visits.py beside this file) and shows both totals, or why a store is unavailable.
 `--port-from VAR` listens on the port in another variable (the demo's stand-in database and
 redis use DB_PORT and REDIS_PORT; they count nothing).
+It prints a line at start and one per request other than `/health` (see `meshctl logs`).
 Worker mode (`--worker`): no port; logs a line every 30 seconds. `--hang` makes `/health`
 never answer (to show an unhealthy instance being restarted).
 """
@@ -72,6 +73,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, "application/json", json.dumps({"status": "ok", **identity()}))
             return
         me = identity()
+        print(f"{me['service']}: GET {self.path} from {self.client_address[0]}", flush=True)
         page = (
             f"<!doctype html><title>{me['service']}</title>"
             f"<h1>{me['service']}</h1><p>project {me['project']}, environment "
@@ -108,6 +110,7 @@ def main() -> None:
     Handler.hang = args.hang
     # A stand-in datastore has the store's password too, but its DB_PORT is its own.
     Handler.count_visits = args.port_from == "SERVICE_PORT"
+    print(f"{identity()['service']}: listening on {host}:{port}", flush=True)
     ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 

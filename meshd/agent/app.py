@@ -35,6 +35,7 @@ from meshd.agent.feeds import feed_allocations, feed_nodes
 from meshd.agent.git_shell import serve_git
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
+from meshd.agent.logship import LogShipper
 from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
@@ -157,6 +158,10 @@ class Agent:
             runtime, self.identity.name, self.identity.address, self.data_dir, self.secrets
         )
         self.reconciler = reconciler
+        logs = LogShipper(
+            lambda: self.store, self.identity.name, runtime, self.dir / "lb", self.data_dir
+        )
+        logging.getLogger().addHandler(logs.own)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
             hooks = GitHooks(self.identity.name, lambda: self.store, self.view, self.secrets)
@@ -181,6 +186,7 @@ class Agent:
                 )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
+                tasks.create_task(logs.run(), name="log-shipper")
                 tasks.create_task(self._control_plane(reconciler, provider), name="control-plane")
                 if self.identity.name != MASTER:
                     tasks.create_task(self._rescue(provider).run(), name="master-rescue")
@@ -232,19 +238,7 @@ class Agent:
             leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
                 (Scheduler(store, name), None, 0.0),
                 (provisioner, None, provisioner.hesitation),
-                (
-                    Recovery(
-                        store,
-                        provider,
-                        view,
-                        name,
-                        tag,
-                        user_data=partial(user_data_now, self.dir, self.config),
-                        bootstrapper=self.boot,
-                    ),
-                    None,
-                    0.0,
-                ),  # fmt: skip
+                (self._recovery(store, provider), None, 0.0),
                 (Snapshots(store, provider, view, name, tag), None, 0.0),
                 (self._builder(store, reconciler), None, builds),
                 (
@@ -350,6 +344,10 @@ class Agent:
                 await entry.close()
             self.store = reconciler.artifacts.store = None
             await store.close()
+
+    def _recovery(self, store: Store, provider: Provider) -> Recovery:
+        return Recovery(store, provider, self.view, self.identity.name, mesh_tag(self.config.mesh),
+                        partial(user_data_now, self.dir, self.config), self.boot)  # fmt: skip
 
     def _builder(self, store: Store, reconciler: Reconciler) -> Builder:
         key = partial(self.mesh_secret, INFRASTRUCTURE_KEY)  # reaches master's repositories

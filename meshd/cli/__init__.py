@@ -28,6 +28,7 @@ COMMANDS = {
     "restart": "meshd.cli.restart:restart",
     "status": "meshd.cli.status:status",
     "events": "meshd.cli.status:events",
+    "logs": "meshd.cli.logs:logs",
     "chaos": "meshd.cli.chaos:chaos",
     "hold": "meshd.cli.hold:hold",
     "secret": "meshd.cli.secret:secret",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from protocol import subjects
 from protocol.errors import MeshError
@@ -263,6 +263,24 @@ class Runtime(Protocol):
         """Load the artifact file at `path` (its SHA-256 is `digest`, already checked), so
         that instances whose spec names it can run. Raises `ArtifactError`."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogFile:
+    """Where an instance's output is written: `plain` lines, or Docker's `json-file` lines
+    (`{"log": ..., "stream": ..., "time": ...}`)."""
+
+    key: str
+    path: Path
+    format: str = "plain"
+
+
+@runtime_checkable
+class LogFiles(Protocol):
+    """Optional ability: the files the instances' output goes to, which the agent's log
+    shipper reads (`meshd.agent.logship`) without a stream per instance."""
+
+    async def log_files(self) -> list[LogFile]: ...
 
 
 def load_runtime(name: str, ctx: RuntimeContext) -> Runtime:

@@ -492,3 +492,18 @@ async def test_engine_calls_run_on_their_own_threads_whatever_else_blocks(
     finally:
         release.set()
         await asyncio.gather(*busy, slow)
+
+
+async def test_an_instance_names_its_json_file_log_where_its_output_is(
+    make_runtime: MakeRuntime, test_image: str
+) -> None:
+    runtime = make_runtime()
+    port = support.free_port(ADDRESS)
+    await runtime.ensure(web(test_image, port))
+    await answers(f"http://{ADDRESS}:{port}/")
+    (log,) = await runtime.log_files()
+    assert (log.key, log.format) == ("shop.test.backend", "json-file")
+    lines = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert any("serve: shop-test-backend on port" in line["log"] for line in lines)
+    assert all(line["stream"] in ("stdout", "stderr") and line["time"] for line in lines)
+    assert await make_runtime(droplet="web1").log_files() == []  # another droplet's are not

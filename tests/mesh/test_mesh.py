@@ -18,17 +18,10 @@ from tests.support.mesh import (
     hello,
     http_get,
     local_mesh,
+    service,
     write_project,
 )
 from tests.support.waiting import wait_for
-
-
-def service(status: dict[str, Any], project: str, env: str, name: str) -> dict[str, Any]:
-    return next(
-        s
-        for s in status["services"]
-        if (s["project"], s["env"], s["service"]) == (project, env, name)
-    )
 
 
 def instances(mesh: LocalMesh, droplet: str) -> dict[str, Any]:

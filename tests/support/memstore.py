@@ -29,6 +29,7 @@ from meshd.agent.store import (
 )
 from protocol import subjects as names
 from protocol.codec import decode, encode
+from protocol.logs import LogBatch
 from protocol.messages import Event
 from tests.support.memobjects import MemoryObjects
 
@@ -81,6 +82,7 @@ class MemoryStore(MemoryObjects):
         self.clock = clock or Clock()
         self.unavailable = False
         self.events: list[Event] = []
+        self.logs: list[tuple[str, LogBatch]] = []  # (subject, batch) as shipped
         self._buckets: defaultdict[str, _Bucket] = defaultdict(_Bucket)
         self._event_followers: list[asyncio.Queue[Event]] = []
         self._queues: defaultdict[str, list[tuple[int, str, bytes]]] = defaultdict(list)
@@ -248,6 +250,22 @@ class MemoryStore(MemoryObjects):
         finally:
             self._event_followers.remove(queue)
 
+    async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:
+        self._check()
+        self.logs.append((subject, decode(data, LogBatch)))
+
+    async def read_logs(
+        self, subject_filter: str, *, since: float | None, follow: bool
+    ) -> AsyncIterator[LogBatch | None]:
+        self._check()
+        for subject, batch in list(self.logs):
+            if _subject_matches(subject_filter, subject) and (
+                since is None or any(line.at >= since for line in batch.lines)
+            ):
+                yield batch
+        if follow:
+            yield None
+
     async def enqueue(self, subject: str, data: bytes) -> int:
         self._check()
         self._queue_seq += 1
@@ -390,3 +408,14 @@ class MemoryWorkQueue:
 
     async def close(self) -> None:
         return None
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for i, part in enumerate(wanted):
+        if part == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or part not in ("*", tokens[i]):
+            return False
+    return len(tokens) == len(wanted)

@@ -229,6 +229,15 @@ def local_mesh(
         mesh.kill_everything()
 
 
+def service(status: dict[str, Any], project: str, env: str, name: str) -> dict[str, Any]:
+    """One service of `meshctl status --json`."""
+    return next(
+        s
+        for s in status["services"]
+        if (s["project"], s["env"], s["service"]) == (project, env, name)
+    )
+
+
 def http_get(url: str, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - test URL
         return str(response.read().decode())

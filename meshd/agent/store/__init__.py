@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from meshd.core.trust import ClientTrust
 from protocol.errors import MeshError
+from protocol.logs import LogBatch
 from protocol.messages import Event
 
 
@@ -206,6 +207,21 @@ class Store(Protocol):
     def follow_events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         """Events recorded from now on: subscribed when the block is entered, so nothing
         recorded inside the block is missed."""
+        ...
+
+    # --- the logs stream (meshd/agent/store/logs.py) -------------------------------------
+
+    async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:
+        """Append a `LogBatch`, acknowledged, once per `batch_id` however often it is sent;
+        `StoreUnavailable` at once when it cannot be."""
+        ...
+
+    def read_logs(
+        self, subject_filter: str, *, since: float | None, follow: bool
+    ) -> AsyncIterator[LogBatch | None]:
+        """Batches on subjects matching the filter, from `since` (None: the oldest kept); without
+        `follow` the iteration ends once it has caught up; with it, None marks that point and
+        new batches follow."""
         ...
 
     # --- work queues ---------------------------------------------------------------------

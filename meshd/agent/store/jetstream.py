@@ -33,6 +33,7 @@ from meshd.agent.store import (
     Received,
     StoreUnavailable,
     Subscription,
+    logs,
 )
 from meshd.agent.store import WorkQueue as WorkQueueProtocol
 from meshd.agent.store.connection import connect_options
@@ -43,6 +44,7 @@ from meshd.agent.store.objects import NatsObjects
 from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
 from meshd.agent.store.workqueue import NatsWorkQueue
 from meshd.core.trust import ClientTrust
+from protocol.logs import LogBatch
 from protocol.messages import Event
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,14 @@ class NatsStore(NatsObjects):
     def follow_events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         return self._events.follow()
 
+    async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:
+        await logs.ship(self._js, subject, data, batch_id)
+
+    def read_logs(
+        self, subject_filter: str, *, since: float | None, follow: bool
+    ) -> AsyncIterator[LogBatch | None]:
+        return logs.read(self._js, subject_filter, since=since, follow=follow)
+
     # --- the JetStream cluster -------------------------------------------------------------
 
     async def bucket_leader(self, bucket: str) -> str | None:
@@ -381,6 +391,7 @@ def _stream_config(stream: Stream, replicas: int) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         max_age=stream.max_age_s,
         max_bytes=stream.max_bytes,
+        max_msgs_per_subject=stream.max_msgs_per_subject or -1,
         discard=DiscardPolicy.OLD,
         num_replicas=replicas,
         storage=StorageType.FILE,

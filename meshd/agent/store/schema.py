@@ -28,6 +28,7 @@ class Stream:
     retention: Retention
     max_age_s: float | None = None
     max_bytes: int | None = None
+    max_msgs_per_subject: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class ObjectStore:
         return f"OBJ_{self.name}"
 
 
+LOG_BATCHES_PER_SUBJECT = 2048  # batches of at most 16 KB (`meshd.agent.logship`)
 BUCKETS = (
     Bucket(subjects.DESIRED_BUCKET, history=20),
     Bucket(subjects.ALLOC_BUCKET),
@@ -59,6 +61,16 @@ STREAMS = (
         Retention.LIMITS,
         max_age_s=30 * 24 * 3600,
         max_bytes=64 * 2**20,
+    ),
+    # Instances' output: a subject per service and droplet, each keeping its newest batches,
+    # so that a noisy service evicts its own lines, not another's (docs/logs.md).
+    Stream(
+        subjects.LOGS_STREAM,
+        subjects.LOGS_SUBJECTS,
+        Retention.LIMITS,
+        max_age_s=7 * 24 * 3600,
+        max_bytes=256 * 2**20,
+        max_msgs_per_subject=LOG_BATCHES_PER_SUBJECT,
     ),
     Stream(subjects.NOTIFY_STREAM, subjects.NOTIFY_SUBJECTS, Retention.WORK_QUEUE),
     Stream(subjects.DEPLOY_STREAM, subjects.DEPLOY_SUBJECTS, Retention.WORK_QUEUE),

@@ -10,13 +10,12 @@ build secrets runs `docker build --secret` (`buildkit`). The SDK blocks: every c
 runtime's own threads (`engine`).
 
 Modules: `engine` (threads, die events), `images`, `artifacts` (images saved to and loaded
-from files, for deploys), `networks`, `containers` (pure container specs), `compose` (the
-compose file of what runs) and `admin` (what the command line may ask of an engine without a
-runtime). An instance whose spec names an artifact runs its loaded image, never pulled.
+from files, for deploys), `networks`, `containers` (pure container specs), `compose`, `admin`
+(what the command line may ask of an engine without a runtime) and `logfiles`. An instance
+whose spec names an artifact runs its loaded image, never pulled.
 
 Config (`RuntimeContext.config`):
-- `docker_host`: default `DOCKER_HOST` or the local socket; podman's Docker-compatible
-  socket works too.
+- `docker_host`: default `DOCKER_HOST` or the local socket (podman's works too).
 - `pull`: fetch missing images from a registry (default true).
 - `docker_cli`: the docker command that builds images with build secrets (default `docker`).
 - `init`: a tiny init as PID 1 that passes signals on, so that a program which ignores
@@ -46,6 +45,7 @@ from plugins.runtimes import (
     InstanceSpec,
     InstanceStartError,
     InstanceStopError,
+    LogFile,
     Runtime,
     RuntimeConfigError,
     RuntimeContext,
@@ -68,9 +68,11 @@ from plugins.runtimes.docker.containers import (
     label_filter,
     owner_labels,
     secret_files,
+    secret_owner,
 )
 from plugins.runtimes.docker.engine import DETAIL_CHARS, Engine, short
 from plugins.runtimes.docker.images import Images
+from plugins.runtimes.docker.logfiles import LogPaths
 from plugins.runtimes.docker.networks import Networks
 from plugins.runtimes.docker.once import OneOffs
 from protocol import subjects
@@ -107,6 +109,7 @@ class DockerRuntime(OneOffs):  # `run_once`: one-off containers (`once`)
         self._networks = Networks(self._engine, ctx.mesh, ctx.droplet)
         self._artifacts = DockerArtifacts(self._engine, ctx.mesh, ctx.logger)
         self._exits: dict[str, tuple[int | None, str | None]] = {}  # exited container -> why
+        self._logs = LogPaths()
 
     # --- the Runtime interface ----------------------------------------------------------------
 
@@ -183,6 +186,9 @@ class DockerRuntime(OneOffs):  # `run_once`: one-off containers (`once`)
     async def load_artifact(self, digest: str, image: str | None, path: Path) -> None:
         await self._artifacts.load(digest, image, path)
 
+    async def log_files(self) -> builtins.list[LogFile]:
+        return await self._engine.call(self._logs.files, owner_labels(self._mesh, self._droplet))
+
     @property
     def follows_events(self) -> bool:
         """Whether the engine's die events reach this runtime (restarts are counted)."""
@@ -223,7 +229,7 @@ class DockerRuntime(OneOffs):  # `run_once`: one-off containers (`once`)
     def _create(
         self, client: docker.DockerClient, spec: InstanceSpec, wanted: ContainerSpec, user: str
     ) -> InstanceInfo:
-        mounts = self._secret_mounts(spec, wanted, _uid(user, wanted.secret_uid))
+        mounts = self._secret_mounts(spec, wanted, secret_owner(user, wanted.secret_uid))
         if spec.volume_path and wanted.data_path:  # the provider's volume, attached here
             mounts.append(Mount(target=wanted.data_path, source=spec.volume_path, type="bind"))
         elif wanted.volume and wanted.data_path:
@@ -369,15 +375,6 @@ def _key_of(raw: Raw) -> str:
         return instance_key_of(labels)
     except (KeyError, ValueError, ProtocolError):
         return f"{labels.get(LABEL_PROJECT)}.{labels.get(LABEL_ENV)}.{labels.get(LABEL_SERVICE)}"
-
-
-def _uid(user: str, template_uid: int | None) -> int:
-    """Owner of the secret files: the template's server user, else the image's numeric user,
-    else root (an image whose USER is a name should use its number to read its secrets)."""
-    if template_uid is not None:
-        return template_uid
-    head = user.split(":", 1)[0]
-    return int(head) if head.isdigit() else 0
 
 
 def create(ctx: RuntimeContext) -> DockerRuntime:

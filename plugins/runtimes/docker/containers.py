@@ -259,3 +259,12 @@ def _healthcheck(spec: InstanceSpec) -> dict[str, object] | None:
         "retries": 3,
         "start_period": 10 * SECOND_NS,
     }
+
+
+def secret_owner(user: str, template_uid: int | None) -> int:
+    """Owner of the secret files: the template's server user, else the image's numeric user,
+    else root (an image whose USER is a name should use its number to read its secrets)."""
+    if template_uid is not None:
+        return template_uid
+    head = user.split(":", 1)[0]
+    return int(head) if head.isdigit() else 0

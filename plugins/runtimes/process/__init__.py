@@ -41,6 +41,7 @@ from plugins.runtimes import (
     InstancePhase,
     InstanceSpec,
     InstanceStartError,
+    LogFile,
     RuntimeConfigError,
     RuntimeContext,
     secret_file_variables,
@@ -139,6 +140,11 @@ class ProcessRuntime:
             if found is not None:
                 infos.append(found[1])
         return infos
+
+    async def log_files(self) -> builtins.list[LogFile]:
+        """Each known instance's `output.log` (nothing before the first `list`)."""
+        keys = self._known_keys() if self._states is not None else []
+        return [LogFile(key, self._root / key / LOG_FILE) for key in keys]
 
     async def close(self) -> None:
         # Children that still run stay referenced: a dropped Popen of a running child goes to
