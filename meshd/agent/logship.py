@@ -33,6 +33,7 @@ from protocol.logs import LogBatch, LogLine
 log = logging.getLogger(__name__)
 EVERY_S = 0.25  # a plain file's line is timed when read: this is its precision
 SAVE_EVERY_S = 5.0
+LIST_EVERY_S = 2.0
 BATCH_BYTES = 16 * 1024  # `schema.LOG_BATCHES_PER_SUBJECT` batches of this size per subject
 BUFFER_BYTES = 8 * 2**20
 BUDGET = ByteBudget(rate=64 * 1024, burst=2**20)  # per project, bytes a second
@@ -112,6 +113,8 @@ class LogShipper:
         self.shipped = 0  # lines
         self.own = OwnLog()
         self._saved_at = 0.0
+        self._listed: list[tuple[Source, LogFile]] = []
+        self._listed_at = -LIST_EVERY_S
 
     @property
     def waiting(self) -> int:
@@ -137,6 +140,15 @@ class LogShipper:
             await asyncio.to_thread(self._tails.save)
 
     async def _files(self) -> list[tuple[Source, LogFile]]:
+        """Listed every LIST_EVERY_S (a Docker engine is asked over its API); a file found
+        late is read from its start while it is small, so nothing early is missed."""
+        now = time.monotonic()
+        if now - self._listed_at >= LIST_EVERY_S:
+            self._listed_at = now
+            self._listed = await self._list_files()
+        return self._listed
+
+    async def _list_files(self) -> list[tuple[Source, LogFile]]:
         found: list[tuple[Source, LogFile]] = []
         if isinstance(self._runtime, LogFiles):
             try:
