@@ -1,9 +1,10 @@
 """The agent's HTTP endpoints on its droplet's address: `/health` for peers' probes,
-`/status` for operators and `POST /_mesh/hooks/git/<project>` for push webhooks, which the
-entry point's nginx passes on (`meshd.agent.hooks`)."""
+`/status` for operators, `/metrics` for Prometheus and `POST /_mesh/hooks/git/<project>` for
+push webhooks, which the entry point's nginx passes on (`meshd.agent.hooks`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from meshd.agent.hooks import ROUTE, GitHooks
 from protocol.messages import NodeStatus
 
 __all__ = ["GitHooks", "create_app"]  # the composition root builds both
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text format
 
 
 def _instance(status: Any) -> dict[str, Any]:
@@ -36,7 +38,10 @@ def create_app(
     status: Callable[[], NodeStatus],
     connected: Callable[[], bool],
     hooks: GitHooks | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> web.Application:
+    """`metrics` renders the Prometheus text format (`meshd.agent.metrics`)."""
+
     async def health(_: web.Request) -> web.Response:
         node = status()
         return web.json_response(
@@ -61,8 +66,15 @@ def create_app(
             }
         )
 
+    async def prometheus(_: web.Request) -> web.Response:
+        assert metrics is not None
+        body = await asyncio.to_thread(metrics)  # reads /proc: not on the event loop
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     app = web.Application()
     app.add_routes([web.get("/health", health), web.get("/status", full_status)])
+    if metrics is not None:
+        app.add_routes([web.get("/metrics", prometheus)])
     if hooks is not None:
         app.add_routes([web.post(ROUTE, hooks.handle)])
     return app

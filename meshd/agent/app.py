@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from meshd.agent import metrics
 from meshd.agent.answering import answer_requests
 from meshd.agent.api import GitHooks, create_app
 from meshd.agent.beats import BeatListener
@@ -136,6 +137,8 @@ class Agent:
         return tuple(sorted(role for role, term in self.terms.items() if term.valid))
 
     def _observe(self, role: str, term: Term | None) -> None:
+        if term is not None and self.terms.get(role) is not term:
+            metrics.LEASE_TERMS.labels(role).inc()
         if term is None:
             self.terms.pop(role, None)
         else:
@@ -166,7 +169,12 @@ class Agent:
             stack.push_async_callback(runtime.close)
             hooks = GitHooks(self.identity.name, lambda: self.store, self.view, self.secrets)
             runner = web.AppRunner(
-                create_app(self.status, lambda: bool(self.store and self.store.connected), hooks),
+                create_app(
+                    self.status,
+                    lambda: bool(self.store and self.store.connected),
+                    hooks,
+                    metrics.serve(self.status, logs.counts, lambda: self.view.allocations),
+                ),  # fmt: skip
                 access_log=None,
             )
             await runner.setup()
@@ -187,6 +195,7 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
                 tasks.create_task(logs.run(), name="log-shipper")
+                tasks.create_task(metrics.measure_round_trips(lambda: self.store), name="nats-rtt")
                 tasks.create_task(self._control_plane(reconciler, provider), name="control-plane")
                 if self.identity.name != MASTER:
                     tasks.create_task(self._rescue(provider).run(), name="master-rescue")
@@ -241,19 +250,7 @@ class Agent:
                 (self._recovery(store, provider), None, 0.0),
                 (Snapshots(store, provider, view, name, tag), None, 0.0),
                 (self._builder(store, reconciler), None, builds),
-                (
-                    Backups(
-                        store,
-                        view,
-                        name,
-                        self.keys,
-                        self.data_dir / "backup-leader",
-                        self.config.mesh,
-                        partial(self.secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1]),
-                    ),
-                    None,
-                    0.0,
-                ),
+                (self._backups(store), None, 0.0),
                 (
                     Together(
                         Role.HEARTBEAT,
@@ -348,6 +345,11 @@ class Agent:
     def _recovery(self, store: Store, provider: Provider) -> Recovery:
         return Recovery(store, provider, self.view, self.identity.name, mesh_tag(self.config.mesh),
                         partial(user_data_now, self.dir, self.config), self.boot)  # fmt: skip
+
+    def _backups(self, store: Store) -> Backups:
+        secret = partial(self.secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1])
+        return Backups(store, self.view, self.identity.name, self.keys,
+                       self.data_dir / "backup-leader", self.config.mesh, secret)  # fmt: skip
 
     def _builder(self, store: Store, reconciler: Reconciler) -> Builder:
         key = partial(self.mesh_secret, INFRASTRUCTURE_KEY)  # reaches master's repositories

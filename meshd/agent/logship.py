@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.agent.logtail import Tails
+from meshd.agent.metrics import LogCounts
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.core.logs import ByteBudget, batches, docker_json_line, plain_line
 from plugins.runtimes import LogFile, LogFiles, Runtime
@@ -115,6 +116,9 @@ class LogShipper:
         self._saved_at = 0.0
         self._listed: list[tuple[Source, LogFile]] = []
         self._listed_at = -LIST_EVERY_S
+
+    def counts(self) -> LogCounts:
+        return LogCounts(self.shipped, self.dropped.copy(), len(self._pending))
 
     @property
     def waiting(self) -> int:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from meshd.agent.lease import Term
+from meshd.agent.metrics import NOTIFICATION_FAILURES, NOTIFICATIONS_WAITING
 from meshd.agent.store import Delivery, Store, StoreUnavailable, WorkQueue
 from meshd.core.backoff import delay
 from plugins.notifiers import Notifier, NotifierConfigError, NotifyError, Outgoing
@@ -32,6 +33,7 @@ BACKOFF_BASE_S = 2.0  # before the second delivery attempt, on average half of i
 BACKOFF_MAX_S = 300.0
 TAKE_WAIT_S = 1.0
 RETRY_S = 1.0
+COUNT_EVERY_S = 5.0
 
 # A channel's notifier, or why there is none (its configuration is wrong or incomplete).
 Channels = Callable[[], Mapping[str, Notifier | NotifierConfigError]]
@@ -51,6 +53,13 @@ class Courier:
         self.channels = channels
         self.droplet = droplet
         self._reported: dict[str, str] = {}  # channel -> last failure recorded
+        self._counted_at = -COUNT_EVERY_S
+
+    async def _count_waiting(self) -> None:
+        """The queue's depth for `/metrics`, every COUNT_EVERY_S (a JetStream request)."""
+        if time.monotonic() - self._counted_at >= COUNT_EVERY_S:
+            self._counted_at = time.monotonic()
+            NOTIFICATIONS_WAITING.set(await self.store.queued(subjects.NOTIFY_STREAM))
 
     async def lead(self, term: Term) -> None:
         queue: WorkQueue | None = None
@@ -65,6 +74,7 @@ class Courier:
                             subjects.NOTIFY_CONSUMER,
                         )
                     msg = await queue.take(TAKE_WAIT_S)
+                    await self._count_waiting()
                 except StoreUnavailable as err:
                     log.info("Notification queue not readable. error=%s", err)
                     queue = None
@@ -105,6 +115,7 @@ class Courier:
                 Outgoing(notification.subject, notification.text, notification.html)
             )
         except NotifyError as err:
+            NOTIFICATION_FAILURES.labels(channel).inc()
             delay = backoff(attempt)
             await queue.later(msg, delay)
             log.warning(

@@ -37,6 +37,7 @@ from bootstrap import BootstrapFailed
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.meshview import MeshView
+from meshd.agent.metrics import RECOVERY_STEP_SECONDS
 from meshd.agent.records import last_placement, snapshot_index
 from meshd.agent.store import Conflict, Store
 from meshd.core.displacement import displace, not_displaced
@@ -288,7 +289,8 @@ class Recovery:
         extra: dict[str, Any] | None = None,
     ) -> None:
         term.ensure_held()
-        updated = dataclasses.replace(record, state=state, fence=term.fence, step_at=time.time())
+        now = time.time()
+        updated = dataclasses.replace(record, state=state, fence=term.fence, step_at=now)
         await self.store.update(
             subjects.FAILURES_BUCKET,
             subjects.failure_key(record.droplet),
@@ -296,6 +298,9 @@ class Recovery:
             last=revision,
         )
         log.info("Recovery step. droplet=%s state=%s", record.droplet, state.value)
+        RECOVERY_STEP_SECONDS.labels(state.value).observe(
+            now - (record.step_at or record.confirmed_at)
+        )
         ids = {"droplet_id": record.droplet_id, "replacement_id": record.replacement_id}
         detail: dict[str, Any] = {k: v for k, v in ids.items() if v is not None} | (extra or {})
         self.store.record_soon(event, self.droplet, record.droplet, detail, term.fence)

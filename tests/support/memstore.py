@@ -250,6 +250,10 @@ class MemoryStore(MemoryObjects):
         finally:
             self._event_followers.remove(queue)
 
+    async def round_trip(self) -> float:
+        self._check()
+        return 0.0
+
     async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:
         self._check()
         self.logs.append((subject, decode(data, LogBatch)))

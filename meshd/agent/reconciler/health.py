@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 
+from meshd.agent.metrics import PROBE_SECONDS
 from meshd.agent.reconciler.instances import NotReady
 from meshd.agent.reconciler.probes import DatastoreProbes
 from meshd.agent.reconciler.tracked import BACKOFF_MAX_S, START_GRACE_S, Tracked, service_slot
@@ -92,8 +93,11 @@ class HealthProber:
         if allocation is None:
             return False
         port = slot_port(allocation, slot)
+        started = time.monotonic()
         if port is not None and self.datastores and self.datastores.kind(allocation):
-            return await self.datastores.probe(allocation, self.address, port, HEALTH_TIMEOUT_S)
+            ok = await self.datastores.probe(allocation, self.address, port, HEALTH_TIMEOUT_S)
+            PROBE_SECONDS.labels("datastore").observe(time.monotonic() - started)
+            return ok
         if port is None or not allocation.health_path:
             return True  # workers and datastores without a health path: alive is healthy
         url = f"http://{self.address}:{port}{allocation.health_path}"
@@ -102,6 +106,8 @@ class HealthProber:
                 return 200 <= r.status < 400
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
+        finally:
+            PROBE_SECONDS.labels("http").observe(time.monotonic() - started)
 
     async def _judge(self, key: str, ok: bool) -> None:
         tracked = self.tracked.get(key)

@@ -209,6 +209,10 @@ class Store(Protocol):
         recorded inside the block is missed."""
         ...
 
+    async def round_trip(self) -> float:
+        """Seconds from a PING to its PONG (`StoreUnavailable` when none comes)."""
+        ...
+
     # --- the logs stream (meshd/agent/store/logs.py) -------------------------------------
 
     async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:

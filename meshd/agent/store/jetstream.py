@@ -18,9 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
-    DiscardPolicy,
     KeyValueConfig,
-    RetentionPolicy,
     StorageType,
     StreamConfig,
 )
@@ -41,7 +39,7 @@ from meshd.agent.store.errors import ANY_NATS_ERROR, reason, translated
 from meshd.agent.store.events import Events
 from meshd.agent.store.moves import StoreMoves
 from meshd.agent.store.objects import NatsObjects
-from meshd.agent.store.schema import BUCKETS, STREAMS, Retention, Stream
+from meshd.agent.store.schema import BUCKETS, STREAMS, stream_config
 from meshd.agent.store.workqueue import NatsWorkQueue
 from meshd.core.trust import ClientTrust
 from protocol.logs import LogBatch
@@ -135,15 +133,22 @@ class NatsStore(NatsObjects):
                     await self._raise_replicas(f"KV_{bucket.name}", replicas)
                     self._buckets[bucket.name] = await self._js.key_value(bucket.name)
             for stream in STREAMS:
-                await self._ensure_stream(_stream_config(stream, replicas))
+                await self._ensure_stream(stream_config(stream, replicas))
             await self._ensure_object_stores(replicas)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
+        """Added only when missing: adding one that exists counts its size limit against the
+        server's storage a second time, and is refused when the two do not fit."""
         assert config.name is not None
         try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self._raise_replicas(config.name, config.num_replicas or 1)
+            await self._js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self._js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:
+                pass  # made meanwhile
+        await self._raise_replicas(config.name, config.num_replicas or 1)
 
     async def _raise_replicas(self, stream: str, replicas: int) -> None:
         info = await self._js.stream_info(stream)
@@ -295,6 +300,10 @@ class NatsStore(NatsObjects):
     def follow_events(self) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         return self._events.follow()
 
+    async def round_trip(self) -> float:
+        with translated("measure the round trip"):
+            return float(await self._nc.rtt())
+
     async def ship_logs(self, subject: str, data: bytes, batch_id: str) -> None:
         await logs.ship(self._js, subject, data, batch_id)
 
@@ -374,25 +383,3 @@ class CoreSubscription:
     async def unsubscribe(self) -> None:
         with contextlib.suppress(*ANY_NATS_ERROR):
             await self._subscription.unsubscribe()
-
-
-def _stream_config(stream: Stream, replicas: int) -> StreamConfig:
-    if stream.retention is Retention.WORK_QUEUE:
-        return StreamConfig(
-            name=stream.name,
-            subjects=[stream.subjects],
-            retention=RetentionPolicy.WORK_QUEUE,
-            num_replicas=replicas,
-            storage=StorageType.FILE,
-        )
-    return StreamConfig(
-        name=stream.name,
-        subjects=[stream.subjects],
-        retention=RetentionPolicy.LIMITS,
-        max_age=stream.max_age_s,
-        max_bytes=stream.max_bytes,
-        max_msgs_per_subject=stream.max_msgs_per_subject or -1,
-        discard=DiscardPolicy.OLD,
-        num_replicas=replicas,
-        storage=StorageType.FILE,
-    )

@@ -8,8 +8,7 @@ A backup is made where its datastore runs: the leader asks that droplet's agent
 target's listing is the index (the key says what and when). A restore is opened here with the
 mesh key (trusted droplets hold it), sealed again to the key of the droplet that runs the
 datastore it replaces, staged, and loaded there, after a safety backup of what it replaces.
-Every backup, deletion, restore and failure is an event with the leader's fence.
-"""
+Every backup, deletion, restore and failure is an event with the leader's fence."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from pathlib import Path
 from meshd.agent.lease import Term
 from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.meshview import MeshView
+from meshd.agent.metrics import backup_seen
 from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.state_documents import state_document
@@ -87,9 +87,7 @@ class Backups:
         secrets: Callable[[str], bytes | None],
     ) -> None:
         self.secrets = secrets  # mesh secrets by name, for the target (`s3_secret_key`)
-        self.store = store
-        self.view = view
-        self.droplet = droplet
+        self.store, self.view, self.droplet = store, view, droplet
         self.keys = keys
         self.work = work
         self.mesh = mesh
@@ -98,8 +96,8 @@ class Backups:
         self._owed: dict[tuple[str, str, str], float] = {}  # cut short by a death: again at
         self._retakes: dict[tuple[str, str, str], int] = {}  # of the one owed, so far
         self._busy = asyncio.Lock()  # one backup or restore at a time
-        # What the target keeps, as last listed (`status` asks every second: an S3 listing
-        # reads each object's digest); dropped whenever a backup is added or deleted.
+        # What the target keeps as last listed (`status` asks every second; an S3 listing
+        # reads each object's digest), dropped whenever a backup is added or deleted.
         self._listing: tuple[BackupTarget, list[StoredBackup]] | None = None
         self._unsupported: set[tuple[str, str, str]] = set()  # its runtime cannot dump it
 
@@ -140,6 +138,7 @@ class Backups:
                 allocation.service_kind, allocation.backup_every_s, allocation.backup_keep_s
             )
             last = latest.get(datastore)
+            backup_seen(datastore, last.at if last else None, schedule.every_s)
             if self._overdue.newly(datastore, last, now, schedule):
                 await self._alert(term, _subject(datastore), last, "overdue")
             owed = now >= self._owed.get(datastore, now + 1)  # one its droplet's death cut short

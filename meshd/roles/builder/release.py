@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from meshd.agent import metrics
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
 from meshd.agent.records import write_over
@@ -125,7 +126,8 @@ async def roll_out(
     await store.record("release_rolling", actor, _subject(release), release_data(release),
                        term.fence)  # fmt: skip
     built = {a.service for a in release.artifacts} or _services_of(before)
-    deadline = time.monotonic() + timeout_s
+    rolling = time.monotonic()
+    deadline = rolling + timeout_s
     while True:
         problems = unhealthy(view, release, built)
         if not problems:
@@ -140,6 +142,8 @@ async def roll_out(
         dataclasses.replace(release, status=ReleaseStatus.LIVE, live_at=time.time())
     )
     await store.record("release_live", actor, _subject(release), release_data(release), term.fence)
+    metrics.ROLLOUT_SECONDS.observe(time.monotonic() - rolling)
+    metrics.RELEASE_SECONDS.observe(time.time() - release.created_at)
     return release
 
 

@@ -24,6 +24,7 @@ from collections.abc import Coroutine
 
 import aiohttp
 
+from meshd.agent import metrics
 from meshd.agent.backoff import retries
 from meshd.agent.beats import BeatListener
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
@@ -133,6 +134,7 @@ class Detector:
                     self._spawn(self._probe(http, target, watch))
                 elif step is Step.SUSPECT:
                     log.warning("Droplet suspected. droplet=%s", target)
+                    metrics.SUSPICIONS.inc()
                     self.store.record_soon("droplet_suspected", self.me, target, {})
                     self._vote(target, watch.incarnation, Verdict.SUSPECT)
                     self._spawn(self._indirect(target, watch))
@@ -272,6 +274,7 @@ class Detector:
             return  # its monitors saw the hold late: no record while it holds
         by = ",".join(decision.confirmed_by)
         log.warning("Droplet failure confirmed. droplet=%s by=%s", decision.target, by)
+        metrics.CONFIRMATIONS.inc()
         record = FailureRecord(
             droplet=decision.target,
             confirmed_by=decision.confirmed_by,
