@@ -13,15 +13,16 @@ from typing import Any
 from meshd.agent.restarts import request_restart
 from meshd.agent.store import Store
 from meshd.cli.context import who
-from meshd.cli.session import read_allocations
+from meshd.cli.session import read_allocations, read_mesh
 from meshd.cli.tables import console
+from meshd.core.health import rolled_out
 from meshd.core.secret_plan import used_by
 from meshd.core.spec import TEMPLATE_SECRETS, ServiceKind
 from plugins.runtimes import builtin_datastore
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
-from protocol.messages import Allocation
+from protocol.messages import Allocation, RestartRequest
 from protocol.secrets import (
     PasswordChange,
     PasswordChangeAnswer,
@@ -31,6 +32,7 @@ from protocol.secrets import (
 )
 
 SEALED_WAIT_S = 60.0
+ROLLED_OUT_WAIT_S = 180.0  # a rollout of a few instances, each waited healthy
 PASSWORD_CHANGE_S = 60.0  # the datastore's agent waits up to 30 s for the sealed value
 
 
@@ -78,6 +80,10 @@ async def roll(store: Store, scope: Scope, version: int, runtime: str) -> Rollou
     users = set(used_by(scope.key, allocations.values(), await secret_values(store)))
     chosen = [a for key, a in sorted(allocations.items()) if key in users]
     await _wait_sealed(store, scope, version, chosen)
+    if any(_takes_in_place(a, scope.name, runtime) for a in chosen):
+        await _wait_rolled_out(
+            store, [a for a in chosen if not ServiceKind(a.service_kind).is_datastore]
+        )
     done = Rollout([], [], [])
     for allocation in chosen:
         key = subjects.alloc_key(allocation.project, allocation.env, allocation.service)
@@ -174,3 +180,33 @@ async def _wait_sealed(
                     f"{SEALED_WAIT_S:.0f} s; nothing was rolled (`meshctl status`)"
                 )
             await asyncio.sleep(0.3)
+
+
+async def _wait_rolled_out(store: Store, clients: list[Allocation]) -> None:
+    """Until no client of the datastore is in the middle of a rollout (another secret's, a
+    restart's): an instance started before the new value was sealed but not yet connected would
+    otherwise be refused by the password changed in place until the next roll replaced it."""
+    deadline = time.monotonic() + ROLLED_OUT_WAIT_S
+    with console.status("Waiting for the rollouts under way to finish ..."):
+        while True:
+            reading = await read_mesh(store)
+            busy = []
+            for client in clients:
+                key = subjects.alloc_key(client.project, client.env, client.service)
+                current = reading.allocations.get(key, client)
+                asked = await store.get(
+                    subjects.DESIRED_BUCKET,
+                    subjects.restart_key(client.project, client.env, client.service),
+                )
+                count = decode(asked.value, RestartRequest).count if asked and asked.value else 0
+                if not rolled_out(current, count, reading.nodes, time.time()):
+                    busy.append(key)
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise MeshError(
+                    f"{', '.join(busy)} still rolling out after {ROLLED_OUT_WAIT_S:.0f} s; the "
+                    "new value is stored and sealed, the password was not changed (`meshctl "
+                    "status`; run the command again once they are healthy)"
+                )
+            await asyncio.sleep(0.5)

@@ -44,3 +44,15 @@ def healthy_servers(
         for node, instance in live_instances(allocation, nodes, now)
         if instance.healthy and not instance.draining
     )
+
+
+def rolled_out(
+    allocation: Allocation, restarts_asked: int, nodes: Mapping[str, NodeStatus], now: float
+) -> bool:
+    """Whether no rollout of the allocation is under way: the scheduler has taken every restart
+    asked, and each of its droplets runs the current generation healthy and nothing older."""
+    if restarts_asked > allocation.restart:
+        return False
+    instances = list(live_instances(allocation, nodes, now))
+    current = sum(serves(instance, allocation) for _, instance in instances)
+    return current == len(allocation.droplets) == len(instances)
