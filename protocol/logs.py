@@ -37,3 +37,4 @@ class LogBatch(Message):
     slot: int = 0
     component: str = ""
     dropped: int = 0
+    batch_id: str = ""  # unique in the mesh: a forwarded line's id is `<batch_id>-<index>`

@@ -61,6 +61,7 @@ NOTIFY_SUBJECTS = "mesh.notify.>"
 NOTIFY_CONSUMER = "notifier"
 LOGS_STREAM = "MESH_LOGS"  # instances' output and the mesh's own logs (protocol.logs)
 LOGS_SUBJECTS = "mesh.logs.>"
+LOGS_CONSUMER = "opensearch"  # the `logs` role's position in the stream
 DEPLOY_CONSUMER = "builder"
 # Deploy progress inboxes (`DeployRequest.progress`) and the `deployer` user's reply inboxes
 # (its JetStream publish acknowledgements) live under this prefix: the `deployer` may listen
@@ -97,6 +98,7 @@ class Role(StrEnum):
     BUILDER = "builder"
     SECRETS = "secrets"
     BACKUPS = "backups"
+    LOGS = "logs"
 
 
 def token(value: object, what: str = "name") -> str:

@@ -59,6 +59,7 @@ from meshd.roles.backups import Backups
 from meshd.roles.builder import Builder
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
+from meshd.roles.logs import LogForwarder
 from meshd.roles.notifications import HeartbeatMails
 from meshd.roles.provisioner import Provisioner
 from meshd.roles.recovery import Recovery
@@ -251,6 +252,7 @@ class Agent:
                 (Snapshots(store, provider, view, name, tag), None, 0.0),
                 (self._builder(store, reconciler), None, builds),
                 (self._backups(store), None, 0.0),
+                (LogForwarder(store, view, name, self.config.mesh, self.mesh_secret), None, 0.0),
                 (
                     Together(
                         Role.HEARTBEAT,

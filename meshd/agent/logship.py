@@ -203,10 +203,11 @@ class LogShipper:
                 slot=source.slot,
                 component=source.component,
                 dropped=owed,
+                batch_id=f"{self._prefix}{self._count + 1}",
             )
             self._count += 1
             waiting = Waiting(source, batch, sum(len(line.text) for line in group),
-                              f"{self._prefix}{self._count}")  # fmt: skip
+                              batch.batch_id)  # fmt: skip
             self._pending.append(waiting)
             self._pending_bytes += waiting.size
         while self._pending_bytes > self._buffer_bytes and self._pending:

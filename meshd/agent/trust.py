@@ -20,7 +20,15 @@ from protocol.subjects import Role
 BUILDER_HESITATE_S = 2.0  # a droplet with less room than another lets it build
 
 SENSITIVE_ROLES = frozenset(
-    {Role.PROVISIONER, Role.RECOVERY, Role.SNAPSHOTS, Role.LB, Role.HEARTBEAT, Role.BACKUPS}
+    {
+        Role.PROVISIONER,
+        Role.RECOVERY,
+        Role.SNAPSHOTS,
+        Role.LB,
+        Role.HEARTBEAT,
+        Role.BACKUPS,
+        Role.LOGS,
+    }  # fmt: skip
 )
 
 

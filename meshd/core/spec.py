@@ -262,6 +262,7 @@ class DesiredState:
         default_factory=dict
     )  # meshd.core.notify_settings.NotifySettings
     vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
+    logs: dict[str, Any] = field(default_factory=dict)  # where logs are forwarded (docs/logs.md)
 
     def project(self, name: str) -> ProjectSpec:
         for project in self.projects:
@@ -275,6 +276,7 @@ class DesiredState:
             "projects": [p.to_data() for p in self.projects],
             "notify": dict(self.notify),
             "vault": dict(self.vault),
+            "logs": dict(self.logs),
         }
 
     @classmethod
@@ -284,4 +286,5 @@ class DesiredState:
             platform=data.get("platform", "docker"),
             notify=dict(data.get("notify") or {}),
             vault=dict(data.get("vault") or {}),
+            logs=dict(data.get("logs") or {}),
         )

@@ -16,6 +16,8 @@ class Level(StrEnum):
     VAULT = "vault"  # under `vault`
     REGISTRY = "registry"  # under `projects.<name>.registry`
     BACKUPS = "backups"  # under `projects.<name>.backups`
+    LOGS = "logs"  # under `logs`
+    OPENSEARCH = "opensearch"  # under `logs.opensearch`
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,16 @@ KEYS: tuple[Key, ...] = (
     Key("prefix", Level.VAULT, "string", "`meshd`", "0.1",
         "the secrets are at `<prefix>/mesh`, `<prefix>/<project>` and "
         "`<prefix>/<project>/<env>` in the mount"),
+    Key("logs", Level.TOP, "object", "none", "0.1",
+        "where the mesh forwards its logs besides `meshctl logs` (docs/logs.md)"),
+    Key("opensearch", Level.LOGS, "object", "none", "0.1",
+        "an OpenSearch cluster; every line once, through the `_bulk` API"),
+    Key("url", Level.OPENSEARCH, "string", "required", "0.1",
+        "the cluster's `http://` or `https://` URL (`https://search.example.com:9200`)"),
+    Key("index", Level.OPENSEARCH, "string", "`meshd-logs`", "0.1",
+        "the index lines go to (lowercase letters, digits, `-`, `_`, `.`)"),
+    Key("user", Level.OPENSEARCH, "string", "none", "0.1",
+        "basic authentication's user; its password is the mesh secret `opensearch_password`"),
     Key("git_repo", Level.PROJECT, "string", "none", "0.1",
         "where deploys build from (a URL, `host:path`, or a path on this disk, relative to the "
         "config); a service with a `build_context` not on disk needs it (docs/deploys.md)"),

@@ -31,6 +31,7 @@ from meshd.core.spec import (
 from meshd.inputs.backup_settings import backup_schedule
 from meshd.inputs.config_keys import Level, names_at
 from meshd.inputs.deploy_branches import default_deploy, deploy_branches, key_path
+from meshd.inputs.logs_config import logs_settings
 from meshd.inputs.project_domains import project_domains, unique_domains
 from meshd.inputs.registry_login import registry_login
 from meshd.inputs.release_settings import health_timeout, release_command, release_versioning
@@ -73,6 +74,7 @@ class DeployConfig:
     platform: str = "docker"
     projects: dict[str, ProjectConfig] = field(default_factory=dict)
     vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
+    logs: dict[str, Any] = field(default_factory=dict)  # plugins.logsinks.OpenSearchSettings
 
 
 def default_services() -> tuple[ServiceSpec, ...]:
@@ -191,7 +193,8 @@ class _Checker:
         }
         unique_domains(self, {name: config.domains for name, config in parsed.items()})
         vault = vault_settings(self, top["vault"], "$.vault") if "vault" in top else {}
-        return DeployConfig(platform=str(platform), projects=parsed, vault=vault)
+        logs = logs_settings(self, top["logs"], "$.logs") if "logs" in top else {}
+        return DeployConfig(platform=str(platform), projects=parsed, vault=vault, logs=logs)
 
     def project(self, value: Any, path: str) -> ProjectConfig:
         project = self.obj(value, path, PROJECT_KEYS)

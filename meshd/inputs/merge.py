@@ -33,7 +33,9 @@ def build_desired_state(
         raise InputErrors(issues)
     fallback = ProjectConfig(services=default_services())
     projects = tuple(_project(row, config.projects.get(row.name, fallback)) for row in rows)
-    return DesiredState(projects=projects, platform=config.platform, vault=dict(config.vault))
+    return DesiredState(
+        projects=projects, platform=config.platform, vault=dict(config.vault), logs=config.logs
+    )
 
 
 def _project(row: ProjectRow, config: ProjectConfig) -> ProjectSpec:

@@ -277,7 +277,9 @@ class MemoryStore(MemoryObjects):
         self._queues[stream].append((self._queue_seq, subject, data))
         return self._queue_seq
 
-    async def work_queue(self, stream: str, subject: str, durable: str) -> MemoryWorkQueue:
+    async def work_queue(
+        self, stream: str, subject: str, durable: str, ack_wait: float | None = None
+    ) -> MemoryWorkQueue:
         self._check()
         return MemoryWorkQueue(self, stream)
 

@@ -58,7 +58,7 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.deploy("p").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
-def test_roles_are_the_nine_leased_tasks() -> None:
+def test_roles_are_the_ten_leased_tasks() -> None:
     assert [r.value for r in Role] == [
         "scheduler",
         "provisioner",
@@ -69,6 +69,7 @@ def test_roles_are_the_nine_leased_tasks() -> None:
         "builder",
         "secrets",
         "backups",
+        "logs",
     ]
     assert Role("lb") is Role.LB
     assert f"{Role.LB}" == "lb"

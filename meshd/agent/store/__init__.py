@@ -232,7 +232,12 @@ class Store(Protocol):
 
     async def enqueue(self, subject: str, data: bytes) -> int: ...
 
-    async def work_queue(self, stream: str, subject: str, durable: str) -> WorkQueue: ...
+    async def work_queue(
+        self, stream: str, subject: str, durable: str, ack_wait: float | None = None
+    ) -> WorkQueue:
+        """The durable consumer `durable` of `subject` in `stream`: a message taken and not
+        acknowledged comes back after `ack_wait` seconds (None: a minute) when it is created."""
+        ...
 
     async def queued(self, stream: str) -> int:
         """How many messages a stream holds (for a work queue: not yet acknowledged)."""

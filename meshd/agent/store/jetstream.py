@@ -337,9 +337,10 @@ class NatsStore(NatsObjects):
             ack = await self._js.publish(subject, data, timeout=self._timeout)
         return int(ack.seq)
 
-    async def work_queue(self, stream: str, subject: str, durable: str) -> WorkQueueProtocol:
-        """A message taken and not acknowledged comes back after `WORK_ACK_WAIT_S`."""
-        config = ConsumerConfig(ack_wait=WORK_ACK_WAIT_S, max_deliver=-1)
+    async def work_queue(
+        self, stream: str, subject: str, durable: str, ack_wait: float | None = None
+    ) -> WorkQueueProtocol:
+        config = ConsumerConfig(ack_wait=ack_wait or WORK_ACK_WAIT_S, max_deliver=-1)
         with translated(f"consume {stream}"):
             subscription = await self._js.pull_subscribe(
                 subject, durable=durable, stream=stream, config=config
