@@ -23,6 +23,7 @@ demo: $(STAMP) examples/app/busybox nginx datastores
 	$(BIN)/meshctl hook install .demo/digitalpixo.git
 	$(BIN)/meshctl status
 	$(BIN)/python examples/request.py
+	$(BIN)/meshctl dashboard --new-password
 	@echo "The mesh keeps running. Explore: .venv/bin/meshctl status --watch | events --follow"
 	@echo "Deploy a change: README.md, section 'Deploy a change'"
 	@echo "Stop it: .venv/bin/meshctl down (the datastores' data is kept; --delete-data removes it too)"

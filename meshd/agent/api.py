@@ -1,6 +1,7 @@
 """The agent's HTTP endpoints on its droplet's address: `/health` for peers' probes,
-`/status` for operators, `/metrics` for Prometheus and `POST /_mesh/hooks/git/<project>` for
-push webhooks, which the entry point's nginx passes on (`meshd.agent.hooks`)."""
+`/status` for operators, `/metrics` for Prometheus, `POST /_mesh/hooks/git/<project>` for
+push webhooks and the dashboard below `/_mesh/`, which the entry point's nginx passes on
+(`meshd.agent.hooks`, `meshd.agent.dashboard`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+from meshd.agent.dashboard import Dashboard
 from meshd.agent.hooks import ROUTE, GitHooks
 from protocol.messages import NodeStatus
 
-__all__ = ["GitHooks", "create_app"]  # the composition root builds both
+__all__ = ["Dashboard", "GitHooks", "create_app", "serve"]  # the composition root builds both
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text format
 
 
@@ -39,8 +41,10 @@ def create_app(
     connected: Callable[[], bool],
     hooks: GitHooks | None = None,
     metrics: Callable[[], bytes] | None = None,
+    dashboard: Dashboard | None = None,
 ) -> web.Application:
-    """`metrics` renders the Prometheus text format (`meshd.agent.metrics`)."""
+    """`metrics` renders the Prometheus text format (`meshd.agent.metrics`); `dashboard`
+    serves `/_mesh/` but for the hooks' route."""
 
     async def health(_: web.Request) -> web.Response:
         node = status()
@@ -77,4 +81,14 @@ def create_app(
         app.add_routes([web.get("/metrics", prometheus)])
     if hooks is not None:
         app.add_routes([web.post(ROUTE, hooks.handle)])
+    if dashboard is not None:
+        app.add_routes(dashboard.routes())
     return app
+
+
+async def serve(app: web.Application, address: str, port: int) -> web.AppRunner:
+    """The app listening on `address:port`; the caller cleans the runner up."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    return runner

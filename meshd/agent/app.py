@@ -16,11 +16,9 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from aiohttp import web
-
 from meshd.agent import metrics
 from meshd.agent.answering import answer_requests
-from meshd.agent.api import GitHooks, create_app
+from meshd.agent.api import Dashboard, GitHooks, create_app, serve
 from meshd.agent.beats import BeatListener
 from meshd.agent.bootstrapping import DropletBootstrap
 from meshd.agent.certificates import CertificateExpiry
@@ -112,6 +110,9 @@ class Agent:
         """A mesh-scoped secret sealed to this droplet, in memory (the cloud token, the SSH key)."""
         return self.secrets.get(name, *SECRET_SCOPE)
 
+    def current_store(self) -> Store | None:
+        return self.store
+
     def status(self) -> NodeStatus:
         self._refresh_identity()
         return node_status(
@@ -163,24 +164,23 @@ class Agent:
         )
         self.reconciler = reconciler
         logs = LogShipper(
-            lambda: self.store, self.identity.name, runtime, self.dir / "lb", self.data_dir
+            self.current_store, self.identity.name, runtime, self.dir / "lb", self.data_dir
         )
         logging.getLogger().addHandler(logs.own)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
-            hooks = GitHooks(self.identity.name, lambda: self.store, self.view, self.secrets)
-            runner = web.AppRunner(
-                create_app(
-                    self.status,
-                    lambda: bool(self.store and self.store.connected),
-                    hooks,
-                    metrics.serve(self.status, logs.counts, lambda: self.view.allocations),
-                ),  # fmt: skip
-                access_log=None,
+            me = self.identity
+            board = Dashboard(
+                self.view, self.current_store, self.mesh_secret, self.config.mesh, me.address
             )
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, self.identity.address, AGENT_HTTP_PORT).start()
+            app = create_app(
+                self.status,
+                lambda: bool(self.store and self.store.connected),
+                GitHooks(me.name, self.current_store, self.view, self.secrets),
+                metrics.serve(self.status, logs.counts, lambda: self.view.allocations),
+                board,
+            )
+            stack.push_async_callback((await serve(app, me.address, AGENT_HTTP_PORT)).cleanup)
             log.info(
                 "Agent started. droplet=%s address=%s incarnation=%d",
                 self.identity.name,
@@ -189,14 +189,14 @@ class Agent:
             )
             provider = self._provider()
             if isinstance(provider, Volumes):
-                me = self.identity
                 reconciler.volumes = DropletVolumes(
-                    provider, self.config.mesh, me.name, me.id, runtime.name, lambda: self.store
+                    provider, self.config.mesh, me.name, me.id, runtime.name, self.current_store
                 )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(reconciler.run(), name="reconciler")
                 tasks.create_task(logs.run(), name="log-shipper")
-                tasks.create_task(metrics.measure_round_trips(lambda: self.store), name="nats-rtt")
+                tasks.create_task(board.sample(), name="dashboard-chart")
+                tasks.create_task(metrics.measure_round_trips(self.current_store), name="nats-rtt")
                 tasks.create_task(self._control_plane(reconciler, provider), name="control-plane")
                 if self.identity.name != MASTER:
                     tasks.create_task(self._rescue(provider).run(), name="master-rescue")
@@ -207,7 +207,7 @@ class Agent:
             self.dir,
             self.config,
             self.identity.name,
-            lambda: self.store,
+            self.current_store,
             lambda: self.view.nodes,
             provider,
             mesh_tag(self.config.mesh),
@@ -360,7 +360,7 @@ class Agent:
 
     def _provider(self) -> Provider:
         return agent_provider(
-            self.config, follow_power(self.config.mesh), lambda: self.store, self.mesh_secret
+            self.config, follow_power(self.config.mesh), self.current_store, self.mesh_secret
         )
 
     async def _prepare_store(self, store: NatsStore, mover: ServerMover) -> None:

@@ -29,6 +29,7 @@ COMMANDS = {
     "status": "meshd.cli.status:status",
     "events": "meshd.cli.status:events",
     "logs": "meshd.cli.logs:logs",
+    "dashboard": "meshd.cli.dashboard:dashboard",
     "metrics": "meshd.cli.metrics:metrics",
     "chaos": "meshd.cli.chaos:chaos",
     "hold": "meshd.cli.hold:hold",

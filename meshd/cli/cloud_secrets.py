@@ -39,7 +39,7 @@ async def hand_over(context: Context, values: dict[str, bytes]) -> None:
             missing[name] = value
         if not missing:
             return
-        mesh_key = await _mesh_key(store)
+        mesh_key = await wait_mesh_key(store)
         for name, value in missing.items():
             scope = Scope(name)
             stored = await write_value(store, scope, value, mesh_key, rotate=False)
@@ -55,7 +55,8 @@ async def _stored(store: Store, scope: Scope) -> bool:
     return entry is not None and entry.value is not None
 
 
-async def _mesh_key(store: Store) -> MeshKey:
+async def wait_mesh_key(store: Store) -> MeshKey:
+    """The mesh key's public half, once master's `secrets` role has made it."""
     deadline = time.monotonic() + MESH_KEY_TIMEOUT_S
     while time.monotonic() < deadline:
         entry = await store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
@@ -63,6 +64,6 @@ async def _mesh_key(store: Store) -> MeshKey:
             return decode(entry.value, MeshKey)
         await asyncio.sleep(1.0)
     raise MeshError(
-        f"up: the mesh made no secret key in {MESH_KEY_TIMEOUT_S:.0f} s (master's `secrets` "
-        "role); see `meshctl status`, then run `meshctl up` again"
+        f"the mesh made no secret key in {MESH_KEY_TIMEOUT_S:.0f} s (master's `secrets` role); "
+        "see `meshctl status`, then try again"
     )
