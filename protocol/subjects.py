@@ -77,6 +77,8 @@ _PROBE = "mesh.probe"
 _JETSTREAM = "mesh.jetstream"
 _RELEASE = "mesh.release"
 _DATASTORE = "mesh.datastore"
+_ONEOFF = "mesh.oneoff"
+ONEOFF_OUTPUT = "mesh.oneoff_out"
 _BACKUP = "mesh.backup"
 _RESTORE = "mesh.restore"
 BACKUP_ORDERS = "mesh.backups.order"  # meshctl backup now|restore -> the `backups` leader
@@ -153,6 +155,18 @@ def datastore_password(droplet: str) -> str:
     """Request/reply subject on which `meshctl secret` asks `droplet`'s agent to give a
     datastore running there its new password without a restart: `mesh.datastore.<droplet>`."""
     return f"{_DATASTORE}.{token(droplet, 'droplet')}"
+
+
+def oneoff(droplet: str) -> str:
+    """Request/reply subject on which `meshctl exec` asks `droplet`'s agent to run a one-off
+    command beside an instance it runs: `mesh.oneoff.<droplet>` (protocol.oneoff)."""
+    return f"{_ONEOFF}.{token(droplet, 'droplet')}"
+
+
+def oneoff_output(name: str) -> str:
+    """Where a one-off's output, end and cancel go: `mesh.oneoff_out.<name>` with `.out`,
+    `.end` and `.cancel` (`name` a fresh random token)."""
+    return f"{ONEOFF_OUTPUT}.{token(name, 'output name')}"
 
 
 def backup(droplet: str) -> str:

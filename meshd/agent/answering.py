@@ -1,7 +1,7 @@
 """The requests a droplet's agent answers for others (core NATS request/reply on subjects
 named for the droplet): release commands the builder asks it to run, passwords `meshctl
-secret` asks it to change in the datastores it runs, and backups and restores of those that
-the `backups` leader asks for."""
+secret` asks it to change in the datastores it runs, backups and restores of those that the
+`backups` leader asks for, and one-off commands `meshctl exec` runs beside an instance."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from meshd.agent.datastore_backups import DatastoreBackups
 from meshd.agent.datastore_passwords import DatastorePasswords
+from meshd.agent.oneoffs import OneOffs
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.release_commands import ReleaseCommands
 from meshd.agent.sealed import SealedSecrets
@@ -36,3 +37,4 @@ async def answer_requests(
         tasks.create_task(
             DatastoreBackups(store, reconciler, droplet, keys, work).run(), name="backups"
         )
+        tasks.create_task(OneOffs(store, reconciler, droplet).run(), name="oneoffs")

@@ -30,6 +30,7 @@ COMMANDS = {
     "events": "meshd.cli.status:events",
     "logs": "meshd.cli.logs:logs",
     "dashboard": "meshd.cli.dashboard:dashboard",
+    "exec": "meshd.cli.exec_command:exec_command",
     "metrics": "meshd.cli.metrics:metrics",
     "chaos": "meshd.cli.chaos:chaos",
     "hold": "meshd.cli.hold:hold",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +25,7 @@ RUNTIMES: dict[str, str] = {
     "process": "plugins.runtimes.process:create",
 }
 """Built-in runtimes: name -> `module:factory`; the factory takes a `RuntimeContext`."""
+OutputSink = Callable[[bytes], Awaitable[None]]  # a one-off's output as it comes (`run_once`)
 ONE_OFF_OUTPUT_CHARS = 4000  # the tail of a one-off command's output that `run_once` returns
 
 
@@ -236,12 +237,19 @@ class Runtime(Protocol):
         """Release resources. Instances keep running. Idempotent."""
         ...
 
-    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
+    async def run_once(
+        self,
+        spec: InstanceSpec,
+        command: str,
+        timeout: float,  # noqa: ASYNC109
+        output: OutputSink | None = None,
+    ) -> tuple[int, str]:
         """Run `command` (split like a shell would, in place of the instance's command) once
         as `spec`'s instance would run: its artifact, environment and secret files (docker:
         its network too), but no port and no restarts; beside the instance, which it leaves
         alone. Its exit code and the last `ONE_OFF_OUTPUT_CHARS` of its output (stdout and
-        stderr). Killed after `timeout` seconds (`OneOffTimeout`); `InstanceStartError` when
+        stderr); `output` gets all of it as it comes, when given (within a fraction of a
+        second). Killed after `timeout` seconds (`OneOffTimeout`); `InstanceStartError` when
         it cannot start. Nothing of it is left behind."""
         ...
 

@@ -10,7 +10,7 @@ import builtins
 from pathlib import Path
 from typing import Any
 
-from plugins.runtimes import InstanceInfo, InstanceSpec, Runtime, builtin_datastore
+from plugins.runtimes import InstanceInfo, InstanceSpec, OutputSink, Runtime, builtin_datastore
 
 
 class DatastoresApart:
@@ -44,8 +44,14 @@ class DatastoresApart:
         await self.docker.close()
         await self.datastores.close()
 
-    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
-        return await self.docker.run_once(spec, command, timeout)
+    async def run_once(
+        self,
+        spec: InstanceSpec,
+        command: str,
+        timeout: float,  # noqa: ASYNC109
+        output: OutputSink | None = None,
+    ) -> tuple[int, str]:
+        return await self.docker.run_once(spec, command, timeout, output)
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path

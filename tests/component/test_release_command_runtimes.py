@@ -141,6 +141,42 @@ async def test_a_process_one_off_that_runs_too_long_is_killed_with_what_it_said(
     assert not Path(f"/proc/{pid}").exists()
 
 
+class Followed:
+    """What a one-off wrote, as `run_once` passes it on, with when each piece came."""
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[float, bytes]] = []
+
+    async def __call__(self, chunk: bytes) -> None:
+        self.pieces.append((time.monotonic(), chunk))
+
+    @property
+    def text(self) -> str:
+        return b"".join(chunk for _, chunk in self.pieces).decode()
+
+    def when(self, text: str) -> float:
+        """When `text` had been passed on."""
+        so_far = b""
+        for at, chunk in self.pieces:
+            so_far += chunk
+            if text in so_far.decode():
+                return at
+        raise AssertionError(f"{text!r} never came")
+
+
+SLOW_SCRIPT = "echo first; sleep 2; echo second; exit 4"
+
+
+async def test_a_process_one_offs_output_is_passed_on_as_it_comes(
+    process: ProcessRuntime,
+) -> None:
+    followed = Followed()
+    code, tail = await process.run_once(spec(), f"sh -c '{SLOW_SCRIPT}'", 30, followed)
+    assert (code, tail) == (4, "first\nsecond")
+    assert followed.text == "first\nsecond\n"  # all of it, once
+    assert followed.when("second") - followed.when("first") > 1.0  # not held back to the end
+
+
 # --- the docker runtime ---------------------------------------------------------------------
 
 
@@ -180,6 +216,18 @@ async def test_a_docker_one_off_runs_beside_the_instance_and_leaves_nothing_behi
     ]
     code, output = await docker_runtime.run_once(web, "echo done", 60)
     assert (code, output) == (0, "done")
+
+
+async def test_a_docker_one_offs_output_is_passed_on_as_it_comes(
+    docker_runtime: DockerRuntime, test_image: str
+) -> None:
+    followed = Followed()
+    code, tail = await docker_runtime.run_once(
+        spec(image=test_image), f"sh -c '{SLOW_SCRIPT}'", 60, followed
+    )
+    assert (code, tail) == (4, "first\nsecond")
+    assert followed.text == "first\nsecond\n"
+    assert followed.when("second") - followed.when("first") > 1.0
 
 
 async def test_a_docker_one_off_that_runs_too_long_is_stopped_and_removed(

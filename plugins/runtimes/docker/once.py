@@ -30,6 +30,7 @@ from plugins.runtimes import (
     InstanceSpec,
     InstanceStartError,
     OneOffTimeout,
+    OutputSink,
 )
 from plugins.runtimes.docker.containers import (
     LABEL_GENERATION,
@@ -85,18 +86,24 @@ class OneOffs:
             self, client: docker.DockerClient, spec: InstanceSpec, wanted: ContainerSpec, user: str
         ) -> InstanceInfo: ...
 
-    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
+    async def run_once(
+        self,
+        spec: InstanceSpec,
+        command: str,
+        timeout: float,  # noqa: ASYNC109
+        output: OutputSink | None = None,
+    ) -> tuple[int, str]:
         try:
             wanted = one_off_spec(spec, command, self._mesh, self._droplet)
         except ContainerSpecError as err:
             raise InstanceStartError(spec.key, str(err)) from None
         try:
-            return await self._run_once(spec, wanted, timeout)
+            return await self._run_once(spec, wanted, timeout, output)
         except docker.errors.APIError as err:
             raise InstanceStartError(spec.key, short(err)) from None
 
     async def _run_once(
-        self, spec: InstanceSpec, wanted: ContainerSpec, limit_s: float
+        self, spec: InstanceSpec, wanted: ContainerSpec, limit_s: float, output: OutputSink | None
     ) -> tuple[int, str]:
         pull = spec.artifact is None  # an artifact's image is loaded, never pulled
         user = await self._images.ensure(
@@ -107,27 +114,41 @@ class OneOffs:
             async with self._networks.joined(wanted):
                 container = (await self._engine.call(self._create, spec, wanted, user)).runtime_id
             self._log.info("Running once. key=%s container=%s", spec.key, container)
-            code = await self._wait(container, limit_s)
-            output = await self._engine.call(_output, container)
+            sent = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit_s
+            while (code := await self._exited(container, deadline)) is False:
+                if output is not None:
+                    sent = await self._pass_on(container, sent, output)
+            if output is not None:
+                await self._pass_on(container, sent, output)
+            tail = await self._engine.call(_output, container)
         finally:
             await self._engine.call(self._discard, wanted.name, container)
             await self._networks.left(spec.project, spec.env)
         if code is None:
-            raise OneOffTimeout(spec.key, limit_s, output)
-        return code, output
+            raise OneOffTimeout(spec.key, limit_s, tail)
+        return code, tail
 
-    async def _wait(self, container: str, limit_s: float) -> int | None:
-        """Its exit code, or None when it ran out of time (then it is stopped)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit_s
-        while True:
-            state = await self._engine.call(_state, container)
-            if state.get("Status") in EXITED:
-                return int(state.get("ExitCode", -1))
-            if loop.time() >= deadline:
-                await self._engine.call(_stop, container)
-                return None
-            await asyncio.sleep(POLL_S)
+    async def _exited(self, container: str, deadline: float) -> int | None | bool:
+        """Its exit code; None when it ran out of time (then it is stopped); False while it
+        runs (after a pause)."""
+        state = await self._engine.call(_state, container)
+        if state.get("Status") in EXITED:
+            return int(state.get("ExitCode", -1))
+        if asyncio.get_running_loop().time() >= deadline:
+            await self._engine.call(_stop, container)
+            return None
+        await asyncio.sleep(POLL_S)
+        return False
+
+    async def _pass_on(self, container: str, sent: int, output: OutputSink) -> int:
+        """What it wrote since the first `sent` bytes, to `output`; how much is sent now. The
+        engine gives its whole log each time: fine for a one-off's output."""
+        written = await self._engine.call(_all_output, container)
+        if len(written) > sent:
+            await output(written[sent:])
+        return max(sent, len(written))
 
     def _discard(self, client: docker.DockerClient, name: str, container: str | None) -> None:
         with contextlib.suppress(docker.errors.NotFound):
@@ -145,6 +166,10 @@ def _state(client: docker.DockerClient, container: str) -> dict[str, Any]:
 def _stop(client: docker.DockerClient, container: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         client.api.stop(container, timeout=GRACE_S)
+
+
+def _all_output(client: docker.DockerClient, container: str) -> bytes:
+    return bytes(client.api.logs(container, stdout=True, stderr=True))
 
 
 def _output(client: docker.DockerClient, container: str) -> str:

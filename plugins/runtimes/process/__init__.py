@@ -42,13 +42,15 @@ from plugins.runtimes import (
     InstanceSpec,
     InstanceStartError,
     LogFile,
+    OutputSink,
     RuntimeConfigError,
     RuntimeContext,
     secret_file_variables,
 )
-from plugins.runtimes.process import datastores, dumps, scratch
+from plugins.runtimes.process import datastores
 from plugins.runtimes.process.artifacts import pack, unpack, unpacked, working_directory
 from plugins.runtimes.process.commands import command_launch
+from plugins.runtimes.process.datastore_calls import BuiltinDatastores
 from plugins.runtimes.process.datastores import Launch, Places, builtin_kind
 from plugins.runtimes.process.once import ONCE_DIR, arguments, run_command
 from plugins.runtimes.process.records import ProcessRecord
@@ -73,7 +75,7 @@ PASSED_THROUGH = ("PATH", "HOME", "LANG")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
-class ProcessRuntime:
+class ProcessRuntime(BuiltinDatastores):
     """Runs each instance's command as a child process; see the module docstring."""
 
     name = "process"
@@ -154,7 +156,13 @@ class ProcessRuntime:
             if child.poll() is not None:
                 del self._children[key]
 
-    async def run_once(self, spec: InstanceSpec, command: str, timeout: float) -> tuple[int, str]:  # noqa: ASYNC109
+    async def run_once(
+        self,
+        spec: InstanceSpec,
+        command: str,
+        timeout: float,  # noqa: ASYNC109
+        output: OutputSink | None = None,
+    ) -> tuple[int, str]:
         if self._closed:
             raise InstanceStartError(spec.key, "the process runtime is closed")
         directory = self._once / spec.key
@@ -162,48 +170,9 @@ class ProcessRuntime:
         cwd = working_directory(spec, self._artifacts, directory)
         env = self._environment(spec, directory / SECRETS_DIR)
         self._log.info("Running once. key=%s command=%s", spec.key, argv[0])
-        return await run_command(spec.key, argv, cwd, env, spec.secrets, directory, limit_s=timeout)
-
-    async def change_password(self, spec: InstanceSpec) -> None:
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
-        async with self._lock(spec.key):
-            change = datastores.change_password
-            await asyncio.to_thread(change, kind, spec, self._places, self._root / spec.key)
-        self._log.info("Password changed. key=%s", spec.key)
-
-    async def dump_datastore(self, spec: InstanceSpec, out: Path) -> None:
-        """Write a dump of the running built-in datastore `spec` to the new file `out`."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
-        async with self._lock(spec.key):
-            directory = self._root / spec.key
-            await asyncio.to_thread(dumps.dump, kind, spec, self._places, directory, out)
-        self._log.info("Datastore dumped. key=%s kind=%s", spec.key, kind)
-
-    async def restore_datastore(self, spec: InstanceSpec, source: Path) -> None:
-        """Replace the content of the running built-in datastore `spec` with a dump's."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
-        async with self._lock(spec.key):
-            directory = self._root / spec.key
-            await asyncio.to_thread(dumps.restore, kind, spec, self._places, directory, source)
-        self._log.info("Datastore restored. key=%s kind=%s", spec.key, kind)
-
-    async def verify_datastore(self, spec: InstanceSpec, source: Path) -> dict[str, Any]:
-        """Load a dump of the built-in datastore `spec` into a scratch one and count what it
-        holds (`scratch.verify`); the instance itself is not touched, hence no lock."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
-        found = await asyncio.to_thread(scratch.verify, kind, spec, self._places, source)
-        self._log.info(
-            "Backup verified. key=%s kind=%s seconds=%.1f", spec.key, kind, found["seconds"]
+        return await run_command(
+            spec.key, argv, cwd, env, spec.secrets, directory, limit_s=timeout, output=output
         )
-        return found
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
