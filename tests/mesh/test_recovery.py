@@ -129,6 +129,7 @@ def test_killed_droplets_are_fenced_rebuilt_and_serve_again(tmp_path: Path) -> N
             "recovery",
             "snapshots",
             "secrets",
+            "logs",
         }
 
 
