@@ -10,7 +10,15 @@ import builtins
 from pathlib import Path
 from typing import Any
 
-from plugins.runtimes import InstanceInfo, InstanceSpec, OutputSink, Runtime, builtin_datastore
+from plugins.runtimes import (
+    InstanceInfo,
+    InstanceSpec,
+    LogFile,
+    LogFiles,
+    OutputSink,
+    Runtime,
+    builtin_datastore,
+)
 
 
 class DatastoresApart:
@@ -40,6 +48,14 @@ class DatastoresApart:
     async def list(self) -> builtins.list[InstanceInfo]:
         return [*await self.docker.list(), *await self.datastores.list()]
 
+    async def log_files(self) -> builtins.list[LogFile]:
+        """Both runtimes' instances' output (the log shipper's `LogFiles`)."""
+        found: builtins.list[LogFile] = []
+        for runtime in (self.docker, self.datastores):
+            if isinstance(runtime, LogFiles):
+                found += await runtime.log_files()
+        return found
+
     async def close(self) -> None:
         await self.docker.close()
         await self.datastores.close()
@@ -51,7 +67,7 @@ class DatastoresApart:
         timeout: float,  # noqa: ASYNC109
         output: OutputSink | None = None,
     ) -> tuple[int, str]:
-        return await self.docker.run_once(spec, command, timeout, output)
+        return await self._for(spec).run_once(spec, command, timeout, output)
 
     async def build_artifact(
         self, context: Path, dockerfile: Path | None, image: str, out: Path
