@@ -500,10 +500,18 @@ async def test_an_instance_names_its_json_file_log_where_its_output_is(
     runtime = make_runtime()
     port = support.free_port(ADDRESS)
     await runtime.ensure(web(test_image, port))
-    await answers(f"http://{ADDRESS}:{port}/")
+    page = await answers(f"http://{ADDRESS}:{port}/")
+    assert "<h1>shop-test-backend</h1>" in page
+    await get(f"http://{ADDRESS}:{port}/health")
     (log,) = await runtime.log_files()
     assert (log.key, log.format) == ("shop.test.backend", "json-file")
+
+    def said() -> list[str]:
+        return [json.loads(line)["log"] for line in log.path.read_text().splitlines()]
+
+    await until(lambda: any("request: GET / from" in line for line in said()), what="a line")
+    assert any("serve: shop-test-backend on port" in line for line in said())
+    assert not any("/health" in line for line in said())  # the probes print nothing
     lines = [json.loads(line) for line in log.path.read_text().splitlines()]
-    assert any("serve: shop-test-backend on port" in line["log"] for line in lines)
     assert all(line["stream"] in ("stdout", "stderr") and line["time"] for line in lines)
     assert await make_runtime(droplet="web1").log_files() == []  # another droplet's are not
