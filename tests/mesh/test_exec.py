@@ -24,6 +24,9 @@ def popen(mesh: LocalMesh, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A run started in the background (`.ci/run &`) ignores SIGINT, and so would meshctl:
+        # give it the default, as a terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
 
 
