@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from meshd.agent.asked import Asked
 from meshd.agent.meshkey import mesh_public_key
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.sealkey import DropletKeys
@@ -71,24 +72,16 @@ class DatastoreBackups:
         self.keys = keys
         self.work = work  # scratch space for dumps, emptied after each
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._asked_for = Asked(store)
 
     async def run(self) -> None:
-        asked = await self.store.subscribe(subjects.backup(self.droplet), self._asked)
-        loading = await self.store.subscribe(subjects.restore(self.droplet), self._asked)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for subscription in (asked, loading):
-                await subscription.unsubscribe()
-            for task in self._tasks:
-                task.cancel()
+        droplet = self.droplet
+        await self._asked_for.serve(
+            {subjects.backup(droplet): self._asked, subjects.restore(droplet): self._asked}
+        )
 
     async def _asked(self, message: Received) -> None:
-        """Each request in a task of its own: a backup takes longer than a delivery may."""
-        task = asyncio.create_task(self._answer(message), name="datastore-backup")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._asked_for.start(self._answer(message), "datastore-backup")
 
     async def _answer(self, message: Received) -> None:
         started = time.monotonic()

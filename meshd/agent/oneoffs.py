@@ -17,6 +17,7 @@ import shlex
 import time
 from typing import Any
 
+from meshd.agent.asked import Asked
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Received, Store
 from plugins.runtimes import OneOffTimeout
@@ -36,17 +37,10 @@ class OneOffs:
         self.store = store
         self.reconciler = reconciler
         self.droplet = droplet
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._asked_for = Asked(store)
 
     async def run(self) -> None:
-        subscription = await self.store.subscribe(subjects.oneoff(self.droplet), self._asked)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await subscription.unsubscribe()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._asked_for.serve({subjects.oneoff(self.droplet): self._asked})
 
     async def _asked(self, message: Received) -> None:
         try:
@@ -57,15 +51,13 @@ class OneOffs:
         error = self._refusal(request)
         await message.respond(encode(OneOffStarted(error=error)))
         if error is None:
-            task = asyncio.create_task(self._carry_out(request), name="oneoff")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._asked_for.start(self._carry_out(request), "oneoff")
 
     def _refusal(self, request: OneOffRequest) -> str | None:
         key = subjects.alloc_key(request.project, request.env, request.service)
         if key not in self.reconciler.allocations:
             return f"{key} does not run on {self.droplet}"
-        if len(self._tasks) >= MAX_RUNNING:
+        if len(self._asked_for.tasks) >= MAX_RUNNING:
             return f"{MAX_RUNNING} one-off commands already run on {self.droplet}; try again"
         try:
             program = shlex.split(request.command)

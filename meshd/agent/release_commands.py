@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from meshd.agent.asked import Asked
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Received, Store
 from meshd.core.releases import with_release
@@ -42,24 +43,13 @@ class ReleaseCommands:
         self.reconciler = reconciler
         self.droplet = droplet
         self._running: set[tuple[str, str]] = set()  # project environments
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._asked_for = Asked(store)
 
     async def run(self) -> None:
-        subject = subjects.release_command(self.droplet)
-        subscription = await self.store.subscribe(subject, self._asked)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await subscription.unsubscribe()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._asked_for.serve({subjects.release_command(self.droplet): self._asked})
 
     async def _asked(self, message: Received) -> None:
-        """Each request in a task of its own: the subscription keeps delivering meanwhile."""
-        task = asyncio.create_task(self._answer(message), name="release-command")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._asked_for.start(self._answer(message), "release-command")
 
     async def _answer(self, message: Received) -> None:
         try:

@@ -25,9 +25,7 @@ class BuiltinDatastores:
         raise NotImplementedError  # ProcessRuntime's
 
     async def change_password(self, spec: InstanceSpec) -> None:
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        kind = _builtin(spec)
         async with self._lock(spec.key):
             change = datastores.change_password
             await asyncio.to_thread(change, kind, spec, self._places, self._root / spec.key)
@@ -35,9 +33,7 @@ class BuiltinDatastores:
 
     async def dump_datastore(self, spec: InstanceSpec, out: Path) -> None:
         """Write a dump of the running built-in datastore `spec` to the new file `out`."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        kind = _builtin(spec)
         async with self._lock(spec.key):
             directory = self._root / spec.key
             await asyncio.to_thread(dumps.dump, kind, spec, self._places, directory, out)
@@ -45,9 +41,7 @@ class BuiltinDatastores:
 
     async def restore_datastore(self, spec: InstanceSpec, source: Path) -> None:
         """Replace the content of the running built-in datastore `spec` with a dump's."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        kind = _builtin(spec)
         async with self._lock(spec.key):
             directory = self._root / spec.key
             await asyncio.to_thread(dumps.restore, kind, spec, self._places, directory, source)
@@ -56,11 +50,16 @@ class BuiltinDatastores:
     async def verify_datastore(self, spec: InstanceSpec, source: Path) -> dict[str, Any]:
         """Load a dump of the built-in datastore `spec` into a scratch one and count what it
         holds (`scratch.verify`); the instance itself is not touched, hence no lock."""
-        kind = builtin_kind(spec)
-        if kind is None:
-            raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+        kind = _builtin(spec)
         found = await asyncio.to_thread(scratch.verify, kind, spec, self._places, source)
         self._log.info(
             "Backup verified. key=%s kind=%s seconds=%.1f", spec.key, kind, found["seconds"]
         )
         return found
+
+
+def _builtin(spec: InstanceSpec) -> str:
+    kind = builtin_kind(spec)
+    if kind is None:
+        raise InstanceStartError(spec.key, "not a built-in datastore of the process runtime")
+    return kind
