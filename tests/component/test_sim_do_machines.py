@@ -172,8 +172,9 @@ async def test_a_droplet_answers_ssh_with_its_key_and_reads_its_metadata(lab: La
 async def test_power_off_kills_every_process_and_power_on_brings_ssh_back(lab: Lab) -> None:
     marker = f"1000.{secrets.randbelow(10**9)}"
     await ssh(lab, lab.a.public_ip, f"setsid nohup sleep {marker} >/dev/null 2>&1 </dev/null &")
-    await until(lambda: host_pids_running(marker), "host_pids_running(marker)")
-    [pid] = host_pids_running(marker)
+    # `sleep` NUL marker: the sleep itself, not the shell that started it (which matched too,
+    # and was gone a moment later)
+    [pid] = await until(lambda: host_pids_running(f"sleep\x00{marker}"), "the sleep running")
 
     await lab.machines.power_off(lab.a.id)
 
