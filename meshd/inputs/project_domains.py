@@ -27,7 +27,13 @@ def project_domains(checker: Checks, value: Any, path: str) -> dict[str, tuple[s
             checker.fail(f"{path}.{env}", f"expected a list of domain names, got {_shown(names)}")
             continue
         for i, name in enumerate(names):
-            if not isinstance(name, str) or not HOSTNAME.match(name):
+            if isinstance(name, str) and name.startswith("*.") and HOSTNAME.match(name[2:]):
+                checker.fail(
+                    f"{path}.{env}[{i}]",
+                    f"{name!r} is a wildcard, and certificates come by the HTTP-01 challenge, "
+                    "which cannot issue one; list each name (like 'www.example.com')",
+                )
+            elif not isinstance(name, str) or not HOSTNAME.match(name):
                 checker.fail(
                     f"{path}.{env}[{i}]",
                     f"{_shown(name)} is not a domain name; expected lowercase like "
