@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
+from plugins.urls import http_url_problem
 from protocol.errors import MeshError
 
 DEFAULT_INDEX = "meshd-logs"
@@ -56,16 +56,7 @@ def open_sink(settings: OpenSearchSettings, password: str | None) -> LogSink:
 
 def url_problem(url: str) -> str | None:
     """Why `url` is not a cluster's address (None: it is one)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a bad port)
-    except ValueError:
-        return f"{url!r} is not a URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url!r} is not an http(s):// URL like 'https://search.example.com:9200'"
-    if parts.query or parts.fragment or re.search(r"\s", url):
-        return f"{url!r} must be a plain http(s):// URL, without query or spaces"
-    return None
+    return http_url_problem(url, "https://search.example.com:9200")
 
 
 def index_problem(index: str) -> str | None:

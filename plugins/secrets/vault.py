@@ -21,8 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
+from plugins.urls import http_url_problem
 from protocol.errors import MeshError
 from protocol.secrets import SecretScope
 
@@ -105,16 +105,7 @@ class VaultSettings:
 
 def address_problem(address: str) -> str | None:
     """Why `address` is not a Vault address (None: it is one)."""
-    try:
-        parts = urlsplit(address)
-        parts.port  # noqa: B018  (raises ValueError for a bad port)
-    except ValueError:
-        return f"{address!r} is not a URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{address!r} is not an http(s):// URL like 'https://vault.example.com:8200'"
-    if parts.query or parts.fragment or re.search(r"\s", address):
-        return f"{address!r} must be a plain http(s):// URL, without query or spaces"
-    return None
+    return http_url_problem(address, "https://vault.example.com:8200")
 
 
 @dataclass(frozen=True, slots=True)

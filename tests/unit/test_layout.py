@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_HELPERS = {"plugins", "plugins.fs", "plugins.procfs", "plugins.templating"}
+PLUGIN_HELPERS = {"plugins", "plugins.fs", "plugins.procfs", "plugins.templating", "plugins.urls"}
 PLUGIN_KINDS = {"providers", "runtimes", "lb", "notifiers", "secrets", "backups", "logsinks"}
 # Plugins' faces beyond their interface: the docker engine's admin (drills, `down`) and compose;
 # a cloud provider's access (SSH keys, firewall).
