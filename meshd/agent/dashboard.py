@@ -23,13 +23,12 @@ from typing import Any
 from aiohttp import web
 
 from meshd.agent.meshview import MeshView
+from meshd.agent.records import decoded
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.core import dashboard as board
 from meshd.core.status import mesh_status
 from plugins.templating import render
 from protocol import subjects
-from protocol.codec import decode
-from protocol.errors import ProtocolError
 from protocol.messages import Event, Lease
 from protocol.releases import Release
 
@@ -75,9 +74,11 @@ class Dashboard:
         ]
 
     async def sample(self) -> None:
-        """Every agent samples the instance counts of its view for the chart."""
+        """The instance counts of this agent's view, for the chart: sampled by every agent that
+        could serve the page (it holds the password: a trusted droplet), so that a new lb
+        holder has the hour at once; a droplet that only runs projects pays nothing."""
         while True:
-            if self.view.ready:
+            if self.view.ready and self._password() is not None:
                 status = self._status({})
                 self.history.add(time.time(), *board.instance_counts(status))
             await asyncio.sleep(board.SAMPLE_S)
@@ -193,26 +194,17 @@ class Dashboard:
             }
             try:
                 if "leases" in due:
-                    self._leases = await _decoded(store, subjects.LEASES_BUCKET, Lease)
+                    leases = await decoded(store, subjects.LEASES_BUCKET, ">", Lease)
+                    self._leases = {lease.role: lease for lease in leases}
                 if "events" in due:
                     self._events = await store.recent_events(EVENTS_SHOWN)
                 if "releases" in due:
-                    found = await _decoded(store, subjects.RELEASES_BUCKET, Release)
-                    self._releases = board.live_releases(found.values())
+                    found = await decoded(store, subjects.RELEASES_BUCKET, ">", Release)
+                    self._releases = board.live_releases(found)
             except StoreUnavailable as err:
                 log.debug("Dashboard reading left as it was. error=%s", err)
             for part in due:
                 self._read_at[part] = time.monotonic()
-
-
-async def _decoded(store: Store, bucket: str, cls: Any) -> dict[str, Any]:
-    found = {}
-    for key, entry in (await store.entries(bucket, ">")).items():
-        if entry.value is None:
-            continue
-        with contextlib.suppress(ProtocolError):
-            found[key] = decode(entry.value, cls)
-    return found
 
 
 def _client(request: web.Request, own: str) -> str:

@@ -20,7 +20,7 @@ import click
 from meshd.agent.store import Received, Store
 from meshd.cli.context import load_context, who
 from meshd.cli.session import check_project, connect, read_allocations, read_nodes
-from meshd.core.health import STALE_AFTER_S
+from meshd.core.health import STALE_AFTER_S, live_instances
 from protocol import subjects
 from protocol.codec import decode, encode
 from protocol.errors import MeshError, ProtocolError
@@ -126,15 +126,10 @@ def choose_droplet(
             raise click.UsageError(f"{asked!r} does not run {allocation.service}; it runs on "
                                    f"{', '.join(where) or 'no droplet'}")  # fmt: skip
         return asked
+    for node, instance in live_instances(allocation, nodes, now):
+        if instance.healthy:
+            return node.droplet
     reporting = [d for d in where if d in nodes and now - nodes[d].updated_at < STALE_AFTER_S]
-    for name in reporting:
-        for instance in nodes[name].instances:
-            same = (instance.project, instance.env, instance.service)
-            if (
-                same == (allocation.project, allocation.env, allocation.service)
-                and instance.healthy
-            ):
-                return name
     if not reporting:
         raise MeshError(f"no droplet that runs {allocation.service} reports ({', '.join(where)})")
     return reporting[0]

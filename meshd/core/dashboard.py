@@ -102,8 +102,8 @@ class Sample:
 
 @dataclass(slots=True)
 class History:
-    """An hour of (healthy, failed) instance counts, one every `SAMPLE_S`: every agent keeps
-    it from its own view, so a new lb holder has the chart at once."""
+    """An hour of (healthy, failed) instance counts, one every `SAMPLE_S`: every agent that
+    could serve the page keeps it from its own view, so a new lb holder has it at once."""
 
     every: float = SAMPLE_S
     span: float = HISTORY_S
