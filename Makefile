@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-component test-mesh lint typecheck bench clean nginx datastores
+.PHONY: demo test test-unit test-component test-mesh lint typecheck bench clean nginx datastores pebble
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,17 @@ nginx:
 		fi; \
 	fi
 
+# Debian's pebble, the ACME CA (with its DNS server pebble-challtestsrv) that the TLS tests
+# order certificates from (tests/support/pebble.py); installed when missing and run as root.
+pebble:
+	@if ! command -v pebble >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -qq pebble >/dev/null; \
+		else \
+			echo "No pebble (Debian/Ubuntu: apt-get install pebble): the TLS tests skip."; \
+		fi; \
+	fi
+
 # Debian's PostgreSQL and Redis, which the process runtime runs for the built-in datastores;
 # their packages' own default servers are stopped (they would hold ports the mesh hands out).
 datastores:
@@ -64,7 +75,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The tiers run cheapest first, so that a broken unit stops the run in seconds.
-test: lint typecheck test-unit test-component test-mesh
+test: lint typecheck test-unit pebble test-component test-mesh
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -m unit

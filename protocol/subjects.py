@@ -26,6 +26,7 @@ SNAPSHOTS_BUCKET = "mesh_snapshots"
 SECRETS_BUCKET = "mesh_secrets"
 RELEASES_BUCKET = "mesh_releases"  # release records (protocol.releases.Release)
 FENCES_BUCKET = "mesh_fences"  # the newest fence each role showed a provider, per droplet
+CERTS_BUCKET = "mesh_certs"  # the domains' certificates, HTTP-01 challenges (protocol.certs)
 ARTIFACTS_STORE = "mesh_artifacts"  # object store: built artifacts by digest, build logs
 BACKUPS_STORE = "mesh_backups"  # object store: encrypted backups (plugins/backups/objects.py)
 BUCKETS = (
@@ -38,6 +39,7 @@ BUCKETS = (
     SECRETS_BUCKET,
     RELEASES_BUCKET,
     FENCES_BUCKET,
+    CERTS_BUCKET,
 )
 
 # Keys of the desired-state bucket (restart requests: `restart_key`).
@@ -101,6 +103,7 @@ class Role(StrEnum):
     SECRETS = "secrets"
     BACKUPS = "backups"
     LOGS = "logs"
+    CERTIFICATES = "certificates"
 
 
 def token(value: object, what: str = "name") -> str:

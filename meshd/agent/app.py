@@ -14,7 +14,6 @@ import signal
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from meshd.agent import metrics
 from meshd.agent.answering import answer_requests
@@ -30,12 +29,11 @@ from meshd.agent.config import (
     mesh_tag,
     user_data_now,
 )
-from meshd.agent.feeds import feed_allocations, feed_nodes
+from meshd.agent.feeds import feed_allocations, feed_nodes, mirrors
 from meshd.agent.git_shell import serve_git
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.logship import LogShipper
-from meshd.agent.loops import mirror_bucket
 from meshd.agent.membership import Membership, next_incarnation, node_status
 from meshd.agent.meshview import MeshView
 from meshd.agent.notifiers import Channels
@@ -55,6 +53,7 @@ from meshd.local.power import follow_power
 from meshd.roles import Leader, Together
 from meshd.roles.backups import Backups
 from meshd.roles.builder import Builder
+from meshd.roles.certificates import Certificates
 from meshd.roles.courier import Courier
 from meshd.roles.entry import EntryPoint
 from meshd.roles.logs import LogForwarder
@@ -71,10 +70,7 @@ from meshd.watchers.rescue import MasterRescue
 from plugins.providers import Provider, Volumes
 from plugins.runtimes import RuntimeContext, load_runtime
 from plugins.secrets.env import EnvSecrets
-from protocol import subjects
-from protocol.base import Message
-from protocol.messages import DetectionHold, NodeStatus, PublishedSpec
-from protocol.secrets import SealedSecret
+from protocol.messages import NodeStatus
 from protocol.subjects import Role
 
 log = logging.getLogger(__name__)
@@ -82,7 +78,6 @@ RETRY_S = 1.0
 # The entry point moves within about 3 s of its holder's death: a short lease, renewed 4/s.
 LB_TIMING = LeaseTiming(ttl=2.0, renew_every=0.5, margin=0.5, retry_every=0.25)
 LB_HESITATE_S = 0.5  # other droplets wait this long before each try: master wins the race
-M = TypeVar("M", bound=Message)
 
 
 class Agent:
@@ -179,6 +174,7 @@ class Agent:
                 GitHooks(me.name, self.current_store, self.view, self.secrets),
                 metrics.serve(self.status, logs.counts, lambda: self.view.allocations),
                 board,
+                self.current_store,  # answers ACME challenges where the entry is
             )
             stack.push_async_callback((await serve(app, me.address, AGENT_HTTP_PORT)).cleanup)
             log.info(
@@ -239,7 +235,9 @@ class Agent:
                 await self._prepare_store(store, mover)
             name = self.identity.name
             view = self.view
-            entry = EntryPoint(store, self.identity, self.config, provider, view, self.dir / "lb")
+            entry = EntryPoint(
+                store, self.identity, self.config, provider, view, self.dir / "lb", self.mesh_secret
+            )
             tag = mesh_tag(self.config.mesh)
             # Master holds the entry point and mails when it can; the roomiest droplet builds.
             away, builds = 0.0 if name == MASTER else LB_HESITATE_S, self.trust.builder_hesitation
@@ -253,6 +251,7 @@ class Agent:
                 (self._builder(store, reconciler), None, builds),
                 (self._backups(store), None, 0.0),
                 (LogForwarder(store, view, name, self.config.mesh, self.mesh_secret), None, 0.0),
+                (Certificates(store, view, name, self.config.mesh, self.mesh_secret), None, away),
                 (
                     Together(
                         Role.HEARTBEAT,
@@ -308,30 +307,7 @@ class Agent:
                     ),
                     name="answering",
                 )
-                desired, secrets_bucket = subjects.DESIRED_BUCKET, subjects.SECRETS_BUCKET
-                mirrors = {
-                    "desired": mirror_bucket(
-                        store, desired, PublishedSpec, view.set_desired, subjects.DESIRED_KEY
-                    ),
-                    "holds": mirror_bucket(
-                        store, desired, DetectionHold, view.set_holds, subjects.HOLDS
-                    ),
-                    "sealed-secrets": mirror_bucket(
-                        store,
-                        secrets_bucket,
-                        SealedSecret,
-                        self.secrets.set_sealed,
-                        subjects.sealed_of(name),
-                    ),
-                    "mesh-key-holder": mirror_bucket(
-                        store,
-                        secrets_bucket,
-                        SealedSecret,
-                        self.secrets.set_holder,
-                        subjects.holder_key(name),
-                    ),
-                }
-                for label, mirror in mirrors.items():
+                for label, mirror in mirrors(store, view, self.secrets, name).items():
                     tasks.create_task(mirror, name=label)
                 for keeper in keepers:
                     tasks.create_task(keeper.run(), name=f"lease-{keeper.role}")

@@ -53,6 +53,7 @@ def new_passwords() -> dict[str, str]:
 
 
 DEFAULT_ENTRY_PORT = 80
+DEFAULT_ENTRY_TLS_PORT = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,13 @@ class MeshConfig:
         """`address:port` of the mesh's entry point; the reserved address, else `fallback`."""
         address = self.entry.get("address") or fallback_address
         return f"{address}:{self.entry.get('port', DEFAULT_ENTRY_PORT)}"
+
+    def entry_tls_listen(self, fallback_address: str) -> str:
+        """`address:port` where the entry point serves HTTPS (443 beside port 80, else 8443)."""
+        address = self.entry.get("address") or fallback_address
+        port = self.entry.get("port", DEFAULT_ENTRY_PORT)
+        tls_port = self.entry.get("tls_port") or (DEFAULT_ENTRY_TLS_PORT if port == 80 else 8443)
+        return f"{address}:{tls_port}"
 
     def entry_url(self, fallback_address: str) -> str:
         return f"http://{self.entry_listen(fallback_address)}"

@@ -7,6 +7,7 @@ restore-mesh` seals a lost mesh's key to the droplets of the new one."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from meshd.agent.records import jetstream_servers
@@ -20,14 +21,15 @@ from meshd.core.sealing import (
     holder_context,
     open_sealed,
     seal,
+    seal_value,
     to_text,
 )
 from meshd.core.secret_plan import trusted
 from meshd.core.spec import MASTER
 from protocol import subjects
-from protocol.codec import decode
+from protocol.codec import decode, encode
 from protocol.messages import NodeStatus
-from protocol.secrets import MeshKey, SealedSecret
+from protocol.secrets import MeshKey, SealedSecret, SecretScope, SecretValue
 
 HOLDER_SECRET = "mesh_key"  # the name a holder entry gives what it holds
 ESCROW = "escrow"  # the droplet name the escrowed mesh key is sealed for (its context)
@@ -88,3 +90,33 @@ async def trusted_droplets(store: Store, nodes: Mapping[str, NodeStatus]) -> set
     and the JetStream servers as they run."""
     running = await jetstream_servers(store, subjects.JETSTREAM_APPLIED_KEY)
     return trusted(nodes, [s.name for s in running.servers] if running else [MASTER])
+
+
+async def put_mesh_secret(store: Store, name: str, value: bytes, set_by: str) -> int | None:
+    """Store `value` as the mesh secret `name` (a new version, sealed to the mesh key; the
+    `secrets` role seals it to the trusted droplets); its version, or None when there is no
+    mesh key yet. Raises `Conflict` when somebody else wrote it meanwhile."""
+    mesh = await mesh_public_key(store)
+    if mesh is None:
+        return None
+    key = subjects.secret_value_key(name)
+    entry = await store.get(subjects.SECRETS_BUCKET, key)
+    previous = decode(entry.value, SecretValue) if entry is not None and entry.value else None
+    version = previous.version + 1 if previous else 1
+    stored = SecretValue(
+        name=name,
+        scope=SecretScope.MESH,
+        project=None,
+        env=None,
+        version=version,
+        sealed=seal_value(from_text(mesh.public, "mesh key"), key, version, value),
+        mesh_key=mesh.fingerprint,
+        set_by=set_by,
+        set_at=time.time(),
+        generated=True,
+    )
+    if entry is None or entry.value is None:
+        await store.create(subjects.SECRETS_BUCKET, key, encode(stored))
+    else:
+        await store.update(subjects.SECRETS_BUCKET, key, encode(stored), last=entry.revision)
+    return version

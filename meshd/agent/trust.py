@@ -28,6 +28,7 @@ SENSITIVE_ROLES = frozenset(
         Role.HEARTBEAT,
         Role.BACKUPS,
         Role.LOGS,
+        Role.CERTIFICATES,
     }  # fmt: skip
 )
 

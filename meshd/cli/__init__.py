@@ -30,6 +30,7 @@ COMMANDS = {
     "events": "meshd.cli.status:events",
     "logs": "meshd.cli.logs:logs",
     "dashboard": "meshd.cli.dashboard:dashboard",
+    "certs": "meshd.cli.certs:certs",
     "exec": "meshd.cli.exec_command:exec_command",
     "metrics": "meshd.cli.metrics:metrics",
     "chaos": "meshd.cli.chaos:chaos",

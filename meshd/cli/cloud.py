@@ -32,6 +32,7 @@ from meshd.agent.config import (
     CLIENT_PORT,
     CORE_TAG,
     DEFAULT_ENTRY_PORT,
+    DEFAULT_ENTRY_TLS_PORT,
     CoreServer,
     MeshConfig,
     mesh_tag,
@@ -214,7 +215,11 @@ async def create_on_digitalocean(
         passwords=new_passwords(),
         provider=agents,
         runtime=runtime,
-        entry={"address": entry_address, "port": DEFAULT_ENTRY_PORT},
+        entry={
+            "address": entry_address,
+            "port": DEFAULT_ENTRY_PORT,
+            "tls_port": DEFAULT_ENTRY_TLS_PORT,
+        },
         bootstrap={"python": python, "git_keys": [git_key]},
         tls_ca=ca.cert_pem.decode(),
     )

@@ -17,13 +17,15 @@ from meshd.agent.records import decoded, release_targets
 from meshd.agent.store import Store, StoreUnavailable
 from meshd.cli.context import load_context
 from meshd.cli.hold import hold_data
-from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh
+from meshd.cli.session import connect, jetstream_view, read_holds, read_mesh, read_published
 from meshd.cli.tables import console, events_table, status_tables
 from meshd.core.backup_policy import backup_summary, datastore_schedules, parse_backup_key
+from meshd.core.certs import attention, state_of, wanted
 from meshd.core.releases import release_summary
 from meshd.core.status import notifications, open_suspicions
 from protocol import subjects
 from protocol.backups import BackupOrder, BackupOrderAnswer
+from protocol.certs import CERTIFICATES, Certificate
 from protocol.codec import decode, encode
 from protocol.messages import Allocation, Event, NodeStatus
 from protocol.releases import Release
@@ -59,6 +61,7 @@ async def _status(as_json: bool, watch: bool, context_name: str | None) -> None:
             view["notifications"] = notifications(recent, await _waiting(store))
             view["releases"] = await releases_view(store)
             view["backups"] = await backups_view(store, reading.allocations)
+            view["certificates"] = await certificates_view(store)
             view["events"] = [_event_data(e) for e in recent[-RECENT_EVENTS:]]
             click.echo(json.dumps(view, indent=2))
             return
@@ -112,6 +115,21 @@ async def backups_view(store: Store, allocations: dict[str, Allocation]) -> list
     listed = decode(reply, BackupOrderAnswer).listed
     names = [n for b in listed if (n := parse_backup_key(b.key)) is not None]
     return backup_summary(datastores, names, time.time())
+
+
+async def certificates_view(store: Store) -> list[dict[str, Any]]:
+    """Each project environment with domains: its certificate's state and what needs the
+    operator's attention (`meshctl certs` says more)."""
+    found = await decoded(store, subjects.CERTS_BUCKET, CERTIFICATES, Certificate)
+    stored = {(c.project, c.env): c for c in found}
+    now = time.time()
+    rows = []
+    for want in wanted(await read_published(store)):
+        cert = stored.get((want.project, want.env))
+        rows.append({"name": want.name, "state": state_of(cert, now),
+                     "not_after": cert.not_after if cert else None,
+                     "attention": attention(cert, now)})  # fmt: skip
+    return rows
 
 
 def backups_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -182,6 +200,10 @@ async def _render(store: Store, entry: str | None) -> Group:
         )
     lines += [release_line(r) for r in await releases_view(store)]
     lines += backups_lines(await backups_view(store, reading.allocations))
+    for cert in await certificates_view(store):
+        if cert["attention"]:
+            colour = "red" if cert["state"] in ("expired", "expiring", "failing") else "yellow"
+            lines.append(f"[{colour}]Certificate {cert['name']}:[/] {escape(cert['attention'])}")
     for suspicion in open_suspicions(recent, time.time()):
         lines.append(
             f"[yellow]Suspected: {escape(suspicion['droplet'])}[/] by "

@@ -15,6 +15,7 @@ from meshd.agent.config import (
     CLIENT_PORT,
     CORE_TAG,
     DEFAULT_ENTRY_PORT,
+    DEFAULT_ENTRY_TLS_PORT,
     CoreServer,
     MeshConfig,
     mesh_tag,
@@ -34,6 +35,7 @@ from protocol.errors import MeshError
 CORE_SIZE = "s-1vcpu-1gb"
 PODMAN_MAX_PROCESSES = 32768
 ENTRY_PORT_UNPRIVILEGED = 8000  # the entry point's port when `up` cannot bind port 80
+ENTRY_TLS_PORT_UNPRIVILEGED = 8443  # ... and its HTTPS port instead of 443
 PODMAN_INIT = "/usr/libexec/podman/catatonit"
 
 
@@ -298,8 +300,10 @@ async def _create(name: str, count: int, runtime: dict[str, Any], netns: bool) -
                 )
             )
         cores = records[:1]  # JetStream starts on master alone; it grows with the mesh
+        root = os.geteuid() == 0
         entry: dict[str, Any] = {
-            "port": DEFAULT_ENTRY_PORT if os.geteuid() == 0 else ENTRY_PORT_UNPRIVILEGED
+            "port": DEFAULT_ENTRY_PORT if root else ENTRY_PORT_UNPRIVILEGED,
+            "tls_port": DEFAULT_ENTRY_TLS_PORT if root else ENTRY_TLS_PORT_UNPRIVILEGED,
         }
         if isinstance(provider, ReservedAddresses):
             entry["address"] = await provider.reserve_address()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from meshd.core.health import healthy_servers
 from meshd.core.spec import DesiredState, ServiceKind
-from plugins.lb import Site, Upstream
+from plugins.lb import Site, SiteTls, Upstream
 from protocol.messages import Allocation, NodeStatus
 
 
@@ -31,8 +31,13 @@ def upstreams(
     return tuple(sorted(result, key=lambda u: (u.project, u.env, u.service)))
 
 
-def sites(state: DesiredState, found: tuple[Upstream, ...]) -> tuple[Site, ...]:
-    """A site per project-environment that the deployment config gives domains."""
+def sites(
+    state: DesiredState,
+    found: tuple[Upstream, ...],
+    tls: Mapping[tuple[str, str], SiteTls] | None = None,
+) -> tuple[Site, ...]:
+    """A site per project-environment that the deployment config gives domains, with its
+    certificate where `tls` (by project and environment) has one."""
     result = []
     for project in state.projects:
         for env, domains in sorted(project.domains.items()):
@@ -41,5 +46,6 @@ def sites(state: DesiredState, found: tuple[Upstream, ...]) -> tuple[Site, ...]:
             root = by_service.get("frontend") or by_service.get("backend")
             if root is None:
                 continue
-            result.append(Site(project.name, env, tuple(domains), root, mine))
+            served = (tls or {}).get((project.name, env))
+            result.append(Site(project.name, env, tuple(domains), root, mine, served))
     return tuple(result)

@@ -263,6 +263,7 @@ class DesiredState:
     )  # meshd.core.notify_settings.NotifySettings
     vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
     logs: dict[str, Any] = field(default_factory=dict)  # where logs are forwarded (docs/logs.md)
+    acme: dict[str, Any] = field(default_factory=dict)  # where certificates come from (docs/tls.md)
 
     def project(self, name: str) -> ProjectSpec:
         for project in self.projects:
@@ -277,6 +278,7 @@ class DesiredState:
             "notify": dict(self.notify),
             "vault": dict(self.vault),
             "logs": dict(self.logs),
+            "acme": dict(self.acme),
         }
 
     @classmethod
@@ -287,4 +289,5 @@ class DesiredState:
             notify=dict(data.get("notify") or {}),
             vault=dict(data.get("vault") or {}),
             logs=dict(data.get("logs") or {}),
+            acme=dict(data.get("acme") or {}),
         )

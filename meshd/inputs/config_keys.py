@@ -18,6 +18,7 @@ class Level(StrEnum):
     BACKUPS = "backups"  # under `projects.<name>.backups`
     LOGS = "logs"  # under `logs`
     OPENSEARCH = "opensearch"  # under `logs.opensearch`
+    ACME = "acme"  # under `acme`
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,15 @@ KEYS: tuple[Key, ...] = (
         "the index lines go to (lowercase letters, digits, `-`, `_`, `.`)"),
     Key("user", Level.OPENSEARCH, "string", "none", "0.1",
         "basic authentication's user; its password is the mesh secret `opensearch_password`"),
+    Key("acme", Level.TOP, "object", "Let's Encrypt", "0.1",
+        "where the domains' certificates come from (docs/tls.md)"),
+    Key("directory", Level.ACME, "string", "Let's Encrypt's", "0.1",
+        "the ACME directory's `https://` URL (`https://acme-v02.api.letsencrypt.org/directory`)"),
+    Key("email", Level.ACME, "string", "none", "0.1",
+        "the ACME account's contact, to which the CA may write"),
+    Key("directory_ca", Level.ACME, "string", "the system's CAs", "0.1",
+        "a PEM file, relative to the config, with the CA of a private directory's own HTTPS "
+        "certificate (pebble, step-ca); Let's Encrypt needs none"),
     Key("git_repo", Level.PROJECT, "string", "none", "0.1",
         "where deploys build from (a URL, `host:path`, or a path on this disk, relative to the "
         "config); a service with a `build_context` not on disk needs it (docs/deploys.md)"),

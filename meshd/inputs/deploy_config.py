@@ -28,6 +28,7 @@ from meshd.core.spec import (
     ServiceKind,
     ServiceSpec,
 )
+from meshd.inputs.acme_config import acme_settings, default_acme
 from meshd.inputs.backup_settings import backup_schedule
 from meshd.inputs.config_keys import Level, names_at
 from meshd.inputs.deploy_branches import default_deploy, deploy_branches, key_path
@@ -75,6 +76,7 @@ class DeployConfig:
     projects: dict[str, ProjectConfig] = field(default_factory=dict)
     vault: dict[str, Any] = field(default_factory=dict)  # plugins.secrets.vault.VaultSettings
     logs: dict[str, Any] = field(default_factory=dict)  # plugins.logsinks.OpenSearchSettings
+    acme: dict[str, Any] = field(default_factory=default_acme)  # meshd.inputs.acme_config
 
 
 def default_services() -> tuple[ServiceSpec, ...]:
@@ -194,7 +196,10 @@ class _Checker:
         unique_domains(self, {name: config.domains for name, config in parsed.items()})
         vault = vault_settings(self, top["vault"], "$.vault") if "vault" in top else {}
         logs = logs_settings(self, top["logs"], "$.logs") if "logs" in top else {}
-        return DeployConfig(platform=str(platform), projects=parsed, vault=vault, logs=logs)
+        acme = acme_settings(self, top.get("acme", {}), "$.acme", self.filename)
+        return DeployConfig(
+            platform=str(platform), projects=parsed, vault=vault, logs=logs, acme=acme
+        )
 
     def project(self, value: Any, path: str) -> ProjectConfig:
         project = self.obj(value, path, PROJECT_KEYS)

@@ -34,7 +34,11 @@ def build_desired_state(
     fallback = ProjectConfig(services=default_services())
     projects = tuple(_project(row, config.projects.get(row.name, fallback)) for row in rows)
     return DesiredState(
-        projects=projects, platform=config.platform, vault=dict(config.vault), logs=config.logs
+        projects=projects,
+        platform=config.platform,
+        vault=dict(config.vault),
+        logs=config.logs,
+        acme=dict(config.acme),
     )
 
 

@@ -2,7 +2,8 @@
 
 On taking the lease it points the reserved address at its droplet (fenced by the lease), then
 renders the configuration from the observed state on every change of node statuses,
-allocations or the desired state, and applies it: `nginx -t`, then a graceful reload, and
+allocations, the desired state or the domains' certificates (served over HTTPS from files of
+its own: `meshd.agent.tls_files`), and applies it: `nginx -t`, then a graceful reload, and
 nothing when the text is what already runs. A configuration the server refuses never replaces
 the running one and is recorded as an event. Losing the lease stops the server, so only the
 holder listens on the entry address. Push webhooks go to the holder's own agent.
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
@@ -27,6 +29,7 @@ from meshd.agent.lease import Term
 from meshd.agent.loops import SETTLE_S
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Store, StoreUnavailable
+from meshd.agent.tls_files import ServedCertificates
 from meshd.core.routes import sites, upstreams
 from plugins.lb import ConfigRejected, LbConfig, LbContext, LbUnavailable, LoadBalancer, load_lb
 from plugins.providers import Provider, ReservedAddresses
@@ -53,6 +56,7 @@ class EntryPoint:
         provider: Provider,
         view: MeshView,
         directory: Path,
+        secret: Callable[[str], bytes | None] = lambda _: None,
         lb_name: str = "nginx",
     ) -> None:
         self.store = store
@@ -64,6 +68,7 @@ class EntryPoint:
         self.lb_name = lb_name
         self._reported: str | None = None  # the last problem recorded, so it is said once
         self._lingering: tuple[LoadBalancer, asyncio.Task[None]] | None = None
+        self.certificates = ServedCertificates(store, directory / "tls", secret)
 
     @property
     def listen(self) -> str:
@@ -75,6 +80,9 @@ class EntryPoint:
             LbContext(directory=self.directory, logger=logging.getLogger("plugins.lb")),
         )
         view = self.view
+        certificates = asyncio.create_task(
+            self.certificates.mirror(view.changed.set), name="lb-certificates"
+        )
         try:
             await self._take_address(term)
             next_check = 0.0
@@ -92,6 +100,8 @@ class EntryPoint:
                     await asyncio.wait_for(view.changed.wait(), RESYNC_S if applied else RETRY_S)
                 await asyncio.sleep(SETTLE_S)
         finally:
+            certificates.cancel()
+            await asyncio.gather(certificates, return_exceptions=True)
             if term.expired:
                 log.warning("Lease expired; serving on until another holder shows up.")
                 self._lingering = (lb, asyncio.create_task(self._linger(lb, term.revision)))
@@ -177,11 +187,13 @@ class EntryPoint:
         # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
         alive = {name: node for name, node in view.nodes.items() if name not in view.failures}
         found = upstreams(view.hosted().values(), alive, time.time())
+        served = await asyncio.to_thread(self.certificates.current)  # writes files
         config = LbConfig(
             listen=self.listen,
             upstreams=found,
-            sites=sites(view.state, found) if view.state else (),
-            agent=f"{self.identity.address}:{AGENT_HTTP_PORT}",  # it takes the push webhooks
+            sites=sites(view.state, found, served) if view.state else (),
+            agent=f"{self.identity.address}:{AGENT_HTTP_PORT}",  # hooks, ACME challenges
+            tls_listen=self.config.entry_tls_listen(self.identity.address),
         )
         term.ensure_held()
         try:

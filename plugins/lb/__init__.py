@@ -2,8 +2,8 @@
 
 A plugin (`nginx`) implements `LoadBalancer`; the agent picks one by name with `load_lb`. The
 core says what to serve (`LbConfig`: the upstreams of healthy instances and the sites of
-domains); the plugin renders its server's configuration from it, checks it, swaps it in
-without dropping traffic and keeps the server running.
+domains, with their certificates); the plugin renders its server's configuration from it,
+checks it, swaps it in without dropping traffic and keeps the server running.
 """
 
 from __future__ import annotations
@@ -41,14 +41,35 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteTls:
+    """A site's certificate as files of the plugin's directory, and the names it covers."""
+
+    certificate: str  # the chain, PEM, leaf first
+    key: str
+    covers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
-    """A project-environment reached by its own host names."""
+    """A project-environment reached by its own host names: over HTTPS those its certificate
+    covers (plain HTTP redirects there), over plain HTTP the others (no certificate yet)."""
 
     project: str
     env: str
     domains: tuple[str, ...]
     root: Upstream  # what `/` serves
     upstreams: tuple[Upstream, ...]
+    tls: SiteTls | None = None
+
+    @property
+    def secure_domains(self) -> tuple[str, ...]:
+        covered = self.tls.covers if self.tls else ()
+        return tuple(d for d in self.domains if d in covered)
+
+    @property
+    def plain_domains(self) -> tuple[str, ...]:
+        covered = self.tls.covers if self.tls else ()
+        return tuple(d for d in self.domains if d not in covered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +82,18 @@ class LbConfig:
     upstreams: tuple[Upstream, ...]
     sites: tuple[Site, ...] = field(default=())
     agent: str = ""  # "address:port" of the holder's agent API
+    tls_listen: str = ""  # "address:port" for HTTPS ("": none)
+
+    @property
+    def https_origin(self) -> str:
+        """Where plain HTTP redirects to, in nginx's terms (the port only when not 443)."""
+        port = self.tls_listen.rpartition(":")[2]
+        return "https://$host" if port == "443" else f"https://$host:{port}"
+
+    @property
+    def secure(self) -> tuple[Site, ...]:
+        """The sites with a certificate: the first HTTPS server is the port's default."""
+        return tuple(site for site in self.sites if site.secure_domains)
 
 
 class LbError(MeshError):

@@ -35,7 +35,7 @@ def test_requirements_are_meshds_own_without_extras() -> None:
 
     assert "asyncssh>=2.14" in found
     assert not any("pytest" in line or "extra" in line for line in found)
-    assert [bootstrap.distribution(r) for r in found][:2] == ["aiohttp", "aiosmtplib"]
+    assert [bootstrap.distribution(r) for r in found][:2] == ["acme", "aiohttp"]
 
 
 def test_the_docker_runtime_needs_the_engine_as_well() -> None:

@@ -573,3 +573,24 @@ def test_a_relative_git_repo_is_a_repository_beside_the_config(tmp_path: Path) -
     state = load_desired_state(csv, config)
     found = {p.name: p.git_repo for p in state.projects}
     assert found == {**repos, "a": str(tmp_path / "repos" / "a.git")}
+
+
+def test_acme_defaults_to_lets_encrypt_and_publishes_a_private_directory_s_ca(
+    tmp_path: Path,
+) -> None:
+    assert parse({}).acme == {
+        "directory": "https://acme-v02.api.letsencrypt.org/directory",
+        "email": "",
+        "directory_ca": "",
+    }
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "ca.pem").write_text(pem)
+    config = {"acme": {"directory": "https://127.0.0.1:14000/dir", "email": "ops@example.com",
+                       "directory_ca": "ca.pem"}}  # fmt: skip
+    found = parse_deploy_config(json.dumps(config).encode(), str(tmp_path / FILENAME)).acme
+    assert found == {"directory": "https://127.0.0.1:14000/dir", "email": "ops@example.com",
+                     "directory_ca": pem}  # fmt: skip
+    (tmp_path / "not.pem").write_text("hello")
+    config["acme"]["directory_ca"] = "not.pem"
+    with pytest.raises(InputErrors, match="not a PEM certificate"):
+        parse_deploy_config(json.dumps(config).encode(), str(tmp_path / FILENAME))

@@ -44,6 +44,7 @@ def test_bucket_stream_and_key_names_match_the_design() -> None:
         "mesh_secrets",
         "mesh_releases",
         "mesh_fences",
+        "mesh_certs",
     )
     assert subjects.DESIRED_KEY == "spec"
     assert (subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS) == ("MESH_EVENTS", "mesh.events.>")
@@ -58,7 +59,7 @@ def test_wildcards_cover_what_the_builders_produce() -> None:
     assert subjects.deploy("p").startswith(subjects.DEPLOY_SUBJECTS.removesuffix(">"))
 
 
-def test_roles_are_the_ten_leased_tasks() -> None:
+def test_roles_are_the_eleven_leased_tasks() -> None:
     assert [r.value for r in Role] == [
         "scheduler",
         "provisioner",
@@ -70,6 +71,7 @@ def test_roles_are_the_ten_leased_tasks() -> None:
         "secrets",
         "backups",
         "logs",
+        "certificates",
     ]
     assert Role("lb") is Role.LB
     assert f"{Role.LB}" == "lb"

@@ -56,6 +56,7 @@ BUCKETS = (
     Bucket(subjects.SECRETS_BUCKET),
     Bucket(subjects.RELEASES_BUCKET),
     Bucket(subjects.FENCES_BUCKET),
+    Bucket(subjects.CERTS_BUCKET),
 )
 STREAMS = (
     Stream(
