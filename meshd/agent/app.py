@@ -46,6 +46,7 @@ from meshd.agent.servers import Journal, ServerMover, ServersListener, nats_urls
 from meshd.agent.store import Store, StoreUnavailable, open_store
 from meshd.agent.store.jetstream import NatsStore
 from meshd.agent.trust import Trust
+from meshd.core.certs import default_directory
 from meshd.core.notify_settings import SECRET_SCOPE
 from meshd.core.secret_plan import INFRASTRUCTURE_KEY
 from meshd.core.spec import MASTER
@@ -251,7 +252,7 @@ class Agent:
                 (self._builder(store, reconciler), None, builds),
                 (self._backups(store), None, 0.0),
                 (LogForwarder(store, view, name, self.config.mesh, self.mesh_secret), None, 0.0),
-                (Certificates(store, view, name, self.config.mesh, self.mesh_secret), None, away),
+                (self._certificates(store), None, away),
                 (
                     Together(
                         Role.HEARTBEAT,
@@ -328,6 +329,11 @@ class Agent:
         secret = partial(self.secrets.get, project=SECRET_SCOPE[0], env=SECRET_SCOPE[1])
         return Backups(store, self.view, self.identity.name, self.keys,
                        self.data_dir / "backup-leader", self.config.mesh, secret)  # fmt: skip
+
+    def _certificates(self, store: Store) -> Certificates:
+        directory = default_directory(self.config.provider)  # Let's Encrypt on DigitalOcean
+        return Certificates(store, self.view, self.identity.name, self.config.mesh,
+                            self.mesh_secret, directory)  # fmt: skip
 
     def _builder(self, store: Store, reconciler: Reconciler) -> Builder:
         key = partial(self.mesh_secret, INFRASTRUCTURE_KEY)  # reaches master's repositories

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meshd.core.spec import DesiredState
 from protocol.certs import Certificate, RenewRequest, cert_key
@@ -44,6 +45,22 @@ class Wanted:
     def key_secret(self) -> str:
         """The mesh secret that holds the certificate's private key."""
         return f"tls_key-{self.project}-{self.env}"
+
+
+def default_directory(provider: Mapping[str, Any]) -> str:
+    """The ACME directory when the deployment config names none (`MeshConfig.provider`):
+    Let's Encrypt where the droplets have public addresses (DigitalOcean itself); none on a
+    local mesh or a stand-in of the cloud, which Let's Encrypt could never reach."""
+    config = provider.get("config") or {}
+    if provider.get("name") == "digitalocean" and not config.get("api_url"):
+        return LETS_ENCRYPT
+    return ""
+
+
+NO_DIRECTORY = (
+    "no ACME directory: this mesh's droplets are not on the Internet, so Let's Encrypt "
+    "cannot reach them; name one in the deployment config's `acme.directory`"
+)
 
 
 def wanted(state: DesiredState | None) -> list[Wanted]:
@@ -104,7 +121,7 @@ def attention(cert: Certificate | None, now: float) -> str | None:
     valid for more than RENEW_BEFORE_S and its last order went well."""
     if cert is None or not cert.issued:
         if cert is not None and cert.last_error:
-            return f"pending: the last order failed: {cert.last_error}"
+            return f"pending: {cert.last_error}"
         return "pending: served over plain HTTP until it is issued"
     left = cert.not_after - now
     if left <= 0:

@@ -20,7 +20,8 @@ MAX_CA_BYTES = 64 * 1024
 
 
 def default_acme() -> dict[str, Any]:
-    return {"directory": LETS_ENCRYPT, "email": "", "directory_ca": ""}
+    """No directory named: the mesh's default (`meshd.core.certs.default_directory`)."""
+    return {"directory": "", "email": "", "directory_ca": ""}
 
 
 def acme_settings(checker: Checks, value: Any, path: str, config_file: str) -> dict[str, Any]:

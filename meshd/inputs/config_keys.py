@@ -59,9 +59,10 @@ KEYS: tuple[Key, ...] = (
         "the index lines go to (lowercase letters, digits, `-`, `_`, `.`)"),
     Key("user", Level.OPENSEARCH, "string", "none", "0.1",
         "basic authentication's user; its password is the mesh secret `opensearch_password`"),
-    Key("acme", Level.TOP, "object", "Let's Encrypt", "0.1",
+    Key("acme", Level.TOP, "object", "Let's Encrypt on DigitalOcean", "0.1",
         "where the domains' certificates come from (docs/tls.md)"),
-    Key("directory", Level.ACME, "string", "Let's Encrypt's", "0.1",
+    Key("directory", Level.ACME, "string", "Let's Encrypt's on DigitalOcean; none on a local "
+        "mesh", "0.1",
         "the ACME directory's `https://` URL (`https://acme-v02.api.letsencrypt.org/directory`)"),
     Key("email", Level.ACME, "string", "none", "0.1",
         "the ACME account's contact, to which the CA may write"),

@@ -36,7 +36,7 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.outbox import queue_critical
 from meshd.agent.store import Conflict, Store, StoreUnavailable
 from meshd.core.certs import (
-    LETS_ENCRYPT,
+    NO_DIRECTORY,
     Wanted,
     backoff,
     days_left,
@@ -60,9 +60,16 @@ class Certificates:
     role = subjects.Role.CERTIFICATES
 
     def __init__(
-        self, store: Store, view: MeshView, droplet: str, mesh: str, secret: MeshSecret
+        self,
+        store: Store,
+        view: MeshView,
+        droplet: str,
+        mesh: str,
+        secret: MeshSecret,
+        default_directory: str = "",
     ) -> None:
         self.store = store
+        self.default_directory = default_directory  # when the config names none
         self.view = view
         self.droplet = droplet
         self.mesh = mesh
@@ -103,7 +110,11 @@ class Certificates:
     async def order(self, term: Term, want: Wanted, cert: Certificate | None, why: str) -> None:
         """Order `want`'s certificate; its record says how it went."""
         settings = self.view.state.acme if self.view.state else {}
-        directory = settings.get("directory") or LETS_ENCRYPT
+        directory = settings.get("directory") or self.default_directory
+        if not directory:
+            if cert is None or cert.last_error != NO_DIRECTORY:
+                await self._failed(term, want, cert, NO_DIRECTORY, time.time())
+            return
         account_key = await self._account_key(term)
         if account_key is None:
             return

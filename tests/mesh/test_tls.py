@@ -1,5 +1,6 @@
-"""TLS on a real local mesh with real nginx against a real ACME CA (pebble): a domain of the
-deployment config gets a certificate, one order for five droplets; it is served over HTTPS
+"""TLS on a real local mesh with real nginx against a real ACME CA (pebble): the domains that
+examples/deployment_config.json gives hostomatic's prod get a certificate, one order for five
+droplets; it is served over HTTPS
 on the entry address and plain HTTP redirects there; a forced renewal swaps it without a
 failed request; a CA that refuses (the domain no longer points at the entry) leaves the old
 certificate serving and says why; killing the lb holder moves the entry, and HTTPS goes on
@@ -29,7 +30,9 @@ from tests.support.mesh import BACKEND_ONLY, LocalMesh, local_mesh, write_projec
 from tests.support.pebble import Pebble, running_pebble
 from tests.support.waiting import wait_for
 
-DOMAINS = ["shop.meshd.test", "www.shop.meshd.test"]
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "examples" / "deployment_config.json").read_text())
+DOMAINS = EXAMPLE["projects"]["hostomatic"]["domains"]["prod"]  # pebble's DNS answers them
 NOWHERE = "127.0.0.254"  # nothing listens there: validation fails
 
 
@@ -116,7 +119,7 @@ def certs(mesh: LocalMesh, pebble: Pebble) -> dict[str, Any]:
 
 
 def events(mesh: LocalMesh, name: str) -> list[dict[str, Any]]:
-    found = mesh.events_about("shop-prod") or []
+    found = mesh.events_about("hostomatic-prod") or []
     return [e for e in found if e["name"] == name]
 
 
@@ -136,14 +139,14 @@ class Setup:
 def test_a_domain_is_served_over_https_renewed_kept_on_refusal_and_moved_with_the_entry(
     tmp_path: Path,
 ) -> None:
-    csv, config = write_project(tmp_path, ["shop,5,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
+    csv, config = write_project(tmp_path, ["hostomatic,5,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
     with local_mesh(tmp_path / "mesh", droplets=5) as mesh:
         entry = urlsplit(mesh.status()["entry_url"])
         address, http_port = str(entry.hostname), int(entry.port or 80)
         tls_port = 443 if http_port == 80 else 8443
         with running_pebble(tmp_path / "pebble", address, http_port) as pebble:
             document = json.loads(config.read_text())
-            document["projects"]["shop"]["domains"] = {"prod": DOMAINS}
+            document["projects"]["hostomatic"]["domains"] = {"prod": DOMAINS}
             document["acme"] = pebble.config_for(tmp_path)
             config.write_text(json.dumps(document))
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
@@ -179,7 +182,7 @@ def issued_once_and_served(setup: Setup) -> str:
 def renewed_under_load(setup: Setup, first: str) -> str:
     """A forced renewal swaps the certificate without a failed request."""
     with https_load(setup.target) as load:
-        setup.mesh.ok("certs", "renew", "shop", "prod")
+        setup.mesh.ok("certs", "renew", "hostomatic", "prod")
         wait_for(lambda: len(load.seen) >= 2, timeout=90, what="the renewed certificate")
         time.sleep(1)
     assert load.failed == [], load.failed[:5]
@@ -193,7 +196,7 @@ def kept_when_the_ca_refuses(setup: Setup, renewed: str) -> None:
     """The domains point elsewhere, so validation fails: the old certificate serves on."""
     mesh, pebble = setup.mesh, setup.pebble
     pebble.answer_with(NOWHERE)
-    mesh.ok("certs", "renew", "shop", "prod")
+    mesh.ok("certs", "renew", "hostomatic", "prod")
     failed = wait_for(lambda: events(mesh, "certificate_failed"), timeout=90, what="the failure")
     assert "validation failed" in failed[0]["detail"]["error"]
     assert https_get(*setup.target).certificate == renewed

@@ -11,9 +11,11 @@ from meshd.core.certs import (
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
     DAY_S,
+    LETS_ENCRYPT,
     Wanted,
     attention,
     backoff,
+    default_directory,
     due,
     needs_alert,
     points_elsewhere,
@@ -119,7 +121,7 @@ def test_attention_and_state_say_what_the_operator_should_know() -> None:
     assert attention(issued(), NOW) is None and state_of(issued(), NOW) == "valid"
     assert "plain HTTP" in str(attention(None, NOW)) and state_of(None, NOW) == "pending"
     refused = Certificate(project="shop", env="prod", domains=WANT.domains, last_error="no")
-    assert attention(refused, NOW) == "pending: the last order failed: no"
+    assert attention(refused, NOW) == "pending: no"
     assert state_of(refused, NOW) == "failing"
     assert attention(issued(days_left=20), NOW) == "expires in 20 days; renewal due"
     assert state_of(issued(days_left=20), NOW) == "renewing"
@@ -146,3 +148,11 @@ def test_domains_that_do_not_lead_to_the_entry_are_named_with_what_they_say() ->
         "d.example.com": "does not resolve (NXDOMAIN)",
         "e.example.com": "resolves to no address, not the entry address 203.0.113.7",
     }
+
+
+def test_lets_encrypt_is_the_default_only_on_digitalocean_itself() -> None:
+    assert default_directory({"name": "digitalocean", "config": {}}) == LETS_ENCRYPT
+    stand_in = {"name": "digitalocean", "config": {"api_url": "http://127.0.0.1:9/"}}
+    assert default_directory(stand_in) == ""
+    assert default_directory({"name": "local"}) == ""
+    assert default_directory({}) == ""

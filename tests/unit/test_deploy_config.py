@@ -575,11 +575,11 @@ def test_a_relative_git_repo_is_a_repository_beside_the_config(tmp_path: Path) -
     assert found == {**repos, "a": str(tmp_path / "repos" / "a.git")}
 
 
-def test_acme_defaults_to_lets_encrypt_and_publishes_a_private_directory_s_ca(
+def test_acme_names_no_directory_by_default_and_publishes_a_private_directory_s_ca(
     tmp_path: Path,
 ) -> None:
     assert parse({}).acme == {
-        "directory": "https://acme-v02.api.letsencrypt.org/directory",
+        "directory": "",  # the mesh's default: Let's Encrypt on DigitalOcean
         "email": "",
         "directory_ca": "",
     }
