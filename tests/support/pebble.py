@@ -3,8 +3,10 @@ server, on loopback ports of this test worker. Every test domain resolves to `an
 address the HTTP-01 validation connects to, on `http_port`: the entry point's); the
 directory's own HTTPS certificate comes from a CA made here (`directory_ca`, what the `acme`
 config's `directory_ca` names), and the certificates pebble issues chain to a root it makes
-at start (`issuing_root()`, for `curl --cacert`). `PEBBLE_VA_NOSLEEP=1` keeps validation fast
-and `PEBBLE_WFE_NONCEREJECT=0` keeps pebble from refusing good nonces (its default is 5 %).
+at start (`issuing_root()`, for `curl --cacert`). `PEBBLE_VA_NOSLEEP=1` keeps validation fast,
+`PEBBLE_WFE_NONCEREJECT=0` keeps pebble from refusing good nonces (its default is 5 %) and
+`PEBBLE_AUTHZREUSE=0` validates every order afresh (by default pebble reuses half of the
+valid authorizations, and a renewal would not notice that the names point elsewhere).
 Skipped with a reason where pebble is missing, a failure in CI (`CI=true`).
 """
 
@@ -129,7 +131,8 @@ def running_pebble(
                 )
             )
         wait_for_port("127.0.0.1", dns_api)
-        knobs = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", **(env or {})}
+        knobs = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                 "PEBBLE_AUTHZREUSE": "0", **(env or {})}  # fmt: skip
         with log.open("ab") as out:
             processes.append(
                 subprocess.Popen(
