@@ -111,9 +111,9 @@ class Certificates:
         """Order `want`'s certificate; its record says how it went."""
         settings = self.view.state.acme if self.view.state else {}
         directory = settings.get("directory") or self.default_directory
-        if not directory:
+        if not directory:  # said once; not a failure that delays the first real order
             if cert is None or cert.last_error != NO_DIRECTORY:
-                await self._failed(term, want, cert, NO_DIRECTORY, time.time())
+                await self._failed(term, want, cert, NO_DIRECTORY, time.time(), counts=False)
             return
         account_key = await self._account_key(term)
         if account_key is None:
@@ -217,10 +217,16 @@ class Certificates:
         await self.store.record(event, self.droplet, want.name, detail, term.fence)
 
     async def _failed(
-        self, term: Term, want: Wanted, cert: Certificate | None, reason: str, started: float
+        self,
+        term: Term,
+        want: Wanted,
+        cert: Certificate | None,
+        reason: str,
+        started: float,
+        counts: bool = True,
     ) -> None:
-        failures = (cert.failures if cert else 0) + 1
-        wait = backoff(failures)
+        failures = (cert.failures if cert else 0) + (1 if counts else 0)
+        wait = backoff(failures) if counts else 0.0
         base = cert or Certificate(project=want.project, env=want.env, domains=want.domains)
         record = replace(
             base,
@@ -228,7 +234,7 @@ class Certificates:
             last_attempt_at=started,
             last_error=reason,
             failures=failures,
-            next_attempt_at=time.time() + wait,
+            next_attempt_at=time.time() + wait if counts else 0.0,
             fence=term.fence,
         )
         log.warning(

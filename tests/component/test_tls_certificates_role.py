@@ -166,6 +166,8 @@ async def test_without_a_directory_nothing_is_ordered_and_the_reason_is_kept_onc
     await role.round(term())
     pending = await record(store)
     assert not pending.issued and pending.last_error == NO_DIRECTORY
+    # Not a failure: a directory named later is ordered from at once.
+    assert pending.failures == 0 and pending.next_attempt_at == 0
     assert len(named(store, "certificate_failed")) == 1
     assert await store.get(subjects.SECRETS_BUCKET, subjects.secret_value_key(ACCOUNT_KEY)) is None
 
