@@ -6,6 +6,7 @@ asks the `certificates` holder for a new one now, whatever its backoff after fai
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import time
@@ -42,12 +43,14 @@ def certs(
 
     \b
     Every project environment with `domains` in the deployment config gets one certificate
-    for all its names from the ACME directory (Let's Encrypt unless `acme` says otherwise),
-    renewed 30 days before it ends. A domain is served over plain HTTP until its certificate
-    is issued; after that plain HTTP redirects to HTTPS.
+    for all its names from the ACME directory that `acme` names (on DigitalOcean: Let's
+    Encrypt by default), renewed 30 days before it ends. A domain is served over plain HTTP
+    until its certificate is issued; after that plain HTTP redirects to HTTPS. docs/tls.md.
     """
     if ctx.invoked_subcommand is not None:
         return
+    if dns_server is not None:
+        _server_address(dns_server)
     found = asyncio.run(_certificates(context_name, dns_server))
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -169,10 +172,10 @@ def _ask_server(server: str) -> Any:
     import dns.asyncresolver  # noqa: PLC0415 - only with --dns
     import dns.exception  # noqa: PLC0415
 
-    host, _, port = server.partition(":")
+    host, port = _server_address(server)
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [host]
-    resolver.port = int(port or 53)
+    resolver.port = port
     resolver.lifetime = RESOLVE_TIMEOUT_S
 
     async def ask(domain: str) -> list[str] | str:
@@ -183,6 +186,23 @@ def _ask_server(server: str) -> Any:
         return sorted(str(record) for record in answer)
 
     return ask
+
+
+def _server_address(server: str) -> tuple[str, int]:
+    """`--dns`'s HOST[:PORT] as an IP address and a port (53 by default)."""
+    host, _, port = server.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port or 53)
+        if not 0 < number < 65536:
+            raise ValueError(number)
+    except ValueError:
+        raise click.BadParameter(
+            f"{server!r} is not an IP address with an optional port, like '1.1.1.1' or "
+            "'127.0.0.1:8053'",
+            param_hint="--dns",
+        ) from None
+    return host, number
 
 
 def _day(at: float) -> str:
