@@ -100,6 +100,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/detect.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/observe.py
+	$(BIN)/python bench/tls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -229,6 +229,9 @@ def _translated(what: str) -> Iterator[None]:
         raise AcmeError(f"{what}: the directory did not answer: {_short(err)}") from None
     except errors.Error as err:
         raise AcmeError(f"{what}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - an answer the library could not take: a failure
+        # like any other, so that the role backs off instead of ordering again at once
+        raise AcmeError(f"{what}: unexpected {type(err).__name__}: {_short(err)}") from None
 
 
 def _validation_failures(err: errors.ValidationError) -> str:
