@@ -28,14 +28,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.mesh.test_tls import Answer, http_head, https_get, https_load  # noqa: E402
-from tests.support.mesh import BACKEND_ONLY, local_mesh, write_project  # noqa: E402
-from tests.support.pebble import running_pebble  # noqa: E402
+from tests.mesh.test_tls import Answer, http_head, https_get, https_load, tls_mesh  # noqa: E402
 
 DOMAINS = ["shop.meshd.test", "www.shop.meshd.test"]
 SAMPLES = 200
@@ -60,57 +57,45 @@ def until(check: Callable[[], object], timeout: float) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        home = Path(scratch)
-        csv, config = write_project(home, ["shop,3,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-        with local_mesh(home / "mesh", droplets=3) as mesh:
-            entry = urlsplit(mesh.status()["entry_url"])
-            address, http_port = str(entry.hostname), int(entry.port or 80)
-            tls_port = 443 if http_port == 80 else 8443
-            with running_pebble(home / "pebble", address, http_port) as pebble:
-                document = json.loads(config.read_text())
-                document["projects"]["shop"]["domains"] = {"prod": DOMAINS}
-                document["acme"] = pebble.config_for(home)
-                config.write_text(json.dumps(document))
-                mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
-                root = home / "root.pem"
-                root.write_text(pebble.issuing_root())
-                target = (address, tls_port, DOMAINS[0], str(root))
-                first_s = until(lambda: served(target), 180)
-                first = https_get(*target).certificate
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        tls_mesh(Path(scratch), "shop", 3, DOMAINS) as setup,
+    ):
+        mesh, pebble, target = setup.mesh, setup.pebble, setup.target
+        address = target[0]
+        first_s = until(lambda: served(target), 180)
+        first = https_get(*target).certificate
 
-                with https_load(target) as load:
-                    mesh.ok("certs", "renew", "shop", "prod")
-                    renewal_s = until(lambda: load.seen and load.seen[-1] != first, 120)
-                renewed = load.seen[-1]
+        with https_load(target) as load:
+            mesh.ok("certs", "renew", "shop", "prod")
+            renewal_s = until(lambda: load.seen and load.seen[-1] != first, 120)
+        renewed = load.seen[-1]
 
-                https, http = [], []
-                for _ in range(SAMPLES):
-                    start = time.perf_counter()
-                    https_get(*target)
-                    https.append((time.perf_counter() - start) * 1000)
-                    start = time.perf_counter()
-                    http_head(address, http_port, "shop-prod.invalid", "/shop-prod/backend/")
-                    http.append((time.perf_counter() - start) * 1000)
+        https, http = [], []
+        for _ in range(SAMPLES):
+            start = time.perf_counter()
+            https_get(*target)
+            https.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            http_head(address, setup.http_port, "shop-prod.invalid", "/shop-prod/backend/")
+            http.append((time.perf_counter() - start) * 1000)
 
-                holder = mesh.status()["lb"]
-                group = next(
-                    d["pgid"] for d in mesh.account["droplets"].values() if d["name"] == holder
-                )
-                os.killpg(group, signal.SIGKILL)
-                gap_s = until(lambda: served(target), 60)
-                after = https_get(*target).certificate
-                result = {
-                    "first_certificate_s": round(first_s, 2),
-                    "renewal_s": round(renewal_s, 2),
-                    "renewal_failed": len(load.failed),
-                    "renewal_requests": load.sent,
-                    "https_ms_p50": round(statistics.median(https), 2),
-                    "http_ms_p50": round(statistics.median(http), 2),
-                    "failover_gap_s": round(gap_s, 2),
-                    "failover_same_certificate": after == renewed,
-                    "orders": pebble.issued(),
-                }
+        holder = mesh.status()["lb"]
+        group = next(d["pgid"] for d in mesh.account["droplets"].values() if d["name"] == holder)
+        os.killpg(group, signal.SIGKILL)
+        gap_s = until(lambda: served(target), 60)
+        after = https_get(*target).certificate
+        result = {
+            "first_certificate_s": round(first_s, 2),
+            "renewal_s": round(renewal_s, 2),
+            "renewal_failed": len(load.failed),
+            "renewal_requests": load.sent,
+            "https_ms_p50": round(statistics.median(https), 2),
+            "http_ms_p50": round(statistics.median(http), 2),
+            "failover_gap_s": round(gap_s, 2),
+            "failover_same_certificate": after == renewed,
+            "orders": pebble.issued(),
+        }
     print(json.dumps(result))
 
 

@@ -136,27 +136,35 @@ class Setup:
     http_port: int
 
 
-def test_a_domain_is_served_over_https_renewed_kept_on_refusal_and_moved_with_the_entry(
-    tmp_path: Path,
-) -> None:
-    csv, config = write_project(tmp_path, ["hostomatic,5,s-1vcpu-2gb,s-1vcpu-1gb"], BACKEND_ONLY)
-    with local_mesh(tmp_path / "mesh", droplets=5) as mesh:
+@contextmanager
+def tls_mesh(home: Path, project: str, droplets: int, domains: list[str]) -> Iterator[Setup]:
+    """A local mesh of `droplets` running `project` (backend only) with `domains` for prod,
+    its certificates from a pebble of its own, published and converged."""
+    row = f"{project},{droplets},s-1vcpu-2gb,s-1vcpu-1gb"
+    csv, config = write_project(home, [row], BACKEND_ONLY)
+    with local_mesh(home / "mesh", droplets=droplets) as mesh:
         entry = urlsplit(mesh.status()["entry_url"])
         address, http_port = str(entry.hostname), int(entry.port or 80)
         tls_port = 443 if http_port == 80 else 8443
-        with running_pebble(tmp_path / "pebble", address, http_port) as pebble:
+        with running_pebble(home / "pebble", address, http_port) as pebble:
             document = json.loads(config.read_text())
-            document["projects"]["hostomatic"]["domains"] = {"prod": DOMAINS}
-            document["acme"] = pebble.config_for(tmp_path)
+            document["projects"][project]["domains"] = {"prod": domains}
+            document["acme"] = pebble.config_for(home)
             config.write_text(json.dumps(document))
             mesh.ok("publish", csv, "--deploy-config", config, "--wait", timeout=240)
-            root = tmp_path / "pebble-root.pem"
+            root = home / "pebble-root.pem"
             root.write_text(pebble.issuing_root())
-            setup = Setup(mesh, pebble, (address, tls_port, DOMAINS[0], str(root)), http_port)
-            first = issued_once_and_served(setup)
-            renewed = renewed_under_load(setup, first)
-            kept_when_the_ca_refuses(setup, renewed)
-            moved_with_the_entry(setup, renewed)
+            yield Setup(mesh, pebble, (address, tls_port, domains[0], str(root)), http_port)
+
+
+def test_a_domain_is_served_over_https_renewed_kept_on_refusal_and_moved_with_the_entry(
+    tmp_path: Path,
+) -> None:
+    with tls_mesh(tmp_path, "hostomatic", 5, DOMAINS) as setup:
+        first = issued_once_and_served(setup)
+        renewed = renewed_under_load(setup, first)
+        kept_when_the_ca_refuses(setup, renewed)
+        moved_with_the_entry(setup, renewed)
 
 
 def issued_once_and_served(setup: Setup) -> str:
