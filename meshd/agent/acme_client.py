@@ -16,12 +16,11 @@ from typing import Any
 
 import requests
 from acme import challenges, client, crypto_util, errors, messages
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from josepy.jwk import JWKRSA
 
+from meshd.core.tls_chain import ChainError, Issued, describe
 from protocol.errors import MeshError
 
 USER_AGENT = "meshd (+https://github.com/meshd)"
@@ -53,17 +52,6 @@ class Challenge:
 class Order:
     resource: messages.OrderResource
     challenges: tuple[Challenge, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Issued:
-    """A certificate chain (PEM, leaf first) and what it says of itself."""
-
-    chain: str
-    issuer: str
-    not_before: float
-    not_after: float
-    covers: tuple[str, ...]
 
 
 def new_account_key() -> bytes:
@@ -166,48 +154,16 @@ class AcmeSession:
             done = self._acme().poll_and_finalize(order.resource, deadline)
         if not done.fullchain_pem:
             raise AcmeError("the CA finished the order without a certificate")
-        return describe(done.fullchain_pem)
+        try:
+            return describe(done.fullchain_pem)
+        except ChainError as err:
+            raise AcmeError(f"the CA sent a certificate that cannot be read: {err}") from None
 
     def _acme(self) -> client.ClientV2:
         if self._client is None:
             self.register()
         assert self._client is not None
         return self._client
-
-
-def describe(chain: str) -> Issued:
-    """What a PEM chain's leaf says of itself."""
-    try:
-        leaf = x509.load_pem_x509_certificates(chain.encode())[0]
-    except ValueError as err:
-        raise AcmeError(f"the CA sent a certificate that cannot be read: {err}") from None
-    try:
-        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        covers = tuple(sorted(names.value.get_values_for_type(x509.DNSName)))
-    except x509.ExtensionNotFound:
-        covers = ()
-    issuer = leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return Issued(
-        chain=chain,
-        issuer=str(issuer[0].value) if issuer else leaf.issuer.rfc4514_string(),
-        not_before=leaf.not_valid_before_utc.timestamp(),
-        not_after=leaf.not_valid_after_utc.timestamp(),
-        covers=covers,
-    )
-
-
-def key_matches(chain: str, key: bytes) -> bool:
-    """Whether `key` (PEM) is the private half of the chain's leaf."""
-    try:
-        leaf = x509.load_pem_x509_certificates(chain.encode())[0]
-        private = serialization.load_pem_private_key(key, None)
-    except (ValueError, TypeError):
-        return False
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    return bool(
-        leaf.public_key().public_bytes(der, spki) == private.public_key().public_bytes(der, spki)
-    )
 
 
 @contextmanager

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from meshd.agent.acme_client import key_matches
 from meshd.agent.loops import mirror_bucket
 from meshd.agent.store import Store
+from meshd.core.tls_chain import key_matches
 from plugins.fs import atomic_write
 from plugins.lb import SiteTls
 from protocol import certs, subjects

@@ -22,14 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from meshd.agent.acme_client import (
-    AcmeError,
-    AcmeSession,
-    Issued,
-    key_matches,
-    new_account_key,
-    new_certificate_key,
-)
 from meshd.agent.lease import Term
 from meshd.agent.meshkey import put_mesh_secret
 from meshd.agent.meshview import MeshView
@@ -44,6 +36,7 @@ from meshd.core.certs import (
     needs_alert,
     wanted,
 )
+from meshd.core.tls_chain import Issued, key_matches
 from protocol import subjects
 from protocol.certs import Certificate, RenewRequest, challenge_key, renew_key
 from protocol.codec import decode, encode
@@ -115,6 +108,9 @@ class Certificates:
             if cert is None or cert.last_error != NO_DIRECTORY:
                 await self._failed(term, want, cert, NO_DIRECTORY, time.time(), counts=False)
             return
+        # The ACME client (and requests) only where the role is held: not on every droplet.
+        from meshd.agent.acme_client import AcmeError, AcmeSession, new_certificate_key  # noqa: PLC0415
+
         account_key = await self._account_key(term)
         if account_key is None:
             return
@@ -160,6 +156,8 @@ class Certificates:
             log.info("ACME account key not sealed to this droplet yet.")
             return None
         term.ensure_held()
+        from meshd.agent.acme_client import new_account_key  # noqa: PLC0415
+
         made = new_account_key()
         try:
             version = await put_mesh_secret(self.store, ACCOUNT_KEY, made, f"meshd@{self.droplet}")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from meshd.agent.acme_client import describe, key_matches
 from meshd.agent.api import create_app, serve
 from meshd.agent.lease import Term
 from meshd.agent.meshview import MeshView
 from meshd.core.certs import BACKOFF_BASE_S, DAY_S, NO_DIRECTORY
 from meshd.core.sealing import KeyPair, open_value
 from meshd.core.spec import DesiredState, ProjectSpec
+from meshd.core.tls_chain import describe, key_matches
 from meshd.roles.certificates import ACCOUNT_KEY, Certificates
 from protocol import subjects
 from protocol.certs import Certificate, RenewRequest, cert_key, renew_key
