@@ -136,7 +136,8 @@ def attention(cert: Certificate | None, now: float) -> str | None:
 def state_of(cert: Certificate | None, now: float) -> str:
     """One word for a table: pending, valid, renewing, failing, expiring, expired."""
     if cert is None or not cert.issued:
-        return "failing" if cert is not None and cert.last_error else "pending"
+        failed = cert is not None and cert.last_error not in ("", NO_DIRECTORY)
+        return "failing" if failed else "pending"
     if cert.not_after <= now:
         return "expired"
     if cert.last_error:

@@ -5,6 +5,8 @@ again; a critical alert within 7 days, once a day; what `meshctl status` calls a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from meshd.core.certs import (
@@ -12,6 +14,7 @@ from meshd.core.certs import (
     BACKOFF_MAX_S,
     DAY_S,
     LETS_ENCRYPT,
+    NO_DIRECTORY,
     Wanted,
     attention,
     backoff,
@@ -123,6 +126,8 @@ def test_attention_and_state_say_what_the_operator_should_know() -> None:
     refused = Certificate(project="shop", env="prod", domains=WANT.domains, last_error="no")
     assert attention(refused, NOW) == "pending: no"
     assert state_of(refused, NOW) == "failing"
+    nowhere = replace(refused, last_error=NO_DIRECTORY)  # a local mesh without a directory
+    assert state_of(nowhere, NOW) == "pending" and NO_DIRECTORY in str(attention(nowhere, NOW))
     assert attention(issued(days_left=20), NOW) == "expires in 20 days; renewal due"
     assert state_of(issued(days_left=20), NOW) == "renewing"
     assert state_of(issued(days_left=3), NOW) == "expiring"
