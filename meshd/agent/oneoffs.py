@@ -49,9 +49,10 @@ class OneOffs:
             await message.respond(encode(OneOffStarted(error=f"unreadable request: {err}")))
             return
         error = self._refusal(request)
-        await message.respond(encode(OneOffStarted(error=error)))
-        if error is None:
-            self._asked_for.start(self._carry_out(request), "oneoff")
+        if error is not None:
+            await message.respond(encode(OneOffStarted(error=error)))
+            return
+        self._asked_for.start(self._carry_out(request, message), "oneoff")
 
     def _refusal(self, request: OneOffRequest) -> str | None:
         key = subjects.alloc_key(request.project, request.env, request.service)
@@ -61,17 +62,23 @@ class OneOffs:
             return f"{MAX_RUNNING} one-off commands already run on {self.droplet}; try again"
         return None  # a command that cannot be parsed is the runtime's to say (`run_once`)
 
-    async def _carry_out(self, request: OneOffRequest) -> None:
-        runner = asyncio.create_task(self._run(request))
+    async def _carry_out(self, request: OneOffRequest, asked: Received) -> None:
+        runner: asyncio.Task[OneOffEnd] | None = None
         cancelled = asyncio.Event()
 
         async def cancel(_: Received) -> None:
             cancelled.set()
-            runner.cancel()
+            if runner is not None:
+                runner.cancel()
 
+        # Listened to before the answer: a Ctrl-C right after it must not find nobody.
         stop = await self.store.subscribe(f"{request.output}.cancel", cancel)
         started = time.monotonic()
         try:
+            await asked.respond(encode(OneOffStarted()))
+            runner = asyncio.create_task(self._run(request))
+            if cancelled.is_set():
+                runner.cancel()
             end = await runner
         except asyncio.CancelledError:
             if not cancelled.is_set():

@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import shlex
+import signal
 import sys
 import time
 from typing import Any
@@ -80,8 +81,8 @@ def exec_command(
         return asyncio.run(
             _exec(project, env, service, line, droplet, timeout_s, as_json, context_name)
         )
-    except KeyboardInterrupt:  # the command was told to stop (OneOffRun.carry_out)
-        click.echo("meshctl: interrupted; the command was stopped", err=True)
+    except KeyboardInterrupt:  # before the command was asked for: nothing runs
+        click.echo("meshctl: interrupted", err=True)
         return INTERRUPTED
 
 
@@ -156,6 +157,12 @@ class OneOffRun:
             self.ended.set_result(decode(message.data, OneOffEnd))
 
     async def carry_out(self, droplet: str, request: OneOffRequest) -> int:
+        # Ctrl-C sets an event rather than cancelling the task: Python 3.11's wait_for (under
+        # nats' request) swallows a cancellation that lands as its answer arrives, and meshctl
+        # then waited out the command's whole timeout.
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
         out = await self.store.subscribe(f"{request.output}.out", self._out)
         end = await self.store.subscribe(f"{request.output}.end", self._end)
         try:
@@ -165,19 +172,42 @@ class OneOffRun:
             started = decode(answer, OneOffStarted)
             if started.error is not None:
                 raise MeshError(f"{droplet}: {started.error}")
-            try:
-                finished = await asyncio.wait_for(self.ended, request.timeout + END_MARGIN_S)
-            except asyncio.CancelledError:  # Ctrl-C: the command stops too
-                await self.store.publish(f"{request.output}.cancel", b"")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.ended), CANCEL_WAIT_S)
-                raise
-            except TimeoutError:
-                raise MeshError(f"no end from {droplet} within {request.timeout:g} s") from None
+            if not await self._ended_unless(interrupted, request.timeout + END_MARGIN_S):
+                return await self._stop(droplet, request)
+            return self._result(droplet, self.ended.result())
+        except TimeoutError:
+            raise MeshError(f"no end from {droplet} within {request.timeout:g} s") from None
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             await out.unsubscribe()
             await end.unsubscribe()
-        return self._result(droplet, finished)
+
+    async def _ended_unless(self, interrupted: asyncio.Event, within: float) -> bool:
+        """True when the command ended, False when Ctrl-C came first."""
+        stopping = asyncio.ensure_future(interrupted.wait())
+        either: set[asyncio.Future[Any]] = {self.ended, stopping}
+        try:
+            await asyncio.wait(either, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if self.ended.done():
+            return True
+        if interrupted.is_set():
+            return False
+        raise TimeoutError
+
+    async def _stop(self, droplet: str, request: OneOffRequest) -> int:
+        await self.store.publish(f"{request.output}.cancel", b"")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.ended), CANCEL_WAIT_S)
+        if not self.ended.done():
+            click.echo(f"meshctl: interrupted; {droplet} did not say within {CANCEL_WAIT_S:g} s "
+                       "that the command stopped", err=True)  # fmt: skip
+            return INTERRUPTED
+        if self.as_json:
+            self._result(droplet, self.ended.result())
+        click.echo("meshctl: interrupted; the command was stopped", err=True)
+        return INTERRUPTED
 
     def _result(self, droplet: str, end: OneOffEnd) -> int:
         if self.as_json:
