@@ -21,7 +21,9 @@ from meshd.roles.logs import LogForwarder
 from protocol import subjects
 from protocol.codec import encode
 from protocol.logs import LogBatch, LogLine
+from protocol.messages import Event
 from sim.opensearch import OpenSearchStandIn
+from tests.support.waiting import until
 
 INDEX = "meshd-logs"
 PASSWORD = "s3cret-of-the-cluster"
@@ -70,20 +72,13 @@ async def leading(role: LogForwarder, fence: int):  # type: ignore[no-untyped-de
             await task
 
 
-async def until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_every_line_reaches_the_index_once_across_a_forwarder_cut_off_mid_bulk(
     store: Store, cluster: OpenSearchStandIn
 ) -> None:
     shipped = await ship(store, 120)
     cluster.hold = 1.0  # stored, then a second before the answer: the cut falls in between
     async with leading(forwarder(store, cluster), fence=5):
-        await until(lambda: cluster.writes >= 100, 20, "a first bulk stored")
+        await until(lambda: cluster.writes >= 100, "a first bulk stored", 20)
     cut_off_after = cluster.writes
     cluster.hold = 0.0
     shipped += await ship(store, 30, first=120)  # more while no forwarder runs
@@ -91,7 +86,7 @@ async def test_every_line_reaches_the_index_once_across_a_forwarder_cut_off_mid_
     async with leading(second, fence=9):
         # the batches of the bulk cut off come back once their ack wait is over
         resent = len(shipped) + cut_off_after
-        await until(lambda: cluster.writes >= resent, 30, "the bulk cut off sent again")
+        await until(lambda: cluster.writes >= resent, "the bulk cut off sent again", 30)
         await asyncio.sleep(0.5)
 
     documents = cluster.documents(INDEX)
@@ -113,12 +108,16 @@ async def test_a_refusing_cluster_holds_lines_back_then_takes_them_all(
     cluster.refuse_next(2, status=503)
     cluster.refuse_items(7)  # then a bulk taken but for seven lines (a full write queue)
     async with leading(forwarder(store, cluster), fence=3):
-        await until(lambda: len(cluster.documents(INDEX)) == len(shipped), 30, "every line")
-    events = [e for e in await store.recent_events(100) if e.subject == "opensearch"]
+        await until(lambda: len(cluster.documents(INDEX)) == len(shipped), "every line", 30)
+
+        async def said() -> list[Event]:  # events are recorded in the background
+            events = [e for e in await store.recent_events(100) if e.subject == "opensearch"]
+            return events if events and events[-1].name == "logs_forwarding" else []
+
+        events = await until(said, "forwarding said again", 10)
     failed = [e for e in events if e.name == "logs_forward_failed"]
     assert failed and "503" in failed[0].detail["error"]
     assert failed[0].fence == 3
-    assert events[-1].name == "logs_forwarding"
     assert cluster.bulk_requests >= 4
 
 
@@ -127,10 +126,14 @@ async def test_a_wrong_password_is_said_and_no_line_is_lost(
 ) -> None:
     shipped = await ship(store, 3)
     async with leading(forwarder(store, cluster, password="not-it"), fence=4):
-        await until(lambda: cluster.unauthorized >= 2, 10, "a bulk request sent again")
+        await until(lambda: cluster.unauthorized >= 2, "a bulk request sent again", 10)
     assert cluster.documents(INDEX) == {}
-    (failed,) = [e for e in await store.recent_events(100) if e.name == "logs_forward_failed"]
+
+    async def refusals() -> list[Event]:
+        return [e for e in await store.recent_events(100) if e.name == "logs_forward_failed"]
+
+    (failed,) = await until(refusals, "the refusal said", 10)
     assert "refused the login" in failed.detail["error"]
     assert "not-it" not in str(failed.detail) and PASSWORD not in str(failed.detail)
     async with leading(forwarder(store, cluster), fence=6):
-        await until(lambda: len(cluster.documents(INDEX)) == len(shipped), 30, "every line")
+        await until(lambda: len(cluster.documents(INDEX)) == len(shipped), "every line", 30)
