@@ -138,9 +138,13 @@ async def test_a_rollout_that_overtakes_the_one_before_serves_from_the_drained_s
     """Generation 3 arrives while generation 1 still drains beside a healthy 2 (two quick
     changes in a row): 3 starts in the drained slot and serves, nothing stays draining."""
     port, spare = free_port(), free_port()
-    for generation in (1, 2):
-        wanted = allocation(generation=generation, droplets=("web1",), port=port, spare_port=spare)
-        await reconciler.apply({"shop.prod.backend": wanted})
+    first = allocation(generation=1, droplets=("web1",), port=port, spare_port=spare)
+    await reconciler.apply({"shop.prod.backend": first})
+    # Serving first: a generation 1 not started yet is replaced in its slot, not drained (on
+    # a loaded machine generation 2 came before 1 had started, and the test saw no drain).
+    await until(lambda: served(reconciler) == [port], "generation 1 serving")
+    second = allocation(generation=2, droplets=("web1",), port=port, spare_port=spare)
+    await reconciler.apply({"shop.prod.backend": second})
     await until(lambda: served(reconciler) == [spare], "generation 2 serving, 1 draining")
     assert next(s for s in reconciler.statuses() if s.slot == 0).draining
 
