@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tests.support import freeze
 from tests.support.mesh import (
     WEB_ONLY,
     LocalMesh,
@@ -155,7 +156,7 @@ def test_instances_keep_serving_and_heal_with_every_nats_server_down(tmp_path: P
         port = service(mesh.status(), "shop", "prod", "backend")["port"]
         url = f"http://{mesh.address('master')}:{port}/"
         nats = mesh.pid_of("master", "nats-server")
-        os.kill(nats, signal.SIGSTOP)  # the only JetStream server: no quorum, no answers
+        freeze(nats)  # the only JetStream server: no quorum, no answers
         try:
             os.kill(mesh.pid_of("master", "agent"), signal.SIGKILL)
             time.sleep(1)
@@ -214,7 +215,7 @@ def test_a_paused_scheduler_holder_is_replaced_by_another_droplet(tmp_path: Path
     with local_mesh(tmp_path / "mesh", droplets=2) as mesh:
         holder = wait_for(lambda: _holder(mesh, "scheduler"), what="a scheduler")
         agent = mesh.pid_of(holder, "agent")
-        os.kill(agent, signal.SIGSTOP)
+        freeze(agent)
         try:
             successor = wait_for(
                 lambda: (h := _holder(mesh, "scheduler")) and h != holder and h,
@@ -247,7 +248,7 @@ def _events(mesh: LocalMesh) -> list[dict[str, Any]]:
 
 def test_meshctl_says_in_one_line_when_the_mesh_is_unreachable(tmp_path: Path) -> None:
     with local_mesh(tmp_path / "mesh") as mesh:
-        os.kill(mesh.pid_of("master", "nats-server"), signal.SIGSTOP)
+        freeze(mesh.pid_of("master", "nats-server"))
         nats = mesh.pid_of("master", "nats-server")
         try:
             started = time.monotonic()

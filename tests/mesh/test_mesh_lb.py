@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import nginx_binary
+from tests.support import freeze, nginx_binary
 from tests.support.mesh import (
     BACKEND_ONLY,
     LocalMesh,
@@ -90,7 +90,7 @@ def test_the_entry_point_balances_follows_health_and_moves_with_its_holder(
         # A paused instance fails its health checks, leaves the upstream, comes back.
         droplet = next(d for d in backend(mesh)["droplets"] if mesh.address(d) in addresses)
         pid = instance_pid(mesh, droplet, "shop.prod.backend")
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         try:
             wait_for(lambda: len(backend(mesh)["upstream"]) == 1, timeout=60, what="it to leave")
             remaining = backend(mesh)["upstream"][0].split(":")[0]
@@ -107,7 +107,7 @@ def test_the_entry_point_balances_follows_health_and_moves_with_its_holder(
         )
         paused = mesh.pid_of(leader, "nats-server")
         with requests_to(url) as load:
-            os.kill(paused, signal.SIGSTOP)
+            freeze(paused)
             time.sleep(8)
             os.kill(paused, signal.SIGCONT)
             time.sleep(2)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
+import time
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -55,3 +58,45 @@ def free_port(address: str = "127.0.0.1") -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER} at {address}")
+
+
+def freeze(pid: int, group: bool = False) -> None:
+    """SIGSTOP to a process (or its group), returning once every thread has stopped: the
+    kernel stops a multi-threaded process's threads one after the other, and on a loaded
+    machine a Go server's network thread answered a request after `kill` had returned."""
+    if group:
+        os.killpg(pid, signal.SIGSTOP)
+    else:
+        os.kill(pid, signal.SIGSTOP)
+    pids = group_members(pid) if group else [pid]
+    deadline = time.monotonic() + 10
+    while not all(stopped(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop within 10 s of SIGSTOP")
+        time.sleep(0.005)
+
+
+def stopped(pid: int) -> bool:
+    """Every thread of `pid` stopped (state T), or the process gone."""
+    try:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        ]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return all(state in ("T", "t", "Z", "X") for state in states)
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(proc.name))
+    return members

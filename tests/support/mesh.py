@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshd.agent.store.jetstream import NatsStore
+from tests.support import freeze
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "app" / "hello.py"
@@ -103,7 +104,7 @@ class LocalMesh:
         """The droplet's processes frozen (SIGSTOP to its process group) inside the block: what
         `meshctl chaos pause` does, without a command's start-up time in the pause."""
         (pgid,) = [d["pgid"] for d in self.account["droplets"].values() if d["name"] == name]
-        os.killpg(pgid, signal.SIGSTOP)
+        freeze(pgid, group=True)
         try:
             yield
         finally:

@@ -23,7 +23,7 @@ from meshd.agent.config import (
     new_passwords,
 )
 from meshd.local.droplet import nats_server_binary
-from tests.support import free_port
+from tests.support import free_port, freeze
 
 
 @dataclass
@@ -38,7 +38,7 @@ class NatsServer:
         return self.config.passwords["agent"]
 
     def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
+        freeze(self.process.pid)
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
