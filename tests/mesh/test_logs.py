@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.support.mesh import (
     WEB_ONLY,
+    answered,
     http_get,
     local_mesh,
     meshctl_path,
@@ -121,7 +122,8 @@ def test_logs_follow_two_droplets_merged_and_the_mesh_has_its_own(tmp_path: Path
             what="every agent's start in the logs",
         )
         entry_mark = uuid.uuid4().hex
-        http_get(f"{mesh.status()['entry_url']}/shop-prod/backend/?mark={entry_mark}")
+        entry = f"{mesh.status()['entry_url']}/shop-prod/backend/?mark={entry_mark}"
+        wait_for(lambda: answered(entry), timeout=30, what="the entry point serving the backend")
         wait_for(
             lambda: (
                 '"GET /shop-prod/backend/?mark=' in mesh.ok("logs", "--mesh", "--grep", entry_mark)

@@ -244,6 +244,15 @@ def http_get(url: str, timeout: float = 2.0) -> str:
         return str(response.read().decode())
 
 
+def answered(url: str) -> str | None:
+    """The body of a GET that succeeds, else None: for `wait_for` while a load balancer
+    catches up with what `publish --wait` saw (it renders a moment after)."""
+    try:
+        return http_get(url)
+    except OSError:
+        return None
+
+
 def write_project(directory: Path, rows: list[str], services: dict[str, Any]) -> tuple[Path, Path]:
     """A projects CSV and a deployment config running every service as a local process."""
     csv = directory / "projects.csv"
