@@ -5,8 +5,8 @@ the network, and in each agent the detector's real pure code (`watch.steps`, `wa
 What the asyncio detector does over NATS or HTTP is a message here, lost with probability
 `loss` (each delivery on its own) after a uniform one-way delay:
 
-- beats: the membership loop publishes on `mesh.hb.<me>`, waits `BEAT_EVERY_S`, then sleeps
-  `STATUS_MIN_GAP_S` (so a beat every 0.7 s); they reach the agents watching that droplet;
+- beats: the membership's beat loop publishes on `mesh.hb.<me>` every `BEAT_EVERY_S`; they
+  reach the agents watching that droplet;
 - a probe (`GET /health`) is one draw: answered after a round trip, or failed at
   `PROBE_TIMEOUT_S`; a helper answers probe requests one at a time (nats-py runs a
   subscription's callbacks in turn), and its asker gives up at `INDIRECT_TIMEOUT_S`;
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
 
-from meshd.agent.membership import BEAT_EVERY_S, STATUS_MIN_GAP_S
+from meshd.agent.membership import BEAT_EVERY_S
 from meshd.core.monitors import monitor_map, monitored, targets_of
 from meshd.core.spec import MASTER
 from meshd.watchers.detector import INDIRECT_TIMEOUT_S, PROBE_TIMEOUT_S
@@ -192,6 +192,7 @@ class Mesh:
     def start(self, faults: Sequence[Fault]) -> None:
         for agent in self.agents.values():
             began = self.rng.uniform(0.0, START_S)
+            agent.next_beat = began
             self.at(began, agent, True, self.beat, agent)
             self.at(began + self.rng.uniform(0.0, TICK_S), agent, True, self.tick, agent)
         for fault in faults:
@@ -228,14 +229,10 @@ class Mesh:
     # --- beats (meshd/agent/membership.py's loop) --------------------------------------------
 
     def beat(self, agent: Agent) -> None:
-        if self.now >= agent.next_beat:
-            agent.next_beat = self.now + BEAT_EVERY_S
-            agent.last_beat = self.now
-            self.send(agent, list(self.hearers[agent.name].values()), self.on_beat, agent.name)
-        self.at(max(self.now, agent.next_beat), agent, True, self.beat_waited, agent)
-
-    def beat_waited(self, agent: Agent) -> None:
-        self.at(self.now + STATUS_MIN_GAP_S, agent, True, self.beat, agent)
+        agent.last_beat = self.now
+        self.send(agent, list(self.hearers[agent.name].values()), self.on_beat, agent.name)
+        agent.next_beat = max(agent.next_beat + BEAT_EVERY_S, self.now)
+        self.at(agent.next_beat, agent, True, self.beat, agent)
 
     def on_beat(self, agent: Agent, droplet: str) -> None:
         watch = agent.watches.get(droplet)

@@ -28,6 +28,7 @@ async def feed_allocations(store: Store, reconciler: Reconciler, view: MeshView)
 
     async def failures(values: dict[str, FailureRecord]) -> None:
         await view.set_failures(values)
+        reconciler.set_peers(view.alive())
         if view.knows_allocations:  # else an empty mirror would stop every instance
             await reconciler.apply(view.hosted())
 
@@ -39,11 +40,12 @@ async def feed_allocations(store: Store, reconciler: Reconciler, view: MeshView)
 
 async def feed_nodes(store: Store, reconciler: Reconciler, view: MeshView) -> None:
     """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their
-    addresses (host variables) and instances (rollouts take turns)."""
+    addresses (host variables) and, of those without a failure record, instances (rollouts
+    take turns; a dead droplet's last report would hold a turn)."""
 
     async def publish(nodes: dict[str, NodeStatus]) -> None:
         await view.set_nodes(nodes)
-        reconciler.set_peers(nodes)
+        reconciler.set_peers(view.alive())
         await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
 
     await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)

@@ -1,11 +1,14 @@
 """A droplet's presence in the mesh: heartbeats on `mesh.hb.<droplet>` twice a second (its
 monitors' evidence of life, beside their probes) and its observed state in KV
-`mesh_nodes/<droplet>`."""
+`mesh_nodes/<droplet>`, written when it changes. Liveness is the failure detector's (beats,
+probes, a majority's failure record); the report's age only tells of a droplet nobody
+watches (a mesh of one) or one held off the detection, so it is refreshed once a minute."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +22,9 @@ from protocol.messages import InstanceStatus, LivenessBeat, NodeStatus
 
 log = logging.getLogger(__name__)
 BEAT_EVERY_S = 0.5
-STATUS_EVERY_S = 5.0  # and whenever it changes
+STATUS_REFRESH_S = 60.0  # unchanged, the status is written again after this (see `report`)
 STATUS_MIN_GAP_S = 0.2
+STATUS_CHECK_S = 2.0  # looked at this often without a signal (a resize, a role, a refusal)
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -76,38 +80,50 @@ class Membership:
         self.published = published  # told of every status written
 
     async def run(self) -> None:
-        """A heartbeat every `BEAT_EVERY_S`; the status whenever it changed (at most every
-        `STATUS_MIN_GAP_S`) and every `STATUS_EVERY_S` regardless."""
-        seq = 0
-        last_sent: tuple[object, ...] | None = None
-        last_put = 0.0
-        next_beat = 0.0
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.beat(), name="beats")
+            tasks.create_task(self.report(), name="status")
+
+    async def beat(self) -> None:
+        """A beat every `BEAT_EVERY_S`, on its own clock: a status write never delays one."""
         subject = subjects.beats(self.identity.name)
+        seq = 0
+        incarnation = self.status().incarnation  # this life's: it never changes
+        next_beat = time.monotonic()
         while True:
-            now = time.monotonic()
+            seq += 1
+            beat = LivenessBeat(
+                droplet=self.identity.name,
+                incarnation=incarnation,
+                seq=seq,
+                sent_at=time.time(),
+            )
+            await self.store.publish(subject, encode(beat))
+            next_beat = max(next_beat + BEAT_EVERY_S, time.monotonic())
+            await asyncio.sleep(next_beat - time.monotonic())
+
+    async def report(self) -> None:
+        """The status whenever what it says changed (signalled by `changed`, else seen within
+        `STATUS_CHECK_S`; at most every `STATUS_MIN_GAP_S`), and every `STATUS_REFRESH_S`
+        while nothing does: at rest a droplet writes once a minute, and the agents that mirror
+        `mesh_nodes` decode nothing in between."""
+        last_sent: NodeStatus | None = None
+        last_put = -STATUS_REFRESH_S
+        while True:
+            self.changed.clear()  # before reading: a change from now on wakes the next round
             status = self.status()
-            if now >= next_beat:
-                seq += 1
-                beat = LivenessBeat(
-                    droplet=status.droplet,
-                    incarnation=status.incarnation,
-                    seq=seq,
-                    sent_at=time.time(),
-                )
-                await self.store.publish(subject, encode(beat))
-                next_beat = now + BEAT_EVERY_S
-            fingerprint = (status.roles, status.instances)
-            if fingerprint != last_sent or now - last_put >= STATUS_EVERY_S:
+            content = dataclasses.replace(status, updated_at=0.0)
+            if content != last_sent or time.monotonic() - last_put >= STATUS_REFRESH_S:
                 try:
                     await self.store.put(
                         subjects.NODES_BUCKET, subjects.node_key(status.droplet), encode(status)
                     )
-                    last_sent, last_put = fingerprint, now
+                    last_sent, last_put = content, time.monotonic()
                     if self.published is not None:
                         self.published(status)
                 except StoreUnavailable as err:
                     log.debug("Status not written. error=%s", err)
-            self.changed.clear()
+            wait = min(STATUS_CHECK_S, last_put + STATUS_REFRESH_S - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), max(0.0, next_beat - time.monotonic()))
+                await asyncio.wait_for(self.changed.wait(), wait)
             await asyncio.sleep(STATUS_MIN_GAP_S)

@@ -54,6 +54,11 @@ class MeshView:
         hold = self.holds.get(droplet)
         return hold is not None and hold.holds(now)
 
+    def alive(self) -> dict[str, NodeStatus]:
+        """The reports of droplets without a confirmed failure (theirs may read healthy for
+        `health.STALE_AFTER_S` more: a dead agent writes no report saying otherwise)."""
+        return {name: node for name, node in self.nodes.items() if name not in self.failures}
+
     def hosted(self) -> dict[str, Allocation]:
         """The allocations with the survivors that run displaced instances added."""
         return hosted(self.allocations, self.failures)

@@ -43,6 +43,7 @@ from protocol.messages import Allocation
 from protocol.secrets import MeshKey, SecretScope, SecretValue
 
 NAME = re.compile(r"^[a-z0-9_]{1,64}$")
+MESH_KEY_WAIT_S = 30.0  # right after `up`, the `secrets` role may not have made it yet
 MAX_VALUE_BYTES = 64 * 1024
 
 
@@ -164,6 +165,22 @@ async def _check_project(store: Store, scope: Scope) -> None:
         await check_project(store, scope.project)
 
 
+async def _mesh_key(store: Store) -> MeshKey:
+    """The mesh's public key, waited for a while: right after `up` the `secrets` role may
+    not have made it yet (its first pass comes once it holds the lease)."""
+    deadline = time.monotonic() + MESH_KEY_WAIT_S
+    while True:
+        entry = await store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
+        if entry is not None and entry.value is not None:
+            return decode(entry.value, MeshKey)
+        if time.monotonic() > deadline:
+            raise MeshError(
+                f"the mesh has no secret key after {MESH_KEY_WAIT_S:.0f} s (its `secrets` role "
+                "makes it within seconds of start); see `meshctl status` and `meshctl events`"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def _store_value(
     scope: Scope, value: bytes, roll: bool, as_json: bool, context_name: str | None, rotate: bool
 ) -> None:
@@ -172,13 +189,7 @@ async def _store_value(
     store = await connect(context)
     try:
         await _check_project(store, scope)
-        mesh_key = await store.get(subjects.SECRETS_BUCKET, subjects.MESH_KEY)
-        if mesh_key is None or mesh_key.value is None:
-            raise MeshError(
-                "the mesh has no secret key yet (its `secrets` role makes it within seconds of "
-                "start); try again, and see `meshctl status`"
-            )
-        public = decode(mesh_key.value, MeshKey)
+        public = await _mesh_key(store)
         stored = await write_value(store, scope, value, public, rotate)
         detail: dict[str, Any] = {"name": scope.name, "scope": scope.kind.value}
         detail |= {"project": scope.project, "env": scope.env, "version": stored.version}

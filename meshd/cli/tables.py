@@ -136,7 +136,7 @@ def status_tables(view: dict[str, Any]) -> list[Table]:
         "Address",
         "Size",
         "Roles",
-        "Heartbeat",
+        "Report",
         "Instances",
         "Monitored by",
         "Snapshot",

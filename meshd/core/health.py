@@ -1,5 +1,7 @@
 """Which instances count, from what droplets report: a droplet's report is current for
-`STALE_AFTER_S`; an instance serves its allocation when it runs the current generation,
+`STALE_AFTER_S` (agents write it when it changes and once a minute regardless; a droplet
+that dies is left out by its failure record within seconds, this only catches one nobody
+watches); an instance serves its allocation when it runs the current generation,
 passes its health check and is not draining; a load balancer may use every healthy instance
 that is not draining, old generations beside new ones during a rollout."""
 
@@ -9,7 +11,7 @@ from collections.abc import Iterator, Mapping
 
 from protocol.messages import Allocation, InstanceStatus, NodeStatus
 
-STALE_AFTER_S = 15.0
+STALE_AFTER_S = 150.0  # two refreshes of an unchanged report missed, and then some
 
 
 def live_instances(

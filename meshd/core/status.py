@@ -40,7 +40,7 @@ def mesh_status(
             "address": node.address,
             "size": node.size,
             "roles": roles.get(node.droplet, []),
-            "healthy": now - node.updated_at < STALE_AFTER_S,
+            "healthy": now - node.updated_at < STALE_AFTER_S and node.droplet not in failures,
             "heartbeat_age_s": round(max(0.0, now - node.updated_at), 1),
             "incarnation": node.incarnation,
             "instances": len(node.instances),

@@ -185,8 +185,7 @@ class EntryPoint:
         """Render from the mirrored state (kept by watches: no reads per change) and apply;
         False when the server could not take it."""
         # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
-        alive = {name: node for name, node in view.nodes.items() if name not in view.failures}
-        found = upstreams(view.hosted().values(), alive, time.time())
+        found = upstreams(view.hosted().values(), view.alive(), time.time())
         served = await asyncio.to_thread(self.certificates.current)  # writes files
         config = LbConfig(
             listen=self.listen,

@@ -29,7 +29,7 @@ def test_a_droplet_with_a_healthy_instance_first() -> None:
 
 
 def test_else_one_that_reports_and_never_a_silent_one() -> None:
-    nodes = {"web1": node("web1", updated_at=NOW - 60), "web3": node("web3")}
+    nodes = {"web1": node("web1", updated_at=NOW - 600), "web3": node("web3")}
     assert choose_droplet(BACKEND, nodes, None, NOW) == "web3"
     with pytest.raises(MeshError, match="no droplet that runs backend reports"):
-        choose_droplet(BACKEND, {"web1": node("web1", updated_at=NOW - 60)}, None, NOW)
+        choose_droplet(BACKEND, {"web1": node("web1", updated_at=NOW - 600)}, None, NOW)

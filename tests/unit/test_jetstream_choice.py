@@ -70,8 +70,8 @@ def test_candidates_are_the_live_droplets_and_the_servers_even_while_down() -> N
     nodes = {
         "master": node("master"),
         "web1": node("web1", incarnation=4),
-        "web2": node("web2", updated_at=NOW - 60),  # silent: not a candidate
-        "web3": node("web3", updated_at=NOW - 60),  # silent, but a server: it stays one
+        "web2": node("web2", updated_at=NOW - 600),  # silent: not a candidate
+        "web3": node("web3", updated_at=NOW - 600),  # silent, but a server: it stays one
         "web4": node("web4"),
     }
     found = candidates(nodes, None, current=("master", "web3"), failed={"web4"}, now=NOW)

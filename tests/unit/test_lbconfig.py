@@ -24,7 +24,7 @@ def test_only_healthy_current_instances_on_live_droplets_are_upstream_servers() 
     nodes = {
         "web1": node("web1", "10.0.0.1", instance()),
         "web2": node("web2", "10.0.0.2", instance(healthy=False)),
-        "web3": node("web3", "10.0.0.3", instance(), age=60.0),  # stopped reporting
+        "web3": node("web3", "10.0.0.3", instance(), age=600.0),  # stopped reporting
         "web4": node("web4", "10.0.0.4", instance()),  # not allocated there
     }
     (backend,) = upstreams([allocation("backend")], nodes, NOW)

@@ -48,7 +48,7 @@ def test_droplets_take_turns_in_the_allocations_order() -> None:
 def test_a_droplet_with_nothing_to_protect_or_that_stopped_reporting_is_not_waited_for() -> None:
     broken = node("web1", instance(1, healthy=False))
     assert waiting_for(allocation(), "web2", {"web1": broken}, NOW) is None
-    silent = node("web1", instance(1), age=60.0)
+    silent = node("web1", instance(1), age=600.0)
     assert waiting_for(allocation(), "web2", {"web1": silent}, NOW) is None
     assert waiting_for(allocation(), "web2", {}, NOW) is None
 

@@ -109,7 +109,7 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     nodes = {
         "master": node("master", now - 1, instance()),
         "web1": node("web1", now - 1, instance(generation=1)),  # old generation
-        "web2": node("web2", now - 60, instance()),  # silent for a minute
+        "web2": node("web2", now - 600, instance()),  # silent for ten minutes (nobody watches)
         "web3": node("web3", now - 1, crashed),
     }
     allocations = {
@@ -131,6 +131,18 @@ def test_status_counts_only_healthy_instances_of_the_current_generation_on_live_
     ]
     healed = dataclasses.replace(nodes["web3"], instances=(instance(),))
     assert not converged(mesh_status({**nodes, "web3": healed}, allocations, leases, now))
+
+
+def test_a_droplet_whose_failure_is_confirmed_is_not_healthy_however_recent_its_report() -> None:
+    now = 1000.0
+    nodes = {"master": node("master", now - 1), "web1": node("web1", now - 1, instance())}
+    allocations = {"a": allocation(droplets=("web1",), port=8000, command="run")}
+    view = mesh_status(nodes, allocations, {}, now, {"web1": factories.failure("web1")})
+    assert [(d["name"], d["healthy"]) for d in view["droplets"]] == [
+        ("master", True),
+        ("web1", False),
+    ]
+    assert view["services"][0]["healthy"] == 0
 
 
 def test_a_service_awaiting_its_first_deploy_is_shown_so_and_not_waited_for() -> None:

@@ -163,7 +163,7 @@ def unhealthy(view: MeshView, release: Release, built: set[str]) -> list[str]:
         if allocation.release != number:
             problems.append(f"{service}: not scheduled yet")
             continue
-        status = service_status(allocation, view.nodes, now)
+        status = service_status(allocation, view.alive(), now)
         if status["healthy"] < status["desired"]:
             errors = "; ".join(status["errors"][-2:])
             problems.append(
