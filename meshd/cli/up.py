@@ -115,8 +115,8 @@ def local_provider(context_name: str, netns: bool = False) -> dict[str, object]:
     type=click.IntRange(1, MAX_LOCAL_DROPLETS),
     help="Droplets to start: master, then mesh-2, ... for drills and tests; `publish` adds "
     "the CSV's. JetStream starts on master alone and grows to three servers (three replicas) "
-    "once the mesh has three droplets. Each local droplet costs an agent of about 60 MB "
-    "(bench/scale.py measures it); 30 of them idle on a small fraction of one core.",
+    "once the mesh has three droplets. Each local droplet costs an agent of about 60 MB; 27 "
+    "of them idle on a third of one core (docs/scale.md).",
 )
 @click.option(
     "--context",
