@@ -47,12 +47,7 @@ from meshd.core.sealing import from_text
 from meshd.roles.backups.loading import BackupFailed, Loader, seal
 from meshd.roles.backups.schedules import Overdue, placed_datastores, retention
 from meshd.roles.backups.targets import Targets
-from plugins.backups import (
-    BackupTarget,
-    BackupTargetConfigError,
-    BackupTargetError,
-    StoredBackup,
-)
+from plugins.backups import BackupTarget, BackupTargetConfigError, BackupTargetError, StoredBackup
 from protocol import subjects
 from protocol.backups import (
     BackupAnswer,
@@ -68,6 +63,7 @@ from protocol.messages import Allocation
 
 log = logging.getLogger(__name__)
 CHECK_S = 30.0
+LOST = "lost its role before it answered; nothing was stored: try again"
 RETRY_S = 300.0  # after a failed backup of a datastore
 RETRY_DIED_S = 60.0  # after one its droplet's failure cut short (scheduled or asked for)
 RETAKES = 5  # retakes of one while its rebuilt datastore starts, then failures alert again
@@ -242,13 +238,8 @@ class Backups:
             if droplet in self.view.failures or (why == "again" and tries < RETAKES):
                 self._owed[datastore] = time.time() + RETRY_DIED_S
                 self._retakes[datastore] = tries + 1 if why == "again" else 0
-            self.store.record_soon(
-                "backup_failed",
-                self.droplet,
-                subject,
-                {"key": key, "why": why, "error": error},
-                term.fence,
-            )
+            failed = {"key": key, "why": why, "error": error}
+            self.store.record_soon("backup_failed", self.droplet, subject, failed, term.fence)
             raise BackupFailed(f"backup of {subject} failed: {error}")
         detail = {
             "key": key,
@@ -312,6 +303,13 @@ class Backups:
             order = decode(message.data, BackupOrder)
             async with self._busy:
                 answer = await self._carry_out(term, order)
+        except asyncio.CancelledError:  # the term ended: say so, or meshctl waits it out
+            if order.action == "now" and order.service:  # again if this agent leads again
+                self._owed[(order.project, order.env, order.service)] = time.time() + RETRY_DIED_S
+            lost = BackupOrderAnswer(error=f"the backups leader ({self.droplet}) {LOST}")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(message.respond(encode(lost))), 2.0)
+            raise
         except ProtocolError as err:
             answer = BackupOrderAnswer(error=f"unreadable order: {err}")
         except (MeshError, LookupError) as err:
