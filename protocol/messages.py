@@ -1,16 +1,14 @@
 """The message types that cross the wire, each with a kind and a schema version.
 
 Every message is a frozen, slotted, keyword-only dataclass deriving from `Message`, with a
-class-level `KIND` (the `"kind"` field on the wire) and `VERSION` (the `"v"` field). Field types
-are limited to what `protocol.codec` can check: `str`, `int`, `float`, `bool`, `X | None`,
-`tuple[X, ...]`, `dict[str, str]`, `dict[str, Any]` (plain data), the enums below (sent by
-value) and nested dataclasses (sent as maps). Fields named `v` or `kind` are reserved for the
-envelope.
+class-level `KIND` (`"kind"` on the wire) and `VERSION` (`"v"`). Field types are what
+`protocol.codec` checks: `str`, `int`, `float`, `bool`, `X | None`, `tuple[X, ...]`,
+`dict[str, str]`, `dict[str, Any]` (plain data), the enums below (sent by value) and nested
+dataclasses (sent as maps). Fields `v` and `kind` are the envelope's.
 
-Changing a message: adding a field *with a default* keeps the version (older senders omit it);
-anything else bumps `VERSION` and, if old messages must stay readable, adds a classmethod
-`upgrade(cls, version: int, fields: dict[str, Any]) -> dict[str, Any]` that turns the fields of
-an older version into those of the current one (raise `UnknownVersionError` to decline).
+Changing a message: a new field *with a default* keeps the version (older senders omit it);
+anything else bumps `VERSION` and may add a classmethod `upgrade(cls, version, fields) ->
+fields` that reads an older version (raise `UnknownVersionError` to decline).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol.base import Message
+from protocol.cards import NodeCard
 from protocol.envconfig import ConfigVars
 from protocol.secrets import MeshKey, SealedSecret, SecretValue
 
@@ -381,6 +380,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             PlacementRecord,
             JetStreamServers,
             NodeStatus,
+            NodeCard,
             LivenessBeat,
             Lease,
             Suspicion,

@@ -20,6 +20,7 @@ _TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 DESIRED_BUCKET = "mesh_desired"
 ALLOC_BUCKET = "mesh_alloc"
 NODES_BUCKET = "mesh_nodes"
+INDEX_BUCKET = "mesh_index"  # droplets' cards (protocol.cards): address, incarnation, size
 LEASES_BUCKET = "mesh_leases"
 FAILURES_BUCKET = "mesh_failures"
 SNAPSHOTS_BUCKET = "mesh_snapshots"
@@ -33,6 +34,7 @@ BUCKETS = (
     DESIRED_BUCKET,
     ALLOC_BUCKET,
     NODES_BUCKET,
+    INDEX_BUCKET,
     LEASES_BUCKET,
     FAILURES_BUCKET,
     SNAPSHOTS_BUCKET,

@@ -29,7 +29,7 @@ from meshd.agent.config import (
     mesh_tag,
     user_data_now,
 )
-from meshd.agent.feeds import feed_allocations, feed_nodes, mirrors
+from meshd.agent.feeds import ReportFeed, feed_allocations, feed_cards, mirrors
 from meshd.agent.git_shell import serve_git
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
@@ -93,6 +93,7 @@ class Agent:
         self.keys = droplet_keys(self.data_dir, self.identity.id)
         self.secrets = SealedSecrets(self.keys, EnvSecrets())
         self.terms: dict[str, Term] = {}
+        self.reports: ReportFeed | None = None
         self.store: Store | None = None
         self.view = MeshView()
         bare = bool(self.config.bootstrap)  # droplets start bare: leaders bootstrap them
@@ -141,6 +142,8 @@ class Agent:
             self.terms.pop(role, None)
         else:
             self.terms[role] = term
+        if self.reports is not None:
+            self.reports.rescope.set()  # a role holder reads every report
 
     async def run(self) -> None:
         await serve_git(self.dir, self.config, self.identity.name)
@@ -205,7 +208,7 @@ class Agent:
             self.config,
             self.identity.name,
             self.current_store,
-            lambda: self.view.nodes,
+            lambda: self.view.cards,
             provider,
             mesh_tag(self.config.mesh),
         )
@@ -286,6 +289,9 @@ class Agent:
                 for leader, timing, hesitation in leaders
             ]
             beats = BeatListener(store)
+            reports = self.reports = ReportFeed(
+                store, view, reconciler, name, lambda: bool(self.roles()) or self.trust.trusted()
+            )
             detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)
             listener = ServersListener(
                 store, name, self.dir, self.config, on_change=self._servers_changed
@@ -300,8 +306,9 @@ class Agent:
                 tasks.create_task(beats.run(), name="beats")
                 quorum = QuorumWatch(store, view, name, self.config.mesh, self.secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
-                tasks.create_task(feed_allocations(store, reconciler, view), name="allocations")
-                tasks.create_task(feed_nodes(store, reconciler, view), name="nodes")
+                tasks.create_task(feed_allocations(store, reconciler, view, reports), name="allocs")
+                tasks.create_task(feed_cards(store, reconciler, view), name="cards")
+                tasks.create_task(reports.run(), name="reports")
                 tasks.create_task(  # release commands, passwords, backups: done here
                     answer_requests(
                         store, reconciler, name, self.secrets, self.keys, self.dir / "backups"

@@ -1,11 +1,14 @@
 """What the mesh's KV buckets tell this droplet's agent, fed to its mesh view and its
-reconciler as they change: allocations and failure records, what droplets report, the
-desired state, the detection holds and the secrets sealed to this droplet."""
+reconciler as they change: allocations and failure records, the droplets' cards and the
+reports it reads, the desired state, the detection holds and the secrets sealed to this
+droplet."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from meshd.agent.loops import mirror_bucket
@@ -13,22 +16,31 @@ from meshd.agent.meshview import MeshView
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.sealed import SealedSecrets
 from meshd.agent.store import Store
+from meshd.core.rollout import turn_peers
 from protocol import subjects
+from protocol.cards import NodeCard
 from protocol.messages import Allocation, DetectionHold, FailureRecord, NodeStatus, PublishedSpec
 from protocol.secrets import SealedSecret
 
+RESCOPE_EVERY_S = 5.0  # besides when told: trust follows the cards and the JetStream servers
 
-async def feed_allocations(store: Store, reconciler: Reconciler, view: MeshView) -> None:
+
+async def feed_allocations(
+    store: Store, reconciler: Reconciler, view: MeshView, reports: ReportFeed
+) -> None:
     """Allocations and failure records from KV to the mesh view, and what they give this
-    droplet to the reconciler: its allocations and the instances displaced to it."""
+    droplet to the reconciler: its allocations and the instances displaced to it (and to
+    `reports`, whose peers they may change)."""
 
     async def allocations(values: dict[str, Allocation]) -> None:
         await view.set_allocations(values)
+        reports.rescope.set()
         await reconciler.apply(view.hosted())
 
     async def failures(values: dict[str, FailureRecord]) -> None:
         await view.set_failures(values)
         reconciler.set_peers(view.alive())
+        reports.rescope.set()
         if view.knows_allocations:  # else an empty mirror would stop every instance
             await reconciler.apply(view.hosted())
 
@@ -38,17 +50,85 @@ async def feed_allocations(store: Store, reconciler: Reconciler, view: MeshView)
     )
 
 
-async def feed_nodes(store: Store, reconciler: Reconciler, view: MeshView) -> None:
-    """What droplets report, from `mesh_nodes` to the mesh view and the reconciler: their
-    addresses (host variables) and, of those without a failure record, instances (rollouts
-    take turns; a dead droplet's last report would hold a turn)."""
+async def feed_cards(store: Store, reconciler: Reconciler, view: MeshView) -> None:
+    """Every droplet's card, from the compact index to the mesh view and the reconciler
+    (addresses are host variables)."""
 
-    async def publish(nodes: dict[str, NodeStatus]) -> None:
-        await view.set_nodes(nodes)
-        reconciler.set_peers(view.alive())
-        await reconciler.set_addresses({name: n.address for name, n in nodes.items()})
+    async def publish(cards: dict[str, NodeCard]) -> None:
+        await view.set_cards(cards)
+        await reconciler.set_addresses({name: card.address for name, card in cards.items()})
 
-    await mirror_bucket(store, subjects.NODES_BUCKET, NodeStatus, publish)
+    await mirror_bucket(store, subjects.INDEX_BUCKET, NodeCard, publish)
+
+
+class ReportFeed:
+    """What droplets report (`mesh_nodes`), to the mesh view and to the reconciler the
+    reports of droplets without a failure record (rollouts take turns; a dead droplet's last
+    report would hold a turn). A droplet that holds or may hold a role (`everything()`)
+    reads every report; another reads only its rollout peers' (`rollout.turn_peers`), one
+    watch per peer, so that at rest and during a publish its work does not grow with the
+    mesh (docs/scale.md). `rescope` asks it to look at the scope again now."""
+
+    def __init__(
+        self,
+        store: Store,
+        view: MeshView,
+        reconciler: Reconciler,
+        me: str,
+        everything: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.reconciler = reconciler
+        self.me = me
+        self.everything = everything
+        self.rescope = asyncio.Event()
+        self._watches: dict[str, asyncio.Task[None]] = {}  # by watched key, ">" for all
+        self._parts: dict[str, dict[str, NodeStatus]] = {}  # what each watch has read
+        self._published = False
+
+    def scope(self) -> frozenset[str]:
+        if self.everything():
+            return frozenset({">"})
+        peers = turn_peers(self.me, self.view.hosted().values())
+        return frozenset(subjects.node_key(peer) for peer in peers)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.rescope.clear()
+                await self._follow(self.scope())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.rescope.wait(), RESCOPE_EVERY_S)
+        finally:
+            for watch in self._watches.values():
+                watch.cancel()
+            await asyncio.gather(*self._watches.values(), return_exceptions=True)
+
+    async def _follow(self, keys: frozenset[str]) -> None:
+        gone = set(self._watches) - keys
+        for key in gone:
+            self._watches.pop(key).cancel()
+            self._parts.pop(key, None)
+        for key in keys - set(self._watches):
+            self._watches[key] = asyncio.create_task(
+                mirror_bucket(
+                    self.store, subjects.NODES_BUCKET, NodeStatus, partial(self._read, key), key
+                ),
+                name=f"reports:{key}",
+            )
+        if gone or keys - self._parts.keys() or not self._published:
+            await self._publish()
+
+    async def _read(self, key: str, values: dict[str, NodeStatus]) -> None:
+        self._parts[key] = values
+        await self._publish()
+
+    async def _publish(self) -> None:
+        nodes = {name: node for part in self._parts.values() for name, node in part.items()}
+        await self.view.set_nodes(nodes, complete=self._parts.keys() >= self._watches.keys())
+        self._published = True
+        self.reconciler.set_peers(self.view.alive())
 
 
 def mirrors(

@@ -1,8 +1,10 @@
 """A droplet's presence in the mesh: heartbeats on `mesh.hb.<droplet>` twice a second (its
-monitors' evidence of life, beside their probes) and its observed state in KV
-`mesh_nodes/<droplet>`, written when it changes. Liveness is the failure detector's (beats,
-probes, a majority's failure record); the report's age only tells of a droplet nobody
-watches (a mesh of one) or one held off the detection, so it is refreshed once a minute."""
+monitors' evidence of life, beside their probes), its card in the compact index
+`mesh_index/<droplet>` (address, incarnation, size: what every agent reads) and its observed
+state in KV `mesh_nodes/<droplet>` (what role holders and rollout peers read), each written
+when it changes. Liveness is the failure detector's (beats, probes, a majority's failure
+record); the report's age only tells of a droplet nobody watches (a mesh of one) or one held
+off the detection, so it is refreshed once a minute."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshd.agent.config import DropletIdentity
-from meshd.agent.store import Store, StoreUnavailable
+from meshd.agent.store import Conflict, Store, StoreUnavailable
 from protocol import subjects
+from protocol.cards import NodeCard
 from protocol.codec import encode
 from protocol.messages import InstanceStatus, LivenessBeat, NodeStatus
 
@@ -109,11 +112,16 @@ class Membership:
         `mesh_nodes` decode nothing in between."""
         last_sent: NodeStatus | None = None
         last_put = -STATUS_REFRESH_S
+        last_card: NodeCard | None = None
         while True:
             self.changed.clear()  # before reading: a change from now on wakes the next round
             status = self.status()
             content = dataclasses.replace(status, updated_at=0.0)
-            if content != last_sent or time.monotonic() - last_put >= STATUS_REFRESH_S:
+            refresh = time.monotonic() - last_put >= STATUS_REFRESH_S
+            card = card_of(status)
+            if card != last_card or (refresh and not await self._card_stored(card)):
+                last_card = await self._put_card(card)
+            if content != last_sent or refresh:
                 try:
                     await self.store.put(
                         subjects.NODES_BUCKET, subjects.node_key(status.droplet), encode(status)
@@ -127,3 +135,43 @@ class Membership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), wait)
             await asyncio.sleep(STATUS_MIN_GAP_S)
+
+    async def _card_stored(self, card: NodeCard) -> bool:
+        """The card is in the index as written: a read, which no watcher receives (a state
+        that was lost, a master rebuilt without its store, must get it back)."""
+        try:
+            entry = await self.store.get(subjects.INDEX_BUCKET, subjects.node_key(card.droplet))
+        except StoreUnavailable:
+            return True  # asked again at the next refresh
+        return entry is not None and entry.value == encode(card)
+
+    async def _put_card(self, card: NodeCard) -> NodeCard | None:
+        """The card written (it goes before the report: a droplet is known by its card), or
+        None to try again next round."""
+        try:
+            await self.store.put(
+                subjects.INDEX_BUCKET, subjects.node_key(card.droplet), encode(card)
+            )
+        except StoreUnavailable as err:
+            log.debug("Card not written. error=%s", err)
+            return None
+        return card
+
+
+def card_of(status: NodeStatus) -> NodeCard:
+    return NodeCard(
+        droplet=status.droplet,
+        address=status.address,
+        incarnation=status.incarnation,
+        size=status.size,
+    )
+
+
+async def forget_droplet(store: Store, droplet: str) -> None:
+    """Remove a droplet's report and card, each only as last read: a droplet of the same name
+    made since by a newer leader writes its own, which a late delete must not remove."""
+    key = subjects.node_key(droplet)
+    for bucket in (subjects.NODES_BUCKET, subjects.INDEX_BUCKET):
+        if (entry := await store.get(bucket, key)) is not None:
+            with contextlib.suppress(Conflict):
+                await store.delete(bucket, key, last=entry.revision)

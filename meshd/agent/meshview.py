@@ -1,7 +1,9 @@
-"""What an agent knows of the whole mesh, kept current by its watches: every droplet's report,
-every allocation, the desired state, the confirmed failures and the operator's detection
-holds. The reconciler, the load balancer and the failure detector read it; nothing here reads
-the store, so a new lb holder can render at once, even while JetStream elects."""
+"""What an agent knows of the whole mesh, kept current by its watches: every droplet's card
+(address, incarnation, size), the reports it reads (all of them on a droplet that holds or may
+hold a role, else its rollout peers': `feeds.ReportFeed`), every allocation, the desired state,
+the confirmed failures and the operator's detection holds. The reconciler, the load balancer
+and the failure detector read it; nothing here reads the store, so a new lb holder can render
+at once, even while JetStream elects."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from meshd.core.displacement import hosted
 from meshd.core.notify_settings import NotifySettings
 from meshd.core.spec import DesiredState
 from protocol import subjects
+from protocol.cards import NodeCard
 from protocol.messages import (
     Allocation,
     DetectionHold,
@@ -27,7 +30,8 @@ class MeshView:
     """Each part replaced whole by its mirror (`loops.mirror_bucket`); `changed` set then."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, NodeStatus] = {}
+        self.cards: dict[str, NodeCard] = {}  # every droplet's
+        self.nodes: dict[str, NodeStatus] = {}  # the reports read (see the module's docstring)
         self.allocations: dict[str, Allocation] = {}
         self.state: DesiredState | None = None
         self.failures: dict[str, FailureRecord] = {}
@@ -37,8 +41,8 @@ class MeshView:
 
     @property
     def ready(self) -> bool:
-        """Node reports and allocations have both been read once."""
-        return {"nodes", "allocations"} <= self._seen
+        """Cards, the reports it reads and allocations have all been read."""
+        return {"cards", "nodes", "allocations"} <= self._seen
 
     @property
     def knows_allocations(self) -> bool:
@@ -63,9 +67,19 @@ class MeshView:
         """The allocations with the survivors that run displaced instances added."""
         return hosted(self.allocations, self.failures)
 
-    async def set_nodes(self, values: dict[str, NodeStatus]) -> None:
+    async def set_cards(self, values: dict[str, NodeCard]) -> None:
+        self.cards = dict(values)
+        self._arrived("cards")
+
+    async def set_nodes(self, values: dict[str, NodeStatus], complete: bool = True) -> None:
+        """`complete` False: some of the reports it reads have not arrived yet (a watch
+        just started), and the view is not `ready` until they have."""
         self.nodes = dict(values)
-        self._arrived("nodes")
+        if complete:
+            self._arrived("nodes")
+        else:
+            self._seen.discard("nodes")
+            self.changed.set()
 
     async def set_allocations(self, values: dict[str, Allocation]) -> None:
         self.allocations = dict(values)

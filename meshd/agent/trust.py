@@ -44,7 +44,7 @@ class Trust:
         self.servers: tuple[str, ...] = ()  # the JetStream servers as this agent knows them
 
     def trusted(self) -> bool:
-        return self.name in trusted(self.view.nodes, self.servers)
+        return self.name in trusted(self.view.cards, self.servers)
 
     def may_keep_secrets(self) -> bool:
         """Trusted, and able to open the mesh key: it is sealed to this droplet, or there is
@@ -79,6 +79,6 @@ class Trust:
         for allocation in self.view.allocations.values():
             for droplet in allocation.droplets:
                 reserved[droplet] = reserved.get(droplet, 0) + allocation.memory_mb
-        sizes = {name: node.size for name, node in self.view.nodes.items()}
+        sizes = {name: card.size for name, card in self.view.cards.items()}
         best = roomiest(sizes, reserved)
         return 0.0 if best in (None, self.name) else BUILDER_HESITATE_S

@@ -14,7 +14,7 @@ stops the rollout at the first droplet, where the old instance keeps serving.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from meshd.core.health import STALE_AFTER_S
 from meshd.core.spec import ServiceKind
@@ -39,6 +39,16 @@ def slot_port(allocation: Allocation, slot: int) -> int | None:
     if allocation.port is None:
         return None
     return allocation.spare_port if slot else allocation.port
+
+
+def turn_peers(droplet: str, allocations: Iterable[Allocation]) -> frozenset[str]:
+    """The droplets whose reports `droplet` needs for its turns (`waiting_for`): those
+    before it in the allocations it runs that replace beside."""
+    peers: set[str] = set()
+    for allocation in allocations:
+        if droplet in allocation.droplets and replaced_beside(allocation):
+            peers.update(allocation.droplets[: allocation.droplets.index(droplet)])
+    return frozenset(peers)
 
 
 def waiting_for(

@@ -26,6 +26,7 @@ from meshd.agent.config import WEB_TAG, CoreServer, MeshConfig, mesh_tag
 from meshd.agent.holds import end_hold, take_hold
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
+from meshd.agent.membership import card_of, forget_droplet
 from meshd.agent.records import jetstream_servers, last_placement
 from meshd.agent.store import Conflict, Store
 from plugins.providers import (
@@ -179,8 +180,12 @@ class Provisioner:
             instances=(),
             updated_at=time.time(),
         )
-        with contextlib.suppress(Conflict):
-            await self.store.create(subjects.NODES_BUCKET, subjects.node_key(name), encode(booting))
+        for bucket, entry in (
+            (subjects.INDEX_BUCKET, card_of(booting)),
+            (subjects.NODES_BUCKET, booting),
+        ):
+            with contextlib.suppress(Conflict):
+                await self.store.create(bucket, subjects.node_key(name), encode(entry))
         if self.bootstrapper is not None:
             await self._bootstrap(term, record)
 
@@ -279,14 +284,7 @@ class Provisioner:
         term.ensure_held()
         with contextlib.suppress(DropletNotFound):
             await self.provider.destroy(record.id, fence=term.token)
-        # Its last report goes, read after the destroy: a droplet of the same name made since
-        # by a newer leader writes its own, which a late delete must not remove.
-        report = await self.store.get(subjects.NODES_BUCKET, subjects.node_key(record.name))
-        if report is not None:
-            with contextlib.suppress(Conflict):
-                await self.store.delete(
-                    subjects.NODES_BUCKET, subjects.node_key(record.name), last=report.revision
-                )
+        await forget_droplet(self.store, record.name)  # read after the destroy
         log.info("Droplet destroyed. droplet=%s", record.name)
         await self._event(term, "droplet_destroyed", record.name, {"id": record.id})
 

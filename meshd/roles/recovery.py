@@ -26,7 +26,6 @@ The load balancer drops the droplet's instances as soon as the record exists.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from bootstrap import BootstrapFailed
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
+from meshd.agent.membership import forget_droplet
 from meshd.agent.meshview import MeshView
 from meshd.agent.metrics import RECOVERY_STEP_SECONDS
 from meshd.agent.records import last_placement, snapshot_index
@@ -314,12 +314,9 @@ class Recovery:
     async def _forget(self, term: Term, record: FailureRecord, revision: int) -> None:
         """A droplet destroyed by scale-in whose last report landed after the provisioner
         deleted it (its agent's socket still held it): the mesh would show it dead for ever.
-        Its report goes first, then the record (a record without a report is never shown)."""
+        Its report and card go first, then the record (a record without a report is never shown)."""
         term.ensure_held()
-        key = subjects.node_key(record.droplet)
-        if (report := await self.store.get(subjects.NODES_BUCKET, key)) is not None:
-            with contextlib.suppress(Conflict):
-                await self.store.delete(subjects.NODES_BUCKET, key, last=report.revision)
+        await forget_droplet(self.store, record.droplet)
         await self.store.delete(
             subjects.FAILURES_BUCKET, subjects.failure_key(record.droplet), last=revision
         )

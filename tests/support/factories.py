@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.cards import NodeCard
 from protocol.messages import (
     Allocation,
     FailureRecord,
@@ -59,6 +60,17 @@ def node(name: str = "web1", *instances: InstanceStatus, **more: Any) -> NodeSta
         "updated_at": NOW,
     }
     return NodeStatus(**{**values, **more})
+
+
+def card(name: str = "web1", **more: Any) -> NodeCard:
+    """A droplet's card in the index (its report's address, incarnation and size)."""
+    values: dict[str, Any] = {
+        "droplet": name,
+        "address": "10.0.0.1",
+        "incarnation": 1,
+        "size": "s-1vcpu-1gb",
+    }
+    return NodeCard(**{**values, **more})
 
 
 def failure(droplet: str = "web1", **more: Any) -> FailureRecord:

@@ -174,6 +174,7 @@ async def test_each_datastore_is_backed_up_alerted_and_pruned_on_its_project_s_s
     target = Listing(list(keys.values()))
     view = MeshView()
     await view.set_nodes({"web1": factories.node("web1")})
+    await view.set_cards({"web1": factories.card("web1")})
     database = {"service": "database", "service_kind": "database", "droplets": ("web1",)}
     await view.set_allocations(
         {

@@ -23,12 +23,12 @@ def test_the_roomiest_droplet_is_the_one_with_most_memory_left() -> None:
 
 def test_only_the_roomiest_droplet_competes_for_the_builder_at_once() -> None:
     view = MeshView()
-    view.nodes = {
-        "master": factories.node("master", size="s-1vcpu-2gb"),
-        "web1": factories.node("web1", size="s-1vcpu-2gb"),
+    view.cards = {
+        "master": factories.card("master", size="s-1vcpu-2gb"),
+        "web1": factories.card("web1", size="s-1vcpu-2gb"),
     }
     view.allocations = {"a": allocation(droplets=("master",), memory_mb=512)}
-    hesitation = {name: Trust(name, view, None).builder_hesitation() for name in view.nodes}  # type: ignore[arg-type]
+    hesitation = {name: Trust(name, view, None).builder_hesitation() for name in view.cards}  # type: ignore[arg-type]
     assert hesitation == {"master": BUILDER_HESITATE_S, "web1": 0.0}
 
 
@@ -36,7 +36,7 @@ def test_on_a_cloud_mesh_only_a_trusted_droplet_may_build() -> None:
     from protocol.subjects import Role
 
     view = MeshView()
-    view.nodes = {name: factories.node(name) for name in ("master", "web1", "web2", "web3")}
+    view.cards = {name: factories.card(name) for name in ("master", "web1", "web2", "web3")}
     for cloud, expected in ((False, True), (True, False)):
         trust = Trust("web3", view, None, cloud=cloud)  # type: ignore[arg-type]
         trust.servers = ("master", "web1", "web2")

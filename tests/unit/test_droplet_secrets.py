@@ -85,9 +85,9 @@ async def test_the_mesh_key_holder_is_known_by_its_key(tmp_path: Path) -> None:
 
 def test_only_trusted_droplets_may_hold_the_roles_that_use_mesh_secrets(tmp_path: Path) -> None:
     view = MeshView()
-    view.nodes = {name: factories.node(name) for name in ("master", "a", "b", "c")}
+    view.cards = {name: factories.card(name) for name in ("master", "a", "b", "c")}
     secrets = SealedSecrets(droplet_keys(tmp_path, "1"), EnvSecrets({}))
-    trust = {name: Trust(name, view, secrets) for name in view.nodes}
+    trust = {name: Trust(name, view, secrets) for name in view.cards}
     for droplet in trust.values():
         droplet.servers = ("master", "a", "b")
     for role in SENSITIVE_ROLES:
@@ -95,5 +95,5 @@ def test_only_trusted_droplets_may_hold_the_roles_that_use_mesh_secrets(tmp_path
         assert allowed == {"master", "a", "b"}, role
     assert trust["c"].eligibility(Role.SCHEDULER) is None  # anybody
     assert not trust["c"].may_keep_secrets()
-    view.nodes = {name: factories.node(name) for name in ("master", "c")}  # below three
+    view.cards = {name: factories.card(name) for name in ("master", "c")}  # below three
     assert trust["c"].trusted()

@@ -31,7 +31,7 @@ async def test_a_move_hold_yields_to_a_longer_one_of_the_operators_and_ends_only
 
 async def test_a_recovery_leader_whose_own_failure_is_recorded_hands_the_role_over() -> None:
     view = MeshView()
-    await view.set_nodes({"master": factories.node("master"), "web1": factories.node("web1")})
+    await view.set_cards({"master": factories.card("master"), "web1": factories.card("web1")})
     eligible = Trust("master", view, None).eligibility(Role.RECOVERY)  # type: ignore[arg-type]
     assert eligible is not None and eligible()
     await view.set_failures({"master": factories.failure("master")})

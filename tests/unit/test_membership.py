@@ -13,6 +13,7 @@ from meshd.agent.config import DropletIdentity
 from meshd.agent.membership import Membership
 from meshd.agent.store import Received
 from protocol import subjects
+from protocol.cards import NodeCard
 from protocol.codec import decode
 from protocol.messages import LivenessBeat, NodeStatus
 from tests.support import factories
@@ -104,3 +105,35 @@ async def test_beats_keep_their_period_with_a_sequence() -> None:
     assert 5 <= len(beats) <= 12  # one every 0.05 s (11), fewer on a loaded machine
     assert [b.seq for b in beats] == list(range(1, len(beats) + 1))
     assert {b.incarnation for b in beats} == {7}
+
+
+async def test_the_card_is_written_before_the_first_report_and_again_when_it_changes_or_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(membership, "STATUS_REFRESH_S", 0.1)
+    store, changed = MemoryStore(), asyncio.Event()
+    writes: list[str] = []
+
+    async def written(bucket: str, key: str) -> None:
+        writes.append(bucket)
+
+    store.before_write(written)
+    current[:] = [factories.node("web1")]
+    task = asyncio.create_task(Membership(store, ME, lambda: current[0], changed).run())
+    try:
+        await asyncio.sleep(0.35)  # reports refreshed three times or so, the card not
+        assert writes[:2] == [subjects.INDEX_BUCKET, subjects.NODES_BUCKET]
+        assert writes.count(subjects.INDEX_BUCKET) == 1 and writes.count(subjects.NODES_BUCKET) > 2
+        current[0] = factories.node("web1", size="s-2vcpu-4gb")  # resized
+        changed.set()
+        await asyncio.sleep(0.1)
+        assert writes.count(subjects.INDEX_BUCKET) == 2
+
+        await store.delete(subjects.INDEX_BUCKET, subjects.node_key("web1"))  # a state lost
+        await asyncio.sleep(0.25)  # found missing at the next refresh
+        assert writes.count(subjects.INDEX_BUCKET) == 4  # the delete, then the card again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    stored = store.value(subjects.INDEX_BUCKET, subjects.node_key("web1"))
+    assert stored is not None and decode(stored, NodeCard).size == "s-2vcpu-4gb"

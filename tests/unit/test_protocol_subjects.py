@@ -38,6 +38,7 @@ def test_bucket_stream_and_key_names_match_the_design() -> None:
         "mesh_desired",
         "mesh_alloc",
         "mesh_nodes",
+        "mesh_index",
         "mesh_leases",
         "mesh_failures",
         "mesh_snapshots",

@@ -17,7 +17,7 @@ from plugins.providers import DropletRecord, Fence
 from protocol import subjects
 from protocol.codec import encode
 from protocol.messages import FailureState, PlacementRecord
-from tests.support.factories import failure, node
+from tests.support.factories import card, failure, node
 from tests.support.memstore import MemoryStore
 
 TAG = "mesh:test"
@@ -47,6 +47,7 @@ async def recovery_of_displaced_web1(store: MemoryStore) -> Recovery:
     displaced = failure("web1", state=FailureState.DISPLACED)
     await store.put(subjects.FAILURES_BUCKET, subjects.failure_key("web1"), encode(displaced))
     await store.put(subjects.NODES_BUCKET, subjects.node_key("web1"), encode(node("web1")))
+    await store.put(subjects.INDEX_BUCKET, subjects.node_key("web1"), encode(card("web1")))
     view = MeshView()
     await view.set_failures({"web1": displaced})
     return Recovery(store, GoneProvider(), view, "master", TAG)  # type: ignore[arg-type]
@@ -63,6 +64,7 @@ async def test_a_droplet_scaled_in_and_gone_is_forgotten() -> None:
     await recovery.recover(Term("recovery", 7, time.monotonic() + 60))
     assert store.value(subjects.FAILURES_BUCKET, subjects.failure_key("web1")) is None
     assert store.value(subjects.NODES_BUCKET, subjects.node_key("web1")) is None
+    assert store.value(subjects.INDEX_BUCKET, subjects.node_key("web1")) is None  # no ghost
     await asyncio.sleep(0)  # events are recorded in the background
     assert names(store) == ["droplet_forgotten"]
 

@@ -94,6 +94,7 @@ async def test_droplets_are_snapshotted_side_by_side_a_few_at_a_time() -> None:
                                     for n, name in enumerate(names, start=1)])  # fmt: skip
     view = MeshView()
     await view.set_nodes({name: node(name, updated_at=time.time()) for name in names})
+    await view.set_cards({})  # nothing here reads them; the view is ready once they are in
     await view.set_allocations({})  # nothing to run: settled, and due (no snapshot yet)
     role = Snapshots(MemoryStore(), account, view, "master", "tag")  # type: ignore[arg-type]
     leading = asyncio.create_task(role.lead(Term("snapshots", 4, time.monotonic() + 600)))

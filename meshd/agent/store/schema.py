@@ -50,6 +50,7 @@ BUCKETS = (
     Bucket(subjects.DESIRED_BUCKET, history=20),
     Bucket(subjects.ALLOC_BUCKET),
     Bucket(subjects.NODES_BUCKET),
+    Bucket(subjects.INDEX_BUCKET),
     Bucket(subjects.LEASES_BUCKET),
     Bucket(subjects.FAILURES_BUCKET),
     Bucket(subjects.SNAPSHOTS_BUCKET),

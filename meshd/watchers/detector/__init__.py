@@ -78,10 +78,10 @@ class Detector:
     def monitors(self) -> dict[str, tuple[str, ...]]:
         """The monitor map over the droplets that booted and have no confirmed failure;
         computed again only when the view's reports or failures were replaced."""
-        nodes, failures = self.view.nodes, self.view.failures
-        if self._map is None or self._map[0] is not nodes or self._map[1] is not failures:
-            lives = {name: node.incarnation for name, node in nodes.items()}
-            self._map = (nodes, failures, monitor_map(monitored(lives, failures)))
+        cards, failures = self.view.cards, self.view.failures
+        if self._map is None or self._map[0] is not cards or self._map[1] is not failures:
+            lives = {name: card.incarnation for name, card in cards.items()}
+            self._map = (cards, failures, monitor_map(monitored(lives, failures)))
         return self._map[2]
 
     def _refresh(self, monitors: dict[str, tuple[str, ...]]) -> None:
@@ -90,13 +90,13 @@ class Detector:
         for gone in set(self.watches) - mine:
             del self.watches[gone]
         for target in mine:
-            node = self.view.nodes[target]
+            card = self.view.cards[target]
             watch = self.watches.get(target)
-            if watch is None or node.incarnation > watch.incarnation:
-                self.watches[target] = Watch(node.address, node.incarnation)
+            if watch is None or card.incarnation > watch.incarnation:
+                self.watches[target] = Watch(card.address, card.incarnation)
             else:
-                watch.address = node.address
-        self.ballot.forget(set(self.view.nodes))
+                watch.address = card.address
+        self.ballot.forget(set(self.view.cards))
 
     # --- loop --------------------------------------------------------------------------------
 
@@ -178,16 +178,16 @@ class Detector:
     async def _on_probe_request(self, msg: Received) -> None:
         """A monitor asks this agent to probe a target for it (indirect probe)."""
         target = msg.data.decode(errors="replace")
-        node = self.view.nodes.get(target)
+        card = self.view.cards.get(target)
         http = self._http
-        ok = node is not None and http is not None and await self._ask(http, node.address)
+        ok = card is not None and http is not None and await self._ask(http, card.address)
         await msg.respond(b"ok" if ok else b"fail")
 
     async def _indirect(self, target: str, watch: Watch) -> None:
         helpers = sorted(
             name
-            for name, node in self.view.nodes.items()
-            if name not in (self.me, target) and node.incarnation > 0
+            for name, card in self.view.cards.items()
+            if name not in (self.me, target) and card.incarnation > 0
         )
         answers = await asyncio.gather(
             *(
