@@ -31,7 +31,7 @@ from meshd.agent.config import (
 )
 from meshd.agent.feeds import ReportFeed, feed_allocations, feed_cards, mirrors
 from meshd.agent.git_shell import serve_git
-from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Term
+from meshd.agent.lease import LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.logship import LogShipper
 from meshd.agent.membership import Membership, next_incarnation, node_status
@@ -51,7 +51,7 @@ from meshd.core.notify_settings import SECRET_SCOPE
 from meshd.core.secret_plan import INFRASTRUCTURE_KEY
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
-from meshd.roles import Leader, Together
+from meshd.roles import Roles, Together, lease_keepers, may_hold
 from meshd.roles.backups import Backups
 from meshd.roles.builder import Builder
 from meshd.roles.certificates import Certificates
@@ -94,6 +94,7 @@ class Agent:
         self.secrets = SealedSecrets(self.keys, EnvSecrets())
         self.terms: dict[str, Term] = {}
         self.reports: ReportFeed | None = None
+        self.board: LeaseBoard | None = None
         self.store: Store | None = None
         self.view = MeshView()
         bare = bool(self.config.bootstrap)  # droplets start bare: leaders bootstrap them
@@ -124,6 +125,14 @@ class Agent:
 
     def _servers_changed(self, servers: tuple[str, ...]) -> None:
         self.trust.servers = servers
+        self._trust_changed()
+
+    def _trust_changed(self) -> None:
+        """Which roles this droplet may hold may have changed: the leases it watches and the
+        reports it reads follow (else within their `RESCOPE_EVERY_S`)."""
+        for scoped in (self.board, self.reports):
+            if scoped is not None:
+                scoped.rescope.set()
 
     def _refresh_identity(self) -> None:
         """The provider rewrites droplet.json when it resizes the droplet; a stat is cheap."""
@@ -247,7 +256,7 @@ class Agent:
             away, builds = 0.0 if name == MASTER else LB_HESITATE_S, self.trust.builder_hesitation
 
             provisioner = Provisioner(store, provider, self.config, name, self.boot)
-            leaders: list[tuple[Leader, LeaseTiming | None, Hesitation]] = [
+            leaders: Roles = [
                 (Scheduler(store, name), None, 0.0),
                 (provisioner, None, provisioner.hesitation),
                 (self._recovery(store, provider), None, 0.0),
@@ -272,22 +281,16 @@ class Agent:
                     away,
                 ),
             ]
-            board = LeaseBoard(store)
-            keepers = [
-                LeaseKeeper(
-                    store,
-                    leader.role,
-                    name,
-                    self.incarnation,
-                    leader.lead,
-                    observer=self._observe,
-                    timing=timing,
-                    hesitate=hesitation,
-                    board=board,
-                    eligible=self.trust.eligibility(leader.role),
-                )
-                for leader, timing, hesitation in leaders
-            ]
+            board = self.board = LeaseBoard(store, may_hold(self.trust, leaders))
+            keepers = lease_keepers(
+                store,
+                self.identity.name,
+                self.incarnation,
+                leaders,
+                board,
+                self.trust,
+                self._observe,
+            )
             beats = BeatListener(store)
             reports = self.reports = ReportFeed(
                 store, view, reconciler, name, lambda: bool(self.roles()) or self.trust.trusted()
@@ -307,7 +310,9 @@ class Agent:
                 quorum = QuorumWatch(store, view, name, self.config.mesh, self.secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
                 tasks.create_task(feed_allocations(store, reconciler, view, reports), name="allocs")
-                tasks.create_task(feed_cards(store, reconciler, view), name="cards")
+                tasks.create_task(
+                    feed_cards(store, reconciler, view, self._trust_changed), name="cards"
+                )
                 tasks.create_task(reports.run(), name="reports")
                 tasks.create_task(  # release commands, passwords, backups: done here
                     answer_requests(

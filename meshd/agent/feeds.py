@@ -50,13 +50,16 @@ async def feed_allocations(
     )
 
 
-async def feed_cards(store: Store, reconciler: Reconciler, view: MeshView) -> None:
+async def feed_cards(
+    store: Store, reconciler: Reconciler, view: MeshView, changed: Callable[[], None]
+) -> None:
     """Every droplet's card, from the compact index to the mesh view and the reconciler
-    (addresses are host variables)."""
+    (addresses are host variables); `changed` is told (trust follows the droplets)."""
 
     async def publish(cards: dict[str, NodeCard]) -> None:
         await view.set_cards(cards)
         await reconciler.set_addresses({name: card.address for name, card in cards.items()})
+        changed()
 
     await mirror_bucket(store, subjects.INDEX_BUCKET, NodeCard, publish)
 

@@ -1,11 +1,16 @@
-"""Every lease as this agent last saw it change, through one watch of `mesh_leases`: lease
-keepers that do not hold their role wait here until it looks free, instead of asking the
+"""Every lease this agent may hold as it last saw it change, through watches of `mesh_leases`:
+lease keepers that do not hold their role wait here until it looks free, instead of asking the
 store to create the lease again and again (each failed create is two JetStream requests; ten
 a second from every droplet kept the servers busy).
 
 A lease looks free when it is absent (never taken, released, or its expiry seen) or when it
 has not changed for its TTL: the holder renews well within the TTL, and without a limit
 marker a watch does not see a TTL expire. The keeper then tries to take it; the store decides.
+
+Only the leases of roles this droplet may hold now are watched (`wanted`): every renewal is
+delivered to every watcher, and a droplet that only runs projects may hold two roles of
+eleven, whose leases are renewed eight times less often than the entry point's
+(docs/scale.md). A keeper of a role not watched is told at once that the board cannot tell.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Collection
 
 from meshd.agent.backoff import retries
 from meshd.agent.store import Store, StoreUnavailable
@@ -22,22 +28,55 @@ from protocol import subjects
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
 RETRY_MAX_S = 5.0
+RESCOPE_EVERY_S = 5.0  # besides when told: eligibility follows trust
+ALL = ">"
 
 
 class LeaseBoard:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, wanted: Callable[[], Collection[str]] | None = None) -> None:
+        """`wanted`: the roles whose leases to watch now (None: all, in one watch)."""
         self.store = store
+        self.wanted = wanted
+        self.rescope = asyncio.Event()
         self._present: set[str] = set()
         self._changed_at: dict[str, float] = {}  # key -> when it last changed (monotonic)
-        self._ready = False  # the current leases have been read since the watch (re)started
+        self._ready: set[str] = set()  # watches whose current leases are read since (re)start
+        self._watches: dict[str, asyncio.Task[None]] = {}  # by watched key, ALL for every one
         self._freed = asyncio.Event()  # set when a lease goes (or the board stops knowing)
 
+    def scope(self) -> frozenset[str]:
+        roles = None if self.wanted is None else set(self.wanted())
+        if roles is None or roles >= set(subjects.Role):
+            return frozenset({ALL})
+        return frozenset(subjects.lease_key(role) for role in roles)
+
     async def run(self) -> None:
+        try:
+            while True:
+                self.rescope.clear()
+                self._follow(self.scope())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.rescope.wait(), RESCOPE_EVERY_S)
+        finally:
+            for watch in self._watches.values():
+                watch.cancel()
+            await asyncio.gather(*self._watches.values(), return_exceptions=True)
+
+    def _follow(self, keys: frozenset[str]) -> None:
+        for key in set(self._watches) - keys:
+            self._watches.pop(key).cancel()
+            self._ready.discard(key)
+        for key in keys - set(self._watches):
+            self._watches[key] = asyncio.create_task(self._watch(key), name=f"leases:{key}")
+        self._freed.set()  # waiters look again at what is watched
+
+    async def _watch(self, keys: str) -> None:
         async for _ in retries(RETRY_S, RETRY_MAX_S):
+            self._present -= {k for k in self._present if keys in (ALL, k)}
             try:
-                async for entry in self.store.watch(subjects.LEASES_BUCKET):
+                async for entry in self.store.watch(subjects.LEASES_BUCKET, keys):
                     if entry is None:
-                        self._ready = True
+                        self._ready.add(keys)
                     elif entry.value is None:
                         self._present.discard(entry.key)
                         self._changed_at[entry.key] = time.monotonic()
@@ -47,14 +86,19 @@ class LeaseBoard:
                         self._changed_at[entry.key] = time.monotonic()
             except StoreUnavailable as err:
                 log.info("Lease watch broken; watching again. error=%s", err)
-            self._ready = False
-            self._freed.set()
+            finally:
+                self._ready.discard(keys)
+                self._freed.set()
+
+    def _knows(self, key: str) -> bool:
+        return ALL in self._ready or key in self._ready
 
     async def wait_free(self, role: str, ttl: float) -> None:
         """Return once the role's lease looks free, or when this board cannot tell (its watch
-        is broken: then the keeper tries, and the store answers)."""
+        is broken or it does not watch the role: then the keeper tries, and the store
+        answers)."""
         key = subjects.lease_key(role)
-        while self._ready:
+        while self._knows(key):
             if key not in self._present:
                 return
             left = self._changed_at.get(key, 0.0) + ttl - time.monotonic()
