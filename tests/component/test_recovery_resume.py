@@ -25,7 +25,7 @@ from plugins.providers import Fence, ProviderContext, StaleFence
 from plugins.providers.local import LocalProvider, create
 from protocol import subjects
 from protocol.codec import decode, encode
-from protocol.messages import FailureRecord, FailureState, InstanceStatus, NodeStatus
+from protocol.messages import Allocation, FailureRecord, FailureState, InstanceStatus, NodeStatus
 from tests.support import factories
 from tests.support.factories import instance
 from tests.support.reconciling import allocation
@@ -64,6 +64,18 @@ async def record_of(store: Store) -> FailureRecord | None:
     return decode(entry.value, FailureRecord) if entry and entry.value else None
 
 
+async def mesh_view(shop: Allocation, serving: InstanceStatus, failed: FailureRecord) -> MeshView:
+    """master, web1 (failed) and web2, both serving `shop`: a ready view."""
+    view = MeshView()
+    await view.set_allocations({"shop.prod.backend": shop})
+    nodes = {"master": node("master", 1), "web1": node("web1", 3, serving),
+             "web2": node("web2", 1, serving)}  # fmt: skip
+    await view.set_nodes(nodes)
+    await view.set_failures({"web1": failed})
+    await view.set_cards({name: factories.card(name) for name in nodes})
+    return view
+
+
 async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
     store: Store, provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,16 +94,7 @@ async def test_a_leader_that_dies_midway_is_followed_without_repeating_a_step(
         incarnation=3,
     )
     await store.create(subjects.FAILURES_BUCKET, subjects.failure_key("web1"), encode(failed))
-    view = MeshView()
-    await view.set_allocations({"shop.prod.backend": shop})
-    await view.set_nodes(
-        {
-            "master": node("master", 1),
-            "web1": node("web1", 3, serving),
-            "web2": node("web2", 1, serving),
-        }
-    )
-    await view.set_failures({"web1": failed})
+    view = await mesh_view(shop, serving, failed)
 
     first = Recovery(store, provider, view, "master", TAG, user_data=lambda: NEW_USER_DATA)
     first_term = Term("recovery", fence=10, deadline=time.monotonic() + 60)
