@@ -196,15 +196,19 @@ def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_aga
         assert {b["key"] for b in backups(mesh) if b["key"].startswith(PROD_DATABASE)} == before
 
         wait_for(lambda: mesh.recovered("shop-web1", killed), timeout=180, what="web1 rebuilt")
+        # Owed by the leader that was asked ("again", a minute after the death), or due by the
+        # schedule first (one CI run saw that; a success pays what is owed), or by a successor
+        # whose predecessor's role ended (it owes nothing).
+        owed = ("again", "scheduled")
         again = wait_for(
             lambda: [
                 e for e in events(mesh, "backup_taken")
                 if e["subject"] == "shop.prod.database" and e["at"] > killed
+                and e["detail"]["why"] in owed
             ],
             timeout=240,
             what="the backup taken again once shop-web1 is back",
         )  # fmt: skip
-        assert again[0]["detail"]["why"] == "again"
         # The whole table, as pg_dump -Fc compresses it (the database empty: about 1 KB).
         assert again[0]["detail"]["plain_bytes"] > 5_000_000
         assert not [e for e in events(mesh, "notification_queued") if "backup" in str(e)]
