@@ -51,7 +51,7 @@ from meshd.core.notify_settings import SECRET_SCOPE
 from meshd.core.secret_plan import INFRASTRUCTURE_KEY
 from meshd.core.spec import MASTER
 from meshd.local.power import follow_power
-from meshd.roles import Roles, Together, lease_keepers, may_hold
+from meshd.roles import Roles, Together, lease_keepers
 from meshd.roles.backups import Backups
 from meshd.roles.builder import Builder
 from meshd.roles.certificates import Certificates
@@ -281,16 +281,10 @@ class Agent:
                     away,
                 ),
             ]
-            board = self.board = LeaseBoard(store, may_hold(self.trust, leaders))
-            keepers = lease_keepers(
-                store,
-                self.identity.name,
-                self.incarnation,
-                leaders,
-                board,
-                self.trust,
-                self._observe,
+            board, keepers = lease_keepers(
+                store, name, self.incarnation, leaders, self.trust, self._observe
             )
+            self.board = board
             beats = BeatListener(store)
             reports = self.reports = ReportFeed(
                 store, view, reconciler, name, lambda: bool(self.roles()) or self.trust.trusted()

@@ -6,12 +6,11 @@ droplet."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-from meshd.agent.loops import mirror_bucket
+from meshd.agent.loops import ALL, ScopedWatches, mirror_bucket
 from meshd.agent.meshview import MeshView
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.sealed import SealedSecrets
@@ -21,8 +20,6 @@ from protocol import subjects
 from protocol.cards import NodeCard
 from protocol.messages import Allocation, DetectionHold, FailureRecord, NodeStatus, PublishedSpec
 from protocol.secrets import SealedSecret
-
-RESCOPE_EVERY_S = 5.0  # besides when told: trust follows the cards and the JetStream servers
 
 
 async def feed_allocations(
@@ -70,7 +67,8 @@ class ReportFeed:
     report would hold a turn). A droplet that holds or may hold a role (`everything()`)
     reads every report; another reads only its rollout peers' (`rollout.turn_peers`), one
     watch per peer, so that at rest and during a publish its work does not grow with the
-    mesh (docs/scale.md). `rescope` asks it to look at the scope again now."""
+    mesh (docs/scale.md). `rescope` asks it to look at the scope again now (trust follows
+    the cards and the JetStream servers)."""
 
     def __init__(
         self,
@@ -85,42 +83,29 @@ class ReportFeed:
         self.reconciler = reconciler
         self.me = me
         self.everything = everything
-        self.rescope = asyncio.Event()
-        self._watches: dict[str, asyncio.Task[None]] = {}  # by watched key, ">" for all
+        self._watches = ScopedWatches(self.scope, self._watch, self._followed)
+        self.rescope = self._watches.rescope
         self._parts: dict[str, dict[str, NodeStatus]] = {}  # what each watch has read
         self._published = False
 
     def scope(self) -> frozenset[str]:
         if self.everything():
-            return frozenset({">"})
+            return frozenset({ALL})
         peers = turn_peers(self.me, self.view.hosted().values())
         return frozenset(subjects.node_key(peer) for peer in peers)
 
     async def run(self) -> None:
-        try:
-            while True:
-                self.rescope.clear()
-                await self._follow(self.scope())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.rescope.wait(), RESCOPE_EVERY_S)
-        finally:
-            for watch in self._watches.values():
-                watch.cancel()
-            await asyncio.gather(*self._watches.values(), return_exceptions=True)
+        await self._watches.run()
 
-    async def _follow(self, keys: frozenset[str]) -> None:
-        gone = set(self._watches) - keys
-        for key in gone:
-            self._watches.pop(key).cancel()
+    async def _watch(self, key: str) -> None:
+        await mirror_bucket(
+            self.store, subjects.NODES_BUCKET, NodeStatus, partial(self._read, key), key
+        )
+
+    async def _followed(self, stopped: set[str]) -> None:
+        for key in stopped:
             self._parts.pop(key, None)
-        for key in keys - set(self._watches):
-            self._watches[key] = asyncio.create_task(
-                mirror_bucket(
-                    self.store, subjects.NODES_BUCKET, NodeStatus, partial(self._read, key), key
-                ),
-                name=f"reports:{key}",
-            )
-        if gone or keys - self._parts.keys() or not self._published:
+        if stopped or self._watches.tasks.keys() - self._parts.keys() or not self._published:
             await self._publish()
 
     async def _read(self, key: str, values: dict[str, NodeStatus]) -> None:
@@ -129,7 +114,8 @@ class ReportFeed:
 
     async def _publish(self) -> None:
         nodes = {name: node for part in self._parts.values() for name, node in part.items()}
-        await self.view.set_nodes(nodes, complete=self._parts.keys() >= self._watches.keys())
+        complete = self._parts.keys() >= self._watches.tasks.keys()
+        await self.view.set_nodes(nodes, complete=complete)
         self._published = True
         self.reconciler.set_peers(self.view.alive())
 

@@ -22,14 +22,13 @@ import time
 from collections.abc import Callable, Collection
 
 from meshd.agent.backoff import retries
+from meshd.agent.loops import ALL, ScopedWatches
 from meshd.agent.store import Store, StoreUnavailable
 from protocol import subjects
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
 RETRY_MAX_S = 5.0
-RESCOPE_EVERY_S = 5.0  # besides when told: eligibility follows trust
-ALL = ">"
 
 
 class LeaseBoard:
@@ -37,12 +36,12 @@ class LeaseBoard:
         """`wanted`: the roles whose leases to watch now (None: all, in one watch)."""
         self.store = store
         self.wanted = wanted
-        self.rescope = asyncio.Event()
         self._present: set[str] = set()
         self._changed_at: dict[str, float] = {}  # key -> when it last changed (monotonic)
         self._ready: set[str] = set()  # watches whose current leases are read since (re)start
-        self._watches: dict[str, asyncio.Task[None]] = {}  # by watched key, ALL for every one
         self._freed = asyncio.Event()  # set when a lease goes (or the board stops knowing)
+        self._watches = ScopedWatches(self.scope, self._watch, self._followed)
+        self.rescope = self._watches.rescope  # eligibility follows trust
 
     def scope(self) -> frozenset[str]:
         roles = None if self.wanted is None else set(self.wanted())
@@ -51,23 +50,10 @@ class LeaseBoard:
         return frozenset(subjects.lease_key(role) for role in roles)
 
     async def run(self) -> None:
-        try:
-            while True:
-                self.rescope.clear()
-                self._follow(self.scope())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.rescope.wait(), RESCOPE_EVERY_S)
-        finally:
-            for watch in self._watches.values():
-                watch.cancel()
-            await asyncio.gather(*self._watches.values(), return_exceptions=True)
+        await self._watches.run()
 
-    def _follow(self, keys: frozenset[str]) -> None:
-        for key in set(self._watches) - keys:
-            self._watches.pop(key).cancel()
-            self._ready.discard(key)
-        for key in keys - set(self._watches):
-            self._watches[key] = asyncio.create_task(self._watch(key), name=f"leases:{key}")
+    async def _followed(self, stopped: set[str]) -> None:
+        self._ready -= stopped
         self._freed.set()  # waiters look again at what is watched
 
     async def _watch(self, keys: str) -> None:

@@ -1,15 +1,15 @@
 """The loops agents run on KV: act on every change of some keys (or after a resync period),
-and mirror a bucket's decoded values. A watch that breaks (a server died, a stream elects a
-leader) is logged and watched again, and the next action runs at once: what changed meanwhile
-is not missed until the resync."""
+mirror a bucket's decoded values, and keep one watch per key of a scope that changes. A watch
+that breaks (a server died, a stream elects a leader) is logged and watched again, and the
+next action runs at once: what changed meanwhile is not missed until the resync."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from typing import Any, TypeVar
 
 from meshd.agent.backoff import retries
 from meshd.agent.store import Store, StoreUnavailable
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.2  # let a burst of changes land before acting on it
 RETRY_S = 0.5  # a broken watch is watched again after this, growing up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
+RESCOPE_EVERY_S = 5.0  # a scope is looked at again this often besides when told
+ALL = ">"  # the scope of every key, in one watch
 M = TypeVar("M", bound=Message)
 _UNSEEN = object()
 
@@ -109,3 +111,48 @@ async def mirror_bucket(
                     await publish(values)
         except StoreUnavailable as err:
             log.info("Watch interrupted; watching again. bucket=%s error=%s", bucket, err)
+
+
+class ScopedWatches:
+    """One task per key of a scope (`ALL`: every key), started and stopped as the scope
+    changes. The scope is looked at again when `rescope` is set, else every
+    `RESCOPE_EVERY_S` (what it follows may change unannounced); `followed` is told the keys
+    whose tasks stopped after each look. A task that fails ends `run` with its error."""
+
+    def __init__(
+        self,
+        scope: Callable[[], frozenset[str]],
+        watch: Callable[[str], Coroutine[Any, Any, None]],
+        followed: Callable[[set[str]], Awaitable[None]],
+    ) -> None:
+        self.scope = scope
+        self.watch = watch
+        self.followed = followed
+        self.rescope = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.rescope.clear()
+                keys = self.scope()
+                stopped = set(self.tasks) - keys
+                for key in stopped:
+                    self.tasks.pop(key).cancel()
+                for key in keys - set(self.tasks):
+                    self.tasks[key] = asyncio.create_task(self.watch(key), name=f"watch:{key}")
+                await self.followed(stopped)
+                told = asyncio.ensure_future(self.rescope.wait())
+                await asyncio.wait(
+                    [told, *self.tasks.values()],
+                    timeout=RESCOPE_EVERY_S,
+                    return_when="FIRST_COMPLETED",
+                )
+                told.cancel()
+                for task in self.tasks.values():
+                    if task.done() and not task.cancelled() and (error := task.exception()):
+                        raise error
+        finally:
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)

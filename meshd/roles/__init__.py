@@ -5,14 +5,13 @@ A leader is anything with a `role` (its lease's name, `protocol.subjects.Role`) 
 `term.ensure_held()` right before every side effect, carries `term.fence` on each, and returns
 or raises `TermEnded` when the term ends. The agent (`meshd.agent.app`) runs one lease keeper
 per role (`lease_keepers`), whose lease board watches only the leases of the roles it may
-hold (`may_hold`); several leaders that share one lease run together (`Together`). No leader imports
+hold; several leaders that share one lease run together (`Together`). No leader imports
 another: what two of them read is in `meshd.agent.records`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Protocol
 
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Observer, Term
@@ -50,33 +49,18 @@ class Together:
 Roles = list[tuple[Leader, LeaseTiming | None, Hesitation]]  # the role, its timing, hesitation
 
 
-def may_hold(trust: Trust, roles: Roles) -> Callable[[], list[str]]:
-    """The roles of `roles` this droplet may hold at the time of the call."""
-    checks = {leader.role: trust.eligibility(leader.role) for leader, _, _ in roles}
-    return lambda: [role for role, may in checks.items() if may is None or may()]
-
-
 def lease_keepers(
-    store: Store,
-    holder: str,
-    incarnation: int,
-    roles: Roles,
-    board: LeaseBoard,
-    trust: Trust,
-    observer: Observer,
-) -> list[LeaseKeeper]:
-    return [
-        LeaseKeeper(
-            store,
-            leader.role,
-            holder,
-            incarnation,
-            leader.lead,
-            observer=observer,
-            timing=timing,
-            hesitate=hesitation,
-            board=board,
-            eligible=trust.eligibility(leader.role),
-        )
+    store: Store, holder: str, incarnation: int, roles: Roles, trust: Trust, observer: Observer
+) -> tuple[LeaseBoard, list[LeaseKeeper]]:
+    """A keeper per role, and the board they wait on, which watches the leases of the roles
+    this droplet may hold at the time (eligibility follows trust: `board.rescope`)."""
+    checks = {leader.role: trust.eligibility(leader.role) for leader, _, _ in roles}
+    board = LeaseBoard(
+        store, lambda: [role for role, may in checks.items() if may is None or may()]
+    )
+    keepers = [
+        LeaseKeeper(store, leader.role, holder, incarnation, leader.lead, observer=observer,
+                    timing=timing, hesitate=hesitation, board=board, eligible=checks[leader.role])
         for leader, timing, hesitation in roles
-    ]
+    ]  # fmt: skip
+    return board, keepers

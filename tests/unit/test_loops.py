@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from meshd.agent.loops import mirror_bucket, run_on_changes
+from meshd.agent.loops import ScopedWatches, mirror_bucket, run_on_changes
 from protocol.codec import encode
 from protocol.messages import Lease
 from tests.support.memstore import MemoryStore
@@ -106,3 +106,30 @@ async def test_a_mirror_hands_over_the_values_again_after_its_watch_broke() -> N
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_scoped_watches_follow_their_scope_and_end_with_a_watch_s_error() -> None:
+    """Watches start and stop as the scope changes (told at once, not at the next look), and
+    a watch that fails is not lost in a task nobody awaits: `run` ends with its error."""
+    scope, started, stopped = {"a", "b"}, [], []
+
+    async def watch(key: str) -> None:
+        started.append(key)
+        if key == "broken":
+            raise KeyError(key)
+        await asyncio.Event().wait()
+
+    async def followed(keys: set[str]) -> None:
+        stopped.extend(sorted(keys))
+
+    watches = ScopedWatches(lambda: frozenset(scope), watch, followed)
+    running = asyncio.create_task(watches.run())
+    await until(lambda: sorted(started) == ["a", "b"], "both watches")
+    scope.discard("a")
+    watches.rescope.set()
+    await until(lambda: stopped == ["a"], "a's watch stopped")
+    assert set(watches.tasks) == {"b"}
+    scope.add("broken")
+    watches.rescope.set()
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(running, 2)  # well within the 5 s between looks
