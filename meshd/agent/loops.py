@@ -117,7 +117,8 @@ class ScopedWatches:
     """One task per key of a scope (`ALL`: every key), started and stopped as the scope
     changes. The scope is looked at again when `rescope` is set, else every
     `RESCOPE_EVERY_S` (what it follows may change unannounced); `followed` is told the keys
-    whose tasks stopped after each look. A task that fails ends `run` with its error."""
+    whose tasks stopped after each look. A task that fails ends `run` with its error; one
+    that returns is started again at once."""
 
     def __init__(
         self,
@@ -139,8 +140,9 @@ class ScopedWatches:
                 stopped = set(self.tasks) - keys
                 for key in stopped:
                     self.tasks.pop(key).cancel()
-                for key in keys - set(self.tasks):
-                    self.tasks[key] = asyncio.create_task(self.watch(key), name=f"watch:{key}")
+                for key in keys:
+                    if key not in self.tasks or self.tasks[key].done():  # one that returned too
+                        self.tasks[key] = asyncio.create_task(self.watch(key), name=f"watch:{key}")
                 await self.followed(stopped)
                 told = asyncio.ensure_future(self.rescope.wait())
                 await asyncio.wait(

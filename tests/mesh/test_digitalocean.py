@@ -61,6 +61,25 @@ def recovered(mesh: LocalMesh, droplet: str, after: float) -> bool:
     return any(e["name"] == "droplet_recovered" and e["at"] > after for e in events)
 
 
+def post_mortem(state: Path, stand: StandProcess) -> str:
+    """What a failure's report needs and `down` would remove: where the reserved IP points,
+    and what each droplet's agent logged as an error (its last lines of them)."""
+    lines = []
+    try:
+        for reserved in stand.get("/v2/reserved_ips")["reserved_ips"]:
+            lines.append(
+                f"reserved IP {reserved['ip']} -> {(reserved.get('droplet') or {}).get('name')}"
+            )
+    except (OSError, KeyError, ValueError) as err:
+        lines.append(f"reserved IPs not readable: {err}")
+    for log in sorted(state.glob("droplets/*/disk/var/lib/meshd/agent.log")):
+        text = log.read_text(errors="replace").splitlines()
+        bad = [line for line in text if " ERROR " in line or " CRITICAL " in line
+               or line.split(":", 1)[0].endswith(("Error", "Exception", "Refused"))]  # fmt: skip
+        lines += [f"droplet {log.parents[4].name}: {line[:300]}" for line in bad[-12:]]
+    return "\n".join(lines)
+
+
 def holder_of(stand: StandProcess, address: str) -> str | None:
     found = stand.get(f"/v2/reserved_ips/{address}")["reserved_ip"].get("droplet") or {}
     return found.get("name")
@@ -116,26 +135,33 @@ def test_the_seed_mesh_on_digitalocean(tmp_path: Path) -> None:
         assert len(after) == 4
         assert wait_for(lambda: served(f"http://{reserved}{BACKEND}"), 60, "served again")
 
-        # Master dies: the reserved IP moves to another droplet, and master comes back.
-        killed = time.time()
-        kill_machine(made["master"]["id"])
-
-        def moved() -> bool:
-            away = (holder_of(stand, reserved) or "master") != "master"
-            return away and served(f"http://{reserved}{BACKEND}") is not None
-
-        wait_for(moved, 120, "the reserved IP on another droplet, serving")
-        wait_for(lambda: recovered(mesh, "master", killed), 300, "master recovered")
+        master_dies(mesh, stand, made["master"]["id"], reserved)
 
         ledger = stand.settings()
         assert ledger["invalid"] == 0, "requests DigitalOcean would refuse"
         assert ledger["violations"] == 0
 
         down_leaves_only_the_key(mesh, stand)
+    except AssertionError:
+        print(post_mortem(tmp_path / "stand", stand))  # shown with the failure
+        raise
     finally:
         if mesh.meshctl("status", "--context", mesh.name).returncode == 0:
             mesh.meshctl("down", "--delete-data", "--context", mesh.name, timeout=300)
         assert stand.stop() == 0
+
+
+def master_dies(mesh: LocalMesh, stand: StandProcess, master: int, reserved: str) -> None:
+    """Master dies: the reserved IP moves to another droplet, and master comes back."""
+    killed = time.time()
+    kill_machine(master)
+
+    def moved() -> bool:
+        away = (holder_of(stand, reserved) or "master") != "master"
+        return away and served(f"http://{reserved}{BACKEND}") is not None
+
+    wait_for(moved, 120, "the reserved IP on another droplet, serving")
+    wait_for(lambda: recovered(mesh, "master", killed), 300, "master recovered")
 
 
 def hosted_on_the_mesh(examples: Path, project: str) -> Path:

@@ -133,3 +133,29 @@ async def test_scoped_watches_follow_their_scope_and_end_with_a_watch_s_error() 
     watches.rescope.set()
     with pytest.raises(KeyError):
         await asyncio.wait_for(running, 2)  # well within the 5 s between looks
+
+
+async def test_a_scoped_watch_that_returns_is_started_again() -> None:
+    """Watches are meant to run until stopped: one that returns is watched anew, and `run`
+    does not spin on a task that is done."""
+    runs = 0
+
+    async def watch(key: str) -> None:
+        nonlocal runs
+        runs += 1
+        if runs < 3:
+            return
+        await asyncio.Event().wait()
+
+    async def followed(keys: set[str]) -> None:
+        assert not keys
+
+    watches = ScopedWatches(lambda: frozenset({"a"}), watch, followed)
+    running = asyncio.create_task(watches.run())
+    try:
+        await until(lambda: runs == 3, "the watch started a third time", timeout=2)
+        await asyncio.sleep(0.2)
+        assert runs == 3 and not watches.tasks["a"].done()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
