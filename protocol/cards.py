@@ -1,7 +1,9 @@
-"""A droplet's card in the mesh's compact index (KV `mesh_index/<droplet>`): the little every
-agent needs of every other droplet (where it is, which life it is in, its size), written as
-protocol.messages says. Its full report (`mesh_nodes`) is read only by the droplets that
-hold roles and by a droplet's rollout peers (docs/scale.md)."""
+"""The mesh's compact index (KV `mesh_index`), written as protocol.messages says: a droplet's
+card (`<droplet>`), the little every agent needs of every other droplet (where it is, which
+life it is in, its size), and the keys of the allocations that name it (`placed.<droplet>`),
+which is all of `mesh_alloc` that a droplet without roles reads. Its full report
+(`mesh_nodes`) is read only by the droplets that hold roles and by a droplet's rollout peers
+(docs/scale.md)."""
 
 from __future__ import annotations
 
@@ -22,3 +24,15 @@ class NodeCard(Message):
     address: str
     incarnation: int
     size: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacedKeys(Message):
+    """Written by the scheduler after the allocations themselves, for every droplet of the
+    placement (none named: no keys): the keys in `mesh_alloc` of the services it runs."""
+
+    KIND: ClassVar[str] = "placed_keys"
+
+    droplet: str
+    keys: tuple[str, ...]
+    fence: int

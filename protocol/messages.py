@@ -2,9 +2,9 @@
 
 Every message is a frozen, slotted, keyword-only dataclass deriving from `Message`, with a
 class-level `KIND` (`"kind"` on the wire) and `VERSION` (`"v"`). Field types are what
-`protocol.codec` checks: `str`, `int`, `float`, `bool`, `X | None`, `tuple[X, ...]`,
-`dict[str, str]`, `dict[str, Any]` (plain data), the enums below (sent by value) and nested
-dataclasses (sent as maps). Fields `v` and `kind` are the envelope's.
+`protocol.codec` checks: `str`, `int`, `float`, `bool`, `X | None`, `tuple[X, ...]`, `dict[str,
+str]`, `dict[str, Any]` (plain data), the enums below (sent by value) and nested dataclasses
+(sent as maps). Fields `v` and `kind` are the envelope's.
 
 Changing a message: a new field *with a default* keeps the version (older senders omit it);
 anything else bumps `VERSION` and may add a classmethod `upgrade(cls, version, fields) ->
@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol.base import Message
-from protocol.cards import NodeCard
+from protocol.cards import NodeCard, PlacedKeys
 from protocol.envconfig import ConfigVars
 from protocol.secrets import MeshKey, SealedSecret, SecretValue
 
@@ -357,8 +357,7 @@ class Event(Message):
 
     `name` is the event kind (a subject token such as `lease_taken`); it is not called `kind`
     because that key belongs to the envelope. `subject` is what the event is about (a droplet,
-    a project, ...), `fence` the lease revision of the leader that acted, if any.
-    """
+    a project, ...), `fence` the lease revision of the leader that acted, if any."""
 
     KIND: ClassVar[str] = "event"
 
@@ -381,6 +380,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             JetStreamServers,
             NodeStatus,
             NodeCard,
+            PlacedKeys,
             LivenessBeat,
             Lease,
             Suspicion,

@@ -20,7 +20,7 @@ _TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 DESIRED_BUCKET = "mesh_desired"
 ALLOC_BUCKET = "mesh_alloc"
 NODES_BUCKET = "mesh_nodes"
-INDEX_BUCKET = "mesh_index"  # droplets' cards (protocol.cards): address, incarnation, size
+INDEX_BUCKET = "mesh_index"  # droplets' cards and placed keys (protocol.cards)
 LEASES_BUCKET = "mesh_leases"
 FAILURES_BUCKET = "mesh_failures"
 SNAPSHOTS_BUCKET = "mesh_snapshots"
@@ -51,6 +51,8 @@ JETSTREAM_KEY = "jetstream"  # which droplets run the JetStream servers (JetStre
 JETSTREAM_APPLIED_KEY = "jetstream.applied"  # ... as they run, once the state has moved
 RESTARTS = "restart.>"
 HOLDS = "hold.*"  # `meshctl hold`: failure detection held off (DetectionHold)
+CARDS = "*"  # in mesh_index: every droplet's card (NodeCard), keyed by its name
+PLACED = "placed.*"  # in mesh_index: the allocations' keys that name each droplet (PlacedKeys)
 BACKUP_TARGET_KEY = "backup-target"  # where backups are kept (BackupTargetSpec)
 CONFIG_VARS = "config.>"  # `meshctl config`: plain environment variables (ConfigVars)
 RELEASE_TARGETS = "release.>"  # the release each environment runs (ReleaseTarget)
@@ -325,6 +327,12 @@ def holder_key(droplet: str) -> str:
 def node_key(droplet: str) -> str:
     """Key of a droplet's observed state in `mesh_nodes`: `<droplet>`."""
     return token(droplet, "droplet")
+
+
+def placed_key(droplet: str) -> str:
+    """Key in `mesh_index` of the allocations that name a droplet (PlacedKeys):
+    `placed.<droplet>`."""
+    return f"placed.{token(droplet, 'droplet')}"
 
 
 def lease_key(role: Role | str) -> str:

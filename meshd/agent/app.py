@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from meshd.agent import metrics
+from meshd.agent.allocation_feed import AllocationFeed
 from meshd.agent.answering import answer_requests
 from meshd.agent.api import Dashboard, GitHooks, create_app, serve
 from meshd.agent.beats import BeatListener
@@ -29,7 +30,7 @@ from meshd.agent.config import (
     mesh_tag,
     user_data_now,
 )
-from meshd.agent.feeds import ReportFeed, feed_allocations, feed_cards, mirrors
+from meshd.agent.feeds import ReportFeed, feed_cards, mirrors
 from meshd.agent.git_shell import serve_git
 from meshd.agent.lease import LeaseTiming, Term
 from meshd.agent.leaseboard import LeaseBoard
@@ -94,6 +95,7 @@ class Agent:
         self.secrets = SealedSecrets(self.keys, EnvSecrets())
         self.terms: dict[str, Term] = {}
         self.reports: ReportFeed | None = None
+        self.allocations: AllocationFeed | None = None
         self.board: LeaseBoard | None = None
         self.store: Store | None = None
         self.view = MeshView()
@@ -130,7 +132,7 @@ class Agent:
     def _trust_changed(self) -> None:
         """Which roles this droplet may hold may have changed: the leases it watches and the
         reports it reads follow (else within their `RESCOPE_EVERY_S`)."""
-        for scoped in (self.board, self.reports):
+        for scoped in (self.board, self.reports, self.allocations):
             if scoped is not None:
                 scoped.rescope.set()
 
@@ -140,6 +142,18 @@ class Agent:
         if mtime != self._identity_mtime:
             self._identity_mtime = mtime
             self.identity = DropletIdentity.load(self.dir)
+
+    def _scoped_feeds(
+        self, store: Store, reconciler: Reconciler
+    ) -> tuple[ReportFeed, AllocationFeed]:
+        """What this droplet reads of the reports and the allocations: every one while it
+        holds a role or may hold the sensitive ones (docs/scale.md)."""
+        name, everything = self.identity.name, lambda: bool(self.roles()) or self.trust.trusted()
+        self.reports = ReportFeed(store, self.view, reconciler, name, everything)
+        self.allocations = AllocationFeed(
+            store, self.view, reconciler, name, everything, self.reports.rescope
+        )
+        return self.reports, self.allocations
 
     def roles(self) -> tuple[str, ...]:
         return tuple(sorted(role for role, term in self.terms.items() if term.valid))
@@ -151,8 +165,9 @@ class Agent:
             self.terms.pop(role, None)
         else:
             self.terms[role] = term
-        if self.reports is not None:
-            self.reports.rescope.set()  # a role holder reads every report
+        for scoped in (self.reports, self.allocations):  # a role holder reads everything
+            if scoped is not None:
+                scoped.rescope.set()
 
     async def run(self) -> None:
         await serve_git(self.dir, self.config, self.identity.name)
@@ -286,9 +301,7 @@ class Agent:
             )
             self.board = board
             beats = BeatListener(store)
-            reports = self.reports = ReportFeed(
-                store, view, reconciler, name, lambda: bool(self.roles()) or self.trust.trusted()
-            )
+            reports, allocations = self._scoped_feeds(store, reconciler)
             detector = Detector(store, self.identity, self.incarnation, view, provider, tag, beats)
             listener = ServersListener(
                 store, name, self.dir, self.config, on_change=self._servers_changed
@@ -303,7 +316,7 @@ class Agent:
                 tasks.create_task(beats.run(), name="beats")
                 quorum = QuorumWatch(store, view, name, self.config.mesh, self.secrets, beats)
                 tasks.create_task(quorum.run(), name="quorum")
-                tasks.create_task(feed_allocations(store, reconciler, view, reports), name="allocs")
+                tasks.create_task(allocations.run(), name="allocations")
                 tasks.create_task(
                     feed_cards(store, reconciler, view, self._trust_changed), name="cards"
                 )

@@ -1,11 +1,10 @@
 """What the mesh's KV buckets tell this droplet's agent, fed to its mesh view and its
-reconciler as they change: allocations and failure records, the droplets' cards and the
-reports it reads, the desired state, the detection holds and the secrets sealed to this
-droplet."""
+reconciler as they change: the droplets' cards and the reports it reads, the desired state,
+the detection holds and the secrets sealed to this droplet (allocations and failure records:
+`allocation_feed`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -18,33 +17,8 @@ from meshd.agent.store import Store
 from meshd.core.rollout import turn_peers
 from protocol import subjects
 from protocol.cards import NodeCard
-from protocol.messages import Allocation, DetectionHold, FailureRecord, NodeStatus, PublishedSpec
+from protocol.messages import DetectionHold, NodeStatus, PublishedSpec
 from protocol.secrets import SealedSecret
-
-
-async def feed_allocations(
-    store: Store, reconciler: Reconciler, view: MeshView, reports: ReportFeed
-) -> None:
-    """Allocations and failure records from KV to the mesh view, and what they give this
-    droplet to the reconciler: its allocations and the instances displaced to it (and to
-    `reports`, whose peers they may change)."""
-
-    async def allocations(values: dict[str, Allocation]) -> None:
-        await view.set_allocations(values)
-        reports.rescope.set()
-        await reconciler.apply(view.hosted())
-
-    async def failures(values: dict[str, FailureRecord]) -> None:
-        await view.set_failures(values)
-        reconciler.set_peers(view.alive())
-        reports.rescope.set()
-        if view.knows_allocations:  # else an empty mirror would stop every instance
-            await reconciler.apply(view.hosted())
-
-    await asyncio.gather(
-        mirror_bucket(store, subjects.ALLOC_BUCKET, Allocation, allocations),
-        mirror_bucket(store, subjects.FAILURES_BUCKET, FailureRecord, failures),
-    )
 
 
 async def feed_cards(
@@ -58,7 +32,7 @@ async def feed_cards(
         await reconciler.set_addresses({name: card.address for name, card in cards.items()})
         changed()
 
-    await mirror_bucket(store, subjects.INDEX_BUCKET, NodeCard, publish)
+    await mirror_bucket(store, subjects.INDEX_BUCKET, NodeCard, publish, subjects.CARDS)
 
 
 class ReportFeed:

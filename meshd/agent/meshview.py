@@ -1,7 +1,8 @@
 """What an agent knows of the whole mesh, kept current by its watches: every droplet's card
-(address, incarnation, size), the reports it reads (all of them on a droplet that holds or may
-hold a role, else its rollout peers': `feeds.ReportFeed`), every allocation, the desired state,
-the confirmed failures and the operator's detection holds. The reconciler, the load balancer
+(address, incarnation, size), the reports and the allocations it reads (all of them on a
+droplet that holds or may hold a role, else its rollout peers' reports and the allocations
+that concern it: `feeds.ReportFeed`, `allocation_feed`), the desired state, the confirmed
+failures and the operator's detection holds. The reconciler, the load balancer
 and the failure detector read it; nothing here reads the store, so a new lb holder can render
 at once, even while JetStream elects."""
 
@@ -32,7 +33,8 @@ class MeshView:
     def __init__(self) -> None:
         self.cards: dict[str, NodeCard] = {}  # every droplet's
         self.nodes: dict[str, NodeStatus] = {}  # the reports read (see the module's docstring)
-        self.allocations: dict[str, Allocation] = {}
+        self.allocations: dict[str, Allocation] = {}  # those it reads (see above)
+        self.allocations_whole = asyncio.Event()  # set while they are every allocation
         self.state: DesiredState | None = None
         self.failures: dict[str, FailureRecord] = {}
         self.holds: dict[str, DetectionHold] = {}  # by droplet
@@ -46,6 +48,7 @@ class MeshView:
 
     @property
     def knows_allocations(self) -> bool:
+        """Every allocation it reads has arrived (all of them, or those of its droplet)."""
         return "allocations" in self._seen
 
     @property
@@ -81,9 +84,21 @@ class MeshView:
             self._seen.discard("nodes")
             self.changed.set()
 
-    async def set_allocations(self, values: dict[str, Allocation]) -> None:
+    async def set_allocations(
+        self, values: dict[str, Allocation], complete: bool = True, whole: bool = True
+    ) -> None:
+        """`complete` False: some it reads have not arrived yet; `whole` False: it reads only
+        those that concern its droplet (or is not `complete`)."""
         self.allocations = dict(values)
-        self._arrived("allocations")
+        if whole and complete:
+            self.allocations_whole.set()
+        else:
+            self.allocations_whole.clear()
+        if complete:
+            self._arrived("allocations")
+        else:
+            self._seen.discard("allocations")
+            self.changed.set()
 
     async def set_desired(self, values: dict[str, PublishedSpec]) -> None:
         message = values.get(subjects.DESIRED_KEY)

@@ -176,9 +176,9 @@ class AgentCollector(Collector):
 def _services(
     node: NodeStatus, allocations: Mapping[str, Allocation]
 ) -> Iterator[GaugeMetricFamily]:
-    """Per service: how many instances the mesh wants (every agent says it: take the max), and
-    how many are healthy here (sum over the agents; a droplet that cannot be scraped counts
-    none). Together they say when a service is not whole."""
+    """Per service: how many instances the mesh wants (every agent that reads its allocation
+    says it: take the max), and how many are healthy here (sum over the agents; a droplet
+    that cannot be scraped counts none). Together they say when a service is not whole."""
     labels = ["project", "env", "service"]
     desired = GaugeMetricFamily(
         "meshd_service_instances_desired", "Instances the mesh places of a service", labels=labels

@@ -74,7 +74,10 @@ class Trust:
     def builder_hesitation(self) -> float:
         """How long to wait before competing for `builder`: none on the droplet with the
         most memory left by its services' reservations (builds need room), a little on the
-        others; a holder keeps the role wherever it is."""
+        others and on one that does not read every allocation (it cannot tell); a holder
+        keeps the role wherever it is."""
+        if not self.view.allocations_whole.is_set():
+            return BUILDER_HESITATE_S
         reserved: dict[str, int] = {}
         for allocation in self.view.allocations.values():
             for droplet in allocation.droplets:

@@ -5,20 +5,26 @@ A leader is anything with a `role` (its lease's name, `protocol.subjects.Role`) 
 `term.ensure_held()` right before every side effect, carries `term.fence` on each, and returns
 or raises `TermEnded` when the term ends. The agent (`meshd.agent.app`) runs one lease keeper
 per role (`lease_keepers`), whose lease board watches only the leases of the roles it may
-hold; several leaders that share one lease run together (`Together`). No leader imports
-another: what two of them read is in `meshd.agent.records`.
+hold; several leaders that share one lease run together (`Together`). A leader starts only
+once the agent's view holds every allocation (a droplet without roles reads only its own:
+`agent.allocation_feed`). No leader imports another: what two of them read is in
+`meshd.agent.records`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from meshd.agent.lease import Hesitation, LeaseKeeper, LeaseTiming, Observer, Term
 from meshd.agent.leaseboard import LeaseBoard
 from meshd.agent.store import Store
 from meshd.agent.trust import Trust
 from protocol.subjects import Role
+
+log = logging.getLogger(__name__)
 
 
 class Leader(Protocol):
@@ -59,8 +65,26 @@ def lease_keepers(
         store, lambda: [role for role, may in checks.items() if may is None or may()]
     )
     keepers = [
-        LeaseKeeper(store, leader.role, holder, incarnation, leader.lead, observer=observer,
+        LeaseKeeper(store, leader.role, holder, incarnation, once_whole(leader.lead, trust),
+                    observer=observer,
                     timing=timing, hesitate=hesitation, board=board, eligible=checks[leader.role])
         for leader, timing, hesitation in roles
     ]  # fmt: skip
     return board, keepers
+
+
+def once_whole(
+    lead: Callable[[Term], Coroutine[Any, Any, None]], trust: Trust
+) -> Callable[[Term], Coroutine[Any, Any, None]]:
+    """`lead`, once the view holds every allocation: taking the role widened what the agent
+    reads, and a leader must not act on the part it read before (the builder would delete
+    the artifacts that no allocation it knows names)."""
+    whole = trust.view.allocations_whole
+
+    async def leadonce_whole(term: Term) -> None:
+        if not whole.is_set():
+            log.info("Role waits until every allocation is read. role=%s", term.role)
+            await whole.wait()
+        await lead(term)
+
+    return leadonce_whole

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
+from meshd.agent.placed_index import index_placed
 from meshd.agent.records import (
     ConfigLayers,
     ReleaseTargets,
@@ -301,6 +302,8 @@ class Scheduler:
         wanted = allocations_for(state, placement, existing, term.fence, restarts, config, targets)
         written = await self._write(term, wanted, existing, revisions)
         removed = await self._remove(term, set(revisions) - set(wanted), revisions)
+        droplets = [droplet.name for droplet in placement.droplets]
+        indexed = await index_placed(self.store, term, wanted, droplets)
         # Written also when only the spec revision moved: `publish --wait` waits for it.
         if previous != placement or scheduled_revision != spec_entry.revision:
             record = PlacementRecord(
@@ -317,13 +320,24 @@ class Scheduler:
                 encode(record),
                 last.revision if last else None,
             )
-        if written or removed:
-            log.info("Scheduled. changed=%d removed=%d fence=%d", written, removed, term.fence)
+        if written or removed or indexed:
+            log.info(
+                "Scheduled. changed=%d removed=%d indexed=%d fence=%d",
+                written,
+                removed,
+                indexed,
+                term.fence,
+            )
             await self.store.record(
                 "scheduled",
                 self.droplet,
                 "allocations",
-                {"changed": written, "removed": removed, "spec_revision": spec_entry.revision},
+                {
+                    "changed": written,
+                    "removed": removed,
+                    "indexed": indexed,
+                    "spec_revision": spec_entry.revision,
+                },
                 term.fence,
             )
 

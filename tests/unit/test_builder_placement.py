@@ -21,15 +21,19 @@ def test_the_roomiest_droplet_is_the_one_with_most_memory_left() -> None:
     assert roomiest({"odd": "no-such-size"}, {}) is None
 
 
-def test_only_the_roomiest_droplet_competes_for_the_builder_at_once() -> None:
+async def test_only_the_roomiest_droplet_competes_for_the_builder_at_once() -> None:
     view = MeshView()
     view.cards = {
         "master": factories.card("master", size="s-1vcpu-2gb"),
         "web1": factories.card("web1", size="s-1vcpu-2gb"),
     }
-    view.allocations = {"a": allocation(droplets=("master",), memory_mb=512)}
+    await view.set_allocations({"a": allocation(droplets=("master",), memory_mb=512)})
     hesitation = {name: Trust(name, view, None).builder_hesitation() for name in view.cards}  # type: ignore[arg-type]
     assert hesitation == {"master": BUILDER_HESITATE_S, "web1": 0.0}
+
+    # One that reads only its own allocations cannot tell who has room: it lets others go first.
+    await view.set_allocations({}, whole=False)
+    assert Trust("web1", view, None).builder_hesitation() == BUILDER_HESITATE_S  # type: ignore[arg-type]
 
 
 def test_on_a_cloud_mesh_only_a_trusted_droplet_may_build() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.base import Message
-from protocol.cards import NodeCard
+from protocol.cards import NodeCard, PlacedKeys
 from protocol.codec import MAX_DEPTH, MAX_MESSAGE_BYTES, decode, encode
 from protocol.envconfig import ConfigVars
 from protocol.errors import (
@@ -195,6 +195,7 @@ SAMPLES: list[Message] = [
     ),
     MeshKey(public="AAAA", fingerprint="0123456789abcdef", created_by="master", created_at=1.5),
     NodeCard(droplet="web1", address="10.0.0.3", incarnation=1764800000, size="s-1vcpu-1gb"),
+    PlacedKeys(droplet="web1", keys=("shop.prod.db", "shop.prod.web"), fence=12),
 ]
 
 
