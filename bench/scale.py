@@ -11,7 +11,9 @@ window, from /proc (CPU from `/proc/<pid>/schedstat`: nanoseconds on a CPU, not 
 - `agent_rss_mb`: the median RSS of all agents.
 Then a CSV of N one-droplet projects (`Servers=1`, one web service: all three environments of
 every project on master, 3N instances) is published and timed until `publish --wait` returns
-(`converge_s`). The service is busybox's httpd (`--app busybox`, the default: the mesh's
+(`converge_s`), with what it cost: CPU seconds of a roleless agent (median,
+`publish_agent_cpu_s`) and messages through the busiest JetStream server (`publish_msgs`).
+The service is busybox's httpd (`--app busybox`, the default: the mesh's
 time) or the demo app (`--app python`: 81 interpreters starting on two cores add seconds).
 
 Last, the failure detector's protocol simulation (sim/detector.py, 1 % loss, 120 simulated
@@ -119,10 +121,36 @@ def nats_messages(addresses: list[str]) -> dict[str, int]:
     return found
 
 
-def idle_costs(home: Path, whole: dict[str, Any], idle: float) -> dict[str, Any]:
+def roleless_and_servers(home: Path, whole: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """The pids of the agents that hold no role, the JetStream servers' addresses."""
     holders = {d["name"] for d in whole["droplets"] if d["roles"]}
     by_name = {d["name"]: d["address"] for d in whole["droplets"]}
-    servers = [by_name[name] for name in whole["jetstream"]["servers"]]
+    agents = processes(home / "state")["meshd"]
+    # A droplet's directory is named after it, with a suffix of its life.
+    roleless = [p for p, d in agents.items() if d.rsplit("-", 1)[0] not in holders]
+    return roleless, [by_name[name] for name in whole["jetstream"]["servers"]]
+
+
+def publish_costs(
+    env: dict[str, str], context: str, csv: Path, roleless: list[int], servers: list[str]
+) -> dict[str, Any]:
+    """The publish of `csv`, timed until `--wait` returns: what it cost an agent that holds
+    no role (CPU seconds, median) and the busiest JetStream server (messages in and out)."""
+    before = {pid: cpu_ns(pid) for pid in roleless}
+    messages_before = nats_messages(servers)
+    took = meshctl(env, "publish", str(csv), "--wait", "--force", "--context", context,
+                   "--timeout", "600")  # fmt: skip
+    messages_after = nats_messages(servers)
+    spent = [(cpu_ns(pid) - ns) / 1e9 for pid, ns in before.items()]
+    return {
+        "converge_s": round(took, 2),
+        "publish_agent_cpu_s": round(statistics.median(spent), 3) if spent else None,
+        "publish_msgs": max(messages_after[a] - messages_before[a] for a in servers),
+    }
+
+
+def idle_costs(home: Path, whole: dict[str, Any], idle: float) -> dict[str, Any]:
+    roleless, servers = roleless_and_servers(home, whole)
     found = processes(home / "state")
     started = time.monotonic()
     before = {pid: cpu_ns(pid) for pids in found.values() for pid in pids}
@@ -132,8 +160,7 @@ def idle_costs(home: Path, whole: dict[str, Any], idle: float) -> dict[str, Any]
     cpu = {pid: (cpu_ns(pid) - ns) / 1e9 / took * 100 for pid, ns in before.items()}
     messages_after = nats_messages(servers)
     agents = found["meshd"]
-    # A droplet's directory is named after it, with a suffix of its life.
-    roleless = [p for p, d in agents.items() if d.rsplit("-", 1)[0] not in holders]
+    roleless = [p for p in roleless if p in agents]
     holding = [p for p in agents if p not in roleless]
     return {
         "agent_cpu_pct": round(statistics.median(cpu[p] for p in roleless or agents), 2),
@@ -167,10 +194,7 @@ def measure(size: int, idle: float, app: str | None) -> dict[str, Any]:
         result.update(idle_costs(home, whole, idle))
         if app is not None:
             csv = one_droplet_projects(home, size, app)
-            result["converge_s"] = round(
-                meshctl(env, "publish", str(csv), "--wait", "--force", "--context", context,
-                        "--timeout", "600"), 2
-            )  # fmt: skip
+            result.update(publish_costs(env, context, csv, *roleless_and_servers(home, whole)))
     finally:
         subprocess.run(
             [MESHCTL, "down", "--context", context, "--delete-data"],
@@ -210,7 +234,8 @@ def main() -> None:
     app = None if args.no_publish else args.app
     per_size = {size: measure(size, args.idle, app) for size in sizes}
     figures = ("agent_cpu_pct", "agent_cpu_pct_roles_max", "nats_cpu_pct", "nats_msgs_per_s",
-               "agent_rss_mb", "converge_s", "up_s")  # fmt: skip
+               "agent_rss_mb", "converge_s", "publish_agent_cpu_s", "publish_msgs",
+               "up_s")  # fmt: skip
     result: dict[str, Any] = {
         name: {str(size): found.get(name) for size, found in per_size.items()} for name in figures
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
+from meshd.agent.key_mirror import KeyMirror
 from meshd.agent.lease import Term
 from meshd.agent.records import write_over
 from meshd.agent.store import Store
@@ -35,13 +36,21 @@ def placed_keys(
 
 
 async def index_placed(
-    store: Store, term: Term, allocations: Mapping[str, Allocation], droplets: Iterable[str]
+    store: Store,
+    term: Term,
+    allocations: Mapping[str, Allocation],
+    droplets: Iterable[str],
+    index: KeyMirror,
 ) -> int:
-    """Write each droplet's entry that differs from what the index holds (over the revision
-    read: a newer leader's write wins), remove those of droplets no longer placed; how many
-    were written or removed."""
-    wanted = placed_keys(allocations, droplets)
-    current = await store.entries(subjects.INDEX_BUCKET, subjects.PLACED)
+    """Write the entry of each droplet placed (`droplets`) or with a card in the index (a
+    droplet the placement does not use runs nothing: it reads nothing) that differs from what
+    the index holds, over the revision read (a newer leader's write wins); remove those of
+    droplets gone. How many were written or removed. `index`: the bucket as last read."""
+    found = await index.entries()
+    prefix = subjects.PLACED.removesuffix("*")
+    current = {key: entry for key, entry in found.items() if key.startswith(prefix)}
+    carded = [key for key in found if "." not in key]  # a card's key is its droplet's name
+    wanted = placed_keys(allocations, [*droplets, *carded])
     changed = 0
     for droplet, keys in sorted(wanted.items()):
         key = subjects.placed_key(droplet)
@@ -49,14 +58,14 @@ async def index_placed(
         if entry is not None and _keys(entry.key, entry.value) == keys:
             continue
         term.ensure_held()
-        record = PlacedKeys(droplet=droplet, keys=keys, fence=term.fence)
-        await write_over(
-            store, subjects.INDEX_BUCKET, key, encode(record), entry.revision if entry else None
-        )
+        data = encode(PlacedKeys(droplet=droplet, keys=keys, fence=term.fence))
+        last = entry.revision if entry else None
+        index.wrote(key, data, await write_over(store, subjects.INDEX_BUCKET, key, data, last))
         changed += 1
-    for key, entry in sorted(current.items()):  # droplets placed no more
+    for key, entry in sorted(current.items()):  # droplets gone
         term.ensure_held()
         await store.delete(subjects.INDEX_BUCKET, key, last=entry.revision)
+        index.deleted(key, entry.revision)
         changed += 1
     return changed
 

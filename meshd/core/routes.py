@@ -9,6 +9,7 @@ frontend (the backend when there is no frontend) and `/<service>/` to each web s
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from meshd.core.health import healthy_servers
@@ -38,10 +39,13 @@ def sites(
 ) -> tuple[Site, ...]:
     """A site per project-environment that the deployment config gives domains, with its
     certificate where `tls` (by project and environment) has one."""
+    by_env: defaultdict[tuple[str, str], list[Upstream]] = defaultdict(list)
+    for upstream in found:  # once: a site per environment is not a pass over every upstream
+        by_env[(upstream.project, upstream.env)].append(upstream)
     result = []
     for project in state.projects:
         for env, domains in sorted(project.domains.items()):
-            mine = tuple(u for u in found if (u.project, u.env) == (project.name, env))
+            mine = tuple(by_env.get((project.name, env), ()))
             by_service = {u.service: u for u in mine}
             root = by_service.get("frontend") or by_service.get("backend")
             if root is None:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from meshd.agent.key_mirror import KeyMirror
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.placed_index import index_placed
@@ -182,9 +183,14 @@ class Scheduler:
     def __init__(self, store: Store, droplet: str) -> None:
         self.store = store
         self.droplet = droplet
+        # What a pass reads whole, followed while it leads (no read of every key per pass).
+        self.allocations = KeyMirror(store, subjects.ALLOC_BUCKET)
+        self.index = KeyMirror(store, subjects.INDEX_BUCKET)
 
     async def lead(self, term: Term) -> None:
         await asyncio.gather(
+            self.allocations.run(),
+            self.index.run(),
             run_on_changes(
                 self.store,
                 [
@@ -293,7 +299,7 @@ class Scheduler:
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
             )
             return
-        current = await self.store.entries(subjects.ALLOC_BUCKET)
+        current = await self.allocations.entries()
         revisions = {key: entry.revision for key, entry in current.items()}
         existing = {key: found for key, e in current.items() if (found := _allocation(key, e))}
         restarts = await restart_counts(self.store)
@@ -303,7 +309,7 @@ class Scheduler:
         written = await self._write(term, wanted, existing, revisions)
         removed = await self._remove(term, set(revisions) - set(wanted), revisions)
         droplets = [droplet.name for droplet in placement.droplets]
-        indexed = await index_placed(self.store, term, wanted, droplets)
+        indexed = await index_placed(self.store, term, wanted, droplets, self.index)
         # Written also when only the spec revision moved: `publish --wait` waits for it.
         if previous != placement or scheduled_revision != spec_entry.revision:
             record = PlacementRecord(
@@ -355,9 +361,11 @@ class Scheduler:
             if existing.get(key) == allocation:
                 continue
             term.ensure_held()
-            await write_over(
-                self.store, subjects.ALLOC_BUCKET, key, encode(allocation), revisions.get(key)
+            data = encode(allocation)
+            revision = await write_over(
+                self.store, subjects.ALLOC_BUCKET, key, data, revisions.get(key)
             )
+            self.allocations.wrote(key, data, revision)
             written += 1
         return written
 
@@ -365,6 +373,7 @@ class Scheduler:
         for key in sorted(keys):
             term.ensure_held()
             await self.store.delete(subjects.ALLOC_BUCKET, key, last=revisions[key])
+            self.allocations.deleted(key, revisions[key])
         return len(keys)
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from meshd.agent.key_mirror import KeyMirror
 from meshd.agent.lease import Term
 from meshd.agent.placed_index import index_placed, placed_keys
 from meshd.agent.store import Conflict
@@ -51,7 +52,7 @@ def test_each_droplet_lists_the_keys_naming_it_and_a_droplet_named_by_none_lists
     }
 
 
-async def test_the_scheduler_indexes_what_it_placed_and_follows_a_scale_in() -> None:
+async def test_the_scheduler_indexes_every_droplet_and_follows_a_scale_in() -> None:
     store = MemoryStore()
     await publish(store, 3)
     await Scheduler(store, "master").schedule(term())
@@ -74,6 +75,12 @@ async def test_the_scheduler_indexes_what_it_placed_and_follows_a_scale_in() -> 
     await Scheduler(store, "master").schedule(term(3))
     assert set(await placed(store)) == {"master", "shop-web1"}  # shop-web2's is removed
 
+    # A droplet outside the placement (a local mesh's spare) is listed with nothing to read.
+    card = factories.card("spare")
+    await store.put(subjects.INDEX_BUCKET, subjects.node_key("spare"), encode(card))
+    await Scheduler(store, "master").schedule(term(4))
+    assert (await placed(store))["spare"] == ()
+
 
 async def test_an_entry_written_meanwhile_by_another_leader_is_not_overwritten() -> None:
     store = MemoryStore()
@@ -90,6 +97,6 @@ async def test_an_entry_written_meanwhile_by_another_leader_is_not_overwritten()
 
     store.before_write(successor_writes_first)
     with pytest.raises(Conflict):
-        await index_placed(store, term(1), allocations, ["web1"])
+        await index_placed(store, term(1), allocations, ["web1"], KeyMirror(store, "mesh_index"))
     value = store.value(subjects.INDEX_BUCKET, subjects.placed_key("web1"))
     assert value is not None and decode(value, PlacedKeys).fence == 9
