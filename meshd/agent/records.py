@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from meshd.agent.store import Store
+from meshd.core.allocations import ConfigLayers, ReleaseTargets
 from meshd.core.placement import Placement
 from protocol import subjects
 from protocol.base import Message
@@ -58,17 +59,11 @@ async def restart_counts(store: Store) -> dict[str, int]:
     return {subjects.alloc_key(r.project, r.env, r.service): r.count for r in found}
 
 
-ConfigLayers = dict[tuple[str, str | None], ConfigVars]
-
-
 async def config_layers(store: Store) -> ConfigLayers:
     """The operator's variables (`meshctl config`) by project and environment (None: the
     whole project); unreadable ones are skipped."""
     found = await decoded(store, subjects.DESIRED_BUCKET, subjects.CONFIG_VARS, ConfigVars)
     return {(layer.project, layer.env): layer for layer in found}
-
-
-ReleaseTargets = dict[tuple[str, str], ReleaseTarget]
 
 
 async def release_targets(store: Store) -> ReleaseTargets:

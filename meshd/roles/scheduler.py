@@ -1,27 +1,23 @@
 """The `scheduler` role: desired state -> allocations in `mesh_alloc`.
 
-`allocations_for` is the pure part (placement from `meshd.core.placement`, environment from
-`meshd.core.envvars`); `Scheduler.lead` runs it whenever the desired state changes (and every
-few seconds), writing only what changed and bumping the generation of what did.
+The pure part is `meshd.core.placement` and `meshd.core.allocations`; `Scheduler.lead` runs
+it whenever the desired state changes (and every few seconds), writing only what changed and
+bumping the generation of what did, then the index of what names each droplet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from meshd.agent.key_mirror import KeyMirror
 from meshd.agent.lease import Term
 from meshd.agent.loops import run_on_changes
 from meshd.agent.placed_index import index_placed
 from meshd.agent.records import (
-    ConfigLayers,
-    ReleaseTargets,
     config_layers,
     decode_servers,
     jetstream_servers,
@@ -31,17 +27,10 @@ from meshd.agent.records import (
     write_over,
 )
 from meshd.agent.store import Conflict, Entry, Store
-from meshd.core.envvars import (
-    instance_environment,
-    instance_hosts,
-    operator_environment,
-    with_config,
-)
+from meshd.core.allocations import EnvMemo, allocations_for
 from meshd.core.errors import CapacityError
 from meshd.core.jetstream import MASTER, candidates, choose
 from meshd.core.placement import Placement, place
-from meshd.core.registries import login_for
-from meshd.core.releases import with_release
 from meshd.core.spec import DesiredState
 from protocol import subjects
 from protocol.base import Message
@@ -57,96 +46,11 @@ from protocol.messages import (
 )
 
 log = logging.getLogger(__name__)
-RESYNC_S = 10.0
+# A pass runs on every change of what it reads (cards appearing or going included); this is
+# the safety net, and a pass that finds nothing changed costs comparisons, no building.
+RESYNC_S = 30.0
 SERVERS_RESYNC_S = 5.0  # the choice is also made as droplets join; this is the safety net
 M = TypeVar("M", bound=Message)
-
-
-def allocations_for(
-    state: DesiredState,
-    placement: Placement,
-    previous: Mapping[str, Allocation],
-    fence: int,
-    restarts: Mapping[str, int] | None = None,
-    config: ConfigLayers | None = None,
-    targets: ReleaseTargets | None = None,
-) -> dict[str, Allocation]:
-    """One allocation per service; unchanged ones are returned as they were (same generation),
-    changed ones with the next generation, but for a datastore's new backup schedule alone
-    (written with the same generation: nothing restarts). `restarts` counts the restart
-    requests of each allocation key: one more request is one more generation. `config` holds
-    the operator's variables (`meshctl config`) of projects and environments, for all but
-    datastores; `targets` the release each environment runs (its services' artifacts win)."""
-    restarts = restarts or {}
-    config = config or {}
-    targets = targets or {}
-    droplets: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for instance in placement.instances:
-        droplets[instance.service_key].append(instance.droplet)
-    env_resources = placement.resources_by_env()
-    result: dict[str, Allocation] = {}
-    for project in state.projects:
-        for env in ("prod", "uat", "test"):
-            placed = {s.name: droplets[(project.name, env, s.name)] for s in project.services}
-            resources = env_resources[(project.name, env)]
-            for service in project.services:
-                key = subjects.alloc_key(project.name, env, service.name)
-                backups = project.backups if service.kind.is_datastore else None
-                login = login_for(project.registry, service.image)
-                fresh = with_release(
-                    Allocation(
-                        project=project.name,
-                        env=env,
-                        service=service.name,
-                        generation=1,
-                        droplets=tuple(placed[service.name]),
-                        port=resources.ports.get(service.name),
-                        spare_port=resources.spare_ports.get(service.name),
-                        restart=restarts.get(key, 0),
-                        image=service.image,
-                        command=service.command,
-                        memory_mb=service.memory_mb,
-                        env_vars=with_config(
-                            instance_environment(
-                                resources, service.name, service.kind, placed[service.name]
-                            ),
-                            operator_environment(
-                                service.env,
-                                {} if service.kind.is_datastore else config,
-                                project.name,
-                                env,
-                            ),
-                        ),
-                        hosts=instance_hosts(placed),
-                        health_path=service.health_path,
-                        secrets=service.secrets,
-                        fence=fence,
-                        service_kind=service.kind.value,
-                        process_command=service.process_command,
-                        build_context=service.build_context,
-                        dockerfile=service.dockerfile_path,
-                        data_path=service.data_path,
-                        build_secrets=service.build_secrets,
-                        registry=login.server if login else None,
-                        registry_user=login.username if login else None,
-                        backup_every_s=backups.every_s if backups else None,
-                        backup_keep_s=backups.keep_s if backups else None,
-                    ),
-                    targets.get((project.name, env)),
-                )
-                result[key] = _next(previous.get(key), fresh)
-    return result
-
-
-def _next(old: Allocation | None, fresh: Allocation) -> Allocation:
-    """`fresh` as it is written: `old` itself when nothing changed; with `old`'s generation
-    when only its backup schedule did (the `backups` leader's business: nothing restarts);
-    else with the next generation."""
-    if old is None:
-        return fresh
-    if _same(old, fresh, *_NO_RESTART):
-        return old if _same(old, fresh) else dataclasses.replace(fresh, generation=old.generation)
-    return dataclasses.replace(fresh, generation=old.generation + 1)
 
 
 def _decoded(entry: Entry | None, kind: type[M]) -> M | None:
@@ -159,22 +63,17 @@ def _decoded(entry: Entry | None, kind: type[M]) -> M | None:
         return None
 
 
+def _present(_: bytes) -> bool:
+    """A card's mere presence: a droplet that joins or goes, not its every change."""
+    return True
+
+
 def _incarnation(value: bytes) -> int:
     """A droplet's life as its report tells it (0: the provisioner's "booting" or unreadable)."""
     try:
         return decode(value, NodeStatus).incarnation
     except ProtocolError:
         return 0
-
-
-# What an allocation may change without a new generation (its instances restart with one).
-_NO_RESTART = ("backup_every_s", "backup_keep_s")
-
-
-def _same(a: Allocation, b: Allocation, *ignored: str) -> bool:
-    """Equal but for the generation, the fence and the `ignored` fields."""
-    blank: dict[str, Any] = {"generation": 0, "fence": 0, **dict.fromkeys(ignored)}
-    return dataclasses.replace(a, **blank) == dataclasses.replace(b, **blank)
 
 
 class Scheduler:
@@ -186,6 +85,10 @@ class Scheduler:
         # What a pass reads whole, followed while it leads (no read of every key per pass).
         self.allocations = KeyMirror(store, subjects.ALLOC_BUCKET)
         self.index = KeyMirror(store, subjects.INDEX_BUCKET)
+        self.memo: EnvMemo = {}  # each environment's last inputs and allocations
+        self._desired: tuple[int, DesiredState] | None = None  # by the spec's revision
+        self._placed: tuple[DesiredState, Placement | None, Placement] | None = None
+        self._decoded: dict[str, tuple[int, Allocation | None]] = {}  # by key: revision, value
 
     async def lead(self, term: Term) -> None:
         await asyncio.gather(
@@ -201,6 +104,7 @@ class Scheduler:
                 ],
                 lambda: self._schedule_or_abandon(term),
                 RESYNC_S,
+                when=[(subjects.INDEX_BUCKET, subjects.CARDS, _present)],  # each has an entry
             ),
             # When a droplet joins, leaves or starts a new life, not on every node report
             # (each droplet rewrites its own every few seconds, and a pass reads them all).
@@ -283,7 +187,7 @@ class Scheduler:
         if spec_entry is None or spec_entry.value is None:
             return
         try:
-            state = DesiredState.from_data(decode(spec_entry.value, PublishedSpec).spec)
+            state = self._state(spec_entry.revision, spec_entry.value)
         except (ProtocolError, KeyError, TypeError, ValueError) as err:
             log.error("Desired state unreadable; keeping the last allocations. error=%s", err)
             await self.store.record(
@@ -293,7 +197,7 @@ class Scheduler:
         last = await last_placement(self.store)
         previous, scheduled_revision = (last.placement, last.spec_revision) if last else (None, 0)
         try:
-            placement = place(state, previous)
+            placement = self._place(state, previous)
         except CapacityError as err:
             await self.store.record(
                 "schedule_refused", self.droplet, "spec", {"error": str(err)}, term.fence
@@ -301,11 +205,13 @@ class Scheduler:
             return
         current = await self.allocations.entries()
         revisions = {key: entry.revision for key, entry in current.items()}
-        existing = {key: found for key, e in current.items() if (found := _allocation(key, e))}
+        existing = self._existing(current)
         restarts = await restart_counts(self.store)
         config = await config_layers(self.store)
         targets = await release_targets(self.store)
-        wanted = allocations_for(state, placement, existing, term.fence, restarts, config, targets)
+        wanted = allocations_for(
+            state, placement, existing, term.fence, restarts, config, targets, self.memo
+        )
         written = await self._write(term, wanted, existing, revisions)
         removed = await self._remove(term, set(revisions) - set(wanted), revisions)
         droplets = [droplet.name for droplet in placement.droplets]
@@ -346,6 +252,28 @@ class Scheduler:
                 },
                 term.fence,
             )
+
+    def _state(self, revision: int, value: bytes) -> DesiredState:
+        """The desired state of the spec at `revision`, decoded once per revision."""
+        if self._desired is None or self._desired[0] != revision:
+            self._desired = (revision, DesiredState.from_data(decode(value, PublishedSpec).spec))
+        return self._desired[1]
+
+    def _place(self, state: DesiredState, previous: Placement | None) -> Placement:
+        """`place`, again only when the state or the last placement differ from last pass's."""
+        if self._placed is None or self._placed[:2] != (state, previous):
+            self._placed = (state, previous, place(state, previous))
+        return self._placed[2]
+
+    def _existing(self, current: Mapping[str, Entry]) -> dict[str, Allocation]:
+        """The readable allocations of `current`, each decoded once per revision."""
+        decoded = {
+            key: known if (known := self._decoded.get(key)) and known[0] == entry.revision
+            else (entry.revision, _allocation(key, entry))
+            for key, entry in current.items()
+        }  # fmt: skip
+        self._decoded = decoded
+        return {key: found for key, (_, found) in decoded.items() if found is not None}
 
     async def _write(
         self,

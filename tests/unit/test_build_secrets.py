@@ -15,10 +15,10 @@ import msgpack
 import pytest
 
 from meshd.agent.reconciler.instances import spec_for
+from meshd.core.allocations import allocations_for
 from meshd.core.placement import place
 from meshd.core.secret_plan import Need, needs, used_by
 from meshd.core.spec import ServiceSpec
-from meshd.roles.scheduler import allocations_for
 from plugins.runtimes.docker.buildkit import (
     SCRATCH_PREFIX,
     SCRUBBED,

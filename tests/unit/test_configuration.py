@@ -9,6 +9,7 @@ import click
 import pytest
 
 from meshd.cli.config import assignments, config_rows, operator_values, target_of
+from meshd.core.allocations import allocations_for
 from meshd.core.envvars import (
     SEED_VARIABLES,
     config_problem,
@@ -20,7 +21,6 @@ from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import DesiredState, ServiceKind
 from meshd.inputs.envfile import parse_env_file
-from meshd.roles.scheduler import allocations_for
 from plugins.runtimes import secret_file_variables
 from protocol.envconfig import ConfigVars
 from tests.support.states import seed_state

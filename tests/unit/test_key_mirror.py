@@ -1,7 +1,8 @@
 """A leader's mirror of a bucket: reads served from memory once its watch has read the bucket
 (from the store before that and after the watch breaks), its own writes seen at once, late
 deliveries of older revisions ignored; the scheduler's passes read no allocation from the
-store while it leads. On the in-memory store."""
+store while it leads, and one that finds nothing changed builds nothing. On the in-memory
+store."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+import meshd.roles.scheduler as scheduling
 from meshd.agent.key_mirror import KeyMirror
 from meshd.agent.lease import Term
-from meshd.agent.store import Entry
+from meshd.agent.store import Entry, StoreUnavailable
 from meshd.roles.scheduler import Scheduler
 from protocol import subjects
 from protocol.codec import encode
 from protocol.messages import PublishedSpec
+from tests.support import factories
 from tests.support.memstore import MemoryStore
 from tests.support.states import state_from_csv
 from tests.support.waiting import until
@@ -26,11 +29,18 @@ BUCKET = subjects.ALLOC_BUCKET
 
 
 class CountingStore(MemoryStore):
-    """Counts the whole-bucket reads (`entries`) by bucket."""
+    """Counts the whole-bucket reads (`entries`) by bucket; refuses watches on demand."""
 
     def __init__(self) -> None:
         super().__init__()
         self.listed: dict[str, int] = {}
+        self.refuse_watches = False
+
+    async def watch(self, bucket: str, keys: str = ">") -> AsyncIterator[Entry | None]:
+        if self.refuse_watches:
+            raise StoreUnavailable("no watch now (test)")
+        async for entry in super().watch(bucket, keys):
+            yield entry
 
     async def entries(self, bucket: str, keys: str = ">") -> dict[str, Entry]:
         self.listed[bucket] = self.listed.get(bucket, 0) + 1
@@ -92,15 +102,21 @@ async def test_a_broken_watch_sends_reads_to_the_store_until_it_has_read_again(
 ) -> None:
     store, mirror = mirrored
     await until(lambda: mirror.following, "the watch to follow")
+    store.refuse_watches = True
     store.break_watches()
     await until(lambda: not mirror.following, "the mirror to know it is behind")
     await store.put(BUCKET, "c", b"3")
-    assert (await values(mirror))["c"] == b"3"  # from the store
+    listed = store.listed[BUCKET]
+    assert (await values(mirror))["c"] == b"3"
+    assert store.listed[BUCKET] == listed + 1  # from the store
+    store.refuse_watches = False
     await until(lambda: mirror.following, "the watch again")
     assert await values(mirror) == {"a": b"1", "c": b"3"}
 
 
-async def test_a_leading_scheduler_reads_no_allocation_from_the_store_per_pass() -> None:
+async def test_a_leading_scheduler_reads_no_allocation_from_the_store_per_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store = CountingStore()
     csv = "Project,Servers,MasterSpec,WebSpec\nshop,2,s-2vcpu-4gb,s-1vcpu-1gb\n"
     spec = PublishedSpec(spec=state_from_csv(csv).to_data(), published_by="t", published_at=1.0)
@@ -113,11 +129,20 @@ async def test_a_leading_scheduler_reads_no_allocation_from_the_store_per_pass()
         await until(
             lambda: scheduler.allocations.following and scheduler.index.following, "mirrors"
         )
+        await scheduler.schedule(term)  # with the placement it wrote as the last one
         before = dict(store.listed)
+        placed: list[object] = []
+        monkeypatch.setattr(scheduling, "place", lambda *args: placed.append(args))
         for _ in range(3):
             await scheduler.schedule(term)  # as the resync does: nothing changed
         assert store.listed.get(subjects.ALLOC_BUCKET) == before.get(subjects.ALLOC_BUCKET)
         assert store.listed.get(subjects.INDEX_BUCKET) == before.get(subjects.INDEX_BUCKET)
+        assert placed == []  # nor placed again
+
+        # A droplet that joins gets its entry from a pass its card starts, not the resync.
+        card = encode(factories.card("spare"))
+        await store.put(subjects.INDEX_BUCKET, subjects.node_key("spare"), card)
+        await until(lambda: store.value(subjects.INDEX_BUCKET, "placed.spare"), "its entry")
     finally:
         leading.cancel()
         await asyncio.gather(leading, return_exceptions=True)

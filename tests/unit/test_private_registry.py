@@ -15,11 +15,11 @@ import pytest
 
 from meshd.agent.reconciler.instances import spec_for
 from meshd.cli.secret import secret_rows
+from meshd.core.allocations import allocations_for
 from meshd.core.placement import place
 from meshd.core.registries import image_registry, login_for
 from meshd.core.secret_plan import REGISTRY_PASSWORD, Need, needs, used_by
 from meshd.core.spec import DesiredState, ProjectSpec, RegistryLogin
-from meshd.roles.scheduler import allocations_for
 from plugins.runtimes import RegistryAuth
 from plugins.runtimes.docker.containers import container_spec
 from plugins.runtimes.docker.images import image_problem, refused_login

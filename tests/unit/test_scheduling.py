@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from meshd.core.allocations import EnvMemo, allocations_for
 from meshd.core.envvars import instance_environment, instance_hosts, resolve_hosts
 from meshd.core.placement import place
 from meshd.core.resources import allocate
 from meshd.core.spec import ServiceKind
 from meshd.core.status import converged, mesh_status, unconverged, unresized
-from meshd.roles.scheduler import allocations_for
 from protocol.messages import InstanceState, InstanceStatus, Lease, NodeStatus
 from tests.support import factories
 from tests.support.factories import allocation, instance
@@ -173,3 +173,29 @@ def test_a_mesh_waits_for_its_droplets_sizes_but_a_lone_droplet_is_not_waited_fo
     # Alone, master waits for company to resize it (DigitalOcean powers it off): not now.
     alone = mesh_status({"master": nodes["master"]}, {}, {}, now)
     assert unresized({"master": "s-2vcpu-4gb"}, alone) == []
+
+
+def test_a_pass_with_a_memo_builds_only_the_environments_whose_inputs_changed() -> None:
+    rows = "shop,1,s-2vcpu-4gb,s-1vcpu-1gb\nblog,1,s-2vcpu-4gb,s-1vcpu-1gb\n"
+    csv = "Project,Servers,MasterSpec,WebSpec\n" + rows
+    state = state_from_csv(csv)
+    memo: EnvMemo = {}
+    first = allocations_for(state, place(state), {}, 1, memo=memo)
+    assert first == allocations_for(state, place(state), {}, 1)  # the memo changes nothing
+    again = allocations_for(state, place(state), first, 1, memo=memo)
+    assert all(again[k] is first[k] for k in first)  # nothing built again
+
+    changed = state_from_csv(
+        csv, config_from_json('{"projects": {"shop": {"services": {"backend": {"image": "b:2"}}}}}')
+    )
+    placement = place(changed, place(state))
+    third = allocations_for(changed, placement, again, 2, {"blog.uat.backend": 1}, memo=memo)
+    assert third == allocations_for(changed, placement, again, 2, {"blog.uat.backend": 1})
+    rebuilt = {k for k in third if third[k] is not again[k]}
+    assert {k.rsplit(".", 1)[0] for k in rebuilt} == {"shop.prod", "shop.uat", "shop.test",
+                                                       "blog.uat"}  # fmt: skip
+    assert third["blog.uat.backend"].generation == again["blog.uat.backend"].generation + 1
+
+    alone = state_from_csv("Project,Servers,MasterSpec,WebSpec\nblog,1,s-2vcpu-4gb,s-1vcpu-1gb\n")
+    allocations_for(alone, place(alone), third, 3, memo=memo)
+    assert {project for project, _ in memo} == {"blog"}  # a project gone leaves the memo
