@@ -105,6 +105,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/observe.py
 	$(BIN)/python bench/tls.py
+	$(BIN)/python bench/recompute.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -11,8 +11,9 @@ window, from /proc (CPU from `/proc/<pid>/schedstat`: nanoseconds on a CPU, not 
 - `agent_rss_mb`: the median RSS of all agents.
 Then a CSV of N one-droplet projects (`Servers=1`, one web service: all three environments of
 every project on master, 3N instances) is published and timed until `publish --wait` returns
-(`converge_s`), with what it cost: CPU seconds of a roleless agent (median,
-`publish_agent_cpu_s`) and messages through the busiest JetStream server (`publish_msgs`).
+(`converge_s`), with what it cost: CPU seconds and messages received of a roleless agent
+(medians, `publish_agent_cpu_s`, `publish_agent_msgs`: its connection's `out_msgs` in the
+servers' `/connz`) and messages through the busiest JetStream server (`publish_msgs`).
 The service is busybox's httpd (`--app busybox`, the default: the mesh's
 time) or the demo app (`--app python`: 81 interpreters starting on two cores add seconds).
 
@@ -121,36 +122,57 @@ def nats_messages(addresses: list[str]) -> dict[str, int]:
     return found
 
 
-def roleless_and_servers(home: Path, whole: dict[str, Any]) -> tuple[list[int], list[str]]:
-    """The pids of the agents that hold no role, the JetStream servers' addresses."""
+def agent_deliveries(addresses: list[str]) -> dict[str, int]:
+    """Messages each agent's connection has received so far, by droplet (`/connz`)."""
+    found: dict[str, int] = {}
+    for address in addresses:
+        url = f"http://{address}:{MONITOR_PORT}/connz?limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            for connection in json.load(answer)["connections"]:
+                name = connection.get("name", "")
+                if name.startswith("meshd-"):
+                    found[name.removeprefix("meshd-")] = int(connection["out_msgs"])
+    return found
+
+
+def roleless_and_servers(home: Path, whole: dict[str, Any]) -> tuple[dict[int, str], list[str]]:
+    """The agents that hold no role (pid -> droplet), the JetStream servers' addresses."""
     holders = {d["name"] for d in whole["droplets"] if d["roles"]}
     by_name = {d["name"]: d["address"] for d in whole["droplets"]}
     agents = processes(home / "state")["meshd"]
     # A droplet's directory is named after it, with a suffix of its life.
-    roleless = [p for p, d in agents.items() if d.rsplit("-", 1)[0] not in holders]
+    named = {pid: directory.rsplit("-", 1)[0] for pid, directory in agents.items()}
+    roleless = {pid: name for pid, name in named.items() if name not in holders}
     return roleless, [by_name[name] for name in whole["jetstream"]["servers"]]
 
 
 def publish_costs(
-    env: dict[str, str], context: str, csv: Path, roleless: list[int], servers: list[str]
+    env: dict[str, str], context: str, csv: Path, roleless: dict[int, str], servers: list[str]
 ) -> dict[str, Any]:
     """The publish of `csv`, timed until `--wait` returns: what it cost an agent that holds
-    no role (CPU seconds, median) and the busiest JetStream server (messages in and out)."""
+    no role (CPU seconds and messages received, medians) and the busiest JetStream server
+    (messages in and out)."""
     before = {pid: cpu_ns(pid) for pid in roleless}
-    messages_before = nats_messages(servers)
+    messages_before, received_before = nats_messages(servers), agent_deliveries(servers)
     took = meshctl(env, "publish", str(csv), "--wait", "--force", "--context", context,
                    "--timeout", "600")  # fmt: skip
-    messages_after = nats_messages(servers)
+    messages_after, received_after = nats_messages(servers), agent_deliveries(servers)
     spent = [(cpu_ns(pid) - ns) / 1e9 for pid, ns in before.items()]
+    received = [
+        received_after[name] - received_before[name]
+        for name in roleless.values()
+        if name in received_before and name in received_after
+    ]
     return {
         "converge_s": round(took, 2),
         "publish_agent_cpu_s": round(statistics.median(spent), 3) if spent else None,
+        "publish_agent_msgs": statistics.median(received) if received else None,
         "publish_msgs": max(messages_after[a] - messages_before[a] for a in servers),
     }
 
 
 def idle_costs(home: Path, whole: dict[str, Any], idle: float) -> dict[str, Any]:
-    roleless, servers = roleless_and_servers(home, whole)
+    named, servers = roleless_and_servers(home, whole)
     found = processes(home / "state")
     started = time.monotonic()
     before = {pid: cpu_ns(pid) for pids in found.values() for pid in pids}
@@ -160,7 +182,7 @@ def idle_costs(home: Path, whole: dict[str, Any], idle: float) -> dict[str, Any]
     cpu = {pid: (cpu_ns(pid) - ns) / 1e9 / took * 100 for pid, ns in before.items()}
     messages_after = nats_messages(servers)
     agents = found["meshd"]
-    roleless = [p for p in roleless if p in agents]
+    roleless = [p for p in named if p in agents]
     holding = [p for p in agents if p not in roleless]
     return {
         "agent_cpu_pct": round(statistics.median(cpu[p] for p in roleless or agents), 2),
@@ -225,6 +247,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,9,27", help="mesh sizes, comma-separated")
     parser.add_argument("--idle", type=float, default=120.0)
     parser.add_argument("--no-publish", action="store_true", help="skip the projects' publish")
+    parser.add_argument("--no-sim", action="store_true", help="skip the protocol simulation")
     parser.add_argument(
         "--app", choices=("busybox", "python"), default="busybox",
         help="what the projects run (busybox httpd: the mesh's time; python: the demo app)",
@@ -234,14 +257,16 @@ def main() -> None:
     app = None if args.no_publish else args.app
     per_size = {size: measure(size, args.idle, app) for size in sizes}
     figures = ("agent_cpu_pct", "agent_cpu_pct_roles_max", "nats_cpu_pct", "nats_msgs_per_s",
-               "agent_rss_mb", "converge_s", "publish_agent_cpu_s", "publish_msgs",
-               "up_s")  # fmt: skip
+               "agent_rss_mb", "converge_s", "publish_agent_cpu_s", "publish_agent_msgs",
+               "publish_msgs", "up_s")  # fmt: skip
     result: dict[str, Any] = {
         name: {str(size): found.get(name) for size, found in per_size.items()} for name in figures
     }
     result["idle_s"] = args.idle
     result["app"] = app
-    sims = {str(n): simulated(n, seeds) for n, seeds in ((100, 5), (1000, 1))}
+    sims = (
+        {} if args.no_sim else {str(n): simulated(n, seeds) for n, seeds in ((100, 5), (1000, 1))}
+    )
     result["sim_detect_p99_s"] = {n: found["p99"] for n, found in sims.items()}
     result["sim_false_confirmations"] = {n: found["false"] for n, found in sims.items()}
     result["sim_crashes"] = {n: found["crashes"] for n, found in sims.items()}

@@ -2,8 +2,11 @@
 
 Each droplet is watched by M = min(3, N-1) monitors: `master` (unless it is the target) and
 then the droplets that follow the target in the ring of names (master first, then name order),
-as the seed has master watch everyone and each web droplet watch the next. A failure is
-confirmed when a majority of a target's monitors confirm it.
+as the seed has master watch everyone and each web droplet watch the next. Beyond
+`MASTER_WATCHES_UP_TO` droplets master is a target's monitor only as its ring successor, as
+any other droplet: a monitor then watches three targets whatever the mesh's size (master
+would receive 2N beats a second: docs/scale.md). A failure is confirmed when a majority of a
+target's monitors confirm it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Collection, Iterable, Mapping
 from meshd.core.spec import MASTER
 
 MAX_MONITORS = 3
+MASTER_WATCHES_UP_TO = 10  # droplets; the seed's meshes, where master watches everyone
 
 
 def monitored(incarnations: Mapping[str, int], failed: Collection[str]) -> list[str]:
@@ -30,10 +34,11 @@ def monitor_map(members: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Every member's monitors."""
     order = ring(members)
     count = min(MAX_MONITORS, len(order) - 1)
+    master_watches = MASTER in order and len(order) <= MASTER_WATCHES_UP_TO
     result: dict[str, tuple[str, ...]] = {}
     for index, target in enumerate(order):
         chosen: list[str] = []
-        if target != MASTER and MASTER in order:
+        if target != MASTER and master_watches:
             chosen.append(MASTER)
         step = 1
         while len(chosen) < count:

@@ -39,7 +39,8 @@ from protocol.errors import ProtocolError
 from protocol.messages import Lease
 
 log = logging.getLogger(__name__)
-RESYNC_S = 2.0
+RESYNC_S = 2.0  # the server is checked this often (a dead one is started again)
+RENDER_EVERY_S = 10.0  # unchanged inputs are rendered again this often (reports go stale)
 RETRY_S = 0.25  # after the server could not apply a configuration (e.g. its address is busy)
 LINGER_S = 10.0  # longer than a JetStream leader election (about 5 s)
 LEADER_CHECK_S = 10.0  # how often the holder looks who leads the leases stream
@@ -68,6 +69,9 @@ class EntryPoint:
         self.lb_name = lb_name
         self._reported: str | None = None  # the last problem recorded, so it is said once
         self._lingering: tuple[LoadBalancer, asyncio.Task[None]] | None = None
+        self._applied: tuple[object, ...] | None = None  # the inputs last applied
+        self._applied_at = 0.0
+        self._config: tuple[LoadBalancer, LbConfig] | None = None  # what the server runs
         self.certificates = ServedCertificates(store, directory / "tls", secret)
 
     @property
@@ -183,10 +187,20 @@ class EntryPoint:
 
     async def balance(self, term: Term, lb: LoadBalancer, view: MeshView) -> bool:
         """Render from the mirrored state (kept by watches: no reads per change) and apply;
-        False when the server could not take it."""
+        False when the server could not take it. Inputs the same objects as those last
+        applied to the same server (the view replaces a part whole when it changes) are
+        rendered again only every `RENDER_EVERY_S`: at rest the holder only checks that the
+        server runs."""
+        served = await asyncio.to_thread(self.certificates.current)  # writes files
+        inputs = (lb, view.allocations, view.failures, view.nodes, view.state, served)
+        if self._unchanged(inputs):
+            if await lb.ensure_running():
+                self.store.record_soon(
+                    "lb_restarted", self.identity.name, self.listen, {}, fence=term.fence
+                )
+            return True
         # A droplet whose failure is confirmed leaves at once, not when its report goes stale.
         found = upstreams(view.hosted().values(), view.alive(), time.time())
-        served = await asyncio.to_thread(self.certificates.current)  # writes files
         config = LbConfig(
             listen=self.listen,
             upstreams=found,
@@ -196,13 +210,17 @@ class EntryPoint:
         )
         term.ensure_held()
         try:
-            if await lb.apply(config):
+            # Routes equal to those the server runs (a report changed, not what it routes):
+            # nothing to render.
+            if self._config != (lb, config) and await lb.apply(config):
                 log.info("Load balancer configured. upstreams=%d", len(found))
             elif await lb.ensure_running():
                 self.store.record_soon(
                     "lb_restarted", self.identity.name, self.listen, {}, fence=term.fence
                 )
             self._reported = None
+            self._applied, self._applied_at = inputs, time.monotonic()
+            self._config = (lb, config)
             return True
         except (ConfigRejected, LbUnavailable) as err:
             if err.reason != self._reported:
@@ -213,6 +231,13 @@ class EntryPoint:
                     name, self.identity.name, self.listen, {"error": err.reason}, term.fence
                 )
             return False
+
+    def _unchanged(self, inputs: tuple[object, ...]) -> bool:
+        last = self._applied
+        if last is None or time.monotonic() - self._applied_at >= RENDER_EVERY_S:
+            return False
+        *parts, served = inputs
+        return all(a is b for a, b in zip(parts, last[:-1], strict=True)) and served == last[-1]
 
 
 def _holder(value: bytes) -> str | None:

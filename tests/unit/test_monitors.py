@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.core.monitors import majority, monitor_map, ring, targets_of
+from meshd.core.monitors import MASTER_WATCHES_UP_TO, majority, monitor_map, ring, targets_of
 from meshd.core.status import open_suspicions
 from protocol.messages import Event
 
@@ -33,6 +33,17 @@ def test_a_failure_needs_more_than_half_of_the_monitors() -> None:
     assert [majority(m) for m in (1, 2, 3)] == [1, 2, 2]
 
 
+def test_beyond_ten_droplets_master_watches_only_its_ring_predecessors_as_anyone() -> None:
+    members = ["master", *(f"web{n:02d}" for n in range(1, 30))]
+    monitors = monitor_map(members)
+    assert monitors["web05"] == ("web06", "web07", "web08")
+    assert monitors["web29"] == ("master", "web01", "web02")  # the ring wraps past master
+    watched = {name: len(targets_of(name, monitors)) for name in members}
+    assert set(watched.values()) == {3}  # master as much as anyone
+    assert len(monitor_map(members[:10])["web05"]) == 3
+    assert monitor_map(members[:10])["web05"][0] == "master"  # the seed's way up to ten
+
+
 names = st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), unique=True, max_size=12)
 
 
@@ -47,7 +58,7 @@ def test_every_droplet_gets_min_3_n_minus_1_distinct_monitors_never_itself(
         assert len(chosen) == min(3, count - 1)
         assert len(set(chosen)) == len(chosen)
         assert target not in chosen
-        if with_master and target != "master":
+        if with_master and target != "master" and count <= MASTER_WATCHES_UP_TO:
             assert chosen[0] == "master"
 
 
