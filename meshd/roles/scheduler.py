@@ -185,6 +185,10 @@ class Scheduler:
     async def schedule(self, term: Term) -> None:
         spec_entry = await self.store.get(subjects.DESIRED_BUCKET, subjects.DESIRED_KEY)
         if spec_entry is None or spec_entry.value is None:
+            # Nothing to place yet; the index still lists what exists (nothing, on a new
+            # mesh), so that the first publish reaches only the droplets it concerns.
+            existing = self._existing(await self.allocations.entries())
+            await index_placed(self.store, term, existing, (), self.index)
             return
         try:
             state = self._state(spec_entry.revision, spec_entry.value)

@@ -100,3 +100,15 @@ async def test_an_entry_written_meanwhile_by_another_leader_is_not_overwritten()
         await index_placed(store, term(1), allocations, ["web1"], KeyMirror(store, "mesh_index"))
     value = store.value(subjects.INDEX_BUCKET, subjects.placed_key("web1"))
     assert value is not None and decode(value, PlacedKeys).fence == 9
+
+
+async def test_before_any_publish_every_droplet_is_listed_with_what_exists() -> None:
+    store = MemoryStore()
+    for name in ("master", "mesh-2"):
+        await store.put(
+            subjects.INDEX_BUCKET, subjects.node_key(name), encode(factories.card(name))
+        )
+    left = factories.allocation(service="web", droplets=("mesh-2",))
+    await store.put(subjects.ALLOC_BUCKET, "shop.prod.web", encode(left))  # no spec says it
+    await Scheduler(store, "master").schedule(term())
+    assert await placed(store) == {"master": (), "mesh-2": ("shop.prod.web",)}
