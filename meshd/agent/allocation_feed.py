@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 
-from meshd.agent.loops import ALL, ScopedWatches, mirror_bucket
+from meshd.agent.loops import ALL, ScopedMirror, mirror_bucket
 from meshd.agent.meshview import MeshView
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.store import Store
@@ -46,12 +45,12 @@ class AllocationFeed:
         self.me = me
         self.everything = everything
         self.reports = reports
-        self._watches = ScopedWatches(self.scope, self._watch, self._followed)
-        self.rescope = self._watches.rescope
-        self._parts: dict[str, dict[str, Allocation]] = {}  # what each watch has read
+        self._mirror = ScopedMirror(
+            store, subjects.ALLOC_BUCKET, Allocation, self.scope, self._publish
+        )
+        self.rescope = self._mirror.rescope
         self._placed: tuple[str, ...] | None = None  # this droplet's entry; None: none
         self._placed_read = False
-        self._published = False
 
     def scope(self) -> frozenset[str]:
         if self.everything() or (self._placed_read and self._placed is None):
@@ -69,14 +68,9 @@ class AllocationFeed:
     async def run(self) -> None:
         placed = subjects.placed_key(self.me)
         await asyncio.gather(
-            self._watches.run(),
+            self._mirror.run(),
             mirror_bucket(self.store, subjects.INDEX_BUCKET, PlacedKeys, self._index, placed),
             mirror_bucket(self.store, subjects.FAILURES_BUCKET, FailureRecord, self._failures),
-        )
-
-    async def _watch(self, key: str) -> None:
-        await mirror_bucket(
-            self.store, subjects.ALLOC_BUCKET, Allocation, partial(self._read, key), key
         )
 
     async def _index(self, values: dict[str, PlacedKeys]) -> None:
@@ -93,23 +87,10 @@ class AllocationFeed:
         if self.view.knows_allocations:  # else an empty mirror would stop every instance
             await self.reconciler.apply(self.view.hosted())
 
-    async def _followed(self, stopped: set[str]) -> None:
-        for key in stopped:
-            self._parts.pop(key, None)
-        if stopped or self._watches.tasks.keys() - self._parts.keys() or not self._published:
-            await self._publish()
-
-    async def _read(self, key: str, values: dict[str, Allocation]) -> None:
-        self._parts[key] = values
-        await self._publish()
-
-    async def _publish(self) -> None:
-        allocations = {key: a for part in self._parts.values() for key, a in part.items()}
-        read = self._parts.keys() >= self._watches.tasks.keys()
-        complete = read and (self._placed_read or ALL in self._watches.tasks)
-        whole = complete and ALL in self._parts
+    async def _publish(self, allocations: dict[str, Allocation], read: bool) -> None:
+        complete = read and (self._placed_read or self._mirror.everything)
+        whole = complete and self._mirror.everything
         await self.view.set_allocations(allocations, complete=complete, whole=whole)
-        self._published = True
         self.reports.set()
         if complete:
             await self.reconciler.apply(self.view.hosted())

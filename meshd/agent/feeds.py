@@ -6,10 +6,9 @@ the detection holds and the secrets sealed to this droplet (allocations and fail
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Any
 
-from meshd.agent.loops import ALL, ScopedWatches, mirror_bucket
+from meshd.agent.loops import ALL, ScopedMirror, mirror_bucket
 from meshd.agent.meshview import MeshView
 from meshd.agent.reconciler import Reconciler
 from meshd.agent.sealed import SealedSecrets
@@ -57,10 +56,10 @@ class ReportFeed:
         self.reconciler = reconciler
         self.me = me
         self.everything = everything
-        self._watches = ScopedWatches(self.scope, self._watch, self._followed)
-        self.rescope = self._watches.rescope
-        self._parts: dict[str, dict[str, NodeStatus]] = {}  # what each watch has read
-        self._published = False
+        self._mirror = ScopedMirror(
+            store, subjects.NODES_BUCKET, NodeStatus, self.scope, self._publish
+        )
+        self.rescope = self._mirror.rescope
 
     def scope(self) -> frozenset[str]:
         if self.everything():
@@ -69,28 +68,10 @@ class ReportFeed:
         return frozenset(subjects.node_key(peer) for peer in peers)
 
     async def run(self) -> None:
-        await self._watches.run()
+        await self._mirror.run()
 
-    async def _watch(self, key: str) -> None:
-        await mirror_bucket(
-            self.store, subjects.NODES_BUCKET, NodeStatus, partial(self._read, key), key
-        )
-
-    async def _followed(self, stopped: set[str]) -> None:
-        for key in stopped:
-            self._parts.pop(key, None)
-        if stopped or self._watches.tasks.keys() - self._parts.keys() or not self._published:
-            await self._publish()
-
-    async def _read(self, key: str, values: dict[str, NodeStatus]) -> None:
-        self._parts[key] = values
-        await self._publish()
-
-    async def _publish(self) -> None:
-        nodes = {name: node for part in self._parts.values() for name, node in part.items()}
-        complete = self._parts.keys() >= self._watches.tasks.keys()
-        await self.view.set_nodes(nodes, complete=complete)
-        self._published = True
+    async def _publish(self, nodes: dict[str, NodeStatus], read: bool) -> None:
+        await self.view.set_nodes(nodes, complete=read)
         self.reconciler.set_peers(self.view.alive())
 
 

@@ -1,7 +1,8 @@
 """The loops agents run on KV: act on every change of some keys (or after a resync period),
-mirror a bucket's decoded values, and keep one watch per key of a scope that changes. A watch
-that breaks (a server died, a stream elects a leader) is logged and watched again, and the
-next action runs at once: what changed meanwhile is not missed until the resync."""
+mirror a bucket's decoded values, and keep one watch per key of a scope that changes (and the
+values they read: `ScopedMirror`). A watch that breaks (a server died, a stream elects a
+leader) is logged and watched again, and the next action runs at once: what changed
+meanwhile is not missed until the resync."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from meshd.agent.backoff import retries
 from meshd.agent.store import Store, StoreUnavailable
@@ -158,3 +160,52 @@ class ScopedWatches:
             for task in self.tasks.values():
                 task.cancel()
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+class ScopedMirror(Generic[M]):
+    """The decoded values of a bucket's keys in a changing scope (`ScopedWatches`: one
+    watch per key, or one of every key), handed to `publish` merged, with whether every
+    watch of the scope has read (False while a watch just started)."""
+
+    def __init__(
+        self,
+        store: Store,
+        bucket: str,
+        kind: type[M],
+        scope: Callable[[], frozenset[str]],
+        publish: Callable[[dict[str, M], bool], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.kind = kind
+        self.publish = publish
+        self._watches = ScopedWatches(scope, self._watch, self._followed)
+        self.rescope = self._watches.rescope
+        self._parts: dict[str, dict[str, M]] = {}  # what each watch has read
+        self._published = False
+
+    @property
+    def everything(self) -> bool:
+        """The scope is every key (`ALL`)."""
+        return ALL in self._watches.tasks
+
+    async def run(self) -> None:
+        await self._watches.run()
+
+    async def _watch(self, key: str) -> None:
+        await mirror_bucket(self.store, self.bucket, self.kind, partial(self._read, key), key)
+
+    async def _followed(self, stopped: set[str]) -> None:
+        for key in stopped:
+            self._parts.pop(key, None)
+        if stopped or self._watches.tasks.keys() - self._parts.keys() or not self._published:
+            await self._publish()
+
+    async def _read(self, key: str, values: dict[str, M]) -> None:
+        self._parts[key] = values
+        await self._publish()
+
+    async def _publish(self) -> None:
+        merged = {key: value for part in self._parts.values() for key, value in part.items()}
+        self._published = True
+        await self.publish(merged, self._parts.keys() >= self._watches.tasks.keys())
