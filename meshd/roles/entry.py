@@ -10,9 +10,10 @@ holder listens on the entry address. Push webhooks go to the holder's own agent.
 
 A term that merely *expired* (no renewal got through: JetStream elects a new stream leader
 for a few seconds after a nats-server dies) keeps the server serving its last configuration
-for up to `LINGER_S`, until another holder's lease appears; taking the lease again picks the
-running server up. Without that, every death of a JetStream droplet would take the entry
-point down for the length of an election. Nothing is reloaded while lingering.
+for up to `LINGER_S`, until another holder's lease appears, and `HANDOVER_S` after that while
+the successor starts its own; taking the lease again picks the running server up. Without
+that, every death of a JetStream droplet would take the entry point down for the length of
+an election. Nothing is reloaded while lingering.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ RESYNC_S = 2.0  # the server is checked this often (a dead one is started again)
 RENDER_EVERY_S = 10.0  # unchanged inputs are rendered again this often (reports go stale)
 RETRY_S = 0.25  # after the server could not apply a configuration (e.g. its address is busy)
 LINGER_S = 10.0  # longer than a JetStream leader election (about 5 s)
+HANDOVER_S = 3.0  # a lingering server serves on this long once a successor holds the lease
 LEADER_CHECK_S = 10.0  # how often the holder looks who leads the leases stream
 
 
@@ -142,9 +144,13 @@ class EntryPoint:
         return lb
 
     async def _linger(self, lb: LoadBalancer, revision: int) -> None:
+        succeeded = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINGER_S):
                 await self._successor(revision)
+                succeeded = True
+        if succeeded:  # its server starts listening beside this one meanwhile (reuseport)
+            await asyncio.sleep(HANDOVER_S)
         self._lingering = None
         await lb.stop()
         log.info("Load balancer stopped after its lease expired.")
