@@ -81,10 +81,10 @@ def once_whole(
     the artifacts that no allocation it knows names)."""
     whole = trust.view.allocations_whole
 
-    async def leadonce_whole(term: Term) -> None:
+    async def lead_once_whole(term: Term) -> None:
         if not whole.is_set():
             log.info("Role waits until every allocation is read. role=%s", term.role)
             await whole.wait()
         await lead(term)
 
-    return leadonce_whole
+    return lead_once_whole

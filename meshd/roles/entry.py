@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity, MeshConfig
 from meshd.agent.lease import Term
@@ -71,9 +72,7 @@ class EntryPoint:
         self.lb_name = lb_name
         self._reported: str | None = None  # the last problem recorded, so it is said once
         self._lingering: tuple[LoadBalancer, asyncio.Task[None]] | None = None
-        self._applied: tuple[object, ...] | None = None  # the inputs last applied
-        self._applied_at = 0.0
-        self._config: tuple[LoadBalancer, LbConfig] | None = None  # what the server runs
+        self._applied: _Applied | None = None  # what the server runs, and from what
         self.certificates = ServedCertificates(store, directory / "tls", secret)
 
     @property
@@ -218,15 +217,14 @@ class EntryPoint:
         try:
             # Routes equal to those the server runs (a report changed, not what it routes):
             # nothing to render.
-            if self._config != (lb, config) and await lb.apply(config):
+            if not self._runs(lb, config) and await lb.apply(config):
                 log.info("Load balancer configured. upstreams=%d", len(found))
             elif await lb.ensure_running():
                 self.store.record_soon(
                     "lb_restarted", self.identity.name, self.listen, {}, fence=term.fence
                 )
             self._reported = None
-            self._applied, self._applied_at = inputs, time.monotonic()
-            self._config = (lb, config)
+            self._applied = _Applied(inputs, config, time.monotonic())
             return True
         except (ConfigRejected, LbUnavailable) as err:
             if err.reason != self._reported:
@@ -239,11 +237,24 @@ class EntryPoint:
             return False
 
     def _unchanged(self, inputs: tuple[object, ...]) -> bool:
+        """The same server and view parts (by identity) as last applied, not long ago."""
         last = self._applied
-        if last is None or time.monotonic() - self._applied_at >= RENDER_EVERY_S:
+        if last is None or time.monotonic() - last.at >= RENDER_EVERY_S:
             return False
         *parts, served = inputs
-        return all(a is b for a, b in zip(parts, last[:-1], strict=True)) and served == last[-1]
+        *applied, applied_served = last.inputs
+        return all(a is b for a, b in zip(parts, applied, strict=True)) and served == applied_served
+
+    def _runs(self, lb: LoadBalancer, config: LbConfig) -> bool:
+        """`lb` runs `config` already (its inputs changed, not its routes)."""
+        last = self._applied
+        return last is not None and last.inputs[0] is lb and last.config == config
+
+
+class _Applied(NamedTuple):
+    inputs: tuple[object, ...]  # the server first, the view's parts, the certificates
+    config: LbConfig
+    at: float  # monotonic
 
 
 def _holder(value: bytes) -> str | None:
