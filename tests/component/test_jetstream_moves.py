@@ -102,6 +102,19 @@ async def everything(store: NatsStore) -> dict[str, Any]:
     return found
 
 
+async def settled(store: NatsStore, expected: dict[str, Any]) -> dict[str, Any]:
+    """What `everything` reads once it reads `expected`, or after 10 s. Right after a
+    restore onto three servers a watch read each key's first revision, not its last, once
+    in a few runs on a busy machine (the servers catching up); what is kept is the point."""
+    found = await everything(store)
+    for _ in range(50):
+        if found == expected:
+            break
+        await asyncio.sleep(0.2)
+        found = await everything(store)
+    return found
+
+
 async def move(store: NatsStore, directory: Path) -> None:
     """Seal and back up every stream of the mesh to `directory`."""
     moves = store.moves()
@@ -147,7 +160,7 @@ async def test_the_state_moves_from_one_server_to_three_and_back_with_every_revi
         servers.start()
         store = await connect(servers)
         await restore(store, tmp_path / "to-three", replicas=3)
-        assert await everything(store) == before
+        assert await settled(store, before) == before
         assert await replicas(store) == {3}
         # The leases start empty, their revisions going on: every fence stays higher.
         assert await store.entries(subjects.LEASES_BUCKET) == {}
@@ -169,7 +182,7 @@ async def test_the_state_moves_from_one_server_to_three_and_back_with_every_revi
         servers.start("master")
         store = await connect(servers)
         await restore(store, tmp_path / "to-one", replicas=1)
-        assert await everything(store) == grown
+        assert await settled(store, grown) == grown
         assert await replicas(store) == {1}
         await store.close()
 
