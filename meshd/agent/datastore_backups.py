@@ -164,6 +164,8 @@ class DatastoreBackups:
     def _spec(self, project: str, env: str, service: str) -> tuple[InstanceSpec, DatastoreDumper]:
         key = subjects.alloc_key(project, env, service)
         allocation = self.reconciler.allocations.get(key)
+        if allocation is None and not self.reconciler.loaded:  # an agent that just started
+            raise LookupError(f"{key} is not running on {self.droplet} yet (no allocations read)")
         if allocation is None:
             raise LookupError(f"{key} does not run on {self.droplet}")
         runtime = self.reconciler.runtime

@@ -23,6 +23,7 @@ from plugins.backups import StoredBackup, TargetUnavailable
 from protocol import subjects
 from protocol.backups import BackupAnswer, BackupRequest
 from protocol.codec import decode
+from protocol.messages import InstanceState
 from tests.support import factories
 from tests.support.memstore import MemoryStore
 from tests.support.reconciling import allocation
@@ -47,7 +48,9 @@ async def test_a_backup_the_target_cannot_keep_fails_and_leaves_nothing_staged(
     tmp_path: Path,
 ) -> None:
     store = MemoryStore()
-    role = Backups(store, MeshView(), "master", None, tmp_path / "work", "demo", lambda _: None)  # type: ignore[arg-type]
+    role = Backups(
+        store, await serving(), "master", None, tmp_path / "work", "demo", lambda _: None
+    )  # type: ignore[arg-type]
     role.targets = Targets(store, lambda _: None)
     role.loader = Loader(store, role.view, "master", None, role.targets, tmp_path / "work")  # type: ignore[arg-type]
     staged: list[str] = []
@@ -115,7 +118,9 @@ async def test_a_retake_that_finds_the_rebuilt_datastore_not_back_is_owed_again_
     from meshd.roles.backups import RETAKES
 
     store = MemoryStore()
-    role = Backups(store, MeshView(), "master", None, tmp_path / "work", "demo", lambda _: None)  # type: ignore[arg-type]
+    role = Backups(
+        store, await serving(), "master", None, tmp_path / "work", "demo", lambda _: None
+    )  # type: ignore[arg-type]
     role.targets = Targets(store, lambda _: None)
     role.loader = Loader(store, role.view, "master", None, role.targets, tmp_path / "work")  # type: ignore[arg-type]
 
@@ -137,6 +142,62 @@ async def test_a_retake_that_finds_the_rebuilt_datastore_not_back_is_owed_again_
     with pytest.raises(BackupFailed):
         await role.take(term, database, "again")
     assert datastore not in role._owed  # given up: its failures alert from now on
+
+
+async def serving(state: InstanceState = InstanceState.RUNNING) -> MeshView:
+    """A view in which web1 reports prod's database in `state`."""
+    view = MeshView()
+    database = factories.instance(service="database", state=state)
+    await view.set_nodes({"web1": factories.node("web1", database)})
+    return view
+
+
+async def test_a_datastore_its_droplet_reports_not_running_is_not_asked_and_owed_again(
+    tmp_path: Path,
+) -> None:
+    """web1 was rebuilt and restores its database from the snapshot: no dump is asked for
+    (it would only fail), no alert is due, the backup is taken again a minute later."""
+    store = MemoryStore()
+    role = Backups(
+        store,
+        await serving(InstanceState.STARTING),
+        "master",
+        None,
+        tmp_path,
+        "demo",
+        lambda _: None,
+    )  # type: ignore[arg-type]
+    role.targets = Targets(store, lambda _: None)
+    role.loader = Loader(store, role.view, "master", None, role.targets, tmp_path)  # type: ignore[arg-type]
+    asked: list[str] = []
+
+    async def agent(subject: str, data: bytes, droplet: str) -> BackupAnswer:
+        asked.append(subject)
+        return BackupAnswer(plain_bytes=9, stored_bytes=11)
+
+    role.loader.ask = agent  # type: ignore[method-assign]
+    database = allocation(service="database", service_kind="database", droplets=("web1",))
+    term = Term("backups", 4, time.monotonic() + 600)
+    with pytest.raises(BackupFailed) as failed:
+        await role.take(term, database, "asked by ops")
+    assert str(failed.value) == (
+        "backup of shop.prod.database failed: shop.prod.database is not running on web1 just "
+        "now (starting); taken again in 60 s"
+    )
+    assert asked == []
+    assert ("shop", "prod", "database") in role._owed
+    await role.view.set_nodes({"web1": factories.node("web1")})  # no instance of it reported
+    with pytest.raises(BackupFailed, match="is not running on web1 yet"):
+        await role.take(term, database, "again")
+    # Rebuilt again: its card (written first) says a new life, the report is the last one's.
+    await role.view.set_nodes({"web1": (await serving()).nodes["web1"]})
+    await role.view.set_cards({"web1": factories.card("web1", incarnation=2)})
+    with pytest.raises(BackupFailed, match="is not running on web1 yet"):
+        await role.take(term, database, "again")
+    assert asked == []
+    await role.view.set_cards({"web1": factories.card("web1", incarnation=1)})
+    assert await role.take(term, database, "again")
+    assert asked == [subjects.backup("web1")]
 
 
 class Listing:

@@ -29,7 +29,6 @@ from meshd.agent.outbox import queue_critical
 from meshd.agent.sealkey import DropletKeys
 from meshd.agent.state_documents import state_document
 from meshd.agent.store import Received, Store, StoreUnavailable
-from meshd.core.backup_crypto import EncryptedInfo
 from meshd.core.backup_policy import (
     ESCROW_OBJECT,
     MESH,
@@ -44,7 +43,7 @@ from meshd.core.backup_policy import (
     schedule_of,
 )
 from meshd.core.sealing import from_text
-from meshd.roles.backups.loading import BackupFailed, Loader, seal
+from meshd.roles.backups.loading import BackupFailed, Loader, not_running, seal_document
 from meshd.roles.backups.schedules import Overdue, placed_datastores, retention
 from meshd.roles.backups.targets import Targets
 from plugins.backups import BackupTarget, BackupTargetConfigError, BackupTargetError, StoredBackup
@@ -180,7 +179,7 @@ class Backups:
         document = await state_document(self.store, kind, self.mesh)
         with self.loader.scratch() as scratch:
             recipient = from_text(mesh.public, "key")
-            info = await asyncio.to_thread(_seal_document, scratch, document, recipient, key)
+            info = await asyncio.to_thread(seal_document, scratch, document, recipient, key)
             term.ensure_held()
             # First, so that no `secrets` document is kept without what opens it then.
             escrowed = kind == "secrets" and await self.targets.keep_escrow(scratch)
@@ -211,7 +210,11 @@ class Backups:
         )
         subject = _subject((project, env, service))
         droplet = allocation.droplets[0]
-        answer = await self.loader.ask(subjects.backup(droplet), encode(request), droplet)
+        unready = not_running(self.view, allocation)  # not asked: it would only fail
+        if unready is None:
+            answer = await self.loader.ask(subjects.backup(droplet), encode(request), droplet)
+        else:
+            answer = BackupAnswer(error=unready)
         if answer.unsupported:
             self._unsupported.add((project, env, service))
             self.store.record_soon(
@@ -233,11 +236,13 @@ class Backups:
             datastore = (project, env, service)
             tries = self._retakes.get(datastore, 0)
             self._owed.pop(datastore, None)
-            # Again a minute later: cut short by its droplet's death (alerted as such), or a
-            # retake that found the rebuilt datastore not back yet (RETAKES times at most).
-            if droplet in self.view.failures or (why == "again" and tries < RETAKES):
+            # Again a minute later: cut short by its droplet's death (alerted as such), or
+            # its datastore not running yet (rebuilt), RETAKES times at most, then alerted.
+            again = why == "again" or unready is not None
+            if droplet in self.view.failures or (again and tries < RETAKES):
                 self._owed[datastore] = time.time() + RETRY_DIED_S
                 self._retakes[datastore] = tries + 1 if why == "again" else 0
+                error += f"; taken again in {RETRY_DIED_S:.0f} s"
             failed = {"key": key, "why": why, "error": error}
             self.store.record_soon("backup_failed", self.droplet, subject, failed, term.fence)
             raise BackupFailed(f"backup of {subject} failed: {error}")
@@ -390,8 +395,3 @@ class Backups:
 
 def _subject(datastore: tuple[str, str, str]) -> str:
     return subjects.alloc_key(*datastore)
-
-
-def _seal_document(scratch: Path, document: bytes, recipient: bytes, key: str) -> EncryptedInfo:
-    (scratch / "plain").write_bytes(document)
-    return seal(scratch, recipient, key)

@@ -27,7 +27,7 @@ from protocol import subjects
 from protocol.backups import BackupAnswer, RestoreRequest
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
-from protocol.messages import Allocation
+from protocol.messages import Allocation, InstanceState
 
 STAGED = "staging"
 ANSWER_WITHIN_S = 900.0  # a dump of a few GB, encrypted, stored or loaded
@@ -119,6 +119,27 @@ class Loader:
         return scratch_directory(self.work)
 
 
+def not_running(view: MeshView, allocation: Allocation) -> str | None:
+    """Why `allocation`'s datastore cannot be dumped on its droplet just now, as that
+    droplet's report says (None: it runs there). A droplet rebuilt after a failure reports
+    its datastore `starting` while the snapshot's data come back: that is no failure to
+    alert about but a backup to take again a little later."""
+    droplet = allocation.droplets[0]
+    key = (allocation.project, allocation.env, allocation.service)
+    node, card = view.nodes.get(droplet), view.cards.get(droplet)
+    if node is not None and card is not None and card.incarnation != node.incarnation:
+        node = None  # its report is of the life before (the card goes first)
+    states = [
+        i.state for i in (node.instances if node else ()) if (i.project, i.env, i.service) == key
+    ]
+    if {InstanceState.RUNNING, InstanceState.UNHEALTHY} & set(states):
+        return None
+    where = subjects.alloc_key(*key)
+    if not states:
+        return f"{where} is not running on {droplet} yet (its report names no instance of it)"
+    return f"{where} is not running on {droplet} just now ({', '.join(sorted(states))})"
+
+
 def _gone(view: MeshView, droplet: str, life: int | None) -> str | None:
     """Why `droplet` will not answer any more (None: it may): its failure was confirmed, or
     it reports a new life."""
@@ -136,6 +157,12 @@ def seal(scratch: Path, recipient: bytes, key: str) -> EncryptedInfo:
         info = encrypt_stream(source, out, recipient, key.encode())
     (scratch / "plain").unlink()
     return info
+
+
+def seal_document(scratch: Path, document: bytes, recipient: bytes, key: str) -> EncryptedInfo:
+    """`document` encrypted to `recipient` as `scratch/sealed`."""
+    (scratch / "plain").write_bytes(document)
+    return seal(scratch, recipient, key)
 
 
 def _reseal(scratch: Path, mesh: KeyPair, key: str, droplet_key: str, staged: str) -> None:
