@@ -193,7 +193,7 @@ def test_a_backup_its_droplet_dies_during_lists_nothing_partial_and_is_taken_aga
         # successor, asked by meshctl, may find shop-web1 rebuilt and its database starting.
         output, _ = asked.communicate(timeout=120)
         assert asked.returncode != 0
-        said = ("shop-web1 failed before it answered", LOST, "is not running on shop-web1")
+        said = ("shop-web1 failed", LOST, "is not running on shop-web1")
         assert any(reason in output for reason in said), output
         assert {b["key"] for b in backups(mesh) if b["key"].startswith(PROD_DATABASE)} == before
 

@@ -196,6 +196,11 @@ async def test_a_datastore_its_droplet_reports_not_running_is_not_asked_and_owed
         await role.take(term, database, "again")
     assert asked == []
     await role.view.set_cards({"web1": factories.card("web1", incarnation=1)})
+    await role.view.set_failures({"web1": factories.failure("web1")})  # being recovered
+    with pytest.raises(BackupFailed, match="web1 failed; the mesh is recovering it"):
+        await role.take(term, database, "again")
+    assert asked == []
+    await role.view.set_failures({})
     assert await role.take(term, database, "again")
     assert asked == [subjects.backup("web1")]
 

@@ -120,11 +120,13 @@ class Loader:
 
 
 def not_running(view: MeshView, allocation: Allocation) -> str | None:
-    """Why `allocation`'s datastore cannot be dumped on its droplet just now, as that
-    droplet's report says (None: it runs there). A droplet rebuilt after a failure reports
-    its datastore `starting` while the snapshot's data come back: that is no failure to
-    alert about but a backup to take again a little later."""
+    """Why `allocation`'s datastore cannot be dumped on its droplet just now, as the droplet's
+    failure record or report says (None: it runs there). A droplet rebuilt after a failure
+    reports its datastore `starting` while the snapshot's data come back: that is no failure
+    to alert about but a backup to take again a little later."""
     droplet = allocation.droplets[0]
+    if (record := view.failures.get(droplet)) is not None:  # until it serves all it ran again
+        return f"{droplet} failed; the mesh is recovering it ({record.state})"
     key = (allocation.project, allocation.env, allocation.service)
     node, card = view.nodes.get(droplet), view.cards.get(droplet)
     if node is not None and card is not None and card.incarnation != node.incarnation:
