@@ -42,7 +42,8 @@ class Outcome:
     crashed: tuple[str, ...]
     paused: tuple[str, ...]
     confirmed: tuple[str, ...]  # droplets with a failure record, in the order written
-    record_attempts: int  # KV creates of failure records: every agent counting a majority tries
+    record_attempts: int  # KV creates of failure records: each monitor counting a majority tries
+    votes_sent: int  # vote deliveries (one per receiver): to the target's monitors and itself
     suspicions: int
     refutations: int
     sent_per_droplet_s: float
@@ -104,6 +105,7 @@ def summary(mesh: Mesh, faults: Sequence[Fault]) -> Outcome:
         cut_confirmed=sum(f.kind is Kind.CUT for f in ended),
         false_confirmations=len(false),
         record_attempts=mesh.record_attempts,
+        votes_sent=mesh.votes_sent,
         crashed=tuple(f.droplet for f in crashes),
         paused=tuple(f.droplet for f in faults if f.kind is Kind.PAUSE),
         confirmed=tuple(mesh.records),

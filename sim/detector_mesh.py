@@ -10,8 +10,9 @@ What the asyncio detector does over NATS or HTTP is a message here, lost with pr
 - a probe (`GET /health`) is one draw: answered after a round trip, or failed at
   `PROBE_TIMEOUT_S`; a helper answers probe requests one at a time (nats-py runs a
   subscription's callbacks in turn), and its asker gives up at `INDIRECT_TIMEOUT_S`;
-- votes go to every agent (all subscribe to `mesh.suspect.*`) and each counts them in its own
-  ballot; every agent that counts a majority creates the failure record
+- votes about a droplet go to its monitors and to itself (each agent subscribes to
+  `mesh.suspect.<droplet>` of its targets and of itself) and each counts them in its own
+  ballot; every monitor that counts a majority creates the failure record
   (KV create: the first one wins), which then reaches every agent, which drops the droplet
   from the monitor map.
 
@@ -36,7 +37,7 @@ from functools import partial
 from meshd.agent.membership import BEAT_EVERY_S
 from meshd.core.monitors import monitor_map, monitored, targets_of
 from meshd.core.spec import MASTER
-from meshd.watchers.detector import INDIRECT_TIMEOUT_S, PROBE_TIMEOUT_S
+from meshd.watchers.detector import HELPERS, INDIRECT_TIMEOUT_S, PROBE_TIMEOUT_S
 from meshd.watchers.detector.ballot import Ballot, Decision
 from meshd.watchers.detector.watch import TICK_S, Step, Watch, starved, steps
 from protocol.messages import Suspicion, Verdict
@@ -152,6 +153,7 @@ class Mesh:
         self.first_decision: dict[str, float] = {}
         self.records: list[str] = []
         self.record_attempts = self.suspicions = self.refutations = 0
+        self.votes_sent = 0  # deliveries of votes and refutations, one per receiver
         self._remap()
 
     # --- the event loop ----------------------------------------------------------------------
@@ -305,7 +307,8 @@ class Mesh:
             self.vote(agent, target, Verdict.REFUTE)
 
     def indirect(self, agent: Agent, target: str, watch: Watch) -> None:
-        helpers = [n for n in self.order[:4] if n not in (agent.name, target)][:2]
+        others = [n for n in self.order if n not in (agent.name, target)]
+        helpers = self.rng.sample(others, min(HELPERS, len(others)))
         asking = Asking(watch, len(helpers))
         for helper in helpers:
             self.send(agent, [self.agents[helper]], self.on_probe_request, agent, target, asking)
@@ -340,12 +343,15 @@ class Mesh:
 
     # --- votes -------------------------------------------------------------------------------
 
-    def everyone_but(self, agent: Agent) -> list[Agent]:
-        return [a for a in self.agents.values() if a is not agent and a.state is not State.CRASHED]
+    def concerned(self, target: str, agent: Agent) -> list[Agent]:
+        """Who receives a vote about `target` from `agent`: its monitors and itself."""
+        names = {target, *self.monitors.get(target, ())} - {agent.name}
+        return [a for n in sorted(names) if (a := self.agents[n]).state is not State.CRASHED]
 
     def vote(self, agent: Agent, target: str, verdict: Verdict) -> None:
         vote = Suspicion(target=target, by=agent.name, incarnation=1, verdict=verdict)
-        self.send(agent, self.everyone_but(agent), self.on_vote, vote)
+        self.votes_sent += len(self.concerned(target, agent))
+        self.send(agent, self.concerned(target, agent), self.on_vote, vote)
         self.count(agent, vote)
 
     def on_vote(self, agent: Agent, vote: Suspicion) -> None:
@@ -365,7 +371,8 @@ class Mesh:
         agent.last_refute = self.now
         self.refutations += 1
         vote = Suspicion(target=agent.name, by=agent.name, incarnation=1, verdict=Verdict.REFUTE)
-        self.send(agent, self.everyone_but(agent), self.on_vote, vote)
+        self.votes_sent += len(self.concerned(agent.name, agent))
+        self.send(agent, self.concerned(agent.name, agent), self.on_vote, vote)
 
     def count(self, agent: Agent, vote: Suspicion) -> None:
         if vote.by == vote.target and vote.verdict is Verdict.REFUTE:

@@ -27,10 +27,19 @@ def test_each_crash_is_confirmed_once_within_the_window() -> None:
     assert all(CONFIRM_AFTER_S <= silent < 5.0 for silent in found.silence_s)
 
 
-def test_every_agent_counting_a_majority_tries_the_record_yet_one_is_written() -> None:
+def test_each_monitor_counting_a_majority_tries_the_record_yet_one_is_written() -> None:
     found = simulate(Scenario(droplets=15, seconds=30, crashes=1, seed=5))
     assert found.confirmed == found.crashed
-    assert found.record_attempts > 1  # KV create refused the others
+    assert 1 < found.record_attempts <= 3  # KV create refused the others; monitors alone try
+
+
+def test_the_votes_about_a_crash_reach_its_monitors_alone_whatever_the_mesh_s_size() -> None:
+    small = simulate(Scenario(droplets=15, seconds=30, crashes=1, seed=5))
+    large = simulate(Scenario(droplets=150, seconds=30, crashes=1, seed=5))
+    assert small.confirmed == small.crashed and large.confirmed == large.crashed
+    # Each of three monitors votes, each vote to the two others (the target is dead).
+    assert 0 < small.votes_sent <= 20
+    assert 0 < large.votes_sent <= 20
 
 
 def test_a_two_second_pause_is_suspected_refuted_and_never_confirmed() -> None:

@@ -8,17 +8,20 @@ of life is a liveness beat on `mesh.hb.<target>` or a good HTTP probe of the tar
 probe it closely, and through a helper (`mesh.probe.<helper>`, request/reply). A monitor
 confirms after a longer silence when the indirect probe failed too; a good probe later takes
 the vote back. A live target that hears it is suspected refutes, which voids every vote about
-it. When a majority of the target's monitors confirm, whoever sees it records the failure
-once (KV create on `mesh_failures/<target>`); the vote itself runs over core NATS, so it does
-not wait for a JetStream election. A target with one monitor (two droplets) is confirmed
-only when the provider says it is not running either; a target the operator holds
-(`meshctl hold`) is suspected but never confirmed until the hold ends.
+it. Votes reach the target's monitors and the target alone (each subscribes to those about
+its targets and itself). When a majority of the target's monitors confirm, whichever monitor
+sees it first records the failure once (KV create on `mesh_failures/<target>`); the vote
+itself runs over core NATS, so it does not wait for a JetStream election. A target with one
+monitor (two droplets) is confirmed only when the provider says it is not running either; a
+target the operator holds (`meshctl hold`) is suspected but never confirmed until the hold
+ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Coroutine
 
@@ -30,6 +33,7 @@ from meshd.agent.beats import BeatListener
 from meshd.agent.config import AGENT_HTTP_PORT, DropletIdentity
 from meshd.agent.meshview import MeshView
 from meshd.agent.store import Conflict, Received, Store, StoreUnavailable
+from meshd.agent.subject_set import SubjectSet
 from meshd.core.monitors import monitor_map, monitored, targets_of
 from meshd.watchers.detector.ballot import Ballot, Decision
 from meshd.watchers.detector.watch import TICK_S, Step, Watch, starved, steps
@@ -42,6 +46,7 @@ from protocol.messages import FailureRecord, FailureState, LivenessBeat, Suspici
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 0.5
 INDIRECT_TIMEOUT_S = 1.0
+HELPERS = 2  # droplets asked to probe a suspected target for a monitor
 RECORD_RETRY_S = 0.25  # the failure record waits out an election with backoff up to 1 s
 RECORD_RETRY_MAX_S = 1.0
 
@@ -74,6 +79,10 @@ class Detector:
         self._map: tuple[object, object, dict[str, tuple[str, ...]]] | None = None
         self.beats = beats
         beats.listen(self._on_beat)
+        # The votes about itself and its targets only: a failure costs a few messages to its
+        # monitors and itself, not one to every agent.
+        self.votes = SubjectSet(store, subjects.suspect, self._on_vote, "Votes")
+        self.votes.want({self.me})
 
     def monitors(self) -> dict[str, tuple[str, ...]]:
         """The monitor map over the droplets that booted and have no confirmed failure;
@@ -87,6 +96,7 @@ class Detector:
     def _refresh(self, monitors: dict[str, tuple[str, ...]]) -> None:
         mine = set(targets_of(self.me, monitors))
         self.beats.want("detector", mine)
+        self.votes.want({self.me, *mine})
         for gone in set(self.watches) - mine:
             del self.watches[gone]
         for target in mine:
@@ -103,17 +113,14 @@ class Detector:
     async def run(self) -> None:
         async with aiohttp.ClientSession() as http:
             self._http = http
-            subscriptions = [
-                await self.store.subscribe(subjects.SUSPECTS_ALL, self._on_vote),
-                await self.store.subscribe(subjects.probe(self.me), self._on_probe_request),
-            ]
+            probes = await self.store.subscribe(subjects.probe(self.me), self._on_probe_request)
+            self._spawn(self.votes.run())
             try:
                 while True:
                     self._tick(http)
                     await asyncio.sleep(TICK_S)
             finally:
-                for subscription in subscriptions:
-                    await subscription.unsubscribe()
+                await probes.unsubscribe()
                 for task in self._tasks:
                     task.cancel()
 
@@ -184,15 +191,17 @@ class Detector:
         await msg.respond(b"ok" if ok else b"fail")
 
     async def _indirect(self, target: str, watch: Watch) -> None:
-        helpers = sorted(
+        others = [
             name
             for name, card in self.view.cards.items()
             if name not in (self.me, target) and card.incarnation > 0
-        )
+        ]
+        # Chosen at random, as SWIM does: the same two would answer every suspicion in the mesh.
+        helpers = random.sample(others, min(HELPERS, len(others)))
         answers = await asyncio.gather(
             *(
                 self.store.request(subjects.probe(h), target.encode(), INDIRECT_TIMEOUT_S)
-                for h in helpers[:2]
+                for h in helpers
             )
         )
         watch.indirect_failed = not any(answer == b"ok" for answer in answers)
