@@ -139,6 +139,8 @@ class Backups:
             owed = now >= self._owed.get(datastore, now + 1)  # one its droplet's death cut short
             if not owed and (not due(last, now, schedule) or now < self._retry.get(datastore, 0)):
                 continue
+            if not_running(self.view, allocation):  # new or rebuilt: taken once it runs
+                continue  # (one that never does is alerted as overdue)
             async with self._busy:
                 try:
                     await self.take(term, allocation, "again" if owed else "scheduled")
@@ -237,12 +239,13 @@ class Backups:
             tries = self._retakes.get(datastore, 0)
             self._owed.pop(datastore, None)
             # Again a minute later: cut short by its droplet's death (alerted as such), or
-            # its datastore not running yet (rebuilt), RETAKES times at most, then alerted.
+            # asked for while it does not run (then taken once it does); or a retake that found
+            # the rebuilt datastore not back yet, RETAKES times at most, then alerted.
             again = why == "again" or unready is not None
             if droplet in self.view.failures or (again and tries < RETAKES):
                 self._owed[datastore] = time.time() + RETRY_DIED_S
                 self._retakes[datastore] = tries + 1 if why == "again" else 0
-                error += f"; taken again in {RETRY_DIED_S:.0f} s"
+                error += "; taken again once it runs"
             failed = {"key": key, "why": why, "error": error}
             self.store.record_soon("backup_failed", self.droplet, subject, failed, term.fence)
             raise BackupFailed(f"backup of {subject} failed: {error}")
