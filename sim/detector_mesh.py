@@ -350,9 +350,13 @@ class Mesh:
 
     def vote(self, agent: Agent, target: str, verdict: Verdict) -> None:
         vote = Suspicion(target=target, by=agent.name, incarnation=1, verdict=verdict)
-        self.votes_sent += len(self.concerned(target, agent))
-        self.send(agent, self.concerned(target, agent), self.on_vote, vote)
+        self.publish_vote(agent, vote)
         self.count(agent, vote)
+
+    def publish_vote(self, agent: Agent, vote: Suspicion) -> None:
+        receivers = self.concerned(vote.target, agent)
+        self.votes_sent += len(receivers)
+        self.send(agent, receivers, self.on_vote, vote)
 
     def on_vote(self, agent: Agent, vote: Suspicion) -> None:
         if vote.target == agent.name and vote.verdict is not Verdict.REFUTE:
@@ -371,8 +375,7 @@ class Mesh:
         agent.last_refute = self.now
         self.refutations += 1
         vote = Suspicion(target=agent.name, by=agent.name, incarnation=1, verdict=Verdict.REFUTE)
-        self.votes_sent += len(self.concerned(agent.name, agent))
-        self.send(agent, self.concerned(agent.name, agent), self.on_vote, vote)
+        self.publish_vote(agent, vote)
 
     def count(self, agent: Agent, vote: Suspicion) -> None:
         if vote.by == vote.target and vote.verdict is Verdict.REFUTE:

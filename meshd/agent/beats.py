@@ -24,7 +24,6 @@ EVERYONE = "*"
 
 class BeatListener:
     def __init__(self, store: Store) -> None:
-        self.store = store
         self.heard: dict[str, float] = {}  # droplet -> its last beat (monotonic)
         self._listeners: list[Callable[[LivenessBeat], None]] = []
         self._wanted: dict[str, frozenset[str]] = {}  # who asks -> droplets (EVERYONE: all)

@@ -143,12 +143,10 @@ class EntryPoint:
         return lb
 
     async def _linger(self, lb: LoadBalancer, revision: int) -> None:
-        succeeded = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINGER_S):
                 await self._successor(revision)
-                succeeded = True
-        if succeeded:  # its server starts listening beside this one meanwhile (reuseport)
+            # A successor holds the lease: its server starts beside this one (reuseport).
             await asyncio.sleep(HANDOVER_S)
         self._lingering = None
         await lb.stop()

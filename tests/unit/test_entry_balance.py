@@ -5,6 +5,8 @@ in-memory store, with a load balancer that records what it is given."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -16,6 +18,9 @@ from meshd.agent.meshview import MeshView
 from meshd.roles import entry
 from meshd.roles.entry import EntryPoint
 from plugins.lb import LbConfig
+from protocol import subjects
+from protocol.codec import encode
+from protocol.messages import Lease
 from tests.support import factories
 from tests.support.memstore import MemoryStore
 
@@ -80,3 +85,51 @@ async def test_at_rest_the_holder_renders_nothing_and_a_change_renders_at_once(
     monkeypatch.setattr(entry.time, "time", lambda: now + 200)
     assert await point.balance(term, other, view)  # type: ignore[arg-type]
     assert len(other.applied) == 2 and other.applied[-1].upstreams[0].servers == ()
+
+
+class StoppedLb(RecordingLb):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped_at: float | None = None
+
+    async def stop(self) -> None:
+        self.stopped_at = time.monotonic()
+
+
+@pytest.mark.parametrize("successor", [True, False])
+async def test_a_lingering_server_serves_on_while_a_successor_starts_and_stops_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, successor: bool
+) -> None:
+    """The term expired: the server serves until another holder's lease appears and
+    HANDOVER_S beyond (its server starts beside this one), or LINGER_S without one."""
+    monkeypatch.setattr(entry, "HANDOVER_S", 0.3)
+    monkeypatch.setattr(entry, "LINGER_S", 30.0 if successor else 0.5)
+    store = MemoryStore()
+    me = DropletIdentity("1", "master", "s-1vcpu-1gb", "127.0.0.1")
+    point = EntryPoint(
+        store,
+        me,
+        MeshConfig(mesh="m", core=(), passwords={}),
+        None,
+        MeshView(),
+        tmp_path,  # type: ignore[arg-type]
+    )
+    mine = Lease(role="lb", holder="master", incarnation=1, acquired_at=time.time())
+    revision = await store.put(subjects.LEASES_BUCKET, subjects.lease_key("lb"), encode(mine))
+    lb = StoppedLb()
+    started = time.monotonic()
+    lingering = asyncio.create_task(point._linger(lb, revision))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    if successor:
+        theirs = dataclasses.replace(mine, holder="web1")
+        await store.put(subjects.LEASES_BUCKET, subjects.lease_key("lb"), encode(theirs))
+        taken = time.monotonic()
+        await asyncio.sleep(0.2)
+        assert lb.stopped_at is None  # still serving while the successor's server starts
+    await asyncio.wait_for(lingering, 5)
+    assert lb.stopped_at is not None
+    if successor:
+        assert lb.stopped_at - taken >= 0.3  # HANDOVER_S after the successor's lease
+        # ... and not LINGER_S (30 s): the wait above gave up after 5 s
+    else:
+        assert lb.stopped_at - started >= 0.5  # nobody took over: LINGER_S

@@ -43,8 +43,8 @@ from meshd.core.backup_policy import (
     schedule_of,
 )
 from meshd.core.sealing import from_text
-from meshd.roles.backups.loading import BackupFailed, Loader, not_running, seal_document
-from meshd.roles.backups.schedules import Overdue, placed_datastores, retention
+from meshd.roles.backups.loading import BackupFailed, Loader, seal_document
+from meshd.roles.backups.schedules import Overdue, not_running, placed_datastores, retention
 from meshd.roles.backups.targets import Targets
 from plugins.backups import BackupTarget, BackupTargetConfigError, BackupTargetError, StoredBackup
 from protocol import subjects

@@ -27,7 +27,7 @@ from protocol import subjects
 from protocol.backups import BackupAnswer, RestoreRequest
 from protocol.codec import decode, encode
 from protocol.errors import MeshError
-from protocol.messages import Allocation, InstanceState
+from protocol.messages import Allocation
 
 STAGED = "staging"
 ANSWER_WITHIN_S = 900.0  # a dump of a few GB, encrypted, stored or loaded
@@ -117,29 +117,6 @@ class Loader:
 
     def scratch(self) -> contextlib.AbstractContextManager[Path]:
         return scratch_directory(self.work)
-
-
-def not_running(view: MeshView, allocation: Allocation) -> str | None:
-    """Why `allocation`'s datastore cannot be dumped on its droplet just now, as the droplet's
-    failure record or report says (None: it runs there). A droplet rebuilt after a failure
-    reports its datastore `starting` while the snapshot's data come back: that is no failure
-    to alert about but a backup to take again a little later."""
-    droplet = allocation.droplets[0]
-    if (record := view.failures.get(droplet)) is not None:  # until it serves all it ran again
-        return f"{droplet} failed; the mesh is recovering it ({record.state})"
-    key = (allocation.project, allocation.env, allocation.service)
-    node, card = view.nodes.get(droplet), view.cards.get(droplet)
-    if node is not None and card is not None and card.incarnation != node.incarnation:
-        node = None  # its report is of the life before (the card goes first)
-    states = [
-        i.state for i in (node.instances if node else ()) if (i.project, i.env, i.service) == key
-    ]
-    if {InstanceState.RUNNING, InstanceState.UNHEALTHY} & set(states):
-        return None
-    where = subjects.alloc_key(*key)
-    if not states:
-        return f"{where} is not running on {droplet} yet (its report names no instance of it)"
-    return f"{where} is not running on {droplet} just now ({', '.join(sorted(states))})"
 
 
 def _gone(view: MeshView, droplet: str, life: int | None) -> str | None:
